@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what ftvm needs to build, test and run, from Debian packages. Idempotent:
+# it only calls apt-get when a package is missing.
+set -euo pipefail
+packages=(
+  build-essential meson ninja-build pkg-config
+  libunicorn-dev            # software CPU backend for hosts without /dev/kvm
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libboost-dev libboost-program-options-dev libprotobuf-dev protobuf-compiler libzstd-dev
+  iproute2 iputils-ping
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,12 @@
+// Entry points of the `ftvm` subcommands. Each takes argv with argv[0] = the
+// subcommand name and returns the process exit code; none throws.
+#pragma once
+
+namespace ftvm::cli {
+
+constexpr int kExitUsage = 2;      // bad command line
+constexpr int kExitVmmError = 125; // the VMM could not run the guest
+
+int RunMain(int argc, char** argv);
+
+}  // namespace ftvm::cli

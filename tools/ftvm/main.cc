@@ -1,0 +1,39 @@
+// The `ftvm` command: one binary, subcommands.
+#include <cstring>
+#include <iostream>
+
+#include "tools/ftvm/commands.h"
+#include "tools/ftvm/mail_client.h"
+
+namespace {
+
+void Usage(std::ostream& out) {
+  out << "usage: ftvm <command> [options]\n"
+         "commands:\n"
+         "  run    boot a guest-kit image (ftvm run --help)\n"
+         "  mail   talk to the mail-store guest (ftvm mail --help)\n"
+         "  version\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    Usage(std::cerr);
+    return ftvm::cli::kExitUsage;
+  }
+  const char* cmd = argv[1];
+  if (std::strcmp(cmd, "run") == 0) return ftvm::cli::RunMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "mail") == 0) return ftvm::MailMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "version") == 0) {
+    std::cout << "ftvm 0.1.0\n";
+    return 0;
+  }
+  if (std::strcmp(cmd, "help") == 0 || std::strcmp(cmd, "--help") == 0 || std::strcmp(cmd, "-h") == 0) {
+    Usage(std::cout);
+    return 0;
+  }
+  std::cerr << "ftvm: unknown command '" << cmd << "'\n";
+  Usage(std::cerr);
+  return ftvm::cli::kExitUsage;
+}

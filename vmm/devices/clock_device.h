@@ -1,0 +1,22 @@
+// Clock: monotonic time since VM start and wall time, read from the Clock interface
+// (the only way time enters the guest, so it can be logged and replayed).
+#pragma once
+
+#include "common/clock.h"
+#include "vmm/devices/device.h"
+
+namespace ftvm::vmm {
+
+class ClockDevice final : public Device {
+ public:
+  explicit ClockDevice(Clock& clock) : clock_(clock), start_ns_(clock.monotonic_ns()) {}
+  std::string_view name() const override { return "clock"; }
+  uint64_t mmio_read(uint64_t offset, unsigned size) override;
+  void mmio_write(uint64_t, unsigned, uint64_t) override {}
+
+ private:
+  Clock& clock_;
+  uint64_t start_ns_;
+};
+
+}  // namespace ftvm::vmm

@@ -1,0 +1,50 @@
+#include "vmm/devices/irq_controller.h"
+
+#include "vmm/abi/ftvm_abi.h"
+
+namespace ftvm::vmm {
+
+uint64_t InterruptController::mmio_read(uint64_t offset, unsigned) {
+  switch (offset) {
+    case FTVM_IRQ_PENDING: return pending_;
+    case FTVM_IRQ_MASK: return mask_;
+    case FTVM_IRQ_WAIT:
+      wait_until_deliverable();
+      return pending_;
+    case FTVM_IRQ_DELIVERED: return delivered_;
+    default: return 0;
+  }
+}
+
+void InterruptController::mmio_write(uint64_t offset, unsigned, uint64_t value) {
+  switch (offset) {
+    case FTVM_IRQ_ACK: pending_ &= ~uint32_t(value); break;
+    case FTVM_IRQ_MASK: mask_ = uint32_t(value); break;
+    default: break;
+  }
+}
+
+void InterruptController::raise(unsigned line) {
+  if (line < FTVM_IRQ_LINES) pending_ |= 1u << line;
+}
+
+std::optional<uint8_t> InterruptController::next_vector() const {
+  uint32_t ready = pending_ & ~mask_;
+  if (ready == 0) return std::nullopt;
+  return uint8_t(FTVM_IRQ_VECTOR_BASE + unsigned(__builtin_ctz(ready)));
+}
+
+void InterruptController::delivered(uint8_t vector) {
+  unsigned line = unsigned(vector) - FTVM_IRQ_VECTOR_BASE;
+  if (line < FTVM_IRQ_LINES) pending_ &= ~(1u << line);
+  ++delivered_;
+}
+
+bool InterruptController::wait_until_deliverable() {
+  while (!has_deliverable()) {
+    if (!wait_()) return false;
+  }
+  return true;
+}
+
+}  // namespace ftvm::vmm

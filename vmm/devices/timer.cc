@@ -1,0 +1,47 @@
+#include "vmm/devices/timer.h"
+
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "vmm/abi/ftvm_abi.h"
+
+namespace ftvm::vmm {
+
+Timer::Timer(InterruptSink& irq)
+    : irq_(irq), fd_(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) {
+  if (!fd_) throw SysError("timerfd_create for the guest timer");
+}
+
+uint64_t Timer::mmio_read(uint64_t offset, unsigned) {
+  return offset == FTVM_TIMER_FIRED ? fired_ : 0;
+}
+
+void Timer::mmio_write(uint64_t offset, unsigned, uint64_t value) {
+  if (offset != FTVM_TIMER_ARM_NS) return;
+  itimerspec spec{};
+  // A zero it_value disarms; keep at least 1 ns so "fire now" still fires.
+  if (value != 0) {
+    spec.it_value.tv_sec = time_t(value / 1000000000ull);
+    spec.it_value.tv_nsec = long(value % 1000000000ull);
+  }
+  if (timerfd_settime(fd_.get(), 0, &spec, nullptr) != 0)
+    log::error("timer.settime_failed", {{"error", strerror(errno)}});
+  armed_ = value != 0;
+}
+
+void Timer::poll() {
+  if (!armed_) return;
+  uint64_t expirations = 0;
+  ssize_t n = read(fd_.get(), &expirations, sizeof expirations);
+  if (n != sizeof expirations) return;  // EAGAIN: not yet expired
+  armed_ = false;
+  ++fired_;
+  irq_.raise(FTVM_IRQ_TIMER);
+}
+
+}  // namespace ftvm::vmm

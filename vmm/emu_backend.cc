@@ -1,0 +1,393 @@
+// Software CPU backend (unicorn, QEMU's TCG as a library) for hosts without /dev/kvm.
+//
+// It runs the same guest image and produces the same guest-caused exits as the KVM
+// backend: MMIO slots are unicorn MMIO regions whose callbacks call the exit handler,
+// port I/O comes through instruction hooks, HLT through the interrupt hook. Unicorn
+// does not deliver interrupts or exceptions through the guest IDT, so this backend
+// does it, the way the CPU would (interrupt gate, stack switch to TSS.RSP0 on a
+// privilege change, IF cleared); the guest's IRETQ is emulated by unicorn itself.
+//
+// Interrupts are injected at translation-block boundaries: unicorn's stop request is
+// only precise there (stopping inside a memory callback restarts the block and would
+// repeat the MMIO access), so exits and kicks set a flag that the block hook turns
+// into a stop before the next block runs.
+#include <unicorn/unicorn.h>
+
+#include <atomic>
+#include <cstring>
+#include <string>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "vmm/abi/ftvm_abi.h"
+#include "vmm/cpu_backend.h"
+
+namespace ftvm::vmm {
+namespace {
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+constexpr uint64_t kRflagsIf = 1ull << 9;
+constexpr uint64_t kRflagsTf = 1ull << 8;
+constexpr uint64_t kRflagsNt = 1ull << 14;
+constexpr uint64_t kRflagsRf = 1ull << 16;
+constexpr uint64_t kRflagsVm = 1ull << 17;
+constexpr uint64_t kRflagsAc = 1ull << 18;
+constexpr uint32_t kEferMsr = 0xC0000080;
+
+// Unicorn reports HLT through the interrupt hook with this number.
+constexpr uint32_t kUnicornHltIntno = 8;
+
+bool ExceptionHasErrorCode(unsigned vector) {
+  switch (vector) {
+    case 8: case 10: case 11: case 12: case 13: case 14: case 17: case 21: case 29: case 30:
+      return true;
+    default:
+      return false;
+  }
+}
+
+class EmulatedBackend final : public CpuBackend {
+ public:
+  explicit EmulatedBackend(GuestMemory& memory) : memory_(memory) {
+    Check(uc_open(UC_ARCH_X86, UC_MODE_64, &uc_), "opening the software CPU");
+    Check(uc_mem_map_ptr(uc_, 0, memory.size(), UC_PROT_ALL, memory.host_base()), "mapping guest RAM");
+    Check(uc_mmio_map(uc_, FTVM_MMIO_BASE, FTVM_MMIO_SLOTS * FTVM_MMIO_SLOT_SIZE, &MmioRead, this,
+                      &MmioWrite, this),
+          "mapping the MMIO window");
+    uc_hook hook;
+    Check(uc_hook_add(uc_, &hook, UC_HOOK_INSN, reinterpret_cast<void*>(&PortIn), this, 1, 0, UC_X86_INS_IN),
+          "hooking IN");
+    Check(uc_hook_add(uc_, &hook, UC_HOOK_INSN, reinterpret_cast<void*>(&PortOut), this, 1, 0, UC_X86_INS_OUT),
+          "hooking OUT");
+    Check(uc_hook_add(uc_, &hook, UC_HOOK_INTR, reinterpret_cast<void*>(&Interrupt), this, 1, 0),
+          "hooking interrupts");
+    Check(uc_hook_add(uc_, &hook, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, reinterpret_cast<void*>(&MmioAccess), this,
+                      FTVM_MMIO_BASE, FTVM_MMIO_BASE + FTVM_MMIO_SLOTS * FTVM_MMIO_SLOT_SIZE - 1),
+          "hooking MMIO accesses");
+    Check(uc_hook_add(uc_, &hook, UC_HOOK_BLOCK, reinterpret_cast<void*>(&BlockStart), this, 1, 0),
+          "hooking blocks");
+    Check(uc_hook_add(uc_, &hook, UC_HOOK_MEM_UNMAPPED, reinterpret_cast<void*>(&Unmapped), this, 1, 0),
+          "hooking unmapped accesses");
+  }
+
+  ~EmulatedBackend() override {
+    if (uc_ != nullptr) uc_close(uc_);
+  }
+
+  std::string_view name() const override { return "emulated"; }
+
+  void set_boot_state(const BootState& s) override {
+    uc_x86_mmr gdtr{0, s.gdt_base, s.gdt_limit, 0};
+    Check(uc_reg_write(uc_, UC_X86_REG_GDTR, &gdtr), "setting GDTR");
+    uc_x86_mmr idtr{0, 0, 0, 0};
+    Check(uc_reg_write(uc_, UC_X86_REG_IDTR, &idtr), "setting IDTR");
+    Check(uc_reg_write(uc_, UC_X86_REG_CR3, &s.cr3), "setting CR3");
+    Check(uc_reg_write(uc_, UC_X86_REG_CR4, &s.cr4), "setting CR4");
+    uc_x86_msr efer{kEferMsr, s.efer};
+    Check(uc_reg_write(uc_, UC_X86_REG_MSR, &efer), "setting EFER");
+    Check(uc_reg_write(uc_, UC_X86_REG_CR0, &s.cr0), "setting CR0");
+    WriteSelector(UC_X86_REG_CS, s.code_selector);
+    for (int reg : {UC_X86_REG_SS, UC_X86_REG_DS, UC_X86_REG_ES})
+      WriteSelector(reg, s.data_selector);
+    Check(uc_reg_write(uc_, UC_X86_REG_RSP, &s.rsp), "setting RSP");
+    Check(uc_reg_write(uc_, UC_X86_REG_RDI, &s.rdi), "setting RDI");
+    Check(uc_reg_write(uc_, UC_X86_REG_RFLAGS, &s.rflags), "setting RFLAGS");
+    rip_ = s.rip;
+  }
+
+  RunResult run(ExitHandler& h) override {
+    handler_ = &h;
+    running_.store(true, std::memory_order_release);
+    RunResult result = Loop(h);
+    running_.store(false, std::memory_order_release);
+    handler_ = nullptr;
+    return result;
+  }
+
+  void kick() override {
+    kicked_.store(true, std::memory_order_release);
+    stop_at_block_.store(true, std::memory_order_release);
+  }
+
+  uint64_t guest_rip() override {
+    uint64_t rip = 0;
+    uc_reg_read(uc_, UC_X86_REG_RIP, &rip);
+    return rip;
+  }
+
+ private:
+  RunResult Loop(ExitHandler& h) {
+    while (!h.should_stop()) {
+      if (!fault_.empty()) return {StopReason::kGuestError, fault_};
+      if (kicked_.exchange(false, std::memory_order_acq_rel)) h.after_exit(false);
+      if (pending_exception_ >= 0) {
+        int vector = pending_exception_;
+        pending_exception_ = -1;
+        if (!Deliver(unsigned(vector), ExceptionHasErrorCode(unsigned(vector)), 0))
+          return {StopReason::kGuestError, fault_};
+      } else {
+        std::optional<uint8_t> vector = h.pending_vector();
+        if (vector && (ReadReg(UC_X86_REG_RFLAGS) & kRflagsIf)) {
+          if (!Deliver(*vector, false, 0)) return {StopReason::kGuestError, fault_};
+          h.vector_injected(*vector);
+        }
+      }
+      if (halted_) {
+        halted_ = false;
+        bool if_set = (ReadReg(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;
+        if (!h.halt(if_set))
+          return {StopReason::kGuestError, "guest halted with interrupts disabled at rip=" + Hex(rip_)};
+        h.after_exit(true);
+        continue;
+      }
+      if (h.should_stop()) break;
+      stop_at_block_.store(false, std::memory_order_release);
+      uc_err err = uc_emu_start(uc_, rip_, 0, 0, 0);
+      rip_ = ReadReg(UC_X86_REG_RIP);
+      if (err != UC_ERR_OK) {
+        if (!fault_.empty()) return {StopReason::kGuestError, fault_};
+        return {StopReason::kBackendError,
+                std::string("software CPU stopped: ") + uc_strerror(err) + " at rip=" + Hex(rip_)};
+      }
+    }
+    return {StopReason::kStopped, ""};
+  }
+
+  // Delivers `vector` through the guest IDT: 64-bit interrupt/trap gates only.
+  bool Deliver(unsigned vector, bool push_error, uint64_t error_code) {
+    uc_x86_mmr idtr{};
+    uc_reg_read(uc_, UC_X86_REG_IDTR, &idtr);
+    uint8_t gate[16];
+    uint64_t gate_addr = idtr.base + uint64_t(vector) * 16;
+    if (uint64_t(vector) * 16 + 15 > idtr.limit || !ReadLinear(gate_addr, gate, sizeof gate)) {
+      fault_ = "cannot deliver vector " + std::to_string(vector) + " at rip=" + Hex(rip_) +
+               ": outside the guest IDT (triple fault)";
+      return false;
+    }
+    unsigned type = gate[5] & 0x0f;
+    bool present = (gate[5] & 0x80) != 0;
+    if (!present || (type != 0xe && type != 0xf)) {
+      fault_ = "cannot deliver vector " + std::to_string(vector) + " at rip=" + Hex(rip_) +
+               ": IDT gate not present or not a 64-bit gate (triple fault)";
+      return false;
+    }
+    uint64_t target = uint64_t(gate[0]) | uint64_t(gate[1]) << 8 | uint64_t(gate[6]) << 16 |
+                      uint64_t(gate[7]) << 24 | uint64_t(gate[8]) << 32 | uint64_t(gate[9]) << 40 |
+                      uint64_t(gate[10]) << 48 | uint64_t(gate[11]) << 56;
+    uint16_t target_cs = uint16_t(gate[2] | gate[3] << 8);
+    uint64_t cs = ReadReg(UC_X86_REG_CS) & 0xffff;
+    uint64_t ss = ReadReg(UC_X86_REG_SS) & 0xffff;
+    uint64_t rsp = ReadReg(UC_X86_REG_RSP);
+    uint64_t rflags = ReadReg(UC_X86_REG_RFLAGS);
+    unsigned cpl = unsigned(cs & 3);
+    unsigned new_cpl = target_cs & 3;
+    uint64_t new_rsp = rsp;
+    if (new_cpl < cpl) {
+      uc_x86_mmr tr{};
+      uc_reg_read(uc_, UC_X86_REG_TR, &tr);
+      if (!ReadLinear(tr.base + 4, &new_rsp, sizeof new_rsp)) {
+        fault_ = "cannot deliver vector " + std::to_string(vector) + ": TSS.RSP0 unreadable";
+        return false;
+      }
+    }
+    new_rsp &= ~uint64_t(0xf);
+    uint64_t frame[6];
+    int n = 0;
+    if (push_error) frame[n++] = error_code;
+    frame[n++] = rip_;
+    frame[n++] = cs;
+    frame[n++] = rflags;
+    frame[n++] = rsp;
+    frame[n++] = ss;
+    new_rsp -= uint64_t(n) * 8;
+    if (!WriteLinear(new_rsp, frame, size_t(n) * 8)) {
+      fault_ = "cannot deliver vector " + std::to_string(vector) + ": interrupt stack at " +
+               Hex(new_rsp) + " is not in guest RAM (triple fault)";
+      return false;
+    }
+    rflags &= ~(kRflagsTf | kRflagsNt | kRflagsRf | kRflagsVm);
+    if (type == 0xe) rflags &= ~kRflagsIf;  // interrupt gate
+    rflags &= ~kRflagsAc;
+    WriteSelector(UC_X86_REG_CS, target_cs);
+    if (new_cpl != cpl) WriteSelector(UC_X86_REG_SS, uint16_t(new_cpl));  // null SS, RPL = CPL
+    WriteReg(UC_X86_REG_RSP, new_rsp);
+    WriteReg(UC_X86_REG_RFLAGS, rflags);
+    rip_ = target;
+    return true;
+  }
+
+  // Linear to physical through the guest's 4-level page tables.
+  bool Translate(uint64_t linear, uint64_t& phys) {
+    uint64_t cr0 = ReadReg(UC_X86_REG_CR0);
+    if (!(cr0 & (1ull << 31))) {
+      phys = linear;
+      return true;
+    }
+    uint64_t table = ReadReg(UC_X86_REG_CR3) & 0x000ffffffffff000ull;
+    for (int level = 3; level >= 0; --level) {
+      uint64_t index = (linear >> (12 + 9 * level)) & 0x1ff;
+      uint64_t entry = 0;
+      if (!memory_.read_obj(table + index * 8, entry) || !(entry & 1)) return false;
+      if (level > 0 && (entry & 0x80)) {  // large page
+        uint64_t page_size = 1ull << (12 + 9 * level);
+        phys = (entry & 0x000ffffffffff000ull & ~(page_size - 1)) | (linear & (page_size - 1));
+        return true;
+      }
+      table = entry & 0x000ffffffffff000ull;
+    }
+    phys = table | (linear & 0xfff);
+    return true;
+  }
+
+  bool ReadLinear(uint64_t linear, void* out, size_t len) {
+    auto* dst = static_cast<uint8_t*>(out);
+    while (len > 0) {
+      uint64_t phys;
+      if (!Translate(linear, phys)) return false;
+      size_t chunk = std::min<size_t>(len, 4096 - (linear & 0xfff));
+      if (!memory_.read(phys, dst, chunk)) return false;
+      linear += chunk, dst += chunk, len -= chunk;
+    }
+    return true;
+  }
+
+  bool WriteLinear(uint64_t linear, const void* in, size_t len) {
+    auto* src = static_cast<const uint8_t*>(in);
+    while (len > 0) {
+      uint64_t phys;
+      if (!Translate(linear, phys)) return false;
+      size_t chunk = std::min<size_t>(len, 4096 - (linear & 0xfff));
+      if (!memory_.write(phys, src, chunk)) return false;
+      linear += chunk, src += chunk, len -= chunk;
+    }
+    return true;
+  }
+
+  uint64_t ReadReg(int reg) {
+    uint64_t v = 0;
+    uc_reg_read(uc_, reg, &v);
+    return v;
+  }
+  void WriteReg(int reg, uint64_t v) { Check(uc_reg_write(uc_, reg, &v), "writing a register"); }
+  void WriteSelector(int reg, uint16_t selector) {
+    uint64_t v = selector;
+    Check(uc_reg_write(uc_, reg, &v), "loading segment selector " + Hex(selector));
+  }
+
+  static void Check(uc_err err, const std::string& what) {
+    if (err != UC_ERR_OK) throw Error("software CPU: " + what + ": " + uc_strerror(err));
+  }
+
+  // An exit happened inside a block: stop before the next block so that the machine
+  // can service devices and inject interrupts at a precise instruction boundary.
+  void ExitTaken() { stop_at_block_.store(true, std::memory_order_release); }
+
+  // Unicorn splits 8-byte MMIO accesses into two 4-byte callbacks (and passes the
+  // wrong value for the second half of a write). The memory hook sees the whole
+  // access, so it is the exit: it dispatches the access once with its real size, and
+  // the region callbacks only hand out the bytes of a read.
+  static void MmioAccess(uc_engine*, uc_mem_type type, uint64_t address, int size, int64_t value,
+                         void* self_ptr) {
+    auto* self = static_cast<EmulatedBackend*>(self_ptr);
+    unsigned len = std::min<unsigned>(unsigned(size), 8);
+    if (type == UC_MEM_WRITE) {
+      uint8_t data[8];
+      std::memcpy(data, &value, 8);
+      self->handler_->mmio(address, true, data, len);
+    } else {
+      std::memset(self->read_bytes_, 0, sizeof self->read_bytes_);
+      self->read_base_ = address;
+      self->handler_->mmio(address, false, self->read_bytes_, len);
+    }
+    self->handler_->after_exit(true);
+    self->ExitTaken();
+  }
+
+  static uint64_t MmioRead(uc_engine*, uint64_t offset, unsigned size, void* self_ptr) {
+    auto* self = static_cast<EmulatedBackend*>(self_ptr);
+    uint64_t at = FTVM_MMIO_BASE + offset - self->read_base_;
+    uint64_t value = 0;
+    if (at < 8) std::memcpy(&value, self->read_bytes_ + at, std::min<uint64_t>(size, 8 - at));
+    return value;
+  }
+
+  static void MmioWrite(uc_engine*, uint64_t, unsigned, uint64_t, void*) {}
+
+  static uint32_t PortIn(uc_engine*, uint32_t port, int size, void* self_ptr) {
+    auto* self = static_cast<EmulatedBackend*>(self_ptr);
+    uint8_t data[4] = {};
+    self->handler_->pio(uint16_t(port), false, data, unsigned(size));
+    self->handler_->after_exit(true);
+    self->ExitTaken();
+    uint32_t value = 0;
+    std::memcpy(&value, data, size_t(size));
+    return value;
+  }
+
+  static void PortOut(uc_engine*, uint32_t port, int size, uint32_t value, void* self_ptr) {
+    auto* self = static_cast<EmulatedBackend*>(self_ptr);
+    uint8_t data[4];
+    std::memcpy(data, &value, 4);
+    self->handler_->pio(uint16_t(port), true, data, unsigned(size));
+    self->handler_->after_exit(true);
+    self->ExitTaken();
+  }
+
+  // Exceptions raised by guest instructions (and HLT). The state is precise here: RIP
+  // is the faulting instruction (after it, for HLT).
+  static void Interrupt(uc_engine* uc, uint32_t intno, void* self_ptr) {
+    auto* self = static_cast<EmulatedBackend*>(self_ptr);
+    uint64_t rip = self->ReadReg(UC_X86_REG_RIP);
+    uint8_t prev = 0;
+    if (intno == kUnicornHltIntno && rip > 0 && self->memory_.read(rip - 1, &prev, 1) && prev == 0xf4 &&
+        (self->ReadReg(UC_X86_REG_CS) & 3) == 0) {
+      self->halted_ = true;
+    } else if (intno < 32) {
+      self->pending_exception_ = int(intno);
+    } else {
+      // INT n instructions: the kit never uses them (they fault under PVM).
+      self->pending_exception_ = 13;
+    }
+    uc_emu_stop(uc);
+  }
+
+  static bool Unmapped(uc_engine* uc, uc_mem_type type, uint64_t address, int size, int64_t, void* self_ptr) {
+    auto* self = static_cast<EmulatedBackend*>(self_ptr);
+    self->fault_ = std::string(type == UC_MEM_FETCH_UNMAPPED ? "instruction fetch" : "memory access") +
+                   " outside guest RAM and MMIO at address " + Hex(address) + " (size " +
+                   std::to_string(size) + ") near rip=" + Hex(self->ReadReg(UC_X86_REG_RIP));
+    uc_emu_stop(uc);
+    return false;
+  }
+
+  static void BlockStart(uc_engine* uc, uint64_t, uint32_t, void* self_ptr) {
+    auto* self = static_cast<EmulatedBackend*>(self_ptr);
+    if (self->stop_at_block_.load(std::memory_order_acquire)) uc_emu_stop(uc);
+  }
+
+  GuestMemory& memory_;
+  uc_engine* uc_ = nullptr;
+  ExitHandler* handler_ = nullptr;
+  uint64_t rip_ = 0;
+  int pending_exception_ = -1;
+  uint64_t read_base_ = 0;     // GPA of the MMIO read being served
+  uint8_t read_bytes_[8] = {}; // its value, handed out by MmioRead
+  bool halted_ = false;
+  std::string fault_;
+  std::atomic<bool> stop_at_block_{false};
+  std::atomic<bool> kicked_{false};
+  std::atomic<bool> running_{false};
+};
+
+}  // namespace
+
+std::unique_ptr<CpuBackend> MakeEmulatedBackend(GuestMemory& memory) {
+  return std::make_unique<EmulatedBackend>(memory);
+}
+
+}  // namespace ftvm::vmm

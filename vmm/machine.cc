@@ -1,0 +1,321 @@
+#include "vmm/machine.h"
+
+#include <arpa/inet.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "vmm/abi/ftvm_abi.h"
+#include "vmm/devices/clock_device.h"
+#include "vmm/devices/console.h"
+#include "vmm/devices/irq_controller.h"
+#include "vmm/devices/power.h"
+#include "vmm/devices/rng.h"
+#include "vmm/devices/timer.h"
+#include "vmm/loader.h"
+#include "vmm/virtio_devices.h"
+
+namespace ftvm::vmm {
+namespace {
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+bool ValidWord(const std::string& s) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (c <= ' ' || c > '~') return false;
+  return true;
+}
+
+bool ParseIpv4Cidr(const std::string& text, bool need_prefix) {
+  std::string addr = text;
+  auto slash = text.find('/');
+  if (slash != std::string::npos) {
+    addr = text.substr(0, slash);
+    std::string prefix = text.substr(slash + 1);
+    if (prefix.empty() || prefix.size() > 2 || prefix.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoi(prefix) > 32)
+      return false;
+  } else if (need_prefix) {
+    return false;
+  }
+  in_addr a{};
+  return inet_pton(AF_INET, addr.c_str(), &a) == 1;
+}
+
+}  // namespace
+
+void ValidateConfig(const VmConfig& c) {
+  if (c.guest_image.empty()) throw Error("no guest image given (--guest IMAGE)");
+  if (!ValidWord(c.app)) throw Error("no guest app given (--app NAME)");
+  if (c.mem_mib < FTVM_MIN_RAM_MIB)
+    throw Error("--mem " + std::to_string(c.mem_mib) + " MiB is too little: the guest needs at least " +
+                std::to_string(FTVM_MIN_RAM_MIB) + " MiB");
+  if (c.mem_mib > FTVM_MAX_RAM_MIB)
+    throw Error("--mem " + std::to_string(c.mem_mib) + " MiB is too much: at most " +
+                std::to_string(FTVM_MAX_RAM_MIB) + " MiB fit below the MMIO window");
+  for (const std::string& a : c.app_args)
+    if (!ValidWord(a) || a.find('=') == std::string::npos || a.front() == '=')
+      throw Error("guest argument '" + a + "' is not of the form key=value");
+  if (!c.tap.empty()) {
+    if (c.tap.size() >= 16) throw Error("tap interface name '" + c.tap + "' is longer than 15 characters");
+    if (!ParseIpv4Cidr(c.ip, true)) throw Error("--ip '" + c.ip + "' is not an IPv4 address with a prefix (a.b.c.d/n)");
+    if (!c.gateway.empty() && !ParseIpv4Cidr(c.gateway, false))
+      throw Error("--gateway '" + c.gateway + "' is not an IPv4 address");
+    ParseMac(c.mac);  // throws with the reason
+  }
+}
+
+std::string GuestCommandLine(const VmConfig& c) {
+  std::string line = "app=" + c.app;
+  if (!c.tap.empty()) {
+    line += " ip=" + c.ip;
+    if (!c.gateway.empty()) line += " gw=" + c.gateway;
+  }
+  for (const std::string& a : c.app_args) line += " " + a;
+  return line;
+}
+
+Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
+    : config_(config), clock_(clock), memory_(GuestMemory::Create(config.mem_mib << 20)) {
+  ValidateConfig(config_);
+  // Load the image first: a bad image is the most likely mistake and needs no KVM.
+  std::vector<uint8_t> image = ReadImageFile(config_.guest_image);
+  LoadedImage loaded = LoadElf(image, config_.guest_image, memory_);
+
+  epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_) throw SysError("epoll_create1");
+  wake_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_fd_) throw SysError("eventfd");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = UINT64_MAX;
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_fd_.get(), &ev) != 0) throw SysError("epoll_ctl");
+
+  UniqueFd console_file;
+  if (!config_.console_path.empty()) console_file = Console::OpenOutput(config_.console_path);
+  auto console = std::make_unique<Console>(memory_, STDOUT_FILENO, std::move(console_file));
+  console_ = console.get();
+  auto irq = std::make_unique<InterruptController>([this] { return WaitForHostEvent(); });
+  irq_ = irq.get();
+  auto power = std::make_unique<Power>();
+  power_ = power.get();
+  AddDevice(FTVM_SLOT_CONSOLE, std::move(console));
+  AddDevice(FTVM_SLOT_CLOCK, std::make_unique<ClockDevice>(clock_));
+  AddDevice(FTVM_SLOT_TIMER, std::make_unique<Timer>(*irq_));
+  AddDevice(FTVM_SLOT_RNG, std::make_unique<Rng>(memory_, random));
+  AddDevice(FTVM_SLOT_IRQ, std::move(irq));
+  AddDevice(FTVM_SLOT_POWER, std::move(power));
+  if (!config_.disk.empty())
+    AddDevice(FTVM_SLOT_VIRTIO_BLK, MakeVirtioBlkDevice(memory_, *irq_, config_.disk));
+  if (!config_.tap.empty())
+    AddDevice(FTVM_SLOT_VIRTIO_NET, MakeVirtioNetDevice(memory_, *irq_, config_.tap, ParseMac(config_.mac)));
+
+  uint32_t present = 0;
+  for (unsigned s = 0; s < FTVM_MMIO_SLOTS; ++s)
+    if (slots_[s] != nullptr) present |= 1u << s;
+  PrepareBoot(loaded, memory_, GuestCommandLine(config_), present);
+  boot_ = loaded.boot;
+
+  backend_ = MakeBackend(config_.backend, memory_);
+  backend_->set_boot_state(boot_);
+  log::info("vm.created", {{"backend", backend_->name()},
+                           {"mem_mib", config_.mem_mib},
+                           {"image", config_.guest_image},
+                           {"entry", Hex(boot_.rip)},
+                           {"cmdline", GuestCommandLine(config_)}});
+}
+
+Machine::~Machine() {
+  stop();
+  if (event_thread_.joinable()) event_thread_.join();
+}
+
+void Machine::AddDevice(unsigned slot, std::unique_ptr<Device> device) {
+  slots_[slot] = device.get();
+  for (uint16_t port : device->ports()) ports_.emplace_back(port, device.get());
+  for (int fd : device->host_fds()) Watch(device.get(), fd);
+  devices_.push_back(std::move(device));
+}
+
+void Machine::Watch(Device* device, int fd) {
+  if (watches_.size() >= 63) throw Error("too many host event sources");
+  epoll_event ev{};
+  ev.events = 0;  // armed later, when the device wants events
+  ev.data.u64 = watches_.size();
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+    throw SysError("watching " + std::string(device->name()) + " host fd");
+  watches_.push_back({device, fd, false});
+}
+
+void Machine::Arm(FdWatch& w) {
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLONESHOT;
+  ev.data.u64 = uint64_t(&w - watches_.data());
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, w.fd, &ev) != 0) {
+    log::error("vm.arm_failed", {{"device", w.device->name()}, {"error", strerror(errno)}});
+    return;
+  }
+  w.armed = true;
+}
+
+int Machine::run() {
+  start_ns_ = clock_.monotonic_ns();
+  ServiceDevices();
+  event_thread_ = std::thread([this] { EventThread(); });
+  RunResult result = backend_->run(*this);
+  stats_.run_ns = clock_.monotonic_ns() - start_ns_;
+  stop();
+  event_thread_.join();
+  MachineStats s = stats();
+  log::info("vm.stopped", {{"exit_code", power_->exit_code().value_or(-1)},
+                           {"guest_exits", s.guest_exits()},
+                           {"mmio_exits", s.mmio_exits},
+                           {"pio_exits", s.pio_exits},
+                           {"async_exits", s.async_exits},
+                           {"interrupts", s.interrupts},
+                           {"run_ms", s.run_ns / 1000000}});
+  if (result.reason != StopReason::kStopped) {
+    throw Error(std::string(result.reason == StopReason::kGuestError ? "guest crashed: " : "vCPU failed: ") +
+                result.detail);
+  }
+  return power_->exit_code().value_or(-1);
+}
+
+void Machine::stop() {
+  stop_requested_.store(true, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(wait_mu_);
+  }
+  wait_cv_.notify_all();
+  uint64_t one = 1;
+  if (wake_fd_) [[maybe_unused]] auto n = write(wake_fd_.get(), &one, sizeof one);
+  if (backend_) backend_->kick();
+}
+
+MachineStats Machine::stats() const {
+  MachineStats s = stats_;
+  s.console_bytes = console_->bytes_written();
+  s.interrupts = irq_->delivered_count();
+  return s;
+}
+
+void Machine::EventThread() {
+  epoll_event events[16];
+  while (!stop_requested_.load(std::memory_order_acquire)) {
+    int n = epoll_wait(epoll_.get(), events, 16, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      log::error("vm.epoll_failed", {{"error", strerror(errno)}});
+      return;
+    }
+    uint64_t bits = 0;
+    for (int i = 0; i < n; ++i)
+      if (events[i].data.u64 != UINT64_MAX) bits |= 1ull << events[i].data.u64;
+    if (bits == 0) continue;
+    host_events_.fetch_or(bits, std::memory_order_acq_rel);
+    {
+      std::lock_guard<std::mutex> lock(wait_mu_);
+    }
+    wait_cv_.notify_one();
+    if (!in_wait_.load(std::memory_order_acquire)) backend_->kick();
+  }
+}
+
+void Machine::ServiceDevices() {
+  uint64_t fired = host_events_.exchange(0, std::memory_order_acq_rel);
+  for (size_t i = 0; i < watches_.size(); ++i)
+    if (fired & (1ull << i)) watches_[i].armed = false;  // one-shot: disarmed by delivery
+  for (auto& d : devices_) d->poll();
+  for (FdWatch& w : watches_)
+    if (!w.armed && w.device->wants_host_events()) Arm(w);
+}
+
+bool Machine::WaitForHostEvent() {
+  ServiceDevices();
+  if (irq_->has_deliverable()) return true;
+  in_wait_.store(true, std::memory_order_release);
+  {
+    std::unique_lock<std::mutex> lock(wait_mu_);
+    wait_cv_.wait(lock, [this] {
+      return host_events_.load(std::memory_order_acquire) != 0 || stop_requested_.load(std::memory_order_acquire);
+    });
+  }
+  in_wait_.store(false, std::memory_order_release);
+  if (stop_requested_.load(std::memory_order_acquire)) return false;
+  ServiceDevices();
+  return true;
+}
+
+void Machine::mmio(uint64_t gpa, bool is_write, uint8_t* data, unsigned len) {
+  ++stats_.mmio_exits;
+  uint64_t slot = (gpa - FTVM_MMIO_BASE) / FTVM_MMIO_SLOT_SIZE;
+  Device* dev = (gpa >= FTVM_MMIO_BASE && slot < FTVM_MMIO_SLOTS) ? slots_[slot] : nullptr;
+  if (dev == nullptr) {
+    // Like an empty bus: reads float high, writes vanish.
+    if (!is_write) std::memset(data, 0xff, len);
+    log::debug("vm.mmio_unassigned", {{"gpa", Hex(gpa)}, {"write", is_write}});
+    return;
+  }
+  uint64_t offset = gpa % FTVM_MMIO_SLOT_SIZE;
+  if (is_write) {
+    uint64_t value = 0;
+    std::memcpy(&value, data, std::min<unsigned>(len, 8));
+    dev->mmio_write(offset, len, value);
+    if (dev == console_ && stats_.boot_to_first_output_ns == 0 && console_->bytes_written() > 0)
+      stats_.boot_to_first_output_ns = clock_.monotonic_ns() - start_ns_;
+  } else {
+    uint64_t value = dev->mmio_read(offset, len);
+    std::memcpy(data, &value, std::min<unsigned>(len, 8));
+  }
+}
+
+void Machine::pio(uint16_t port, bool is_write, uint8_t* data, unsigned len) {
+  ++stats_.pio_exits;
+  for (auto& [p, dev] : ports_) {
+    if (p != port) continue;
+    if (is_write) {
+      uint32_t value = 0;
+      std::memcpy(&value, data, std::min<unsigned>(len, 4));
+      dev->port_write(port, len, value);
+      if (dev == console_ && stats_.boot_to_first_output_ns == 0)
+        stats_.boot_to_first_output_ns = clock_.monotonic_ns() - start_ns_;
+    } else {
+      uint32_t value = dev->port_read(port, len);
+      std::memcpy(data, &value, std::min<unsigned>(len, 4));
+    }
+    return;
+  }
+  if (!is_write) std::memset(data, 0xff, len);
+  log::debug("vm.pio_unassigned", {{"port", Hex(port)}, {"write", is_write}});
+}
+
+bool Machine::halt(bool interrupts_enabled) {
+  ++stats_.halt_exits;
+  if (!interrupts_enabled) return false;
+  irq_->wait_until_deliverable();
+  return true;
+}
+
+void Machine::after_exit(bool guest_caused) {
+  if (!guest_caused) ++stats_.async_exits;
+  ServiceDevices();
+}
+
+std::optional<uint8_t> Machine::pending_vector() { return irq_->next_vector(); }
+
+void Machine::vector_injected(uint8_t vector) { irq_->delivered(vector); }
+
+bool Machine::should_stop() {
+  return power_->exit_code().has_value() || stop_requested_.load(std::memory_order_acquire);
+}
+
+}  // namespace ftvm::vmm

@@ -1,0 +1,29 @@
+#include "vmm/virtio_devices.h"
+
+#include <cstdio>
+
+#include "common/error.h"
+
+namespace ftvm::vmm {
+
+MacAddress ParseMac(const std::string& text) {
+  MacAddress mac{};
+  unsigned b[6];
+  char tail;
+  if (std::sscanf(text.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6 ||
+      text.size() != 17)
+    throw Error("MAC address '" + text + "' is not of the form xx:xx:xx:xx:xx:xx");
+  for (int i = 0; i < 6; ++i) mac[i] = uint8_t(b[i]);
+  if (mac[0] & 1) throw Error("MAC address '" + text + "' is a multicast address");
+  return mac;
+}
+
+std::unique_ptr<Device> MakeVirtioBlkDevice(GuestMemory&, InterruptSink&, const std::string& image) {
+  throw Error("virtio-blk is not wired in yet (disk " + image + ")");
+}
+
+std::unique_ptr<Device> MakeVirtioNetDevice(GuestMemory&, InterruptSink&, const std::string& tap, const MacAddress&) {
+  throw Error("virtio-net is not wired in yet (tap " + tap + ")");
+}
+
+}  // namespace ftvm::vmm
