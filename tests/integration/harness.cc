@@ -1,0 +1,155 @@
+#include "tests/integration/harness.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace ftvm::itest {
+namespace {
+
+std::string EnvOrDie(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') throw std::runtime_error(std::string("environment variable ") + name + " is not set (run through meson test)");
+  return v;
+}
+
+void MustRun(const std::vector<std::string>& argv) {
+  ProcessResult r = Run(argv, std::chrono::seconds(30), "setup");
+  if (r.exit_code != 0) {
+    std::string cmd;
+    for (const auto& a : argv) cmd += a + " ";
+    throw std::runtime_error("command failed (" + std::to_string(r.exit_code) + "): " + cmd + ": " + r.err);
+  }
+}
+
+}  // namespace
+
+std::string FtvmBinary() { return EnvOrDie("FTVM_BIN"); }
+std::string GuestImage() { return EnvOrDie("FTVM_GUEST"); }
+
+std::string ScratchPath(const std::string& tag) {
+  static int counter = 0;  // test-process-local uniqueness; tests run sequentially
+  return std::string(testing::TempDir()) + "/ftvm_it_" + std::to_string(getpid()) + "_" +
+         std::to_string(counter++) + "_" + tag;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+Process Process::Start(const std::vector<std::string>& argv, const std::string& tag) {
+  std::string out = ScratchPath(tag + ".out"), err = ScratchPath(tag + ".err");
+  pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int n = open("/dev/null", O_RDONLY);
+    if (o < 0 || e < 0 || n < 0) _exit(127);
+    dup2(n, 0);
+    dup2(o, 1);
+    dup2(e, 2);
+    setpgid(0, 0);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  return Process(pid, out, err);
+}
+
+Process::Process(Process&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)),
+      status_(other.status_),
+      out_path_(std::move(other.out_path_)),
+      err_path_(std::move(other.err_path_)) {}
+
+Process::~Process() {
+  if (pid_ > 0 && !status_) {
+    kill(-pid_, SIGKILL);
+    kill(pid_, SIGKILL);
+    int st;
+    waitpid(pid_, &st, 0);
+  }
+}
+
+bool Process::Running() {
+  if (status_) return false;
+  int st;
+  if (waitpid(pid_, &st, WNOHANG) == pid_) {
+    status_ = st;
+    return false;
+  }
+  return true;
+}
+
+void Process::Signal(int sig) {
+  if (!status_) kill(pid_, sig);
+}
+
+ProcessResult Process::Wait(std::chrono::milliseconds timeout) {
+  ProcessResult r;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (Running()) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      kill(-pid_, SIGKILL);
+      kill(pid_, SIGKILL);
+      int st;
+      waitpid(pid_, &st, 0);
+      status_ = st;
+      r.timed_out = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (!r.timed_out && WIFEXITED(*status_)) r.exit_code = WEXITSTATUS(*status_);
+  r.out = Stdout();
+  r.err = Stderr();
+  return r;
+}
+
+ProcessResult Run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout, const std::string& tag) {
+  return Process::Start(argv, tag).Wait(timeout);
+}
+
+bool WaitForFileContains(const std::string& path, const std::string& needle, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (ReadFile(path).find(needle) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return ReadFile(path).find(needle) != std::string::npos;
+}
+
+NetNamespace::NetNamespace(const std::string& tag)
+    : name_("ftvm-" + tag + "-" + std::to_string(getpid())) {
+  MustRun({"ip", "netns", "add", name_});
+  MustRun({"ip", "-n", name_, "link", "set", "lo", "up"});
+}
+
+NetNamespace::~NetNamespace() { Run({"ip", "netns", "del", name_}, std::chrono::seconds(10), "netns-del"); }
+
+void NetNamespace::AddTap(const std::string& ifname, const std::string& cidr) {
+  MustRun({"ip", "-n", name_, "tuntap", "add", "dev", ifname, "mode", "tap"});
+  MustRun({"ip", "-n", name_, "addr", "add", cidr, "dev", ifname});
+  MustRun({"ip", "-n", name_, "link", "set", ifname, "up"});
+}
+
+std::vector<std::string> NetNamespace::Wrap(const std::vector<std::string>& argv) const {
+  std::vector<std::string> out = {"ip", "netns", "exec", name_};
+  out.insert(out.end(), argv.begin(), argv.end());
+  return out;
+}
+
+}  // namespace ftvm::itest

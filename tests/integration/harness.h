@@ -1,0 +1,76 @@
+// Integration-test harness: real processes (the ftvm binary), real network
+// namespaces and tap devices. Everything is RAII so a failing test leaves nothing
+// running and no namespace behind.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ftvm::itest {
+
+// Paths handed in by meson (environment FTVM_BIN, FTVM_GUEST).
+std::string FtvmBinary();
+std::string GuestImage();
+// A fresh per-test scratch path under the test temp dir.
+std::string ScratchPath(const std::string& tag);
+std::string ReadFile(const std::string& path);
+
+struct ProcessResult {
+  int exit_code = -1;  // -1 when killed by a signal or timed out
+  bool timed_out = false;
+  std::string out;     // stdout
+  std::string err;     // stderr
+};
+
+// A child process with stdout/stderr captured to files; killed (SIGKILL) and reaped
+// on destruction if still running.
+class Process {
+ public:
+  static Process Start(const std::vector<std::string>& argv, const std::string& tag);
+  Process(Process&& other) noexcept;
+  Process& operator=(Process&&) = delete;
+  ~Process();
+
+  // Waits up to `timeout`; on time-out kills the child and marks the result.
+  ProcessResult Wait(std::chrono::milliseconds timeout);
+  void Signal(int sig);
+  bool Running();
+  std::string Stdout() const { return ReadFile(out_path_); }
+  std::string Stderr() const { return ReadFile(err_path_); }
+
+ private:
+  Process(pid_t pid, std::string out, std::string err) : pid_(pid), out_path_(std::move(out)), err_path_(std::move(err)) {}
+  pid_t pid_ = -1;
+  std::optional<int> status_;
+  std::string out_path_, err_path_;
+};
+
+ProcessResult Run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
+                  const std::string& tag = "run");
+
+// Polls `path` until it contains `needle` or `timeout` passes.
+bool WaitForFileContains(const std::string& path, const std::string& needle, std::chrono::milliseconds timeout);
+
+// A network namespace ("a host") with a tap device whose host side has an address.
+// Commands run inside it through `ip netns exec`.
+class NetNamespace {
+ public:
+  explicit NetNamespace(const std::string& tag);
+  ~NetNamespace();
+  NetNamespace(const NetNamespace&) = delete;
+  NetNamespace& operator=(const NetNamespace&) = delete;
+
+  const std::string& name() const { return name_; }
+  // Creates a persistent tap `ifname` inside the namespace with `cidr` on it, up.
+  void AddTap(const std::string& ifname, const std::string& cidr);
+  std::vector<std::string> Wrap(const std::vector<std::string>& argv) const;
+
+ private:
+  std::string name_;
+};
+
+}  // namespace ftvm::itest
