@@ -182,6 +182,7 @@ int Machine::run() {
                            {"pio_exits", s.pio_exits},
                            {"async_exits", s.async_exits},
                            {"interrupts", s.interrupts},
+                           {"first_output_us", s.boot_to_first_output_ns / 1000},
                            {"run_ms", s.run_ns / 1000000}});
   if (result.reason != StopReason::kStopped) {
     throw Error(std::string(result.reason == StopReason::kGuestError ? "guest crashed: " : "vCPU failed: ") +

@@ -5,7 +5,7 @@
 
 #include <fstream>
 
-#include "tests/integration/harness.h"
+#include "tests/support/harness.h"
 
 namespace ftvm::itest {
 namespace {

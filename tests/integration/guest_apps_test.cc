@@ -8,7 +8,7 @@
 #include <regex>
 
 #include "guest/apps/compute_core.h"
-#include "tests/integration/harness.h"
+#include "tests/support/harness.h"
 
 namespace ftvm::itest {
 namespace {

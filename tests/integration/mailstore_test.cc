@@ -7,7 +7,7 @@
 
 #include <cstdio>
 
-#include "tests/integration/harness.h"
+#include "tests/support/harness.h"
 
 namespace ftvm::itest {
 namespace {

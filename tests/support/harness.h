@@ -1,4 +1,4 @@
-// Integration-test harness: real processes (the ftvm binary), real network
+// Harness for integration tests and benchmarks: real processes (the ftvm binary), real network
 // namespaces and tap devices. Everything is RAII so a failing test leaves nothing
 // running and no namespace behind.
 #pragma once

@@ -1,11 +1,11 @@
-#include "tests/integration/harness.h"
+#include "tests/support/harness.h"
 
 #include <fcntl.h>
-#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -36,7 +36,8 @@ std::string GuestImage() { return EnvOrDie("FTVM_GUEST"); }
 
 std::string ScratchPath(const std::string& tag) {
   static int counter = 0;  // test-process-local uniqueness; tests run sequentially
-  return std::string(testing::TempDir()) + "/ftvm_it_" + std::to_string(getpid()) + "_" +
+  const char* tmp = std::getenv("TMPDIR");
+  return std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/ftvm_it_" + std::to_string(getpid()) + "_" +
          std::to_string(counter++) + "_" + tag;
 }
 
