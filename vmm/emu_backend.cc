@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -37,6 +38,7 @@ constexpr uint64_t kRflagsNt = 1ull << 14;
 constexpr uint64_t kRflagsRf = 1ull << 16;
 constexpr uint64_t kRflagsVm = 1ull << 17;
 constexpr uint64_t kRflagsAc = 1ull << 18;
+constexpr uint64_t kRflagsIopl3 = 3ull << 12;
 constexpr uint32_t kEferMsr = 0xC0000080;
 
 // Unicorn reports HLT through the interrupt hook with this number.
@@ -124,17 +126,26 @@ class EmulatedBackend final : public CpuBackend {
   RunResult Loop(ExitHandler& h) {
     while (!h.should_stop()) {
       if (!fault_.empty()) return {StopReason::kGuestError, fault_};
+      // Clear the stop request before looking at kicks: a kick landing after this
+      // line sets it again, so none is lost.
+      stop_at_block_.store(false, std::memory_order_release);
       if (kicked_.exchange(false, std::memory_order_acq_rel)) h.after_exit(false);
+      if (pending_exception_ == 13 && EmulatePrivileged()) pending_exception_ = -1;
       if (pending_exception_ >= 0) {
         int vector = pending_exception_;
         pending_exception_ = -1;
-        if (!Deliver(unsigned(vector), ExceptionHasErrorCode(unsigned(vector)), 0))
+        uint64_t error_code = std::exchange(pending_error_code_, 0);
+        if (!Deliver(unsigned(vector), ExceptionHasErrorCode(unsigned(vector)), error_code))
           return {StopReason::kGuestError, fault_};
       } else {
         std::optional<uint8_t> vector = h.pending_vector();
         if (vector && (ReadReg(UC_X86_REG_RFLAGS) & kRflagsIf)) {
           if (!Deliver(*vector, false, 0)) return {StopReason::kGuestError, fault_};
           h.vector_injected(*vector);
+        } else if (vector) {
+          // Interrupt window: check again at the next block, as KVM's
+          // request_interrupt_window would.
+          stop_at_block_.store(true, std::memory_order_release);
         }
       }
       if (halted_) {
@@ -146,9 +157,15 @@ class EmulatedBackend final : public CpuBackend {
         continue;
       }
       if (h.should_stop()) break;
-      stop_at_block_.store(false, std::memory_order_release);
       uc_err err = uc_emu_start(uc_, rip_, 0, 0, 0);
       rip_ = ReadReg(UC_X86_REG_RIP);
+      if (pending_exception_ >= 0 && fault_.empty()) continue;  // faulted: deliver it
+      if (err == UC_ERR_INSN_INVALID && fault_.empty()) {
+        // Unicorn reports an undefined opcode as an error, not through the
+        // interrupt hook: it is the guest's #UD.
+        pending_exception_ = 6;
+        continue;
+      }
       if (err != UC_ERR_OK) {
         if (!fault_.empty()) return {StopReason::kGuestError, fault_};
         return {StopReason::kBackendError,
@@ -156,6 +173,38 @@ class EmulatedBackend final : public CpuBackend {
       }
     }
     return {StopReason::kStopped, ""};
+  }
+
+  // The emulator's internal CPL stays 3 once the guest has entered ring 3 (see
+  // Deliver), so a privileged instruction in a ring-0 handler raises #GP there. For
+  // code whose CS selector says ring 0, the few privileged instructions a handler
+  // needs are carried out here instead: MOV from a control register (CR2 in a page
+  // fault handler, above all).
+  bool EmulatePrivileged() {
+    if ((ReadReg(UC_X86_REG_CS) & 3) != 0) return false;
+    uint8_t insn[4] = {};
+    if (!ReadLinear(rip_, insn, sizeof insn)) return false;
+    size_t len = 3;
+    uint8_t rex = 0;
+    const uint8_t* op = insn;
+    if ((insn[0] & 0xf0) == 0x40) {
+      rex = insn[0];
+      op = insn + 1;
+      len = 4;
+    }
+    if (op[0] != 0x0f || op[1] != 0x20 || (op[2] & 0xc0) != 0xc0) return false;  // MOV r64, CRn
+    unsigned cr = ((op[2] >> 3) & 7) | ((rex & 4) ? 8 : 0);
+    unsigned reg = (op[2] & 7) | ((rex & 1) ? 8 : 0);
+    static constexpr int kCr[] = {UC_X86_REG_CR0, -1, UC_X86_REG_CR2, UC_X86_REG_CR3, UC_X86_REG_CR4,
+                                  -1, -1, -1, UC_X86_REG_CR8};
+    static constexpr int kGpr[] = {UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX,
+                                   UC_X86_REG_RSP, UC_X86_REG_RBP, UC_X86_REG_RSI, UC_X86_REG_RDI,
+                                   UC_X86_REG_R8,  UC_X86_REG_R9,  UC_X86_REG_R10, UC_X86_REG_R11,
+                                   UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15};
+    if (cr > 8 || kCr[cr] < 0) return false;
+    WriteReg(kGpr[reg], ReadReg(kCr[cr]));
+    rip_ += len;
+    return true;
   }
 
   // Delivers `vector` through the guest IDT: 64-bit interrupt/trap gates only.
@@ -187,11 +236,14 @@ class EmulatedBackend final : public CpuBackend {
     unsigned cpl = unsigned(cs & 3);
     unsigned new_cpl = target_cs & 3;
     uint64_t new_rsp = rsp;
-    if (new_cpl < cpl) {
+    unsigned ist = gate[4] & 7;
+    if (ist != 0 || new_cpl < cpl) {
+      // 64-bit TSS: RSP0 at offset 4, IST1..7 at offset 0x24.
       uc_x86_mmr tr{};
       uc_reg_read(uc_, UC_X86_REG_TR, &tr);
-      if (!ReadLinear(tr.base + 4, &new_rsp, sizeof new_rsp)) {
-        fault_ = "cannot deliver vector " + std::to_string(vector) + ": TSS.RSP0 unreadable";
+      uint64_t offset = ist != 0 ? 0x24 + (ist - 1) * 8 : 4;
+      if (!ReadLinear(tr.base + offset, &new_rsp, sizeof new_rsp)) {
+        fault_ = "cannot deliver vector " + std::to_string(vector) + ": TSS stack pointer unreadable";
         return false;
       }
     }
@@ -210,9 +262,18 @@ class EmulatedBackend final : public CpuBackend {
                Hex(new_rsp) + " is not in guest RAM (triple fault)";
       return false;
     }
+    log::debug("emu.deliver", {{"vector", vector}, {"from_rip", Hex(rip_)}, {"from_cs", Hex(cs)},
+                               {"handler", Hex(target)}, {"stack", Hex(new_rsp)}});
     rflags &= ~(kRflagsTf | kRflagsNt | kRflagsRf | kRflagsVm);
     if (type == 0xe) rflags &= ~kRflagsIf;  // interrupt gate
     rflags &= ~kRflagsAc;
+    // Unicorn keeps the privilege level in internal state that only instructions
+    // change (writing CS/SS in long mode sets the selector alone), so once the guest
+    // has IRETQ'd to ring 3 the emulator believes CPL=3 in our injected handlers too.
+    // IRETQ at that CPL restores IF only when CPL <= IOPL, hence IOPL=3 for handlers
+    // (it also lets their port I/O through). The guest can see IOPL=3 in RFLAGS
+    // afterwards; the guest kit never looks.
+    rflags |= kRflagsIopl3;
     WriteSelector(UC_X86_REG_CS, target_cs);
     if (new_cpl != cpl) WriteSelector(UC_X86_REG_SS, uint16_t(new_cpl));  // null SS, RPL = CPL
     WriteReg(UC_X86_REG_RSP, new_rsp);
@@ -356,11 +417,23 @@ class EmulatedBackend final : public CpuBackend {
     uc_emu_stop(uc);
   }
 
-  static bool Unmapped(uc_engine* uc, uc_mem_type type, uint64_t address, int size, int64_t, void* self_ptr) {
+  // Unicorn reports a failed page walk or a non-canonical address as an "unmapped"
+  // access; on a CPU it is the guest's own #PF (with CR2) or #GP, delivered to the
+  // guest kernel. RIP is the faulting instruction here.
+  static bool Unmapped(uc_engine* uc, uc_mem_type type, uint64_t address, int, int64_t, void* self_ptr) {
     auto* self = static_cast<EmulatedBackend*>(self_ptr);
-    self->fault_ = std::string(type == UC_MEM_FETCH_UNMAPPED ? "instruction fetch" : "memory access") +
-                   " outside guest RAM and MMIO at address " + Hex(address) + " (size " +
-                   std::to_string(size) + ") near rip=" + Hex(self->ReadReg(UC_X86_REG_RIP));
+    bool canonical = (int64_t(address) >> 47) == 0 || (int64_t(address) >> 47) == -1;
+    if (!canonical) {
+      self->pending_exception_ = 13;
+      self->pending_error_code_ = 0;
+    } else {
+      self->pending_exception_ = 14;
+      bool write = type == UC_MEM_WRITE_UNMAPPED;
+      bool fetch = type == UC_MEM_FETCH_UNMAPPED;
+      bool user = (self->ReadReg(UC_X86_REG_CS) & 3) == 3;
+      self->pending_error_code_ = (write ? 2u : 0u) | (user ? 4u : 0u) | (fetch ? 16u : 0u);
+      self->WriteReg(UC_X86_REG_CR2, address);
+    }
     uc_emu_stop(uc);
     return false;
   }
@@ -375,6 +448,7 @@ class EmulatedBackend final : public CpuBackend {
   ExitHandler* handler_ = nullptr;
   uint64_t rip_ = 0;
   int pending_exception_ = -1;
+  uint64_t pending_error_code_ = 0;
   uint64_t read_base_ = 0;     // GPA of the MMIO read being served
   uint8_t read_bytes_[8] = {}; // its value, handed out by MmioRead
   bool halted_ = false;

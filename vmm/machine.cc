@@ -222,6 +222,7 @@ void Machine::EventThread() {
     for (int i = 0; i < n; ++i)
       if (events[i].data.u64 != UINT64_MAX) bits |= 1ull << events[i].data.u64;
     if (bits == 0) continue;
+    log::debug("vm.host_event", {{"watches", Hex(bits)}, {"in_wait", in_wait_.load()}});
     host_events_.fetch_or(bits, std::memory_order_acq_rel);
     {
       std::lock_guard<std::mutex> lock(wait_mu_);
@@ -236,8 +237,12 @@ void Machine::ServiceDevices() {
   for (size_t i = 0; i < watches_.size(); ++i)
     if (fired & (1ull << i)) watches_[i].armed = false;  // one-shot: disarmed by delivery
   for (auto& d : devices_) d->poll();
-  for (FdWatch& w : watches_)
-    if (!w.armed && w.device->wants_host_events()) Arm(w);
+  for (FdWatch& w : watches_) {
+    if (!w.armed && w.device->wants_host_events()) {
+      Arm(w);
+      log::debug("vm.arm", {{"device", w.device->name()}});
+    }
+  }
 }
 
 bool Machine::WaitForHostEvent() {
@@ -267,6 +272,12 @@ void Machine::mmio(uint64_t gpa, bool is_write, uint8_t* data, unsigned len) {
     return;
   }
   uint64_t offset = gpa % FTVM_MMIO_SLOT_SIZE;
+  if (log::threshold() <= log::Level::kDebug) {
+    uint64_t value = 0;
+    std::memcpy(&value, data, std::min<unsigned>(len, 8));
+    log::debug("vm.mmio", {{"device", dev->name()}, {"offset", Hex(offset)}, {"len", len},
+                           {"write", is_write}, {"value", is_write ? Hex(value) : "-"}});
+  }
   if (is_write) {
     uint64_t value = 0;
     std::memcpy(&value, data, std::min<unsigned>(len, 8));

@@ -3,6 +3,11 @@
 #include <cstdio>
 
 #include "common/error.h"
+#include "vmm/abi/ftvm_abi.h"
+#include "vmm/devices/tap.h"
+#include "vmm/devices/virtio_blk.h"
+#include "vmm/devices/virtio_mmio.h"
+#include "vmm/devices/virtio_net.h"
 
 namespace ftvm::vmm {
 
@@ -18,12 +23,15 @@ MacAddress ParseMac(const std::string& text) {
   return mac;
 }
 
-std::unique_ptr<Device> MakeVirtioBlkDevice(GuestMemory&, InterruptSink&, const std::string& image) {
-  throw Error("virtio-blk is not wired in yet (disk " + image + ")");
+std::unique_ptr<Device> MakeVirtioBlkDevice(GuestMemory& memory, InterruptSink& irq, const std::string& image) {
+  return std::make_unique<VirtioMmioDevice>("virtio-blk", memory, irq, FTVM_IRQ_VIRTIO_BLK,
+                                            std::make_unique<VirtioBlk>(image));
 }
 
-std::unique_ptr<Device> MakeVirtioNetDevice(GuestMemory&, InterruptSink&, const std::string& tap, const MacAddress&) {
-  throw Error("virtio-net is not wired in yet (tap " + tap + ")");
+std::unique_ptr<Device> MakeVirtioNetDevice(GuestMemory& memory, InterruptSink& irq, const std::string& tap,
+                                            const MacAddress& mac) {
+  return std::make_unique<VirtioMmioDevice>("virtio-net", memory, irq, FTVM_IRQ_VIRTIO_NET,
+                                            std::make_unique<VirtioNet>(Tap(tap), mac));
 }
 
 }  // namespace ftvm::vmm

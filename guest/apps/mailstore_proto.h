@@ -23,4 +23,18 @@
 #define FTVM_MAIL_MAX_BODY      1024u
 #define FTVM_MAIL_MAX_DATAGRAM  1400u
 
+// ---- Added (compatible) definitions -------------------------------------------
+// Reasons sent after ERR. A token with no spaces, so clients can match on it.
+#define FTVM_MAIL_ERR_EMPTY            "empty"            // no header words at all
+#define FTVM_MAIL_ERR_BAD_REQID        "bad-reqid"        // reply reqid is "-"
+#define FTVM_MAIL_ERR_TOO_LONG         "too-long"         // datagram > FTVM_MAIL_MAX_DATAGRAM
+#define FTVM_MAIL_ERR_UNKNOWN_COMMAND  "unknown-command"
+#define FTVM_MAIL_ERR_BAD_ARGS         "bad-args"         // wrong word count / bad number
+#define FTVM_MAIL_ERR_BAD_MSGID        "bad-msgid"        // empty, > MAX_MSGID, non-printable
+#define FTVM_MAIL_ERR_BAD_MAILBOX      "bad-mailbox"      // empty, > MAX_MAILBOX, non-printable
+#define FTVM_MAIL_ERR_BODY_TOO_LONG    "body-too-long"    // body > FTVM_MAIL_MAX_BODY
+#define FTVM_MAIL_ERR_FULL             "full"             // journal disk or index full
+// Tokens (reqid, msgid, mailbox) are printable ASCII without spaces (0x21..0x7e).
+// A DELIVER without a '\n' has an empty body.
+
 #endif  // FTVM_GUEST_APPS_MAILSTORE_PROTO_H_

@@ -20,7 +20,7 @@ struct Case {
 void ExpectCleanFailure(const std::vector<std::string>& args, const std::string& expected) {
   std::vector<std::string> argv = {FtvmBinary()};
   argv.insert(argv.end(), args.begin(), args.end());
-  ProcessResult r = Run(argv, seconds(60));
+  ProcessResult r = RunProcess(argv, seconds(60));
   ASSERT_FALSE(r.timed_out);
   EXPECT_GT(r.exit_code, 0) << "must exit non-zero, not die by a signal";
   EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;

@@ -28,7 +28,7 @@ std::string Capture(const std::string& text, const std::string& pattern) {
 }
 
 TEST(GuestApps, ComputeMatchesTheSameCodeOnTheHost) {
-  ProcessResult r = Run(RunArgs("compute", {"--arg", "iters=2000000"}), seconds(120));
+  ProcessResult r = RunProcess(RunArgs("compute", {"--arg", "iters=2000000"}), seconds(120));
   ASSERT_FALSE(r.timed_out);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   char expected[64];
@@ -38,7 +38,7 @@ TEST(GuestApps, ComputeMatchesTheSameCodeOnTheHost) {
 }
 
 TEST(GuestApps, TimersCountEveryTick) {
-  ProcessResult r = Run(RunArgs("timers", {"--arg", "ticks=20", "--arg", "period_us=2000"}), seconds(120));
+  ProcessResult r = RunProcess(RunArgs("timers", {"--arg", "ticks=20", "--arg", "period_us=2000"}), seconds(120));
   ASSERT_FALSE(r.timed_out);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_EQ(Capture(r.out, "ticks=(\\d+)"), "20") << r.out;
@@ -51,7 +51,7 @@ TEST(GuestApps, TimersCountEveryTick) {
 }
 
 TEST(GuestApps, DirtyWritesPages) {
-  ProcessResult r = Run(RunArgs("dirty", {"--mem", "64", "--arg", "mib=8", "--arg", "mib_per_s=16", "--arg", "seconds=1"}),
+  ProcessResult r = RunProcess(RunArgs("dirty", {"--mem", "64", "--arg", "mib=8", "--arg", "mib_per_s=16", "--arg", "seconds=1"}),
                         seconds(120));
   ASSERT_FALSE(r.timed_out);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -67,7 +67,7 @@ TEST(GuestApps, DiskVerifiesEveryBlock) {
     if (f) std::fclose(f);
     return truncate(disk.c_str(), 16 << 20) == 0;
   }(), true);
-  ProcessResult r = Run(RunArgs("disk", {"--disk", disk, "--arg", "ops=100", "--arg", "seed=7"}), seconds(120));
+  ProcessResult r = RunProcess(RunArgs("disk", {"--disk", disk, "--arg", "ops=100", "--arg", "seed=7"}), seconds(120));
   ASSERT_FALSE(r.timed_out);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_EQ(Capture(r.out, "errors=(\\d+)"), "0") << r.out;
@@ -80,7 +80,7 @@ TEST(GuestApps, DiskVerifiesEveryBlock) {
 }
 
 TEST(GuestApps, GuestExceptionIsReportedWithRip) {
-  ProcessResult r = Run(RunArgs("crash"), seconds(60));
+  ProcessResult r = RunProcess(RunArgs("crash"), seconds(60));
   ASSERT_FALSE(r.timed_out);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.out.find("guest exception #"), std::string::npos) << r.out;
@@ -88,7 +88,7 @@ TEST(GuestApps, GuestExceptionIsReportedWithRip) {
 }
 
 TEST(GuestApps, UnknownAppFailsClearly) {
-  ProcessResult r = Run(RunArgs("no-such-app"), seconds(60));
+  ProcessResult r = RunProcess(RunArgs("no-such-app"), seconds(60));
   ASSERT_FALSE(r.timed_out);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.out.find("no-such-app"), std::string::npos) << r.out;

@@ -45,7 +45,7 @@ class MailStoreTest : public testing::Test {
     std::vector<std::string> argv = {FtvmBinary(), "mail"};
     argv.insert(argv.end(), args.begin(), args.end());
     argv.insert(argv.end(), {"--to", kGuestIp, "--timeout-ms", "2000", "--retries", "5"});
-    return Run(ns_.Wrap(argv), seconds(60), "mail");
+    return RunProcess(ns_.Wrap(argv), seconds(60), "mail");
   }
 
   void StopVm(std::optional<Process>& vm) {
@@ -65,7 +65,7 @@ TEST_F(MailStoreTest, DeliverFetchRestartFetchAgain) {
   ASSERT_TRUE(vm->Running());
 
   // The guest answers ARP and ICMP echo on its own stack.
-  ProcessResult ping = Run(ns_.Wrap({"ping", "-c", "2", "-W", "5", kGuestIp}), seconds(30), "ping");
+  ProcessResult ping = RunProcess(ns_.Wrap({"ping", "-c", "2", "-W", "5", kGuestIp}), seconds(30), "ping");
   EXPECT_EQ(ping.exit_code, 0) << ping.out << ping.err;
   EXPECT_EQ(Mail({"ping"}).exit_code, 0);
 

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 namespace ftvm::itest {
 namespace {
@@ -21,7 +22,7 @@ std::string EnvOrDie(const char* name) {
 }
 
 void MustRun(const std::vector<std::string>& argv) {
-  ProcessResult r = Run(argv, std::chrono::seconds(30), "setup");
+  ProcessResult r = RunProcess(argv, std::chrono::seconds(30), "setup");
   if (r.exit_code != 0) {
     std::string cmd;
     for (const auto& a : argv) cmd += a + " ";
@@ -120,7 +121,7 @@ ProcessResult Process::Wait(std::chrono::milliseconds timeout) {
   return r;
 }
 
-ProcessResult Run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout, const std::string& tag) {
+ProcessResult RunProcess(const std::vector<std::string>& argv, std::chrono::milliseconds timeout, const std::string& tag) {
   return Process::Start(argv, tag).Wait(timeout);
 }
 
@@ -139,7 +140,7 @@ NetNamespace::NetNamespace(const std::string& tag)
   MustRun({"ip", "-n", name_, "link", "set", "lo", "up"});
 }
 
-NetNamespace::~NetNamespace() { Run({"ip", "netns", "del", name_}, std::chrono::seconds(10), "netns-del"); }
+NetNamespace::~NetNamespace() { RunProcess({"ip", "netns", "del", name_}, std::chrono::seconds(10), "netns-del"); }
 
 void NetNamespace::AddTap(const std::string& ifname, const std::string& cidr) {
   MustRun({"ip", "-n", name_, "tuntap", "add", "dev", ifname, "mode", "tap"});

@@ -49,7 +49,7 @@ class Process {
   std::string out_path_, err_path_;
 };
 
-ProcessResult Run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
+ProcessResult RunProcess(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
                   const std::string& tag = "run");
 
 // Polls `path` until it contains `needle` or `timeout` passes.

@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <boost/program_options.hpp>
 #include <iostream>
 #include <thread>
@@ -73,10 +74,11 @@ int RunMain(int argc, char** argv) {
     auto clock = MakeSystemClock();
     auto random = MakeSystemRandom();
     vmm::Machine machine(config, *clock, *random);
+    std::atomic<bool> finished{false};
     std::thread signal_thread([&] {
       int sig = 0;
       sigwait(&stop_signals, &sig);
-      if (sig == SIGINT || sig == SIGTERM) {
+      if (!finished.load() && (sig == SIGINT || sig == SIGTERM)) {
         log::info("vm.signal", {{"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"}});
         machine.stop();
       }
@@ -85,11 +87,13 @@ int RunMain(int argc, char** argv) {
     try {
       code = machine.run();
     } catch (...) {
+      finished.store(true);
       pthread_kill(signal_thread.native_handle(), SIGTERM);
       signal_thread.join();
       throw;
     }
     // Wake the signal thread if the guest stopped by itself.
+    finished.store(true);
     pthread_kill(signal_thread.native_handle(), SIGTERM);
     signal_thread.join();
     return code < 0 ? 0 : code;

@@ -1,0 +1,28 @@
+// What the ring-0 kernel shares with ring-3 code. Pages are user-accessible
+// (identity map), so ring 3 reads these directly without any exit.
+#ifndef FTVM_GUEST_KERNEL_KERNEL_H_
+#define FTVM_GUEST_KERNEL_KERNEL_H_
+
+#include <stdint.h>
+
+#include "vmm/abi/ftvm_abi.h"
+
+// Exit codes the kit uses besides an app's own 0/1/2.
+#define FTVM_GUEST_EXIT_BAD_BOOTINFO 0x60u  // boot info magic/version mismatch
+#define FTVM_GUEST_EXIT_NO_POWEROFF  0x61u  // power device ignored the power-off
+#define FTVM_GUEST_EXIT_EXCEPTION    0x70u  // + vector: CPU exception
+
+extern "C" {
+// Interrupts delivered per line, incremented by the ring-0 stubs (isr.S).
+extern volatile uint64_t ftvm_irq_count[FTVM_IRQ_LINES];
+// Boot info as handed over in RDI (validated by kmain before ring 3 starts).
+extern const struct ftvm_bootinfo* ftvm_boot;
+// First free byte after the image (end of the linker's last section).
+extern char __image_end[];
+}
+
+// Ring-0 code lives in .ktext so the build can check that privileged instructions
+// (port I/O, hlt, cli, lgdt...) appear nowhere else.
+#define KTEXT __attribute__((section(".ktext")))
+
+#endif  // FTVM_GUEST_KERNEL_KERNEL_H_

@@ -1,0 +1,255 @@
+#include "vmm/devices/virtio_blk.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "tests/vmm/devices/test_driver.h"
+
+namespace ftvm::vmm {
+namespace {
+
+using testing::Feature;
+using testing::InitMmio;
+using testing::RecordingSink;
+using testing::TestRing;
+
+constexpr uint64_t kSectors = 64;
+constexpr uint64_t kHdr = 0x100000;     // request headers, 16 bytes apart
+constexpr uint64_t kBufs = 0x200000;    // data buffers
+constexpr uint64_t kStatus = 0x300000;  // status bytes, 1 apart
+
+// A temp image filled with a per-sector pattern, removed afterwards.
+class TempImage {
+ public:
+  explicit TempImage(uint64_t bytes) {
+    char tmpl[] = "/tmp/ftvm-blk-test-XXXXXX";
+    const int fd = mkstemp(tmpl);
+    if (fd < 0) throw SysError("mkstemp");
+    path_ = tmpl;
+    std::vector<uint8_t> data(bytes);
+    for (uint64_t i = 0; i < bytes; ++i) data[i] = uint8_t(i / 512 + i % 7);
+    const bool ok = ::write(fd, data.data(), bytes) == ssize_t(bytes);
+    ::close(fd);
+    if (!ok) throw Error("writing test image");
+  }
+  ~TempImage() { ::unlink(path_.c_str()); }
+  const std::string& path() const { return path_; }
+  std::vector<uint8_t> read(uint64_t off, size_t len) const {
+    std::vector<uint8_t> out(len);
+    const int fd = ::open(path_.c_str(), O_RDONLY);
+    EXPECT_EQ(::pread(fd, out.data(), len, off_t(off)), ssize_t(len));
+    ::close(fd);
+    return out;
+  }
+
+ private:
+  std::string path_;
+};
+
+uint8_t Pattern(uint64_t byte) { return uint8_t(byte / 512 + byte % 7); }
+
+class VirtioBlkTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto b = std::make_unique<VirtioBlk>(image.path());
+    blk = b.get();
+    dev = std::make_unique<VirtioMmioDevice>("virtio-blk", mem, sink, FTVM_IRQ_VIRTIO_BLK, std::move(b));
+    ASSERT_TRUE(InitMmio(*dev, Feature(VIRTIO_F_VERSION_1) | Feature(VIRTIO_F_RING_EVENT_IDX) |
+                                   Feature(VIRTIO_BLK_F_FLUSH),
+                         {&ring}));
+  }
+
+  // Queues request #n: header, then `data` buffers, then the status byte.
+  uint16_t add_request(unsigned n, uint32_t type, uint64_t sector, std::vector<TestRing::Buf> data,
+                       bool publish = true) {
+    virtio_blk_req_hdr hdr{type, 0, sector};
+    EXPECT_TRUE(mem.write_obj(kHdr + 16ull * n, hdr));
+    mem.ptr(kStatus + n, 1)[0] = 0xee;
+    std::vector<TestRing::Buf> bufs{{kHdr + 16ull * n, 16, false}};
+    bufs.insert(bufs.end(), data.begin(), data.end());
+    bufs.push_back({kStatus + n, 1, true});
+    return ring.add(bufs, publish);
+  }
+  uint8_t status(unsigned n) { return mem.ptr(kStatus + n, 1)[0]; }
+  void notify() { dev->mmio_write(VIRTIO_MMIO_QUEUE_NOTIFY, 4, 0); }
+
+  TempImage image{kSectors * 512};
+  GuestMemory mem = GuestMemory::Create(4ull << 20);
+  RecordingSink sink;
+  TestRing ring{mem, 64, 0x10000};
+  VirtioBlk* blk = nullptr;
+  std::unique_ptr<VirtioMmioDevice> dev;
+};
+
+TEST(VirtioBlkOpen, MissingImageNamesTheFile) {
+  try {
+    VirtioBlk blk("/nonexistent/ftvm/disk.img");
+    FAIL() << "no exception";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "disk image /nonexistent/ftvm/disk.img: No such file or directory");
+  }
+}
+
+TEST(VirtioBlkOpen, DirectoryIsRejected) {
+  try {
+    VirtioBlk blk("/tmp");
+    FAIL() << "no exception";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("disk image /tmp"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(VirtioBlkTest, ConfigHoldsCapacityAndFeatures) {
+  EXPECT_EQ(dev->mmio_read(VIRTIO_MMIO_DEVICE_ID, 4), VIRTIO_ID_BLOCK);
+  EXPECT_EQ(dev->mmio_read(VIRTIO_MMIO_CONFIG, 8), kSectors);
+  EXPECT_EQ(dev->mmio_read(VIRTIO_MMIO_CONFIG, 4), kSectors);
+  EXPECT_EQ(dev->mmio_read(VIRTIO_MMIO_CONFIG + 4, 4), 0u);
+  EXPECT_EQ(blk->capacity_sectors(), kSectors);
+  EXPECT_EQ(blk->device_features(),
+            Feature(VIRTIO_F_VERSION_1) | Feature(VIRTIO_F_RING_EVENT_IDX) | Feature(VIRTIO_BLK_F_FLUSH));
+}
+
+TEST_F(VirtioBlkTest, ReadAcrossDescriptors) {
+  // Sectors 3..5 into three buffers of 700, 324 and 512 bytes.
+  add_request(0, VIRTIO_BLK_T_IN, 3, {{kBufs, 700, true}, {kBufs + 4096, 324, true}, {kBufs + 8192, 512, true}});
+  notify();
+  EXPECT_EQ(status(0), VIRTIO_BLK_S_OK);
+  auto used = ring.take_used();
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].len, 1536u + 1);
+  const uint8_t* a = mem.ptr(kBufs, 700);
+  const uint8_t* b = mem.ptr(kBufs + 4096, 324);
+  const uint8_t* c = mem.ptr(kBufs + 8192, 512);
+  for (uint64_t i = 0; i < 700; ++i) ASSERT_EQ(a[i], Pattern(3 * 512 + i)) << i;
+  for (uint64_t i = 0; i < 324; ++i) ASSERT_EQ(b[i], Pattern(3 * 512 + 700 + i)) << i;
+  for (uint64_t i = 0; i < 512; ++i) ASSERT_EQ(c[i], Pattern(5 * 512 + i)) << i;
+  EXPECT_EQ(sink.raised, std::vector<unsigned>{FTVM_IRQ_VIRTIO_BLK});
+  EXPECT_EQ(blk->counters().reads, 1u);
+  EXPECT_EQ(blk->counters().bytes_read, 1536u);
+}
+
+TEST_F(VirtioBlkTest, WriteThenReadBackAndFlush) {
+  std::memset(mem.ptr(kBufs, 1024), 0x5a, 1024);
+  add_request(0, VIRTIO_BLK_T_OUT, 10, {{kBufs, 1024, false}});
+  add_request(1, VIRTIO_BLK_T_FLUSH, 0, {});
+  add_request(2, VIRTIO_BLK_T_IN, 9, {{kBufs + 8192, 1536, true}});
+  notify();
+  EXPECT_EQ(status(0), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(status(1), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(status(2), VIRTIO_BLK_S_OK);
+  auto used = ring.take_used();
+  ASSERT_EQ(used.size(), 3u);
+  EXPECT_EQ(used[0].len, 1u);
+  EXPECT_EQ(used[1].len, 1u);
+  EXPECT_EQ(used[2].len, 1537u);
+  // The file holds the data.
+  auto file = image.read(10 * 512, 1024);
+  for (uint8_t v : file) ASSERT_EQ(v, 0x5a);
+  EXPECT_EQ(image.read(9 * 512 + 511, 1)[0], Pattern(9 * 512 + 511));
+  EXPECT_EQ(image.read(12 * 512, 1)[0], Pattern(12 * 512));
+  // The read after the write sees it.
+  const uint8_t* r = mem.ptr(kBufs + 8192, 1536);
+  EXPECT_EQ(r[0], Pattern(9 * 512));
+  EXPECT_EQ(r[512], 0x5a);
+  EXPECT_EQ(r[1535], 0x5a);
+  EXPECT_EQ(blk->counters().flushes, 1u);
+  EXPECT_EQ(blk->counters().writes, 1u);
+  EXPECT_EQ(sink.raised.size(), 1u);  // one interrupt for the whole batch
+}
+
+TEST_F(VirtioBlkTest, AdjacentRequestsShareOneHostCall) {
+  for (unsigned n = 0; n < 8; ++n)
+    add_request(n, VIRTIO_BLK_T_IN, 20 + n, {{kBufs + 512ull * n, 512, true}}, /*publish=*/n == 7);
+  notify();
+  for (unsigned n = 0; n < 8; ++n) EXPECT_EQ(status(n), VIRTIO_BLK_S_OK) << n;
+  EXPECT_EQ(blk->counters().reads, 8u);
+  EXPECT_EQ(blk->counters().host_ops, 1u);
+  const uint8_t* d = mem.ptr(kBufs, 4096);
+  for (uint64_t i = 0; i < 4096; ++i) ASSERT_EQ(d[i], Pattern(20 * 512 + i)) << i;
+  auto used = ring.take_used();
+  ASSERT_EQ(used.size(), 8u);
+  for (unsigned n = 1; n < 8; ++n) EXPECT_EQ(used[n].id, (used[0].id + 3 * n) % 64);  // request order
+}
+
+TEST_F(VirtioBlkTest, NonAdjacentRequestsAreSeparateCalls) {
+  add_request(0, VIRTIO_BLK_T_IN, 1, {{kBufs, 512, true}}, false);
+  add_request(1, VIRTIO_BLK_T_IN, 5, {{kBufs + 512, 512, true}}, false);
+  add_request(2, VIRTIO_BLK_T_OUT, 6, {{kBufs + 1024, 512, false}});
+  notify();
+  EXPECT_EQ(blk->counters().host_ops, 3u);
+  EXPECT_EQ(mem.ptr(kBufs + 512, 1)[0], Pattern(5 * 512));
+}
+
+TEST_F(VirtioBlkTest, OutOfRangeIsIoErrorWithStatusLast) {
+  add_request(0, VIRTIO_BLK_T_IN, kSectors - 1, {{kBufs, 1024, true}}, false);  // runs 1 sector past the end
+  add_request(1, VIRTIO_BLK_T_OUT, kSectors, {{kBufs, 512, false}}, false);
+  add_request(2, VIRTIO_BLK_T_IN, ~0ull, {{kBufs, 512, true}}, false);  // sector overflow
+  add_request(3, VIRTIO_BLK_T_IN, 0, {{kBufs, 100, true}}, false);      // not a sector multiple
+  add_request(4, VIRTIO_BLK_T_IN, kSectors - 1, {{kBufs + 4096, 512, true}});  // last sector: fine
+  notify();
+  for (unsigned n = 0; n < 4; ++n) EXPECT_EQ(status(n), VIRTIO_BLK_S_IOERR) << n;
+  EXPECT_EQ(status(4), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(blk->counters().io_errors, 4u);
+  EXPECT_EQ(ring.take_used().size(), 5u);
+  EXPECT_EQ(image.read(kSectors * 512 - 1, 1)[0], Pattern(kSectors * 512 - 1));
+  struct stat st {};
+  ASSERT_EQ(stat(image.path().c_str(), &st), 0);
+  EXPECT_EQ(uint64_t(st.st_size), kSectors * 512);  // nothing written past the end
+}
+
+TEST_F(VirtioBlkTest, GetIdAndUnsupported) {
+  add_request(0, VIRTIO_BLK_T_GET_ID, 0, {{kBufs, 20, true}}, false);
+  add_request(1, 77, 0, {{kBufs + 64, 16, true}});
+  notify();
+  EXPECT_EQ(status(0), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(status(1), VIRTIO_BLK_S_UNSUPP);
+  const std::string base = image.path().substr(image.path().rfind('/') + 1);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(mem.ptr(kBufs, base.size())), base.size()), base);
+  auto used = ring.take_used();
+  ASSERT_EQ(used.size(), 2u);
+  EXPECT_EQ(used[0].len, 21u);
+}
+
+TEST_F(VirtioBlkTest, RequestWithoutStatusByteNeedsReset) {
+  virtio_blk_req_hdr hdr{VIRTIO_BLK_T_IN, 0, 0};
+  ASSERT_TRUE(mem.write_obj(kHdr, hdr));
+  ring.add({{kHdr, 16, false}});
+  notify();
+  EXPECT_TRUE(dev->needs_reset());
+  EXPECT_EQ(ring.used_idx(), 0);
+}
+
+TEST_F(VirtioBlkTest, ShortHeaderNeedsReset) {
+  ring.add({{kHdr, 8, false}, {kStatus, 1, true}});
+  notify();
+  EXPECT_TRUE(dev->needs_reset());
+}
+
+TEST_F(VirtioBlkTest, KickRequestedAfterDrain) {
+  add_request(0, VIRTIO_BLK_T_IN, 0, {{kBufs, 512, true}});
+  notify();
+  // The device wants a kick for the very next request.
+  EXPECT_EQ(ring.avail_event(), 1);
+  EXPECT_TRUE(ring.driver_would_kick(1, 2, true));
+}
+
+TEST_F(VirtioBlkTest, UsedEventSuppressesCompletionInterrupt) {
+  ring.set_used_event(5);
+  add_request(0, VIRTIO_BLK_T_IN, 0, {{kBufs, 512, true}});
+  notify();
+  EXPECT_EQ(status(0), VIRTIO_BLK_S_OK);
+  EXPECT_TRUE(sink.raised.empty());
+}
+
+}  // namespace
+}  // namespace ftvm::vmm
