@@ -30,7 +30,8 @@ mail() { in_ns "$ftvm" mail "$@" --to 10.0.0.2 --timeout-ms 2000; }
 
 boot() {
   : >"$work/console.txt"
-  in_ns "$ftvm" run --guest "$guest" --app mailstore --disk "$disk" --tap "$tap" \
+  # exec form (not the in_ns function): $! must be the VMM itself, so SIGTERM reaches it
+  ip netns exec "$ns" "$ftvm" run --guest "$guest" --app mailstore --disk "$disk" --tap "$tap" \
     --ip 10.0.0.2/24 --console "$work/console.txt" 2>"$work/vmm.log" &
   vm_pid=$!
   for _ in $(seq 1 600); do
