@@ -19,18 +19,13 @@
 #include <utility>
 
 #include "common/error.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "vmm/abi/ftvm_abi.h"
 #include "vmm/cpu_backend.h"
 
 namespace ftvm::vmm {
 namespace {
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 constexpr uint64_t kRflagsIf = 1ull << 9;
 constexpr uint64_t kRflagsTf = 1ull << 8;

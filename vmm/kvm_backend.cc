@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "vmm/cpu_backend.h"
@@ -31,12 +32,6 @@ thread_local kvm_run* tls_kvm_run = nullptr;
 
 void OnKickSignal(int) {
   if (tls_kvm_run != nullptr) tls_kvm_run->immediate_exit = 1;
-}
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
 }
 
 UniqueFd OpenKvm() {

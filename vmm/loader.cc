@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/hex.h"
 #include "common/unique_fd.h"
 #include "vmm/abi/ftvm_abi.h"
 
@@ -16,12 +17,6 @@ namespace ftvm::vmm {
 namespace {
 
 constexpr uint64_t kMaxImageBytes = 256ull << 20;
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 constexpr uint64_t kPageUp(uint64_t v) { return (v + 4095) & ~uint64_t(4095); }
 

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "vmm/abi/ftvm_abi.h"
 #include "vmm/devices/clock_device.h"
@@ -21,12 +22,6 @@
 
 namespace ftvm::vmm {
 namespace {
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 bool ValidWord(const std::string& s) {
   if (s.empty()) return false;

@@ -87,9 +87,11 @@ int app_disk(const Args& args) {
     return kExitBadSetup;
   }
   auto* gens = arena().alloc_array<uint32_t>(blocks);  // 0 = not written by this run
+  auto* written = arena().alloc_array<uint32_t>(blocks);  // blocks with gens != 0
+  uint64_t nwritten = 0;
   auto* bufs = static_cast<uint8_t*>(arena().alloc(kBlockBytes * (batch + 1), 4096));
   Op* batch_ops = arena().alloc_array<Op>(batch);
-  if (gens == nullptr || bufs == nullptr || batch_ops == nullptr) {
+  if (gens == nullptr || written == nullptr || bufs == nullptr || batch_ops == nullptr) {
     con_printf("disk: out of memory\n");
     return kExitBadSetup;
   }
@@ -100,18 +102,22 @@ int app_disk(const Args& args) {
   for (uint64_t done = 0; done < ops;) {
     unsigned n = 0;
     for (; n < batch && done < ops; ++n, ++done) {
-      // A block at most once per batch: requests in flight together have no
-      // defined order.
-      uint32_t b;
-      bool dup;
-      do {
-        b = static_cast<uint32_t>(splitmix64(&rng) % blocks);
-        dup = false;
+      // Half reads (of blocks this run wrote), half writes (anywhere). A block at
+      // most once per batch: requests in flight together have no defined order.
+      bool write = nwritten == 0 || (splitmix64(&rng) & 1) != 0;
+      uint32_t b = 0;
+      for (int attempt = 0;; ++attempt) {
+        if (attempt == 8) write = true;  // reads keep colliding: write instead
+        b = static_cast<uint32_t>(write ? splitmix64(&rng) % blocks
+                                        : written[splitmix64(&rng) % nwritten]);
+        bool dup = false;
         for (unsigned k = 0; k < n; ++k) dup |= batch_ops[k].block == b;
-      } while (dup);
+        if (!dup) break;
+      }
       Op& op = batch_ops[n];
       op.block = b;
-      op.write = gens[b] == 0 || (splitmix64(&rng) & 1) != 0;
+      op.write = write;
+      if (write && gens[b] == 0) written[nwritten++] = b;
       uint8_t* buf = bufs + kBlockBytes * n;
       if (op.write) {
         op.gen = ++gens[b];

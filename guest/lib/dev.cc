@@ -20,8 +20,18 @@ void rng_fill(void* buf, size_t len) {
 }
 
 void irq_wait_line(unsigned line, uint64_t* seen) {
-  if (irq_count(line) == *seen) irq_wait();
-  // The interrupt is delivered right after the exit, before this load.
+  if (irq_count(line) == *seen) {
+    uint32_t pending = irq_wait();
+    // Our line is pending and unmasked, and ring 3 runs with IF=1, so the VMM
+    // delivers it: right after this exit on KVM, at the next translation-block
+    // boundary on the software CPU. Wait for the stub to count it, so callers see
+    // a consistent counter (bounded, in case a VMM never delivers).
+    if (pending & (1u << line)) {
+      for (unsigned i = 0; i < (1u << 20) && irq_count(line) == *seen; ++i) {
+        asm volatile("pause" ::: "memory");
+      }
+    }
+  }
   *seen = irq_count(line);
 }
 

@@ -38,8 +38,9 @@ inline uint32_t irq_get_mask() { return mmio_read32(FTVM_SLOT_IRQ, FTVM_IRQ_MASK
 inline uint64_t irq_delivered() { return mmio_read64(FTVM_SLOT_IRQ, FTVM_IRQ_DELIVERED); }
 
 // Waits for the next interrupt on `line` unless one arrived since *seen was
-// taken; updates *seen. The check-then-wait window holds no exit, and interrupts
-// are injected only right after exits, so a wakeup is not lost there.
+// taken (or another line wakes us first); updates *seen. Take *seen before
+// checking for work: the check-then-wait window holds no exit, and interrupts
+// are injected only after exits, so a wakeup cannot be lost in between.
 void irq_wait_line(unsigned line, uint64_t* seen);
 
 // Flushes the console and powers the VM off with `code`. Never returns.
