@@ -229,8 +229,12 @@ void Machine::EventThread() {
 
 void Machine::ServiceDevices() {
   uint64_t fired = host_events_.exchange(0, std::memory_order_acq_rel);
-  for (size_t i = 0; i < watches_.size(); ++i)
-    if (fired & (1ull << i)) watches_[i].armed = false;  // one-shot: disarmed by delivery
+  for (size_t i = 0; i < watches_.size(); ++i) {
+    if (fired & (1ull << i)) {
+      watches_[i].armed = false;  // one-shot: disarmed by delivery
+      watches_[i].device->host_ready();
+    }
+  }
   for (auto& d : devices_) d->poll();
   for (FdWatch& w : watches_) {
     if (!w.armed && w.device->wants_host_events()) {

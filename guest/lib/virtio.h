@@ -53,6 +53,8 @@ class VirtQueue {
   void disable_irq();
 
   unsigned size() const { return num_; }
+  uint16_t dbg_last_used() const { return last_used_; }
+  uint16_t dbg_used_idx() const { return *used_idx(); }
   unsigned free_descs() const { return num_free_; }
 
  private:

@@ -43,6 +43,10 @@ class Device {
   virtual std::vector<int> host_fds() const { return {}; }
   virtual bool wants_host_events() const { return true; }
 
+  // One of host_fds() became ready since the last poll(): lets a device skip host
+  // system calls on exits where nothing can have arrived.
+  virtual void host_ready() {}
+
   // Called on the vCPU thread after every exit and whenever one of host_fds() became
   // ready: move data between host and guest, raise interrupts.
   virtual void poll() {}

@@ -39,6 +39,7 @@ class VirtioBackend {
   // Called after every exit and on host-fd readiness: must be cheap when idle.
   virtual void poll(std::span<Virtqueue> /*queues*/) {}
   virtual std::vector<int> host_fds() const { return {}; }
+  virtual void host_ready() {}
   virtual bool wants_host_events(std::span<const Virtqueue> /*queues*/) const { return false; }
   // Device reset (status written 0): drop any per-driver state.
   virtual void reset() {}
@@ -54,6 +55,7 @@ class VirtioMmioDevice : public Device {
   uint64_t mmio_read(uint64_t offset, unsigned size) override;
   void mmio_write(uint64_t offset, unsigned size, uint64_t value) override;
   std::vector<int> host_fds() const override { return backend_->host_fds(); }
+  void host_ready() override { backend_->host_ready(); }
   bool wants_host_events() const override;
   void poll() override;
 

@@ -87,9 +87,12 @@ void VirtioNet::receive(Virtqueue& rx) {
   rx.disable_notifications();
   // Read from the tap only while the guest has somewhere to put the frame; the
   // rest waits in the tap's queue (and the event thread ignores the tap meanwhile).
-  while (rx.has_available()) {
+  while (tap_readable_ && rx.has_available()) {
     const Tap::Result r = tap_.read(rx_frame_);
-    if (r.status == Tap::Status::kWouldBlock) return;
+    if (r.status == Tap::Status::kWouldBlock) {
+      tap_readable_ = false;
+      return;
+    }
     if (r.status == Tap::Status::kError) {
       if (WorthLogging(++counters_.rx_errors))
         log::warn("virtio-net tap read failed",

@@ -46,6 +46,7 @@ class VirtioNet : public VirtioBackend {
   void process(unsigned queue, std::span<Virtqueue> queues) override;
   void poll(std::span<Virtqueue> queues) override;
   std::vector<int> host_fds() const override { return {tap_.fd()}; }
+  void host_ready() override { tap_readable_ = true; }
   // Only while the guest has RX buffers: with none, a readable tap must not keep
   // waking the vCPU thread.
   bool wants_host_events(std::span<const Virtqueue> queues) const override;
@@ -68,6 +69,9 @@ class VirtioNet : public VirtioBackend {
   DescChain chain_;             // scratch, reused
   std::vector<iovec> tx_iov_;   // scratch, reused
   std::vector<uint8_t> rx_frame_;
+  // False once a read found the tap empty, until the event thread sees it readable
+  // again: saves a read(2) per exit on the vCPU thread.
+  bool tap_readable_ = true;
 };
 
 }  // namespace ftvm::vmm
