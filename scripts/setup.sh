@@ -5,8 +5,8 @@ set -euo pipefail
 packages=(
   build-essential meson ninja-build pkg-config
   libunicorn-dev            # software CPU backend for hosts without /dev/kvm
-  libgtest-dev libgmock-dev libbenchmark-dev
-  libboost-dev libboost-program-options-dev libprotobuf-dev protobuf-compiler libzstd-dev
+  libgtest-dev libgmock-dev
+  libboost-dev libboost-program-options-dev
   iproute2 iputils-ping
 )
 missing=()

@@ -131,7 +131,7 @@ void PrepareBoot(LoadedImage& loaded, GuestMemory& memory, const std::string& cm
   b.rsp = 0;
   b.rflags = 0x2;
   b.cr3 = pml4;
-  b.cr0 = (1ull << 0) | (1ull << 1) | (1ull << 5) | (1ull << 16) | (1ull << 31);  // PE MP NE WP PG
+  b.cr0 = (1ull << 0) | (1ull << 1) | (1ull << 4) | (1ull << 5) | (1ull << 16) | (1ull << 31);  // PE MP ET NE WP PG
   b.cr4 = (1ull << 5) | (1ull << 9) | (1ull << 10);                               // PAE OSFXSR OSXMMEXCPT
   b.efer = (1ull << 8) | (1ull << 10) | (1ull << 11);                             // LME LMA NXE
   b.gdt_base = FTVM_BOOT_GDT_GPA;

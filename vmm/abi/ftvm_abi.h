@@ -197,7 +197,7 @@ struct virtio_net_hdr {
 /* Entry state: 64-bit long mode, paging on (identity map of RAM and the MMIO window,
  * 2 MiB pages, user-accessible), CS=FTVM_BOOT_CS, DS/ES/SS=FTVM_BOOT_DS from the boot
  * GDT, interrupts disabled, RDI = FTVM_BOOTINFO_GPA, RSP = 0 (kernel sets its own),
- * CR0.PG|PE|MP|NE|WP, CR4.PAE|OSFXSR|OSXMMEXCPT, EFER.LME|LMA|NXE. */
+ * CR0.PG|PE|MP|ET|NE|WP, CR4.PAE|OSFXSR|OSXMMEXCPT, EFER.LME|LMA|NXE. */
 #define FTVM_BOOT_CS                    0x08u
 #define FTVM_BOOT_DS                    0x10u
 
