@@ -19,6 +19,7 @@ int app_dirty(const Args& args);
 int app_disk(const Args& args);
 int app_mailstore(const Args& args);
 int app_crash(const Args& args);
+int app_exits(const Args& args);
 
 }  // namespace ftvm::guest
 

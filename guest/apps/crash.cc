@@ -1,5 +1,5 @@
 // app=crash kind=ud|gp|pf|de|bp: raises a CPU exception from ring 3 to exercise
-// the kernel's report-and-power-off path (exit code 0x70 + vector).
+// the kernel's report-and-power-off path (exit code 0xa0 + vector).
 #include <stdint.h>
 
 #include "guest/apps/app.h"

@@ -56,6 +56,8 @@ bool verify_block(const uint8_t* buf, uint8_t* scratch, uint64_t seed, uint32_t 
   return false;
 }
 
+VirtioBlk g_blk;
+
 struct Op {
   BlkRequest req;
   uint32_t block;
@@ -75,7 +77,7 @@ int app_disk(const Args& args) {
     con_printf("disk: bad ops= seed= batch= (1..%u) or blocks=\n", kMaxBatch);
     return kExitBadSetup;
   }
-  static VirtioBlk blk;
+  VirtioBlk& blk = g_blk;
   if (!blk.init(arena())) {
     con_printf("disk: no virtio-blk device: %s\n", blk.error());
     return kExitBadSetup;

@@ -1,10 +1,11 @@
-// app=mailstore ip=A.B.C.D/N [gw=A.B.C.D] [max_messages=N]: the demo workload, a
-// UDP mail store (mailstore_proto.h) with a journal on the virtio disk.
+// app=mailstore ip=A.B.C.D/N [gw=A.B.C.D] [max_messages=N]: the
+// demo workload, a UDP mail store (mailstore_proto.h) with a journal on the
+// virtio disk.
 //
 // Loop, built around exits: take every frame already in the RX ring (up to a
 // batch), stage all DELIVERs, write the batch's records plus one flush in one
 // notify, then queue all replies and notify TX once (if the device wants it),
-// then idle in FTVM_IRQ_WAIT. OK replies leave only after their flush completed.
+// then idle in FTVM_IRQ_WAIT_IF. OK replies leave only after their flush completed.
 #include <stdint.h>
 
 #include "guest/apps/app.h"
@@ -192,7 +193,8 @@ int app_mailstore(const Args& args) {
     }
     udp.send_all(&stack);
     g_net.flush_tx();
-    if (n < kBatch) g_net.wait_rx();
+    if (n == kBatch) continue;  // more frames are probably waiting
+    g_net.wait_rx();
   }
 }
 

@@ -26,6 +26,7 @@ const AppEntry kApps[] = {
     {"disk", app_disk, "ops= seed= batch= blocks=: verified random block I/O"},
     {"mailstore", app_mailstore, "ip=A.B.C.D/N gw=: UDP mail store on a disk journal"},
     {"crash", app_crash, "kind=ud|gp|pf|de|bp: raise a CPU exception"},
+    {"exits", app_exits, "n=N: time N MMIO exits from ring 3 (benchmark)"},
 };
 
 Arena g_arena;

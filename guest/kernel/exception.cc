@@ -1,5 +1,5 @@
 // Fatal CPU exceptions: report on the console through the port (ring 0 may use
-// port I/O; the MMIO console may be what failed) and power off with 0x70 + vector.
+// port I/O; the MMIO console may be what failed) and power off with 0xa0 + vector.
 #include <stddef.h>
 #include <stdint.h>
 

@@ -2,7 +2,7 @@
 //
 // Ring 0 is emulated instruction by instruction under PVM (~1000x slower), so an
 // interrupt does the least possible: count it and return. Ring 3 watches the
-// counters. Exceptions are fatal: they save state and call the ring-0 reporter.
+// counters (per line, and a total that waiters snapshot). Exceptions are fatal: they save state and call the ring-0 reporter.
     .section .ktext, "ax"
     .code64
 
@@ -10,6 +10,7 @@
     .balign 16
 irq_stub_\line:
     lock incq ftvm_irq_count + 8 * \line (%rip)
+    lock incq ftvm_irq_total(%rip)
     iretq
 .endm
 

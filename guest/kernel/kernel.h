@@ -10,11 +10,13 @@
 // Exit codes the kit uses besides an app's own 0/1/2.
 #define FTVM_GUEST_EXIT_BAD_BOOTINFO 0x60u  // boot info magic/version mismatch
 #define FTVM_GUEST_EXIT_NO_POWEROFF  0x61u  // power device ignored the power-off
-#define FTVM_GUEST_EXIT_EXCEPTION    0x70u  // + vector: CPU exception
+#define FTVM_GUEST_EXIT_EXCEPTION    0xa0u  // + vector: CPU exception (160-191, clear of ftvm run's 125)
 
 extern "C" {
 // Interrupts delivered per line, incremented by the ring-0 stubs (isr.S).
 extern volatile uint64_t ftvm_irq_count[FTVM_IRQ_LINES];
+// All interrupts delivered, any line: the event count idle waits are based on.
+extern volatile uint64_t ftvm_irq_total;
 // Boot info as handed over in RDI (validated by kmain before ring 3 starts).
 extern const struct ftvm_bootinfo* ftvm_boot;
 // First free byte after the image (end of the linker's last section).

@@ -12,6 +12,7 @@
 
 extern "C" {
 alignas(64) volatile uint64_t ftvm_irq_count[FTVM_IRQ_LINES];
+volatile uint64_t ftvm_irq_total;
 const ftvm_bootinfo* ftvm_boot;
 
 void enter_user(uint64_t rip, uint64_t rsp, uint64_t arg) __attribute__((noreturn));

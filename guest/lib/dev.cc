@@ -19,20 +19,19 @@ void rng_fill(void* buf, size_t len) {
   }
 }
 
-void irq_wait_line(unsigned line, uint64_t* seen) {
-  if (irq_count(line) == *seen) {
-    uint32_t pending = irq_wait();
-    // Our line is pending and unmasked, and ring 3 runs with IF=1, so the VMM
-    // delivers it: right after this exit on KVM, at the next translation-block
-    // boundary on the software CPU. Wait for the stub to count it, so callers see
-    // a consistent counter (bounded, in case a VMM never delivers).
-    if (pending & (1u << line)) {
-      for (unsigned i = 0; i < (1u << 20) && irq_count(line) == *seen; ++i) {
-        asm volatile("pause" ::: "memory");
-      }
-    }
+void irq_wait_since(uint64_t snapshot) {
+  // The VMM compares `snapshot` with the interrupts it has injected and blocks only
+  // if none came since the caller last looked for work: an interrupt landing
+  // between that look and this exit cannot be lost.
+  compiler_barrier();
+  mmio_write64(FTVM_SLOT_IRQ, FTVM_IRQ_WAIT_IF, snapshot);
+  compiler_barrier();
+  // A line still pending is injected before the next exit (KVM: right after this
+  // one; software CPU: at the next block start): wait for its stub so the caller
+  // sees the counters move (bounded, in case a VMM never delivers).
+  for (unsigned i = 0; i < (1u << 20) && irq_total() == snapshot; ++i) {
+    asm volatile("pause" ::: "memory");
   }
-  *seen = irq_count(line);
 }
 
 void power_off(uint32_t code) {

@@ -37,11 +37,16 @@ inline void irq_set_mask(uint32_t lines) { mmio_write32(FTVM_SLOT_IRQ, FTVM_IRQ_
 inline uint32_t irq_get_mask() { return mmio_read32(FTVM_SLOT_IRQ, FTVM_IRQ_MASK); }
 inline uint64_t irq_delivered() { return mmio_read64(FTVM_SLOT_IRQ, FTVM_IRQ_DELIVERED); }
 
-// Waits for the next interrupt on `line` unless one arrived since *seen was
-// taken (or another line wakes us first); updates *seen. Take *seen before
-// checking for work: the check-then-wait window holds no exit, and interrupts
-// are injected only after exits, so a wakeup cannot be lost in between.
-void irq_wait_line(unsigned line, uint64_t* seen);
+// All interrupts delivered so far (any line): a RAM read, no exit.
+inline uint64_t irq_total() { return ftvm_irq_total; }
+// The idle primitive. Usage: snapshot = irq_total(); check for work (ring
+// indexes, counters); if none, irq_wait_since(snapshot). It blocks in
+// FTVM_IRQ_WAIT only if no interrupt was delivered since the snapshot, so a
+// wakeup that lands between the check and the wait is not lost. (A VMM kick can
+// inject an interrupt at any instruction boundary; see wait.cc for how the
+// remaining window is kept closed.) Returns once an interrupt was delivered
+// since the snapshot, or spuriously; callers re-check their work.
+void irq_wait_since(uint64_t snapshot);
 
 // Flushes the console and powers the VM off with `code`. Never returns.
 [[noreturn]] void power_off(uint32_t code);

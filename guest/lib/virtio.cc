@@ -129,14 +129,6 @@ void VirtioDevice::driver_ok() {
   write32(VIRTIO_MMIO_STATUS, status_);
 }
 
-void VirtioDevice::ack_irq_if_delivered(unsigned line) {
-  uint64_t n = irq_count(line);
-  if (n == acked_irqs_) return;
-  acked_irqs_ = n;
-  // Spec-conformant: the device may hold its line until the status is acked.
-  write32(VIRTIO_MMIO_INTERRUPT_ACK, 0x3);
-}
-
 // ---- VirtQueue -----------------------------------------------------------------
 
 bool VirtQueue::add(const VqBuf* bufs, unsigned n, void* token) {

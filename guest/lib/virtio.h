@@ -53,8 +53,6 @@ class VirtQueue {
   void disable_irq();
 
   unsigned size() const { return num_; }
-  uint16_t dbg_last_used() const { return last_used_; }
-  uint16_t dbg_used_idx() const { return *used_idx(); }
   unsigned free_descs() const { return num_free_; }
 
  private:
@@ -96,9 +94,6 @@ class VirtioDevice {
   bool has_feature(unsigned bit) const { return (features_ >> bit) & 1u; }
   uint32_t read_config32(uint32_t offset) const;
   uint8_t read_config8(uint32_t offset) const;
-  // Acknowledges the device's interrupt status if an interrupt was delivered on
-  // `line` since the last call (one exit in that case, none otherwise).
-  void ack_irq_if_delivered(unsigned line);
   void notify(uint16_t queue);
   unsigned slot() const { return slot_; }
   const char* error() const { return error_; }
@@ -109,7 +104,6 @@ class VirtioDevice {
 
   unsigned slot_ = 0;
   uint64_t features_ = 0;
-  uint64_t acked_irqs_ = 0;
   uint8_t status_ = 0;
   const char* error_ = "";
 };

@@ -66,10 +66,9 @@ bool VirtioBlk::complete_all() {
   reap();
   while (inflight_ > 0) {
     // Not done within the notify exit: sleep until the device interrupts.
-    uint64_t seen = irq_count(FTVM_IRQ_VIRTIO_BLK);
-    if (q_.enable_irq()) irq_wait_line(FTVM_IRQ_VIRTIO_BLK, &seen);
+    uint64_t snapshot = irq_total();
+    if (q_.enable_irq()) irq_wait_since(snapshot);
     q_.disable_irq();
-    dev_.ack_irq_if_delivered(FTVM_IRQ_VIRTIO_BLK);
     reap();
   }
   bool ok = failed_ == 0;

@@ -5,7 +5,6 @@
 #include "guest/lib/mem.h"
 
 namespace ftvm::guest {
-static void dbg(uint64_t tag, uint64_t a, uint64_t b, uint64_t c);
 namespace {
 constexpr uint32_t kHdr = sizeof(virtio_net_hdr);
 static_assert(sizeof(virtio_net_hdr) == 12);
@@ -70,7 +69,6 @@ unsigned VirtioNet::poll_rx(void (*fn)(void*, const uint8_t*, size_t), void* ctx
     ++n;
   }
   if (n > 0 && rxq_.kick()) ++stats_.rx_notifies;
-  dbg(3, n, rxq_.dbg_last_used(), rxq_.dbg_used_idx());
   return n;
 }
 
@@ -108,18 +106,10 @@ void VirtioNet::flush_tx() {
   if (txq_.kick()) ++stats_.tx_notifies;
 }
 
-extern "C" { volatile uint64_t dbg_trace[4096]; volatile uint64_t dbg_pos; }
-static void dbg(uint64_t tag, uint64_t a, uint64_t b, uint64_t c) {
-  uint64_t p = dbg_pos; dbg_trace[(p*4)%4096] = tag; dbg_trace[(p*4+1)%4096]=a; dbg_trace[(p*4+2)%4096]=b; dbg_trace[(p*4+3)%4096]=c; dbg_pos = p+1;
-}
 void VirtioNet::wait_rx() {
-  uint64_t seen = irq_count(FTVM_IRQ_VIRTIO_NET);
-  bool en = rxq_.enable_irq();
-  dbg(1, seen, rxq_.dbg_last_used(), (uint64_t)rxq_.dbg_used_idx() << 16 | en);
-  if (en) irq_wait_line(FTVM_IRQ_VIRTIO_NET, &seen);
-  dbg(2, seen, rxq_.dbg_last_used(), rxq_.dbg_used_idx());
+  uint64_t snapshot = irq_total();  // before looking at the ring
+  if (rxq_.enable_irq()) irq_wait_since(snapshot);
   rxq_.disable_irq();
-  dev_.ack_irq_if_delivered(FTVM_IRQ_VIRTIO_NET);
 }
 
 }  // namespace ftvm::guest

@@ -82,9 +82,17 @@ TEST(GuestApps, DiskVerifiesEveryBlock) {
 TEST(GuestApps, GuestExceptionIsReportedWithRip) {
   ProcessResult r = RunProcess(RunArgs("crash"), seconds(60));
   ASSERT_FALSE(r.timed_out);
-  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(r.exit_code, 0xa0 + 6) << "the kit's exit code for #UD";
   EXPECT_NE(r.out.find("guest exception #"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("rip=0x"), std::string::npos) << r.out;
+}
+
+TEST(GuestApps, PageFaultReportNamesTheAddress) {
+  ProcessResult r = RunProcess(RunArgs("crash", {"--arg", "kind=pf"}), seconds(60));
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0xa0 + 14);
+  EXPECT_NE(r.out.find("guest exception #14 (page fault)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("cr2=0x7ffffffff000"), std::string::npos) << r.out;
 }
 
 TEST(GuestApps, UnknownAppFailsClearly) {

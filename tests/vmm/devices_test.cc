@@ -147,6 +147,26 @@ TEST(InterruptController, WaitReturnsOnceALineIsRaised) {
   EXPECT_EQ(waits, 3);
 }
 
+TEST(InterruptController, WaitIfSkipsTheWaitWhenAnInterruptCameSince) {
+  int waits = 0;
+  InterruptController* self = nullptr;
+  InterruptController irq([&] {
+    ++waits;
+    self->raise(FTVM_IRQ_TIMER);
+    return true;
+  });
+  self = &irq;
+  irq.raise(FTVM_IRQ_TIMER);
+  irq.delivered(uint8_t(FTVM_IRQ_VECTOR_BASE + FTVM_IRQ_TIMER));  // delivered_ = 1
+  // The guest saw 0 interrupts when it last looked: one came since, no waiting.
+  irq.mmio_write(FTVM_IRQ_WAIT_IF, 8, 0);
+  EXPECT_EQ(waits, 0);
+  // The guest is up to date: it waits until a line is pending.
+  irq.mmio_write(FTVM_IRQ_WAIT_IF, 8, 1);
+  EXPECT_EQ(waits, 1);
+  EXPECT_TRUE(irq.has_deliverable());
+}
+
 TEST(Timer, OneShotRaisesTheTimerLineOnce) {
   InterruptController irq([] { return false; });
   Timer t(irq);

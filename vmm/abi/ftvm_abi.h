@@ -90,9 +90,17 @@ struct ftvm_iovec {
 #define FTVM_IRQ_MASK          0x10u  /* RW32: masked lines stay pending, not delivered */
 #define FTVM_IRQ_WAIT          0x18u  /* R32: block until an unmasked line is pending;
                                          returns the pending mask (not cleared). The
-                                         guest's idle: one exit, then the interrupt is
-                                         injected right after it. */
+                                         guest's idle: one exit, and the interrupt is
+                                         injected before the guest's next exit (KVM:
+                                         right after it; software CPU: at the next
+                                         translation-block start). */
 #define FTVM_IRQ_DELIVERED     0x20u  /* R64: interrupts injected so far */
+#define FTVM_IRQ_WAIT_IF       0x28u  /* W64: WAIT, but only while DELIVERED still equals
+                                         the written value. The guest writes the count
+                                         of interrupts its handlers have seen, so one
+                                         injected after its last look for work ends the
+                                         wait at once: no lost wake-up, whatever the
+                                         backend's injection point. */
 
 /* ---- Power (slot FTVM_SLOT_POWER) --------------------------------------------- */
 #define FTVM_POWER_OFF         0x00u  /* W32: power off; the value is the exit code */

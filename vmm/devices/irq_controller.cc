@@ -20,6 +20,9 @@ void InterruptController::mmio_write(uint64_t offset, unsigned, uint64_t value) 
   switch (offset) {
     case FTVM_IRQ_ACK: pending_ &= ~uint32_t(value); break;
     case FTVM_IRQ_MASK: mask_ = uint32_t(value); break;
+    case FTVM_IRQ_WAIT_IF:
+      if (value == delivered_) wait_until_deliverable();
+      break;
     default: break;
   }
 }
