@@ -176,11 +176,13 @@ void MailStore(std::vector<Row>& rows, bool quick) {
   mail::MailClient client({"127.0.0.1", server.port()}, {});
   mail::LoadReport host = client.run_load(opt);
 
-  LoadRun idle = MailStoreRun(nullptr, duration);
-  LoadRun steady = MailStoreRun(&opt, 0);
   mail::LoadOptions flood = opt;
   flood.rate = 20000;
   flood.window = 64;
+  mail::LoadReport host_flood = client.run_load(flood);
+
+  LoadRun idle = MailStoreRun(nullptr, duration);
+  LoadRun steady = MailStoreRun(&opt, 0);
   LoadRun max = MailStoreRun(&flood, 0);
 
   double exits_per_req = (steady.guest_exits - idle.guest_exits) / double(std::max<uint64_t>(steady.report.completed, 1));
@@ -190,9 +192,14 @@ void MailStore(std::vector<Row>& rows, bool quick) {
                   double(host.p50_us)});
   rows.push_back({"mail store, 500 req/s: p99 latency", double(steady.report.p99_us), "us", "host UDP store",
                   double(host.p99_us)});
-  rows.push_back({"mail store: guest exits per request", exits_per_req, "exits", "goal 1", 1});
-  rows.push_back({"mail store, flood: max served", max.report.throughput_rps, "req/s", "", 0});
-  rows.push_back({"mail store, flood: p99 latency", double(max.report.p99_us), "us", "", 0});
+  double flood_exits_per_req =
+      (max.guest_exits - idle.guest_exits) / double(std::max<uint64_t>(max.report.completed, 1));
+  rows.push_back({"mail store, 500 req/s: guest exits per request", exits_per_req, "exits", "goal 1", 1});
+  // Open-loop latency past saturation only measures the queue, so the flood row
+  // reports what was served and how well exits were batched.
+  rows.push_back({"mail store, 20000 req/s offered: served", max.report.throughput_rps, "req/s", "host UDP store",
+                  host_flood.throughput_rps});
+  rows.push_back({"mail store, 20000 req/s: guest exits per request", flood_exits_per_req, "exits", "goal 1", 1});
   if (steady.report.timeouts + max.report.timeouts > 0)
     std::fprintf(stderr, "bench: note: %" PRIu64 " requests timed out\n", steady.report.timeouts + max.report.timeouts);
 }
@@ -221,16 +228,16 @@ int main(int argc, char** argv) {
   MailStore(rows, quick);
 
   std::printf("\nftvm bench (backend: %s%s)\n", backend.c_str(), quick ? ", quick" : "");
-  std::printf("| %-44s | %10s | %-5s | %-22s | %10s | %7s |\n", "metric", "value", "unit", "baseline", "baseline", "ratio");
-  std::printf("|%s|%s|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(12, '-').c_str(),
+  std::printf("| %-50s | %10s | %-5s | %-22s | %10s | %7s |\n", "metric", "value", "unit", "baseline", "baseline", "ratio");
+  std::printf("|%s|%s|%s|%s|%s|%s|\n", std::string(52, '-').c_str(), std::string(12, '-').c_str(),
               std::string(7, '-').c_str(), std::string(24, '-').c_str(), std::string(12, '-').c_str(),
               std::string(9, '-').c_str());
   for (const Row& r : rows) {
     if (r.baseline > 0)
-      std::printf("| %-44s | %10.2f | %-5s | %-22s | %10.2f | %7.2f |\n", r.metric.c_str(), r.value, r.unit.c_str(),
+      std::printf("| %-50s | %10.2f | %-5s | %-22s | %10.2f | %7.2f |\n", r.metric.c_str(), r.value, r.unit.c_str(),
                   r.baseline_name.c_str(), r.baseline, r.value / r.baseline);
     else
-      std::printf("| %-44s | %10.2f | %-5s | %-22s | %10s | %7s |\n", r.metric.c_str(), r.value, r.unit.c_str(), "", "",
+      std::printf("| %-50s | %10.2f | %-5s | %-22s | %10s | %7s |\n", r.metric.c_str(), r.value, r.unit.c_str(), "", "",
                   "");
   }
   return 0;
