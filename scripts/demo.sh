@@ -18,6 +18,7 @@ disk=$work/mail.img
 vm_pid=
 
 cleanup() {
+  set +e  # clean up everything, whatever failed
   [[ -n $vm_pid ]] && kill "$vm_pid" 2>/dev/null && wait "$vm_pid" 2>/dev/null
   ip netns del "$ns" 2>/dev/null || true
   rm -rf "$work"

@@ -14,6 +14,7 @@
 #include <unicorn/unicorn.h>
 
 #include <atomic>
+#include <memory>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -51,7 +52,10 @@ bool ExceptionHasErrorCode(unsigned vector) {
 class EmulatedBackend final : public CpuBackend {
  public:
   explicit EmulatedBackend(GuestMemory& memory) : memory_(memory) {
-    Check(uc_open(UC_ARCH_X86, UC_MODE_64, &uc_), "opening the software CPU");
+    uc_engine* engine = nullptr;
+    Check(uc_open(UC_ARCH_X86, UC_MODE_64, &engine), "opening the software CPU");
+    engine_.reset(engine);
+    uc_ = engine;
     Check(uc_mem_map_ptr(uc_, 0, memory.size(), UC_PROT_ALL, memory.host_base()), "mapping guest RAM");
     Check(uc_mmio_map(uc_, FTVM_MMIO_BASE, FTVM_MMIO_SLOTS * FTVM_MMIO_SLOT_SIZE, &MmioRead, this,
                       &MmioWrite, this),
@@ -70,10 +74,6 @@ class EmulatedBackend final : public CpuBackend {
           "hooking blocks");
     Check(uc_hook_add(uc_, &hook, UC_HOOK_MEM_UNMAPPED, reinterpret_cast<void*>(&Unmapped), this, 1, 0),
           "hooking unmapped accesses");
-  }
-
-  ~EmulatedBackend() override {
-    if (uc_ != nullptr) uc_close(uc_);
   }
 
   std::string_view name() const override { return "emulated"; }
@@ -120,6 +120,7 @@ class EmulatedBackend final : public CpuBackend {
  private:
   RunResult Loop(ExitHandler& h) {
     while (!h.should_stop()) {
+      if (!backend_error_.empty()) return {StopReason::kBackendError, backend_error_};
       if (!fault_.empty()) return {StopReason::kGuestError, fault_};
       // Clear the stop request before looking at kicks: a kick landing after this
       // line sets it again, so none is lost.
@@ -154,6 +155,7 @@ class EmulatedBackend final : public CpuBackend {
       if (h.should_stop()) break;
       uc_err err = uc_emu_start(uc_, rip_, 0, 0, 0);
       rip_ = ReadReg(UC_X86_REG_RIP);
+      if (!backend_error_.empty()) return {StopReason::kBackendError, backend_error_};
       if (pending_exception_ >= 0 && fault_.empty()) continue;  // faulted: deliver it
       if (err == UC_ERR_INSN_INVALID && fault_.empty()) {
         // Unicorn reports an undefined opcode as an error, not through the
@@ -339,6 +341,18 @@ class EmulatedBackend final : public CpuBackend {
     if (err != UC_ERR_OK) throw Error("software CPU: " + what + ": " + uc_strerror(err));
   }
 
+  // Exceptions must not unwind through unicorn's C frames: a callback that fails
+  // stops the CPU and run() reports it as a backend error.
+  template <typename F>
+  void Guarded(uc_engine* uc, F&& body) {
+    try {
+      body();
+    } catch (const std::exception& e) {
+      if (backend_error_.empty()) backend_error_ = e.what();
+      uc_emu_stop(uc);
+    }
+  }
+
   // An exit happened inside a block: stop before the next block so that the machine
   // can service devices and inject interrupts at a precise instruction boundary.
   void ExitTaken() { stop_at_block_.store(true, std::memory_order_release); }
@@ -347,20 +361,22 @@ class EmulatedBackend final : public CpuBackend {
   // wrong value for the second half of a write). The memory hook sees the whole
   // access, so it is the exit: it dispatches the access once with its real size, and
   // the region callbacks only hand out the bytes of a read.
-  static void MmioAccess(uc_engine*, uc_mem_type type, uint64_t address, int size, int64_t value,
+  static void MmioAccess(uc_engine* uc, uc_mem_type type, uint64_t address, int size, int64_t value,
                          void* self_ptr) {
     auto* self = static_cast<EmulatedBackend*>(self_ptr);
-    unsigned len = std::min<unsigned>(unsigned(size), 8);
-    if (type == UC_MEM_WRITE) {
-      uint8_t data[8];
-      std::memcpy(data, &value, 8);
-      self->handler_->mmio(address, true, data, len);
-    } else {
-      std::memset(self->read_bytes_, 0, sizeof self->read_bytes_);
-      self->read_base_ = address;
-      self->handler_->mmio(address, false, self->read_bytes_, len);
-    }
-    self->handler_->after_exit(true);
+    self->Guarded(uc, [&] {
+      unsigned len = std::min<unsigned>(unsigned(size), 8);
+      if (type == UC_MEM_WRITE) {
+        uint8_t data[8];
+        std::memcpy(data, &value, 8);
+        self->handler_->mmio(address, true, data, len);
+      } else {
+        std::memset(self->read_bytes_, 0, sizeof self->read_bytes_);
+        self->read_base_ = address;
+        self->handler_->mmio(address, false, self->read_bytes_, len);
+      }
+      self->handler_->after_exit(true);
+    });
     self->ExitTaken();
   }
 
@@ -374,23 +390,27 @@ class EmulatedBackend final : public CpuBackend {
 
   static void MmioWrite(uc_engine*, uint64_t, unsigned, uint64_t, void*) {}
 
-  static uint32_t PortIn(uc_engine*, uint32_t port, int size, void* self_ptr) {
+  static uint32_t PortIn(uc_engine* uc, uint32_t port, int size, void* self_ptr) {
     auto* self = static_cast<EmulatedBackend*>(self_ptr);
     uint8_t data[4] = {};
-    self->handler_->pio(uint16_t(port), false, data, unsigned(size));
-    self->handler_->after_exit(true);
+    self->Guarded(uc, [&] {
+      self->handler_->pio(uint16_t(port), false, data, unsigned(size));
+      self->handler_->after_exit(true);
+    });
     self->ExitTaken();
     uint32_t value = 0;
     std::memcpy(&value, data, size_t(size));
     return value;
   }
 
-  static void PortOut(uc_engine*, uint32_t port, int size, uint32_t value, void* self_ptr) {
+  static void PortOut(uc_engine* uc, uint32_t port, int size, uint32_t value, void* self_ptr) {
     auto* self = static_cast<EmulatedBackend*>(self_ptr);
     uint8_t data[4];
     std::memcpy(data, &value, 4);
-    self->handler_->pio(uint16_t(port), true, data, unsigned(size));
-    self->handler_->after_exit(true);
+    self->Guarded(uc, [&] {
+      self->handler_->pio(uint16_t(port), true, data, unsigned(size));
+      self->handler_->after_exit(true);
+    });
     self->ExitTaken();
   }
 
@@ -427,7 +447,7 @@ class EmulatedBackend final : public CpuBackend {
       bool fetch = type == UC_MEM_FETCH_UNMAPPED;
       bool user = (self->ReadReg(UC_X86_REG_CS) & 3) == 3;
       self->pending_error_code_ = (write ? 2u : 0u) | (user ? 4u : 0u) | (fetch ? 16u : 0u);
-      self->WriteReg(UC_X86_REG_CR2, address);
+      self->Guarded(uc, [&] { self->WriteReg(UC_X86_REG_CR2, address); });
     }
     uc_emu_stop(uc);
     return false;
@@ -439,7 +459,11 @@ class EmulatedBackend final : public CpuBackend {
   }
 
   GuestMemory& memory_;
-  uc_engine* uc_ = nullptr;
+  struct EngineCloser {
+    void operator()(uc_engine* uc) const { uc_close(uc); }
+  };
+  std::unique_ptr<uc_engine, EngineCloser> engine_;
+  uc_engine* uc_ = nullptr;  // engine_.get()
   ExitHandler* handler_ = nullptr;
   uint64_t rip_ = 0;
   int pending_exception_ = -1;
@@ -447,7 +471,8 @@ class EmulatedBackend final : public CpuBackend {
   uint64_t read_base_ = 0;     // GPA of the MMIO read being served
   uint8_t read_bytes_[8] = {}; // its value, handed out by MmioRead
   bool halted_ = false;
-  std::string fault_;
+  std::string fault_;          // the guest did something no CPU can continue from
+  std::string backend_error_;  // the VMM failed inside an exit
   std::atomic<bool> stop_at_block_{false};
   std::atomic<bool> kicked_{false};
   std::atomic<bool> running_{false};

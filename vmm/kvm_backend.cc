@@ -12,6 +12,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -54,15 +56,17 @@ UniqueFd OpenKvm() {
 class KvmBackend final : public CpuBackend {
  public:
   explicit KvmBackend(GuestMemory& memory) : kvm_(OpenKvm()) {
-    for (long cap : {KVM_CAP_USER_MEMORY, KVM_CAP_IMMEDIATE_EXIT}) {
-      if (ioctl(kvm_.get(), KVM_CHECK_EXTENSION, cap) <= 0)
-        throw Error("KVM lacks a required capability (" + std::to_string(cap) + ")");
+    const std::pair<long, const char*> required[] = {
+        {KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY (guest RAM from a memfd)"},
+        {KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT (needed to kick the vCPU)"}};
+    for (const auto& [cap, name] : required) {
+      if (ioctl(kvm_.get(), KVM_CHECK_EXTENSION, cap) <= 0) throw Error(std::string("KVM lacks ") + name);
     }
     vm_.reset(ioctl(kvm_.get(), KVM_CREATE_VM, 0));
     if (!vm_) throw SysError("KVM_CREATE_VM");
     // Intel VMX needs a TSS region below 4 GiB even when the guest never uses real
     // mode; it sits just below the top of the 32-bit space, away from RAM and MMIO.
-    ioctl(vm_.get(), KVM_SET_TSS_ADDR, 0xfffbd000ul);
+    if (ioctl(vm_.get(), KVM_SET_TSS_ADDR, 0xfffbd000ul) != 0) throw SysError("KVM_SET_TSS_ADDR");
 
     kvm_userspace_memory_region region{};
     region.slot = 0;
@@ -75,17 +79,16 @@ class KvmBackend final : public CpuBackend {
     vcpu_.reset(ioctl(vm_.get(), KVM_CREATE_VCPU, 0));
     if (!vcpu_) throw SysError("KVM_CREATE_VCPU");
     int mmap_size = ioctl(kvm_.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
-    if (mmap_size < int(sizeof(kvm_run))) throw SysError("KVM_GET_VCPU_MMAP_SIZE");
+    if (mmap_size < 0) throw SysError("KVM_GET_VCPU_MMAP_SIZE");
+    if (size_t(mmap_size) < sizeof(kvm_run))
+      throw Error("KVM_GET_VCPU_MMAP_SIZE returned " + std::to_string(mmap_size) + " bytes, less than struct kvm_run");
     run_size_ = size_t(mmap_size);
     void* p = mmap(nullptr, run_size_, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_.get(), 0);
     if (p == MAP_FAILED) throw SysError("mapping kvm_run");
-    run_ = static_cast<kvm_run*>(p);
+    run_mapping_ = RunMapping(static_cast<kvm_run*>(p), RunUnmapper{run_size_});
+    run_ = run_mapping_.get();
     SetCpuid();
     InstallKickHandler();
-  }
-
-  ~KvmBackend() override {
-    if (run_ != nullptr) munmap(run_, run_size_);
   }
 
   std::string_view name() const override { return "kvm"; }
@@ -139,16 +142,15 @@ class KvmBackend final : public CpuBackend {
   }
 
   void kick() override {
-    // immediate_exit covers a kick that lands before KVM_RUN is entered; the signal
-    // interrupts a KVM_RUN in progress.
-    if (!running_.load(std::memory_order_acquire)) return;
+    // immediate_exit covers a kick that lands before KVM_RUN is entered (even before
+    // run() started); the signal interrupts a KVM_RUN in progress.
     __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_RELEASE);
-    pthread_kill(vcpu_thread_, kKickSignal);
+    if (running_.load(std::memory_order_acquire)) pthread_kill(vcpu_thread_, kKickSignal);
   }
 
   uint64_t guest_rip() override {
     kvm_regs regs{};
-    if (ioctl(vcpu_.get(), KVM_GET_REGS, &regs) != 0) return 0;
+    if (ioctl(vcpu_.get(), KVM_GET_REGS, &regs) != 0) return ~0ull;  // shows as 0xffff... in messages
     return regs.rip;
   }
 
@@ -253,10 +255,17 @@ class KvmBackend final : public CpuBackend {
     sigaction(kKickSignal, &sa, nullptr);
   }
 
+  struct RunUnmapper {
+    size_t size;
+    void operator()(kvm_run* p) const { munmap(p, size); }
+  };
+  using RunMapping = std::unique_ptr<kvm_run, RunUnmapper>;
+
   UniqueFd kvm_;
   UniqueFd vm_;
   UniqueFd vcpu_;
-  kvm_run* run_ = nullptr;
+  RunMapping run_mapping_{nullptr, RunUnmapper{0}};
+  kvm_run* run_ = nullptr;  // run_mapping_.get(), read on every exit
   size_t run_size_ = 0;
   pthread_t vcpu_thread_{};
   std::atomic<bool> running_{false};

@@ -73,9 +73,12 @@ LoadedImage LoadElf(std::span<const uint8_t> image, const std::string& label, Gu
     if (ph.p_type != PT_LOAD || ph.p_memsz == 0) continue;
     std::string seg = "segment " + std::to_string(i) + " at " + Hex(ph.p_paddr);
     if (ph.p_filesz > ph.p_memsz) throw fail(seg + ": file size exceeds memory size");
+    if (ph.p_vaddr != ph.p_paddr)
+      throw fail(seg + ": virtual address " + Hex(ph.p_vaddr) +
+                 " differs from the physical one (the boot page tables are an identity map)");
     if (ph.p_offset > image.size() || ph.p_filesz > image.size() - ph.p_offset)
-      throw fail("truncated: " + seg + " needs file bytes up to offset " + std::to_string(ph.p_offset + ph.p_filesz) +
-                 " but the file has " + std::to_string(image.size()));
+      throw fail("truncated: " + seg + " needs " + std::to_string(ph.p_filesz) + " file bytes from offset " +
+                 std::to_string(ph.p_offset) + " but the file has " + std::to_string(image.size()));
     if (ph.p_paddr < FTVM_KERNEL_MIN_GPA) throw fail(seg + " is below the 1 MiB load floor");
     if (!memory.contains(ph.p_paddr, ph.p_memsz))
       throw fail(seg + " (" + std::to_string(ph.p_memsz) + " bytes) does not fit in " +

@@ -79,9 +79,17 @@ std::string GuestCommandLine(const VmConfig& c) {
   return line;
 }
 
+namespace {
+// Validation must come before the RAM allocation it guards (a huge --mem would
+// otherwise fail as an mmap error instead of naming the flag).
+uint64_t ValidatedRamBytes(const VmConfig& config) {
+  ValidateConfig(config);
+  return config.mem_mib << 20;
+}
+}  // namespace
+
 Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
-    : config_(config), clock_(clock), memory_(GuestMemory::Create(config.mem_mib << 20)) {
-  ValidateConfig(config_);
+    : config_(config), clock_(clock), memory_(GuestMemory::Create(ValidatedRamBytes(config))) {
   // Load the image first: a bad image is the most likely mistake and needs no KVM.
   std::vector<uint8_t> image = ReadImageFile(config_.guest_image);
   LoadedImage loaded = LoadElf(image, config_.guest_image, memory_);
@@ -155,11 +163,10 @@ void Machine::Arm(FdWatch& w) {
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLONESHOT;
   ev.data.u64 = uint64_t(&w - watches_.data());
-  if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, w.fd, &ev) != 0) {
-    log::error("vm.arm_failed", {{"device", w.device->name()}, {"error", strerror(errno)}});
-    return;
-  }
+  // Marked armed even on failure: retrying on every exit would only flood the log.
   w.armed = true;
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, w.fd, &ev) != 0 && errno != ENOENT)
+    Fail("watching " + std::string(w.device->name()) + ": epoll_ctl: " + strerror(errno));
 }
 
 int Machine::run() {
@@ -179,11 +186,23 @@ int Machine::run() {
                            {"interrupts", s.interrupts},
                            {"first_output_us", s.boot_to_first_output_ns / 1000},
                            {"run_ms", s.run_ns / 1000000}});
+  {
+    std::lock_guard<std::mutex> lock(wait_mu_);
+    if (!fatal_.empty()) throw Error(fatal_);
+  }
   if (result.reason != StopReason::kStopped) {
     throw Error(std::string(result.reason == StopReason::kGuestError ? "guest crashed: " : "vCPU failed: ") +
                 result.detail);
   }
   return power_->exit_code().value_or(-1);
+}
+
+void Machine::Fail(const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(wait_mu_);
+    if (fatal_.empty()) fatal_ = reason;
+  }
+  stop();
 }
 
 void Machine::stop() {
@@ -210,12 +229,23 @@ void Machine::EventThread() {
     int n = epoll_wait(epoll_.get(), events, 16, -1);
     if (n < 0) {
       if (errno == EINTR) continue;
-      log::error("vm.epoll_failed", {{"error", strerror(errno)}});
+      Fail("event thread: epoll_wait: " + std::string(strerror(errno)));
       return;
     }
     uint64_t bits = 0;
-    for (int i = 0; i < n; ++i)
-      if (events[i].data.u64 != UINT64_MAX) bits |= 1ull << events[i].data.u64;
+    for (int i = 0; i < n; ++i) {
+      uint64_t index = events[i].data.u64;
+      if (index == UINT64_MAX) continue;
+      if (events[i].events & (EPOLLERR | EPOLLHUP)) {
+        // A host fd that failed (a tap whose interface vanished) reports ERR/HUP even
+        // while disarmed: stop watching it, or this loop would spin.
+        FdWatch& w = watches_[index];
+        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, w.fd, nullptr);
+        log::error("vm.host_fd_failed", {{"device", w.device->name()}, {"events", Hex(events[i].events)}});
+        continue;
+      }
+      bits |= 1ull << index;
+    }
     if (bits == 0) continue;
     log::debug("vm.host_event", {{"watches", Hex(bits)}, {"in_wait", in_wait_.load()}});
     host_events_.fetch_or(bits, std::memory_order_acq_rel);

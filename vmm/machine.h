@@ -95,6 +95,8 @@ class Machine final : private ExitHandler {
   void EventThread();
   void Watch(Device* device, int fd);
   void Arm(FdWatch& watch);
+  // A host-side failure that ends the VM: run() throws with `reason`.
+  void Fail(const std::string& reason);
 
   VmConfig config_;
   Clock& clock_;
@@ -117,6 +119,7 @@ class Machine final : private ExitHandler {
   std::atomic<bool> in_wait_{false};
   std::mutex wait_mu_;
   std::condition_variable wait_cv_;
+  std::string fatal_;  // guarded by wait_mu_
   std::thread event_thread_;
 
   MachineStats stats_;

@@ -1,5 +1,6 @@
 #include "vmm/virtio_devices.h"
 
+#include <cctype>
 #include <cstdio>
 
 #include "common/error.h"
@@ -15,8 +16,11 @@ MacAddress ParseMac(const std::string& text) {
   MacAddress mac{};
   unsigned b[6];
   char tail;
-  if (std::sscanf(text.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6 ||
-      text.size() != 17)
+  bool shape_ok = text.size() == 17;
+  for (size_t i = 0; shape_ok && i < text.size(); ++i)
+    shape_ok = (i % 3 == 2) ? text[i] == ':' : std::isxdigit(static_cast<unsigned char>(text[i])) != 0;
+  if (!shape_ok ||
+      std::sscanf(text.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6)
     throw Error("MAC address '" + text + "' is not of the form xx:xx:xx:xx:xx:xx");
   for (int i = 0; i < 6; ++i) mac[i] = uint8_t(b[i]);
   if (mac[0] & 1) throw Error("MAC address '" + text + "' is a multicast address");

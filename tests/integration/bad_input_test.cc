@@ -65,6 +65,9 @@ TEST(BadInput, MissingDisk) {
 
 TEST(BadInput, TooLittleMemory) {
   ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--mem", "4"}, "--mem 4 MiB is too little");
+  // Checked before any memory is reserved: the error names the flag, not mmap.
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--mem", "100000000"},
+                     "--mem 100000000 MiB is too much");
 }
 
 TEST(BadInput, TapThatCannotBeOpened) {

@@ -5,7 +5,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -51,21 +53,24 @@ std::string ReadFile(const std::string& path) {
 
 Process Process::Start(const std::vector<std::string>& argv, const std::string& tag) {
   std::string out = ScratchPath(tag + ".out"), err = ScratchPath(tag + ".err");
+  // Everything the child needs is prepared before fork(): after it, only
+  // async-signal-safe calls.
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
-    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int n = open("/dev/null", O_RDONLY);
+    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int n = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (o < 0 || e < 0 || n < 0) _exit(127);
     dup2(n, 0);
     dup2(o, 1);
     dup2(e, 2);
     setpgid(0, 0);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
     execvp(args[0], args.data());
+    dprintf(2, "exec %s: %s\n", args[0], strerror(errno));
     _exit(127);
   }
   return Process(pid, out, err);
@@ -137,7 +142,12 @@ bool WaitForFileContains(const std::string& path, const std::string& needle, std
 NetNamespace::NetNamespace(const std::string& tag)
     : name_("ftvm-" + tag + "-" + std::to_string(getpid())) {
   MustRun({"ip", "netns", "add", name_});
-  MustRun({"ip", "-n", name_, "link", "set", "lo", "up"});
+  try {
+    MustRun({"ip", "-n", name_, "link", "set", "lo", "up"});
+  } catch (...) {
+    RunProcess({"ip", "netns", "del", name_}, std::chrono::seconds(10), "netns-del");
+    throw;
+  }
 }
 
 NetNamespace::~NetNamespace() { RunProcess({"ip", "netns", "del", name_}, std::chrono::seconds(10), "netns-del"); }

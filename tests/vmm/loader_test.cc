@@ -123,6 +123,12 @@ TEST(Loader, RejectsEntryOutsideCode) {
   EXPECT_NE(LoadError(img).find("not inside an executable segment"), std::string::npos);
 }
 
+TEST(Loader, RejectsVirtualAddressOtherThanPhysical) {
+  auto img = MakeElf();
+  Phdr(img).p_vaddr = 0xffffffff80100000ull;  // a higher-half kernel
+  EXPECT_NE(LoadError(img).find("differs from the physical one"), std::string::npos);
+}
+
 TEST(Loader, RejectsFileSizeLargerThanMemSize) {
   auto img = MakeElf(0x100000, 16, 8);
   EXPECT_NE(LoadError(img).find("file size exceeds memory size"), std::string::npos);

@@ -105,6 +105,8 @@ TEST(VmConfigCheck, NamesTheBadField) {
   c.ip = "10.0.0.2/24";
   c.mac = "52:54:00:12:34";
   EXPECT_NE(ConfigError(c).find("MAC address '52:54:00:12:34'"), std::string::npos);
+  c.mac = "+2:54:00:12:34:56";
+  EXPECT_NE(ConfigError(c).find("MAC address '+2:54:00:12:34:56'"), std::string::npos);
   c.mac = "01:00:5e:00:00:01";
   EXPECT_NE(ConfigError(c).find("multicast"), std::string::npos);
   c.mac = "52:54:00:12:34:56";

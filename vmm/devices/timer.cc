@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -24,7 +25,8 @@ uint64_t Timer::mmio_read(uint64_t offset, unsigned) {
 void Timer::mmio_write(uint64_t offset, unsigned, uint64_t value) {
   if (offset != FTVM_TIMER_ARM_NS) return;
   itimerspec spec{};
-  // A zero it_value disarms; keep at least 1 ns so "fire now" still fires.
+  // A zero it_value disarms the timerfd, which is what ARM_NS=0 means.
+  expired_ = false;
   if (value != 0) {
     spec.it_value.tv_sec = time_t(value / 1000000000ull);
     spec.it_value.tv_nsec = long(value % 1000000000ull);
@@ -35,7 +37,7 @@ void Timer::mmio_write(uint64_t offset, unsigned, uint64_t value) {
 }
 
 void Timer::poll() {
-  if (!armed_) return;
+  if (!armed_ || !std::exchange(expired_, false)) return;
   uint64_t expirations = 0;
   ssize_t n = read(fd_.get(), &expirations, sizeof expirations);
   if (n != sizeof expirations) return;  // EAGAIN: not yet expired

@@ -14,6 +14,7 @@ class Timer final : public Device {
   uint64_t mmio_read(uint64_t offset, unsigned size) override;
   void mmio_write(uint64_t offset, unsigned size, uint64_t value) override;
   std::vector<int> host_fds() const override { return {fd_.get()}; }
+  void host_ready() override { expired_ = true; }
   void poll() override;
 
   uint64_t fired() const { return fired_; }
@@ -23,6 +24,7 @@ class Timer final : public Device {
   UniqueFd fd_;
   uint64_t fired_ = 0;
   bool armed_ = false;
+  bool expired_ = false;  // the timerfd fired since the last poll()
 };
 
 }  // namespace ftvm::vmm
