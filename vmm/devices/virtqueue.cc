@@ -33,8 +33,12 @@ void StoreRelaxed(uint16_t* p, uint16_t v) {
 
 }  // namespace
 
-size_t CopyFromIov(std::span<const iovec> iov, size_t offset, void* dst, size_t len) {
-  auto* out = static_cast<uint8_t*>(dst);
+namespace {
+
+// Calls fn(chunk_pointer, bytes_done_before, chunk_len) for the bytes
+// [offset, offset+len) of `iov`, in order; returns how many bytes were covered.
+template <typename Fn>
+size_t WalkIov(std::span<const iovec> iov, size_t offset, size_t len, Fn&& fn) {
   size_t done = 0;
   for (const iovec& v : iov) {
     if (done == len) break;
@@ -43,44 +47,27 @@ size_t CopyFromIov(std::span<const iovec> iov, size_t offset, void* dst, size_t 
       continue;
     }
     size_t n = std::min(v.iov_len - offset, len - done);
-    std::memcpy(out + done, static_cast<const uint8_t*>(v.iov_base) + offset, n);
+    fn(static_cast<uint8_t*>(v.iov_base) + offset, done, n);
     done += n;
     offset = 0;
   }
   return done;
+}
+
+}  // namespace
+
+size_t CopyFromIov(std::span<const iovec> iov, size_t offset, void* dst, size_t len) {
+  auto* out = static_cast<uint8_t*>(dst);
+  return WalkIov(iov, offset, len, [&](const uint8_t* chunk, size_t at, size_t n) { std::memcpy(out + at, chunk, n); });
 }
 
 size_t CopyToIov(std::span<const iovec> iov, size_t offset, const void* src, size_t len) {
   const auto* in = static_cast<const uint8_t*>(src);
-  size_t done = 0;
-  for (const iovec& v : iov) {
-    if (done == len) break;
-    if (offset >= v.iov_len) {
-      offset -= v.iov_len;
-      continue;
-    }
-    size_t n = std::min(v.iov_len - offset, len - done);
-    std::memcpy(static_cast<uint8_t*>(v.iov_base) + offset, in + done, n);
-    done += n;
-    offset = 0;
-  }
-  return done;
+  return WalkIov(iov, offset, len, [&](uint8_t* chunk, size_t at, size_t n) { std::memcpy(chunk, in + at, n); });
 }
 
 size_t SliceIov(std::span<const iovec> iov, size_t offset, size_t len, std::vector<iovec>& out) {
-  size_t done = 0;
-  for (const iovec& v : iov) {
-    if (done == len) break;
-    if (offset >= v.iov_len) {
-      offset -= v.iov_len;
-      continue;
-    }
-    size_t n = std::min(v.iov_len - offset, len - done);
-    out.push_back(iovec{static_cast<uint8_t*>(v.iov_base) + offset, n});
-    done += n;
-    offset = 0;
-  }
-  return done;
+  return WalkIov(iov, offset, len, [&](uint8_t* chunk, size_t, size_t n) { out.push_back(iovec{chunk, n}); });
 }
 
 Virtqueue::Virtqueue(GuestMemory& mem, uint16_t max_size)
