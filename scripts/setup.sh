@@ -8,6 +8,8 @@ packages=(
   libgtest-dev libgmock-dev
   libboost-dev libboost-program-options-dev
   iproute2 iputils-ping
+  libprotobuf-dev protobuf-compiler libzstd-dev   # event log: header protobuf, checkpoint compression
+  clang libclang-rt-dev     # libFuzzer build of the event-log reader (fuzz/)
 )
 missing=()
 for p in "${packages[@]}"; do

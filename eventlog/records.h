@@ -1,0 +1,71 @@
+// Payload encoding of each record type. Fixed-size payloads are returned as
+// std::array (no allocation on the recording hot path); decoders return nullopt when
+// the payload size is wrong for the type, never reading past the span.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "eventlog/format.h"
+
+namespace ftvm::eventlog {
+
+using Digest = std::array<uint8_t, 32>;  // SHA-256 or equivalent 256-bit state digest
+
+inline constexpr size_t kClockReadBytes = 8;
+inline constexpr size_t kDiskCompletionBytes = 4;
+inline constexpr size_t kInterruptBytes = 1;
+inline constexpr size_t kVerifyBytes = 40;
+inline constexpr size_t kEndBytes = 32;
+// Largest frame virtio-net hands over without GSO (64 KiB IP packet + Ethernet header).
+inline constexpr size_t kMaxPacketBytes = 65550;
+
+// Empty when `size` is a valid payload size for `type` (after decompression),
+// otherwise what is wrong, e.g. "Interrupt payload of 3 bytes, expected 1".
+std::string PayloadSizeProblem(RecordType type, size_t size);
+
+// kClockRead: u64 value.
+std::array<uint8_t, kClockReadBytes> EncodeClockRead(uint64_t value);
+std::optional<uint64_t> DecodeClockRead(std::span<const uint8_t> payload);
+
+// kRngData: the bytes themselves (1 .. kMaxPayloadBytes).
+std::optional<std::span<const uint8_t>> DecodeRngData(std::span<const uint8_t> payload);
+
+// kPacketRx: one Ethernet frame (1 .. kMaxPacketBytes).
+std::optional<std::span<const uint8_t>> DecodePacketRx(std::span<const uint8_t> payload);
+
+// kDiskCompletion: `count` requests of virtqueue `queue` complete at this position.
+struct DiskCompletion {
+  uint16_t queue = 0;
+  uint16_t count = 0;
+  bool operator==(const DiskCompletion&) const = default;
+};
+std::array<uint8_t, kDiskCompletionBytes> EncodeDiskCompletion(const DiskCompletion& c);
+std::optional<DiskCompletion> DecodeDiskCompletion(std::span<const uint8_t> payload);
+
+// kInterrupt: u8 vector.
+std::array<uint8_t, kInterruptBytes> EncodeInterrupt(uint8_t vector);
+std::optional<uint8_t> DecodeInterrupt(std::span<const uint8_t> payload);
+
+// kCheckpoint: opaque blob (any size up to kMaxPayloadBytes, usually compressed by
+// LogWriter::append(..., compress = true)).
+std::optional<std::span<const uint8_t>> DecodeCheckpoint(std::span<const uint8_t> payload);
+
+// kVerify: digest of vCPU state + dirty pages, and how many dirty pages it covered.
+struct Verify {
+  Digest digest{};
+  uint64_t dirty_pages = 0;
+  bool operator==(const Verify&) const = default;
+};
+std::array<uint8_t, kVerifyBytes> EncodeVerify(const Verify& v);
+std::optional<Verify> DecodeVerify(std::span<const uint8_t> payload);
+
+// kEnd: final state digest.
+std::array<uint8_t, kEndBytes> EncodeEnd(const Digest& final_digest);
+std::optional<Digest> DecodeEnd(std::span<const uint8_t> payload);
+
+}  // namespace ftvm::eventlog

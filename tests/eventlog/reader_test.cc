@@ -1,0 +1,349 @@
+// The reader's validation: every record type round-trips, the header round-trips,
+// and every kind of damage (wrong magic or version, bad CRCs, any single flipped byte,
+// truncation at any offset, unknown types, positions going backwards, bad compressed
+// payloads) is reported with the offset of the bad record.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "common/error.h"
+#include "eventlog/crc32c.h"
+#include "tests/eventlog/test_util.h"
+
+namespace ftvm::eventlog {
+namespace {
+
+using testing::SampleHeader;
+using testing::SmallLog;
+using ::testing::HasSubstr;
+
+std::vector<uint8_t> Copy(std::span<const uint8_t> s) { return {s.begin(), s.end()}; }
+
+// Reads all records; returns the final result (end or error).
+ReadResult ReadAll(LogReader& r, std::vector<Record>* records = nullptr,
+                   std::vector<std::vector<uint8_t>>* payloads = nullptr) {
+  Record rec;
+  for (;;) {
+    ReadResult res = r.next(rec);
+    if (!res.is_record()) return res;
+    if (records) records->push_back(rec);
+    if (payloads) payloads->push_back(Copy(rec.payload));
+  }
+}
+
+std::string OpenError(std::span<const uint8_t> bytes) {
+  try {
+    LogReader::OpenBuffer(bytes);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(EventLogFormat, RecordOverheadIsTwentyBytes) {
+  EXPECT_EQ(kRecordOverhead, 20u);
+  std::vector<uint8_t> out;
+  AppendRecord(out, RecordType::kClockRead, 0, 5, EncodeClockRead(1));
+  EXPECT_EQ(out.size(), 28u);
+  out.clear();
+  AppendRecord(out, RecordType::kInterrupt, 0, 5, EncodeInterrupt(3));
+  EXPECT_EQ(out.size(), 21u);
+}
+
+TEST(EventLogFormat, LittleEndianLayout) {
+  std::vector<uint8_t> out;
+  AppendRecord(out, RecordType::kClockRead, 0, 0x0102030405060708ull,
+               EncodeClockRead(0xa1a2a3a4a5a6a7a8ull));
+  const std::vector<uint8_t> head = {8, 0, 0, 0, 1, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1,
+                                     0xa8, 0xa7, 0xa6, 0xa5, 0xa4, 0xa3, 0xa2, 0xa1};
+  EXPECT_EQ(std::vector<uint8_t>(out.begin(), out.begin() + 24), head);
+  EXPECT_EQ(GetLe32(&out[24]), Crc32c(std::span<const uint8_t>(out).first(24)));
+}
+
+TEST(EventLogFormat, EveryRecordTypeRoundTrips) {
+  std::vector<uint8_t> log = SmallLog();
+  LogReader r = LogReader::OpenBuffer(log);
+  std::vector<Record> recs;
+  std::vector<std::vector<uint8_t>> payloads;
+  ReadResult end = ReadAll(r, &recs, &payloads);
+  ASSERT_TRUE(end.is_end()) << end.message;
+  ASSERT_EQ(recs.size(), 8u);
+  EXPECT_EQ(recs[0].type, RecordType::kClockRead);
+  EXPECT_EQ(DecodeClockRead(payloads[0]), 0x1122334455667788ull);
+  EXPECT_EQ(recs[0].position, 1u);
+  EXPECT_EQ(recs[1].type, RecordType::kRngData);
+  EXPECT_EQ(payloads[1], (std::vector<uint8_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(recs[2].type, RecordType::kPacketRx);
+  ASSERT_TRUE(DecodePacketRx(payloads[2]));
+  EXPECT_EQ(DecodePacketRx(payloads[2])->size(), 15u);
+  EXPECT_EQ(recs[3].type, RecordType::kDiskCompletion);
+  EXPECT_EQ(DecodeDiskCompletion(payloads[3]), (DiskCompletion{1, 3}));
+  EXPECT_EQ(recs[4].type, RecordType::kInterrupt);
+  EXPECT_EQ(DecodeInterrupt(payloads[4]), 0x21);
+  EXPECT_EQ(recs[4].position, 9u);
+  EXPECT_EQ(recs[5].type, RecordType::kCheckpoint);
+  EXPECT_EQ(payloads[5], (std::vector<uint8_t>{'c', 'k', 'p', 't'}));
+  EXPECT_EQ(recs[6].type, RecordType::kVerify);
+  EXPECT_EQ(DecodeVerify(payloads[6]), (Verify{testing::MakeDigest(3), 17}));
+  EXPECT_EQ(recs[7].type, RecordType::kEnd);
+  EXPECT_EQ(DecodeEnd(payloads[7]), testing::MakeDigest(9));
+  EXPECT_EQ(recs[7].position, 20u);
+  EXPECT_TRUE(r.saw_end_record());
+  EXPECT_EQ(r.offset(), log.size());
+  // The end is not sticky (a growing file may have more) and stays the end.
+  Record rec;
+  EXPECT_TRUE(r.next(rec).is_end());
+}
+
+TEST(EventLogFormat, DecodersRejectWrongSizes) {
+  const uint8_t three[3] = {1, 2, 3};
+  EXPECT_FALSE(DecodeClockRead(three));
+  EXPECT_FALSE(DecodeInterrupt(three));
+  EXPECT_FALSE(DecodeDiskCompletion(three));
+  EXPECT_FALSE(DecodeVerify(three));
+  EXPECT_FALSE(DecodeEnd(three));
+  EXPECT_FALSE(DecodeRngData({}));
+  EXPECT_FALSE(DecodePacketRx({}));
+  std::vector<uint8_t> jumbo(kMaxPacketBytes + 1);
+  EXPECT_FALSE(DecodePacketRx(jumbo));
+  EXPECT_TRUE(DecodeCheckpoint({}));
+  EXPECT_EQ(PayloadSizeProblem(RecordType::kInterrupt, 3), "Interrupt payload of 3 bytes, expected 1");
+}
+
+TEST(EventLogFormat, HeaderRoundTrips) {
+  std::vector<uint8_t> log = SmallLog();
+  LogReader r = LogReader::OpenBuffer(log);
+  LogHeader want = SampleHeader();
+  want.set_format_version(kFormatVersion);
+  EXPECT_EQ(r.header().SerializeAsString(), want.SerializeAsString());
+  EXPECT_EQ(r.header().vm().app_args_size(), 2);
+  EXPECT_EQ(r.header().vm().mac(), "52:54:00:12:34:56");
+  EXPECT_EQ(r.first_record_offset(), 16 + want.ByteSizeLong() + 4);
+}
+
+TEST(EventLogFormat, RejectsWrongMagic) {
+  std::vector<uint8_t> log = SmallLog();
+  log[3] = 'X';
+  EXPECT_THAT(OpenError(log), HasSubstr("not an ftvm event log"));
+  std::string text = "hello world, this is not a log at all";
+  EXPECT_THAT(OpenError({reinterpret_cast<const uint8_t*>(text.data()), text.size()}),
+              HasSubstr("not an ftvm event log"));
+  EXPECT_THAT(OpenError({}), HasSubstr("empty file"));
+}
+
+TEST(EventLogFormat, RejectsWrongVersion) {
+  std::vector<uint8_t> log = SmallLog();
+  PutLe32(&log[8], 2);
+  EXPECT_THAT(OpenError(log), HasSubstr("written by format version 2; this ftvm reads version 1"));
+}
+
+TEST(EventLogFormat, RejectsBadHeaderCrc) {
+  std::vector<uint8_t> log = SmallLog();
+  log[20] ^= 0x40;  // inside the protobuf
+  std::string err = OpenError(log);
+  EXPECT_THAT(err, HasSubstr("bad header CRC at offset"));
+  EXPECT_THAT(err, HasSubstr("<buffer>"));
+}
+
+TEST(EventLogFormat, EverySingleByteFlipIsDetected) {
+  const std::vector<uint8_t> good = SmallLog();
+  for (size_t i = 0; i < good.size(); ++i) {
+    for (uint8_t mask : {0x01, 0x80, 0xff}) {
+      std::vector<uint8_t> bad = good;
+      bad[i] ^= mask;
+      bool detected = false;
+      try {
+        LogReader r = LogReader::OpenBuffer(bad);
+        detected = ReadAll(r).is_error();
+      } catch (const Error&) {
+        detected = true;
+      }
+      ASSERT_TRUE(detected) << "flip of byte " << i << " with mask " << int(mask) << " undetected";
+    }
+  }
+}
+
+TEST(EventLogFormat, TruncationAtEveryOffsetIsReportedWithItsOffset) {
+  std::vector<uint64_t> offsets;
+  const std::vector<uint8_t> good = SmallLog(&offsets);
+  const uint64_t first = offsets.front();
+  for (size_t len = 0; len < good.size(); ++len) {
+    std::span<const uint8_t> cut(good.data(), len);
+    if (len < first) {
+      std::string err = OpenError(cut);
+      EXPECT_TRUE(err.find("truncated header at offset 0") != std::string::npos ||
+                  (len == 0 && err.find("empty") != std::string::npos))
+          << "len " << len << ": " << err;
+      continue;
+    }
+    // The last record boundary at or before `len`, and the record cut there.
+    size_t k = 0;
+    while (k + 1 < offsets.size() && offsets[k + 1] <= len) ++k;
+    const uint64_t boundary = offsets[k];
+    LogReader r = LogReader::OpenBuffer(cut);
+    std::vector<Record> recs;
+    ReadResult res = ReadAll(r, &recs);
+    EXPECT_EQ(recs.size(), k) << "len " << len;
+    if (len == boundary) {
+      EXPECT_TRUE(res.is_end()) << "len " << len << ": " << res.message;
+    } else {
+      ASSERT_EQ(res.code, ReadCode::kTruncated) << "len " << len << ": " << res.message;
+      EXPECT_EQ(res.offset, boundary);
+      const uint64_t have = len - boundary;
+      const std::string want =
+          "truncated record at offset " + std::to_string(boundary) + " (" + std::to_string(have) +
+          (have < kRecordHeaderBytes
+               ? " of at least 20 bytes)"
+               : " of " + std::to_string(offsets[k + 1] - boundary) + " bytes)");
+      EXPECT_THAT(res.message, HasSubstr(want)) << "len " << len;
+    }
+    Recovery rec = RecoverTruncatedTail(cut);
+    EXPECT_EQ(rec.valid_bytes, boundary) << "len " << len;
+    EXPECT_EQ(rec.records, k);
+    EXPECT_EQ(rec.dropped_bytes(), len - boundary);
+    EXPECT_EQ(rec.reason.empty(), len == boundary);
+  }
+}
+
+TEST(EventLogFormat, RecoveryTruncatesACrashedFile) {
+  testing::TempDir dir;
+  std::vector<uint64_t> offsets;
+  std::vector<uint8_t> log = SmallLog(&offsets);
+  // A crash mid-record, and a tail of zeros as a file system may leave after one.
+  log.resize(offsets[5] + 7);
+  log.insert(log.end(), 4096, 0);
+  const std::string path = dir.file("crashed.ftlog");
+  testing::WriteFile(path, log);
+
+  Recovery dry = RecoverTruncatedTail(path, /*truncate_file=*/false);
+  EXPECT_EQ(dry.valid_bytes, offsets[5]);
+  EXPECT_EQ(dry.records, 5u);
+  EXPECT_EQ(dry.last_position, 9u);
+  EXPECT_FALSE(dry.truncated);
+  EXPECT_THAT(dry.reason, HasSubstr("at offset " + std::to_string(offsets[5])));
+  EXPECT_EQ(std::filesystem::file_size(path), log.size());
+
+  Recovery done = RecoverTruncatedTail(path, /*truncate_file=*/true);
+  EXPECT_TRUE(done.truncated);
+  EXPECT_EQ(std::filesystem::file_size(path), offsets[5]);
+  LogReader r = LogReader::OpenFile(path);
+  std::vector<Record> recs;
+  EXPECT_TRUE(ReadAll(r, &recs).is_end());
+  EXPECT_EQ(recs.size(), 5u);
+  // An intact log is left alone.
+  Recovery again = RecoverTruncatedTail(path, true);
+  EXPECT_FALSE(again.truncated);
+  EXPECT_TRUE(again.reason.empty());
+}
+
+TEST(EventLogFormat, PositionsGoingBackwardsAreRejected) {
+  std::vector<uint8_t> log = EncodeFileHeader(SampleHeader());
+  AppendRecord(log, RecordType::kInterrupt, 0, 5, EncodeInterrupt(1));
+  AppendRecord(log, RecordType::kInterrupt, 0, 5, EncodeInterrupt(2));  // equal is fine
+  const uint64_t bad_at = log.size();
+  AppendRecord(log, RecordType::kInterrupt, 0, 4, EncodeInterrupt(3));
+  LogReader r = LogReader::OpenBuffer(log);
+  std::vector<Record> recs;
+  ReadResult res = ReadAll(r, &recs);
+  EXPECT_EQ(recs.size(), 2u);
+  ASSERT_EQ(res.code, ReadCode::kPositionBackwards);
+  EXPECT_EQ(res.offset, bad_at);
+  EXPECT_THAT(res.message, HasSubstr("position 4 goes backwards (previous record at 5) at offset " +
+                                     std::to_string(bad_at)));
+  // Errors are sticky.
+  Record rec;
+  EXPECT_EQ(r.next(rec).code, ReadCode::kPositionBackwards);
+}
+
+TEST(EventLogFormat, InvalidRecordsAreNamedWithTheirOffset) {
+  auto check = [](const char* what, auto build, ReadCode code, std::string want) {
+    std::vector<uint8_t> log = EncodeFileHeader(SampleHeader());
+    AppendRecord(log, RecordType::kClockRead, 0, 1, EncodeClockRead(1));
+    const uint64_t at = log.size();
+    build(log);
+    LogReader r = LogReader::OpenBuffer(log);
+    std::vector<Record> recs;
+    ReadResult res = ReadAll(r, &recs);
+    EXPECT_EQ(recs.size(), 1u) << what;
+    EXPECT_EQ(res.code, code) << what << ": " << res.message;
+    EXPECT_EQ(res.offset, at) << what;
+    if (auto p = want.find('@'); p != std::string::npos) want.replace(p, 1, std::to_string(at));
+    EXPECT_THAT(res.message, HasSubstr(want)) << what;
+  };
+  const uint8_t one[1] = {7};
+  check("unknown type", [&](auto& log) { AppendRecord(log, RecordType{42}, 0, 2, one); },
+        ReadCode::kUnknownType, "unknown record type 42 at offset @");
+  check("type zero", [&](auto& log) { AppendRecord(log, RecordType{0}, 0, 2, one); },
+        ReadCode::kUnknownType, "unknown record type 0 at offset @");
+  check("unknown flag", [&](auto& log) { AppendRecord(log, RecordType::kInterrupt, 0x80, 2, one); },
+        ReadCode::kBadFlags, "unknown flags 0x80");
+  check("bad payload size",
+        [&](auto& log) { AppendRecord(log, RecordType::kClockRead, 0, 2, one); },
+        ReadCode::kBadPayload, "ClockRead payload of 1 bytes, expected 8 at offset @");
+  check("garbage zstd",
+        [&](auto& log) {
+          const uint8_t junk[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+          AppendRecord(log, RecordType::kCheckpoint, kFlagZstd, 2, junk);
+        },
+        ReadCode::kDecompress, "not a zstd frame at offset @");
+  check("payload too large",
+        [&](auto& log) {
+          uint8_t head[kRecordHeaderBytes];
+          EncodeRecordHeader({uint32_t(kMaxPayloadBytes + 1), 6, 0, 0, 2}, head);
+          log.insert(log.end(), head, head + sizeof head);
+        },
+        ReadCode::kPayloadTooLarge, "payload too large at offset @ (67108865 bytes, cap 67108864)");
+  check("bad crc",
+        [&](auto& log) {
+          AppendRecord(log, RecordType::kInterrupt, 0, 2, one);
+          log.back() ^= 1;
+        },
+        ReadCode::kBadCrc, "bad CRC at offset @ (stored 0x");
+}
+
+TEST(EventLogFormat, DataAfterTheEndRecordIsRejected) {
+  std::vector<uint8_t> log = EncodeFileHeader(SampleHeader());
+  AppendRecord(log, RecordType::kEnd, 0, 2, EncodeEnd(testing::MakeDigest(1)));
+  const uint64_t at = log.size();
+  AppendRecord(log, RecordType::kInterrupt, 0, 2, EncodeInterrupt(1));
+  LogReader r = LogReader::OpenBuffer(log);
+  std::vector<Record> recs;
+  ReadResult res = ReadAll(r, &recs);
+  EXPECT_EQ(recs.size(), 1u);
+  EXPECT_EQ(res.code, ReadCode::kTrailingData);
+  EXPECT_THAT(res.message, HasSubstr("data after the End record at offset " + std::to_string(at)));
+}
+
+TEST(EventLogFormat, FileReaderCrossesReadChunks) {
+  // Many small records around a 3 MiB one, so the 1 MiB read window is refilled at
+  // record boundaries, mid-record and for a record larger than the window.
+  testing::TempDir dir;
+  std::vector<uint8_t> log = EncodeFileHeader(SampleHeader());
+  std::mt19937_64 rng(7);
+  std::vector<uint8_t> big(3 << 20);
+  for (auto& b : big) b = static_cast<uint8_t>(rng());
+  uint64_t pos = 0;
+  for (int i = 0; i < 60000; ++i) AppendRecord(log, RecordType::kClockRead, 0, pos++, EncodeClockRead(i));
+  AppendRecord(log, RecordType::kCheckpoint, 0, pos, big);
+  for (int i = 0; i < 60000; ++i) AppendRecord(log, RecordType::kClockRead, 0, pos++, EncodeClockRead(i));
+  const std::string path = dir.file("big.ftlog");
+  testing::WriteFile(path, log);
+  LogReader r = LogReader::OpenFile(path);
+  Record rec;
+  uint64_t n = 0;
+  ReadResult res;
+  while ((res = r.next(rec)).is_record()) {
+    if (rec.type == RecordType::kCheckpoint) {
+      ASSERT_TRUE(std::equal(rec.payload.begin(), rec.payload.end(), big.begin(), big.end()));
+    } else {
+      ASSERT_EQ(DecodeClockRead(rec.payload), (n < 60000 ? n : n - 60001)) << n;
+    }
+    ++n;
+  }
+  EXPECT_TRUE(res.is_end()) << res.message;
+  EXPECT_EQ(n, 120001u);
+}
+
+}  // namespace
+}  // namespace ftvm::eventlog
