@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "vmm/cpu_backend.h"
+#include "vmm/kvm_abi.h"
 
 namespace ftvm::vmm {
 namespace {
@@ -231,21 +232,23 @@ class KvmBackend final : public CpuBackend {
   }
 
   void SetCpuid() {
-    constexpr int kMaxEntries = 256;
-    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + kMaxEntries * sizeof(kvm_cpuid_entry2));
-    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buf.data());
-    cpuid->nent = kMaxEntries;
-    if (ioctl(kvm_.get(), KVM_GET_SUPPORTED_CPUID, cpuid) != 0) throw SysError("KVM_GET_SUPPORTED_CPUID");
-    for (uint32_t i = 0; i < cpuid->nent; ++i) {
-      kvm_cpuid_entry2& e = cpuid->entries[i];
+    constexpr uint32_t kMaxEntries = 256;
+    std::vector<uint8_t> buf(sizeof(kvm_abi::ArrayHeader) + kMaxEntries * sizeof(kvm_cpuid_entry2));
+    auto* header = reinterpret_cast<kvm_abi::ArrayHeader*>(buf.data());
+    auto* entries = reinterpret_cast<kvm_cpuid_entry2*>(buf.data() + sizeof(kvm_abi::ArrayHeader));
+    header->nent = kMaxEntries;
+    if (ioctl(kvm_.get(), kvm_abi::kGetSupportedCpuid, buf.data()) != 0) throw SysError("KVM_GET_SUPPORTED_CPUID");
+    for (uint32_t i = 0; i < header->nent; ++i) {
+      kvm_cpuid_entry2& e = entries[i];
       // Hide the instructions that return host values the VMM cannot intercept:
       // they would make the guest nondeterministic. (PVM ignores CPUID settings;
       // hardware KVM honours them.)
       if (e.function == 1) e.ecx &= ~(1u << 30);                   // RDRAND
       if (e.function == 7 && e.index == 0) e.ebx &= ~(1u << 18);   // RDSEED
     }
-    if (ioctl(vcpu_.get(), KVM_SET_CPUID2, cpuid) != 0) throw SysError("KVM_SET_CPUID2");
+    if (ioctl(vcpu_.get(), kvm_abi::kSetCpuid2, buf.data()) != 0) throw SysError("KVM_SET_CPUID2");
   }
+
 
   static void InstallKickHandler() {
     struct sigaction sa {};
