@@ -10,6 +10,7 @@ packages=(
   iproute2 iputils-ping
   libprotobuf-dev protobuf-compiler libzstd-dev   # event log: header protobuf, checkpoint compression
   clang libclang-rt-dev     # libFuzzer build of the event-log reader (fuzz/)
+  qemu-system-x86 linux-image-amd64 busybox-static cpio   # tests/kvm: real KVM, nested under QEMU TCG
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -20,5 +21,5 @@ if ((${#missing[@]})); then
   sudo_cmd=()
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
