@@ -29,11 +29,17 @@ for applet in $(busybox --list); do
   [[ $applet == busybox ]] || ln -s busybox "$root/bin/$applet"
 done
 
-# kvm_amd and what it depends on, in load order (modules.dep lists deps last-first)
-deps=$(awk -F': ' '$1 ~ /kvm-amd.ko$/ {print $2}' "$moddir/modules.dep")
+# kvm_amd (and tun for the mail store's tap) with what they depend on, in load
+# order: modules.dep lists a module's dependencies last-first.
 order=()
-for d in $deps; do order=("$d" "${order[@]}"); done
-order+=(kernel/arch/x86/kvm/kvm-amd.ko)
+for wanted in kernel/arch/x86/kvm/kvm-amd.ko kernel/drivers/net/tun.ko; do
+  deps=$(awk -F': ' -v m="$wanted" '$1 == m || $1 == m".xz" || $1 == m".zst" {print $2}' "$moddir/modules.dep")
+  rev=()
+  for d in $deps; do rev=("$d" "${rev[@]}"); done
+  for m in "${rev[@]}" "$wanted"; do
+    [[ " ${order[*]} " == *" $m "* ]] || order+=("$m")
+  done
+done
 for m in "${order[@]}"; do
   f=$moddir/$m
   case $f in
@@ -86,6 +92,31 @@ out=$(timeout -s KILL 120 /ftvm run --backend kvm --guest /guest.elf --app disk 
 echo "$out"
 [ $rc = 0 ] && echo "$out" | grep -q 'errors=0'; check disk $? "rc=$rc"
 
+# The mail store on a tap: deliver, fetch, restart from the same disk, fetch again.
+ip link set lo up
+tunctl -t ftvm0 >/dev/null && ip addr add 10.0.0.1/24 dev ftvm0 && ip link set ftvm0 up
+dd if=/dev/zero of=/tmp/mail.img bs=1M count=16 2>/dev/null
+boot_store() {
+  : > /tmp/console.txt
+  /ftvm run --backend kvm --guest /guest.elf --app mailstore --disk /tmp/mail.img --tap ftvm0 \
+    --ip 10.0.0.2/24 --console /tmp/console.txt 2>/tmp/vmm.txt &
+  vm=$!
+  i=0
+  while [ $i -lt 300 ] && ! grep -q 'mailstore: ready' /tmp/console.txt; do sleep 0.1; i=$((i + 1)); done
+  cat /tmp/console.txt
+}
+mail() { timeout -s KILL 60 /ftvm mail "$@" --to 10.0.0.2 --timeout-ms 2000 --retries 5; }
+boot_store
+grep -q 'mailstore: ready' /tmp/console.txt; check mailstore_ready $? ""
+ping -c 1 -W 5 10.0.0.2 >/dev/null; check mailstore_ping $? ""
+[ "$(mail deliver --id m1 --mailbox alice --body 'hello from kvm')" = "OK m1" ] &&
+  [ "$(mail deliver --id m1 --mailbox alice --body 'hello from kvm')" = "DUP m1" ] &&
+  [ "$(mail count --mailbox alice)" = "1" ]; check mailstore_deliver $? ""
+kill -TERM $vm; wait $vm; check mailstore_stop $? "$(tail -n 1 /tmp/vmm.txt)"
+boot_store
+[ "$(mail fetch --mailbox alice --index 0)" = "hello from kvm" ]; check mailstore_durable $? ""
+kill -TERM $vm; wait $vm
+
 out=$(timeout -s KILL 60 /ftvm run --backend kvm --guest /guest.elf --app crash --arg kind=pf 2>&1); rc=$?
 echo "$out"
 [ $rc = 174 ] && echo "$out" | grep -q 'guest exception #14 (page fault)'; check page_fault_report $? "rc=$rc"
@@ -103,7 +134,8 @@ timeout -s KILL 600 qemu-system-x86_64 -accel tcg -cpu max -m 1024 -smp 1 \
 echo "nested_kvm_test: QEMU ran $(( $(date +%s) - start )) s"
 sed -e 's/\r$//' "$work/console.log" | grep -v '^\s*$' | grep -vE 'SeaBIOS|iPXE|Booting from' || true
 
-expected=(dev_kvm minimal backend_is_kvm compute_matches_software_cpu timers disk page_fault_report)
+expected=(dev_kvm minimal backend_is_kvm compute_matches_software_cpu timers disk mailstore_ready mailstore_ping
+          mailstore_deliver mailstore_stop mailstore_durable page_fault_report)
 passed=0 failed=0
 for name in "${expected[@]}"; do
   if grep -q "CHECK $name PASS" "$work/console.log"; then passed=$((passed + 1))
