@@ -39,15 +39,19 @@ std::string_view ReadCodeName(ReadCode code) {
   return "?";
 }
 
-void AppendRecord(std::vector<uint8_t>& out, RecordType type, uint8_t flags, uint64_t position,
-                  std::span<const uint8_t> payload) {
-  uint8_t head[kRecordHeaderBytes];
+void EncodeRecordFrame(RecordType type, uint8_t flags, uint64_t position, std::span<const uint8_t> payload,
+                       uint8_t (&head)[kRecordHeaderBytes], uint8_t (&tail)[kRecordCrcBytes]) {
   EncodeRecordHeader({static_cast<uint32_t>(payload.size()), static_cast<uint8_t>(type), flags, 0,
                       position},
                      head);
-  uint32_t crc = Crc32c(payload, Crc32c(head));
+  PutLe32(tail, Crc32c(payload, Crc32c(head)));
+}
+
+void AppendRecord(std::vector<uint8_t>& out, RecordType type, uint8_t flags, uint64_t position,
+                  std::span<const uint8_t> payload) {
+  uint8_t head[kRecordHeaderBytes];
   uint8_t tail[kRecordCrcBytes];
-  PutLe32(tail, crc);
+  EncodeRecordFrame(type, flags, position, payload, head, tail);
   out.insert(out.end(), head, head + sizeof head);
   out.insert(out.end(), payload.begin(), payload.end());
   out.insert(out.end(), tail, tail + sizeof tail);

@@ -135,6 +135,11 @@ inline RecordHeader DecodeRecordHeader(const uint8_t* in /* 16 bytes */) {
   return RecordHeader{GetLe32(in), in[4], in[5], GetLe16(in + 6), GetLe64(in + 8)};
 }
 
+// The 16-byte header and the 4-byte CRC that frame `payload`: the one place the
+// record framing is computed (AppendRecord and LogWriter's direct writes use it).
+void EncodeRecordFrame(RecordType type, uint8_t flags, uint64_t position, std::span<const uint8_t> payload,
+                       uint8_t (&head)[kRecordHeaderBytes], uint8_t (&tail)[kRecordCrcBytes]);
+
 // Appends one whole record (header, payload as given, CRC) to `out`. The payload is
 // stored as is: compression, when wanted, is done by the caller (LogWriter) and
 // announced with kFlagZstd in `flags`. For logging channels that frame records

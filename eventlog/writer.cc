@@ -145,24 +145,19 @@ Status LogWriter::append(RecordType type, uint64_t position, std::span<const uin
     }
   }
 
-  uint8_t head[kRecordHeaderBytes];
-  EncodeRecordHeader(
-      {static_cast<uint32_t>(stored.size()), static_cast<uint8_t>(type), flags, 0, position}, head);
-  uint8_t tail[kRecordCrcBytes];
-  PutLe32(tail, Crc32c(stored, Crc32c(head)));
   const size_t total = kRecordOverhead + stored.size();
-
   if (buffer_.size() + total > options_.buffer_bytes) {
     if (Status s = flush(); !s.ok()) return s;
   }
   if (total > options_.buffer_bytes) {
     // A big checkpoint: straight to the file instead of through the buffer.
+    uint8_t head[kRecordHeaderBytes];
+    uint8_t tail[kRecordCrcBytes];
+    EncodeRecordFrame(type, flags, position, stored, head, tail);
     const std::span<const uint8_t> parts[] = {head, stored, tail};
     if (Status s = write_all(parts, 1); !s.ok()) return s;
   } else {
-    buffer_.insert(buffer_.end(), head, head + sizeof head);
-    buffer_.insert(buffer_.end(), stored.begin(), stored.end());
-    buffer_.insert(buffer_.end(), tail, tail + sizeof tail);
+    AppendRecord(buffer_, type, flags, position, stored);
   }
   ++records_;
   last_position_ = position;

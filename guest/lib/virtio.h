@@ -16,12 +16,6 @@ namespace ftvm::guest {
 
 class Arena;
 
-// The standard event-index rule: notify/interrupt iff event_idx lies in
-// [old_idx, new_idx) modulo 2^16.
-inline bool vring_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx) {
-  return static_cast<uint16_t>(new_idx - event_idx - 1) < static_cast<uint16_t>(new_idx - old_idx);
-}
-
 class VirtioDevice;
 
 // One buffer of a descriptor chain.

@@ -167,6 +167,13 @@ struct virtq_used_elem {
     uint32_t len;
 };
 
+/* The spec's event-index test (virtio 1.2, 2.7.10): should the side that published
+ * `event_idx` be notified now that the other side moved its index from `old_idx` to
+ * `new_idx`? Both the guest's drivers and the VMM's devices use this one. */
+static inline int vring_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx) {
+    return (uint16_t)(new_idx - event_idx - 1) < (uint16_t)(new_idx - old_idx);
+}
+
 /* virtio-blk request header (device-readable) + data + status byte (device-writable) */
 #define VIRTIO_BLK_T_IN                 0u
 #define VIRTIO_BLK_T_OUT                1u

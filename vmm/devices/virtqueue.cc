@@ -265,7 +265,7 @@ bool Virtqueue::needs_interrupt() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   const uint16_t old = signalled_used_;
   signalled_used_ = used_idx_;
-  if (event_idx_) return VringNeedEvent(LoadRelaxed(used_event_ptr()), used_idx_, old);
+  if (event_idx_) return vring_need_event(LoadRelaxed(used_event_ptr()), used_idx_, old);
   return !(LoadRelaxed(avail_flags_ptr()) & kVirtqAvailFNoInterrupt);
 }
 

@@ -25,12 +25,6 @@ inline constexpr uint16_t kVirtqAvailFNoInterrupt = 1;
 inline constexpr uint16_t kVirtqUsedFNoNotify = 1;
 inline constexpr uint16_t kVirtqDescFIndirect = 4;
 
-// The spec's vring_need_event(): true when `event_idx` lies in [old_idx, new_idx)
-// modulo 2^16, i.e. the other side asked to be told once the index passed it.
-constexpr bool VringNeedEvent(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx) {
-  return uint16_t(new_idx - event_idx - 1) < uint16_t(new_idx - old_idx);
-}
-
 // One descriptor chain, as host views of guest RAM (already bounds-checked).
 // Reused across pops so the hot path does not allocate once capacity is reached.
 struct DescChain {

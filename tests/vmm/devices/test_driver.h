@@ -102,7 +102,7 @@ class TestRing {
   }
   // Would a driver that moved avail idx from `old_idx` to `new_idx` kick now?
   bool driver_would_kick(uint16_t old_idx, uint16_t new_idx, bool event_idx) {
-    if (event_idx) return VringNeedEvent(avail_event(), new_idx, old_idx);
+    if (event_idx) return vring_need_event(avail_event(), new_idx, old_idx);
     return !(used_flags() & kVirtqUsedFNoNotify);
   }
 
