@@ -222,4 +222,10 @@ void VirtQueue::disable_irq() {
   *used_event() = static_cast<uint16_t>(last_used_ - 1);
 }
 
+void VirtQueue::wait_used() {
+  uint64_t snapshot = irq_total();  // before looking at the ring
+  if (enable_irq()) irq_wait_since(snapshot);
+  disable_irq();
+}
+
 }  // namespace ftvm::guest

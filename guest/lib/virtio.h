@@ -45,6 +45,9 @@ class VirtQueue {
   // completion slipped in meanwhile, so do not wait), disable while polling.
   bool enable_irq();
   void disable_irq();
+  // Sleeps until the device has used a buffer (or returns at once if it already
+  // has): interrupts on, WAIT_IF, interrupts off. The drivers' one way to block.
+  void wait_used();
 
   unsigned size() const { return num_; }
   unsigned free_descs() const { return num_free_; }

@@ -1,6 +1,5 @@
 #include "guest/lib/virtio_blk.h"
 
-#include "guest/lib/dev.h"
 
 namespace ftvm::guest {
 
@@ -66,9 +65,7 @@ bool VirtioBlk::complete_all() {
   reap();
   while (inflight_ > 0) {
     // Not done within the notify exit: sleep until the device interrupts.
-    uint64_t snapshot = irq_total();
-    if (q_.enable_irq()) irq_wait_since(snapshot);
-    q_.disable_irq();
+    q_.wait_used();
     reap();
   }
   bool ok = failed_ == 0;

@@ -1,7 +1,6 @@
 #include "guest/lib/virtio_net.h"
 
 #include "guest/lib/arena.h"
-#include "guest/lib/dev.h"
 #include "guest/lib/mem.h"
 
 namespace ftvm::guest {
@@ -107,9 +106,7 @@ void VirtioNet::flush_tx() {
 }
 
 void VirtioNet::wait_rx() {
-  uint64_t snapshot = irq_total();  // before looking at the ring
-  if (rxq_.enable_irq()) irq_wait_since(snapshot);
-  rxq_.disable_irq();
+  rxq_.wait_used();
 }
 
 }  // namespace ftvm::guest
