@@ -3,13 +3,11 @@
 namespace ftvm::guest {
 namespace {
 
-bool is_token_char(char c) { return c > ' ' && c < 0x7f; }
-
 // A token: 1..max characters, all printable non-space.
 bool valid_token(Str s, size_t max) {
   if (s.n == 0 || s.n > max) return false;
   for (size_t i = 0; i < s.n; ++i) {
-    if (!is_token_char(s.p[i])) return false;
+    if (!ftvm_mail_token_char(static_cast<unsigned char>(s.p[i]))) return false;
   }
   return true;
 }

@@ -37,4 +37,7 @@
 // Tokens (reqid, msgid, mailbox) are printable ASCII without spaces (0x21..0x7e).
 // A DELIVER without a '\n' has an empty body.
 
+// The token rule, shared by the store's parser and the host client's checks.
+static inline int ftvm_mail_token_char(unsigned char c) { return c > 0x20 && c < 0x7f; }
+
 #endif  // FTVM_GUEST_APPS_MAILSTORE_PROTO_H_

@@ -48,7 +48,7 @@ std::optional<std::string> ValidateToken(std::string_view what, std::string_view
     return std::string(what) + " is " + std::to_string(v.size()) + " bytes, exceeds " +
            limit_name + " (" + std::to_string(max) + ")";
   for (unsigned char c : v)
-    if (c <= 0x20 || c >= 0x7f)
+    if (!ftvm_mail_token_char(c))
       return std::string(what) + " '" + std::string(v) +
              "' contains a space or non-printable byte (not allowed in a protocol token)";
   return std::nullopt;
