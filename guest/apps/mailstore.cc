@@ -126,6 +126,15 @@ int app_mailstore(const Args& args) {
     con_printf("mailstore: bad gw=\n");
     return kExitBadSetup;
   }
+  // Arguments are all checked before the devices, so a typo is named as such.
+  Str max_text;
+  bool has_max = args.get("max_messages", &max_text);
+  bool max_ok = true;
+  uint64_t max_requested = args.get_u64("max_messages", 0, &max_ok);
+  if (!max_ok) {
+    con_printf("mailstore: bad max_messages= (want a number)\n");
+    return kExitBadSetup;
+  }
   Arena& mem = arena();
   if (!g_blk.init(mem)) {
     con_printf("mailstore: no virtio-blk device: %s\n", g_blk.error());
@@ -145,7 +154,7 @@ int app_mailstore(const Args& args) {
   // Index tables sized to what memory can hold: ~2 KiB per message covers a
   // full-size body, its strings and the table slots.
   uint64_t fit = mem.remaining() / 2048;
-  uint64_t max_messages = args.get_u64("max_messages", fit < (1u << 20) ? fit : (1u << 20));
+  uint64_t max_messages = has_max ? max_requested : (fit < (1u << 20) ? fit : (1u << 20));
   MailIndex index;
   if (max_messages == 0 || !index.init(&mem, static_cast<uint32_t>(max_messages), 4096)) {
     con_printf("mailstore: cannot size the index for %lu messages\n", max_messages);

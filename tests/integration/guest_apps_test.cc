@@ -95,6 +95,13 @@ TEST(GuestApps, PageFaultReportNamesTheAddress) {
   EXPECT_NE(r.out.find("cr2=0x7ffffffff000"), std::string::npos) << r.out;
 }
 
+TEST(GuestApps, BadAppArgumentIsRefusedNotDefaulted) {
+  ProcessResult r = RunProcess(RunArgs("mailstore", {"--arg", "max_messages=lots"}), seconds(60));
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_NE(r.out.find("bad max_messages="), std::string::npos) << r.out;
+}
+
 TEST(GuestApps, UnknownAppFailsClearly) {
   ProcessResult r = RunProcess(RunArgs("no-such-app"), seconds(60));
   ASSERT_FALSE(r.timed_out);
