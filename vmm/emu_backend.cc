@@ -13,6 +13,7 @@
 // into a stop before the next block runs.
 #include <unicorn/unicorn.h>
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <cstring>
@@ -24,6 +25,7 @@
 #include "common/log.h"
 #include "vmm/abi/ftvm_abi.h"
 #include "vmm/cpu_backend.h"
+#include "vmm/dirty_tracker.h"
 
 namespace ftvm::vmm {
 namespace {
@@ -117,6 +119,81 @@ class EmulatedBackend final : public CpuBackend {
     return rip;
   }
 
+  VcpuRegs regs() override {
+    VcpuRegs r;
+    static constexpr int kGprs[16] = {UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX,
+                                      UC_X86_REG_RSP, UC_X86_REG_RBP, UC_X86_REG_RSI, UC_X86_REG_RDI,
+                                      UC_X86_REG_R8,  UC_X86_REG_R9,  UC_X86_REG_R10, UC_X86_REG_R11,
+                                      UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15};
+    for (int i = 0; i < 16; ++i) r.gpr[i] = ReadReg(kGprs[i]);
+    r.rip = rip_;
+    r.rflags = ReadReg(UC_X86_REG_RFLAGS);
+    r.cr0 = ReadReg(UC_X86_REG_CR0);
+    r.cr2 = ReadReg(UC_X86_REG_CR2);
+    r.cr3 = ReadReg(UC_X86_REG_CR3);
+    r.cr4 = ReadReg(UC_X86_REG_CR4);
+    uc_x86_msr efer{kEferMsr, 0};
+    uc_reg_read(uc_, UC_X86_REG_MSR, &efer);
+    r.efer = efer.value;
+    static constexpr int kSegs[6] = {UC_X86_REG_CS, UC_X86_REG_SS, UC_X86_REG_DS,
+                                     UC_X86_REG_ES, UC_X86_REG_FS, UC_X86_REG_GS};
+    for (int i = 0; i < 6; ++i) r.selector[i] = uint16_t(ReadReg(kSegs[i]));
+    r.fs_base = ReadReg(UC_X86_REG_FS_BASE);
+    r.gs_base = ReadReg(UC_X86_REG_GS_BASE);
+    uc_x86_mmr mmr{};
+    uc_reg_read(uc_, UC_X86_REG_GDTR, &mmr);
+    r.gdt_base = mmr.base;
+    r.gdt_limit = uint16_t(mmr.limit);
+    uc_reg_read(uc_, UC_X86_REG_IDTR, &mmr);
+    r.idt_base = mmr.base;
+    r.idt_limit = uint16_t(mmr.limit);
+    uc_reg_read(uc_, UC_X86_REG_TR, &mmr);
+    r.tr_selector = mmr.selector;
+    r.tr_base = mmr.base;
+    for (int i = 0; i < 16; ++i) uc_reg_read(uc_, UC_X86_REG_XMM0 + i, r.xmm[i]);
+    uint64_t mxcsr = ReadReg(UC_X86_REG_MXCSR);
+    r.mxcsr = uint32_t(mxcsr);
+    return r;
+  }
+
+  // The emulator's whole CPU context (registers, hidden segment state, the
+  // privilege level it keeps internally, FPU/SSE): what uc_context_save copies.
+  std::vector<uint8_t> save_state() override {
+    UcContext ctx = AllocContext();
+    Check(uc_context_save(uc_, ctx.get()), "saving the CPU context");
+    size_t size = uc_context_size(uc_);
+    std::vector<uint8_t> out(kStateMagic.size() + size);
+    std::memcpy(out.data(), kStateMagic.data(), kStateMagic.size());
+    std::memcpy(out.data() + kStateMagic.size(), ctx.get(), size);
+    return out;
+  }
+
+  void restore_state(std::span<const uint8_t> state) override {
+    size_t size = uc_context_size(uc_);
+    if (state.size() != kStateMagic.size() + size ||
+        std::memcmp(state.data(), kStateMagic.data(), kStateMagic.size()) != 0)
+      throw Error("software CPU: saved state of " + std::to_string(state.size()) +
+                  " bytes is not a context of this ftvm build (expected " +
+                  std::to_string(kStateMagic.size() + size) + ")");
+    UcContext ctx = AllocContext();
+    // The blob starts with unicorn's own header (its size, arch and mode), which
+    // this build wrote: copying it whole keeps the allocation's bookkeeping right.
+    std::memcpy(static_cast<void*>(ctx.get()), state.data() + kStateMagic.size(), size);
+    Check(uc_context_restore(uc_, ctx.get()), "restoring the CPU context");
+    rip_ = ReadReg(UC_X86_REG_RIP);
+    pending_exception_ = -1;
+    halted_ = false;
+    window_ = false;
+  }
+
+  void invalidate_code(uint64_t, uint64_t) override {
+    // Translated blocks are keyed by virtual address; flushing them all is right for
+    // any guest mapping and cheap next to a checkpoint restore.
+    Check(uc_ctl(uc_, UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0)), "flushing translated code");
+  }
+
+  std::unique_ptr<DirtyTracker> make_dirty_tracker() override { return MakeUffdDirtyTracker(memory_); }
+
  private:
   RunResult Loop(ExitHandler& h) {
     while (!h.should_stop()) {
@@ -133,16 +210,6 @@ class EmulatedBackend final : public CpuBackend {
         uint64_t error_code = std::exchange(pending_error_code_, 0);
         if (!Deliver(unsigned(vector), ExceptionHasErrorCode(unsigned(vector)), error_code))
           return {StopReason::kGuestError, fault_};
-      } else {
-        std::optional<uint8_t> vector = h.pending_vector();
-        if (vector && (ReadReg(UC_X86_REG_RFLAGS) & kRflagsIf)) {
-          if (!Deliver(*vector, false, 0)) return {StopReason::kGuestError, fault_};
-          h.vector_injected(*vector);
-        } else if (vector) {
-          // Interrupt window: check again at the next block, as KVM's
-          // request_interrupt_window would.
-          stop_at_block_.store(true, std::memory_order_release);
-        }
       }
       if (halted_) {
         halted_ = false;
@@ -150,17 +217,36 @@ class EmulatedBackend final : public CpuBackend {
         if (!h.halt(if_set))
           return {StopReason::kGuestError, "guest halted with interrupts disabled at rip=" + Hex(rip_)};
         h.after_exit(true);
+        exact_ = true;
         continue;
       }
+      h.boundary(exact_);
+      if (!backend_error_.empty()) return {StopReason::kBackendError, backend_error_};
       if (h.should_stop()) break;
+      std::optional<uint8_t> vector = h.pending_vector();
+      if (vector && (ReadReg(UC_X86_REG_RFLAGS) & kRflagsIf)) {
+        if (!Deliver(*vector, false, 0)) return {StopReason::kGuestError, fault_};
+        h.vector_injected(*vector);
+        // The handler's first instruction is a deterministic point too: offer it
+        // as a boundary before running (a replayer may apply a checkpoint here).
+        exact_ = true;
+        continue;
+      }
+      // Interrupt window: stop again at the next block, as KVM's
+      // request_interrupt_window would; that stop is exact whatever else happens.
+      window_ = vector.has_value();
+      if (window_) stop_at_block_.store(true, std::memory_order_release);
+      exact_ = window_;
       uc_err err = uc_emu_start(uc_, rip_, 0, 0, 0);
       rip_ = ReadReg(UC_X86_REG_RIP);
+      window_ = false;
       if (!backend_error_.empty()) return {StopReason::kBackendError, backend_error_};
       if (pending_exception_ >= 0 && fault_.empty()) continue;  // faulted: deliver it
       if (err == UC_ERR_INSN_INVALID && fault_.empty()) {
         // Unicorn reports an undefined opcode as an error, not through the
         // interrupt hook: it is the guest's #UD.
         pending_exception_ = 6;
+        exact_ = true;
         continue;
       }
       if (err != UC_ERR_OK) {
@@ -169,8 +255,19 @@ class EmulatedBackend final : public CpuBackend {
                 std::string("software CPU stopped: ") + uc_strerror(err) + " at rip=" + Hex(rip_)};
       }
     }
-    return {StopReason::kStopped, ""};
+    return {StopReason::kStopped, "", exact_};
   }
+
+  struct ContextFree {
+    void operator()(uc_context* c) const { uc_context_free(c); }
+  };
+  using UcContext = std::unique_ptr<uc_context, ContextFree>;
+  UcContext AllocContext() {
+    uc_context* ctx = nullptr;
+    Check(uc_context_alloc(uc_, &ctx), "allocating a CPU context");
+    return UcContext(ctx);
+  }
+  static constexpr std::array<uint8_t, 8> kStateMagic = {'F', 'T', 'V', 'M', 'U', 'C', '2', 0};
 
   // The emulator's internal CPL stays 3 once the guest has entered ring 3 (see
   // Deliver), so a privileged instruction in a ring-0 handler raises #GP there. For
@@ -355,7 +452,10 @@ class EmulatedBackend final : public CpuBackend {
 
   // An exit happened inside a block: stop before the next block so that the machine
   // can service devices and inject interrupts at a precise instruction boundary.
-  void ExitTaken() { stop_at_block_.store(true, std::memory_order_release); }
+  void ExitTaken() {
+    exact_ = true;
+    stop_at_block_.store(true, std::memory_order_release);
+  }
 
   // Unicorn splits 8-byte MMIO accesses into two 4-byte callbacks (and passes the
   // wrong value for the second half of a write). The memory hook sees the whole
@@ -429,6 +529,7 @@ class EmulatedBackend final : public CpuBackend {
       // INT n instructions: the kit never uses them (they fault under PVM).
       self->pending_exception_ = 13;
     }
+    self->exact_ = true;  // a guest instruction stopped here, not the host
     uc_emu_stop(uc);
   }
 
@@ -449,6 +550,7 @@ class EmulatedBackend final : public CpuBackend {
       self->pending_error_code_ = (write ? 2u : 0u) | (user ? 4u : 0u) | (fetch ? 16u : 0u);
       self->Guarded(uc, [&] { self->WriteReg(UC_X86_REG_CR2, address); });
     }
+    self->exact_ = true;
     uc_emu_stop(uc);
     return false;
   }
@@ -471,6 +573,10 @@ class EmulatedBackend final : public CpuBackend {
   uint64_t read_base_ = 0;     // GPA of the MMIO read being served
   uint8_t read_bytes_[8] = {}; // its value, handed out by MmioRead
   bool halted_ = false;
+  // The current stop is a deterministic point (see ExitHandler): an exit, an
+  // exception or a requested interrupt window happened since the last resume.
+  bool exact_ = true;
+  bool window_ = false;  // this run was asked to stop at the next block (IF=0)
   std::string fault_;          // the guest did something no CPU can continue from
   std::string backend_error_;  // the VMM failed inside an exit
   std::atomic<bool> stop_at_block_{false};

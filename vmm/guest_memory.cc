@@ -26,7 +26,8 @@ GuestMemory GuestMemory::Create(uint64_t bytes) {
 GuestMemory::GuestMemory(GuestMemory&& other) noexcept
     : fd_(std::move(other.fd_)),
       base_(std::exchange(other.base_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
+      size_(std::exchange(other.size_, 0)),
+      vmm_writes_(std::move(other.vmm_writes_)) {}
 
 GuestMemory& GuestMemory::operator=(GuestMemory&& other) noexcept {
   if (this != &other) {
@@ -34,6 +35,7 @@ GuestMemory& GuestMemory::operator=(GuestMemory&& other) noexcept {
     fd_ = std::move(other.fd_);
     base_ = std::exchange(other.base_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    vmm_writes_ = std::move(other.vmm_writes_);
   }
   return *this;
 }

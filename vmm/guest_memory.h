@@ -5,10 +5,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <type_traits>
 
 #include "common/unique_fd.h"
+#include "vmm/page_bitmap.h"
 
 namespace ftvm::vmm {
 
@@ -45,6 +47,7 @@ class GuestMemory {
     uint8_t* p = ptr(gpa, len);
     if (p == nullptr) return false;
     std::memcpy(p, in, len);
+    note_write(gpa, len);
     return true;
   }
   template <typename T>
@@ -52,6 +55,26 @@ class GuestMemory {
   bool read_obj(uint64_t gpa, T& out) const {
     return read(gpa, &out, sizeof(T));
   }
+  // Device code that writes guest RAM through host pointers notes it here, so that
+  // dirty tracking (vmm/dirty_tracker.h) sees VMM writes the vCPU's own tracking
+  // cannot. Cheap when tracking is off. vCPU thread only.
+  void note_write(uint64_t gpa, uint64_t len) {
+    if (vmm_writes_) vmm_writes_->set_range(gpa, len);
+  }
+  void note_write(const void* host, uint64_t len) {
+    if (vmm_writes_) vmm_writes_->set_range(uint64_t(static_cast<const uint8_t*>(host) - base_), len);
+  }
+  void track_vmm_writes(bool on) {
+    if (on && !vmm_writes_) vmm_writes_ = std::make_unique<PageBitmap>(size_ / kPageSize);
+    if (!on) vmm_writes_.reset();
+  }
+  // Adds the pages noted since the last call to `into` and forgets them.
+  void take_vmm_writes(PageBitmap& into) {
+    if (!vmm_writes_) return;
+    into.merge(*vmm_writes_);
+    vmm_writes_->clear();
+  }
+
   template <typename T>
     requires std::is_trivially_copyable_v<T>
   bool write_obj(uint64_t gpa, const T& in) {
@@ -65,6 +88,7 @@ class GuestMemory {
   UniqueFd fd_;
   uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
+  std::unique_ptr<PageBitmap> vmm_writes_;
 };
 
 }  // namespace ftvm::vmm

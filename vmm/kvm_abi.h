@@ -25,6 +25,14 @@ static_assert(sizeof(ArrayHeader) == 8);
 static_assert(sizeof(kvm_cpuid_entry2) == 40);
 static_assert(sizeof(kvm_msr_entry) == 16);
 
+// struct kvm_xsave: 4096 bytes in C, 4100 in C++ (its flexible `extra` member).
+struct Xsave {
+  uint32_t region[1024];
+};
+static_assert(sizeof(Xsave) == 4096);
+
+constexpr unsigned long kGetXsave = _IOR(KVMIO, 0xa4, Xsave);
+constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, Xsave);
 constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, ArrayHeader);
 constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, ArrayHeader);
 constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, ArrayHeader);

@@ -5,7 +5,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <ctime>
 
 #include "common/error.h"
 #include "common/hex.h"
@@ -17,7 +19,10 @@
 #include "vmm/devices/power.h"
 #include "vmm/devices/rng.h"
 #include "vmm/devices/timer.h"
+#include "vmm/devices/virtio_mmio.h"
+#include "vmm/devices/virtio_net.h"
 #include "vmm/loader.h"
+#include "vmm/snapshot.pb.h"
 #include "vmm/virtio_devices.h"
 
 namespace ftvm::vmm {
@@ -60,7 +65,11 @@ void ValidateConfig(const VmConfig& c) {
   for (const std::string& a : c.app_args)
     if (!ValidWord(a) || a.find('=') == std::string::npos || a.front() == '=')
       throw Error("guest argument '" + a + "' is not of the form key=value");
-  if (!c.tap.empty()) {
+  if (c.nic_without_tap && c.mode != ExecutionMode::kReplay)
+    throw Error("a NIC without a tap exists only when replaying");
+  if (c.mode == ExecutionMode::kReplay && !c.tap.empty())
+    throw Error("a replaying VM takes its frames from the log: it has no tap");
+  if (c.has_nic()) {
     if (c.tap.size() >= 16) throw Error("tap interface name '" + c.tap + "' is longer than 15 characters");
     if (!ParseIpv4Cidr(c.ip, true)) throw Error("--ip '" + c.ip + "' is not an IPv4 address with a prefix (a.b.c.d/n)");
     if (!c.gateway.empty() && !ParseIpv4Cidr(c.gateway, false))
@@ -71,7 +80,7 @@ void ValidateConfig(const VmConfig& c) {
 
 std::string GuestCommandLine(const VmConfig& c) {
   std::string line = "app=" + c.app;
-  if (!c.tap.empty()) {
+  if (c.has_nic()) {
     line += " ip=" + c.ip;
     if (!c.gateway.empty()) line += " gw=" + c.gateway;
   }
@@ -107,20 +116,28 @@ Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
   if (!config_.console_path.empty()) console_file = Console::OpenOutput(config_.console_path);
   auto console = std::make_unique<Console>(memory_, STDOUT_FILENO, std::move(console_file));
   console_ = console.get();
-  auto irq = std::make_unique<InterruptController>([this] { return WaitForHostEvent(); });
+  DeviceIo& io = *this;
+  auto irq = std::make_unique<InterruptController>([this] { return WaitForHostEvent(); }, io);
   irq_ = irq.get();
   auto power = std::make_unique<Power>();
   power_ = power.get();
+  auto timer = std::make_unique<Timer>(*irq_, io);
+  timer_ = timer.get();
   AddDevice(FTVM_SLOT_CONSOLE, std::move(console));
-  AddDevice(FTVM_SLOT_CLOCK, std::make_unique<ClockDevice>(clock_));
-  AddDevice(FTVM_SLOT_TIMER, std::make_unique<Timer>(*irq_));
-  AddDevice(FTVM_SLOT_RNG, std::make_unique<Rng>(memory_, random));
+  AddDevice(FTVM_SLOT_CLOCK, std::make_unique<ClockDevice>(clock_, io));
+  AddDevice(FTVM_SLOT_TIMER, std::move(timer));
+  AddDevice(FTVM_SLOT_RNG, std::make_unique<Rng>(memory_, random, io));
   AddDevice(FTVM_SLOT_IRQ, std::move(irq));
   AddDevice(FTVM_SLOT_POWER, std::move(power));
   if (!config_.disk.empty())
-    AddDevice(FTVM_SLOT_VIRTIO_BLK, MakeVirtioBlkDevice(memory_, *irq_, config_.disk));
-  if (!config_.tap.empty())
-    AddDevice(FTVM_SLOT_VIRTIO_NET, MakeVirtioNetDevice(memory_, *irq_, config_.tap, ParseMac(config_.mac)));
+    AddDevice(FTVM_SLOT_VIRTIO_BLK, MakeVirtioBlkDevice(memory_, *irq_, config_.disk, config_.disk_serial, io));
+  if (config_.has_nic()) {
+    std::optional<std::string> tap;
+    if (!config_.tap.empty()) tap = config_.tap;
+    auto net = MakeVirtioNetDevice(memory_, *irq_, tap, ParseMac(config_.mac), io);
+    net_ = static_cast<VirtioMmioDevice*>(net.get());
+    AddDevice(FTVM_SLOT_VIRTIO_NET, std::move(net));
+  }
 
   uint32_t present = 0;
   for (unsigned s = 0; s < FTVM_MMIO_SLOTS; ++s)
@@ -170,13 +187,24 @@ void Machine::Arm(FdWatch& w) {
 }
 
 int Machine::run() {
+  if ((config_.mode == ExecutionMode::kLive) != (hooks_ == nullptr))
+    throw Error("internal: a machine recording or replaying needs its hooks, a live one none");
   start_ns_ = clock_.monotonic_ns();
+  if (hooks_ != nullptr) hooks_->started(*this);
   ServiceDevices();
   event_thread_ = std::thread([this] { EventThread(); });
   RunResult result = backend_->run(*this);
   stats_.run_ns = clock_.monotonic_ns() - start_ns_;
   stop();
   event_thread_.join();
+  if (hooks_ != nullptr) {
+    bool fatal_host_error;
+    {
+      std::lock_guard<std::mutex> lock(wait_mu_);
+      fatal_host_error = !fatal_.empty();
+    }
+    hooks_->finished(*this, result.exact, result.reason != StopReason::kBackendError && !fatal_host_error);
+  }
   MachineStats s = stats();
   log::info("vm.stopped", {{"exit_code", power_->exit_code().value_or(-1)},
                            {"guest_exits", s.guest_exits()},
@@ -223,10 +251,33 @@ MachineStats Machine::stats() const {
   return s;
 }
 
+uint64_t Machine::host_events_waiting_since_ns() const {
+  if (host_events_.load(std::memory_order_acquire) == 0) return 0;
+  return host_events_since_ns_.load(std::memory_order_acquire);
+}
+
 void Machine::EventThread() {
   epoll_event events[16];
   while (!stop_requested_.load(std::memory_order_acquire)) {
-    int n = epoll_wait(epoll_.get(), events, 16, -1);
+    // Recording: host events wait for the guest's next exit; if it makes none for
+    // the forced-exit bound, kick it so the recorder can take an epoch checkpoint.
+    timespec timeout{};
+    timespec* wait_for = nullptr;
+    const uint64_t bound = forced_exit_ns_.load(std::memory_order_acquire);
+    const uint64_t since = host_events_waiting_since_ns();
+    if (bound != 0 && since != 0) {
+      const uint64_t now = clock_.monotonic_ns();
+      const uint64_t due = since + bound;
+      if (now >= due) {
+        if (!in_wait_.load(std::memory_order_acquire)) backend_->kick();
+        // Kicked: look again one bound later (the vCPU services or checkpoints).
+        timeout.tv_nsec = long(std::min<uint64_t>(bound, 999999999));
+      } else {
+        timeout.tv_nsec = long(std::min<uint64_t>(due - now, 999999999));
+      }
+      wait_for = &timeout;
+    }
+    int n = epoll_pwait2(epoll_.get(), events, 16, wait_for, nullptr);
     if (n < 0) {
       if (errno == EINTR) continue;
       Fail("event thread: epoll_wait: " + std::string(strerror(errno)));
@@ -248,6 +299,8 @@ void Machine::EventThread() {
     }
     if (bits == 0) continue;
     log::debug("vm.host_event", {{"watches", Hex(bits)}, {"in_wait", in_wait_.load()}});
+    uint64_t none = 0;
+    host_events_since_ns_.compare_exchange_strong(none, clock_.monotonic_ns(), std::memory_order_acq_rel);
     host_events_.fetch_or(bits, std::memory_order_acq_rel);
     {
       std::lock_guard<std::mutex> lock(wait_mu_);
@@ -258,6 +311,8 @@ void Machine::EventThread() {
 }
 
 void Machine::ServiceDevices() {
+  // Cleared before the bits are taken: an event landing in between sets it again.
+  host_events_since_ns_.store(0, std::memory_order_release);
   uint64_t fired = host_events_.exchange(0, std::memory_order_acq_rel);
   for (size_t i = 0; i < watches_.size(); ++i) {
     if (fired & (1ull << i)) {
@@ -266,6 +321,10 @@ void Machine::ServiceDevices() {
     }
   }
   for (auto& d : devices_) d->poll();
+  if (config_.mode == ExecutionMode::kReplay) {
+    hooks_->apply_device_events(*this, false);
+    return;
+  }
   for (FdWatch& w : watches_) {
     if (!w.armed && w.device->wants_host_events()) {
       Arm(w);
@@ -275,6 +334,12 @@ void Machine::ServiceDevices() {
 }
 
 bool Machine::WaitForHostEvent() {
+  if (config_.mode == ExecutionMode::kReplay) {
+    // The log says what woke the primary; nothing more can come when it says
+    // nothing (the hooks then stop the machine: the log ended, or diverged).
+    for (auto& d : devices_) d->poll();
+    return hooks_->apply_device_events(*this, true) && !stop_requested_.load(std::memory_order_acquire);
+  }
   ServiceDevices();
   if (irq_->has_deliverable()) return true;
   in_wait_.store(true, std::memory_order_release);
@@ -291,6 +356,7 @@ bool Machine::WaitForHostEvent() {
 }
 
 void Machine::mmio(uint64_t gpa, bool is_write, uint8_t* data, unsigned len) {
+  ++position_;
   ++stats_.mmio_exits;
   uint64_t slot = (gpa - FTVM_MMIO_BASE) / FTVM_MMIO_SLOT_SIZE;
   Device* dev = (gpa >= FTVM_MMIO_BASE && slot < FTVM_MMIO_SLOTS) ? slots_[slot] : nullptr;
@@ -320,6 +386,7 @@ void Machine::mmio(uint64_t gpa, bool is_write, uint8_t* data, unsigned len) {
 }
 
 void Machine::pio(uint16_t port, bool is_write, uint8_t* data, unsigned len) {
+  ++position_;
   ++stats_.pio_exits;
   for (auto& [p, dev] : ports_) {
     if (p != port) continue;
@@ -340,6 +407,7 @@ void Machine::pio(uint16_t port, bool is_write, uint8_t* data, unsigned len) {
 }
 
 bool Machine::halt(bool interrupts_enabled) {
+  ++position_;
   ++stats_.halt_exits;
   if (!interrupts_enabled) return false;
   irq_->wait_until_deliverable();
@@ -348,12 +416,80 @@ bool Machine::halt(bool interrupts_enabled) {
 
 void Machine::after_exit(bool guest_caused) {
   if (!guest_caused) ++stats_.async_exits;
-  ServiceDevices();
+  // Recording and replaying, devices change guest-visible state only at guest
+  // exits (and epoch checkpoints): a kick lands at a point the replica cannot find.
+  if (guest_caused || config_.mode == ExecutionMode::kLive) ServiceDevices();
+  if (hooks_ != nullptr) hooks_->after_exit(*this, guest_caused);
 }
 
-std::optional<uint8_t> Machine::pending_vector() { return irq_->next_vector(); }
+void Machine::boundary(bool exact) {
+  exact_now_ = exact;
+  if (hooks_ != nullptr && hooks_->boundary(*this, exact)) {
+    exact_now_ = true;
+    ServiceDevices();
+  }
+}
 
-void Machine::vector_injected(uint8_t vector) { irq_->delivered(vector); }
+std::optional<uint8_t> Machine::pending_vector() {
+  if (config_.mode != ExecutionMode::kLive && !exact_now_) return std::nullopt;
+  return irq_->next_vector();
+}
+
+void Machine::vector_injected(uint8_t vector) {
+  irq_->delivered(vector);
+  if (hooks_ != nullptr) hooks_->vector_injected(*this, vector);
+}
+
+void Machine::save_devices(snapshot::Devices& out) const {
+  for (const auto& d : devices_) {
+    snapshot::Device s;
+    if (!d->save(s)) continue;
+    s.set_name(std::string(d->name()));
+    *out.add_devices() = std::move(s);
+  }
+}
+
+void Machine::restore_devices(const snapshot::Devices& in) {
+  int used = 0;
+  for (const auto& d : devices_) {
+    snapshot::Device probe;
+    if (!d->save(probe)) continue;
+    const snapshot::Device* match = nullptr;
+    for (const snapshot::Device& s : in.devices())
+      if (s.name() == d->name()) match = &s;
+    if (match == nullptr) throw Error("snapshot has no state for device '" + std::string(d->name()) + "'");
+    d->restore(*match);
+    ++used;
+  }
+  if (used != in.devices_size())
+    throw Error("snapshot describes " + std::to_string(in.devices_size()) + " devices, this VM has " +
+                std::to_string(used));
+}
+
+bool Machine::replay_timer_expiry(std::string& why) {
+  if (timer_->expire()) return true;
+  why = "the log has a timer expiry, but the replica's timer is not armed";
+  return false;
+}
+
+bool Machine::replay_frame(std::span<const uint8_t> frame, std::string& why) {
+  if (net_ == nullptr) {
+    why = "the log has a received frame, but this VM has no NIC";
+    return false;
+  }
+  std::span<Virtqueue> queues = net_->live_queues();
+  if (queues.empty()) {
+    why = "the log has a received frame, but the replica's virtio-net device is not live";
+    return false;
+  }
+  auto& net = static_cast<VirtioNet&>(net_->backend());
+  VirtioNet::RxResult r = net.deliver_frame(queues[VirtioNet::kRxQueue], frame);
+  net_->notify_backend_progress();
+  if (r == VirtioNet::RxResult::kDelivered) return true;
+  why = r == VirtioNet::RxResult::kNoBuffer ? "the log has a received frame, but the replica has no RX buffer for it"
+                                             : "the replica's RX queue could not take the logged frame";
+  return false;
+}
 
 bool Machine::should_stop() {
   return power_->exit_code().has_value() || stop_requested_.load(std::memory_order_acquire);

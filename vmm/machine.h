@@ -1,6 +1,7 @@
 // A whole virtual machine: guest RAM, one vCPU on a backend, the device models, and
 // the host event thread. Machine::run() is the vCPU run loop; the exit dispatch is
-// Machine's ExitHandler implementation.
+// Machine's ExitHandler implementation. Record and replay attach through
+// ExecutionHooks (vmm/execution.h).
 #pragma once
 
 #include <atomic>
@@ -8,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,6 +18,8 @@
 #include "common/unique_fd.h"
 #include "vmm/cpu_backend.h"
 #include "vmm/devices/device.h"
+#include "vmm/devices/device_io.h"
+#include "vmm/execution.h"
 #include "vmm/guest_memory.h"
 
 namespace ftvm::vmm {
@@ -23,6 +27,12 @@ namespace ftvm::vmm {
 class Console;
 class InterruptController;
 class Power;
+class Timer;
+class VirtioMmioDevice;
+
+namespace snapshot {
+class Devices;  // vmm/snapshot.proto
+}
 
 struct VmConfig {
   std::string guest_image;
@@ -30,12 +40,17 @@ struct VmConfig {
   std::vector<std::string> app_args;  // extra "key=value" words for the guest command line
   uint64_t mem_mib = 64;
   std::string disk;                   // raw image for virtio-blk; empty: no disk
+  std::string disk_serial;            // what the guest reads as the disk's ID; empty: file name
   std::string tap;                    // tap interface for virtio-net; empty: no NIC
+  bool nic_without_tap = false;       // replaying: a NIC whose frames come from the log
   std::string mac = "52:54:00:12:34:56";
   std::string ip = "10.0.0.2/24";
   std::string gateway;
   BackendKind backend = BackendKind::kAuto;
   std::string console_path;           // empty: the VMM's stdout
+  ExecutionMode mode = ExecutionMode::kLive;
+
+  bool has_nic() const { return !tap.empty() || nic_without_tap; }
 };
 
 // Throws ftvm::Error naming the first bad field.
@@ -55,13 +70,16 @@ struct MachineStats {
   uint64_t guest_exits() const { return mmio_exits + pio_exits + halt_exits; }
 };
 
-class Machine final : private ExitHandler {
+class Machine final : private ExitHandler, private DeviceIo {
  public:
   // Builds everything (throws ftvm::Error naming the problem); does not start the guest.
   Machine(const VmConfig& config, Clock& clock, RandomSource& random);
   ~Machine() override;
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
+
+  // Attaches a recorder or replayer (matching config().mode). Before run().
+  void set_hooks(ExecutionHooks* hooks) { hooks_ = hooks; }
 
   // Runs the guest until it powers off (returns its exit code) or stop() is called
   // (returns -1). Throws ftvm::Error when the guest crashes or the backend fails.
@@ -72,6 +90,27 @@ class Machine final : private ExitHandler {
   MachineStats stats() const;
   std::string_view backend_name() const { return backend_->name(); }
   GuestMemory& memory() { return memory_; }
+  const VmConfig& config() const { return config_; }
+  Clock& clock() { return clock_; }
+
+  // ---- For the recorder and replayer (vCPU thread, from their hooks).
+  // Guest-caused exits so far: the position events are logged at.
+  uint64_t position() const { return position_; }
+  CpuBackend& backend() { return *backend_; }
+  // Guest-visible state of every device that has some, in slot order.
+  void save_devices(snapshot::Devices& out) const;
+  // Throws ftvm::Error when `in` does not describe this machine's devices.
+  void restore_devices(const snapshot::Devices& in);
+  // Replay entries: a logged timer expiry / received frame takes effect now.
+  // Return false, with the reason, when the replica cannot take it (it diverged).
+  bool replay_timer_expiry(std::string& why);
+  bool replay_frame(std::span<const uint8_t> frame, std::string& why);
+  // Recording: when host events (timer, tap) have been waiting for the vCPU thread
+  // since, in monotonic ns; 0 when none wait. A recorder forces an exit (an epoch
+  // checkpoint) when the guest runs too long without one.
+  uint64_t host_events_waiting_since_ns() const;
+  // Recording: kick the vCPU when host events have waited this long (0: never).
+  void set_forced_exit_after_ns(uint64_t ns) { forced_exit_ns_.store(ns, std::memory_order_release); }
 
  private:
   struct FdWatch {
@@ -85,9 +124,22 @@ class Machine final : private ExitHandler {
   void pio(uint16_t port, bool is_write, uint8_t* data, unsigned len) override;
   bool halt(bool interrupts_enabled) override;
   void after_exit(bool guest_caused) override;
+  void boundary(bool exact) override;
   std::optional<uint8_t> pending_vector() override;
   void vector_injected(uint8_t vector) override;
   bool should_stop() override;
+
+  // DeviceIo: forwards to the hooks, or passes host values through when live.
+  DeviceIo& io() { return hooks_ != nullptr ? static_cast<DeviceIo&>(*hooks_) : live_io_; }
+  bool replaying() const override { return config_.mode == ExecutionMode::kReplay; }
+  uint64_t input_value(InputKind kind, uint64_t live) override { return io().input_value(kind, live); }
+  bool input_bytes(InputKind kind, std::span<uint8_t> out, RandomSource& live) override {
+    return io().input_bytes(kind, out, live);
+  }
+  void timer_expired() override { io().timer_expired(); }
+  void frame_received(std::span<const uint8_t> frame) override { io().frame_received(frame); }
+  int disk_request_done(uint16_t head, int host_error) override { return io().disk_request_done(head, host_error); }
+  void disk_batch_done(uint16_t queue, uint16_t count) override { io().disk_batch_done(queue, count); }
 
   void AddDevice(unsigned slot, std::unique_ptr<Device> device);
   void ServiceDevices();
@@ -108,13 +160,22 @@ class Machine final : private ExitHandler {
   Console* console_ = nullptr;
   InterruptController* irq_ = nullptr;
   Power* power_ = nullptr;
+  Timer* timer_ = nullptr;
+  VirtioMmioDevice* net_ = nullptr;
   BootState boot_{};
+  ExecutionHooks* hooks_ = nullptr;
+  LiveDeviceIo live_io_;
+
+  uint64_t position_ = 0;
+  bool exact_now_ = true;  // the current boundary is exact (or was made so)
 
   // Host events: the event thread sets bits (one per watch) and wakes the vCPU.
   UniqueFd epoll_;
   UniqueFd wake_fd_;
   std::vector<FdWatch> watches_;
   std::atomic<uint64_t> host_events_{0};
+  std::atomic<uint64_t> host_events_since_ns_{0};
+  std::atomic<uint64_t> forced_exit_ns_{0};
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> in_wait_{false};
   std::mutex wait_mu_;

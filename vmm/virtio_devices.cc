@@ -27,15 +27,19 @@ MacAddress ParseMac(const std::string& text) {
   return mac;
 }
 
-std::unique_ptr<Device> MakeVirtioBlkDevice(GuestMemory& memory, InterruptSink& irq, const std::string& image) {
+std::unique_ptr<Device> MakeVirtioBlkDevice(GuestMemory& memory, InterruptSink& irq, const std::string& image,
+                                            const std::string& serial, DeviceIo& io) {
   return std::make_unique<VirtioMmioDevice>("virtio-blk", memory, irq, FTVM_IRQ_VIRTIO_BLK,
-                                            std::make_unique<VirtioBlk>(image));
+                                            std::make_unique<VirtioBlk>(image, serial, io));
 }
 
-std::unique_ptr<Device> MakeVirtioNetDevice(GuestMemory& memory, InterruptSink& irq, const std::string& tap,
-                                            const MacAddress& mac) {
+std::unique_ptr<Device> MakeVirtioNetDevice(GuestMemory& memory, InterruptSink& irq,
+                                            const std::optional<std::string>& tap, const MacAddress& mac,
+                                            DeviceIo& io) {
+  std::optional<Tap> host;
+  if (tap) host.emplace(*tap);
   return std::make_unique<VirtioMmioDevice>("virtio-net", memory, irq, FTVM_IRQ_VIRTIO_NET,
-                                            std::make_unique<VirtioNet>(Tap(tap), mac));
+                                            std::make_unique<VirtioNet>(std::move(host), mac, io));
 }
 
 }  // namespace ftvm::vmm

@@ -20,6 +20,8 @@
 namespace ftvm::vmm {
 namespace {
 
+LiveDeviceIo live_io;  // these tests drive devices directly, as a live VM does
+
 class ManualClock : public Clock {
  public:
   uint64_t monotonic_ns() override { return mono; }
@@ -49,7 +51,7 @@ std::string Slurp(const std::string& path) {
 
 TEST(ClockDevice, CountsFromVmStartAndPassesWallTime) {
   ManualClock clock;
-  ClockDevice dev(clock);
+  ClockDevice dev(clock, live_io);
   clock.mono = 1500;
   EXPECT_EQ(dev.mmio_read(FTVM_CLOCK_MONO_NS, 8), 500u);
   EXPECT_EQ(dev.mmio_read(FTVM_CLOCK_WALL_NS, 8), clock.wall);
@@ -88,7 +90,7 @@ TEST(Console, OpenOutputNamesTheFile) {
 TEST(Rng, ReadsAndFillsFromTheSource) {
   GuestMemory mem = GuestMemory::Create(1 << 20);
   CountingRandom src;
-  Rng rng(mem, src);
+  Rng rng(mem, src, live_io);
   EXPECT_EQ(rng.mmio_read(FTVM_RNG_DATA, 8), 0x0807060504030201ull);
   mem.write_obj(0x1000, ftvm_iovec{0x2000, 4});
   rng.mmio_write(FTVM_RNG_FILL_IOV, 8, 0x1000);
@@ -114,7 +116,7 @@ TEST(Power, FirstExitCodeWins) {
 
 TEST(InterruptController, PendingMaskAckAndPriority) {
   int waits = 0;
-  InterruptController irq([&] { ++waits; return false; });
+  InterruptController irq([&] { ++waits; return false; }, live_io);
   EXPECT_FALSE(irq.next_vector());
   irq.raise(5);
   irq.raise(2);
@@ -141,7 +143,7 @@ TEST(InterruptController, WaitReturnsOnceALineIsRaised) {
   InterruptController irq([&] {
     if (++waits == 3) self->raise(FTVM_IRQ_TIMER);
     return true;
-  });
+  }, live_io);
   self = &irq;
   EXPECT_EQ(irq.mmio_read(FTVM_IRQ_WAIT, 4), 1u << FTVM_IRQ_TIMER);
   EXPECT_EQ(waits, 3);
@@ -154,7 +156,7 @@ TEST(InterruptController, WaitIfSkipsTheWaitWhenAnInterruptCameSince) {
     ++waits;
     self->raise(FTVM_IRQ_TIMER);
     return true;
-  });
+  }, live_io);
   self = &irq;
   irq.raise(FTVM_IRQ_TIMER);
   irq.delivered(uint8_t(FTVM_IRQ_VECTOR_BASE + FTVM_IRQ_TIMER));  // delivered_ = 1
@@ -168,8 +170,8 @@ TEST(InterruptController, WaitIfSkipsTheWaitWhenAnInterruptCameSince) {
 }
 
 TEST(Timer, OneShotRaisesTheTimerLineOnce) {
-  InterruptController irq([] { return false; });
-  Timer t(irq);
+  InterruptController irq([] { return false; }, live_io);
+  Timer t(irq, live_io);
   t.mmio_write(FTVM_TIMER_ARM_NS, 8, 1000000);  // 1 ms
   t.host_ready();  // a spurious wake-up before expiry changes nothing
   t.poll();

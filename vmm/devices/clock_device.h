@@ -3,19 +3,21 @@
 #pragma once
 
 #include "common/clock.h"
+#include "vmm/devices/device_io.h"
 #include "vmm/devices/device.h"
 
 namespace ftvm::vmm {
 
 class ClockDevice final : public Device {
  public:
-  explicit ClockDevice(Clock& clock) : clock_(clock), start_ns_(clock.monotonic_ns()) {}
+  ClockDevice(Clock& clock, DeviceIo& io) : clock_(clock), io_(io), start_ns_(clock.monotonic_ns()) {}
   std::string_view name() const override { return "clock"; }
   uint64_t mmio_read(uint64_t offset, unsigned size) override;
   void mmio_write(uint64_t, unsigned, uint64_t) override {}
 
  private:
   Clock& clock_;
+  DeviceIo& io_;
   uint64_t start_ns_;
 };
 

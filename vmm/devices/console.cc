@@ -9,6 +9,8 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "vmm/abi/ftvm_abi.h"
+#include "vmm/output_hash.h"
+#include "vmm/snapshot.pb.h"
 
 namespace ftvm::vmm {
 
@@ -44,8 +46,22 @@ void Console::port_write(uint16_t, unsigned, uint32_t value) {
   Emit(&c, 1);
 }
 
+bool Console::save(snapshot::Device& out) const {
+  auto* s = out.mutable_console();
+  s->set_bytes(bytes_);
+  s->set_output_hash(hash_);
+  return true;
+}
+
+void Console::restore(const snapshot::Device& in) {
+  if (!in.has_console()) throw Error("snapshot for device 'console' holds another device's state");
+  bytes_ = in.console().bytes();
+  hash_ = in.console().output_hash();
+}
+
 void Console::Emit(const uint8_t* data, size_t len) {
   bytes_ += len;
+  hash_ = OutputHash(hash_, {data, len});
   while (len > 0) {
     ssize_t n = write(fd_, data, len);
     if (n < 0) {

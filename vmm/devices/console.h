@@ -22,8 +22,12 @@ class Console final : public Device {
   void mmio_write(uint64_t offset, unsigned size, uint64_t value) override;
   std::vector<uint16_t> ports() const override;
   void port_write(uint16_t port, unsigned size, uint32_t value) override;
+  bool save(snapshot::Device& out) const override;
+  void restore(const snapshot::Device& in) override;
 
   uint64_t bytes_written() const { return bytes_; }
+  // A running hash of every byte printed: compared between primary and replica.
+  uint64_t output_hash() const { return hash_; }
 
  private:
   void Emit(const uint8_t* data, size_t len);
@@ -32,6 +36,7 @@ class Console final : public Device {
   int fd_;
   UniqueFd owned_;
   uint64_t bytes_ = 0;
+  uint64_t hash_ = 0;
   bool write_failed_ = false;
 };
 

@@ -14,6 +14,10 @@
 
 namespace ftvm::vmm {
 
+namespace snapshot {
+class Device;  // vmm/snapshot.proto
+}
+
 // Where devices raise interrupt lines (implemented by the interrupt controller).
 class InterruptSink {
  public:
@@ -50,6 +54,12 @@ class Device {
   // Called on the vCPU thread after every exit and whenever one of host_fds() became
   // ready: move data between host and guest, raise interrupts.
   virtual void poll() {}
+
+  // Guest-visible state, for checkpoints and verification digests. Returns false
+  // for a device that has none (the clock and RNG only pass inputs through).
+  // restore() throws ftvm::Error when `in` holds another device's state.
+  virtual bool save(snapshot::Device& /*out*/) const { return false; }
+  virtual void restore(const snapshot::Device& /*in*/) {}
 };
 
 }  // namespace ftvm::vmm

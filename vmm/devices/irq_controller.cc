@@ -1,6 +1,8 @@
 #include "vmm/devices/irq_controller.h"
 
+#include "common/error.h"
 #include "vmm/abi/ftvm_abi.h"
+#include "vmm/snapshot.pb.h"
 
 namespace ftvm::vmm {
 
@@ -10,7 +12,8 @@ uint64_t InterruptController::mmio_read(uint64_t offset, unsigned) {
     case FTVM_IRQ_MASK: return mask_;
     case FTVM_IRQ_WAIT:
       wait_until_deliverable();
-      return pending_;
+      // Which lines arrived during the wait depends on host timing: an input.
+      return io_.input_value(InputKind::kIrqWait, pending_);
     case FTVM_IRQ_DELIVERED: return delivered_;
     default: return 0;
   }
@@ -25,6 +28,21 @@ void InterruptController::mmio_write(uint64_t offset, unsigned, uint64_t value) 
       break;
     default: break;
   }
+}
+
+bool InterruptController::save(snapshot::Device& out) const {
+  auto* s = out.mutable_irq();
+  s->set_pending(pending_);
+  s->set_mask(mask_);
+  s->set_delivered(delivered_);
+  return true;
+}
+
+void InterruptController::restore(const snapshot::Device& in) {
+  if (!in.has_irq()) throw Error("snapshot for device 'irq' holds another device's state");
+  pending_ = in.irq().pending();
+  mask_ = in.irq().mask();
+  delivered_ = in.irq().delivered();
 }
 
 void InterruptController::raise(unsigned line) {

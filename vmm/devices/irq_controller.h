@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "vmm/devices/device.h"
+#include "vmm/devices/device_io.h"
 
 namespace ftvm::vmm {
 
@@ -16,12 +17,14 @@ class InterruptController final : public Device, public InterruptSink {
  public:
   // `wait_for_host_event` blocks until the host has something for the guest (and
   // services devices); it returns false when the VM is stopping.
-  explicit InterruptController(std::function<bool()> wait_for_host_event)
-      : wait_(std::move(wait_for_host_event)) {}
+  InterruptController(std::function<bool()> wait_for_host_event, DeviceIo& io)
+      : wait_(std::move(wait_for_host_event)), io_(io) {}
 
   std::string_view name() const override { return "irq"; }
   uint64_t mmio_read(uint64_t offset, unsigned size) override;
   void mmio_write(uint64_t offset, unsigned size, uint64_t value) override;
+  bool save(snapshot::Device& out) const override;
+  void restore(const snapshot::Device& in) override;
 
   void raise(unsigned line) override;
   bool has_deliverable() const { return (pending_ & ~mask_) != 0; }
@@ -32,9 +35,11 @@ class InterruptController final : public Device, public InterruptSink {
 
   uint64_t delivered_count() const { return delivered_; }
   uint32_t pending() const { return pending_; }
+  uint32_t mask() const { return mask_; }
 
  private:
   std::function<bool()> wait_;
+  DeviceIo& io_;
   uint32_t pending_ = 0;
   uint32_t mask_ = 0;
   uint64_t delivered_ = 0;

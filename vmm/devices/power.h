@@ -14,6 +14,8 @@ class Power final : public Device {
   void mmio_write(uint64_t offset, unsigned, uint64_t value) override;
   std::vector<uint16_t> ports() const override;
   void port_write(uint16_t port, unsigned size, uint32_t value) override;
+  bool save(snapshot::Device& out) const override;
+  void restore(const snapshot::Device& in) override;
 
   std::optional<int> exit_code() const { return exit_code_; }
 

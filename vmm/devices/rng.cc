@@ -8,7 +8,8 @@ namespace ftvm::vmm {
 uint64_t Rng::mmio_read(uint64_t offset, unsigned) {
   if (offset != FTVM_RNG_DATA) return 0;
   uint64_t v = 0;
-  if (!source_.fill({reinterpret_cast<uint8_t*>(&v), sizeof v})) log::error("rng.source_failed");
+  if (!io_.input_bytes(InputKind::kRandom, {reinterpret_cast<uint8_t*>(&v), sizeof v}, source_))
+    log::error("rng.source_failed");
   return v;
 }
 
@@ -19,7 +20,9 @@ void Rng::mmio_write(uint64_t offset, unsigned, uint64_t value) {
     log::warn("rng.bad_iovec", {{"iovec_gpa", value}, {"gpa", iov.gpa}, {"len", iov.len}});
     return;
   }
-  if (!source_.fill({memory_.ptr(iov.gpa, iov.len), iov.len})) log::error("rng.source_failed");
+  memory_.note_write(iov.gpa, iov.len);
+  if (!io_.input_bytes(InputKind::kRandom, {memory_.ptr(iov.gpa, iov.len), iov.len}, source_))
+    log::error("rng.source_failed");
 }
 
 }  // namespace ftvm::vmm

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "vmm/snapshot.pb.h"
 
 namespace ftvm::vmm {
 
@@ -22,7 +23,26 @@ static_assert(kHdrBytes == 16);
 
 }  // namespace
 
-VirtioBlk::VirtioBlk(std::string path) : path_(std::move(path)) {
+std::string VirtioBlk::DefaultSerial(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+void VirtioBlk::save(snapshot::Virtio& out) const {
+  snapshot::Blk* s = out.mutable_blk();
+  s->set_reads(counters_.reads);
+  s->set_writes(counters_.writes);
+  s->set_flushes(counters_.flushes);
+}
+
+void VirtioBlk::restore(const snapshot::Virtio& in) {
+  if (!in.has_blk()) throw Error("snapshot for virtio-blk holds another device's state");
+  counters_.reads = in.blk().reads();
+  counters_.writes = in.blk().writes();
+  counters_.flushes = in.blk().flushes();
+}
+
+VirtioBlk::VirtioBlk(std::string path, std::string serial, DeviceIo& io) : path_(std::move(path)), io_(io) {
   fd_.reset(::open(path_.c_str(), O_RDWR | O_CLOEXEC));
   if (!fd_) throw SysError("disk image " + path_);
   struct stat st {};
@@ -37,10 +57,9 @@ VirtioBlk::VirtioBlk(std::string path) : path_(std::move(path)) {
     log::warn("disk image size is not a multiple of 512; the tail is not visible to the guest",
               {{"path", path_}, {"bytes", uint64_t(end)}});
   for (int i = 0; i < 8; ++i) config_[i] = uint8_t(capacity_ >> (8 * i));
-  // GET_ID: the image's file name, truncated to the 20 bytes virtio-blk allows.
-  const size_t slash = path_.find_last_of('/');
-  const std::string base = slash == std::string::npos ? path_ : path_.substr(slash + 1);
-  std::memcpy(id_.data(), base.data(), std::min(base.size(), id_.size()));
+  // GET_ID: truncated to the 20 bytes virtio-blk allows.
+  if (serial.empty()) serial = DefaultSerial(path_);
+  std::memcpy(id_.data(), serial.data(), std::min(serial.size(), id_.size()));
 }
 
 uint64_t VirtioBlk::device_features() const {
@@ -48,17 +67,19 @@ uint64_t VirtioBlk::device_features() const {
          (uint64_t(1) << VIRTIO_BLK_F_FLUSH);
 }
 
-void VirtioBlk::process(unsigned /*queue*/, std::span<Virtqueue> queues) {
+void VirtioBlk::process(unsigned queue, std::span<Virtqueue> queues) {
   Virtqueue& vq = queues[0];
+  completed_ = 0;
   for (;;) {
     while (vq.pop(chain_) == PopResult::kChain) handle(vq, chain_);
     flush_batch(vq);
-    if (vq.broken()) return;
+    if (vq.broken()) break;
     // Ask for a kick on the next request, then look once more: a request the driver
     // published before it saw avail_event would otherwise wait for the next kick.
     vq.enable_notifications();
-    if (!vq.has_available()) return;
+    if (!vq.has_available()) break;
   }
+  io_.disk_batch_done(uint16_t(queue), completed_);
 }
 
 void VirtioBlk::complete(Virtqueue& vq, uint16_t head, uint8_t* status, uint8_t value,
@@ -68,6 +89,7 @@ void VirtioBlk::complete(Virtqueue& vq, uint16_t head, uint8_t* status, uint8_t 
   // The status byte is written after the data; push() then publishes both.
   *status = value;
   vq.push(head, used_len);
+  ++completed_;
 }
 
 void VirtioBlk::handle(Virtqueue& vq, const DescChain& chain) {
@@ -123,8 +145,8 @@ void VirtioBlk::handle(Virtqueue& vq, const DescChain& chain) {
   switch (hdr.type) {
     case VIRTIO_BLK_T_FLUSH: {
       ++counters_.host_ops;
-      if (::fdatasync(fd_.get()) != 0) {
-        const int err = errno;
+      const int err = io_.disk_request_done(chain.head, ::fdatasync(fd_.get()) != 0 ? errno : 0);
+      if (err != 0) {
         log::warn("virtio-blk flush failed", {{"path", path_}, {"error", std::strerror(err)}});
         complete(vq, chain.head, status, VIRTIO_BLK_S_IOERR, 1);
         return;
@@ -179,7 +201,8 @@ int VirtioBlk::transfer(bool write, std::span<const iovec> iov, uint64_t offset)
 void VirtioBlk::flush_batch(Virtqueue& vq) {
   if (batch_.empty()) return;
   const bool write = batch_write_;
-  auto finish = [&](const Pending& p, int err) {
+  auto finish = [&](const Pending& p, int host_err) {
+    const int err = io_.disk_request_done(p.head, host_err);
     if (err != 0) {
       log::warn(write ? "virtio-blk write failed" : "virtio-blk read failed",
                 {{"path", path_}, {"sector", p.sector}, {"bytes", p.bytes}, {"error", std::strerror(err)}});

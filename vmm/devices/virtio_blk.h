@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "vmm/devices/device_io.h"
 #include "vmm/devices/virtio_mmio.h"
 #include "vmm/devices/virtqueue.h"
 
@@ -35,17 +36,23 @@ struct BlkCounters {
 class VirtioBlk : public VirtioBackend {
  public:
   // Opens `path` read-write. Throws ftvm::Error("disk image PATH: <strerror>").
-  explicit VirtioBlk(std::string path);
+  // `serial` is what GET_ID returns (at most 20 bytes are used); empty: the file's
+  // base name. A replica passes the primary's, so the guest sees the same disk.
+  VirtioBlk(std::string path, std::string serial, DeviceIo& io);
 
   uint32_t device_id() const override { return VIRTIO_ID_BLOCK; }
   uint64_t device_features() const override;
   std::span<const uint8_t> config() const override { return config_; }
   unsigned num_queues() const override { return 1; }
   void process(unsigned queue, std::span<Virtqueue> queues) override;
+  void save(snapshot::Virtio& out) const override;
+  void restore(const snapshot::Virtio& in) override;
 
   const std::string& path() const { return path_; }
   uint64_t capacity_sectors() const { return capacity_; }
   const BlkCounters& counters() const { return counters_; }
+  // The serial GET_ID reports: the file's base name unless the config named one.
+  static std::string DefaultSerial(const std::string& path);
 
  private:
   // A run of same-direction requests over adjacent sectors, done as one
@@ -68,7 +75,9 @@ class VirtioBlk : public VirtioBackend {
   int transfer(bool write, std::span<const iovec> iov, uint64_t offset);
 
   std::string path_;
+  DeviceIo& io_;
   UniqueFd fd_;
+  uint16_t completed_ = 0;  // requests completed in the current process() call
   uint64_t capacity_ = 0;  // in 512-byte sectors
   std::array<uint8_t, 8> config_{};
   std::array<uint8_t, 20> id_{};

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "vmm/snapshot.pb.h"
 
 namespace ftvm::vmm {
 
@@ -80,6 +81,35 @@ void VirtioMmioDevice::after_backend() {
     if (q.needs_interrupt()) interrupt = true;
   }
   if (interrupt) raise(kVirtioInterruptUsedRing);
+}
+
+bool VirtioMmioDevice::save(snapshot::Device& out) const {
+  snapshot::Virtio* s = out.mutable_virtio();
+  s->set_status(status_);
+  s->set_driver_features(driver_features_);
+  s->set_unknown_high_features(unknown_high_features_);
+  s->set_device_features_sel(device_features_sel_);
+  s->set_driver_features_sel(driver_features_sel_);
+  s->set_queue_sel(queue_sel_);
+  s->set_interrupt_status(interrupt_status_);
+  for (const Virtqueue& q : queues_) q.save(*s->add_queues());
+  backend_->save(*s);
+  return true;
+}
+
+void VirtioMmioDevice::restore(const snapshot::Device& in) {
+  if (!in.has_virtio() || in.virtio().queues_size() != int(queues_.size()))
+    throw Error("snapshot for device '" + name_ + "' does not hold this virtio device's state");
+  const snapshot::Virtio& s = in.virtio();
+  status_ = s.status();
+  driver_features_ = s.driver_features();
+  unknown_high_features_ = s.unknown_high_features();
+  device_features_sel_ = s.device_features_sel();
+  driver_features_sel_ = s.driver_features_sel();
+  queue_sel_ = s.queue_sel();
+  interrupt_status_ = s.interrupt_status();
+  for (size_t i = 0; i < queues_.size(); ++i) queues_[i].restore(s.queues(int(i)));
+  backend_->restore(s);
 }
 
 bool VirtioMmioDevice::wants_host_events() const {

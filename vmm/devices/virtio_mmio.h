@@ -20,6 +20,10 @@
 
 namespace ftvm::vmm {
 
+namespace snapshot {
+class Virtio;  // vmm/snapshot.proto
+}
+
 inline constexpr uint32_t kVirtioInterruptUsedRing = 1;  // INTERRUPT_STATUS bit 0
 inline constexpr uint32_t kVirtioInterruptConfig = 2;    // INTERRUPT_STATUS bit 1
 
@@ -43,6 +47,10 @@ class VirtioBackend {
   virtual bool wants_host_events(std::span<const Virtqueue> /*queues*/) const { return false; }
   // Device reset (status written 0): drop any per-driver state.
   virtual void reset() {}
+  // Guest-visible backend state (counters the guest can infer, output hashes);
+  // none by default.
+  virtual void save(snapshot::Virtio& /*out*/) const {}
+  virtual void restore(const snapshot::Virtio& /*in*/) {}
 };
 
 class VirtioMmioDevice : public Device {
@@ -58,6 +66,12 @@ class VirtioMmioDevice : public Device {
   void host_ready() override { backend_->host_ready(); }
   bool wants_host_events() const override;
   void poll() override;
+  bool save(snapshot::Device& out) const override;
+  void restore(const snapshot::Device& in) override;
+  // After the machine changed queues behind the transport's back (a replayed frame
+  // delivered into the RX ring): turn broken queues into NEEDS_RESET and raise the
+  // interrupt the driver asked for.
+  void notify_backend_progress() { after_backend(); }
 
   // Inspection (tests, device state save).
   VirtioBackend& backend() { return *backend_; }
@@ -66,6 +80,9 @@ class VirtioMmioDevice : public Device {
   uint64_t driver_features() const { return driver_features_; }
   bool needs_reset() const { return (status_ & VIRTIO_STATUS_NEEDS_RESET) != 0; }
   const Virtqueue& queue(unsigned i) const { return queues_.at(i); }
+  // The queues, for a replayer feeding the backend logged input; call
+  // notify_backend_progress() afterwards. Empty unless the device is live.
+  std::span<Virtqueue> live_queues() { return operational() ? std::span<Virtqueue>(queues_) : std::span<Virtqueue>(); }
 
  private:
   uint32_t read_register(uint64_t offset);

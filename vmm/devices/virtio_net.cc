@@ -6,6 +6,8 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "vmm/output_hash.h"
+#include "vmm/snapshot.pb.h"
 
 namespace ftvm::vmm {
 
@@ -20,9 +22,28 @@ constexpr size_t kMaxTapFrame = 65536 + 18;
 
 }  // namespace
 
-VirtioNet::VirtioNet(Tap tap, std::array<uint8_t, 6> mac)
-    : tap_(std::move(tap)), mac_(mac), rx_frame_(kMaxTapFrame) {
-  if (mac_[0] & 1) throw Error("virtio-net on tap " + tap_.name() + ": MAC address is multicast");
+VirtioNet::VirtioNet(std::optional<Tap> tap, std::array<uint8_t, 6> mac, DeviceIo& io)
+    : tap_(std::move(tap)), mac_(mac), io_(io), rx_frame_(kMaxTapFrame) {
+  if (mac_[0] & 1) throw Error("virtio-net on tap " + tap_name() + ": MAC address is multicast");
+}
+
+const std::string& VirtioNet::tap_name() const {
+  static const std::string kNone = "(none: replaying)";
+  return tap_ ? tap_->name() : kNone;
+}
+
+void VirtioNet::save(snapshot::Virtio& out) const {
+  snapshot::Net* s = out.mutable_net();
+  s->set_tx_frames(counters_.tx_frames);
+  s->set_tx_hash(tx_hash_);
+  s->set_rx_frames(counters_.rx_frames);
+}
+
+void VirtioNet::restore(const snapshot::Virtio& in) {
+  if (!in.has_net()) throw Error("snapshot for virtio-net holds another device's state");
+  counters_.tx_frames = in.net().tx_frames();
+  tx_hash_ = in.net().tx_hash();
+  counters_.rx_frames = in.net().rx_frames();
 }
 
 uint64_t VirtioNet::device_features() const {
@@ -31,7 +52,7 @@ uint64_t VirtioNet::device_features() const {
 }
 
 bool VirtioNet::wants_host_events(std::span<const Virtqueue> queues) const {
-  return queues[kRxQueue].has_available();
+  return tap_.has_value() && queues[kRxQueue].has_available();
 }
 
 void VirtioNet::process(unsigned /*queue*/, std::span<Virtqueue> queues) {
@@ -65,17 +86,19 @@ void VirtioNet::transmit(Virtqueue& tx) {
     if (frame == 0) {
       ++counters_.tx_dropped;
     } else {
-      const Tap::Result r = tap_.write(tx_iov_);
+      for (const iovec& v : tx_iov_) tx_hash_ = OutputHash(tx_hash_, {static_cast<const uint8_t*>(v.iov_base), v.iov_len});
+      // Produced but not released when replaying: the primary sent it.
+      const Tap::Result r = tap_ ? tap_->write(tx_iov_) : Tap::Result{Tap::Status::kOk, frame, 0};
       if (r.status == Tap::Status::kOk) {
         ++counters_.tx_frames;
         counters_.tx_bytes += frame;
       } else if (r.status == Tap::Status::kWouldBlock) {
         if (WorthLogging(++counters_.tx_dropped))
           log::warn("virtio-net tap full, frame dropped",
-                    {{"tap", tap_.name()}, {"tx_dropped", counters_.tx_dropped}});
+                    {{"tap", tap_name()}, {"tx_dropped", counters_.tx_dropped}});
       } else if (WorthLogging(++counters_.tx_errors)) {
         log::warn("virtio-net tap write failed",
-                  {{"tap", tap_.name()}, {"error", std::strerror(r.err)}, {"tx_errors", counters_.tx_errors}});
+                  {{"tap", tap_name()}, {"error", std::strerror(r.err)}, {"tx_errors", counters_.tx_errors}});
       }
     }
     tx.push(chain_.head, 0);
@@ -87,8 +110,8 @@ void VirtioNet::receive(Virtqueue& rx) {
   rx.disable_notifications();
   // Read from the tap only while the guest has somewhere to put the frame; the
   // rest waits in the tap's queue (and the event thread ignores the tap meanwhile).
-  while (tap_readable_ && rx.has_available()) {
-    const Tap::Result r = tap_.read(rx_frame_);
+  while (tap_ && tap_readable_ && rx.has_available()) {
+    const Tap::Result r = tap_->read(rx_frame_);
     if (r.status == Tap::Status::kWouldBlock) {
       tap_readable_ = false;
       return;
@@ -96,10 +119,13 @@ void VirtioNet::receive(Virtqueue& rx) {
     if (r.status == Tap::Status::kError) {
       if (WorthLogging(++counters_.rx_errors))
         log::warn("virtio-net tap read failed",
-                  {{"tap", tap_.name()}, {"error", std::strerror(r.err)}, {"rx_errors", counters_.rx_errors}});
+                  {{"tap", tap_name()}, {"error", std::strerror(r.err)}, {"rx_errors", counters_.rx_errors}});
       return;
     }
-    if (deliver_frame(rx, std::span<const uint8_t>(rx_frame_.data(), r.bytes)) == RxResult::kBroken) return;
+    const std::span<const uint8_t> frame(rx_frame_.data(), r.bytes);
+    const RxResult result = deliver_frame(rx, frame);
+    if (result == RxResult::kDelivered) io_.frame_received(frame);
+    if (result == RxResult::kBroken) return;
   }
 }
 
@@ -119,7 +145,7 @@ VirtioNet::RxResult VirtioNet::deliver_frame(Virtqueue& rx, std::span<const uint
     rx.unpop();
     if (WorthLogging(++counters_.rx_dropped))
       log::warn("virtio-net frame larger than the RX buffer, dropped",
-                {{"tap", tap_.name()}, {"frame", frame.size()}, {"buffer", chain_.writable_bytes},
+                {{"tap", tap_name()}, {"frame", frame.size()}, {"buffer", chain_.writable_bytes},
                  {"rx_dropped", counters_.rx_dropped}});
     return RxResult::kDropped;
   }

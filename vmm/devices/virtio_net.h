@@ -1,5 +1,9 @@
 // virtio-net over a tap interface. Queue 0 receives, queue 1 transmits.
 //
+// When replaying there is no tap: received frames come from the log (the machine
+// calls deliver_frame) and transmitted frames are produced, hashed and counted, but
+// never released.
+//
 // Exits are expensive, so the device asks the driver not to kick for either queue
 // (event index / NO_NOTIFY) and instead looks at both rings in poll(), which runs
 // after every exit: a frame the guest queues goes out at its next exit, and frames
@@ -10,8 +14,11 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
+
+#include "vmm/devices/device_io.h"
 
 #include "vmm/devices/tap.h"
 #include "vmm/devices/virtio_mmio.h"
@@ -36,8 +43,8 @@ class VirtioNet : public VirtioBackend {
   static constexpr unsigned kTxQueue = 1;
   static constexpr size_t kHdrBytes = sizeof(virtio_net_hdr);  // 12 with VERSION_1
 
-  // Throws ftvm::Error for a multicast MAC address.
-  VirtioNet(Tap tap, std::array<uint8_t, 6> mac);
+  // Throws ftvm::Error for a multicast MAC address. `tap` is empty when replaying.
+  VirtioNet(std::optional<Tap> tap, std::array<uint8_t, 6> mac, DeviceIo& io);
 
   uint32_t device_id() const override { return VIRTIO_ID_NET; }
   uint64_t device_features() const override;
@@ -45,7 +52,9 @@ class VirtioNet : public VirtioBackend {
   unsigned num_queues() const override { return 2; }
   void process(unsigned queue, std::span<Virtqueue> queues) override;
   void poll(std::span<Virtqueue> queues) override;
-  std::vector<int> host_fds() const override { return {tap_.fd()}; }
+  std::vector<int> host_fds() const override {
+    return tap_ ? std::vector<int>{tap_->fd()} : std::vector<int>{};
+  }
   void host_ready() override { tap_readable_ = true; }
   // Only while the guest has RX buffers: with none, a readable tap must not keep
   // waking the vCPU thread.
@@ -56,15 +65,25 @@ class VirtioNet : public VirtioBackend {
   // with logged frames). kDropped: larger than that buffer; the buffer stays.
   RxResult deliver_frame(Virtqueue& rx, std::span<const uint8_t> frame);
 
+  void save(snapshot::Virtio& out) const override;
+  void restore(const snapshot::Virtio& in) override;
+
   const NetCounters& counters() const { return counters_; }
-  const Tap& tap() const { return tap_; }
+  // The host side; only for a VM that has one (not when replaying).
+  const Tap& tap() const { return tap_.value(); }
+  // A running hash of every frame the guest transmitted.
+  uint64_t tx_hash() const { return tx_hash_; }
 
  private:
   void transmit(Virtqueue& tx);
   void receive(Virtqueue& rx);
 
-  Tap tap_;
+  const std::string& tap_name() const;
+
+  std::optional<Tap> tap_;
   std::array<uint8_t, 6> mac_;
+  DeviceIo& io_;
+  uint64_t tx_hash_ = 0;
   NetCounters counters_;
   DescChain chain_;             // scratch, reused
   std::vector<iovec> tx_iov_;   // scratch, reused

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "vmm/abi/ftvm_abi.h"
+#include "vmm/snapshot.pb.h"
 
 namespace ftvm::vmm {
 
@@ -94,6 +95,38 @@ void Virtqueue::fail(std::string reason) {
 PopResult Virtqueue::broken_result(std::string reason) {
   fail(std::move(reason));
   return PopResult::kBroken;
+}
+
+void Virtqueue::save(snapshot::Virtqueue& out) const {
+  out.set_size(size_);
+  out.set_desc_gpa(desc_gpa_);
+  out.set_driver_gpa(driver_gpa_);
+  out.set_device_gpa(device_gpa_);
+  out.set_event_idx(event_idx_);
+  out.set_ready(ready_);
+  out.set_broken(broken_);
+  out.set_error(error_);
+  out.set_last_avail(last_avail_);
+  out.set_used_idx(used_idx_);
+  out.set_signalled_used(signalled_used_);
+}
+
+void Virtqueue::restore(const snapshot::Virtqueue& in) {
+  reset();
+  size_ = uint16_t(in.size());
+  desc_gpa_ = in.desc_gpa();
+  driver_gpa_ = in.driver_gpa();
+  device_gpa_ = in.device_gpa();
+  event_idx_ = in.event_idx();
+  if (in.broken()) {
+    fail(in.error());
+    return;
+  }
+  if (!in.ready()) return;
+  if (!activate()) return;
+  last_avail_ = uint16_t(in.last_avail());
+  used_idx_ = uint16_t(in.used_idx());
+  signalled_used_ = uint16_t(in.signalled_used());
 }
 
 bool Virtqueue::activate() {
@@ -211,6 +244,8 @@ PopResult Virtqueue::pop(DescChain& out) {
         return broken_result("descriptor " + std::to_string(i) + " buffer at " + std::to_string(d.addr) +
                              " (" + std::to_string(d.len) + " bytes) is outside guest RAM");
       if (d.flags & VIRTQ_DESC_F_WRITE) {
+        // The device may write any of it before push(): noted now, for dirty tracking.
+        mem_->note_write(d.addr, d.len);
         out.writable.push_back(iovec{p, d.len});
         out.writable_bytes += d.len;
         seen_writable = true;
@@ -252,6 +287,7 @@ void Virtqueue::push(uint16_t head, uint32_t written) {
   const virtq_used_elem e{head, written};
   std::memcpy(device_ + 4 + sizeof(virtq_used_elem) * size_t(used_idx_ & (size_ - 1)), &e, sizeof e);
   ++used_idx_;
+  note_device_area();
   // Release: the element (and the data written into the buffer) is visible before
   // the driver can see the new index.
   StoreRelease(used_idx_ptr(), used_idx_);
@@ -279,8 +315,13 @@ void StoreIfChanged(uint16_t* p, uint16_t v) {
 
 }  // namespace
 
+void Virtqueue::note_device_area() const {
+  mem_->note_write(device_gpa_, 6 + sizeof(virtq_used_elem) * uint64_t(size_));
+}
+
 void Virtqueue::enable_notifications() {
   if (!ready_ || broken_) return;
+  note_device_area();
   if (event_idx_)
     StoreIfChanged(avail_event_ptr(), last_avail_);
   else
@@ -292,6 +333,7 @@ void Virtqueue::enable_notifications() {
 
 void Virtqueue::disable_notifications() {
   if (!ready_ || broken_) return;
+  note_device_area();
   if (event_idx_) {
     // An event index just behind what we consumed is one the driver will not cross
     // again for 65535 additions, so it does not kick (a rare kick after a full wrap

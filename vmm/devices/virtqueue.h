@@ -19,6 +19,10 @@
 
 namespace ftvm::vmm {
 
+namespace snapshot {
+class Virtqueue;  // vmm/snapshot.proto
+}
+
 // Ring flag bits (virtio 1.2, 2.7.6 / 2.7.8). Named here, not taken from
 // <linux/virtio_ring.h>, so this header does not drag in kernel uapi names.
 inline constexpr uint16_t kVirtqAvailFNoInterrupt = 1;
@@ -81,6 +85,10 @@ class Virtqueue {
   // For state restore (and tests of index wraparound): the next avail index to
   // consume and the next used index to write. Only while ready.
   void restore_indices(uint16_t last_avail_idx, uint16_t used_idx);
+  // Whole-queue state for checkpoints. restore() re-checks the areas against RAM
+  // like activate() and marks the queue broken if they no longer fit.
+  void save(snapshot::Virtqueue& out) const;
+  void restore(const snapshot::Virtqueue& in);
 
   bool ready() const { return ready_; }
   bool broken() const { return broken_; }
@@ -120,6 +128,8 @@ class Virtqueue {
   uint16_t* used_idx_ptr() const;
   uint16_t* avail_flags_ptr() const;
   PopResult broken_result(std::string reason);
+  // The device area (used ring, flags, avail_event) is about to be written.
+  void note_device_area() const;
 
   GuestMemory* mem_;
   uint16_t max_size_;

@@ -18,6 +18,8 @@
 namespace ftvm::vmm {
 namespace {
 
+LiveDeviceIo live_io;  // a live VM's devices: host results pass through
+
 using testing::Feature;
 using testing::InitMmio;
 using testing::RecordingSink;
@@ -61,7 +63,7 @@ uint8_t Pattern(uint64_t byte) { return uint8_t(byte / 512 + byte % 7); }
 class VirtioBlkTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto b = std::make_unique<VirtioBlk>(image.path());
+    auto b = std::make_unique<VirtioBlk>(image.path(), "", live_io);
     blk = b.get();
     dev = std::make_unique<VirtioMmioDevice>("virtio-blk", mem, sink, FTVM_IRQ_VIRTIO_BLK, std::move(b));
     ASSERT_TRUE(InitMmio(*dev, Feature(VIRTIO_F_VERSION_1) | Feature(VIRTIO_F_RING_EVENT_IDX) |
@@ -93,7 +95,7 @@ class VirtioBlkTest : public ::testing::Test {
 
 TEST(VirtioBlkOpen, MissingImageNamesTheFile) {
   try {
-    VirtioBlk blk("/nonexistent/ftvm/disk.img");
+    VirtioBlk blk("/nonexistent/ftvm/disk.img", "", live_io);
     FAIL() << "no exception";
   } catch (const Error& e) {
     EXPECT_STREQ(e.what(), "disk image /nonexistent/ftvm/disk.img: No such file or directory");
@@ -102,7 +104,7 @@ TEST(VirtioBlkOpen, MissingImageNamesTheFile) {
 
 TEST(VirtioBlkOpen, DirectoryIsRejected) {
   try {
-    VirtioBlk blk("/tmp");
+    VirtioBlk blk("/tmp", "", live_io);
     FAIL() << "no exception";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("disk image /tmp"), std::string::npos) << e.what();

@@ -34,6 +34,8 @@
 namespace ftvm::vmm {
 namespace {
 
+LiveDeviceIo live_io;  // a live VM's devices: host results pass through
+
 using testing::Feature;
 using testing::InitMmio;
 using testing::RecordingSink;
@@ -80,7 +82,7 @@ class VirtioNetTest : public ::testing::Test {
     WriteSysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
     WriteSysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
     try {
-      auto backend = std::make_unique<VirtioNet>(Tap(kTapName), kGuestMac);
+      auto backend = std::make_unique<VirtioNet>(Tap(kTapName), kGuestMac, live_io);
       net = backend.get();
       dev = std::make_unique<VirtioMmioDevice>("virtio-net", mem, sink, FTVM_IRQ_VIRTIO_NET,
                                                std::move(backend));
@@ -222,7 +224,7 @@ TEST_F(VirtioNetTest, FeaturesAndMacInConfig) {
 }
 
 TEST_F(VirtioNetTest, MulticastMacIsRejected) {
-  EXPECT_THROW(VirtioNet(Tap("ftvmtest1"), {0x01, 0, 0, 0, 0, 1}), Error);
+  EXPECT_THROW(VirtioNet(Tap("ftvmtest1"), {0x01, 0, 0, 0, 0, 1}, live_io), Error);
 }
 
 TEST_F(VirtioNetTest, HostFramesArriveInRxRing) {

@@ -1,0 +1,63 @@
+// A set of 4 KiB guest pages as a bitmap: what dirty tracking reports and what
+// checkpoints and verification digests walk.
+#pragma once
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace ftvm::vmm {
+
+inline constexpr uint64_t kPageSize = 4096;
+inline constexpr unsigned kPageShift = 12;
+
+class PageBitmap {
+ public:
+  PageBitmap() = default;
+  explicit PageBitmap(uint64_t pages) : pages_(pages), words_((pages + 63) / 64) {}
+
+  uint64_t pages() const { return pages_; }
+  void set(uint64_t page) {
+    if (page < pages_) words_[page / 64] |= uint64_t(1) << (page % 64);
+  }
+  // Sets every page overlapping [gpa, gpa+len).
+  void set_range(uint64_t gpa, uint64_t len) {
+    if (len == 0) return;
+    for (uint64_t p = gpa >> kPageShift; p <= (gpa + len - 1) >> kPageShift && p < pages_; ++p) set(p);
+  }
+  bool test(uint64_t page) const {
+    return page < pages_ && (words_[page / 64] >> (page % 64)) & 1;
+  }
+  void merge(const PageBitmap& other) {
+    for (size_t i = 0; i < words_.size() && i < other.words_.size(); ++i) words_[i] |= other.words_[i];
+  }
+  void clear() { std::fill(words_.begin(), words_.end(), 0); }
+  uint64_t count() const {
+    uint64_t n = 0;
+    for (uint64_t w : words_) n += uint64_t(std::popcount(w));
+    return n;
+  }
+  bool empty() const {
+    for (uint64_t w : words_)
+      if (w != 0) return false;
+    return true;
+  }
+  // Calls f(page) for every set page, in increasing order.
+  template <typename F>
+  void for_each(F&& f) const {
+    for (size_t i = 0; i < words_.size(); ++i) {
+      uint64_t w = words_[i];
+      while (w != 0) {
+        f(uint64_t(i) * 64 + uint64_t(std::countr_zero(w)));
+        w &= w - 1;
+      }
+    }
+  }
+
+ private:
+  uint64_t pages_ = 0;
+  std::vector<uint64_t> words_;
+};
+
+}  // namespace ftvm::vmm
