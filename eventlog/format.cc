@@ -17,6 +17,9 @@ std::string RecordTypeName(uint8_t type) {
     case RecordType::kCheckpoint: return "Checkpoint";
     case RecordType::kVerify: return "Verify";
     case RecordType::kEnd: return "End";
+    case RecordType::kTimerExpiry: return "TimerExpiry";
+    case RecordType::kIrqWaitResult: return "IrqWaitResult";
+    case RecordType::kDiskError: return "DiskError";
   }
   return "type " + std::to_string(type);
 }

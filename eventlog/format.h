@@ -4,7 +4,7 @@
 // File layout (all integers little-endian, whatever the host):
 //
 //   offset 0   8 bytes  magic "FTVMLOG\0"
-//          8   u32      format version (kFormatVersion = 1)
+//          8   u32      format version (kFormatVersion = 2)
 //         12   u32      header length L (<= kMaxHeaderBytes)
 //         16   L bytes  LogHeader protobuf (eventlog.proto)
 //       16+L   u32      CRC32C of bytes [8, 16+L): version, length and header bytes
@@ -48,7 +48,9 @@ namespace ftvm::eventlog {
 class LogHeader;  // eventlog/eventlog.pb.h
 
 inline constexpr std::array<uint8_t, 8> kMagic = {'F', 'T', 'V', 'M', 'L', 'O', 'G', 0};
-inline constexpr uint32_t kFormatVersion = 1;
+// 2: Verify records carry component digests, registers and page hashes; timer,
+// WAIT-result and disk-error records.
+inline constexpr uint32_t kFormatVersion = 2;
 inline constexpr size_t kFileFixedHeaderBytes = 16;  // magic, version, length
 inline constexpr size_t kMaxHeaderBytes = 1 << 20;   // a VM config is a few hundred bytes
 inline constexpr size_t kRecordHeaderBytes = 16;
@@ -71,10 +73,13 @@ enum class RecordType : uint8_t {
   kDiskCompletion = 4,  // u16 queue, u16 count: requests completed at this position
   kInterrupt = 5,       // u8 vector injected at this position
   kCheckpoint = 6,      // opaque epoch-checkpoint blob (usually zstd-compressed)
-  kVerify = 7,          // 32-byte state digest + u64 dirty-page count
+  kVerify = 7,          // state digest, its components, registers, dirty-page hashes
   kEnd = 8,             // 32-byte final digest; the last record of a complete log
+  kTimerExpiry = 9,     // empty: the one-shot timer expired at this position
+  kIrqWaitResult = 10,  // u64 value an interrupt-controller WAIT read returned
+  kDiskError = 11,      // u16 descriptor head, u32 host errno: a disk request failed
 };
-inline constexpr uint8_t kMaxRecordType = 8;
+inline constexpr uint8_t kMaxRecordType = 11;
 
 inline bool IsKnownRecordType(uint8_t type) { return type >= 1 && type <= kMaxRecordType; }
 // "ClockRead", ...; "type 42" for an unknown value.

@@ -185,7 +185,7 @@ ReadResult LogReader::next(Record& out) {
     }
     payload = std::span<const uint8_t>(decompressed_.data(), got);
   }
-  if (std::string problem = PayloadSizeProblem(type, payload.size()); !problem.empty()) {
+  if (std::string problem = PayloadProblem(type, payload); !problem.empty()) {
     return fail(ReadCode::kBadPayload, problem);
   }
   out.type = type;

@@ -29,11 +29,25 @@ std::string PayloadSizeProblem(RecordType type, size_t size) {
     case RecordType::kCheckpoint:
       return size <= kMaxPayloadBytes ? "" : Wrong(type, size, "at most the payload cap");
     case RecordType::kVerify:
-      return size == kVerifyBytes ? "" : Wrong(type, size, "40");
+      return size >= kVerifyFixedBytes ? "" : Wrong(type, size, "at least " + std::to_string(kVerifyFixedBytes));
     case RecordType::kEnd:
       return size == kEndBytes ? "" : Wrong(type, size, "32");
+    case RecordType::kTimerExpiry:
+      return size == 0 ? "" : Wrong(type, size, "0");
+    case RecordType::kIrqWaitResult:
+      return size == kIrqWaitResultBytes ? "" : Wrong(type, size, "8");
+    case RecordType::kDiskError:
+      return size == kDiskErrorBytes ? "" : Wrong(type, size, "6");
   }
   return "unknown record type " + std::to_string(static_cast<unsigned>(type));
+}
+
+std::string PayloadProblem(RecordType type, std::span<const uint8_t> payload) {
+  std::string problem = PayloadSizeProblem(type, payload.size());
+  if (problem.empty() && type == RecordType::kVerify && !DecodeVerify(payload))
+    problem = "Verify payload of " + std::to_string(payload.size()) +
+              " bytes whose register or page-hash lengths do not add up";
+  return problem;
 }
 
 std::array<uint8_t, kClockReadBytes> EncodeClockRead(uint64_t value) {
@@ -78,18 +92,73 @@ std::optional<std::span<const uint8_t>> DecodeCheckpoint(std::span<const uint8_t
   return payload;
 }
 
-std::array<uint8_t, kVerifyBytes> EncodeVerify(const Verify& v) {
-  std::array<uint8_t, kVerifyBytes> out;
-  std::copy(v.digest.begin(), v.digest.end(), out.begin());
-  PutLe64(out.data() + 32, v.dirty_pages);
+// Layout: digest[32] dirty_pages:u64 devices[32] memory[16] regs_len:u16 regs
+// page_count:u32 (page:u32 hash:u32)*page_count.
+std::vector<uint8_t> EncodeVerify(const Verify& v) {
+  std::vector<uint8_t> out(kVerifyFixedBytes + v.regs.size() + 8 * v.pages.size());
+  uint8_t* p = out.data();
+  p = std::copy(v.digest.begin(), v.digest.end(), p);
+  PutLe64(p, v.dirty_pages);
+  p += 8;
+  p = std::copy(v.devices.begin(), v.devices.end(), p);
+  p = std::copy(v.memory.begin(), v.memory.end(), p);
+  PutLe16(p, uint16_t(v.regs.size()));
+  p += 2;
+  p = std::copy(v.regs.begin(), v.regs.end(), p);
+  PutLe32(p, uint32_t(v.pages.size()));
+  p += 4;
+  for (const PageHash& h : v.pages) {
+    PutLe32(p, h.page);
+    PutLe32(p + 4, h.hash);
+    p += 8;
+  }
   return out;
 }
 std::optional<Verify> DecodeVerify(std::span<const uint8_t> payload) {
-  if (payload.size() != kVerifyBytes) return std::nullopt;
+  if (payload.size() < kVerifyFixedBytes) return std::nullopt;
   Verify v;
-  std::copy_n(payload.begin(), 32, v.digest.begin());
-  v.dirty_pages = GetLe64(payload.data() + 32);
+  const uint8_t* p = payload.data();
+  std::copy_n(p, 32, v.digest.begin());
+  v.dirty_pages = GetLe64(p + 32);
+  std::copy_n(p + 40, 32, v.devices.begin());
+  std::copy_n(p + 72, 16, v.memory.begin());
+  const size_t regs_len = GetLe16(p + 88);
+  size_t at = 90;
+  if (payload.size() - at < regs_len + 4) return std::nullopt;
+  v.regs.assign(p + at, p + at + regs_len);
+  at += regs_len;
+  const uint64_t pages = GetLe32(p + at);
+  at += 4;
+  if ((payload.size() - at) / 8 < pages || (payload.size() - at) % 8 != 0 || (payload.size() - at) / 8 != pages)
+    return std::nullopt;
+  v.pages.resize(pages);
+  for (PageHash& h : v.pages) {
+    h.page = GetLe32(p + at);
+    h.hash = GetLe32(p + at + 4);
+    at += 8;
+  }
   return v;
+}
+
+std::array<uint8_t, kIrqWaitResultBytes> EncodeIrqWaitResult(uint64_t value) {
+  std::array<uint8_t, kIrqWaitResultBytes> out;
+  PutLe64(out.data(), value);
+  return out;
+}
+std::optional<uint64_t> DecodeIrqWaitResult(std::span<const uint8_t> payload) {
+  if (payload.size() != kIrqWaitResultBytes) return std::nullopt;
+  return GetLe64(payload.data());
+}
+
+std::array<uint8_t, kDiskErrorBytes> EncodeDiskError(const DiskError& e) {
+  std::array<uint8_t, kDiskErrorBytes> out;
+  PutLe16(out.data(), e.head);
+  PutLe32(out.data() + 2, e.error);
+  return out;
+}
+std::optional<DiskError> DecodeDiskError(std::span<const uint8_t> payload) {
+  if (payload.size() != kDiskErrorBytes) return std::nullopt;
+  return DiskError{GetLe16(payload.data()), GetLe32(payload.data() + 2)};
 }
 
 std::array<uint8_t, kEndBytes> EncodeEnd(const Digest& final_digest) { return final_digest; }

@@ -9,6 +9,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "eventlog/format.h"
 
@@ -19,14 +20,20 @@ using Digest = std::array<uint8_t, 32>;  // SHA-256 or equivalent 256-bit state 
 inline constexpr size_t kClockReadBytes = 8;
 inline constexpr size_t kDiskCompletionBytes = 4;
 inline constexpr size_t kInterruptBytes = 1;
-inline constexpr size_t kVerifyBytes = 40;
 inline constexpr size_t kEndBytes = 32;
+inline constexpr size_t kIrqWaitResultBytes = 8;
+inline constexpr size_t kDiskErrorBytes = 6;
+// Fixed part of a Verify payload; registers and page hashes follow.
+inline constexpr size_t kVerifyFixedBytes = 32 + 8 + 32 + 16 + 2 + 4;
 // Largest frame virtio-net hands over without GSO (64 KiB IP packet + Ethernet header).
 inline constexpr size_t kMaxPacketBytes = 65550;
 
 // Empty when `size` is a valid payload size for `type` (after decompression),
 // otherwise what is wrong, e.g. "Interrupt payload of 3 bytes, expected 1".
 std::string PayloadSizeProblem(RecordType type, size_t size);
+// PayloadSizeProblem, and for payloads with inner structure (Verify) whether it is
+// consistent: what readers and the writer check.
+std::string PayloadProblem(RecordType type, std::span<const uint8_t> payload);
 
 // kClockRead: u64 value.
 std::array<uint8_t, kClockReadBytes> EncodeClockRead(uint64_t value);
@@ -55,14 +62,39 @@ std::optional<uint8_t> DecodeInterrupt(std::span<const uint8_t> payload);
 // LogWriter::append(..., compress = true)).
 std::optional<std::span<const uint8_t>> DecodeCheckpoint(std::span<const uint8_t> payload);
 
-// kVerify: digest of vCPU state + dirty pages, and how many dirty pages it covered.
+// kVerify: the primary's state at this position. `digest` covers the position, the
+// registers, the device state and all of RAM; the components let a replica name
+// what differs: the first register, the device state, or a page (by the hashes of
+// the pages written since the previous verification).
+struct PageHash {
+  uint32_t page = 0;  // guest page number (4 KiB)
+  uint32_t hash = 0;  // low 32 bits of the page's content hash
+  bool operator==(const PageHash&) const = default;
+};
 struct Verify {
   Digest digest{};
-  uint64_t dirty_pages = 0;
+  uint64_t dirty_pages = 0;            // pages written since the previous verification
+  Digest devices{};                    // SHA-256 of the serialized device state
+  std::array<uint8_t, 16> memory{};    // order-independent digest of all RAM pages
+  std::vector<uint8_t> regs;           // the vCPU registers, encoded by the VMM
+  std::vector<PageHash> pages;         // those written pages and their hashes
   bool operator==(const Verify&) const = default;
 };
-std::array<uint8_t, kVerifyBytes> EncodeVerify(const Verify& v);
+std::vector<uint8_t> EncodeVerify(const Verify& v);
 std::optional<Verify> DecodeVerify(std::span<const uint8_t> payload);
+
+// kIrqWaitResult: u64.
+std::array<uint8_t, kIrqWaitResultBytes> EncodeIrqWaitResult(uint64_t value);
+std::optional<uint64_t> DecodeIrqWaitResult(std::span<const uint8_t> payload);
+
+// kDiskError: the request at descriptor `head` failed on the primary's disk.
+struct DiskError {
+  uint16_t head = 0;
+  uint32_t error = 0;  // host errno
+  bool operator==(const DiskError&) const = default;
+};
+std::array<uint8_t, kDiskErrorBytes> EncodeDiskError(const DiskError& e);
+std::optional<DiskError> DecodeDiskError(std::span<const uint8_t> payload);
 
 // kEnd: final state digest.
 std::array<uint8_t, kEndBytes> EncodeEnd(const Digest& final_digest);

@@ -124,7 +124,7 @@ Status LogWriter::append(RecordType type, uint64_t position, std::span<const uin
                            std::to_string(payload.size()) + " bytes exceeds the cap of " +
                            std::to_string(kMaxPayloadBytes) + " (split it)");
   }
-  if (std::string problem = PayloadSizeProblem(type, payload.size()); !problem.empty()) {
+  if (std::string problem = PayloadProblem(type, payload); !problem.empty()) {
     return Status::Failure("event log " + path_ + ": " + problem);
   }
 

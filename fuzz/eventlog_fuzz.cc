@@ -71,6 +71,11 @@ void Exercise(std::span<const uint8_t> data) {
           break;
         case RecordType::kVerify: Require(DecodeVerify(rec.payload).has_value(), "verify"); break;
         case RecordType::kEnd: Require(DecodeEnd(rec.payload).has_value(), "end"); break;
+        case RecordType::kTimerExpiry: Require(rec.payload.empty(), "timer"); break;
+        case RecordType::kIrqWaitResult:
+          Require(DecodeIrqWaitResult(rec.payload).has_value(), "wait result");
+          break;
+        case RecordType::kDiskError: Require(DecodeDiskError(rec.payload).has_value(), "disk error"); break;
         default: Require(false, "reader returned an unknown type");
       }
     }
@@ -124,7 +129,9 @@ std::vector<uint8_t> SeedLog(std::minstd_rand& rng) {
   const int n = 1 + static_cast<int>(rng() % 12);
   for (int i = 0; i < n; ++i) {
     pos += rng() % 3;
-    auto type = static_cast<RecordType>(1 + rng() % (kMaxRecordType - 1));  // End only last
+    // Any type but End, which comes only last.
+    auto type = static_cast<RecordType>(1 + rng() % (kMaxRecordType - 1));
+    if (type == RecordType::kEnd) type = static_cast<RecordType>(kMaxRecordType);
     std::vector<uint8_t> payload;
     switch (type) {
       case RecordType::kClockRead: {
@@ -138,7 +145,17 @@ std::vector<uint8_t> SeedLog(std::minstd_rand& rng) {
         break;
       }
       case RecordType::kInterrupt: payload = {static_cast<uint8_t>(rng())}; break;
-      case RecordType::kVerify: payload.assign(kVerifyBytes, static_cast<uint8_t>(rng())); break;
+      case RecordType::kVerify: {
+        Verify v;
+        v.dirty_pages = rng();
+        v.regs.assign(rng() % 64, static_cast<uint8_t>(rng()));
+        v.pages.resize(rng() % 8, PageHash{uint32_t(rng()), uint32_t(rng())});
+        payload = EncodeVerify(v);
+        break;
+      }
+      case RecordType::kTimerExpiry: payload.clear(); break;
+      case RecordType::kIrqWaitResult: payload.assign(kIrqWaitResultBytes, static_cast<uint8_t>(rng())); break;
+      case RecordType::kDiskError: payload.assign(kDiskErrorBytes, static_cast<uint8_t>(rng())); break;
       default: {
         // Runs of repeated bytes, so zstd has something to compress.
         payload.resize(1 + rng() % 300);

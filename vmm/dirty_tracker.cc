@@ -30,7 +30,7 @@ struct PmScanArg {
 };
 constexpr uint64_t kScanWpMatching = 1u << 0;
 constexpr uint64_t kScanCheckWpAsync = 1u << 1;
-constexpr uint64_t kPageIsWritten = 1u << 2;
+constexpr uint64_t kPageIsWritten = 1u << 1;  // (1 << 0 is PAGE_IS_WPALLOWED)
 constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
 }  // namespace uapi
 

@@ -85,7 +85,8 @@ TEST(EventLogFormat, EveryRecordTypeRoundTrips) {
   EXPECT_EQ(recs[5].type, RecordType::kCheckpoint);
   EXPECT_EQ(payloads[5], (std::vector<uint8_t>{'c', 'k', 'p', 't'}));
   EXPECT_EQ(recs[6].type, RecordType::kVerify);
-  EXPECT_EQ(DecodeVerify(payloads[6]), (Verify{testing::MakeDigest(3), 17}));
+  EXPECT_EQ(DecodeVerify(payloads[6]),
+            (Verify{testing::MakeDigest(3), 17, testing::MakeDigest(4), {}, {1, 2, 3}, {{5, 6}}}));
   EXPECT_EQ(recs[7].type, RecordType::kEnd);
   EXPECT_EQ(DecodeEnd(payloads[7]), testing::MakeDigest(9));
   EXPECT_EQ(recs[7].position, 20u);
@@ -134,8 +135,12 @@ TEST(EventLogFormat, RejectsWrongMagic) {
 
 TEST(EventLogFormat, RejectsWrongVersion) {
   std::vector<uint8_t> log = SmallLog();
-  PutLe32(&log[8], 2);
-  EXPECT_THAT(OpenError(log), HasSubstr("written by format version 2; this ftvm reads version 1"));
+  PutLe32(&log[8], kFormatVersion + 1);
+  EXPECT_THAT(OpenError(log), HasSubstr("written by format version " + std::to_string(kFormatVersion + 1) +
+                                        "; this ftvm reads version " + std::to_string(kFormatVersion)));
+  // A log of the previous format (no structured Verify records) is refused too.
+  PutLe32(&log[8], 1);
+  EXPECT_THAT(OpenError(log), HasSubstr("written by format version 1"));
 }
 
 TEST(EventLogFormat, RejectsBadHeaderCrc) {

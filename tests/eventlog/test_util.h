@@ -92,7 +92,7 @@ inline std::vector<uint8_t> SmallLog(std::vector<uint64_t>* offsets = nullptr) {
   add(RecordType::kDiskCompletion, 9, EncodeDiskCompletion({1, 3}));
   add(RecordType::kInterrupt, 9, EncodeInterrupt(0x21));
   add(RecordType::kCheckpoint, 12, blob);
-  add(RecordType::kVerify, 12, EncodeVerify({MakeDigest(3), 17}));
+  add(RecordType::kVerify, 12, EncodeVerify(Verify{MakeDigest(3), 17, MakeDigest(4), {}, {1, 2, 3}, {{5, 6}}}));
   add(RecordType::kEnd, 20, EncodeEnd(MakeDigest(9)));
   if (offsets) offsets->push_back(log.size());
   return log;

@@ -58,7 +58,7 @@ TEST(LogWriter, FillsVersionFields) {
   h.set_format_version(77);
   { LogWriter w = LogWriter::Create(dir.file("v.ftlog"), h); }
   LogReader r = LogReader::OpenFile(dir.file("v.ftlog"));
-  EXPECT_EQ(r.header().format_version(), 1u);
+  EXPECT_EQ(r.header().format_version(), kFormatVersion);
   EXPECT_FALSE(r.header().ftvm_version().empty());
   EXPECT_GT(r.header().created_unix_ns(), 1600000000ull * 1000000000ull);
 }

@@ -8,5 +8,8 @@ constexpr int kExitUsage = 2;      // bad command line
 constexpr int kExitVmmError = 125; // the VMM could not run the guest
 
 int RunMain(int argc, char** argv);
+int RecordMain(int argc, char** argv);
+int ReplayMain(int argc, char** argv);
+int LogMain(int argc, char** argv);
 
 }  // namespace ftvm::cli

@@ -10,8 +10,11 @@ namespace {
 void Usage(std::ostream& out) {
   out << "usage: ftvm <command> [options]\n"
          "commands:\n"
-         "  run    boot a guest-kit image (ftvm run --help)\n"
-         "  mail   talk to the mail-store guest (ftvm mail --help)\n"
+         "  run     boot a guest-kit image (ftvm run --help)\n"
+         "  record  run a VM and log its nondeterministic inputs (ftvm record --help)\n"
+         "  replay  replay a recorded VM and check it stays identical (ftvm replay --help)\n"
+         "  log     inspect or recover an event log (ftvm log --help)\n"
+         "  mail    talk to the mail-store guest (ftvm mail --help)\n"
          "  version\n";
 }
 
@@ -24,6 +27,9 @@ int main(int argc, char** argv) {
   }
   const char* cmd = argv[1];
   if (std::strcmp(cmd, "run") == 0) return ftvm::cli::RunMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "record") == 0) return ftvm::cli::RecordMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "replay") == 0) return ftvm::cli::ReplayMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "log") == 0) return ftvm::cli::LogMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "mail") == 0) return ftvm::MailMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "version") == 0) {
     std::cout << "ftvm 0.1.0\n";

@@ -1,0 +1,208 @@
+#include "primary/recorder.h"
+
+#include <chrono>
+#include <utility>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "primary/log_header.h"
+#include "vmm/checkpoint.h"
+
+namespace ftvm::primary {
+
+using eventlog::RecordType;
+
+Recorder::Recorder(vmm::Machine& machine, RecorderOptions options) : m_(machine), options_(std::move(options)) {
+  if (m_.config().mode != vmm::ExecutionMode::kRecord)
+    throw Error("internal: the recorder needs a machine configured for recording");
+  // Tracking starts before the initial digest, so no write can fall between them.
+  tracker_ = m_.backend().make_dirty_tracker();
+  const uint64_t pages = m_.memory().size() / vmm::kPageSize;
+  since_verify_ = vmm::PageBitmap(pages);
+  since_checkpoint_ = vmm::PageBitmap(pages);
+  tracker_->collect(since_verify_);
+  since_verify_.clear();
+  memory_digest_ = std::make_unique<vmm::MemoryDigest>(m_.memory());
+
+  eventlog::LogHeader header;
+  *header.mutable_vm() = DescribeVm(m_.config(), m_.backend_name());
+  header.set_guest_image_sha256(ImageDigest(m_.config().guest_image));
+  const std::vector<uint8_t> regs = m_.backend().regs().encode();
+  const std::string devices = vmm::DeviceStateBytes(m_);
+  const vmm::Sha256Digest initial = vmm::StateDigest(
+      0, regs, {reinterpret_cast<const uint8_t*>(devices.data()), devices.size()}, memory_digest_->value());
+  header.set_initial_state_digest(std::string(initial.begin(), initial.end()));
+  header.set_verify_interval_ns(options_.verify_interval_ns);
+  header.set_checkpoint_after_ns(options_.checkpoint_after_ns);
+  eventlog::WriterOptions wo;
+  wo.overwrite = options_.overwrite;
+  writer_.emplace(eventlog::LogWriter::Create(options_.log_path, std::move(header), wo));
+  m_.set_forced_exit_after_ns(options_.checkpoint_after_ns);
+  log::info("record.started", {{"log", options_.log_path},
+                               {"tracker", tracker_->name()},
+                               {"initial_digest", vmm::DigestHex(initial)},
+                               {"verify_interval_ms", options_.verify_interval_ns / 1000000},
+                               {"checkpoint_after_us", options_.checkpoint_after_ns / 1000}});
+}
+
+Recorder::~Recorder() = default;
+
+void Recorder::Append(RecordType type, std::span<const uint8_t> payload, bool compress) {
+  if (!error_.empty()) return;
+  eventlog::Status s = writer_->append(type, m_.position(), payload, compress);
+  if (!s.ok()) {
+    // The writer cut the log back to its last whole record; nothing after this can
+    // be replayed, so the run stops here rather than go on unrecorded.
+    error_ = s.message();
+    log::error("record.log_failed", {{"error", error_}, {"position", m_.position()}});
+    m_.stop();
+    return;
+  }
+  ++stats_.records;
+}
+
+uint64_t Recorder::input_value(vmm::InputKind kind, uint64_t live) {
+  if (kind == vmm::InputKind::kIrqWait) {
+    ++stats_.wait_results;
+    Append(RecordType::kIrqWaitResult, eventlog::EncodeIrqWaitResult(live));
+  } else {
+    ++stats_.clock_reads;
+    Append(RecordType::kClockRead, eventlog::EncodeClockRead(live));
+  }
+  return live;
+}
+
+bool Recorder::input_bytes(vmm::InputKind, std::span<uint8_t> out, RandomSource& live) {
+  bool ok = live.fill(out);
+  // Whatever the guest finds in the buffer is what the replica must find too.
+  stats_.random_bytes += out.size();
+  if (!out.empty()) Append(RecordType::kRngData, out);
+  return ok;
+}
+
+void Recorder::timer_expired() {
+  ++stats_.timer_expiries;
+  Append(RecordType::kTimerExpiry, {});
+}
+
+void Recorder::frame_received(std::span<const uint8_t> frame) {
+  ++stats_.frames;
+  stats_.frame_bytes += frame.size();
+  Append(RecordType::kPacketRx, frame);
+}
+
+int Recorder::disk_request_done(uint16_t head, int host_error) {
+  if (host_error != 0) {
+    ++stats_.disk_errors;
+    Append(RecordType::kDiskError, eventlog::EncodeDiskError({head, uint32_t(host_error)}));
+  }
+  return host_error;
+}
+
+void Recorder::disk_batch_done(uint16_t queue, uint16_t count) {
+  if (count == 0) return;
+  ++stats_.disk_batches;
+  Append(RecordType::kDiskCompletion, eventlog::EncodeDiskCompletion({queue, count}));
+}
+
+void Recorder::started(vmm::Machine& m) { last_verify_ns_ = m.clock().monotonic_ns(); }
+
+void Recorder::after_exit(vmm::Machine&, bool guest_caused) {
+  if (guest_caused) exit_boundary_ = true;
+}
+
+bool Recorder::boundary(vmm::Machine& m, bool exact) {
+  if (exact) {
+    // Verification only at the first boundary after an exit: the replica finds that
+    // one by the position alone.
+    if (std::exchange(exit_boundary_, false) &&
+        m.clock().monotonic_ns() - last_verify_ns_ >= options_.verify_interval_ns)
+      WriteVerify();
+    return false;
+  }
+  const uint64_t since = m.host_events_waiting_since_ns();
+  if (since == 0 || m.clock().monotonic_ns() - since < options_.checkpoint_after_ns) return false;
+  // Input has waited too long for an exit: this point becomes the anchor.
+  WriteCheckpoint();
+  return error_.empty();
+}
+
+void Recorder::vector_injected(vmm::Machine&, uint8_t vector) {
+  ++stats_.interrupts;
+  Append(RecordType::kInterrupt, eventlog::EncodeInterrupt(vector));
+}
+
+void Recorder::CollectDirty() {
+  vmm::PageBitmap fresh(since_verify_.pages());
+  tracker_->collect(fresh);
+  since_verify_.merge(fresh);
+  since_checkpoint_.merge(fresh);
+}
+
+void Recorder::WriteVerify() {
+  const uint64_t t0 = m_.clock().monotonic_ns();
+  CollectDirty();
+  memory_digest_->update(since_verify_);
+  eventlog::Verify v;
+  v.regs = m_.backend().regs().encode();
+  const std::string devices = vmm::DeviceStateBytes(m_);
+  const std::span<const uint8_t> device_bytes(reinterpret_cast<const uint8_t*>(devices.data()), devices.size());
+  v.devices = vmm::Sha256(device_bytes);
+  v.memory = memory_digest_->value();
+  v.digest = vmm::StateDigest(m_.position(), v.regs, device_bytes, v.memory);
+  v.dirty_pages = since_verify_.count();
+  v.pages.reserve(v.dirty_pages);
+  since_verify_.for_each([&](uint64_t p) { v.pages.push_back({uint32_t(p), memory_digest_->page_hash32(p)}); });
+  Append(RecordType::kVerify, eventlog::EncodeVerify(v), /*compress=*/true);
+  stats_.verify_pages += v.dirty_pages;
+  ++stats_.verifications;
+  since_verify_.clear();
+  since_checkpoint_.clear();
+  // A recorder killed outright loses at most one interval of log.
+  if (eventlog::Status s = writer_->flush(); !s.ok() && error_.empty()) {
+    error_ = s.message();
+    m_.stop();
+  }
+  last_verify_ns_ = m_.clock().monotonic_ns();
+  stats_.verify_ns += last_verify_ns_ - t0;
+}
+
+void Recorder::WriteCheckpoint() {
+  const uint64_t t0 = m_.clock().monotonic_ns();
+  CollectDirty();
+  std::vector<std::string> parts = vmm::CaptureCheckpoint(m_, since_checkpoint_);
+  for (const std::string& p : parts)
+    Append(RecordType::kCheckpoint, {reinterpret_cast<const uint8_t*>(p.data()), p.size()}, /*compress=*/true);
+  stats_.checkpoint_pages += since_checkpoint_.count();
+  ++stats_.checkpoints;
+  since_checkpoint_.clear();
+  stats_.checkpoint_ns += m_.clock().monotonic_ns() - t0;
+  log::debug("record.checkpoint", {{"position", m_.position()}, {"parts", parts.size()}});
+}
+
+void Recorder::finished(vmm::Machine& m, bool exact, bool completed) {
+  stats_.final_position = m.position();
+  if (completed && error_.empty()) {
+    // A stop the replica cannot find by position (a signal while the guest
+    // computed) is anchored like any other: with a checkpoint.
+    if (!exact) WriteCheckpoint();
+    CollectDirty();
+    memory_digest_->update(since_verify_);
+    const std::vector<uint8_t> regs = m.backend().regs().encode();
+    const std::string devices = vmm::DeviceStateBytes(m);
+    final_digest_ = vmm::StateDigest(m.position(), regs,
+                                     {reinterpret_cast<const uint8_t*>(devices.data()), devices.size()},
+                                     memory_digest_->value());
+    Append(RecordType::kEnd, eventlog::EncodeEnd(*final_digest_));
+  }
+  if (eventlog::Status s = writer_->close(); !s.ok() && error_.empty()) error_ = s.message();
+  stats_.log_bytes = writer_->size();
+  log::info("record.finished", {{"position", m.position()},
+                                {"records", stats_.records},
+                                {"log_bytes", stats_.log_bytes},
+                                {"checkpoints", stats_.checkpoints},
+                                {"verifications", stats_.verifications},
+                                {"final_digest", final_digest_ ? vmm::DigestHex(*final_digest_) : "-"}});
+}
+
+}  // namespace ftvm::primary

@@ -1,0 +1,107 @@
+// The recorder: runs on the primary and writes every nondeterministic input of the
+// VM to an event log, each at its position (vmm/execution.h), so that a replica
+// started from the same initial state reproduces the run exactly.
+//
+// It also makes the run replayable where the guest gives no exit to anchor an
+// interrupt: when host input has waited longer than `checkpoint_after_ns` while the
+// guest computes without exits, it takes an epoch checkpoint there (vCPU, devices,
+// the pages written since the last agreed state) and injects at that point. And at
+// regular intervals it writes a Verify record with the state digest, which the
+// replica compares with its own.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "eventlog/records.h"
+#include "eventlog/writer.h"
+#include "vmm/dirty_tracker.h"
+#include "vmm/execution.h"
+#include "vmm/machine.h"
+#include "vmm/page_bitmap.h"
+#include "vmm/state_digest.h"
+
+namespace ftvm::primary {
+
+struct RecorderOptions {
+  std::string log_path;
+  bool overwrite = false;
+  uint64_t verify_interval_ns = 50'000'000;  // a Verify record every 50 ms of run time
+  uint64_t checkpoint_after_ns = 2'000'000;  // input may wait 2 ms for a guest exit
+};
+
+struct RecorderStats {
+  uint64_t records = 0;
+  uint64_t clock_reads = 0;
+  uint64_t wait_results = 0;
+  uint64_t random_bytes = 0;
+  uint64_t frames = 0;
+  uint64_t frame_bytes = 0;
+  uint64_t timer_expiries = 0;
+  uint64_t interrupts = 0;
+  uint64_t disk_batches = 0;
+  uint64_t disk_errors = 0;
+  uint64_t checkpoints = 0;
+  uint64_t checkpoint_pages = 0;
+  uint64_t checkpoint_ns = 0;     // time spent capturing and logging checkpoints
+  uint64_t verifications = 0;
+  uint64_t verify_pages = 0;      // pages rehashed for verifications
+  uint64_t verify_ns = 0;         // time spent computing verification digests
+  uint64_t log_bytes = 0;         // the log's size, header included
+  uint64_t final_position = 0;
+};
+
+class Recorder final : public vmm::ExecutionHooks {
+ public:
+  // `machine` must be configured with ExecutionMode::kRecord and not yet run.
+  // Hashes the initial state and creates the log with its header. Throws
+  // ftvm::Error naming the problem (log exists, unwritable, no dirty tracking).
+  Recorder(vmm::Machine& machine, RecorderOptions options);
+  ~Recorder() override;
+
+  const RecorderStats& stats() const { return stats_; }
+  // After Machine::run: the digest written in the End record (absent when the run
+  // ended in an error that left no consistent state).
+  const std::optional<vmm::Sha256Digest>& final_digest() const { return final_digest_; }
+  // Why recording stopped early (the log could not be written), or "".
+  const std::string& error() const { return error_; }
+
+ private:
+  // DeviceIo
+  bool replaying() const override { return false; }
+  uint64_t input_value(vmm::InputKind kind, uint64_t live) override;
+  bool input_bytes(vmm::InputKind kind, std::span<uint8_t> out, RandomSource& live) override;
+  void timer_expired() override;
+  void frame_received(std::span<const uint8_t> frame) override;
+  int disk_request_done(uint16_t head, int host_error) override;
+  void disk_batch_done(uint16_t queue, uint16_t count) override;
+  // ExecutionHooks
+  void started(vmm::Machine& m) override;
+  void after_exit(vmm::Machine& m, bool guest_caused) override;
+  bool apply_device_events(vmm::Machine&, bool) override { return false; }
+  bool boundary(vmm::Machine& m, bool exact) override;
+  void vector_injected(vmm::Machine& m, uint8_t vector) override;
+  void finished(vmm::Machine& m, bool exact, bool completed) override;
+
+  void Append(eventlog::RecordType type, std::span<const uint8_t> payload, bool compress = false);
+  void CollectDirty();
+  void WriteVerify();
+  void WriteCheckpoint();
+
+  vmm::Machine& m_;
+  RecorderOptions options_;
+  std::unique_ptr<vmm::DirtyTracker> tracker_;
+  std::unique_ptr<vmm::MemoryDigest> memory_digest_;
+  std::optional<eventlog::LogWriter> writer_;
+  vmm::PageBitmap since_verify_;      // pages written since the last Verify record
+  vmm::PageBitmap since_checkpoint_;  // ... since the last Verify or checkpoint
+  uint64_t last_verify_ns_ = 0;
+  bool exit_boundary_ = false;        // the next boundary is the first after an exit
+  RecorderStats stats_;
+  std::optional<vmm::Sha256Digest> final_digest_;
+  std::string error_;
+};
+
+}  // namespace ftvm::primary

@@ -1,0 +1,387 @@
+#include "secondary/replayer.h"
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+#include <utility>
+
+#include "common/error.h"
+#include "common/hex.h"
+#include "common/log.h"
+
+namespace ftvm::secondary {
+
+using eventlog::Record;
+using eventlog::RecordType;
+
+std::string_view ReplayOutcomeName(ReplayOutcome outcome) {
+  switch (outcome) {
+    case ReplayOutcome::kIdentical: return "identical";
+    case ReplayOutcome::kDiverged: return "diverged";
+    case ReplayOutcome::kIncomplete: return "incomplete";
+    case ReplayOutcome::kBadLog: return "bad log";
+  }
+  return "?";
+}
+
+Replayer::Replayer(vmm::Machine& machine, eventlog::LogReader& reader, ReplayOptions options)
+    : m_(machine), reader_(reader), options_(options) {
+  if (m_.config().mode != vmm::ExecutionMode::kReplay)
+    throw Error("internal: the replayer needs a machine configured for replay");
+  const uint64_t pages = m_.memory().size() / vmm::kPageSize;
+  since_verify_ = vmm::PageBitmap(pages);
+  if (options_.verify) {
+    tracker_ = m_.backend().make_dirty_tracker();
+    tracker_->collect(since_verify_);
+    since_verify_.clear();
+  }
+  memory_digest_ = std::make_unique<vmm::MemoryDigest>(m_.memory());
+}
+
+Replayer::~Replayer() = default;
+
+// ---- The log cursor ---------------------------------------------------------------
+
+const Record* Replayer::Peek() {
+  if (have_head_) return &head_;
+  if (log_done_) return nullptr;
+  eventlog::ReadResult r = reader_.next(head_);
+  if (r.is_record()) {
+    have_head_ = true;
+    return &head_;
+  }
+  log_done_ = true;
+  if (r.is_end()) return nullptr;
+  // Nothing after a damaged or cut record can be trusted: stop here.
+  Fail(r.code == eventlog::ReadCode::kTruncated ? ReplayOutcome::kIncomplete : ReplayOutcome::kBadLog,
+       r.message + "; the replica reached position " + std::to_string(m_.position()));
+  return nullptr;
+}
+
+const Record* Replayer::HeadHere() {
+  const Record* h = Peek();
+  return h != nullptr && h->position == m_.position() ? h : nullptr;
+}
+
+void Replayer::Consume() {
+  if (!have_head_) return;
+  last_replayed_ = Describe(head_);
+  have_head_ = false;
+  ++stats_.records;
+}
+
+std::string Replayer::Describe(const Record& r) const {
+  return eventlog::RecordTypeName(r.type) + " at position " + std::to_string(r.position) + " (log offset " +
+         std::to_string(r.offset) + ")";
+}
+
+const Record* Replayer::Expect(RecordType type, const char* doing) {
+  if (stopped_) return nullptr;
+  const Record* h = Peek();
+  if (h != nullptr && h->type == type && h->position == m_.position()) return h;
+  if (stopped_) return nullptr;
+  if (h == nullptr) {
+    Fail(ReplayOutcome::kIncomplete, "the log ends (without an End record) where the replica " + std::string(doing) +
+                                         " at position " + std::to_string(m_.position()) +
+                                         ": the recording was cut short");
+  } else {
+    Diverge(std::string("the replica ") + doing + ", but the log has " + Describe(*h));
+  }
+  return nullptr;
+}
+
+void Replayer::Fail(ReplayOutcome outcome, const std::string& message) {
+  if (stopped_) return;
+  stopped_ = true;
+  outcome_ = outcome;
+  message_ = message;
+  stats_.final_position = m_.position();
+  log::error("replay.stopped", {{"outcome", ReplayOutcomeName(outcome)}, {"detail", message}});
+  m_.stop();
+}
+
+void Replayer::Diverge(const std::string& what) {
+  Fail(ReplayOutcome::kDiverged, "diverged at position " + std::to_string(m_.position()) + ": " + what +
+                                     "; last replayed: " + last_replayed_);
+}
+
+// ---- Inputs during exits ------------------------------------------------------------
+
+uint64_t Replayer::input_value(vmm::InputKind kind, uint64_t live) {
+  const bool wait = kind == vmm::InputKind::kIrqWait;
+  const Record* r = Expect(wait ? RecordType::kIrqWaitResult : RecordType::kClockRead,
+                           wait ? "returned from WAIT" : "read the clock");
+  if (r == nullptr) return live;
+  std::optional<uint64_t> v =
+      wait ? eventlog::DecodeIrqWaitResult(r->payload) : eventlog::DecodeClockRead(r->payload);
+  Consume();
+  return v.value_or(live);  // the reader checked the size: always present
+}
+
+bool Replayer::input_bytes(vmm::InputKind, std::span<uint8_t> out, RandomSource&) {
+  const Record* r = Expect(RecordType::kRngData, "read random bytes");
+  if (r == nullptr) return true;
+  if (r->payload.size() != out.size()) {
+    Diverge("the replica read " + std::to_string(out.size()) + " random bytes, the primary " +
+            std::to_string(r->payload.size()));
+    return true;
+  }
+  std::memcpy(out.data(), r->payload.data(), out.size());
+  Consume();
+  return true;
+}
+
+int Replayer::disk_request_done(uint16_t head, int host_error) {
+  const Record* h = HeadHere();
+  if (h != nullptr && h->type == RecordType::kDiskError) {
+    std::optional<eventlog::DiskError> e = eventlog::DecodeDiskError(h->payload);
+    if (e && e->head == head) {
+      Consume();
+      return int(e->error);  // the primary's disk failed this request: so does the replica's guest
+    }
+  }
+  if (host_error != 0) {
+    Fail(ReplayOutcome::kDiverged, "the replica's own disk failed a request at position " +
+                                       std::to_string(m_.position()) + " (" + std::strerror(host_error) +
+                                       ") that succeeded on the primary");
+  }
+  return host_error;
+}
+
+void Replayer::disk_batch_done(uint16_t queue, uint16_t count) {
+  if (count == 0) return;
+  const Record* r = Expect(RecordType::kDiskCompletion, "completed disk requests");
+  if (r == nullptr) return;
+  std::optional<eventlog::DiskCompletion> c = eventlog::DecodeDiskCompletion(r->payload);
+  if (!c || c->queue != queue || c->count != count) {
+    Diverge("the replica completed " + std::to_string(count) + " disk requests on queue " + std::to_string(queue) +
+            ", the primary " + (c ? std::to_string(c->count) : std::string("?")));
+    return;
+  }
+  Consume();
+}
+
+// ---- The run loop -------------------------------------------------------------------
+
+void Replayer::started(vmm::Machine& m) {
+  std::vector<uint8_t> regs = m.backend().regs().encode();
+  const std::string devices = vmm::DeviceStateBytes(m);
+  vmm::Sha256Digest initial = vmm::StateDigest(
+      0, regs, {reinterpret_cast<const uint8_t*>(devices.data()), devices.size()}, memory_digest_->value());
+  const std::string& logged = reader_.header().initial_state_digest();
+  if (logged.size() != initial.size() || std::memcmp(logged.data(), initial.data(), initial.size()) != 0) {
+    Fail(ReplayOutcome::kBadLog, "the replica's initial state differs from the recorded VM's (digest " +
+                                     vmm::DigestHex(initial) + ", log " +
+                                     vmm::DigestHex({reinterpret_cast<const uint8_t*>(logged.data()), logged.size()}) +
+                                     "): another guest image, configuration or ftvm build?");
+  }
+}
+
+void Replayer::after_exit(vmm::Machine& m, bool guest_caused) {
+  if (!guest_caused) return;
+  exit_boundary_ = true;
+  const Record* h = Peek();
+  if (h != nullptr && h->position < m.position())
+    Diverge("the replica is past position " + std::to_string(h->position) + ", but the log still has " + Describe(*h) +
+            " there");
+}
+
+bool Replayer::apply_device_events(vmm::Machine& m, bool one) {
+  bool applied = false;
+  while (!stopped_) {
+    const Record* h = HeadHere();
+    if (h == nullptr || (h->type != RecordType::kTimerExpiry && h->type != RecordType::kPacketRx)) break;
+    std::string why;
+    bool ok = h->type == RecordType::kTimerExpiry ? m.replay_timer_expiry(why) : m.replay_frame(h->payload, why);
+    if (!ok) {
+      Diverge(why);
+      return false;
+    }
+    if (h->type == RecordType::kPacketRx) ++stats_.frames;
+    Consume();
+    applied = true;
+    if (one) break;
+  }
+  if (!applied && one && !stopped_) {
+    // The guest blocks for an interrupt here; on the primary something woke it.
+    const Record* h = Peek();
+    if (h == nullptr) {
+      if (!stopped_)
+        Fail(ReplayOutcome::kIncomplete, "the log ends (without an End record) where the replica waits for input at "
+                                         "position " + std::to_string(m.position()));
+    } else if (h->type == RecordType::kEnd && h->position == m.position()) {
+      m.stop();  // the primary was stopped while it waited here
+    } else {
+      Diverge("the replica waits for an interrupt, but the log has " + Describe(*h));
+    }
+  }
+  return applied;
+}
+
+bool Replayer::boundary(vmm::Machine& m, bool exact) {
+  const bool first_after_exit = std::exchange(exit_boundary_, false);
+  bool restored = false;
+  while (!stopped_) {
+    const Record* h = Peek();
+    if (h == nullptr || h->position > m.position()) break;
+    if (h->position < m.position()) {
+      Diverge("the log still has " + Describe(*h) + ", a position the replica has passed");
+      break;
+    }
+    if (h->type == RecordType::kCheckpoint) {
+      try {
+        if (checkpoints_.add(m, h->payload)) {
+          restored = true;
+          ++stats_.checkpoints;
+        }
+      } catch (const Error& e) {
+        Fail(ReplayOutcome::kBadLog, "cannot apply " + Describe(*h) + ": " + e.what());
+        break;
+      }
+      Consume();
+      // Applied: the machine now services its devices (the events logged after the
+      // checkpoint) and injects, as the primary did at that point.
+      if (restored) break;
+      continue;
+    }
+    if (checkpoints_.in_progress()) {
+      Fail(ReplayOutcome::kBadLog, "a checkpoint's parts are interrupted by " + Describe(*h));
+      break;
+    }
+    if (h->type == RecordType::kVerify) {
+      if (!exact || !first_after_exit) {
+        Diverge("the log has " + Describe(*h) + " but the replica is not at the first boundary after that exit");
+        break;
+      }
+      Record r = *h;
+      Consume();
+      if (options_.verify) Verify(r);
+      continue;
+    }
+    if (h->type == RecordType::kEnd) m.stop();
+    else if (h->type != RecordType::kInterrupt)
+      Diverge("the log has " + Describe(*h) + ", which the replica should have consumed during that exit");
+    break;  // an Interrupt is taken when the replica injects it
+  }
+  if (restored) stats_.checkpoint_pages = checkpoints_.pages_applied();
+  return restored;
+}
+
+void Replayer::vector_injected(vmm::Machine&, uint8_t vector) {
+  const std::string doing = "injected vector " + std::to_string(vector);
+  const Record* r = Expect(RecordType::kInterrupt, doing.c_str());
+  if (r == nullptr) return;
+  std::optional<uint8_t> logged = eventlog::DecodeInterrupt(r->payload);
+  if (logged != vector) {
+    Diverge("the replica injected vector " + std::to_string(vector) + ", the primary vector " +
+            std::to_string(logged.value_or(0)));
+    return;
+  }
+  ++stats_.interrupts;
+  Consume();
+}
+
+// ---- Digests ------------------------------------------------------------------------
+
+vmm::Sha256Digest Replayer::CurrentDigest(vmm::MemorySum* memory) {
+  if (tracker_) {
+    tracker_->collect(since_verify_);
+    memory_digest_->update(since_verify_);
+  } else {
+    memory_digest_ = std::make_unique<vmm::MemoryDigest>(m_.memory());  // no tracking: hash it all
+  }
+  const std::vector<uint8_t> regs = m_.backend().regs().encode();
+  const std::string devices = vmm::DeviceStateBytes(m_);
+  vmm::MemorySum sum = memory_digest_->value();
+  if (memory != nullptr) *memory = sum;
+  return vmm::StateDigest(m_.position(), regs, {reinterpret_cast<const uint8_t*>(devices.data()), devices.size()},
+                          sum);
+}
+
+void Replayer::Verify(const Record& r) {
+  const uint64_t t0 = m_.clock().monotonic_ns();
+  std::optional<eventlog::Verify> v = eventlog::DecodeVerify(r.payload);
+  if (!v) {
+    Fail(ReplayOutcome::kBadLog, Describe(r) + " does not decode");
+    return;
+  }
+  vmm::MemorySum memory;
+  vmm::Sha256Digest mine = CurrentDigest(&memory);
+  stats_.verify_pages += since_verify_.count();
+  stats_.verify_ns += m_.clock().monotonic_ns() - t0;
+  if (mine == v->digest) {
+    ++stats_.verifications;
+    since_verify_.clear();
+    return;
+  }
+  // Name the first thing that differs: a register, the device state, or a page.
+  std::string what;
+  const vmm::VcpuRegs regs = m_.backend().regs();
+  std::optional<vmm::VcpuRegs> theirs = vmm::VcpuRegs::decode(v->regs);
+  const std::string devices = vmm::DeviceStateBytes(m_);
+  if (!theirs) {
+    what = "the vCPU registers differ (the log's are in another layout)";
+  } else if (!(regs == *theirs)) {
+    what = "register " + vmm::VcpuRegs::first_difference(regs, *theirs);
+  } else if (vmm::Sha256({reinterpret_cast<const uint8_t*>(devices.data()), devices.size()}) != v->devices) {
+    what = "the device state differs";
+  } else if (memory != v->memory) {
+    std::unordered_set<uint32_t> theirs_pages;
+    for (const eventlog::PageHash& p : v->pages) {
+      theirs_pages.insert(p.page);
+      if (what.empty() && memory_digest_->page_hash32(p.page) != p.hash)
+        what = "memory page " + std::to_string(p.page) + " (gpa " + Hex(uint64_t(p.page) * vmm::kPageSize) + ") differs";
+    }
+    if (what.empty()) {
+      since_verify_.for_each([&](uint64_t p) {
+        if (what.empty() && !theirs_pages.count(uint32_t(p)))
+          what = "memory page " + std::to_string(p) + " (gpa " + Hex(p * vmm::kPageSize) +
+                 ") was written on the replica only";
+      });
+    }
+    if (what.empty()) what = "memory differs in a page neither side wrote since the last verification";
+  } else {
+    what = "the state digest differs";
+  }
+  Diverge("verification failed: " + what + " (replica digest " + vmm::DigestHex(mine).substr(0, 16) + ", primary " +
+          vmm::DigestHex(v->digest).substr(0, 16) + ")");
+}
+
+void Replayer::finished(vmm::Machine& m, bool, bool completed) {
+  if (stats_.final_position == 0) stats_.final_position = m.position();
+  if (stopped_) return;
+  if (!completed) {
+    Fail(ReplayOutcome::kDiverged, "the replica's VM failed at position " + std::to_string(m.position()));
+    return;
+  }
+  const Record* h = Peek();
+  if (stopped_) return;
+  if (h == nullptr) {
+    outcome_ = ReplayOutcome::kIncomplete;
+    message_ = "the log ends without an End record (the recording was cut short); the replica ran to position " +
+               std::to_string(m.position());
+    final_digest_ = CurrentDigest();
+    return;
+  }
+  if (h->type != RecordType::kEnd || h->position != m.position()) {
+    outcome_ = ReplayOutcome::kDiverged;
+    message_ = "diverged at position " + std::to_string(m.position()) + ": the replica stopped there, but the log "
+               "continues with " + Describe(*h) + "; last replayed: " + last_replayed_;
+    return;
+  }
+  std::optional<eventlog::Digest> logged = eventlog::DecodeEnd(h->payload);
+  Consume();
+  final_digest_ = CurrentDigest();
+  if (logged && *logged == *final_digest_) {
+    outcome_ = ReplayOutcome::kIdentical;
+    message_ = "identical";
+  } else {
+    outcome_ = ReplayOutcome::kDiverged;
+    message_ = "diverged at position " + std::to_string(m.position()) + ": the final state differs (replica " +
+               vmm::DigestHex(*final_digest_) + ", primary " + (logged ? vmm::DigestHex(*logged) : "?") + ")";
+  }
+  // A record after End is refused by the reader itself.
+  Peek();
+}
+
+}  // namespace ftvm::secondary

@@ -1,0 +1,116 @@
+// The replayer: runs on the secondary. Its VM is configured for replay (no tap, no
+// host timers) and it feeds that VM the primary's inputs from the event log at
+// their positions, so the replica goes through exactly the primary's states.
+//
+// Everything the replica does is checked against the log as it goes: every input
+// its devices ask for must be the next record, every interrupt it injects must be
+// the logged one, and (with verification on) every Verify record's digest must
+// equal the replica's own. The first mismatch stops the replica and is reported
+// as a divergence naming the position, what differed and what was being replayed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "eventlog/reader.h"
+#include "eventlog/records.h"
+#include "vmm/checkpoint.h"
+#include "vmm/dirty_tracker.h"
+#include "vmm/execution.h"
+#include "vmm/machine.h"
+#include "vmm/page_bitmap.h"
+#include "vmm/state_digest.h"
+
+namespace ftvm::secondary {
+
+struct ReplayOptions {
+  bool verify = false;  // compare every Verify record (needs dirty tracking)
+};
+
+enum class ReplayOutcome {
+  kIdentical,   // the End record's digest equals the replica's final state
+  kDiverged,    // the replica left the recorded execution (message says where)
+  kIncomplete,  // the log stops before an End record (a crashed or cut recording)
+  kBadLog,      // the log is corrupt or does not fit this VM
+};
+std::string_view ReplayOutcomeName(ReplayOutcome outcome);
+
+struct ReplayStats {
+  uint64_t records = 0;
+  uint64_t checkpoints = 0;
+  uint64_t checkpoint_pages = 0;
+  uint64_t verifications = 0;
+  uint64_t verify_pages = 0;
+  uint64_t verify_ns = 0;
+  uint64_t interrupts = 0;
+  uint64_t frames = 0;
+  uint64_t final_position = 0;
+};
+
+class Replayer final : public vmm::ExecutionHooks {
+ public:
+  // `machine` must be configured by primary::ReplicaConfig from `reader`'s header
+  // and not yet run; `reader` stays owned by the caller and must outlive this.
+  Replayer(vmm::Machine& machine, eventlog::LogReader& reader, ReplayOptions options);
+  ~Replayer() override;
+
+  // After Machine::run.
+  ReplayOutcome outcome() const { return outcome_; }
+  // "identical", or what went wrong, naming the position (and log offset).
+  const std::string& message() const { return message_; }
+  const std::optional<vmm::Sha256Digest>& final_digest() const { return final_digest_; }
+  const ReplayStats& stats() const { return stats_; }
+
+ private:
+  // DeviceIo
+  bool replaying() const override { return true; }
+  uint64_t input_value(vmm::InputKind kind, uint64_t live) override;
+  bool input_bytes(vmm::InputKind kind, std::span<uint8_t> out, RandomSource& live) override;
+  void timer_expired() override {}
+  void frame_received(std::span<const uint8_t>) override {}
+  int disk_request_done(uint16_t head, int host_error) override;
+  void disk_batch_done(uint16_t queue, uint16_t count) override;
+  // ExecutionHooks
+  void started(vmm::Machine& m) override;
+  void after_exit(vmm::Machine& m, bool guest_caused) override;
+  bool apply_device_events(vmm::Machine& m, bool one) override;
+  bool boundary(vmm::Machine& m, bool exact) override;
+  void vector_injected(vmm::Machine& m, uint8_t vector) override;
+  void finished(vmm::Machine& m, bool exact, bool completed) override;
+
+  // The next record, if the log has one; reading errors end the replay (kBadLog).
+  const eventlog::Record* Peek();
+  // The next record if it is at the current position, else null.
+  const eventlog::Record* HeadHere();
+  void Consume();
+  // Requires the next record to be `type` at the current position; otherwise
+  // reports a divergence (doing = what the replica was doing) and returns null.
+  const eventlog::Record* Expect(eventlog::RecordType type, const char* doing);
+  void Diverge(const std::string& what);
+  void Fail(ReplayOutcome outcome, const std::string& message);
+  std::string Describe(const eventlog::Record& r) const;
+  void Verify(const eventlog::Record& r);
+  vmm::Sha256Digest CurrentDigest(vmm::MemorySum* memory = nullptr);
+
+  vmm::Machine& m_;
+  eventlog::LogReader& reader_;
+  ReplayOptions options_;
+  eventlog::Record head_;
+  bool have_head_ = false;
+  bool log_done_ = false;  // the reader has nothing more (clean end or error)
+  std::unique_ptr<vmm::DirtyTracker> tracker_;
+  std::unique_ptr<vmm::MemoryDigest> memory_digest_;
+  vmm::PageBitmap since_verify_;
+  vmm::CheckpointLoader checkpoints_;
+  bool exit_boundary_ = false;
+  bool stopped_ = false;     // outcome decided before the run ended
+  std::string last_replayed_ = "nothing yet";
+  ReplayOutcome outcome_ = ReplayOutcome::kIncomplete;
+  std::string message_;
+  std::optional<vmm::Sha256Digest> final_digest_;
+  ReplayStats stats_;
+};
+
+}  // namespace ftvm::secondary

@@ -1,0 +1,72 @@
+#include "tools/ftvm/vm_runner.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <thread>
+
+#include "common/log.h"
+
+namespace ftvm::cli {
+namespace po = boost::program_options;
+
+po::options_description VmOptions::describe() {
+  vmm::VmConfig& c = config;
+  po::options_description d("VM options");
+  d.add_options()
+      ("guest", po::value(&c.guest_image)->required(), "guest image (ELF64), e.g. build/guest/ftvm-guest.elf")
+      ("app", po::value(&c.app)->required(), "guest-kit app: compute, timers, dirty, disk, mailstore")
+      ("mem", po::value(&c.mem_mib)->default_value(c.mem_mib), "guest RAM in MiB")
+      ("disk", po::value(&c.disk), "raw disk image for virtio-blk")
+      ("tap", po::value(&c.tap), "tap interface for virtio-net")
+      ("mac", po::value(&c.mac)->default_value(c.mac), "guest MAC address")
+      ("ip", po::value(&c.ip)->default_value(c.ip), "guest IPv4 address/prefix")
+      ("gateway", po::value(&c.gateway), "guest default gateway")
+      ("backend", po::value(&backend)->default_value("auto"), "vCPU backend: auto, kvm, emulated")
+      ("console", po::value(&c.console_path), "write guest console output to FILE instead of stdout")
+      ("arg", po::value(&args)->composing(), "extra guest argument key=value (repeatable)");
+  return d;
+}
+
+std::string VmOptions::apply() {
+  auto kind = vmm::ParseBackendKind(backend);
+  if (!kind) return "--backend '" + backend + "' is not one of auto, kvm, emulated";
+  config.backend = *kind;
+  config.app_args = args;
+  return "";
+}
+
+int RunUntilDone(vmm::Machine& machine) {
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::atomic<bool> finished{false};
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    if (!finished.load() && (sig == SIGINT || sig == SIGTERM)) {
+      log::info("vm.signal", {{"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"}});
+      machine.stop();
+    }
+  });
+  auto join = [&] {
+    // Wake the signal thread if the guest stopped by itself.
+    finished.store(true);
+    pthread_kill(signal_thread.native_handle(), SIGTERM);
+    signal_thread.join();
+  };
+  int code;
+  try {
+    code = machine.run();
+  } catch (...) {
+    join();
+    throw;
+  }
+  join();
+  return code;
+}
+
+}  // namespace ftvm::cli

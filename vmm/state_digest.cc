@@ -1,0 +1,105 @@
+#include "vmm/state_digest.h"
+
+#include <openssl/evp.h>
+#include <xxhash.h>
+
+#include <memory>
+#include <string>
+
+#include "common/error.h"
+#include "vmm/abi/ftvm_abi.h"
+
+namespace ftvm::vmm {
+
+MemoryDigest::MemoryDigest(const GuestMemory& memory)
+    : memory_(memory), hashes_(memory.size() / kPageSize) {
+  for (uint64_t p = 0; p < hashes_.size(); ++p) {
+    hashes_[p] = hash_page(p);
+    sum_lo_ += hashes_[p][0];
+    sum_hi_ += hashes_[p][1];
+  }
+}
+
+std::array<uint64_t, 2> MemoryDigest::hash_page(uint64_t page) const {
+  XXH128_hash_t h = XXH3_128bits_withSeed(memory_.host_base() + page * kPageSize, kPageSize, page);
+  return {h.low64, h.high64};
+}
+
+uint32_t MemoryDigest::current_hash32(uint64_t page) const { return uint32_t(hash_page(page)[0]); }
+
+void MemoryDigest::update(const PageBitmap& pages) {
+  pages.for_each([&](uint64_t p) {
+    if (p >= hashes_.size()) return;
+    std::array<uint64_t, 2> h = hash_page(p);
+    sum_lo_ += h[0] - hashes_[p][0];
+    sum_hi_ += h[1] - hashes_[p][1];
+    hashes_[p] = h;
+  });
+}
+
+MemorySum MemoryDigest::value() const {
+  MemorySum out;
+  for (int i = 0; i < 8; ++i) {
+    out[i] = uint8_t(sum_lo_ >> (8 * i));
+    out[8 + i] = uint8_t(sum_hi_ >> (8 * i));
+  }
+  return out;
+}
+
+namespace {
+
+struct MdCtxFree {
+  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+};
+
+class Sha256Builder {
+ public:
+  Sha256Builder() : ctx_(EVP_MD_CTX_new()) {
+    if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1) throw Error("SHA-256: init failed");
+  }
+  void add(std::span<const uint8_t> bytes) {
+    if (EVP_DigestUpdate(ctx_.get(), bytes.data(), bytes.size()) != 1) throw Error("SHA-256: update failed");
+  }
+  Sha256Digest finish() {
+    Sha256Digest d{};
+    unsigned len = 0;
+    if (EVP_DigestFinal_ex(ctx_.get(), d.data(), &len) != 1 || len != d.size()) throw Error("SHA-256: final failed");
+    return d;
+  }
+
+ private:
+  std::unique_ptr<EVP_MD_CTX, MdCtxFree> ctx_;
+};
+
+}  // namespace
+
+Sha256Digest Sha256(std::span<const uint8_t> bytes) {
+  Sha256Builder b;
+  b.add(bytes);
+  return b.finish();
+}
+
+Sha256Digest StateDigest(uint64_t position, std::span<const uint8_t> regs, std::span<const uint8_t> devices,
+                         const MemorySum& memory) {
+  Sha256Builder b;
+  uint8_t pos[8];
+  for (int i = 0; i < 8; ++i) pos[i] = uint8_t(position >> (8 * i));
+  b.add(pos);
+  b.add(regs);
+  b.add(devices);
+  b.add(memory);
+  return b.finish();
+}
+
+std::string DigestHex(std::span<const uint8_t> digest) {
+  static const char* kHex = "0123456789abcdef";
+  std::string s;
+  s.reserve(digest.size() * 2);
+  for (uint8_t b : digest) {
+    s += kHex[b >> 4];
+    s += kHex[b & 15];
+  }
+  return s;
+}
+
+}  // namespace ftvm::vmm

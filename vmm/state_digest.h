@@ -1,0 +1,52 @@
+// The digests primary and replica compare to prove they are identical.
+//
+// Memory is digested page by page: each 4 KiB page has a 128-bit hash (XXH3, seeded
+// with the page number) and the memory digest is the sum of all of them. So after
+// the initial pass only pages written since (a dirty-tracker superset) are rehashed,
+// yet the digest always covers all of RAM, and a superset costs only hashing time.
+// The state digest is SHA-256 over the position, the encoded registers, the
+// serialized device state and that memory digest.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "vmm/guest_memory.h"
+#include "vmm/page_bitmap.h"
+
+namespace ftvm::vmm {
+
+using Sha256Digest = std::array<uint8_t, 32>;
+using MemorySum = std::array<uint8_t, 16>;
+
+class MemoryDigest {
+ public:
+  // Hashes every page of `memory` (about 10 ms per 64 MiB here).
+  explicit MemoryDigest(const GuestMemory& memory);
+
+  // Rehashes these pages (any superset of the pages that changed).
+  void update(const PageBitmap& pages);
+  MemorySum value() const;
+  // Low 32 bits of a page's hash, as logged in Verify records.
+  uint32_t page_hash32(uint64_t page) const { return uint32_t(hashes_[page][0]); }
+  uint64_t pages() const { return hashes_.size(); }
+  // Hashes one page's current contents (what update stores).
+  uint32_t current_hash32(uint64_t page) const;
+
+ private:
+  std::array<uint64_t, 2> hash_page(uint64_t page) const;
+
+  const GuestMemory& memory_;
+  std::vector<std::array<uint64_t, 2>> hashes_;
+  uint64_t sum_lo_ = 0, sum_hi_ = 0;
+};
+
+Sha256Digest Sha256(std::span<const uint8_t> bytes);
+Sha256Digest StateDigest(uint64_t position, std::span<const uint8_t> regs, std::span<const uint8_t> devices,
+                         const MemorySum& memory);
+// Lowercase hex of a digest (any length).
+std::string DigestHex(std::span<const uint8_t> digest);
+
+}  // namespace ftvm::vmm
