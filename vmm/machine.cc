@@ -424,7 +424,10 @@ void Machine::after_exit(bool guest_caused) {
 
 void Machine::boundary(bool exact) {
   exact_now_ = exact;
-  if (hooks_ != nullptr && hooks_->boundary(*this, exact)) {
+  // A checkpoint taken or applied makes this point exact; after the devices are
+  // serviced, offer it again: a replica may have the next checkpoint to apply
+  // before the guest runs on (the primary took two with no exit between).
+  while (hooks_ != nullptr && hooks_->boundary(*this, exact_now_)) {
     exact_now_ = true;
     ServiceDevices();
   }
@@ -484,6 +487,7 @@ bool Machine::replay_frame(std::span<const uint8_t> frame, std::string& why) {
   }
   auto& net = static_cast<VirtioNet&>(net_->backend());
   VirtioNet::RxResult r = net.deliver_frame(queues[VirtioNet::kRxQueue], frame);
+  net.finish_rx(queues[VirtioNet::kRxQueue]);
   net_->notify_backend_progress();
   if (r == VirtioNet::RxResult::kDelivered) return true;
   why = r == VirtioNet::RxResult::kNoBuffer ? "the log has a received frame, but the replica has no RX buffer for it"

@@ -60,6 +60,48 @@ int Info(const std::string& path) {
   return 0;
 }
 
+// One line per record in [from, to]: position, offset, type, size and a short
+// decoding (values, vectors, frame sizes, digests).
+int Dump(const std::string& path, uint64_t from, uint64_t to) {
+  eventlog::LogReader reader = eventlog::LogReader::OpenFile(path);
+  eventlog::Record rec;
+  eventlog::ReadResult r;
+  while ((r = reader.next(rec)).is_record()) {
+    if (rec.position < from || rec.position > to) continue;
+    std::string detail;
+    switch (rec.type) {
+      case eventlog::RecordType::kClockRead:
+        detail = std::to_string(eventlog::DecodeClockRead(rec.payload).value_or(0));
+        break;
+      case eventlog::RecordType::kIrqWaitResult:
+        detail = std::to_string(eventlog::DecodeIrqWaitResult(rec.payload).value_or(0));
+        break;
+      case eventlog::RecordType::kInterrupt:
+        detail = "vector " + std::to_string(eventlog::DecodeInterrupt(rec.payload).value_or(0));
+        break;
+      case eventlog::RecordType::kDiskCompletion: {
+        auto c = eventlog::DecodeDiskCompletion(rec.payload);
+        if (c) detail = "queue " + std::to_string(c->queue) + " count " + std::to_string(c->count);
+        break;
+      }
+      case eventlog::RecordType::kVerify: {
+        auto v = eventlog::DecodeVerify(rec.payload);
+        if (v) detail = vmm::DigestHex(v->digest).substr(0, 16) + " pages " + std::to_string(v->dirty_pages);
+        break;
+      }
+      case eventlog::RecordType::kEnd: detail = vmm::DigestHex(rec.payload).substr(0, 16); break;
+      default: detail = std::to_string(rec.payload.size()) + " bytes"; break;
+    }
+    std::printf("%10" PRIu64 " @%-10" PRIu64 " %-14s %s\n", rec.position, rec.offset,
+                eventlog::RecordTypeName(rec.type).c_str(), detail.c_str());
+  }
+  if (r.is_error()) {
+    std::printf("damaged: %s\n", r.message.c_str());
+    return 1;
+  }
+  return 0;
+}
+
 int Recover(const std::string& path) {
   eventlog::Recovery rec = eventlog::RecoverTruncatedTail(path, /*truncate_file=*/true);
   if (!rec.truncated) {
@@ -76,10 +118,24 @@ int Recover(const std::string& path) {
 }  // namespace
 
 int LogMain(int argc, char** argv) {
-  const std::string usage = "usage: ftvm log info FILE | ftvm log recover FILE\n";
+  const std::string usage =
+      "usage: ftvm log info FILE | ftvm log dump FILE [FROM_POSITION [TO_POSITION]] | ftvm log recover FILE\n";
   if (argc == 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
     std::cout << usage;
     return 0;
+  }
+  if (argc >= 3 && std::string(argv[1]) == "dump" && argc <= 5) {
+    try {
+      uint64_t from = argc > 3 ? std::stoull(argv[3]) : 0;
+      uint64_t to = argc > 4 ? std::stoull(argv[4]) : UINT64_MAX;
+      return Dump(argv[2], from, to);
+    } catch (const Error& e) {
+      std::cerr << "ftvm log dump: " << e.what() << "\n";
+      return kExitVmmError;
+    } catch (const std::logic_error&) {
+      std::cerr << "ftvm log dump: positions must be numbers\n" << usage;
+      return kExitUsage;
+    }
   }
   if (argc != 3) {
     std::cerr << "ftvm log: expected a subcommand and a file\n" << usage;

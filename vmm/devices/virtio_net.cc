@@ -106,27 +106,29 @@ void VirtioNet::transmit(Virtqueue& tx) {
   tx.disable_notifications();
 }
 
+void VirtioNet::finish_rx(Virtqueue& rx) { rx.disable_notifications(); }
+
 void VirtioNet::receive(Virtqueue& rx) {
-  rx.disable_notifications();
   // Read from the tap only while the guest has somewhere to put the frame; the
   // rest waits in the tap's queue (and the event thread ignores the tap meanwhile).
   while (tap_ && tap_readable_ && rx.has_available()) {
     const Tap::Result r = tap_->read(rx_frame_);
     if (r.status == Tap::Status::kWouldBlock) {
       tap_readable_ = false;
-      return;
+      break;
     }
     if (r.status == Tap::Status::kError) {
       if (WorthLogging(++counters_.rx_errors))
         log::warn("virtio-net tap read failed",
                   {{"tap", tap_name()}, {"error", std::strerror(r.err)}, {"rx_errors", counters_.rx_errors}});
-      return;
+      break;
     }
     const std::span<const uint8_t> frame(rx_frame_.data(), r.bytes);
     const RxResult result = deliver_frame(rx, frame);
     if (result == RxResult::kDelivered) io_.frame_received(frame);
     if (result == RxResult::kBroken) return;
   }
+  finish_rx(rx);
 }
 
 VirtioNet::RxResult VirtioNet::deliver_frame(Virtqueue& rx, std::span<const uint8_t> frame) {

@@ -64,6 +64,10 @@ class VirtioNet : public VirtioBackend {
   // Puts one Ethernet frame into the next RX buffer (the path a replayer will use
   // with logged frames). kDropped: larger than that buffer; the buffer stays.
   RxResult deliver_frame(Virtqueue& rx, std::span<const uint8_t> frame);
+  // After a run of deliveries: ask the driver again not to kick for RX. Its value
+  // (avail_event) is guest-visible, so it is written after the last frame of every
+  // run, live or replayed, never before: how many polls an exit took must not show.
+  void finish_rx(Virtqueue& rx);
 
   void save(snapshot::Virtio& out) const override;
   void restore(const snapshot::Virtio& in) override;
