@@ -223,6 +223,14 @@ bool Replayer::boundary(vmm::Machine& m, bool exact) {
   bool restored = false;
   while (!stopped_) {
     const Record* h = Peek();
+    if (h == nullptr && log_done_ && !stopped_) {
+      // The log ends without an End record (a recorder that crashed or was cut
+      // off): past its last record the replica would be guessing. Stop here.
+      Fail(ReplayOutcome::kIncomplete, "the log ends without an End record (the recording was cut short at "
+                                       "position " + std::to_string(reader_.last_position()) +
+                                       "); the replica stopped at position " + std::to_string(m.position()));
+      break;
+    }
     if (h == nullptr || h->position > m.position()) break;
     if (h->position < m.position()) {
       Diverge("the log still has " + Describe(*h) + ", a position the replica has passed");
