@@ -148,19 +148,6 @@ int Replayer::disk_request_done(uint16_t head, int host_error) {
   return host_error;
 }
 
-void Replayer::disk_batch_done(uint16_t queue, uint16_t count) {
-  if (count == 0) return;
-  const Record* r = Expect(RecordType::kDiskCompletion, "completed disk requests");
-  if (r == nullptr) return;
-  std::optional<eventlog::DiskCompletion> c = eventlog::DecodeDiskCompletion(r->payload);
-  if (!c || c->queue != queue || c->count != count) {
-    Diverge("the replica completed " + std::to_string(count) + " disk requests on queue " + std::to_string(queue) +
-            ", the primary " + (c ? std::to_string(c->count) : std::string("?")));
-    return;
-  }
-  Consume();
-}
-
 // ---- The run loop -------------------------------------------------------------------
 
 void Replayer::started(vmm::Machine& m) {
@@ -190,9 +177,19 @@ bool Replayer::apply_device_events(vmm::Machine& m, bool one) {
   bool applied = false;
   while (!stopped_) {
     const Record* h = HeadHere();
-    if (h == nullptr || (h->type != RecordType::kTimerExpiry && h->type != RecordType::kPacketRx)) break;
+    if (h == nullptr || (h->type != RecordType::kTimerExpiry && h->type != RecordType::kPacketRx &&
+                         h->type != RecordType::kDiskCompletion))
+      break;
     std::string why;
-    bool ok = h->type == RecordType::kTimerExpiry ? m.replay_timer_expiry(why) : m.replay_frame(h->payload, why);
+    bool ok = false;
+    if (h->type == RecordType::kTimerExpiry) {
+      ok = m.replay_timer_expiry(why);
+    } else if (h->type == RecordType::kPacketRx) {
+      ok = m.replay_frame(h->payload, why);
+    } else {
+      std::optional<eventlog::DiskCompletion> c = eventlog::DecodeDiskCompletion(h->payload);
+      ok = c && m.replay_disk_completion(c->queue, c->count, why);
+    }
     if (!ok) {
       Diverge(why);
       return false;

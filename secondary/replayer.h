@@ -71,7 +71,10 @@ class Replayer final : public vmm::ExecutionHooks {
   void timer_expired() override {}
   void frame_received(std::span<const uint8_t>) override {}
   int disk_request_done(uint16_t head, int host_error) override;
-  void disk_batch_done(uint16_t queue, uint16_t count) override;
+  void disk_batch_done(uint16_t, uint16_t) override {}  // reports come from the log
+  uint64_t output_mark() override { return 0; }
+  bool output_released(uint64_t) override { return false; }
+  bool transmit_frame(std::span<const iovec>) override { return false; }
   // ExecutionHooks
   void started(vmm::Machine& m) override;
   void after_exit(vmm::Machine& m, bool guest_caused) override;

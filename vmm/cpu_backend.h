@@ -53,7 +53,7 @@ struct VcpuRegs {
   static constexpr size_t kEncodedBytes = 16 * 8 + 2 * 8 + 5 * 8 + 6 * 2 + 2 * 8 + 2 * 8 + 2 * 2 + 2 + 8 + 16 * 16 + 4;
   std::vector<uint8_t> encode() const;
   static std::optional<VcpuRegs> decode(std::span<const uint8_t> bytes);
-  // "rip 0x1000 != 0x1004" for the first field that differs, "" when equal.
+  // "rip 0x1004 (recorded 0x1000)" for the first field that differs, "" when equal.
   static std::string first_difference(const VcpuRegs& mine, const VcpuRegs& theirs);
 };
 

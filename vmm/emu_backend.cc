@@ -159,6 +159,10 @@ class EmulatedBackend final : public CpuBackend {
   // The emulator's whole CPU context (registers, hidden segment state, the
   // privilege level it keeps internally, FPU/SSE): what uc_context_save copies.
   std::vector<uint8_t> save_state() override {
+    // The next instruction is rip_: set_boot_state, an injection (Deliver) and an
+    // emulated instruction move it without touching the emulator's RIP, which only
+    // uc_emu_start loads. The context must resume there, not where RIP points.
+    WriteReg(UC_X86_REG_RIP, rip_);
     UcContext ctx = AllocContext();
     Check(uc_context_save(uc_, ctx.get()), "saving the CPU context");
     size_t size = uc_context_size(uc_);
@@ -187,10 +191,16 @@ class EmulatedBackend final : public CpuBackend {
   }
 
   void invalidate_code(uint64_t gpa, uint64_t len) override {
-    // Unicorn looks the range up as a virtual address; guest RAM is identity-mapped
-    // (vmm/abi/ftvm_abi.h), so that is the physical page. A full flush instead
-    // (UC_CTL_TB_FLUSH) clears the whole translation buffer: ~80 ms each here.
-    uc_ctl_remove_cache(uc_, gpa, gpa + len);
+    // Translated blocks must go only if code was ever run from these pages. Unicorn
+    // can drop a range (UC_CTL_TB_REMOVE_CACHE), but it looks the range up through
+    // the guest's page tables like an access, setting Accessed bits and filling the
+    // TLB where the primary's guest never went: the replica's RAM would differ. So
+    // the whole translation cache is flushed instead, before the next run, and only
+    // when a rewritten page held code (~80 ms a flush here; the guest kit's code
+    // never changes, so it never happens there).
+    if (len == 0) return;
+    for (uint64_t page = gpa >> 12; page <= (gpa + len - 1) >> 12; ++page)
+      if (code_outside_ram_ || code_pages_.test(page)) flush_code_ = true;
   }
 
   std::unique_ptr<DirtyTracker> make_dirty_tracker() override { return MakeUffdDirtyTracker(memory_); }
@@ -238,6 +248,8 @@ class EmulatedBackend final : public CpuBackend {
       window_ = vector.has_value();
       if (window_) stop_at_block_.store(true, std::memory_order_release);
       exact_ = window_;
+      if (std::exchange(flush_code_, false))
+        Check(uc_ctl(uc_, UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0)), "flushing translated code");
       uc_err err = uc_emu_start(uc_, rip_, 0, 0, 0);
       rip_ = ReadReg(UC_X86_REG_RIP);
       window_ = false;
@@ -556,8 +568,15 @@ class EmulatedBackend final : public CpuBackend {
     return false;
   }
 
-  static void BlockStart(uc_engine* uc, uint64_t, uint32_t, void* self_ptr) {
+  static void BlockStart(uc_engine* uc, uint64_t address, uint32_t, void* self_ptr) {
     auto* self = static_cast<EmulatedBackend*>(self_ptr);
+    // Pages code ran from, for invalidate_code. By virtual address: guest RAM is
+    // identity-mapped (vmm/abi/ftvm_abi.h); code anywhere else makes every rewrite
+    // count.
+    if (address < self->memory_.size())
+      self->code_pages_.set(address >> 12);
+    else
+      self->code_outside_ram_ = true;
     if (self->stop_at_block_.load(std::memory_order_acquire)) uc_emu_stop(uc);
   }
 
@@ -578,6 +597,9 @@ class EmulatedBackend final : public CpuBackend {
   // exception or a requested interrupt window happened since the last resume.
   bool exact_ = true;
   bool window_ = false;  // this run was asked to stop at the next block (IF=0)
+  PageBitmap code_pages_{memory_.size() >> 12};  // pages blocks started in
+  bool code_outside_ram_ = false;
+  bool flush_code_ = false;  // a page with code was rewritten behind the guest
   std::string fault_;          // the guest did something no CPU can continue from
   std::string backend_error_;  // the VMM failed inside an exit
   std::atomic<bool> stop_at_block_{false};

@@ -148,7 +148,9 @@ class KvmBackend final : public CpuBackend {
 
   void kick() override {
     // immediate_exit covers a kick that lands before KVM_RUN is entered (even before
-    // run() started); the signal interrupts a KVM_RUN in progress.
+    // run() started); the signal interrupts a KVM_RUN in progress. The count lets
+    // CompletePendingIo() tell a kick from its own use of immediate_exit.
+    kicks_.fetch_add(1, std::memory_order_acq_rel);
     __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_RELEASE);
     if (running_.load(std::memory_order_acquire)) pthread_kill(vcpu_thread_, kKickSignal);
   }
@@ -246,6 +248,10 @@ class KvmBackend final : public CpuBackend {
       throw SysError("KVM_SET_MSRS");
     if (ioctl(vcpu_.get(), KVM_SET_REGS, &regs) != 0) throw SysError("KVM_SET_REGS");
     if (ioctl(vcpu_.get(), KVM_SET_VCPU_EVENTS, &events) != 0) throw SysError("KVM_SET_VCPU_EVENTS");
+    // Without an in-kernel APIC every KVM_RUN first sets CR8 from kvm_run->cr8
+    // (which KVM filled at the last exit): it must carry the restored TPR, or the
+    // next run would put the old one back.
+    run_->cr8 = sregs.cr8;
     CompletePendingIo();  // refreshes kvm_run's interrupt flags for the new state
     restored_ = true;
     exact_ = true;
@@ -392,13 +398,24 @@ class KvmBackend final : public CpuBackend {
   // returns without executing further (Documentation/virt/kvm/api.rst, KVM_RUN).
   // Needed before the vCPU state is read or replaced. Also refreshes kvm_run's
   // if_flag and ready_for_interrupt_injection.
+  // A kick that is pending or lands meanwhile stays pending for the next KVM_RUN
+  // (a forced exit the event thread asked for must not be swallowed here).
   void CompletePendingIo() {
-    __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_RELEASE);
+    const uint64_t kicks = kicks_.load(std::memory_order_acquire);
+    const bool kicked = __atomic_exchange_n(&run_->immediate_exit, 1, __ATOMIC_ACQ_REL) != 0;
     int rc = ioctl(vcpu_.get(), KVM_RUN, 0);
     int err = errno;
-    run_->immediate_exit = 0;
+    if (!kicked) {
+      __atomic_store_n(&run_->immediate_exit, 0, __ATOMIC_RELEASE);
+      if (kicks_.load(std::memory_order_acquire) != kicks) __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_RELEASE);
+    }
     io_pending_ = false;
     if (rc != 0 && err != EINTR && err != EAGAIN) throw SysError("KVM_RUN completing an I/O exit", err);
+    // Completing the access needed another exit (an MMIO access split across
+    // pages): the machine never sees it, so the guest would silently go wrong.
+    if (rc == 0)
+      throw Error("KVM_RUN completing an I/O exit exited again (reason " + std::to_string(run_->exit_reason) +
+                  ") at rip=" + Hex(guest_rip()));
   }
 
   void SetDirtyLogging(bool on) {
@@ -529,6 +546,7 @@ class KvmBackend final : public CpuBackend {
   size_t run_size_ = 0;
   pthread_t vcpu_thread_{};
   std::atomic<bool> running_{false};
+  std::atomic<uint64_t> kicks_{0};  // kick() calls so far
   GuestMemory& memory_;
   std::vector<uint32_t> msrs_;  // the MSRs this host's KVM can save and restore
   bool exact_ = true;       // the current stop is exact (see ExitHandler)

@@ -19,6 +19,7 @@
 #include "vmm/devices/power.h"
 #include "vmm/devices/rng.h"
 #include "vmm/devices/timer.h"
+#include "vmm/devices/virtio_blk.h"
 #include "vmm/devices/virtio_mmio.h"
 #include "vmm/devices/virtio_net.h"
 #include "vmm/loader.h"
@@ -129,8 +130,11 @@ Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
   AddDevice(FTVM_SLOT_RNG, std::make_unique<Rng>(memory_, random, io));
   AddDevice(FTVM_SLOT_IRQ, std::move(irq));
   AddDevice(FTVM_SLOT_POWER, std::move(power));
-  if (!config_.disk.empty())
-    AddDevice(FTVM_SLOT_VIRTIO_BLK, MakeVirtioBlkDevice(memory_, *irq_, config_.disk, config_.disk_serial, io));
+  if (!config_.disk.empty()) {
+    auto blk = MakeVirtioBlkDevice(memory_, *irq_, config_.disk, config_.disk_serial, io);
+    blk_ = static_cast<VirtioMmioDevice*>(blk.get());
+    AddDevice(FTVM_SLOT_VIRTIO_BLK, std::move(blk));
+  }
   if (config_.has_nic()) {
     std::optional<std::string> tap;
     if (!config_.tap.empty()) tap = config_.tap;
@@ -473,6 +477,22 @@ bool Machine::replay_timer_expiry(std::string& why) {
   if (timer_->expire()) return true;
   why = "the log has a timer expiry, but the replica's timer is not armed";
   return false;
+}
+
+bool Machine::replay_disk_completion(uint16_t queue, uint16_t count, std::string& why) {
+  std::span<Virtqueue> queues = blk_ != nullptr ? blk_->live_queues() : std::span<Virtqueue>();
+  if (queues.empty() || queue >= queues.size()) {
+    why = "the log reports disk requests done, but the replica's virtio-blk device is not live";
+    return false;
+  }
+  auto& blk = static_cast<VirtioBlk&>(blk_->backend());
+  if (!blk.report_logged(queues[queue], count)) {
+    why = "the log reports " + std::to_string(count) + " disk requests done, but the replica has " +
+          std::to_string(blk.unreported()) + " waiting";
+    return false;
+  }
+  blk_->notify_backend_progress();
+  return true;
 }
 
 bool Machine::replay_frame(std::span<const uint8_t> frame, std::string& why) {

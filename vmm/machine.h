@@ -105,6 +105,7 @@ class Machine final : private ExitHandler, private DeviceIo {
   // Return false, with the reason, when the replica cannot take it (it diverged).
   bool replay_timer_expiry(std::string& why);
   bool replay_frame(std::span<const uint8_t> frame, std::string& why);
+  bool replay_disk_completion(uint16_t queue, uint16_t count, std::string& why);
   // Recording: when host events (timer, tap) have been waiting for the vCPU thread
   // since, in monotonic ns; 0 when none wait. A recorder forces an exit (an epoch
   // checkpoint) when the guest runs too long without one.
@@ -140,6 +141,9 @@ class Machine final : private ExitHandler, private DeviceIo {
   void frame_received(std::span<const uint8_t> frame) override { io().frame_received(frame); }
   int disk_request_done(uint16_t head, int host_error) override { return io().disk_request_done(head, host_error); }
   void disk_batch_done(uint16_t queue, uint16_t count) override { io().disk_batch_done(queue, count); }
+  uint64_t output_mark() override { return io().output_mark(); }
+  bool output_released(uint64_t mark) override { return io().output_released(mark); }
+  bool transmit_frame(std::span<const iovec> frame) override { return io().transmit_frame(frame); }
 
   void AddDevice(unsigned slot, std::unique_ptr<Device> device);
   void ServiceDevices();
@@ -162,6 +166,7 @@ class Machine final : private ExitHandler, private DeviceIo {
   Power* power_ = nullptr;
   Timer* timer_ = nullptr;
   VirtioMmioDevice* net_ = nullptr;
+  VirtioMmioDevice* blk_ = nullptr;
   BootState boot_{};
   ExecutionHooks* hooks_ = nullptr;
   LiveDeviceIo live_io_;

@@ -2,6 +2,7 @@
 // checkpoints and verification digests walk.
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>

@@ -7,6 +7,8 @@
 // on the secondary). The machine implements it; devices call it on the vCPU thread.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <cstdint>
 #include <span>
 
@@ -41,8 +43,19 @@ class DeviceIo {
   // success). Returns the errno to report to the guest: the primary's outcome
   // when replaying.
   virtual int disk_request_done(uint16_t head, int host_error) = 0;
-  // One QUEUE_NOTIFY completed `count` requests (a cross-check for the replayer).
+  // `count` finished disk requests of `queue` were reported to the guest now.
   virtual void disk_batch_done(uint16_t queue, uint16_t count) = 0;
+
+  // The output rule (primary side). A device about to make an effect visible
+  // outside the VM, or to tell the guest a disk write is done, takes a mark; the
+  // effect may happen once the mark is released: the secondary has acknowledged the
+  // log up to it. Without a secondary every mark is released at once; a replica
+  // never releases (its completions come from the log).
+  virtual uint64_t output_mark() = 0;
+  virtual bool output_released(uint64_t mark) = 0;
+  // A frame the guest transmits. True: the device writes it to its tap now. False:
+  // the hooks took it (held until released; a replica only counts it).
+  virtual bool transmit_frame(std::span<const iovec> frame) = 0;
 };
 
 // Passes host values through: a VM that is neither recorded nor replayed.
@@ -55,6 +68,9 @@ class LiveDeviceIo final : public DeviceIo {
   void frame_received(std::span<const uint8_t>) override {}
   int disk_request_done(uint16_t, int host_error) override { return host_error; }
   void disk_batch_done(uint16_t, uint16_t) override {}
+  uint64_t output_mark() override { return 0; }
+  bool output_released(uint64_t) override { return true; }
+  bool transmit_frame(std::span<const iovec>) override { return true; }
 };
 
 }  // namespace ftvm::vmm

@@ -33,6 +33,13 @@ void VirtioBlk::save(snapshot::Virtio& out) const {
   s->set_reads(counters_.reads);
   s->set_writes(counters_.writes);
   s->set_flushes(counters_.flushes);
+  for (const Done& d : done_) {
+    snapshot::BlkDone* p = s->add_unreported();
+    p->set_head(d.head);
+    p->set_status_gpa(d.status_gpa);
+    p->set_status(d.value);
+    p->set_used_len(d.used_len);
+  }
 }
 
 void VirtioBlk::restore(const snapshot::Virtio& in) {
@@ -40,6 +47,11 @@ void VirtioBlk::restore(const snapshot::Virtio& in) {
   counters_.reads = in.blk().reads();
   counters_.writes = in.blk().writes();
   counters_.flushes = in.blk().flushes();
+  done_.clear();
+  // Marks belong to the log of the host that took them: a restored request waits
+  // for nothing more (a replica reports it when its log says so anyway).
+  for (const snapshot::BlkDone& p : in.blk().unreported())
+    done_.push_back(Done{uint16_t(p.head()), p.status_gpa(), uint8_t(p.status()), p.used_len(), 0});
 }
 
 VirtioBlk::VirtioBlk(std::string path, std::string serial, DeviceIo& io) : path_(std::move(path)), io_(io) {
@@ -67,9 +79,8 @@ uint64_t VirtioBlk::device_features() const {
          (uint64_t(1) << VIRTIO_BLK_F_FLUSH);
 }
 
-void VirtioBlk::process(unsigned queue, std::span<Virtqueue> queues) {
+void VirtioBlk::process(unsigned /*queue*/, std::span<Virtqueue> queues) {
   Virtqueue& vq = queues[0];
-  completed_ = 0;
   for (;;) {
     while (vq.pop(chain_) == PopResult::kChain) handle(vq, chain_);
     flush_batch(vq);
@@ -79,17 +90,47 @@ void VirtioBlk::process(unsigned queue, std::span<Virtqueue> queues) {
     vq.enable_notifications();
     if (!vq.has_available()) break;
   }
-  io_.disk_batch_done(uint16_t(queue), completed_);
+  report_released(vq);
+}
+
+void VirtioBlk::poll(std::span<Virtqueue> queues) {
+  if (!done_.empty()) report_released(queues[0]);
 }
 
 void VirtioBlk::complete(Virtqueue& vq, uint16_t head, uint8_t* status, uint8_t value,
-                         uint32_t used_len) {
+                         uint32_t used_len, bool changes_disk) {
   if (value == VIRTIO_BLK_S_IOERR) ++counters_.io_errors;
   if (value == VIRTIO_BLK_S_UNSUPP) ++counters_.unsupported;
-  // The status byte is written after the data; push() then publishes both.
-  *status = value;
-  vq.push(head, used_len);
-  ++completed_;
+  const uint64_t status_gpa = uint64_t(status - vq.memory().host_base());
+  done_.push_back(Done{head, status_gpa, value, used_len, changes_disk ? io_.output_mark() : 0});
+}
+
+void VirtioBlk::report(Virtqueue& vq, const Done& d) {
+  // The status byte is written after the data; push() then publishes both. (Its
+  // range was checked when the request was popped.)
+  vq.memory().write(d.status_gpa, &d.value, 1);
+  vq.push(d.head, d.used_len);
+}
+
+void VirtioBlk::report_released(Virtqueue& vq) {
+  // In request order: a read behind a write still waiting also waits, so that the
+  // log can name reports by count alone.
+  uint16_t n = 0;
+  while (!done_.empty() && io_.output_released(done_.front().mark)) {
+    report(vq, done_.front());
+    done_.pop_front();
+    ++n;
+  }
+  if (n > 0) io_.disk_batch_done(0, n);
+}
+
+bool VirtioBlk::report_logged(Virtqueue& vq, uint16_t count) {
+  if (done_.size() < count) return false;
+  for (uint16_t i = 0; i < count; ++i) {
+    report(vq, done_.front());
+    done_.pop_front();
+  }
+  return true;
 }
 
 void VirtioBlk::handle(Virtqueue& vq, const DescChain& chain) {
@@ -119,7 +160,7 @@ void VirtioBlk::handle(Virtqueue& vq, const DescChain& chain) {
       flush_batch(vq);  // keep completions in request order
       log::debug("virtio-blk request out of range",
                  {{"path", path_}, {"sector", hdr.sector}, {"bytes", bytes}, {"capacity", capacity_}});
-      complete(vq, chain.head, status, VIRTIO_BLK_S_IOERR, 1);
+      complete(vq, chain.head, status, VIRTIO_BLK_S_IOERR, 1, false);
       return;
     }
     data_iov_.clear();
@@ -148,23 +189,23 @@ void VirtioBlk::handle(Virtqueue& vq, const DescChain& chain) {
       const int err = io_.disk_request_done(chain.head, ::fdatasync(fd_.get()) != 0 ? errno : 0);
       if (err != 0) {
         log::warn("virtio-blk flush failed", {{"path", path_}, {"error", std::strerror(err)}});
-        complete(vq, chain.head, status, VIRTIO_BLK_S_IOERR, 1);
+        complete(vq, chain.head, status, VIRTIO_BLK_S_IOERR, 1, true);
         return;
       }
       ++counters_.flushes;
-      complete(vq, chain.head, status, VIRTIO_BLK_S_OK, 1);
+      complete(vq, chain.head, status, VIRTIO_BLK_S_OK, 1, true);
       return;
     }
     case VIRTIO_BLK_T_GET_ID: {
       const size_t n = std::min<uint64_t>(id_.size(), chain.writable_bytes - 1);
       CopyToIov(chain.writable, 0, id_.data(), n);
       ++counters_.get_ids;
-      complete(vq, chain.head, status, VIRTIO_BLK_S_OK, uint32_t(n + 1));
+      complete(vq, chain.head, status, VIRTIO_BLK_S_OK, uint32_t(n + 1), false);
       return;
     }
     default:
       log::debug("virtio-blk unsupported request", {{"path", path_}, {"type", hdr.type}});
-      complete(vq, chain.head, status, VIRTIO_BLK_S_UNSUPP, 1);
+      complete(vq, chain.head, status, VIRTIO_BLK_S_UNSUPP, 1, false);
       return;
   }
 }
@@ -206,7 +247,7 @@ void VirtioBlk::flush_batch(Virtqueue& vq) {
     if (err != 0) {
       log::warn(write ? "virtio-blk write failed" : "virtio-blk read failed",
                 {{"path", path_}, {"sector", p.sector}, {"bytes", p.bytes}, {"error", std::strerror(err)}});
-      complete(vq, p.head, p.status, VIRTIO_BLK_S_IOERR, 1);
+      complete(vq, p.head, p.status, VIRTIO_BLK_S_IOERR, 1, write);
       return;
     }
     if (write) {
@@ -216,7 +257,7 @@ void VirtioBlk::flush_batch(Virtqueue& vq) {
       ++counters_.reads;
       counters_.bytes_read += p.bytes;
     }
-    complete(vq, p.head, p.status, VIRTIO_BLK_S_OK, p.used_len);
+    complete(vq, p.head, p.status, VIRTIO_BLK_S_OK, p.used_len, write);
   };
   const int err = transfer(write, batch_iov_, batch_.front().sector * kSector);
   if (err == 0 || batch_.size() == 1) {

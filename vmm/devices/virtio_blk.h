@@ -1,15 +1,19 @@
 // virtio-blk over a raw image file.
 //
-// Every request of one QUEUE_NOTIFY is completed synchronously inside that exit
-// (pread/pwrite on the image), so completions land at a position the recorder can
-// name and the replayer can reproduce. Do not make this asynchronous without moving
-// completion delivery to a logged position.
+// Every request of one QUEUE_NOTIFY is carried out inside that exit (pread/pwrite
+// on the image), where a replica carries it out too, on its own copy of the disk.
+// Reporting a request done to the guest (status byte, used ring) is a separate
+// step under the output rule: a write is reported only once its mark is released
+// (DeviceIo::output_mark), in request order. Live, that is at once, inside the same
+// exit; on a protected primary, at the first exit after the secondary acknowledged
+// the log; a replica reports exactly where the log's DiskCompletion records say.
 #pragma once
 
 #include <sys/uio.h>
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,12 +49,20 @@ class VirtioBlk : public VirtioBackend {
   std::span<const uint8_t> config() const override { return config_; }
   unsigned num_queues() const override { return 1; }
   void process(unsigned queue, std::span<Virtqueue> queues) override;
+  // Reports finished requests whose marks have been released since.
+  void poll(std::span<Virtqueue> queues) override;
   void save(snapshot::Virtio& out) const override;
   void restore(const snapshot::Virtio& in) override;
 
   const std::string& path() const { return path_; }
   uint64_t capacity_sectors() const { return capacity_; }
   const BlkCounters& counters() const { return counters_; }
+  // Finished requests not yet reported to the guest.
+  size_t unreported() const { return done_.size(); }
+  // The replay entry: the log says the next `count` finished requests are reported
+  // now. False when fewer are waiting (the replica diverged).
+  bool report_logged(Virtqueue& vq, uint16_t count);
+  void reset() override { done_.clear(); }
   // The serial GET_ID reports: the file's base name unless the config named one.
   static std::string DefaultSerial(const std::string& path);
 
@@ -67,8 +79,21 @@ class VirtioBlk : public VirtioBackend {
     size_t iov_count;
   };
 
+  // A request carried out, waiting to be reported to the guest.
+  struct Done {
+    uint16_t head;
+    uint64_t status_gpa;  // the request's status byte in guest RAM
+    uint8_t value;
+    uint32_t used_len;
+    uint64_t mark;  // output-rule mark; 0 for requests that change nothing (reads)
+  };
+
   void handle(Virtqueue& vq, const DescChain& chain);
-  void complete(Virtqueue& vq, uint16_t head, uint8_t* status, uint8_t value, uint32_t used_len);
+  void report(Virtqueue& vq, const Done& d);
+  void report_released(Virtqueue& vq);
+  // The request is carried out: queue its report (see Done).
+  void complete(Virtqueue& vq, uint16_t head, uint8_t* status, uint8_t value, uint32_t used_len,
+                bool changes_disk);
   void flush_batch(Virtqueue& vq);
   // Reads/writes all of `iov` at byte `offset`, retrying short transfers. Returns 0
   // or an errno value.
@@ -77,7 +102,7 @@ class VirtioBlk : public VirtioBackend {
   std::string path_;
   DeviceIo& io_;
   UniqueFd fd_;
-  uint16_t completed_ = 0;  // requests completed in the current process() call
+  std::deque<Done> done_;
   uint64_t capacity_ = 0;  // in 512-byte sectors
   std::array<uint8_t, 8> config_{};
   std::array<uint8_t, 20> id_{};

@@ -119,7 +119,14 @@ void Virtqueue::restore(const snapshot::Virtqueue& in) {
   device_gpa_ = in.device_gpa();
   event_idx_ = in.event_idx();
   if (in.broken()) {
+    // A queue that broke while ready stays ready (the driver reads QUEUE_READY=1
+    // until it resets the device) and keeps its indices; it never touches the rings
+    // again, so it needs no host pointers.
     fail(in.error());
+    ready_ = in.ready();
+    last_avail_ = uint16_t(in.last_avail());
+    used_idx_ = uint16_t(in.used_idx());
+    signalled_used_ = uint16_t(in.signalled_used());
     return;
   }
   if (!in.ready()) return;

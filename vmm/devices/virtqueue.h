@@ -64,6 +64,7 @@ class Virtqueue {
 
   // ---- Configuration, written by the transport while the queue is not ready.
   uint16_t max_size() const { return max_size_; }
+  GuestMemory& memory() const { return *mem_; }
   uint16_t size() const { return size_; }
   void set_size(uint16_t n) { size_ = n; }
   uint64_t desc_gpa() const { return desc_gpa_; }
