@@ -46,8 +46,23 @@ LogReader LogReader::OpenBuffer(std::span<const uint8_t> bytes, std::string name
   return r;
 }
 
+LogReader LogReader::OpenStream(std::shared_ptr<ByteStream> stream, std::string name) {
+  LogReader r;
+  r.name_ = std::move(name);
+  r.stream_ = std::move(stream);
+  r.parse_header();
+  return r;
+}
+
 std::span<const uint8_t> LogReader::fetch(uint64_t off, size_t n, int& err) {
   err = 0;
+  if (stream_) {
+    // The stream drops what lies before `off` (everything before it was read).
+    stream_->release_before(off);
+    if (window_.size() < n) window_.resize(n);
+    const size_t got = stream_->read(off, n, window_.data());
+    return std::span<const uint8_t>(window_).first(got);
+  }
   if (!fd_) {
     if (off >= memory_.size()) return {};
     return memory_.subspan(static_cast<size_t>(off),

@@ -18,6 +18,7 @@
 #include "common/unique_fd.h"
 #include "eventlog/eventlog.pb.h"
 #include "eventlog/format.h"
+#include "eventlog/stream.h"
 
 struct ZSTD_DCtx_s;
 
@@ -42,6 +43,10 @@ class LogReader {
   // Reads a log held in memory. `bytes` is borrowed and must outlive the reader.
   // `name` is used in messages.
   static LogReader OpenBuffer(std::span<const uint8_t> bytes, std::string name = "<buffer>");
+  // Reads a log as it arrives (the header must be there already). next() returns
+  // kEnd whenever it has read everything received so far; a later call may find
+  // more. Bytes already read are released from the stream.
+  static LogReader OpenStream(std::shared_ptr<ByteStream> stream, std::string name);
 
   LogReader(LogReader&&) noexcept;
   LogReader& operator=(LogReader&&) noexcept;
@@ -81,6 +86,8 @@ class LogReader {
   LogHeader header_;
   // Memory source.
   std::span<const uint8_t> memory_;
+  // Stream source: copied into the window like the file.
+  std::shared_ptr<ByteStream> stream_;
   // File source: a window of the file, refilled with large preads.
   UniqueFd fd_;
   std::vector<uint8_t> window_;

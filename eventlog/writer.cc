@@ -21,8 +21,6 @@
 
 namespace ftvm::eventlog {
 
-void LogWriter::CctxDeleter::operator()(ZSTD_CCtx_s* c) const { ZSTD_freeCCtx(c); }
-
 LogWriter LogWriter::Create(const std::string& path, LogHeader header,
                             const WriterOptions& options) {
   header.set_format_version(kFormatVersion);
@@ -37,6 +35,7 @@ LogWriter LogWriter::Create(const std::string& path, LogHeader header,
   LogWriter w;
   w.path_ = path;
   w.options_ = options;
+  w.encoder_ = RecordEncoder(options.zstd_level);
   if (w.options_.buffer_bytes < 4096) w.options_.buffer_bytes = 4096;
   int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (options.overwrite ? O_TRUNC : O_EXCL);
   w.fd_.reset(::open(path.c_str(), flags, 0644));
@@ -110,57 +109,12 @@ Status LogWriter::append(RecordType type, uint64_t position, std::span<const uin
                          bool compress) {
   if (!failure_.ok()) return failure_;
   if (closed_) return Status::Failure("event log " + path_ + ": append after close");
-  if (!IsKnownRecordType(static_cast<uint8_t>(type))) {
-    return Status::Failure("event log " + path_ + ": append of unknown record type " +
-                           std::to_string(static_cast<unsigned>(type)));
-  }
-  if (position < last_position_) {
-    return Status::Failure("event log " + path_ + ": " + RecordTypeName(type) + " at position " +
-                           std::to_string(position) + " goes backwards (last position " +
-                           std::to_string(last_position_) + ")");
-  }
-  if (payload.size() > kMaxPayloadBytes) {
-    return Status::Failure("event log " + path_ + ": " + RecordTypeName(type) + " payload of " +
-                           std::to_string(payload.size()) + " bytes exceeds the cap of " +
-                           std::to_string(kMaxPayloadBytes) + " (split it)");
-  }
-  if (std::string problem = PayloadProblem(type, payload); !problem.empty()) {
+  if (std::string problem = encoder_.encode(type, position, payload, compress, buffer_); !problem.empty())
     return Status::Failure("event log " + path_ + ": " + problem);
-  }
-
-  std::span<const uint8_t> stored = payload;
-  uint8_t flags = 0;
-  if (compress && !payload.empty()) {
-    if (!cctx_) cctx_.reset(ZSTD_createCCtx());
-    if (cctx_) {
-      scratch_.resize(ZSTD_compressBound(payload.size()));
-      size_t n = ZSTD_compressCCtx(cctx_.get(), scratch_.data(), scratch_.size(), payload.data(),
-                                   payload.size(), options_.zstd_level);
-      // Keep the compressed form only when it is smaller: random data (RNG blobs,
-      // encrypted pages) would otherwise grow by the frame overhead.
-      if (!ZSTD_isError(n) && n < payload.size()) {
-        stored = std::span<const uint8_t>(scratch_.data(), n);
-        flags = kFlagZstd;
-      }
-    }
-  }
-
-  const size_t total = kRecordOverhead + stored.size();
-  if (buffer_.size() + total > options_.buffer_bytes) {
-    if (Status s = flush(); !s.ok()) return s;
-  }
-  if (total > options_.buffer_bytes) {
-    // A big checkpoint: straight to the file instead of through the buffer.
-    uint8_t head[kRecordHeaderBytes];
-    uint8_t tail[kRecordCrcBytes];
-    EncodeRecordFrame(type, flags, position, stored, head, tail);
-    const std::span<const uint8_t> parts[] = {head, stored, tail};
-    if (Status s = write_all(parts, 1); !s.ok()) return s;
-  } else {
-    AppendRecord(buffer_, type, flags, position, stored);
-  }
   ++records_;
   last_position_ = position;
+  // One record larger than the buffer (a big checkpoint) stays only until here.
+  if (buffer_.size() >= options_.buffer_bytes) return flush();
   return Status::Ok();
 }
 

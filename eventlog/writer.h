@@ -19,10 +19,9 @@
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "eventlog/encoder.h"
 #include "eventlog/eventlog.pb.h"
 #include "eventlog/format.h"
-
-struct ZSTD_CCtx_s;
 
 namespace ftvm::eventlog {
 
@@ -32,7 +31,7 @@ struct WriterOptions {
   int zstd_level = 3;              // fast, and plenty for mostly-zero memory pages
 };
 
-class LogWriter {
+class LogWriter final : public RecordSink {
  public:
   // Creates `path` and writes the file header. format_version is set to
   // kFormatVersion; ftvm_version and created_unix_ns are filled in when empty/zero.
@@ -45,7 +44,7 @@ class LogWriter {
   LogWriter(const LogWriter&) = delete;
   LogWriter& operator=(const LogWriter&) = delete;
   // Flushes what is buffered (a failure is logged, not thrown); no fdatasync.
-  ~LogWriter();
+  ~LogWriter() override;
 
   // Appends one record. `position` must not be smaller than the previous record's.
   // With `compress`, the payload is stored zstd-compressed when that makes it
@@ -53,17 +52,17 @@ class LogWriter {
   // payload size invalid for the type or above kMaxPayloadBytes) leave the writer
   // usable and write nothing; a write failure stops it (see above).
   Status append(RecordType type, uint64_t position, std::span<const uint8_t> payload,
-                bool compress = false);
+                bool compress = false) override;
   // Writes the buffered records to the file.
-  Status flush();
+  Status flush() override;
   // flush() then fdatasync(); after success every appended record is durable.
   Status sync();
   // sync() then close the file. Further calls fail.
-  Status close();
+  Status close() override;
 
   const std::string& path() const { return path_; }
   // Log bytes appended so far, header included (written or still buffered).
-  uint64_t size() const { return file_offset_ + buffer_.size(); }
+  uint64_t size() const override { return file_offset_ + buffer_.size(); }
   // Bytes handed to the kernel: the file is a valid log up to here.
   uint64_t flushed_bytes() const { return file_offset_; }
   uint64_t records() const { return records_; }
@@ -72,9 +71,6 @@ class LogWriter {
   bool failed() const { return !failure_.ok(); }
 
  private:
-  struct CctxDeleter {
-    void operator()(ZSTD_CCtx_s* c) const;
-  };
   LogWriter() = default;
   Status write_all(std::span<const std::span<const uint8_t>> chunks, uint64_t records_in_chunks);
   Status fail(std::string message, int err);
@@ -83,8 +79,7 @@ class LogWriter {
   UniqueFd fd_;
   WriterOptions options_;
   std::vector<uint8_t> buffer_;
-  std::vector<uint8_t> scratch_;  // compression output, reused
-  std::unique_ptr<ZSTD_CCtx_s, CctxDeleter> cctx_;
+  RecordEncoder encoder_;
   uint64_t file_offset_ = 0;
   uint64_t records_ = 0;
   uint64_t flushed_records_ = 0;

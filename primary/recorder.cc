@@ -25,6 +25,7 @@ Recorder::Recorder(vmm::Machine& machine, RecorderOptions options) : m_(machine)
   memory_digest_ = std::make_unique<vmm::MemoryDigest>(m_.memory());
 
   eventlog::LogHeader header;
+  header.set_format_version(eventlog::kFormatVersion);
   *header.mutable_vm() = DescribeVm(m_.config(), m_.backend_name());
   header.set_guest_image_sha256(ImageDigest(m_.config().guest_image));
   const std::vector<uint8_t> regs = m_.backend().regs().encode();
@@ -34,12 +35,9 @@ Recorder::Recorder(vmm::Machine& machine, RecorderOptions options) : m_(machine)
   header.set_initial_state_digest(std::string(initial.begin(), initial.end()));
   header.set_verify_interval_ns(options_.verify_interval_ns);
   header.set_checkpoint_after_ns(options_.checkpoint_after_ns);
-  eventlog::WriterOptions wo;
-  wo.overwrite = options_.overwrite;
-  writer_.emplace(eventlog::LogWriter::Create(options_.log_path, std::move(header), wo));
+  header_ = std::move(header);
   m_.set_forced_exit_after_ns(options_.checkpoint_after_ns);
-  log::info("record.started", {{"log", options_.log_path},
-                               {"tracker", tracker_->name()},
+  log::info("record.started", {{"tracker", tracker_->name()},
                                {"initial_digest", vmm::DigestHex(initial)},
                                {"verify_interval_ms", options_.verify_interval_ns / 1000000},
                                {"checkpoint_after_us", options_.checkpoint_after_ns / 1000}});
@@ -48,8 +46,8 @@ Recorder::Recorder(vmm::Machine& machine, RecorderOptions options) : m_(machine)
 Recorder::~Recorder() = default;
 
 void Recorder::Append(RecordType type, std::span<const uint8_t> payload, bool compress) {
-  if (!error_.empty()) return;
-  eventlog::Status s = writer_->append(type, m_.position(), payload, compress);
+  if (!error_.empty() || sink_ == nullptr) return;
+  eventlog::Status s = sink_->append(type, m_.position(), payload, compress);
   if (!s.ok()) {
     // The writer cut the log back to its last whole record; nothing after this can
     // be replayed, so the run stops here rather than go on unrecorded.
@@ -159,9 +157,11 @@ void Recorder::WriteVerify() {
   since_verify_.clear();
   since_checkpoint_.clear();
   // A recorder killed outright loses at most one interval of log.
-  if (eventlog::Status s = writer_->flush(); !s.ok() && error_.empty()) {
-    error_ = s.message();
-    m_.stop();
+  if (sink_ != nullptr) {
+    if (eventlog::Status s = sink_->flush(); !s.ok() && error_.empty()) {
+      error_ = s.message();
+      m_.stop();
+    }
   }
   last_verify_ns_ = m_.clock().monotonic_ns();
   stats_.verify_ns += last_verify_ns_ - t0;
@@ -195,8 +195,10 @@ void Recorder::finished(vmm::Machine& m, bool exact, bool completed) {
                                      memory_digest_->value());
     Append(RecordType::kEnd, eventlog::EncodeEnd(*final_digest_));
   }
-  if (eventlog::Status s = writer_->close(); !s.ok() && error_.empty()) error_ = s.message();
-  stats_.log_bytes = writer_->size();
+  if (sink_ != nullptr) {
+    if (eventlog::Status s = sink_->close(); !s.ok() && error_.empty()) error_ = s.message();
+    stats_.log_bytes = sink_->size();
+  }
   log::info("record.finished", {{"position", m.position()},
                                 {"records", stats_.records},
                                 {"log_bytes", stats_.log_bytes},

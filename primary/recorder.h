@@ -15,8 +15,9 @@
 #include <optional>
 #include <string>
 
+#include "eventlog/encoder.h"
+#include "eventlog/eventlog.pb.h"
 #include "eventlog/records.h"
-#include "eventlog/writer.h"
 #include "vmm/dirty_tracker.h"
 #include "vmm/execution.h"
 #include "vmm/machine.h"
@@ -26,8 +27,6 @@
 namespace ftvm::primary {
 
 struct RecorderOptions {
-  std::string log_path;
-  bool overwrite = false;
   uint64_t verify_interval_ns = 50'000'000;  // a Verify record every 50 ms of run time
   uint64_t checkpoint_after_ns = 2'000'000;  // input may wait 2 ms for a guest exit
 };
@@ -56,10 +55,17 @@ struct RecorderStats {
 class Recorder final : public vmm::ExecutionHooks {
  public:
   // `machine` must be configured with ExecutionMode::kRecord and not yet run.
-  // Hashes the initial state and creates the log with its header. Throws
-  // ftvm::Error naming the problem (log exists, unwritable, no dirty tracking).
+  // Hashes the initial state and prepares the log header. Throws ftvm::Error
+  // naming the problem (no dirty tracking, unreadable image or disk).
   Recorder(vmm::Machine& machine, RecorderOptions options);
   ~Recorder() override;
+
+  // What the log's header says: the VM, its image and the initial state digest.
+  const eventlog::LogHeader& header() const { return header_; }
+  // Where records go from now on (not owned; it must outlive the recording or be
+  // detached). Null: nowhere (a primary without a secondary). Attach before run()
+  // or from a hook.
+  void attach(eventlog::RecordSink* sink) { sink_ = sink; }
 
   const RecorderStats& stats() const { return stats_; }
   // After Machine::run: the digest written in the End record (absent when the run
@@ -97,7 +103,8 @@ class Recorder final : public vmm::ExecutionHooks {
   RecorderOptions options_;
   std::unique_ptr<vmm::DirtyTracker> tracker_;
   std::unique_ptr<vmm::MemoryDigest> memory_digest_;
-  std::optional<eventlog::LogWriter> writer_;
+  eventlog::LogHeader header_;
+  eventlog::RecordSink* sink_ = nullptr;
   vmm::PageBitmap since_verify_;      // pages written since the last Verify record
   vmm::PageBitmap since_checkpoint_;  // ... since the last Verify or checkpoint
   uint64_t last_verify_ns_ = 0;

@@ -20,12 +20,13 @@ std::string_view ReplayOutcomeName(ReplayOutcome outcome) {
     case ReplayOutcome::kDiverged: return "diverged";
     case ReplayOutcome::kIncomplete: return "incomplete";
     case ReplayOutcome::kBadLog: return "bad log";
+    case ReplayOutcome::kWentLive: return "went live";
   }
   return "?";
 }
 
-Replayer::Replayer(vmm::Machine& machine, eventlog::LogReader& reader, ReplayOptions options)
-    : m_(machine), reader_(reader), options_(options) {
+Replayer::Replayer(vmm::Machine& machine, RecordSource& source, ReplayOptions options)
+    : m_(machine), options_(std::move(options)), source_(source) {
   if (m_.config().mode != vmm::ExecutionMode::kReplay)
     throw Error("internal: the replayer needs a machine configured for replay");
   const uint64_t pages = m_.memory().size() / vmm::kPageSize;
@@ -44,14 +45,15 @@ Replayer::~Replayer() = default;
 
 const Record* Replayer::Peek() {
   if (have_head_) return &head_;
-  if (log_done_) return nullptr;
-  eventlog::ReadResult r = reader_.next(head_);
-  if (r.is_record()) {
-    have_head_ = true;
-    return &head_;
+  if (log_done_ || live_) return nullptr;
+  eventlog::ReadResult r;
+  switch (source_.next(head_, m_.position(), r)) {
+    case RecordSource::Next::kRecord: have_head_ = true; return &head_;
+    case RecordSource::Next::kNotYet: return nullptr;
+    case RecordSource::Next::kEnd: break;
   }
   log_done_ = true;
-  if (r.is_end()) return nullptr;
+  if (!r.is_error()) return nullptr;
   // Nothing after a damaged or cut record can be trusted: stop here.
   Fail(r.code == eventlog::ReadCode::kTruncated ? ReplayOutcome::kIncomplete : ReplayOutcome::kBadLog,
        r.message + "; the replica reached position " + std::to_string(m_.position()));
@@ -81,13 +83,38 @@ const Record* Replayer::Expect(RecordType type, const char* doing) {
   if (h != nullptr && h->type == type && h->position == m_.position()) return h;
   if (stopped_) return nullptr;
   if (h == nullptr) {
-    Fail(ReplayOutcome::kIncomplete, "the log ends (without an End record) where the replica " + std::string(doing) +
-                                         " at position " + std::to_string(m_.position()) +
-                                         ": the recording was cut short");
+    Exhausted(std::string("where the replica ") + doing + " at position " + std::to_string(m_.position()));
   } else {
     Diverge(std::string("the replica ") + doing + ", but the log has " + Describe(*h));
   }
   return nullptr;
+}
+
+void Replayer::interrupt() {
+  source_.interrupt();
+  m_.stop();
+}
+
+void Replayer::Exhausted(const std::string& where) {
+  if (stopped_ || live_) return;
+  const std::string what = "the log ends without an End record (last record at position " +
+                           std::to_string(source_.last_position()) + ") " + where;
+  if (!options_.go_live) {
+    Fail(ReplayOutcome::kIncomplete, what + ": the recording was cut short");
+    return;
+  }
+  // Nothing outside this replica can hold the dirty-page tracking now.
+  tracker_.reset();
+  stats_.final_position = m_.position();
+  if (options_.go_live(m_)) {
+    live_ = true;
+    stopped_ = true;
+    outcome_ = ReplayOutcome::kWentLive;
+    message_ = "went live at position " + std::to_string(m_.position()) + ": " + what;
+    log::warn("replay.went_live", {{"position", m_.position()}, {"records", stats_.records}});
+  } else {
+    Fail(ReplayOutcome::kIncomplete, what + ": the replica stops (it must not take over)");
+  }
 }
 
 void Replayer::Fail(ReplayOutcome outcome, const std::string& message) {
@@ -111,16 +138,17 @@ uint64_t Replayer::input_value(vmm::InputKind kind, uint64_t live) {
   const bool wait = kind == vmm::InputKind::kIrqWait;
   const Record* r = Expect(wait ? RecordType::kIrqWaitResult : RecordType::kClockRead,
                            wait ? "returned from WAIT" : "read the clock");
-  if (r == nullptr) return live;
+  if (r == nullptr) return live;  // stopping, or gone live: the host's value it is
   std::optional<uint64_t> v =
       wait ? eventlog::DecodeIrqWaitResult(r->payload) : eventlog::DecodeClockRead(r->payload);
+  if (!wait && v) last_clock_[kind == vmm::InputKind::kClockWall ? 1 : 0] = *v;
   Consume();
   return v.value_or(live);  // the reader checked the size: always present
 }
 
-bool Replayer::input_bytes(vmm::InputKind, std::span<uint8_t> out, RandomSource&) {
+bool Replayer::input_bytes(vmm::InputKind, std::span<uint8_t> out, RandomSource& live) {
   const Record* r = Expect(RecordType::kRngData, "read random bytes");
-  if (r == nullptr) return true;
+  if (r == nullptr) return live_ ? live.fill(out) : true;
   if (r->payload.size() != out.size()) {
     Diverge("the replica read " + std::to_string(out.size()) + " random bytes, the primary " +
             std::to_string(r->payload.size()));
@@ -155,7 +183,7 @@ void Replayer::started(vmm::Machine& m) {
   const std::string devices = vmm::DeviceStateBytes(m);
   vmm::Sha256Digest initial = vmm::StateDigest(
       0, regs, {reinterpret_cast<const uint8_t*>(devices.data()), devices.size()}, memory_digest_->value());
-  const std::string& logged = reader_.header().initial_state_digest();
+  const std::string& logged = source_.header().initial_state_digest();
   if (logged.size() != initial.size() || std::memcmp(logged.data(), initial.data(), initial.size()) != 0) {
     Fail(ReplayOutcome::kBadLog, "the replica's initial state differs from the recorded VM's (digest " +
                                      vmm::DigestHex(initial) + ", log " +
@@ -199,13 +227,11 @@ bool Replayer::apply_device_events(vmm::Machine& m, bool one) {
     applied = true;
     if (one) break;
   }
-  if (!applied && one && !stopped_) {
+  if (!applied && one && !stopped_ && !live_) {
     // The guest blocks for an interrupt here; on the primary something woke it.
     const Record* h = Peek();
     if (h == nullptr) {
-      if (!stopped_)
-        Fail(ReplayOutcome::kIncomplete, "the log ends (without an End record) where the replica waits for input at "
-                                         "position " + std::to_string(m.position()));
+      if (!stopped_) Exhausted("where the replica waits for input at position " + std::to_string(m.position()));
     } else if (h->type == RecordType::kEnd && h->position == m.position()) {
       m.stop();  // the primary was stopped while it waited here
     } else {
@@ -222,10 +248,8 @@ bool Replayer::boundary(vmm::Machine& m, bool exact) {
     const Record* h = Peek();
     if (h == nullptr && log_done_ && !stopped_) {
       // The log ends without an End record (a recorder that crashed or was cut
-      // off): past its last record the replica would be guessing. Stop here.
-      Fail(ReplayOutcome::kIncomplete, "the log ends without an End record (the recording was cut short at "
-                                       "position " + std::to_string(reader_.last_position()) +
-                                       "); the replica stopped at position " + std::to_string(m.position()));
+      // off): past its last record the replica would be guessing.
+      Exhausted("at position " + std::to_string(m.position()));
       break;
     }
     if (h == nullptr || h->position > m.position()) break;

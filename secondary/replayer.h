@@ -10,11 +10,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 
-#include "eventlog/reader.h"
+#include "secondary/record_source.h"
 #include "eventlog/records.h"
 #include "vmm/checkpoint.h"
 #include "vmm/dirty_tracker.h"
@@ -27,6 +28,12 @@ namespace ftvm::secondary {
 
 struct ReplayOptions {
   bool verify = false;  // compare every Verify record (needs dirty tracking)
+  // Called on the vCPU thread when the log ends without an End record (the primary
+  // is gone) and the replica has consumed all of it. It decides whether this
+  // replica carries on as the VM: it must then have switched the machine to live
+  // (Machine::go_live) and returns true; false stops the replica. Unset (replaying a
+  // file): the replay stops as kIncomplete.
+  std::function<bool(vmm::Machine&)> go_live;
 };
 
 enum class ReplayOutcome {
@@ -34,6 +41,7 @@ enum class ReplayOutcome {
   kDiverged,    // the replica left the recorded execution (message says where)
   kIncomplete,  // the log stops before an End record (a crashed or cut recording)
   kBadLog,      // the log is corrupt or does not fit this VM
+  kWentLive,    // the log ended, and the replica took over as the VM
 };
 std::string_view ReplayOutcomeName(ReplayOutcome outcome);
 
@@ -51,9 +59,9 @@ struct ReplayStats {
 
 class Replayer final : public vmm::ExecutionHooks {
  public:
-  // `machine` must be configured by primary::ReplicaConfig from `reader`'s header
-  // and not yet run; `reader` stays owned by the caller and must outlive this.
-  Replayer(vmm::Machine& machine, eventlog::LogReader& reader, ReplayOptions options);
+  // `machine` must be configured by primary::ReplicaConfig from `source`'s header
+  // and not yet run; `source` stays owned by the caller and must outlive this.
+  Replayer(vmm::Machine& machine, RecordSource& source, ReplayOptions options);
   ~Replayer() override;
 
   // After Machine::run.
@@ -62,6 +70,14 @@ class Replayer final : public vmm::ExecutionHooks {
   const std::string& message() const { return message_; }
   const std::optional<vmm::Sha256Digest>& final_digest() const { return final_digest_; }
   const ReplayStats& stats() const { return stats_; }
+  // The last clock values the log gave the guest (0: none), for a replica going
+  // live: its clock must go on from there, never back.
+  uint64_t last_monotonic_ns() const { return last_clock_[0]; }
+  uint64_t last_wall_ns() const { return last_clock_[1]; }
+  // Log bytes consumed (the replica's progress, for acknowledgements).
+  uint64_t consumed_offset() const { return source_.offset(); }
+  // Makes the replica stop at once, even while it waits for log data.
+  void interrupt();
 
  private:
   // DeviceIo
@@ -98,7 +114,10 @@ class Replayer final : public vmm::ExecutionHooks {
   vmm::Sha256Digest CurrentDigest(vmm::MemorySum* memory = nullptr);
 
   vmm::Machine& m_;
-  eventlog::LogReader& reader_;
+  // The log ended without an End record: go live, or stop as incomplete.
+  void Exhausted(const std::string& where);
+
+  RecordSource& source_;
   ReplayOptions options_;
   eventlog::Record head_;
   bool have_head_ = false;
@@ -109,6 +128,8 @@ class Replayer final : public vmm::ExecutionHooks {
   vmm::CheckpointLoader checkpoints_;
   bool exit_boundary_ = false;
   bool stopped_ = false;     // outcome decided before the run ended
+  bool live_ = false;        // went live: the hooks are no longer this replayer
+  uint64_t last_clock_[2] = {0, 0};
   std::string last_replayed_ = "nothing yet";
   ReplayOutcome outcome_ = ReplayOutcome::kIncomplete;
   std::string message_;

@@ -5,6 +5,7 @@
 
 #include "common/clock.h"
 #include "common/error.h"
+#include "eventlog/writer.h"
 #include "primary/recorder.h"
 #include "tools/ftvm/commands.h"
 #include "tools/ftvm/vm_runner.h"
@@ -16,13 +17,15 @@ namespace po = boost::program_options;
 int RecordMain(int argc, char** argv) {
   VmOptions vm;
   primary::RecorderOptions rec;
+  std::string log_path;
+  bool overwrite = false;
   uint64_t verify_ms = rec.verify_interval_ns / 1000000;
   uint64_t checkpoint_us = rec.checkpoint_after_ns / 1000;
   po::options_description desc("ftvm record options");
   desc.add_options()
       ("help,h", "show this help")
-      ("log", po::value(&rec.log_path)->required(), "event log to write (must not exist)")
-      ("overwrite", po::bool_switch(&rec.overwrite), "replace an existing log")
+      ("log", po::value(&log_path)->required(), "event log to write (must not exist)")
+      ("overwrite", po::bool_switch(&overwrite), "replace an existing log")
       ("verify-interval-ms", po::value(&verify_ms)->default_value(verify_ms),
        "write a state digest (Verify record) this often")
       ("checkpoint-after-us", po::value(&checkpoint_us)->default_value(checkpoint_us),
@@ -56,6 +59,10 @@ int RecordMain(int argc, char** argv) {
     auto random = MakeSystemRandom();
     vmm::Machine machine(vm.config, *clock, *random);
     primary::Recorder recorder(machine, rec);
+    eventlog::WriterOptions wo;
+    wo.overwrite = overwrite;
+    eventlog::LogWriter writer = eventlog::LogWriter::Create(log_path, recorder.header(), wo);
+    recorder.attach(&writer);
     machine.set_hooks(&recorder);
     int code = RunUntilDone(machine);
     const primary::RecorderStats& s = recorder.stats();
@@ -65,7 +72,7 @@ int RecordMain(int argc, char** argv) {
                  "  positions %llu, interrupts %llu, clock reads %llu, frames %llu, checkpoints %llu, "
                  "verifications %llu\n",
                  static_cast<unsigned long long>(s.records), static_cast<unsigned long long>(s.log_bytes),
-                 seconds > 0 ? double(s.log_bytes) * 8 / seconds / 1e6 : 0.0, seconds, rec.log_path.c_str(),
+                 seconds > 0 ? double(s.log_bytes) * 8 / seconds / 1e6 : 0.0, seconds, log_path.c_str(),
                  static_cast<unsigned long long>(s.final_position), static_cast<unsigned long long>(s.interrupts),
                  static_cast<unsigned long long>(s.clock_reads), static_cast<unsigned long long>(s.frames),
                  static_cast<unsigned long long>(s.checkpoints), static_cast<unsigned long long>(s.verifications));

@@ -52,7 +52,8 @@ int ReplayMain(int argc, char** argv) {
     auto clock = MakeSystemClock();
     auto random = MakeSystemRandom();
     vmm::Machine machine(config, *clock, *random);
-    secondary::Replayer replayer(machine, reader, opts);
+    secondary::FileSource source(reader);
+    secondary::Replayer replayer(machine, source, opts);
     machine.set_hooks(&replayer);
     RunUntilDone(machine);
     const secondary::ReplayStats& s = replayer.stats();
@@ -70,6 +71,7 @@ int ReplayMain(int argc, char** argv) {
       case secondary::ReplayOutcome::kDiverged: return kExitDiverged;
       case secondary::ReplayOutcome::kIncomplete: return kExitIncomplete;
       case secondary::ReplayOutcome::kBadLog: return kExitVmmError;
+      case secondary::ReplayOutcome::kWentLive: return kExitVmmError;  // no go-live handler here
     }
     return kExitVmmError;
   } catch (const Error& e) {

@@ -17,7 +17,8 @@
 namespace ftvm::vmm {
 
 enum class InputKind : uint8_t {
-  kClock,    // a clock register read
+  kClockMonotonic,  // MONO_NS: ns since the VM started
+  kClockWall,       // WALL_NS: ns since the Unix epoch
   kIrqWait,  // the value an interrupt-controller WAIT read returned
   kRandom,   // random bytes
 };
