@@ -1,15 +1,28 @@
 // ftvm benchmarks: one table, every figure next to a baseline measured in the same
-// run. Runs real `ftvm run` processes (and, for the mail store, a network namespace
-// with a tap), so it needs root like the integration tests.
+// run. Runs real `ftvm run`, `ftvm record` and `ftvm replay` processes (and, for the
+// mail store, a network namespace with a tap), so it needs root like the
+// integration tests. Every replay must end "identical" (with the recording's final
+// digest), or the bench stops with an error: timing a broken replay means nothing.
+//
+// Record/replay rows: "record:" is a recorded run against a plain `ftvm run` of the
+// same workload in this run; "replay:" is `ftvm replay` of that very log against
+// the recording's run time; "log:" is the log's bandwidth over the recorded run time
+// (for the mail store beside the network input it carries, and the log bytes per
+// received packet beyond the frame); "verify:" is what verification digests cost
+// per MiB of dirtied memory, end to end and split into write tracking and hashing.
 //
 //   build/bench/ftvm_bench [--quick]
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <regex>
 #include <string>
 #include <vector>
@@ -18,6 +31,10 @@
 #include "tests/support/harness.h"
 #include "tests/tools/mail_test_server.h"
 #include "tools/ftvm/mail_client.h"
+#include "vmm/dirty_tracker.h"
+#include "vmm/guest_memory.h"
+#include "vmm/page_bitmap.h"
+#include "vmm/state_digest.h"
 
 namespace ftvm::bench {
 namespace {
@@ -60,9 +77,135 @@ ProcessResult RunGuest(const std::string& image, std::vector<std::string> args) 
   return r;
 }
 
+// Progress on stderr (the table goes to stdout): a full run takes minutes.
+void Progress(const char* what) {
+  static const auto start = std::chrono::steady_clock::now();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "bench: [%3.0f s] %s\n", s, what);
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// ---- Record/replay helpers -------------------------------------------------------
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+struct RecordRun {
+  ProcessResult proc;
+  double run_ms = 0;  // the recorded VM's run time (vm.stopped run_ms)
+  uint64_t records = 0, log_bytes = 0, interrupts = 0, frames = 0, checkpoints = 0, verifications = 0;
+  std::string digest;  // final digest
+  double mbit() const { return run_ms > 0 ? double(log_bytes) * 8 / (run_ms / 1000) / 1e6 : 0; }
+};
+
+[[noreturn]] void Die(const std::string& what, const ProcessResult& r) {
+  std::fprintf(stderr, "bench: %s (exit %d%s)\nstdout:\n%s\nstderr:\n%s\n", what.c_str(), r.exit_code,
+               r.timed_out ? ", timed out" : "", r.out.substr(0, 4000).c_str(), r.err.substr(0, 4000).c_str());
+  std::exit(1);
+}
+
+// Parses the summary `ftvm record` prints at the end; false when it is missing.
+bool ParseRecord(const ProcessResult& p, RecordRun& rr) {
+  std::smatch m;
+  rr.proc = p;
+  if (!std::regex_search(p.err, m, std::regex(R"(recorded (\d+) records, (\d+) bytes)"))) return false;
+  rr.records = std::stoull(m[1]);
+  rr.log_bytes = std::stoull(m[2]);
+  static const std::regex counts(
+      R"(interrupts (\d+), clock reads \d+, frames (\d+), checkpoints (\d+), verifications (\d+))");
+  if (!std::regex_search(p.err, m, counts)) return false;
+  rr.interrupts = std::stoull(m[1]);
+  rr.frames = std::stoull(m[2]);
+  rr.checkpoints = std::stoull(m[3]);
+  rr.verifications = std::stoull(m[4]);
+  if (!std::regex_search(p.err, m, std::regex(R"(final digest ([0-9a-f]+))"))) return false;
+  rr.digest = m[1];
+  rr.run_ms = Field(p.err, "run_ms");
+  return rr.run_ms > 0;
+}
+
+// `ftvm record --log LOG --guest GUEST --app ARGS...`; the log must not exist.
+RecordRun RecordGuest(const std::string& log, std::vector<std::string> args) {
+  unlink(log.c_str());
+  std::vector<std::string> argv = {g_ftvm, "record", "--log", log, "--guest", g_guest, "--app"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  ProcessResult p = RunProcess(argv, seconds(600), "bench-record");
+  RecordRun rr;
+  if (p.exit_code != 0 || !ParseRecord(p, rr)) Die("ftvm record " + args[0] + " failed", p);
+  return rr;
+}
+
+void MakeZeroDisk(const std::string& path, off_t bytes) {
+  unlink(path.c_str());
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr || std::fclose(f) != 0 || truncate(path.c_str(), bytes) != 0) {
+    std::fprintf(stderr, "bench: cannot create %s\n", path.c_str());
+    std::exit(1);
+  }
+}
+
+// Replays `log` (with a fresh zeroed disk of `disk_bytes` when the VM had one) and
+// returns the replay's run time in ms. Stops the bench unless the replay says
+// "identical" and reaches the recording's final digest.
+double ReplayLog(const std::string& log, const RecordRun& rec, bool verify, off_t disk_bytes = 0) {
+  std::vector<std::string> argv = {g_ftvm, "replay", "--log", log};
+  std::string console = itest::ScratchPath("bench-replay-console.txt");
+  argv.insert(argv.end(), {"--console", console});
+  std::string disk;
+  if (disk_bytes > 0) {
+    disk = itest::ScratchPath("bench-replay-disk.img");
+    MakeZeroDisk(disk, disk_bytes);
+    argv.insert(argv.end(), {"--disk", disk});
+  }
+  if (verify) argv.push_back("--verify");
+  ProcessResult p = RunProcess(argv, seconds(900), "bench-replay");
+  unlink(console.c_str());
+  if (!disk.empty()) unlink(disk.c_str());
+  const bool identical = std::regex_search(p.out, std::regex("(^|\n)identical\n"));
+  const bool same_digest = p.out.find("final digest " + rec.digest + "\n") != std::string::npos;
+  if (p.exit_code != 0 || !identical || !same_digest)
+    Die("replay of " + log + (verify ? " --verify" : "") + " failed or differs from its recording (final digest " +
+            rec.digest + ")",
+        p);
+  if (verify && p.err.find(" " + std::to_string(rec.verifications) + " verifications") == std::string::npos)
+    Die("replay --verify of " + log + " did not check all " + std::to_string(rec.verifications) + " Verify records",
+        p);
+  double ms = Field(p.err, "run_ms");
+  if (ms < 0) Die("replay of " + log + " printed no run_ms", p);
+  return ms;
+}
+
+struct TypeBytes {
+  uint64_t records = 0, bytes = 0;
+};
+
+// `ftvm log info`: records and bytes (framing included) per record type.
+std::map<std::string, TypeBytes> LogInfo(const std::string& log) {
+  ProcessResult p = RunProcess({g_ftvm, "log", "info", log}, seconds(120), "bench-loginfo");
+  if (p.exit_code != 0) Die("ftvm log info " + log + " failed", p);
+  std::map<std::string, TypeBytes> out;
+  std::regex line(R"(\n\s+([A-Za-z]+)\s+(\d+) records\s+(\d+) bytes)");
+  for (std::sregex_iterator it(p.out.begin(), p.out.end(), line), end; it != end; ++it)
+    out[(*it)[1]] = {std::stoull((*it)[2]), std::stoull((*it)[3])};
+  return out;
+}
+
+// Pages the Verify records say were dirty since the previous one: what a replay
+// with --verify rehashes.
+uint64_t VerifiedPages(const std::string& log) {
+  ProcessResult p = RunProcess({g_ftvm, "log", "dump", log}, seconds(120), "bench-logdump");
+  if (p.exit_code != 0) Die("ftvm log dump " + log + " failed", p);
+  uint64_t pages = 0;
+  std::regex line(R"(Verify\s+[0-9a-f]+ pages (\d+))");
+  for (std::sregex_iterator it(p.out.begin(), p.out.end(), line), end; it != end; ++it) pages += std::stoull((*it)[1]);
+  return pages;
+}
+
+double MsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void ExitCosts(std::vector<Row>& rows, bool quick) {
@@ -107,9 +250,197 @@ void Compute(std::vector<Row>& rows, bool quick) {
                   "same code on the host", host_ms});
 }
 
+// CPU seconds (user + system) of all children waited for so far.
+double ChildCpuSeconds() {
+  struct rusage ru {};
+  getrusage(RUSAGE_CHILDREN, &ru);
+  return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+// Recording overhead, replay speed and log bandwidth for compute: plain runs and
+// recordings alternate (medians), each recording is replayed. Besides the run time
+// (wall clock, which this shared host's other load inflates), the CPU time each
+// process used beyond an iters=1 run of the same kind: the steady-state cost,
+// without the one-time start-up, which has its own row.
+void RecordCompute(std::vector<Row>& rows, bool quick) {
+  uint64_t iters = quick ? 5000000 : 20000000;
+  int reps = quick ? 1 : 3;
+  const std::string arg = "iters=" + std::to_string(iters);
+  std::vector<double> plain, recorded, replayed, mbit, plain_cpu, rec_cpu, plain_start, rec_start;
+  for (int i = 0; i < reps; ++i) {
+    std::string log = itest::ScratchPath("bench-compute.ftlog");
+    auto t0 = std::chrono::steady_clock::now();
+    double c0 = ChildCpuSeconds();
+    RunGuest(g_guest, {"compute", "--arg", "iters=1"});
+    const double plain_small_cpu = ChildCpuSeconds() - c0;
+    plain_start.push_back(MsSince(t0));
+    t0 = std::chrono::steady_clock::now();
+    c0 = ChildCpuSeconds();
+    RecordGuest(log, {"compute", "--arg", "iters=1"});
+    const double rec_small_cpu = ChildCpuSeconds() - c0;
+    rec_start.push_back(MsSince(t0));
+
+    c0 = ChildCpuSeconds();
+    plain.push_back(Field(RunGuest(g_guest, {"compute", "--arg", arg}).err, "run_ms"));
+    plain_cpu.push_back((ChildCpuSeconds() - c0 - plain_small_cpu) * 1000);
+    c0 = ChildCpuSeconds();
+    RecordRun rec = RecordGuest(log, {"compute", "--arg", arg});
+    rec_cpu.push_back((ChildCpuSeconds() - c0 - rec_small_cpu) * 1000);
+    recorded.push_back(rec.run_ms);
+    mbit.push_back(rec.mbit());
+    replayed.push_back(ReplayLog(log, rec, false));
+    unlink(log.c_str());
+  }
+  const std::string name = "compute " + std::to_string(iters / 1000000) + "M";
+  rows.push_back({"record: " + name + ", run time", Median(recorded), "ms", "ftvm run (goal 1.03)", Median(plain)});
+  rows.push_back({"record: " + name + ", CPU time beyond an iters=1 run", Median(rec_cpu), "ms",
+                  "ftvm run (goal 1.03)", Median(plain_cpu)});
+  rows.push_back({"record: start-up, compute iters=1 process wall time", Median(rec_start), "ms", "ftvm run",
+                  Median(plain_start)});
+  rows.push_back({"replay: " + name + ", replay time", Median(replayed), "ms", "its record (goal 1)",
+                  Median(recorded)});
+  rows.push_back({"log: " + name + ", bandwidth", Median(mbit), "Mbit/s", "goal 1 Mbit/s", 1});
+}
+
+// Timer interrupts that land while the guest computes without exits are delivered
+// at epoch checkpoints, up to --checkpoint-after-us late, so a recorded run takes
+// longer in wall time; what recording costs is the guest's compute throughput
+// (fixed-size chunks per second of run time).
+void RecordTimers(std::vector<Row>& rows, uint64_t period_us, uint64_t ticks, int reps) {
+  const std::vector<std::string> args = {"timers", "--arg", "period_us=" + std::to_string(period_us), "--arg",
+                                         "ticks=" + std::to_string(ticks)};
+  std::vector<double> plain_cps, rec_cps, checkpoints, replay_ms, record_ms, mbit;
+  for (int i = 0; i < reps; ++i) {
+    ProcessResult plain = RunGuest(g_guest, args);
+    plain_cps.push_back(Field(plain.out, "chunks") / (Field(plain.err, "run_ms") / 1000));
+    std::string log = itest::ScratchPath("bench-timers.ftlog");
+    RecordRun rec = RecordGuest(log, args);
+    rec_cps.push_back(Field(rec.proc.out, "chunks") / (rec.run_ms / 1000));
+    if (plain_cps.back() <= 0 || rec_cps.back() <= 0) Die("timers printed no chunks=", rec.proc);
+    checkpoints.push_back(double(rec.checkpoints));
+    record_ms.push_back(rec.run_ms);
+    mbit.push_back(rec.mbit());
+    replay_ms.push_back(ReplayLog(log, rec, false));
+    unlink(log.c_str());
+  }
+  char name[64];
+  std::snprintf(name, sizeof name, "timers every %g ms", double(period_us) / 1000);
+  rows.push_back({std::string("record: ") + name + ", guest throughput", Median(rec_cps), "chunk/s", "ftvm run",
+                  Median(plain_cps)});
+  rows.push_back({std::string("record: ") + name + ", epoch checkpoints", Median(checkpoints), "ckpts",
+                  "timer ticks", double(ticks)});
+  rows.push_back({std::string("replay: ") + name + ", replay time", Median(replay_ms), "ms", "its record (goal 1)",
+                  Median(record_ms)});
+  rows.push_back({std::string("log: ") + name + ", bandwidth", Median(mbit), "Mbit/s", "goal 1 Mbit/s", 1});
+}
+
+// Log bandwidth of the dirty app, and what verification digests cost per MiB of
+// dirty memory: end to end (replay --verify minus replay, over the pages the Verify
+// records name) and in this process (userfaultfd write tracking, page hashing).
+void RecordDirty(std::vector<Row>& rows, bool quick) {
+  const std::vector<std::string> args = {"dirty",  "--arg", "mib=16", "--arg", "mib_per_s=64", "--arg",
+                                         quick ? "seconds=1" : "seconds=2", "--arg", "slice_us=5000"};
+  std::string log = itest::ScratchPath("bench-dirty.ftlog");
+  RecordRun rec = RecordGuest(log, args);
+  const uint64_t pages = VerifiedPages(log);
+  std::vector<double> plain, verified;
+  for (int i = 0; i < (quick ? 1 : 3); ++i) {
+    plain.push_back(ReplayLog(log, rec, false));
+    verified.push_back(ReplayLog(log, rec, true));
+  }
+  unlink(log.c_str());
+  const double dirty_mib = double(pages) * vmm::kPageSize / kMiB;
+  const double e2e_us_per_mib = (Median(verified) - Median(plain)) * 1000 / std::max(dirty_mib, 1e-9);
+
+  // In process: 64 MiB of guest RAM, 16 MiB of it written (one word per page, as
+  // the dirty app does) between measurements.
+  constexpr uint64_t kRam = 64ull << 20, kRegion = 16ull << 20;
+  vmm::GuestMemory mem = vmm::GuestMemory::Create(kRam);
+  uint8_t* region = mem.host_base() + (8ull << 20);
+  std::vector<uint8_t> copy(kRegion, 1);
+  vmm::MemoryDigest digest(mem);
+  vmm::PageBitmap dirty(kRam / vmm::kPageSize);
+  const uint64_t first_page = uint64_t(region - mem.host_base()) / vmm::kPageSize;
+  for (uint64_t p = 0; p < kRegion / vmm::kPageSize; ++p) dirty.set(first_page + p);
+  uint64_t stamp = 1;
+  auto write_region = [&] {
+    ++stamp;
+    for (uint64_t off = 0; off < kRegion; off += vmm::kPageSize)
+      *reinterpret_cast<volatile uint64_t*>(region + off) = stamp * 0x9e3779b97f4a7c15ull + off;
+  };
+  std::vector<double> hash_ms, memcpy_ms, track_ms;
+  for (int i = 0; i < 9; ++i) {
+    write_region();
+    auto t0 = std::chrono::steady_clock::now();
+    digest.update(dirty);
+    hash_ms.push_back(MsSince(t0));
+    t0 = std::chrono::steady_clock::now();
+    std::memcpy(copy.data(), region, kRegion);
+    memcpy_ms.push_back(MsSince(t0));
+  }
+  volatile uint8_t sink = copy[kRegion / 2] ^ digest.value()[0];
+  (void)sink;
+  {
+    std::unique_ptr<vmm::DirtyTracker> tracker = vmm::MakeUffdDirtyTracker(mem);
+    vmm::PageBitmap seen(kRam / vmm::kPageSize);
+    tracker->collect(seen);
+    for (int i = 0; i < 9; ++i) {
+      seen.clear();
+      auto t0 = std::chrono::steady_clock::now();
+      write_region();
+      tracker->collect(seen);
+      track_ms.push_back(MsSince(t0));
+      if (seen.count() < kRegion / vmm::kPageSize) {
+        std::fprintf(stderr, "bench: the dirty tracker reported %" PRIu64 " of %" PRIu64 " written pages\n",
+                     seen.count(), kRegion / vmm::kPageSize);
+        std::exit(1);
+      }
+    }
+  }
+  const double region_mib = double(kRegion) / kMiB;
+  const double hash_us = Median(hash_ms) * 1000 / region_mib;
+  const double memcpy_us = Median(memcpy_ms) * 1000 / region_mib;
+  const double track_us = Median(track_ms) * 1000 / region_mib;
+
+  char name[96];
+  std::snprintf(name, sizeof name, "verify: replay --verify extra time, %.0f MiB dirtied", dirty_mib);
+  rows.push_back({"log: dirty 64 MiB/s over 16 MiB, bandwidth", rec.mbit(), "Mbit/s", "goal 1 Mbit/s", 1});
+  rows.push_back({name, Median(verified) - Median(plain), "ms", "replay without verify", Median(plain)});
+  rows.push_back({"verify: replay --verify extra per MiB dirtied", e2e_us_per_mib, "us/MiB", "in-process track+hash",
+                  track_us + hash_us});
+  rows.push_back({"verify: in-process hash of dirty pages per MiB", hash_us, "us/MiB", "memcpy on the host",
+                  memcpy_us});
+  rows.push_back({"verify: in-process uffd-wp write tracking per MiB", track_us, "us/MiB", "in-process hash",
+                  hash_us});
+}
+
+// Log bandwidth and replay speed of the disk app (one DiskCompletion per batch);
+// the replay does the same I/O on a fresh copy of the disk.
+void RecordDisk(std::vector<Row>& rows, bool quick) {
+  const off_t disk_bytes = 64 << 20;
+  const std::string ops = quick ? "ops=2000" : "ops=5000";
+  std::vector<double> record_ms, replay_ms, mbit;
+  for (int i = 0; i < (quick ? 1 : 3); ++i) {
+    std::string disk = itest::ScratchPath("bench-disk.img");
+    MakeZeroDisk(disk, disk_bytes);
+    std::string log = itest::ScratchPath("bench-disk.ftlog");
+    RecordRun rec = RecordGuest(log, {"disk", "--disk", disk, "--arg", ops});
+    unlink(disk.c_str());
+    record_ms.push_back(rec.run_ms);
+    mbit.push_back(rec.mbit());
+    replay_ms.push_back(ReplayLog(log, rec, false, disk_bytes));
+    unlink(log.c_str());
+  }
+  const std::string name = "disk " + ops.substr(4) + " ops";
+  rows.push_back({"replay: " + name + ", replay time", Median(replay_ms), "ms", "its record (goal 1)",
+                  Median(record_ms)});
+  rows.push_back({"log: " + name + ", bandwidth", Median(mbit), "Mbit/s", "goal 1 Mbit/s", 1});
+}
+
 struct LoadRun {
   mail::LoadReport report;
   double guest_exits = 0;
+  RecordRun record;  // when recorded
 };
 
 mail::LoadReport ParseLoad(const std::string& out) {
@@ -127,19 +458,25 @@ mail::LoadReport ParseLoad(const std::string& out) {
   return r;
 }
 
-// Boots the mail store on a tap in a fresh namespace, optionally drives load, stops
-// it and returns the load report and the guest exits taken.
-LoadRun MailStoreRun(const mail::LoadOptions* load, double idle_s) {
+constexpr off_t kMailDiskBytes = 64 << 20;
+
+// Boots the mail store on a tap in a fresh namespace (under `ftvm record` to
+// `record_log` when that is not empty), optionally drives load, stops it and
+// returns the load report and the guest exits taken.
+LoadRun MailStoreRun(const mail::LoadOptions* load, double idle_s, const std::string& record_log = "") {
   itest::NetNamespace ns("bench");
   ns.AddTap("ftvmb0", "10.0.0.1/24");
   std::string disk = itest::ScratchPath("bench-mail.img");
-  FILE* f = std::fopen(disk.c_str(), "w");
-  std::fclose(f);
-  if (truncate(disk.c_str(), 64 << 20) != 0) std::exit(1);
+  MakeZeroDisk(disk, kMailDiskBytes);
   std::string console = itest::ScratchPath("bench-console.txt");
-  Process vm = Process::Start(ns.Wrap({g_ftvm, "run", "--guest", g_guest, "--app", "mailstore", "--disk", disk,
-                                       "--tap", "ftvmb0", "--ip", "10.0.0.2/24", "--console", console}),
-                              "bench-vm");
+  std::vector<std::string> argv = {g_ftvm, "run"};
+  if (!record_log.empty()) {
+    unlink(record_log.c_str());
+    argv = {g_ftvm, "record", "--log", record_log};
+  }
+  argv.insert(argv.end(), {"--guest", g_guest, "--app", "mailstore", "--disk", disk, "--tap", "ftvmb0", "--ip",
+                           "10.0.0.2/24", "--console", console});
+  Process vm = Process::Start(ns.Wrap(argv), "bench-vm");
   if (!itest::WaitForFileContains(console, "mailstore: ready", seconds(120))) {
     std::fprintf(stderr, "bench: mail store did not come up\n%s", vm.Stderr().c_str());
     std::exit(1);
@@ -158,13 +495,41 @@ LoadRun MailStoreRun(const mail::LoadOptions* load, double idle_s) {
     usleep(useconds_t(idle_s * 1e6));
   }
   vm.Signal(SIGTERM);
-  ProcessResult v = vm.Wait(seconds(30));
+  ProcessResult v = vm.Wait(seconds(60));
   out.guest_exits = Field(v.err, "guest_exits");
   unlink(disk.c_str());
+  unlink(console.c_str());
+  if (!record_log.empty() && (v.exit_code != 0 || !ParseRecord(v, out.record)))
+    Die("ftvm record of the mail store failed", v);
   return out;
 }
 
-void MailStore(std::vector<Row>& rows, bool quick) {
+// Replays a recorded mail store run and adds its replay-speed and log rows.
+void MailReplayRows(std::vector<Row>& rows, const std::string& label, const std::string& log, const RecordRun& rec) {
+  double replay_ms = ReplayLog(log, rec, false, kMailDiskBytes);
+  std::map<std::string, TypeBytes> info = LogInfo(log);
+  unlink(log.c_str());
+  const TypeBytes rx = info["PacketRx"];
+  if (rx.records != rec.frames) {
+    std::fprintf(stderr, "bench: %s: the log has %" PRIu64 " PacketRx records, the recorder counted %" PRIu64
+                 " frames\n", label.c_str(), rx.records, rec.frames);
+    std::exit(1);
+  }
+  const double frame_bytes = double(rx.bytes) - 20.0 * double(rx.records);  // 20 bytes of framing per record
+  const double secs = rec.run_ms / 1000;
+  const double net_mbit = frame_bytes * 8 / secs / 1e6;
+  const double beyond = (double(rec.log_bytes) - frame_bytes) / double(std::max<uint64_t>(rx.records, 1));
+  rows.push_back({"replay: " + label + " log, replay time", replay_ms, "ms", "its record (goal 1)", rec.run_ms});
+  rows.push_back({"log: " + label + ", bandwidth", rec.mbit(), "Mbit/s", "network input (frames)", net_mbit});
+  rows.push_back({"log: " + label + ", bytes per packet beyond frame", beyond, "bytes", "goal 64", 64});
+  const double checkpoint_bytes = double(info["Checkpoint"].bytes) / double(std::max<uint64_t>(rx.records, 1));
+  rows.push_back({"log: " + label + ", of which checkpoints", checkpoint_bytes, "bytes", "beyond frame", beyond});
+  const double verify_bytes = double(info["Verify"].bytes) / double(std::max<uint64_t>(rx.records, 1));
+  rows.push_back({"log: " + label + ", of which Verify digests", verify_bytes, "bytes", "beyond frame", beyond});
+}
+
+// Plain mail store rows go to `rows`, the recorded store's to `rr_rows`.
+void MailStore(std::vector<Row>& rows, std::vector<Row>& rr_rows, bool quick) {
   double duration = quick ? 3 : 10;
   // Host baseline: the same load generator against an in-process UDP store on
   // loopback: what the client and the host network stack cost by themselves.
@@ -181,9 +546,15 @@ void MailStore(std::vector<Row>& rows, bool quick) {
   flood.window = 64;
   mail::LoadReport host_flood = client.run_load(flood);
 
+  // Each load runs against the plain store and then, right after it (this host's
+  // background load drifts), against a recorded one.
+  const std::string steady_log = itest::ScratchPath("bench-mail-500.ftlog");
+  const std::string flood_log = itest::ScratchPath("bench-mail-flood.ftlog");
   LoadRun idle = MailStoreRun(nullptr, duration);
   LoadRun steady = MailStoreRun(&opt, 0);
+  LoadRun rec_steady = MailStoreRun(&opt, 0, steady_log);
   LoadRun max = MailStoreRun(&flood, 0);
+  LoadRun rec_max = MailStoreRun(&flood, 0, flood_log);
 
   double exits_per_req = (steady.guest_exits - idle.guest_exits) / double(std::max<uint64_t>(steady.report.completed, 1));
   rows.push_back({"mail store, 500 req/s offered: served", steady.report.throughput_rps, "req/s", "host UDP store",
@@ -200,8 +571,22 @@ void MailStore(std::vector<Row>& rows, bool quick) {
   rows.push_back({"mail store, 20000 req/s offered: served", max.report.throughput_rps, "req/s", "host UDP store",
                   host_flood.throughput_rps});
   rows.push_back({"mail store, 20000 req/s: guest exits per request", flood_exits_per_req, "exits", "goal 1", 1});
-  if (steady.report.timeouts + max.report.timeouts > 0)
-    std::fprintf(stderr, "bench: note: %" PRIu64 " requests timed out\n", steady.report.timeouts + max.report.timeouts);
+
+  // Recording cost under load: the recorded store against the plain one (goal: at
+  // most 10% fewer served, 10% more latency).
+  rr_rows.push_back({"record: mail 500 req/s offered: served", rec_steady.report.throughput_rps, "req/s",
+                  "ftvm run (goal 0.9)", steady.report.throughput_rps});
+  rr_rows.push_back({"record: mail 500 req/s: p50 latency", double(rec_steady.report.p50_us), "us",
+                     "ftvm run (goal 1.1)", double(steady.report.p50_us)});
+  rr_rows.push_back({"record: mail 500 req/s: p99 latency", double(rec_steady.report.p99_us), "us",
+                     "ftvm run (goal 1.1)", double(steady.report.p99_us)});
+  rr_rows.push_back({"record: mail 20000 req/s offered: served", rec_max.report.throughput_rps, "req/s",
+                  "ftvm run (goal 0.9)", max.report.throughput_rps});
+  MailReplayRows(rr_rows, "mail 500 req/s", steady_log, rec_steady.record);
+  MailReplayRows(rr_rows, "mail 20000 req/s", flood_log, rec_max.record);
+  uint64_t timeouts =
+      steady.report.timeouts + max.report.timeouts + rec_steady.report.timeouts + rec_max.report.timeouts;
+  if (timeouts > 0) std::fprintf(stderr, "bench: note: %" PRIu64 " requests timed out\n", timeouts);
 }
 
 }  // namespace
@@ -222,22 +607,38 @@ int main(int argc, char** argv) {
   g_ring0_guest = ring0;
   std::vector<Row> rows;
   std::string backend;
+  Progress("boot, exits, compute");
   BootTime(rows, backend);
   ExitCosts(rows, quick);
   Compute(rows, quick);
-  MailStore(rows, quick);
+  Progress("mail store: host baseline, ftvm run, ftvm record, replays");
+  std::vector<Row> mail_rr;
+  MailStore(rows, mail_rr, quick);
+  // Record/replay: recording overhead, replay speed, log bandwidth, verification.
+  Progress("record/replay: compute");
+  RecordCompute(rows, quick);
+  Progress("record/replay: timers");
+  RecordTimers(rows, 1000, quick ? 800 : 1500, quick ? 1 : 3);
+  RecordTimers(rows, 10000, quick ? 100 : 300, quick ? 1 : 3);
+  Progress("record/replay: dirty, verification digests");
+  RecordDirty(rows, quick);
+  Progress("record/replay: disk");
+  RecordDisk(rows, quick);
+  Progress("done");
+  rows.insert(rows.end(), mail_rr.begin(), mail_rr.end());
 
   std::printf("\nftvm bench (backend: %s%s)\n", backend.c_str(), quick ? ", quick" : "");
-  std::printf("| %-50s | %10s | %-5s | %-22s | %10s | %7s |\n", "metric", "value", "unit", "baseline", "baseline", "ratio");
-  std::printf("|%s|%s|%s|%s|%s|%s|\n", std::string(52, '-').c_str(), std::string(12, '-').c_str(),
-              std::string(7, '-').c_str(), std::string(24, '-').c_str(), std::string(12, '-').c_str(),
+  std::printf("| %-56s | %10s | %-7s | %-23s | %10s | %7s |\n", "metric", "value", "unit", "baseline", "baseline",
+              "ratio");
+  std::printf("|%s|%s|%s|%s|%s|%s|\n", std::string(58, '-').c_str(), std::string(12, '-').c_str(),
+              std::string(9, '-').c_str(), std::string(25, '-').c_str(), std::string(12, '-').c_str(),
               std::string(9, '-').c_str());
   for (const Row& r : rows) {
     if (r.baseline > 0)
-      std::printf("| %-50s | %10.2f | %-5s | %-22s | %10.2f | %7.2f |\n", r.metric.c_str(), r.value, r.unit.c_str(),
+      std::printf("| %-56s | %10.2f | %-7s | %-23s | %10.2f | %7.2f |\n", r.metric.c_str(), r.value, r.unit.c_str(),
                   r.baseline_name.c_str(), r.baseline, r.value / r.baseline);
     else
-      std::printf("| %-50s | %10.2f | %-5s | %-22s | %10s | %7s |\n", r.metric.c_str(), r.value, r.unit.c_str(), "", "",
+      std::printf("| %-56s | %10.2f | %-7s | %-23s | %10s | %7s |\n", r.metric.c_str(), r.value, r.unit.c_str(), "", "",
                   "");
   }
   return 0;
