@@ -57,6 +57,9 @@ class RecordSink {
   // Log bytes appended so far, header included: the offset the next record will
   // start at, which is also what a secondary acknowledges.
   virtual uint64_t size() const = 0;
+  // The VM reached `position` (after an exit): no record below it will follow. A
+  // stream tells its reader, so a replica may run up to there; a file ignores it.
+  virtual void note_position(uint64_t /*position*/) {}
 };
 
 }  // namespace ftvm::eventlog

@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "primary/log_header.h"
+#include "primary/output_gate.h"
 #include "vmm/checkpoint.h"
 
 namespace ftvm::primary {
@@ -105,8 +106,25 @@ void Recorder::disk_batch_done(uint16_t queue, uint16_t count) {
 
 void Recorder::started(vmm::Machine& m) { last_verify_ns_ = m.clock().monotonic_ns(); }
 
-void Recorder::after_exit(vmm::Machine&, bool guest_caused) {
-  if (guest_caused) exit_boundary_ = true;
+void Recorder::after_exit(vmm::Machine& m, bool guest_caused) {
+  if (!guest_caused) return;
+  exit_boundary_ = true;
+  if (sink_ != nullptr) sink_->note_position(m.position());
+}
+
+uint64_t Recorder::output_mark() {
+  if (gate_ == nullptr || sink_ == nullptr) return 0;
+  return gate_->mark(sink_->size());
+}
+
+bool Recorder::output_released(uint64_t mark) { return gate_ == nullptr || gate_->released(mark); }
+
+bool Recorder::transmit_frame(std::span<const iovec> frame) {
+  if (gate_ == nullptr || sink_ == nullptr) return true;
+  const uint64_t mark = gate_->mark(sink_->size());
+  if (gate_->released(mark)) return true;
+  gate_->hold(mark, frame);
+  return false;
 }
 
 bool Recorder::boundary(vmm::Machine& m, bool exact) {

@@ -66,6 +66,9 @@ class Recorder final : public vmm::ExecutionHooks {
   // detached). Null: nowhere (a primary without a secondary). Attach before run()
   // or from a hook.
   void attach(eventlog::RecordSink* sink) { sink_ = sink; }
+  // The output rule for a protected primary (not owned). Without one, outputs go at
+  // once (a recording to a file, a primary without a secondary).
+  void set_output_gate(class OutputGate* gate) { gate_ = gate; }
 
   const RecorderStats& stats() const { return stats_; }
   // After Machine::run: the digest written in the End record (absent when the run
@@ -83,9 +86,9 @@ class Recorder final : public vmm::ExecutionHooks {
   void frame_received(std::span<const uint8_t> frame) override;
   int disk_request_done(uint16_t head, int host_error) override;
   void disk_batch_done(uint16_t queue, uint16_t count) override;
-  uint64_t output_mark() override { return 0; }
-  bool output_released(uint64_t) override { return true; }
-  bool transmit_frame(std::span<const iovec>) override { return true; }
+  uint64_t output_mark() override;
+  bool output_released(uint64_t mark) override;
+  bool transmit_frame(std::span<const iovec> frame) override;
   // ExecutionHooks
   void started(vmm::Machine& m) override;
   void after_exit(vmm::Machine& m, bool guest_caused) override;
@@ -105,6 +108,7 @@ class Recorder final : public vmm::ExecutionHooks {
   std::unique_ptr<vmm::MemoryDigest> memory_digest_;
   eventlog::LogHeader header_;
   eventlog::RecordSink* sink_ = nullptr;
+  class OutputGate* gate_ = nullptr;
   vmm::PageBitmap since_verify_;      // pages written since the last Verify record
   vmm::PageBitmap since_checkpoint_;  // ... since the last Verify or checkpoint
   uint64_t last_verify_ns_ = 0;

@@ -70,6 +70,7 @@ void Replayer::Consume() {
   last_replayed_ = Describe(head_);
   have_head_ = false;
   ++stats_.records;
+  consumed_.store(head_.offset + head_.stored_bytes, std::memory_order_release);
 }
 
 std::string Replayer::Describe(const Record& r) const {
@@ -194,6 +195,7 @@ void Replayer::started(vmm::Machine& m) {
 
 void Replayer::after_exit(vmm::Machine& m, bool guest_caused) {
   if (!guest_caused) return;
+  replayed_position_.store(m.position(), std::memory_order_release);
   exit_boundary_ = true;
   const Record* h = Peek();
   if (h != nullptr && h->position < m.position())

@@ -9,6 +9,7 @@
 // as a divergence naming the position, what differed and what was being replayed.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -74,8 +75,10 @@ class Replayer final : public vmm::ExecutionHooks {
   // live: its clock must go on from there, never back.
   uint64_t last_monotonic_ns() const { return last_clock_[0]; }
   uint64_t last_wall_ns() const { return last_clock_[1]; }
-  // Log bytes consumed (the replica's progress, for acknowledgements).
-  uint64_t consumed_offset() const { return source_.offset(); }
+  // The replica's progress, for acknowledgements (any thread): log bytes consumed,
+  // and the position reached.
+  uint64_t consumed_offset() const { return consumed_.load(std::memory_order_acquire); }
+  uint64_t replayed_position() const { return replayed_position_.load(std::memory_order_acquire); }
   // Makes the replica stop at once, even while it waits for log data.
   void interrupt();
 
@@ -129,6 +132,8 @@ class Replayer final : public vmm::ExecutionHooks {
   bool exit_boundary_ = false;
   bool stopped_ = false;     // outcome decided before the run ended
   bool live_ = false;        // went live: the hooks are no longer this replayer
+  std::atomic<uint64_t> consumed_{0};
+  std::atomic<uint64_t> replayed_position_{0};
   uint64_t last_clock_[2] = {0, 0};
   std::string last_replayed_ = "nothing yet";
   ReplayOutcome outcome_ = ReplayOutcome::kIncomplete;

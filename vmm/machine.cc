@@ -104,6 +104,9 @@ Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
   std::vector<uint8_t> image = ReadImageFile(config_.guest_image);
   LoadedImage loaded = LoadElf(image, config_.guest_image, memory_);
 
+  // The event thread reads watches_ while the vCPU thread may add one (a replica
+  // going live attaches its tap): never reallocate.
+  watches_.reserve(64);
   epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_) throw SysError("epoll_create1");
   wake_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -125,7 +128,9 @@ Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
   auto timer = std::make_unique<Timer>(*irq_, io);
   timer_ = timer.get();
   AddDevice(FTVM_SLOT_CONSOLE, std::move(console));
-  AddDevice(FTVM_SLOT_CLOCK, std::make_unique<ClockDevice>(clock_, io));
+  auto clock_dev = std::make_unique<ClockDevice>(clock_, io);
+  clock_dev_ = clock_dev.get();
+  AddDevice(FTVM_SLOT_CLOCK, std::move(clock_dev));
   AddDevice(FTVM_SLOT_TIMER, std::move(timer));
   AddDevice(FTVM_SLOT_RNG, std::make_unique<Rng>(memory_, random, io));
   AddDevice(FTVM_SLOT_IRQ, std::move(irq));
@@ -253,6 +258,25 @@ MachineStats Machine::stats() const {
   s.console_bytes = console_->bytes_written();
   s.interrupts = irq_->delivered_count();
   return s;
+}
+
+bool Machine::send_frame(std::span<const uint8_t> frame) {
+  if (net_ == nullptr) return false;
+  auto& net = static_cast<VirtioNet&>(net_->backend());
+  if (!net.has_tap()) return false;
+  iovec v{const_cast<uint8_t*>(frame.data()), frame.size()};
+  return net.tap().write({&v, 1}).status == Tap::Status::kOk;
+}
+
+void Machine::notify_host_event() {
+  uint64_t none = 0;
+  host_events_since_ns_.compare_exchange_strong(none, clock_.monotonic_ns(), std::memory_order_acq_rel);
+  host_events_.fetch_or(kExternalEventBit, std::memory_order_acq_rel);
+  {
+    std::lock_guard<std::mutex> lock(wait_mu_);
+  }
+  wait_cv_.notify_one();
+  if (!in_wait_.load(std::memory_order_acquire)) backend_->kick();
 }
 
 uint64_t Machine::host_events_waiting_since_ns() const {
@@ -477,6 +501,32 @@ bool Machine::replay_timer_expiry(std::string& why) {
   if (timer_->expire()) return true;
   why = "the log has a timer expiry, but the replica's timer is not armed";
   return false;
+}
+
+void Machine::go_live(ExecutionMode mode, ExecutionHooks* hooks, uint64_t last_monotonic_ns, const std::string& tap) {
+  if (config_.mode != ExecutionMode::kReplay) throw Error("internal: only a replica goes live");
+  if ((mode == ExecutionMode::kLive) != (hooks == nullptr) || mode == ExecutionMode::kReplay)
+    throw Error("internal: go_live needs kLive without hooks or kRecord with them");
+  config_.mode = mode;
+  hooks_ = hooks;
+  clock_dev_->continue_from(last_monotonic_ns);
+  timer_->go_live();
+  if (net_ != nullptr && !tap.empty()) {
+    auto& net = static_cast<VirtioNet&>(net_->backend());
+    net.attach_tap(Tap(tap));
+    config_.tap = tap;
+    config_.nic_without_tap = false;
+    for (int fd : net.host_fds()) Watch(net_, fd);
+    in_addr a{};
+    const std::string ip = config_.ip.substr(0, config_.ip.find('/'));
+    if (inet_pton(AF_INET, ip.c_str(), &a) == 1 && !net.announce(ntohl(a.s_addr)))
+      log::warn("vm.announce_failed", {{"tap", tap}, {"ip", ip}});
+  }
+  // Disk reports held for the log are released by the next poll; watches arm there.
+  ServiceDevices();
+  log::warn("vm.went_live", {{"position", position_},
+                             {"mode", mode == ExecutionMode::kLive ? "live" : "record"},
+                             {"tap", tap.empty() ? "-" : tap}});
 }
 
 bool Machine::replay_disk_completion(uint16_t queue, uint16_t count, std::string& why) {

@@ -24,6 +24,7 @@
 
 namespace ftvm::vmm {
 
+class ClockDevice;
 class Console;
 class InterruptController;
 class Power;
@@ -110,8 +111,24 @@ class Machine final : private ExitHandler, private DeviceIo {
   // since, in monotonic ns; 0 when none wait. A recorder forces an exit (an epoch
   // checkpoint) when the guest runs too long without one.
   uint64_t host_events_waiting_since_ns() const;
+  // Thread-safe: something outside the devices changed what they may do (the
+  // secondary acknowledged the log, releasing held disk reports): service the
+  // devices soon, like after a host event.
+  void notify_host_event();
+  // Thread-safe: writes one Ethernet frame to the VM's tap (a frame the output rule
+  // held and has now released). False when there is no tap or it refused.
+  bool send_frame(std::span<const uint8_t> frame);
   // Recording: kick the vCPU when host events have waited this long (0: never).
   void set_forced_exit_after_ns(uint64_t ns) { forced_exit_ns_.store(ns, std::memory_order_release); }
+
+  // A replica takes over as the VM (its primary is gone), right where its replay
+  // ended; vCPU thread, from the replayer's hooks. From here on its inputs come
+  // from the host: the clock continues from `last_monotonic_ns` (the last value the
+  // log gave the guest), an armed timer counts on the host, the NIC attaches to
+  // `tap` (if any) and announces the VM's address. `mode`/`hooks`: kLive with none,
+  // or kRecord with a recorder, ready for a new secondary. Throws ftvm::Error (a tap
+  // that cannot be opened).
+  void go_live(ExecutionMode mode, ExecutionHooks* hooks, uint64_t last_monotonic_ns, const std::string& tap);
 
  private:
   struct FdWatch {
@@ -165,6 +182,7 @@ class Machine final : private ExitHandler, private DeviceIo {
   InterruptController* irq_ = nullptr;
   Power* power_ = nullptr;
   Timer* timer_ = nullptr;
+  ClockDevice* clock_dev_ = nullptr;
   VirtioMmioDevice* net_ = nullptr;
   VirtioMmioDevice* blk_ = nullptr;
   BootState boot_{};
@@ -178,6 +196,7 @@ class Machine final : private ExitHandler, private DeviceIo {
   UniqueFd epoll_;
   UniqueFd wake_fd_;
   std::vector<FdWatch> watches_;
+  static constexpr uint64_t kExternalEventBit = uint64_t(1) << 63;  // notify_host_event
   std::atomic<uint64_t> host_events_{0};
   std::atomic<uint64_t> host_events_since_ns_{0};
   std::atomic<uint64_t> forced_exit_ns_{0};

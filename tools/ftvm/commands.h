@@ -11,5 +11,7 @@ int RunMain(int argc, char** argv);
 int RecordMain(int argc, char** argv);
 int ReplayMain(int argc, char** argv);
 int LogMain(int argc, char** argv);
+int PrimaryMain(int argc, char** argv);
+int SecondaryMain(int argc, char** argv);
 
 }  // namespace ftvm::cli

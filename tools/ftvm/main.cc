@@ -14,6 +14,8 @@ void Usage(std::ostream& out) {
          "  record  run a VM and log its nondeterministic inputs (ftvm record --help)\n"
          "  replay  replay a recorded VM and check it stays identical (ftvm replay --help)\n"
          "  log     inspect or recover an event log (ftvm log --help)\n"
+         "  primary    run a protected VM, streaming its log to a secondary (ftvm primary --help)\n"
+         "  secondary  keep a replica of a primary's VM and take over when it dies (ftvm secondary --help)\n"
          "  mail    talk to the mail-store guest (ftvm mail --help)\n"
          "  version\n";
 }
@@ -29,6 +31,8 @@ int main(int argc, char** argv) {
   if (std::strcmp(cmd, "run") == 0) return ftvm::cli::RunMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "record") == 0) return ftvm::cli::RecordMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "replay") == 0) return ftvm::cli::ReplayMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "primary") == 0) return ftvm::cli::PrimaryMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "secondary") == 0) return ftvm::cli::SecondaryMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "log") == 0) return ftvm::cli::LogMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "mail") == 0) return ftvm::MailMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "version") == 0) {

@@ -37,7 +37,7 @@ std::string VmOptions::apply() {
   return "";
 }
 
-int RunUntilDone(vmm::Machine& machine) {
+int RunUntilDone(const std::function<int()>& run, const std::function<void()>& stop) {
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
@@ -49,7 +49,7 @@ int RunUntilDone(vmm::Machine& machine) {
     sigwait(&stop_signals, &sig);
     if (!finished.load() && (sig == SIGINT || sig == SIGTERM)) {
       log::info("vm.signal", {{"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"}});
-      machine.stop();
+      stop();
     }
   });
   auto join = [&] {
@@ -60,7 +60,7 @@ int RunUntilDone(vmm::Machine& machine) {
   };
   int code;
   try {
-    code = machine.run();
+    code = run();
   } catch (...) {
     join();
     throw;

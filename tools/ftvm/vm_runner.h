@@ -4,6 +4,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -22,8 +23,11 @@ struct VmOptions {
   std::string apply();
 };
 
-// Runs `machine` with SIGINT/SIGTERM blocked everywhere but one thread, which stops
-// the machine. Returns Machine::run's result (throws what it throws).
-int RunUntilDone(vmm::Machine& machine);
+// Runs `run` with SIGINT/SIGTERM blocked everywhere but one thread, which calls
+// `stop`. Returns run's result (throws what it throws).
+int RunUntilDone(const std::function<int()>& run, const std::function<void()>& stop);
+inline int RunUntilDone(vmm::Machine& machine) {
+  return RunUntilDone([&] { return machine.run(); }, [&] { machine.stop(); });
+}
 
 }  // namespace ftvm::cli

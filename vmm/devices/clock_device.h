@@ -12,6 +12,9 @@ class ClockDevice final : public Device {
  public:
   ClockDevice(Clock& clock, DeviceIo& io) : clock_(clock), io_(io), start_ns_(clock.monotonic_ns()) {}
   std::string_view name() const override { return "clock"; }
+  // A replica going live: its guest last read `monotonic_ns` (from the log); from
+  // now on the host clock drives it, continuing from there, never going back.
+  void continue_from(uint64_t monotonic_ns) { start_ns_ = clock_.monotonic_ns() - monotonic_ns; }
   uint64_t mmio_read(uint64_t offset, unsigned size) override;
   void mmio_write(uint64_t, unsigned, uint64_t) override {}
 

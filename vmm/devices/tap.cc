@@ -37,7 +37,7 @@ Tap::Result Tap::read(std::span<uint8_t> buf) {
   }
 }
 
-Tap::Result Tap::write(std::span<const iovec> frame) {
+Tap::Result Tap::write(std::span<const iovec> frame) const {
   for (;;) {
     const ssize_t n = ::writev(fd_.get(), frame.data(), int(frame.size()));
     if (n >= 0) return {Status::kOk, size_t(n), 0};

@@ -42,7 +42,7 @@ class Tap {
   // kernel; pass a buffer of at least the interface MTU + 14.
   Result read(std::span<uint8_t> buf);
   // Writes one frame gathered from `frame`.
-  Result write(std::span<const iovec> frame);
+  Result write(std::span<const iovec> frame) const;  // thread-safe: one writev
 
  private:
   UniqueFd fd_;

@@ -27,6 +27,7 @@ void Timer::mmio_write(uint64_t offset, unsigned, uint64_t value) {
   if (offset != FTVM_TIMER_ARM_NS) return;
   expired_ = false;
   armed_ = value != 0;
+  interval_ns_ = value;
   if (io_.replaying()) return;  // expiries come from the log
   itimerspec spec{};
   // A zero it_value disarms the timerfd, which is what ARM_NS=0 means.
@@ -45,6 +46,15 @@ void Timer::poll() {
   if (n != sizeof expirations) return;  // EAGAIN: not yet expired
   io_.timer_expired();
   expire();
+}
+
+void Timer::go_live() {
+  if (!armed_) return;
+  itimerspec spec{};
+  spec.it_value.tv_sec = time_t(interval_ns_ / 1000000000ull);
+  spec.it_value.tv_nsec = long(interval_ns_ % 1000000000ull);
+  if (timerfd_settime(fd_.get(), 0, &spec, nullptr) != 0)
+    log::error("timer.settime_failed", {{"error", strerror(errno)}});
 }
 
 bool Timer::expire() {

@@ -25,6 +25,10 @@ class Timer final : public Device {
   // The replay entry: a logged expiry. False when the timer is not armed (the
   // replica diverged from the recording).
   bool expire();
+  // A replica going live: an armed timer starts counting on the host, for the whole
+  // interval the guest asked for (when it was armed on the primary is not known;
+  // late is safe for a one-shot timer, early is not).
+  void go_live();
   bool armed() const { return armed_; }
   uint64_t fired() const { return fired_; }
 
@@ -33,6 +37,7 @@ class Timer final : public Device {
   DeviceIo& io_;
   UniqueFd fd_;
   uint64_t fired_ = 0;
+  uint64_t interval_ns_ = 0;  // the last ARM_NS value
   bool armed_ = false;
   bool expired_ = false;  // the timerfd fired since the last poll()
 };

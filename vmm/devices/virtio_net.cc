@@ -109,6 +109,31 @@ void VirtioNet::transmit(Virtqueue& tx) {
 
 void VirtioNet::finish_rx(Virtqueue& rx) { rx.disable_notifications(); }
 
+void VirtioNet::attach_tap(Tap tap) {
+  tap_.emplace(std::move(tap));
+  tap_readable_ = true;  // frames may already wait
+}
+
+bool VirtioNet::announce(uint32_t ip) {
+  if (!tap_) return false;
+  // Ethernet broadcast, ARP request with sender and target protocol address both the
+  // VM's (RFC 5227's ARP announcement).
+  uint8_t f[42] = {};
+  std::memset(f, 0xff, 6);
+  std::memcpy(f + 6, mac_.data(), 6);
+  f[12] = 0x08, f[13] = 0x06;             // ARP
+  f[14] = 0x00, f[15] = 0x01;             // Ethernet
+  f[16] = 0x08, f[17] = 0x00;             // IPv4
+  f[18] = 6, f[19] = 4;
+  f[20] = 0x00, f[21] = 0x01;             // request
+  std::memcpy(f + 22, mac_.data(), 6);
+  const uint8_t ip_bytes[4] = {uint8_t(ip >> 24), uint8_t(ip >> 16), uint8_t(ip >> 8), uint8_t(ip)};
+  std::memcpy(f + 28, ip_bytes, 4);
+  std::memcpy(f + 38, ip_bytes, 4);
+  iovec v{f, sizeof f};
+  return tap_->write({&v, 1}).status == Tap::Status::kOk;
+}
+
 void VirtioNet::receive(Virtqueue& rx) {
   // Read from the tap only while the guest has somewhere to put the frame; the
   // rest waits in the tap's queue (and the event thread ignores the tap meanwhile).

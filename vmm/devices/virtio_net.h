@@ -68,6 +68,12 @@ class VirtioNet : public VirtioBackend {
   // (avail_event) is guest-visible, so it is written after the last frame of every
   // run, live or replayed, never before: how many polls an exit took must not show.
   void finish_rx(Virtqueue& rx);
+  // A replica going live takes over the network: frames from now on go to and come
+  // from `tap`.
+  void attach_tap(Tap tap);
+  // Tells the network this MAC now owns `ipv4` (a gratuitous ARP), so switches and
+  // neighbours send the VM's traffic here. Returns false when the tap refused it.
+  bool announce(uint32_t ipv4_host_order);
 
   void save(snapshot::Virtio& out) const override;
   void restore(const snapshot::Virtio& in) override;
@@ -75,6 +81,7 @@ class VirtioNet : public VirtioBackend {
   const NetCounters& counters() const { return counters_; }
   // The host side; only for a VM that has one (not when replaying).
   const Tap& tap() const { return tap_.value(); }
+  bool has_tap() const { return tap_.has_value(); }
   // A running hash of every frame the guest transmitted.
   uint64_t tx_hash() const { return tx_hash_; }
 

@@ -1,0 +1,81 @@
+#include "failover/arbiter.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/unique_fd.h"
+
+namespace ftvm::failover {
+namespace {
+
+constexpr const char* kPrefix = "generation-";
+
+class DirectoryArbiter final : public Arbiter {
+ public:
+  explicit DirectoryArbiter(std::string dir) : dir_(std::move(dir)) {
+    struct stat st {};
+    if (stat(dir_.c_str(), &st) != 0) throw SysError("arbiter directory " + dir_);
+    if (!S_ISDIR(st.st_mode)) throw Error("arbiter directory " + dir_ + " is not a directory");
+    if (access(dir_.c_str(), W_OK) != 0) throw SysError("arbiter directory " + dir_ + " is not writable");
+  }
+
+  std::string describe() const override { return "directory " + dir_; }
+
+  uint64_t current_generation() override {
+    DIR* d = opendir(dir_.c_str());
+    if (d == nullptr) throw SysError("arbiter directory " + dir_);
+    uint64_t best = 0;
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.rfind(kPrefix, 0) != 0) continue;
+      const std::string digits = name.substr(std::strlen(kPrefix));
+      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      best = std::max<uint64_t>(best, std::stoull(digits));
+    }
+    closedir(d);
+    return best;
+  }
+
+  bool try_claim(uint64_t generation, const std::string& owner, std::string* holder) override {
+    const std::string path = dir_ + "/" + kPrefix + std::to_string(generation);
+    UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!fd) {
+      if (errno != EEXIST) throw SysError("arbiter: claiming " + path);
+      if (holder != nullptr) *holder = ReadOwner(path);
+      return false;
+    }
+    // The file's existence is the claim; its contents only say who, for operators.
+    const std::string text = owner + "\n";
+    if (write(fd.get(), text.data(), text.size()) != ssize_t(text.size()) || fsync(fd.get()) != 0)
+      log::warn("arbiter.owner_not_written", {{"path", path}, {"error", strerror(errno)}});
+    return true;
+  }
+
+ private:
+  static std::string ReadOwner(const std::string& path) {
+    UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    char buf[256] = {};
+    if (!fd) return "?";
+    ssize_t n = read(fd.get(), buf, sizeof buf - 1);
+    std::string s(buf, n > 0 ? size_t(n) : 0);
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+    return s.empty() ? "(being written)" : s;
+  }
+
+  std::string dir_;
+};
+
+}  // namespace
+
+std::unique_ptr<Arbiter> MakeDirectoryArbiter(const std::string& dir) {
+  return std::make_unique<DirectoryArbiter>(dir);
+}
+
+}  // namespace ftvm::failover

@@ -1,0 +1,193 @@
+#include "primary/log_streamer.h"
+
+#include "common/log.h"
+#include "primary/protocol.h"
+
+namespace ftvm::primary {
+
+using eventlog::Status;
+
+LogStreamer::LogStreamer(transport::Channel& channel, uint64_t start_offset, Clock& clock, StreamerOptions options)
+    : channel_(channel),
+      clock_(clock),
+      options_(options),
+      appended_(start_offset),
+      sent_(start_offset),
+      replayed_(start_offset) {
+  sender_ = std::thread([this] { SenderLoop(); });
+}
+
+LogStreamer::~LogStreamer() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closing_ = true;
+  }
+  cv_.notify_all();
+  room_cv_.notify_all();
+  if (sender_.joinable()) sender_.join();
+}
+
+Status LogStreamer::append(eventlog::RecordType type, uint64_t position, std::span<const uint8_t> payload,
+                           bool compress) {
+  if (abandoned()) return Status::Ok();  // unprotected: the records have no reader
+  std::unique_lock<std::mutex> lock(mu_);
+  const size_t before = pending_.size();
+  if (std::string problem = encoder_.encode(type, position, payload, compress, pending_); !problem.empty())
+    return Status::Failure("log stream to " + channel_.peer() + ": " + problem);
+  appended_.fetch_add(pending_.size() - before, std::memory_order_acq_rel);
+  if (pending_.size() >= (1u << 20)) {
+    urgent_ = true;
+    cv_.notify_one();
+  }
+  // Flow control: the replica is too far behind. Wait for it (or for it to be
+  // declared gone), never drop.
+  if (appended_.load(std::memory_order_acquire) - replayed_.load(std::memory_order_acquire) >
+      options_.max_unreplayed_bytes) {
+    const uint64_t t0 = clock_.monotonic_ns();
+    ++stats_.flow_control_waits;
+    urgent_ = true;
+    cv_.notify_one();
+    room_cv_.wait(lock, [&] {
+      return abandoned() || closing_ || done_ ||
+             appended_.load(std::memory_order_acquire) - replayed_.load(std::memory_order_acquire) <=
+                 options_.max_unreplayed_bytes;
+    });
+    stats_.flow_control_ns += clock_.monotonic_ns() - t0;
+  }
+  return Status::Ok();
+}
+
+Status LogStreamer::flush() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    urgent_ = true;
+  }
+  cv_.notify_one();
+  return Status::Ok();
+}
+
+Status LogStreamer::close() {
+  std::unique_lock<std::mutex> lock(mu_);
+  closing_ = true;
+  cv_.notify_all();
+  room_cv_.notify_all();
+  lock.unlock();
+  if (sender_.joinable()) sender_.join();
+  lock.lock();
+  if (!error_.empty() && !abandoned()) return Status::Failure(error_);
+  return Status::Ok();
+}
+
+void LogStreamer::acknowledged(uint64_t received_offset, uint64_t replayed_offset) {
+  (void)received_offset;
+  uint64_t prev = replayed_.load(std::memory_order_acquire);
+  if (replayed_offset <= prev) return;
+  replayed_.store(replayed_offset, std::memory_order_release);
+  const uint64_t now = clock_.monotonic_ns();
+  std::lock_guard<std::mutex> lock(mu_);
+  while (!in_flight_.empty() && in_flight_.front().second <= replayed_offset) {
+    if (stats_.lag_ns.size() < 200000) stats_.lag_ns.push_back(now - in_flight_.front().first);
+    in_flight_.pop_front();
+  }
+  room_cv_.notify_all();
+}
+
+void LogStreamer::abandon(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (abandoned()) return;
+    abandoned_.store(true, std::memory_order_release);
+    if (error_.empty()) error_ = why;
+    pending_.clear();
+  }
+  cv_.notify_all();
+  room_cv_.notify_all();
+}
+
+StreamerStats LogStreamer::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void LogStreamer::set_position(uint64_t position) {
+  position_.store(position, std::memory_order_seq_cst);
+  // Wake the sender only when it sleeps with nothing to do: one notify per idle
+  // spell, not one per exit.
+  if (idle_.exchange(false, std::memory_order_seq_cst)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    cv_.notify_one();
+  }
+}
+
+void LogStreamer::SenderLoop() {
+  std::vector<uint8_t> batch;
+  uint64_t last_complete_below = 0;
+  uint64_t next_flush = 0;
+  for (;;) {
+    uint64_t complete_below;
+    bool closing;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      for (;;) {
+        if (abandoned() || closing_) break;
+        const uint64_t now = clock_.monotonic_ns();
+        idle_.store(true, std::memory_order_seq_cst);
+        const bool have = !pending_.empty() || position_.load(std::memory_order_seq_cst) > last_complete_below;
+        if (urgent_ || (have && now >= next_flush)) break;
+        if (have)
+          cv_.wait_for(lock, std::chrono::nanoseconds(next_flush - now));
+        else
+          cv_.wait(lock);  // set_position, append of a large batch, flush or close wake it
+      }
+      idle_.store(false, std::memory_order_seq_cst);
+      if (abandoned()) break;
+      closing = closing_;
+      // The position first, then the records: every record of a position below it
+      // was appended before the VM reached it, so it is in the buffer taken now.
+      complete_below = position_.load(std::memory_order_acquire);
+      batch.swap(pending_);
+      pending_.clear();
+      urgent_ = false;
+    }
+    // Batches are at least an interval apart, so a busy VM sends few, large ones.
+    next_flush = clock_.monotonic_ns() + options_.flush_interval_ns;
+    const uint64_t offset = sent_.load(std::memory_order_acquire);
+    if (!batch.empty() || complete_below > last_complete_below || closing) {
+      auto head = replication::EncodeLogDataHeader({offset, complete_below});
+      const std::span<const uint8_t> parts[] = {head, batch};
+      transport::SendResult r = channel_.send(replication::kLogData, parts, options_.send_timeout);
+      if (!r.ok()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (error_.empty()) error_ = r.message;
+        done_ = true;
+        room_cv_.notify_all();
+        log::warn("stream.send_failed", {{"peer", channel_.peer()}, {"error", r.message}});
+        return;
+      }
+      sent_.store(offset + batch.size(), std::memory_order_release);
+      last_complete_below = complete_below;
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.messages;
+      stats_.bytes += batch.size();
+      if (!batch.empty() && in_flight_.size() < 100000) in_flight_.emplace_back(clock_.monotonic_ns(), offset + batch.size());
+    }
+    batch.clear();
+    if (closing) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!pending_.empty()) continue;  // appended while we sent: ship it too
+      }
+      transport::SendResult r = channel_.send(replication::kBye, std::span<const uint8_t>(), options_.send_timeout);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!r.ok() && error_.empty()) error_ = r.message;
+      done_ = true;
+      room_cv_.notify_all();
+      return;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  done_ = true;
+  room_cv_.notify_all();
+}
+
+}  // namespace ftvm::primary

@@ -1,0 +1,98 @@
+// The event log as a stream to the secondary: the RecordSink a protected primary's
+// recorder writes to.
+//
+// Records are encoded on the vCPU thread into a pending buffer; a sender thread
+// ships it as LogData messages every `flush_interval_ns` (or at once when an output
+// waits, see OutputGate), each saying how far the log is complete: no record below
+// the VM's current position can follow, so the replica may run up to it. That
+// promise also travels when no record was written, so a replica is never left
+// waiting longer than an interval while the guest makes exits without inputs.
+// Flow control: when the replica has not replayed `max_unreplayed_bytes` of log,
+// append() blocks the vCPU: the primary slows down, nothing is dropped.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/clock.h"
+#include "eventlog/encoder.h"
+#include "transport/channel.h"
+
+namespace ftvm::primary {
+
+struct StreamerOptions {
+  uint64_t flush_interval_ns = 500'000;
+  uint64_t max_unreplayed_bytes = 64ull << 20;
+  std::chrono::nanoseconds send_timeout = std::chrono::seconds(5);
+};
+
+struct StreamerStats {
+  // Replica lag: from sending a batch to the replica having replayed all of it, in
+  // ns, for a sample of recent batches (p50/p99 come from these).
+  std::vector<uint64_t> lag_ns;
+  uint64_t messages = 0;
+  uint64_t bytes = 0;            // log bytes sent (records)
+  uint64_t flow_control_waits = 0;
+  uint64_t flow_control_ns = 0;  // time the vCPU spent blocked by flow control
+};
+
+class LogStreamer final : public eventlog::RecordSink {
+ public:
+  // `start_offset`: the stream offset of the first record (the header's size).
+  LogStreamer(transport::Channel& channel, uint64_t start_offset, Clock& clock, StreamerOptions options = {});
+  ~LogStreamer() override;
+
+  // ---- RecordSink (vCPU thread).
+  eventlog::Status append(eventlog::RecordType type, uint64_t position, std::span<const uint8_t> payload,
+                          bool compress = false) override;
+  // Asks the sender to ship what is pending now (does not wait).
+  eventlog::Status flush() override;
+  // Ships everything and says Bye; waits for the sender (up to the send timeout).
+  eventlog::Status close() override;
+  uint64_t size() const override { return appended_.load(std::memory_order_acquire); }
+
+  // The VM's position: everything logged below it is complete (vCPU thread).
+  void note_position(uint64_t position) override { set_position(position); }
+  void set_position(uint64_t position);
+  // The secondary's acknowledgement (receiver thread).
+  void acknowledged(uint64_t received_offset, uint64_t replayed_offset);
+  // The secondary is gone: stop sending, and let append() drop records from now on.
+  void abandon(const std::string& why);
+  bool abandoned() const { return abandoned_.load(std::memory_order_acquire); }
+  uint64_t sent_offset() const { return sent_.load(std::memory_order_acquire); }
+  StreamerStats stats() const;
+
+ private:
+  void SenderLoop();
+
+  transport::Channel& channel_;
+  Clock& clock_;
+  StreamerOptions options_;
+  eventlog::RecordEncoder encoder_;
+  std::atomic<uint64_t> appended_;
+  std::atomic<uint64_t> sent_;
+  std::atomic<uint64_t> replayed_;
+  std::atomic<uint64_t> position_{0};
+  std::atomic<bool> abandoned_{false};
+  std::atomic<bool> idle_{false};  // the sender sleeps with nothing to send
+  mutable std::mutex mu_;
+  std::condition_variable cv_;       // the sender waits here
+  std::condition_variable room_cv_;  // append waits here for the replica (flow control)
+  std::vector<uint8_t> pending_;
+  // Batches sent and not yet replayed: (send time, end offset), for lag samples.
+  std::deque<std::pair<uint64_t, uint64_t>> in_flight_;
+  bool urgent_ = false;
+  bool closing_ = false;
+  bool done_ = false;                // the sender has finished (closed or failed)
+  std::string error_;
+  StreamerStats stats_;
+  std::thread sender_;
+};
+
+}  // namespace ftvm::primary

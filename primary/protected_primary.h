@@ -1,0 +1,100 @@
+// A protected primary: the VM runs here in record mode and streams its log to a
+// secondary over the logging channel, under the output rule, with failure detection
+// and the arbiter deciding who goes on when the two lose each other.
+//
+//   ProtectedPrimary p(config, options, clock, random);  // builds the VM, claims a generation
+//   p.accept_secondary();                                  // waits for one and shakes hands
+//   int code = p.run();                                    // runs the VM to its end
+//
+// When the secondary is lost (its channel closes, or it is silent for the failure
+// timeout), the primary claims the next arbiter generation: won, it goes on
+// unprotected (held outputs are released, and it says so loudly); lost, the
+// secondary has taken over, so it stops its VM without releasing anything more.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "common/clock.h"
+#include "failover/arbiter.h"
+#include "failover/liveness.h"
+#include "primary/log_streamer.h"
+#include "primary/output_gate.h"
+#include "primary/recorder.h"
+#include "transport/channel.h"
+#include "vmm/machine.h"
+
+namespace ftvm::primary {
+
+struct PrimaryOptions {
+  std::string listen;        // channel address the secondary connects to
+  std::string arbiter_dir;   // directory both hosts see
+  std::string name = "primary";
+  failover::LivenessOptions liveness;
+  StreamerOptions streamer;
+  RecorderOptions recorder;
+  bool strict_outputs = false;  // release outputs once replayed, not only received
+  std::chrono::nanoseconds handshake_timeout = std::chrono::seconds(60);
+  std::chrono::nanoseconds wait_for_secondary = std::chrono::nanoseconds::max();
+};
+
+enum class Protection { kWaiting, kProtected, kUnprotected, kStoppedForPeer };
+std::string_view ProtectionName(Protection p);
+
+struct PrimaryReport {
+  Protection protection = Protection::kWaiting;
+  std::string event;               // what changed the protection last, if anything
+  uint64_t generation = 0;
+  uint64_t lost_at_ns = 0;         // monotonic time the secondary was declared lost
+  uint64_t max_silence_ns = 0;     // longest gap between the secondary's messages
+  StreamerStats streamer;
+  OutputGateStats gate;
+  RecorderStats recorder;
+};
+
+class ProtectedPrimary {
+ public:
+  // Throws ftvm::Error naming the problem (bad config, arbiter, listen address).
+  ProtectedPrimary(vmm::VmConfig config, PrimaryOptions options, Clock& clock, RandomSource& random);
+  ~ProtectedPrimary();
+
+  // Waits for a secondary and shakes hands. Returns false (and logs why) when none
+  // came in time or it refused: the VM then runs unprotected.
+  bool accept_secondary();
+  // Runs the VM until it powers off or stop(); returns like Machine::run.
+  int run();
+  // Thread-safe.
+  void stop();
+
+  vmm::Machine& machine() { return *machine_; }
+  PrimaryReport report() const;
+  std::string listen_address() const { return listener_ ? listener_->address() : ""; }
+
+ private:
+  void MonitorLoop();
+  void SecondaryLost(const std::string& why);
+  void SetProtection(Protection p, const std::string& event);
+
+  PrimaryOptions options_;
+  Clock& clock_;
+  std::unique_ptr<vmm::Machine> machine_;
+  std::unique_ptr<Recorder> recorder_;
+  std::unique_ptr<failover::Arbiter> arbiter_;
+  uint64_t generation_ = 0;
+  std::unique_ptr<transport::Listener> listener_;
+  std::unique_ptr<transport::Channel> channel_;
+  std::unique_ptr<LogStreamer> streamer_;
+  std::unique_ptr<OutputGate> gate_;
+  std::unique_ptr<failover::PeerLiveness> liveness_;
+  std::thread monitor_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> lost_{false};
+  mutable std::mutex mu_;
+  PrimaryReport report_;
+};
+
+}  // namespace ftvm::primary

@@ -1,0 +1,61 @@
+// The replication protocol on the logging channel.
+//
+//   primary                                   secondary
+//   Hello (protobuf) ------------------------>
+//                    <------------------------ HelloReply (protobuf: accepted or why not)
+//   LogData ---------------------------------> (raw event-log records, in order)
+//                    <------------------------ Ack (received and replayed offsets)
+//   Heartbeat <------------------------------> Heartbeat   (when there is nothing else)
+//   Bye -------------------------------------> (the End record has been sent)
+//
+// LogData: u64 stream offset of the first record byte, u64 complete_below (no record
+// with a smaller position will follow: the replica may run up to that position), then
+// whole records as in an event-log file. Ack: u64 received offset (every byte before
+// it arrived), u64 replayed offset (consumed by the replica), u64 replayed position.
+// Heartbeat: u64 the sender's position (primary: its VM's; secondary: replayed).
+// All integers little-endian.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "primary/protocol.pb.h"
+
+namespace ftvm::replication {
+
+// Bump on any incompatible change; both sides refuse another version by name.
+inline constexpr uint32_t kProtocolVersion = 1;
+
+enum MsgType : uint8_t {
+  kHello = 1,
+  kHelloReply = 2,
+  kLogData = 3,
+  kAck = 4,
+  kHeartbeat = 5,
+  kBye = 6,
+};
+
+struct LogDataHeader {
+  uint64_t offset = 0;
+  uint64_t complete_below = 0;
+};
+inline constexpr size_t kLogDataHeaderBytes = 16;
+
+struct Ack {
+  uint64_t received_offset = 0;
+  uint64_t replayed_offset = 0;
+  uint64_t replayed_position = 0;
+};
+inline constexpr size_t kAckBytes = 24;
+
+std::array<uint8_t, kLogDataHeaderBytes> EncodeLogDataHeader(const LogDataHeader& h);
+std::optional<LogDataHeader> DecodeLogDataHeader(std::span<const uint8_t> payload);
+std::array<uint8_t, kAckBytes> EncodeAck(const Ack& a);
+std::optional<Ack> DecodeAck(std::span<const uint8_t> payload);
+std::array<uint8_t, 8> EncodeHeartbeat(uint64_t position);
+std::optional<uint64_t> DecodeHeartbeat(std::span<const uint8_t> payload);
+
+}  // namespace ftvm::replication

@@ -1,0 +1,263 @@
+#include "secondary/protecting_secondary.h"
+
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "primary/log_header.h"
+#include "primary/protocol.h"
+
+#ifndef FTVM_VERSION
+#define FTVM_VERSION "unknown"
+#endif
+
+namespace ftvm::secondary {
+
+std::string_view SecondaryOutcomeName(SecondaryOutcome o) {
+  switch (o) {
+    case SecondaryOutcome::kRunning: return "replicating";
+    case SecondaryOutcome::kPrimaryEnded: return "primary ended; replica identical";
+    case SecondaryOutcome::kWentLive: return "went live";
+    case SecondaryOutcome::kStoppedForPeer: return "stopped (the primary kept the VM)";
+    case SecondaryOutcome::kDiverged: return "diverged";
+    case SecondaryOutcome::kFailed: return "failed";
+  }
+  return "?";
+}
+
+ProtectingSecondary::ProtectingSecondary(SecondaryOptions options, Clock& clock, RandomSource& random)
+    : options_(std::move(options)), clock_(clock), random_(random) {
+  if (options_.connect.empty()) throw Error("a secondary needs the primary's channel address (--connect)");
+  if (options_.arbiter_dir.empty()) throw Error("a secondary needs the arbiter directory (--arbiter)");
+  arbiter_ = failover::MakeDirectoryArbiter(options_.arbiter_dir);
+}
+
+ProtectingSecondary::~ProtectingSecondary() {
+  stopping_ = true;
+  if (channel_) channel_->close();
+  if (receiver_.joinable()) receiver_.join();
+}
+
+void ProtectingSecondary::connect() {
+  // The primary may not be listening yet: retry a refused connection until the
+  // deadline.
+  const uint64_t deadline = clock_.monotonic_ns() + uint64_t(options_.connect_timeout.count());
+  for (;;) {
+    try {
+      channel_ = transport::Connect(options_.connect, std::chrono::seconds(5));
+      break;
+    } catch (const Error& e) {
+      if (clock_.monotonic_ns() >= deadline || stopping_) throw;
+      usleep(50000);
+    }
+  }
+  transport::Message msg;
+  transport::RecvResult r = channel_->recv(msg, std::chrono::seconds(30));
+  if (!r.is_message())
+    throw Error("the primary at " + channel_->peer() + " sent no hello: " +
+                (r.timed_out() ? std::string("timed out") : r.message));
+  replication::Hello hello;
+  if (msg.type() != replication::kHello || !hello.ParseFromArray(msg.payload().data(), int(msg.size())))
+    throw Error("the peer at " + channel_->peer() + " does not speak the ftvm replication protocol");
+  auto refuse = [&](const std::string& why) {
+    replication::HelloReply reply;
+    reply.set_protocol_version(replication::kProtocolVersion);
+    reply.set_accepted(false);
+    reply.set_reason(why);
+    reply.set_secondary_name(options_.name);
+    const std::string bytes = reply.SerializeAsString();
+    channel_->send(replication::kHelloReply, {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()},
+                   std::chrono::seconds(5)).ok();
+    return Error(why);
+  };
+  if (hello.protocol_version() != replication::kProtocolVersion)
+    throw refuse("the primary speaks replication protocol " + std::to_string(hello.protocol_version()) +
+                 " (ftvm " + hello.ftvm_version() + "), this secondary " +
+                 std::to_string(replication::kProtocolVersion) + " (ftvm " FTVM_VERSION ")");
+  generation_ = hello.generation();
+  primary_name_ = hello.primary_name();
+  try {
+    stream_ = std::make_shared<eventlog::ByteStream>();
+    stream_->append({reinterpret_cast<const uint8_t*>(hello.log_header().data()), hello.log_header().size()});
+    source_ = std::make_unique<StreamSource>(stream_, "stream from " + channel_->peer());
+    vmm::VmConfig config =
+        primary::ReplicaConfig(source_->header(), options_.guest_image, options_.disk, options_.console_path);
+    if (config.has_nic() && !options_.tap.empty() && options_.tap.size() >= 16)
+      throw Error("tap interface name '" + options_.tap + "' is longer than 15 characters");
+    machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
+    ReplayOptions ro;
+    ro.verify = options_.verify;
+    ro.go_live = [this](vmm::Machine& m) { return GoLive(m); };
+    replayer_ = std::make_unique<Replayer>(*machine_, *source_, ro);
+    machine_->set_hooks(replayer_.get());
+  } catch (const Error& e) {
+    throw refuse(std::string("cannot replicate this VM here: ") + e.what());
+  }
+  failover::LivenessOptions lo;
+  lo.heartbeat_interval_ns = hello.heartbeat_interval_ns();
+  lo.failure_timeout_ns = hello.failure_timeout_ns();
+  liveness_ = std::make_unique<failover::PeerLiveness>(clock_, lo);
+  replication::HelloReply reply;
+  reply.set_protocol_version(replication::kProtocolVersion);
+  reply.set_accepted(true);
+  reply.set_secondary_name(options_.name);
+  const std::string bytes = reply.SerializeAsString();
+  transport::SendResult s = channel_->send(replication::kHelloReply,
+                                           {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()},
+                                           std::chrono::seconds(5));
+  if (!s.ok()) throw Error("answering the primary at " + channel_->peer() + ": " + s.message);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    report_.generation = generation_;
+  }
+  log::info("secondary.replicating", {{"primary", primary_name_},
+                                      {"peer", channel_->peer()},
+                                      {"channel", channel_->kind()},
+                                      {"generation", generation_},
+                                      {"app", source_->header().vm().app()}});
+  receiver_ = std::thread([this] { ReceiveLoop(); });
+}
+
+void ProtectingSecondary::SendAck() {
+  replication::Ack a{stream_->size(), replayer_->consumed_offset(), replayer_->replayed_position()};
+  auto bytes = replication::EncodeAck(a);
+  channel_->send(replication::kAck, bytes, std::chrono::milliseconds(100)).ok();
+}
+
+void ProtectingSecondary::ReceiveLoop() {
+  transport::Message msg;
+  const auto interval = std::chrono::nanoseconds(liveness_->options().heartbeat_interval_ns);
+  uint64_t last_ack = clock_.monotonic_ns();
+  while (!stopping_) {
+    transport::RecvResult r = channel_->recv(msg, interval);
+    if (r.is_message()) {
+      liveness_->heard();
+      if (msg.type() == replication::kLogData) {
+        std::optional<replication::LogDataHeader> h = replication::DecodeLogDataHeader(msg.payload());
+        if (!h || h->offset != stream_->size()) {
+          // A gap or an overlap: the stream cannot be trusted, and a replica that
+          // misses records must never take over.
+          const std::string why = "log stream out of order (data for offset " +
+                                  std::to_string(h ? h->offset : 0) + ", expected " +
+                                  std::to_string(stream_->size()) + ")";
+          log::error("secondary.bad_stream", {{"detail", why}});
+          primary_said_bye_ = true;  // no takeover on a broken stream
+          stream_->finish(why);
+          return;
+        }
+        stream_->append(msg.payload().subspan(replication::kLogDataHeaderBytes));
+        stream_->set_complete_below(h->complete_below);
+        SendAck();
+        last_ack = clock_.monotonic_ns();
+      } else if (msg.type() == replication::kBye) {
+        primary_said_bye_ = true;
+        stream_->finish("the primary ended its log");
+        SendAck();
+        return;
+      } else if (msg.type() != replication::kHeartbeat) {
+        log::warn("secondary.unexpected_message", {{"type", int(msg.type())}});
+      }
+    } else if (r.timed_out()) {
+      if (liveness_->expired()) {
+        PrimaryLost("no message from the primary for " + std::to_string(liveness_->silent_ns() / 1000000) + " ms");
+        return;
+      }
+    } else {
+      if (stopping_) return;
+      PrimaryLost(r.message);
+      return;
+    }
+    // Acks double as heartbeats, and tell the primary how far the replica got (its
+    // flow control waits on that).
+    if (clock_.monotonic_ns() - last_ack >= liveness_->options().heartbeat_interval_ns) {
+      SendAck();
+      last_ack = clock_.monotonic_ns();
+    }
+  }
+}
+
+void ProtectingSecondary::PrimaryLost(const std::string& why) {
+  if (lost_.exchange(true)) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    report_.primary_lost_at_ns = clock_.monotonic_ns();
+  }
+  log::error("secondary.primary_lost", {{"reason", why}});
+  // The replica consumes what arrived, then asks GoLive.
+  stream_->finish("the primary was lost: " + why);
+}
+
+bool ProtectingSecondary::GoLive(vmm::Machine& m) {
+  if (primary_said_bye_) return false;  // a deliberate end (or a broken stream): no takeover
+  const uint64_t next = generation_ + 1;
+  for (;;) {
+    try {
+      std::string holder;
+      if (!arbiter_->try_claim(next, options_.name, &holder)) {
+        std::lock_guard<std::mutex> lock(mu_);
+        report_.outcome = SecondaryOutcome::kStoppedForPeer;
+        report_.detail = holder + " holds arbiter generation " + std::to_string(next) + ": this replica stops";
+        log::error("secondary.not_taking_over", {{"detail", report_.detail}});
+        return false;
+      }
+      break;
+    } catch (const Error& e) {
+      // Cannot prove it won: wait for the arbiter rather than risk two live VMs.
+      log::error("secondary.arbiter_unreachable", {{"error", e.what()}});
+      usleep(100000);
+      if (stopping_) return false;
+    }
+  }
+  m.go_live(vmm::ExecutionMode::kLive, nullptr, replayer_->last_monotonic_ns(), options_.tap);
+  std::lock_guard<std::mutex> lock(mu_);
+  generation_ = next;
+  report_.generation = next;
+  report_.live_at_ns = clock_.monotonic_ns();
+  report_.outcome = SecondaryOutcome::kWentLive;
+  report_.detail = "took over at position " + std::to_string(m.position()) + " in arbiter generation " +
+                   std::to_string(next);
+  log::error("secondary.LIVE", {{"detail", report_.detail}, {"tap", options_.tap}});
+  return true;
+}
+
+int ProtectingSecondary::run() {
+  int code = machine_->run();
+  stopping_ = true;
+  if (channel_) channel_->close();
+  if (receiver_.joinable()) receiver_.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (report_.outcome == SecondaryOutcome::kRunning) {
+    switch (replayer_->outcome()) {
+      case ReplayOutcome::kIdentical:
+        report_.outcome = SecondaryOutcome::kPrimaryEnded;
+        break;
+      case ReplayOutcome::kDiverged:
+        report_.outcome = SecondaryOutcome::kDiverged;
+        break;
+      default:
+        report_.outcome = SecondaryOutcome::kFailed;
+        break;
+    }
+    report_.detail = replayer_->message();
+  }
+  return report_.outcome == SecondaryOutcome::kWentLive && code > 0 ? code : 0;
+}
+
+void ProtectingSecondary::stop() {
+  stopping_ = true;
+  if (replayer_) replayer_->interrupt();
+  if (machine_) machine_->stop();
+}
+
+SecondaryReport ProtectingSecondary::report() const {
+  SecondaryReport r;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    r = report_;
+  }
+  if (replayer_) r.replay = replayer_->stats();
+  if (liveness_) r.max_silence_ns = liveness_->max_gap_ns();
+  return r;
+}
+
+}  // namespace ftvm::secondary

@@ -1,0 +1,106 @@
+// The secondary of a protected pair: it connects to the primary, builds a replica
+// of its VM from the log header, replays the log as it streams in (acknowledging
+// what arrived, so the primary may release its outputs) and, when the primary is
+// lost, replays what is left, claims the next arbiter generation and, having won,
+// goes live as the VM: real clock, host timer, the tap, a gratuitous ARP.
+//
+//   ProtectingSecondary s(options, clock, random);
+//   s.connect();        // handshake; throws (and tells the primary) on a mismatch
+//   int code = s.run(); // replica until the primary ends or is lost, then the VM
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "common/clock.h"
+#include "eventlog/stream.h"
+#include "failover/arbiter.h"
+#include "failover/liveness.h"
+#include "secondary/record_source.h"
+#include "secondary/replayer.h"
+#include "transport/channel.h"
+#include "vmm/machine.h"
+
+namespace ftvm::secondary {
+
+struct SecondaryOptions {
+  std::string connect;      // the primary's channel address
+  std::string arbiter_dir;  // the directory the primary uses too
+  std::string name = "secondary";
+  std::string guest_image;  // empty: the path the primary's log names
+  std::string disk;         // this host's copy of the VM's disk
+  std::string tap;          // where the VM's network lives on this host after a takeover
+  std::string console_path;
+  bool verify = true;       // check every Verify record: a proven replica
+  std::chrono::nanoseconds connect_timeout = std::chrono::seconds(60);
+};
+
+enum class SecondaryOutcome {
+  kRunning,
+  kPrimaryEnded,    // the primary stopped its VM cleanly; the replica ended identical
+  kWentLive,        // the primary was lost; this host runs the VM now
+  kStoppedForPeer,  // the primary was lost, but it (or another) won the arbiter
+  kDiverged,        // the replica left the recorded execution: it must not take over
+  kFailed,          // the log or channel broke in a way that proves nothing
+};
+std::string_view SecondaryOutcomeName(SecondaryOutcome o);
+
+struct SecondaryReport {
+  SecondaryOutcome outcome = SecondaryOutcome::kRunning;
+  std::string detail;
+  uint64_t generation = 0;
+  uint64_t primary_lost_at_ns = 0;  // monotonic, when the primary was declared lost
+  uint64_t live_at_ns = 0;          // when this replica went live
+  uint64_t max_silence_ns = 0;
+  ReplayStats replay;
+};
+
+class ProtectingSecondary {
+ public:
+  ProtectingSecondary(SecondaryOptions options, Clock& clock, RandomSource& random);
+  ~ProtectingSecondary();
+
+  // Connects (retrying until connect_timeout), receives the hello, checks the VM
+  // can be replicated here, answers, and builds the replica. Throws ftvm::Error
+  // naming the problem; the primary is told why when the channel allows.
+  void connect();
+  // Replays, then (after a takeover) runs the VM until it powers off or stop().
+  // Returns the guest's exit code when it ran live to power-off, otherwise 0.
+  int run();
+  void stop();
+
+  SecondaryReport report() const;
+  vmm::Machine* machine() { return machine_.get(); }
+
+ private:
+  void ReceiveLoop();
+  void PrimaryLost(const std::string& why);
+  bool GoLive(vmm::Machine& m);
+  void SendAck();
+
+  SecondaryOptions options_;
+  Clock& clock_;
+  RandomSource& random_;
+  std::unique_ptr<failover::Arbiter> arbiter_;
+  std::unique_ptr<transport::Channel> channel_;
+  std::shared_ptr<eventlog::ByteStream> stream_;
+  std::unique_ptr<StreamSource> source_;
+  std::unique_ptr<vmm::Machine> machine_;
+  std::unique_ptr<Replayer> replayer_;
+  std::unique_ptr<failover::PeerLiveness> liveness_;
+  uint64_t generation_ = 0;
+  std::string primary_name_;
+  std::thread receiver_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> primary_said_bye_{false};
+  std::atomic<bool> lost_{false};
+  mutable std::mutex mu_;
+  SecondaryReport report_;
+};
+
+}  // namespace ftvm::secondary

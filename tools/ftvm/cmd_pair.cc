@@ -1,0 +1,179 @@
+// `ftvm primary` and `ftvm secondary`: the two halves of a protected VM, normally on
+// two hosts. The primary runs the VM and streams its log; the secondary keeps a
+// replica and takes over when the primary's host dies.
+//
+// Exit codes: primary: the guest's exit code; 4 when it stopped its VM because the
+// secondary took over. Secondary: 0 when the primary ended cleanly (replica
+// identical) or the VM it took over ended; the guest's code if that was not 0; 1
+// when the replica diverged; 4 when it stopped because the primary kept the VM.
+// Both: 2 bad command line, 125 could not run.
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "primary/protected_primary.h"
+#include "secondary/protecting_secondary.h"
+#include "tools/ftvm/commands.h"
+#include "tools/ftvm/vm_runner.h"
+
+namespace ftvm::cli {
+namespace po = boost::program_options;
+
+namespace {
+
+constexpr int kExitStoppedForPeer = 4;
+
+std::string Percentiles(std::vector<uint64_t> ns) {
+  if (ns.empty()) return "-";
+  std::sort(ns.begin(), ns.end());
+  auto at = [&](double q) { return double(ns[std::min(ns.size() - 1, size_t(q * double(ns.size())))]) / 1000.0; };
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "p50 %.0f us, p99 %.0f us (%zu samples)", at(0.5), at(0.99), ns.size());
+  return buf;
+}
+
+bool Parse(int argc, char** argv, po::options_description& desc, const std::string& cmd, const std::string& usage,
+           int& exit_code) {
+  try {
+    po::variables_map vars;
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
+    if (vars.count("help")) {
+      std::cout << usage << desc;
+      exit_code = 0;
+      return false;
+    }
+    po::notify(vars);
+  } catch (const po::error& e) {
+    std::cerr << "ftvm " << cmd << ": " << e.what() << " (see ftvm " << cmd << " --help)\n";
+    exit_code = kExitUsage;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int PrimaryMain(int argc, char** argv) {
+  VmOptions vm;
+  primary::PrimaryOptions opts;
+  uint64_t heartbeat_ms = opts.liveness.heartbeat_interval_ns / 1000000;
+  uint64_t timeout_ms = opts.liveness.failure_timeout_ns / 1000000;
+  uint64_t flush_us = opts.streamer.flush_interval_ns / 1000;
+  uint64_t max_lag_mib = opts.streamer.max_unreplayed_bytes >> 20;
+  double wait_s = -1;
+  po::options_description desc("ftvm primary options");
+  desc.add_options()
+      ("help,h", "show this help")
+      ("listen", po::value(&opts.listen)->required(), "channel address for the secondary: tcp:HOST:PORT or shm:/path.sock")
+      ("arbiter", po::value(&opts.arbiter_dir)->required(), "arbiter directory, shared with the secondary")
+      ("name", po::value(&opts.name)->default_value(opts.name), "this host's name (in the arbiter and logs)")
+      ("heartbeat-ms", po::value(&heartbeat_ms)->default_value(heartbeat_ms), "heartbeat interval")
+      ("failure-timeout-ms", po::value(&timeout_ms)->default_value(timeout_ms),
+       "declare the secondary lost after this long without a message")
+      ("flush-us", po::value(&flush_us)->default_value(flush_us), "log batching interval")
+      ("max-lag-mib", po::value(&max_lag_mib)->default_value(max_lag_mib),
+       "slow the VM down when the replica is this far behind")
+      ("strict", po::bool_switch(&opts.strict_outputs), "release outputs only once the replica replayed them")
+      ("wait-secondary-s", po::value(&wait_s), "how long to wait for a secondary (default: as long as it takes)");
+  desc.add(vm.describe());
+  int code = 0;
+  if (!Parse(argc, argv, desc, "primary", "usage: ftvm primary --listen ADDR --arbiter DIR --guest IMAGE --app NAME [options]\n",
+             code))
+    return code;
+  if (std::string bad = vm.apply(); !bad.empty()) {
+    std::cerr << "ftvm primary: " << bad << "\n";
+    return kExitUsage;
+  }
+  if (heartbeat_ms == 0 || timeout_ms <= heartbeat_ms) {
+    std::cerr << "ftvm primary: --failure-timeout-ms must be larger than --heartbeat-ms (> 0)\n";
+    return kExitUsage;
+  }
+  opts.liveness.heartbeat_interval_ns = heartbeat_ms * 1000000;
+  opts.liveness.failure_timeout_ns = timeout_ms * 1000000;
+  opts.streamer.flush_interval_ns = flush_us * 1000;
+  opts.streamer.max_unreplayed_bytes = max_lag_mib << 20;
+  if (wait_s >= 0) opts.wait_for_secondary = std::chrono::nanoseconds(int64_t(wait_s * 1e9));
+  try {
+    auto clock = MakeSystemClock();
+    auto random = MakeSystemRandom();
+    primary::ProtectedPrimary p(vm.config, opts, *clock, *random);
+    std::fprintf(stderr, "primary: listening on %s\n", p.listen_address().c_str());
+    p.accept_secondary();
+    int guest = RunUntilDone([&] { return p.run(); }, [&] { p.stop(); });
+    primary::PrimaryReport r = p.report();
+    std::fprintf(stderr, "primary: %s%s%s\n", std::string(primary::ProtectionName(r.protection)).c_str(),
+                 r.event.empty() ? "" : ": ", r.event.c_str());
+    std::fprintf(stderr,
+                 "primary: log %llu bytes in %llu messages; replica lag %s; outputs held %s; "
+                 "flow-control waits %llu; longest silence of the secondary %.1f ms\n",
+                 static_cast<unsigned long long>(r.streamer.bytes), static_cast<unsigned long long>(r.streamer.messages),
+                 Percentiles(r.streamer.lag_ns).c_str(), Percentiles(r.gate.hold_ns).c_str(),
+                 static_cast<unsigned long long>(r.streamer.flow_control_waits), double(r.max_silence_ns) / 1e6);
+    if (r.protection == primary::Protection::kStoppedForPeer) return kExitStoppedForPeer;
+    return guest < 0 ? 0 : guest;
+  } catch (const Error& e) {
+    std::cerr << "ftvm primary: " << e.what() << "\n";
+    return kExitVmmError;
+  } catch (const std::exception& e) {
+    std::cerr << "ftvm primary: internal error: " << e.what() << "\n";
+    return kExitVmmError;
+  }
+}
+
+int SecondaryMain(int argc, char** argv) {
+  secondary::SecondaryOptions opts;
+  bool no_verify = false;
+  double connect_s = double(opts.connect_timeout.count()) / 1e9;
+  po::options_description desc("ftvm secondary options");
+  desc.add_options()
+      ("help,h", "show this help")
+      ("connect", po::value(&opts.connect)->required(), "the primary's channel address")
+      ("arbiter", po::value(&opts.arbiter_dir)->required(), "arbiter directory, shared with the primary")
+      ("name", po::value(&opts.name)->default_value(opts.name), "this host's name")
+      ("disk", po::value(&opts.disk), "this host's copy of the VM's disk (as it was when the primary started)")
+      ("tap", po::value(&opts.tap), "tap interface the VM uses on this host after a takeover")
+      ("guest", po::value(&opts.guest_image), "guest image (default: the primary's path)")
+      ("console", po::value(&opts.console_path), "write the replica's console output to FILE")
+      ("no-verify", po::bool_switch(&no_verify), "do not check the primary's state digests")
+      ("connect-timeout-s", po::value(&connect_s)->default_value(connect_s), "keep trying to reach the primary this long");
+  int code = 0;
+  if (!Parse(argc, argv, desc, "secondary", "usage: ftvm secondary --connect ADDR --arbiter DIR [--disk F] [--tap T]\n",
+             code))
+    return code;
+  opts.verify = !no_verify;
+  opts.connect_timeout = std::chrono::nanoseconds(int64_t(connect_s * 1e9));
+  try {
+    auto clock = MakeSystemClock();
+    auto random = MakeSystemRandom();
+    secondary::ProtectingSecondary s(opts, *clock, *random);
+    s.connect();
+    int guest = RunUntilDone([&] { return s.run(); }, [&] { s.stop(); });
+    secondary::SecondaryReport r = s.report();
+    std::fprintf(stderr, "secondary: %s: %s\n", std::string(secondary::SecondaryOutcomeName(r.outcome)).c_str(),
+                 r.detail.c_str());
+    std::fprintf(stderr, "secondary: replayed %llu records, %llu checkpoints, %llu verifications; "
+                 "longest silence of the primary %.1f ms\n",
+                 static_cast<unsigned long long>(r.replay.records), static_cast<unsigned long long>(r.replay.checkpoints),
+                 static_cast<unsigned long long>(r.replay.verifications), double(r.max_silence_ns) / 1e6);
+    if (r.outcome == secondary::SecondaryOutcome::kWentLive && r.primary_lost_at_ns != 0)
+      std::fprintf(stderr, "secondary: took over %.1f ms after the primary was declared lost\n",
+                   double(r.live_at_ns - r.primary_lost_at_ns) / 1e6);
+    switch (r.outcome) {
+      case secondary::SecondaryOutcome::kPrimaryEnded: return 0;
+      case secondary::SecondaryOutcome::kWentLive: return guest;
+      case secondary::SecondaryOutcome::kStoppedForPeer: return kExitStoppedForPeer;
+      case secondary::SecondaryOutcome::kDiverged: return 1;
+      default: return kExitVmmError;
+    }
+  } catch (const Error& e) {
+    std::cerr << "ftvm secondary: " << e.what() << "\n";
+    return kExitVmmError;
+  } catch (const std::exception& e) {
+    std::cerr << "ftvm secondary: internal error: " << e.what() << "\n";
+    return kExitVmmError;
+  }
+}
+
+}  // namespace ftvm::cli
