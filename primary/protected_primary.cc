@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "failover/witness.h"
 #include "eventlog/format.h"
 #include "primary/protocol.h"
 
@@ -145,12 +146,13 @@ void ProtectedPrimary::MonitorLoop() {
     } else if (r.timed_out()) {
       if (liveness_->expired()) {
         SecondaryLost("no message from the secondary for " + std::to_string(liveness_->silent_ns() / 1000000) +
-                      " ms");
+                          " ms",
+                      true);
         return;
       }
     } else {
       if (stopping_) return;
-      SecondaryLost(r.message);
+      SecondaryLost(r.message, false);
       return;
     }
     const uint64_t now = clock_.monotonic_ns();
@@ -162,14 +164,37 @@ void ProtectedPrimary::MonitorLoop() {
   }
 }
 
-void ProtectedPrimary::SecondaryLost(const std::string& why) {
+void ProtectedPrimary::SecondaryLost(const std::string& why, bool silent) {
   if (lost_.exchange(true)) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
     report_.lost_at_ns = clock_.monotonic_ns();
   }
   streamer_->abandon(why);
-  log::error("primary.secondary_lost", {{"reason", why}});
+  log::error("primary.secondary_lost", {{"reason", why}, {"by", silent ? "silence" : "channel closed"}});
+  if (silent) {
+    // Silence does not say who was cut off. With a witness, find out; without one,
+    // let the secondary claim first: when it is alive it takes over (its host still
+    // reaches the arbiter and, likely, the clients), and this side then stops.
+    if (!options_.witness.empty()) {
+      bool reachable = false;
+      try {
+        reachable = failover::WitnessAnswers(options_.witness, std::chrono::milliseconds(300));
+      } catch (const Error& e) {
+        log::error("primary.witness_failed", {{"error", e.what()}});
+      }
+      if (!reachable) {
+        gate_->discard();
+        SetProtection(Protection::kStoppedForPeer, "secondary lost (" + why + ") and the witness " + options_.witness +
+                                                       " does not answer: this host is cut off; stopping this VM");
+        log::error("primary.isolated", {{"witness", options_.witness}});
+        machine_->stop();
+        return;
+      }
+    } else {
+      usleep(useconds_t(options_.liveness.failure_timeout_ns / 1000));
+    }
+  }
   // Only the arbiter's winner may let anything held go out: if the secondary took
   // over, those outputs are its to produce.
   for (;;) {

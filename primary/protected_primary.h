@@ -33,6 +33,7 @@ namespace ftvm::primary {
 struct PrimaryOptions {
   std::string listen;        // channel address the secondary connects to
   std::string arbiter_dir;   // directory both hosts see
+  std::string witness;       // IPv4 address on the clients' side (failover/witness.h)
   std::string name = "primary";
   failover::LivenessOptions liveness;
   StreamerOptions streamer;
@@ -76,7 +77,9 @@ class ProtectedPrimary {
 
  private:
   void MonitorLoop();
-  void SecondaryLost(const std::string& why);
+  // `silent`: lost by the failure timeout (either side may be the cut-off one), not
+  // because its channel closed (its process is gone).
+  void SecondaryLost(const std::string& why, bool silent);
   void SetProtection(Protection p, const std::string& event);
 
   PrimaryOptions options_;

@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "failover/witness.h"
 #include "primary/log_header.h"
 #include "primary/protocol.h"
 
@@ -189,6 +190,21 @@ void ProtectingSecondary::PrimaryLost(const std::string& why) {
 
 bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   if (primary_said_bye_) return false;  // a deliberate end (or a broken stream): no takeover
+  if (!options_.witness.empty()) {
+    bool reachable = false;
+    try {
+      reachable = failover::WitnessAnswers(options_.witness, std::chrono::milliseconds(300));
+    } catch (const Error& e) {
+      log::error("secondary.witness_failed", {{"error", e.what()}});
+    }
+    if (!reachable) {
+      std::lock_guard<std::mutex> lock(mu_);
+      report_.outcome = SecondaryOutcome::kStoppedForPeer;
+      report_.detail = "the witness " + options_.witness + " does not answer: this host is cut off, it does not take over";
+      log::error("secondary.isolated", {{"witness", options_.witness}});
+      return false;
+    }
+  }
   const uint64_t next = generation_ + 1;
   for (;;) {
     try {

@@ -31,6 +31,7 @@ namespace ftvm::secondary {
 struct SecondaryOptions {
   std::string connect;      // the primary's channel address
   std::string arbiter_dir;  // the directory the primary uses too
+  std::string witness;      // IPv4 address on the clients' side (failover/witness.h)
   std::string name = "secondary";
   std::string guest_image;  // empty: the path the primary's log names
   std::string disk;         // this host's copy of the VM's disk

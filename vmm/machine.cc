@@ -260,6 +260,18 @@ MachineStats Machine::stats() const {
   return s;
 }
 
+void Machine::Announce() {
+  // At 0, 20, 100, 300 ms and 1 s after going live (QEMU announces a migrated guest
+  // similarly): cheap, and the switches of every topology hear one.
+  static constexpr uint64_t kAfterNs[] = {20'000'000, 100'000'000, 300'000'000, 1'000'000'000};
+  auto& net = static_cast<VirtioNet&>(net_->backend());
+  if (!net.announce(announce_ip_)) log::warn("vm.announce_failed", {{"tap", config_.tap}});
+  const unsigned n = announcements_.fetch_add(1);
+  next_announce_ns_.store(n < std::size(kAfterNs) ? clock_.monotonic_ns() + kAfterNs[n] - (n > 0 ? kAfterNs[n - 1] : 0)
+                                                   : 0,
+                          std::memory_order_release);
+}
+
 bool Machine::send_frame(std::span<const uint8_t> frame) {
   if (net_ == nullptr) return false;
   auto& net = static_cast<VirtioNet&>(net_->backend());
@@ -303,6 +315,18 @@ void Machine::EventThread() {
       } else {
         timeout.tv_nsec = long(std::min<uint64_t>(due - now, 999999999));
       }
+      wait_for = &timeout;
+    }
+    // A replica that went live repeats its ARP announcement a few times: the first
+    // may go out before the bridge forwards on the freshly opened tap.
+    if (const uint64_t due = next_announce_ns_.load(std::memory_order_acquire); due != 0) {
+      const uint64_t now = clock_.monotonic_ns();
+      if (now >= due) {
+        Announce();
+        continue;
+      }
+      const uint64_t wait = std::min<uint64_t>(due - now, 999999999);
+      if (wait_for == nullptr || uint64_t(timeout.tv_nsec) > wait) timeout.tv_nsec = long(wait);
       wait_for = &timeout;
     }
     int n = epoll_pwait2(epoll_.get(), events, 16, wait_for, nullptr);
@@ -517,10 +541,13 @@ void Machine::go_live(ExecutionMode mode, ExecutionHooks* hooks, uint64_t last_m
     config_.tap = tap;
     config_.nic_without_tap = false;
     for (int fd : net.host_fds()) Watch(net_, fd);
-    in_addr a{};
     const std::string ip = config_.ip.substr(0, config_.ip.find('/'));
-    if (inet_pton(AF_INET, ip.c_str(), &a) == 1 && !net.announce(ntohl(a.s_addr)))
-      log::warn("vm.announce_failed", {{"tap", tap}, {"ip", ip}});
+    in_addr a{};
+    if (inet_pton(AF_INET, ip.c_str(), &a) == 1) {
+      announce_ip_ = ntohl(a.s_addr);
+      announcements_ = 0;
+      Announce();  // now, then a few more times from the event thread
+    }
   }
   // Disk reports held for the log are released by the next poll; watches arm there.
   ServiceDevices();

@@ -168,6 +168,8 @@ class Machine final : private ExitHandler, private DeviceIo {
   void EventThread();
   void Watch(Device* device, int fd);
   void Arm(FdWatch& watch);
+  // Sends the next gratuitous ARP of a replica that went live (thread-safe).
+  void Announce();
   // A host-side failure that ends the VM: run() throws with `reason`.
   void Fail(const std::string& reason);
 
@@ -200,6 +202,9 @@ class Machine final : private ExitHandler, private DeviceIo {
   std::atomic<uint64_t> host_events_{0};
   std::atomic<uint64_t> host_events_since_ns_{0};
   std::atomic<uint64_t> forced_exit_ns_{0};
+  uint32_t announce_ip_ = 0;
+  std::atomic<unsigned> announcements_{0};
+  std::atomic<uint64_t> next_announce_ns_{0};  // 0: none due
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> in_wait_{false};
   std::mutex wait_mu_;

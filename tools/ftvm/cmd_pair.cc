@@ -68,6 +68,8 @@ int PrimaryMain(int argc, char** argv) {
       ("help,h", "show this help")
       ("listen", po::value(&opts.listen)->required(), "channel address for the secondary: tcp:HOST:PORT or shm:/path.sock")
       ("arbiter", po::value(&opts.arbiter_dir)->required(), "arbiter directory, shared with the secondary")
+      ("witness", po::value(&opts.witness), "IPv4 address on the clients' side: a host that cannot reach it when "
+                                             "the pair loses contact knows it is the cut-off one")
       ("name", po::value(&opts.name)->default_value(opts.name), "this host's name (in the arbiter and logs)")
       ("heartbeat-ms", po::value(&heartbeat_ms)->default_value(heartbeat_ms), "heartbeat interval")
       ("failure-timeout-ms", po::value(&timeout_ms)->default_value(timeout_ms),
@@ -131,6 +133,7 @@ int SecondaryMain(int argc, char** argv) {
       ("help,h", "show this help")
       ("connect", po::value(&opts.connect)->required(), "the primary's channel address")
       ("arbiter", po::value(&opts.arbiter_dir)->required(), "arbiter directory, shared with the primary")
+      ("witness", po::value(&opts.witness), "IPv4 address on the clients' side (see ftvm primary --help)")
       ("name", po::value(&opts.name)->default_value(opts.name), "this host's name")
       ("disk", po::value(&opts.disk), "this host's copy of the VM's disk (as it was when the primary started)")
       ("tap", po::value(&opts.tap), "tap interface the VM uses on this host after a takeover")

@@ -13,5 +13,6 @@ int ReplayMain(int argc, char** argv);
 int LogMain(int argc, char** argv);
 int PrimaryMain(int argc, char** argv);
 int SecondaryMain(int argc, char** argv);
+int DrillMain(int argc, char** argv);
 
 }  // namespace ftvm::cli

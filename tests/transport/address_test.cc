@@ -1,0 +1,71 @@
+// The address syntax of the command line and the factory behind it.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/error.h"
+#include "tests/transport/test_util.h"
+
+namespace ftvm::transport {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+using ::testing::ThrowsMessage;
+
+TEST(Address, ParsesTcpAndShm) {
+  ChannelAddress a = ParseChannelAddress("tcp:10.0.0.2:7000");
+  EXPECT_EQ(a.kind, ChannelAddress::Kind::kTcp);
+  EXPECT_EQ(a.host, "10.0.0.2");
+  EXPECT_EQ(a.port, 7000);
+  a = ParseChannelAddress("tcp:[::1]:0");
+  EXPECT_EQ(a.host, "::1");
+  EXPECT_EQ(a.port, 0);
+  a = ParseChannelAddress("tcp:primary.example:65535");
+  EXPECT_EQ(a.host, "primary.example");
+  EXPECT_EQ(a.port, 65535);
+  a = ParseChannelAddress("shm:/run/ftvm/vm1.sock");
+  EXPECT_EQ(a.kind, ChannelAddress::Kind::kShm);
+  EXPECT_EQ(a.path, "/run/ftvm/vm1.sock");
+}
+
+TEST(Address, RejectsWhatItCannotUse) {
+  const std::pair<const char*, const char*> bad[] = {
+      {"udp:1.2.3.4:5", "unknown scheme 'udp'"},
+      {"rdma:host:1", "unknown scheme 'rdma'"},
+      {"/run/x.sock", "no scheme"},
+      {"tcp:host", "no port"},
+      {"tcp:host:", "bad port ''"},
+      {"tcp:host:99999", "bad port '99999'"},
+      {"tcp:host:12a", "bad port '12a'"},
+      {"tcp::7000", "empty host"},
+      {"tcp:::1:7000", "IPv6 host must be in brackets"},
+      {"shm:", "empty socket path"},
+  };
+  for (auto [text, why] : bad) {
+    EXPECT_THAT([&] { ParseChannelAddress(text); },
+                ThrowsMessage<Error>(::testing::AllOf(HasSubstr("channel address '" + std::string(text) + "'"),
+                                                      HasSubstr(why), HasSubstr("expected tcp:HOST:PORT"))))
+        << text;
+  }
+  EXPECT_THAT([] { Connect("tcp:127.0.0.1:0", 1s); }, ThrowsMessage<Error>(HasSubstr("port 0")));
+  EXPECT_THAT([] { Listen("bogus:thing"); }, ThrowsMessage<Error>(HasSubstr("unknown scheme 'bogus'")));
+}
+
+TEST(Address, ListenReportsTheRealAddressAndConnectUsesIt) {
+  for (auto kind : {testutil::Kind::kTcp, testutil::Kind::kShm}) {
+    auto p = testutil::MakePair(kind);  // Listen(...) + Connect(listener->address())
+    std::string address = p.listener->address();
+    if (kind == testutil::Kind::kTcp) {
+      EXPECT_THAT(address, ::testing::StartsWith("tcp:127.0.0.1:"));
+      EXPECT_NE(address, "tcp:127.0.0.1:0");
+    } else {
+      EXPECT_THAT(address, ::testing::StartsWith("shm:/"));
+    }
+    ASSERT_TRUE(p.b->send(1, testutil::Pattern(3, 3), 1s).ok());
+    Message m;
+    EXPECT_TRUE(p.a->recv(m, 1s).is_message());
+  }
+}
+
+}  // namespace
+}  // namespace ftvm::transport

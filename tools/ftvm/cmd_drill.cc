@@ -1,0 +1,123 @@
+// `ftvm drill`: pull the plug on a protected mail store, N times, and report what
+// the clients saw (tools/ftvm/drill.h). Exit 0 when every round kept every
+// acknowledged message exactly once with exactly one live VM, 1 otherwise.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <boost/program_options.hpp>
+
+#include "common/error.h"
+#include "tools/ftvm/commands.h"
+#include "tools/ftvm/drill.h"
+
+namespace ftvm::cli {
+namespace po = boost::program_options;
+
+namespace {
+
+std::string SelfPath() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, size_t(n)) : "ftvm";
+}
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return -1;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, size_t(q * double(v.size())))];
+}
+
+}  // namespace
+
+int DrillMain(int argc, char** argv) {
+  drill::DrillOptions o;
+  o.ftvm = SelfPath();
+  std::string fault = "kill-primary", json;
+  o.workdir = "/tmp/ftvm-drill-" + std::to_string(getpid());
+  po::options_description desc("ftvm drill options");
+  desc.add_options()
+      ("help,h", "show this help")
+      ("guest", po::value(&o.guest)->required(), "guest-kit image (build/guest/ftvm-guest.elf)")
+      ("rounds", po::value(&o.rounds)->default_value(o.rounds), "how many times to pull the plug")
+      ("fault", po::value(&fault)->default_value(fault), "kill-primary, kill-secondary or cut-link")
+      ("channel", po::value(&o.channel)->default_value(o.channel), "logging channel between the hosts: tcp or shm")
+      ("rate", po::value(&o.rate)->default_value(o.rate), "client requests per second")
+      ("workers", po::value(&o.workers)->default_value(o.workers), "client workers")
+      ("seed", po::value(&o.seed)->default_value(0), "random seed (0: from the clock; printed)")
+      ("after-s", po::value(&o.after_s)->default_value(o.after_s), "seconds of load after the fault")
+      ("primary-args", po::value(&o.extra_primary_args), "extra ftvm primary options, e.g. \"--failure-timeout-ms 200\"")
+      ("workdir", po::value(&o.workdir), "scratch directory (disks, logs, consoles)")
+      ("json", po::value(&json), "also write the rounds as JSON lines to FILE")
+      ("keep", po::bool_switch(&o.keep), "keep the files of passing rounds too");
+  try {
+    po::variables_map vars;
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
+    if (vars.count("help")) {
+      std::cout << "usage: ftvm drill --guest IMAGE [--rounds N] [--fault F] [options]\n" << desc;
+      return 0;
+    }
+    po::notify(vars);
+  } catch (const po::error& e) {
+    std::cerr << "ftvm drill: " << e.what() << " (see ftvm drill --help)\n";
+    return kExitUsage;
+  }
+  if (!drill::ParseFault(fault, o.fault)) {
+    std::cerr << "ftvm drill: --fault '" << fault << "' is not kill-primary, kill-secondary or cut-link\n";
+    return kExitUsage;
+  }
+  if (o.channel != "tcp" && o.channel != "shm") {
+    std::cerr << "ftvm drill: --channel must be tcp or shm\n";
+    return kExitUsage;
+  }
+  if (o.rounds < 1 || o.workers < 1 || o.rate <= 0) {
+    std::cerr << "ftvm drill: --rounds, --workers and --rate must be positive\n";
+    return kExitUsage;
+  }
+  try {
+    drill::DrillReport report = drill::RunDrill(o);
+    std::printf("drill: %d rounds of %s over %s, seed %llu, %d workers at %.0f req/s\n", o.rounds, fault.c_str(),
+                o.channel.c_str(), static_cast<unsigned long long>(report.seed), o.workers, o.rate);
+    std::printf("%5s %9s %12s %9s %9s %7s %5s %5s %6s %8s %s\n", "round", "fault_s", "recovery_ms", "in_flight",
+                "requests", "acked", "lost", "dups", "match", "one_live", "result");
+    std::vector<double> recovery;
+    uint64_t lost = 0, dups = 0, failed = 0;
+    std::ofstream js;
+    if (!json.empty()) js.open(json);
+    for (const drill::RoundReport& r : report.rounds) {
+      std::printf("%5d %9.2f %12.1f %9llu %9llu %7llu %5llu %5llu %6s %8s %s\n", r.round, r.fault_at_s, r.recovery_ms,
+                  static_cast<unsigned long long>(r.in_flight), static_cast<unsigned long long>(r.requests),
+                  static_cast<unsigned long long>(r.acked), static_cast<unsigned long long>(r.lost),
+                  static_cast<unsigned long long>(r.duplicates), r.contents_match ? "yes" : "NO",
+                  r.one_live ? "yes" : "NO", r.ok() ? "ok" : r.problem.c_str());
+      if (r.recovery_ms >= 0) recovery.push_back(r.recovery_ms);
+      lost += r.lost;
+      dups += r.duplicates;
+      failed += r.ok() ? 0 : 1;
+      if (js) {
+        js << "{\"round\":" << r.round << ",\"fault\":\"" << drill::FaultName(r.fault) << "\",\"fault_at_s\":"
+           << r.fault_at_s << ",\"recovery_ms\":" << r.recovery_ms << ",\"in_flight\":" << r.in_flight
+           << ",\"requests\":" << r.requests << ",\"acked\":" << r.acked << ",\"lost\":" << r.lost
+           << ",\"duplicates\":" << r.duplicates << ",\"unexpected\":" << r.unexpected
+           << ",\"contents_match\":" << (r.contents_match ? "true" : "false")
+           << ",\"one_live\":" << (r.one_live ? "true" : "false") << ",\"survivor\":\"" << r.survivor
+           << "\",\"ok\":" << (r.ok() ? "true" : "false") << "}\n";
+      }
+    }
+    std::printf("summary: recovery p50 %.1f ms, p99 %.1f ms, max %.1f ms; acknowledged messages lost %llu; "
+                "duplicates %llu; failed rounds %llu of %d\n",
+                Percentile(recovery, 0.5), Percentile(recovery, 0.99), Percentile(recovery, 1.0),
+                static_cast<unsigned long long>(lost), static_cast<unsigned long long>(dups),
+                static_cast<unsigned long long>(failed), o.rounds);
+    if (failed > 0) std::printf("files of failed rounds are kept in %s\n", o.workdir.c_str());
+    return failed == 0 ? 0 : 1;
+  } catch (const Error& e) {
+    std::cerr << "ftvm drill: " << e.what() << "\n";
+    return kExitVmmError;
+  }
+}
+
+}  // namespace ftvm::cli

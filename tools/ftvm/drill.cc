@@ -1,0 +1,492 @@
+#include "tools/ftvm/drill.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/unique_fd.h"
+#include "tools/ftvm/mail_client.h"
+
+namespace ftvm::drill {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+uint64_t NowNs() {
+  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count());
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// A child process with stdout/stderr in files; SIGKILLed and reaped if still running
+// when destroyed.
+class Child {
+ public:
+  Child(const std::vector<std::string>& argv, const std::string& out, const std::string& err) {
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    pid_ = fork();
+    if (pid_ < 0) throw SysError("fork");
+    if (pid_ == 0) {
+      int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (o < 0 || e < 0) _exit(126);
+      dup2(o, 1);
+      dup2(e, 2);
+      execvp(args[0], args.data());
+      _exit(127);
+    }
+  }
+  ~Child() {
+    if (pid_ > 0 && !status_) {
+      kill(pid_, SIGKILL);
+      int st;
+      waitpid(pid_, &st, 0);
+    }
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  pid_t pid() const { return pid_; }
+  void signal(int sig) {
+    if (!status_) kill(pid_, sig);
+  }
+  bool running() {
+    poll();
+    return !status_;
+  }
+  // Exit code (128+signal when killed), or nullopt if still running after `ms`.
+  std::optional<int> wait(int ms) {
+    const uint64_t deadline = NowNs() + uint64_t(ms) * 1000000;
+    for (;;) {
+      poll();
+      if (status_) return *status_;
+      if (NowNs() >= deadline) return std::nullopt;
+      usleep(5000);
+    }
+  }
+
+ private:
+  void poll() {
+    if (status_ || pid_ <= 0) return;
+    int st = 0;
+    if (waitpid(pid_, &st, WNOHANG) == pid_) status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  }
+  pid_t pid_ = -1;
+  std::optional<int> status_;
+};
+
+void MustRun(const std::vector<std::string>& argv) {
+  Child c(argv, "/dev/null", "/tmp/ftvm-drill-cmd.err");
+  std::optional<int> code = c.wait(30000);
+  if (code != 0) {
+    std::string cmd;
+    for (const auto& a : argv) cmd += a + " ";
+    throw Error("drill setup: `" + cmd + "` failed: " + ReadAll("/tmp/ftvm-drill-cmd.err"));
+  }
+}
+
+// Host A, host B, the client and the LAN that joins them (see drill.h).
+class DrillNet {
+ public:
+  explicit DrillNet(std::string prefix) : p_(std::move(prefix)) {
+    Down();
+    for (const char* n : {"lan", "a", "b", "c"}) {
+      MustRun({"ip", "netns", "add", ns(n)});
+      MustRun({"ip", "-n", ns(n), "link", "set", "lo", "up"});
+    }
+    MustRun({"ip", "-n", ns("lan"), "link", "add", "br0", "type", "bridge"});
+    MustRun({"ip", "-n", ns("lan"), "link", "set", "br0", "up"});
+    for (const char* h : {"a", "b", "c"}) {
+      const std::string port = std::string("p") + h;
+      MustRun({"ip", "link", "add", "lan0", "netns", ns(h), "type", "veth", "peer", "name", port, "netns", ns("lan")});
+      MustRun({"ip", "-n", ns("lan"), "link", "set", port, "master", "br0"});
+      MustRun({"ip", "-n", ns("lan"), "link", "set", port, "up"});
+    }
+    int i = 1;
+    for (const char* h : {"a", "b"}) {
+      MustRun({"ip", "-n", ns(h), "link", "add", "brh", "type", "bridge"});
+      MustRun({"ip", "-n", ns(h), "link", "set", "lan0", "master", "brh"});
+      MustRun({"ip", "-n", ns(h), "tuntap", "add", "dev", "vmtap", "mode", "tap"});
+      MustRun({"ip", "-n", ns(h), "link", "set", "vmtap", "master", "brh"});
+      MustRun({"ip", "-n", ns(h), "addr", "add", host_ip(i) + "/24", "dev", "brh"});
+      for (const char* d : {"brh", "lan0", "vmtap"}) MustRun({"ip", "-n", ns(h), "link", "set", d, "up"});
+      ++i;
+    }
+    MustRun({"ip", "-n", ns("c"), "addr", "add", "10.0.0.10/24", "dev", "lan0"});
+    // The witness both hosts check before taking the VM (failover/witness.h).
+    MustRun({"ip", "-n", ns("c"), "addr", "add", kWitness + std::string("/24"), "dev", "lan0"});
+    MustRun({"ip", "-n", ns("c"), "link", "set", "lan0", "up"});
+  }
+  ~DrillNet() { Down(); }
+
+  std::string ns(const std::string& n) const { return p_ + "-" + n; }
+  static std::string host_ip(int i) { return "192.168.77." + std::to_string(i); }
+  static constexpr const char* kWitness = "192.168.77.100";
+  void CutLink(const char* host) { MustRun({"ip", "-n", ns(host), "link", "set", "lan0", "down"}); }
+
+ private:
+  void Down() {
+    for (const char* n : {"lan", "a", "b", "c"}) {
+      Child c({"ip", "netns", "del", ns(n)}, "/dev/null", "/dev/null");
+      c.wait(10000);
+    }
+  }
+  std::string p_;
+};
+
+// Runs the calling thread in network namespace `name` from now on.
+void EnterNetns(const std::string& name) {
+  UniqueFd fd(open(("/var/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) throw SysError("network namespace " + name);
+  if (setns(fd.get(), CLONE_NEWNET) != 0) throw SysError("setns into " + name);
+}
+
+struct Delivery {
+  std::string msgid, mailbox, body;
+  bool acked = false;
+};
+
+// The client: workers delivering (and fetching) with exactly-once retries.
+class Load {
+ public:
+  Load(const std::string& netns, int round, int workers, double rate, uint64_t seed)
+      : netns_(netns), round_(round), rate_(rate), seed_(seed), workers_(size_t(workers)) {}
+
+  void start() {
+    for (size_t w = 0; w < workers_.size(); ++w) threads_.emplace_back([this, w] { Worker(w); });
+  }
+  void stop() {
+    stop_ = true;
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
+  // Marks the fault: counts requests outstanding now; replies from now on (after a
+  // guard for frames already on their way) measure recovery.
+  uint64_t fault(uint64_t at_ns) {
+    fault_ns_ = at_ns;
+    uint64_t busy = 0;
+    for (auto& w : workers_) busy += w.busy.load() ? 1 : 0;
+    return busy;
+  }
+  uint64_t first_reply_after_fault_ns() const { return first_after_.load(); }
+  uint64_t completed() const {
+    uint64_t n = 0;
+    for (const auto& w : workers_) n += w.completed;
+    return n;
+  }
+  uint64_t timeouts() const {
+    uint64_t n = 0;
+    for (const auto& w : workers_) n += w.timeouts;
+    return n;
+  }
+  std::vector<Delivery> deliveries() const {
+    std::vector<Delivery> all;
+    for (const auto& w : workers_) all.insert(all.end(), w.log.begin(), w.log.end());
+    return all;
+  }
+  std::string error() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return error_;
+  }
+
+ private:
+  struct WorkerState {
+    std::atomic<bool> busy{false};
+    uint64_t completed = 0, timeouts = 0;
+    std::vector<Delivery> log;
+  };
+
+  void Worker(size_t w) {
+    try {
+      EnterNetns(netns_);
+      mail::ClientOptions co;
+      co.timeout_ms = 30;
+      co.retries = 200;  // 6 s: longer than any failover
+      mail::MailClient client(mail::ParseEndpoint("10.0.0.2"), co);
+      std::mt19937_64 rng(seed_ * 1000 + w);
+      WorkerState& me = workers_[w];
+      const double per_worker = rate_ / double(workers_.size());
+      const uint64_t gap_ns = per_worker > 0 ? uint64_t(1e9 / per_worker) : 1000000;
+      uint64_t next = NowNs();
+      for (uint64_t seq = 0; !stop_; ++seq) {
+        const uint64_t now = NowNs();
+        if (now < next) usleep(unsigned((next - now) / 1000));
+        next += gap_ns;
+        me.busy = true;
+        mail::MailResult r;
+        const bool deliver = rng() % 10 < 7 || me.log.empty();
+        if (deliver) {
+          Delivery d;
+          d.msgid = "r" + std::to_string(round_) + "w" + std::to_string(w) + "n" + std::to_string(seq);
+          d.mailbox = "box" + std::to_string(rng() % 8);
+          d.body = "round " + std::to_string(round_) + " worker " + std::to_string(w) + " message " +
+                   std::to_string(seq) + " " + std::string(40 + rng() % 60, char('a' + rng() % 26));
+          r = client.deliver(d.msgid, d.mailbox, d.body);
+          d.acked = r.status == mail::MailStatus::kOk || r.status == mail::MailStatus::kDuplicate;
+          me.log.push_back(std::move(d));
+        } else {
+          r = client.count("box" + std::to_string(rng() % 8));
+        }
+        me.busy = false;
+        const uint64_t done = NowNs();
+        if (r.status == mail::MailStatus::kTimeout) {
+          ++me.timeouts;
+          continue;
+        }
+        ++me.completed;
+        const uint64_t f = fault_ns_.load();
+        // Frames the dead side had already released may still arrive for a moment.
+        if (f != 0 && done > f + 2'000'000) {
+          uint64_t prev = first_after_.load();
+          while ((prev == 0 || done < prev) && !first_after_.compare_exchange_weak(prev, done)) {
+          }
+        }
+      }
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (error_.empty()) error_ = e.what();
+    }
+  }
+
+  std::string netns_;
+  int round_;
+  double rate_;
+  uint64_t seed_;
+  std::vector<WorkerState> workers_;
+  std::vector<std::thread> threads_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> fault_ns_{0};
+  std::atomic<uint64_t> first_after_{0};
+  mutable std::mutex mu_;
+  std::string error_;
+};
+
+// Reads every mailbox back and checks it against the ledger.
+void Verify(const std::string& netns, const std::vector<Delivery>& ledger, RoundReport& r) {
+  std::string problem;
+  std::thread t([&] {
+    try {
+      EnterNetns(netns);
+      mail::ClientOptions co;
+      co.timeout_ms = 100;
+      co.retries = 30;
+      mail::MailClient client(mail::ParseEndpoint("10.0.0.2"), co);
+      std::map<std::string, const Delivery*> by_id;
+      for (const Delivery& d : ledger) by_id[d.msgid] = &d;
+      std::map<std::string, int> seen;
+      for (int b = 0; b < 8; ++b) {
+        const std::string box = "box" + std::to_string(b);
+        mail::MailResult c = client.count(box);
+        if (!c.ok()) {
+          problem = "cannot count " + box + " after the fault: " + mail::StatusName(c.status) + " " + c.error;
+          return;
+        }
+        for (uint64_t i = 0; i < c.count; ++i) {
+          mail::MailResult m = client.fetch(box, i);
+          if (!m.ok()) {
+            problem = "cannot fetch " + box + "[" + std::to_string(i) + "]: " + mail::StatusName(m.status);
+            return;
+          }
+          ++seen[m.msgid];
+          auto it = by_id.find(m.msgid);
+          if (it == by_id.end() || it->second->body != m.body || it->second->mailbox != box) ++r.unexpected;
+        }
+      }
+      for (const auto& [id, n] : seen)
+        if (n > 1) r.duplicates += uint64_t(n - 1);
+      for (const Delivery& d : ledger) {
+        if (!d.acked) continue;
+        ++r.acked;
+        if (!seen.count(d.msgid)) ++r.lost;
+      }
+    } catch (const std::exception& e) {
+      problem = std::string("verifying the mailboxes: ") + e.what();
+    }
+  });
+  t.join();
+  r.contents_match = problem.empty() && r.lost == 0 && r.duplicates == 0 && r.unexpected == 0;
+  if (!problem.empty() && r.problem.empty()) r.problem = problem;
+}
+
+bool WaitFor(const std::function<bool()>& cond, int ms) {
+  const uint64_t deadline = NowNs() + uint64_t(ms) * 1000000;
+  while (NowNs() < deadline) {
+    if (cond()) return true;
+    usleep(10000);
+  }
+  return cond();
+}
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream in(s);
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
+  RoundReport r;
+  r.round = round;
+  r.fault = o.fault;
+  const std::string dir = o.workdir + "/round" + std::to_string(round);
+  mkdir(dir.c_str(), 0755);
+  const std::string arbiter = dir + "/arbiter";
+  mkdir(arbiter.c_str(), 0755);
+  for (const char* d : {"/diskA.img", "/diskB.img"}) {
+    UniqueFd fd(open((dir + d).c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644));
+    if (!fd || ftruncate(fd.get(), 32 << 20) != 0) throw SysError("drill: disk image in " + dir);
+  }
+  DrillNet net("fdr" + std::to_string(getpid() % 100000));
+  const std::string address = o.channel == "shm" ? "shm:" + dir + "/channel.sock"
+                                                 : "tcp:" + DrillNet::host_ip(1) + ":7000";
+  std::vector<std::string> pargs = {"ip", "netns", "exec", net.ns("a"), o.ftvm, "primary", "--listen", address,
+                                    "--arbiter", arbiter, "--name", "hostA", "--guest", o.guest, "--app",
+                                    "mailstore", "--disk", dir + "/diskA.img", "--tap", "vmtap", "--ip",
+                                    "10.0.0.2/24", "--console", dir + "/primary.console", "--witness",
+                                    DrillNet::kWitness};
+  for (const std::string& a : Split(o.extra_primary_args)) pargs.push_back(a);
+  Child primary(pargs, dir + "/primary.out", dir + "/primary.err");
+  Child secondary({"ip", "netns", "exec", net.ns("b"), o.ftvm, "secondary", "--connect", address, "--arbiter", arbiter,
+                   "--name", "hostB", "--disk", dir + "/diskB.img", "--tap", "vmtap", "--console",
+                   dir + "/secondary.console", "--witness", DrillNet::kWitness},
+                  dir + "/secondary.out", dir + "/secondary.err");
+  auto fail = [&](const std::string& why) {
+    r.problem = why;
+    return r;
+  };
+  if (!WaitFor([&] { return ReadAll(dir + "/primary.err").find("primary.protected") != std::string::npos; }, 60000))
+    return fail("the pair did not form: " + ReadAll(dir + "/primary.err") + ReadAll(dir + "/secondary.err"));
+  if (!WaitFor([&] { return ReadAll(dir + "/primary.console").find("mailstore: ready") != std::string::npos; }, 60000))
+    return fail("the mail store did not start");
+
+  Load load(net.ns("c"), round, o.workers, o.rate, rng());
+  const uint64_t t0 = NowNs();
+  load.start();
+  std::uniform_real_distribution<double> when(o.min_before_s, o.max_before_s);
+  r.fault_at_s = when(rng);
+  usleep(unsigned(r.fault_at_s * 1e6));
+  const uint64_t fault_ns = NowNs();
+  r.in_flight = load.fault(fault_ns);
+  switch (o.fault) {
+    case Fault::kKillPrimary: primary.signal(SIGKILL); break;
+    case Fault::kKillSecondary: secondary.signal(SIGKILL); break;
+    case Fault::kCutPrimaryLink: net.CutLink("a"); break;
+  }
+  usleep(unsigned(o.after_s * 1e6));
+  load.stop();
+  (void)t0;
+  if (!load.error().empty()) return fail("client: " + load.error());
+  r.requests = load.completed();
+  r.client_timeouts = load.timeouts();
+  if (uint64_t first = load.first_reply_after_fault_ns(); first != 0) r.recovery_ms = double(first - fault_ns) / 1e6;
+
+  // Who serves now: exactly one.
+  const std::string perr = ReadAll(dir + "/primary.err"), serr = ReadAll(dir + "/secondary.err");
+  switch (o.fault) {
+    case Fault::kKillPrimary:
+      r.survivor = "secondary";
+      r.one_live = !primary.running() && secondary.running() && serr.find("secondary.LIVE") != std::string::npos;
+      break;
+    case Fault::kKillSecondary:
+      r.survivor = "primary";
+      r.one_live = primary.running() && !secondary.running() && perr.find("primary.UNPROTECTED") != std::string::npos;
+      break;
+    case Fault::kCutPrimaryLink: {
+      // The cut-off primary must give up its VM (it lost the arbiter).
+      std::optional<int> code = primary.wait(5000);
+      r.survivor = "secondary";
+      r.one_live = code == 4 && secondary.running() &&
+                   ReadAll(dir + "/secondary.err").find("secondary.LIVE") != std::string::npos;
+      break;
+    }
+  }
+  Verify(net.ns("c"), load.deliveries(), r);
+  if (r.problem.empty()) {
+    if (!r.one_live) r.problem = "not exactly one live VM after the fault (see " + dir + ")";
+    else if (r.lost > 0) r.problem = std::to_string(r.lost) + " acknowledged messages lost";
+    else if (r.duplicates > 0) r.problem = std::to_string(r.duplicates) + " duplicate messages";
+    else if (r.unexpected > 0) r.problem = std::to_string(r.unexpected) + " unexpected messages";
+    else if (r.recovery_ms < 0) r.problem = "no request was answered after the fault";
+  }
+  primary.signal(SIGTERM);
+  secondary.signal(SIGTERM);
+  primary.wait(10000);
+  secondary.wait(10000);
+  if (!o.keep && r.ok()) {
+    for (const char* f : {"/diskA.img", "/diskB.img"}) unlink((dir + f).c_str());
+  }
+  return r;
+}
+
+}  // namespace
+
+std::string_view FaultName(Fault f) {
+  switch (f) {
+    case Fault::kKillPrimary: return "kill-primary";
+    case Fault::kKillSecondary: return "kill-secondary";
+    case Fault::kCutPrimaryLink: return "cut-link";
+  }
+  return "?";
+}
+
+bool ParseFault(std::string_view text, Fault& out) {
+  for (Fault f : {Fault::kKillPrimary, Fault::kKillSecondary, Fault::kCutPrimaryLink}) {
+    if (text == FaultName(f)) {
+      out = f;
+      return true;
+    }
+  }
+  return false;
+}
+
+DrillReport RunDrill(const DrillOptions& options) {
+  if (geteuid() != 0) throw Error("ftvm drill needs root (network namespaces and taps)");
+  if (access(options.ftvm.c_str(), X_OK) != 0) throw SysError("ftvm binary " + options.ftvm);
+  if (access(options.guest.c_str(), R_OK) != 0) throw SysError("guest image " + options.guest);
+  mkdir(options.workdir.c_str(), 0755);
+  DrillReport report;
+  report.seed = options.seed != 0 ? options.seed : NowNs();
+  std::mt19937_64 rng(report.seed);
+  for (int i = 1; i <= options.rounds; ++i) {
+    RoundReport r = RunRound(options, i, rng);
+    log::info("drill.round", {{"round", i},
+                              {"fault", FaultName(r.fault)},
+                              {"recovery_ms", r.recovery_ms},
+                              {"lost", r.lost},
+                              {"duplicates", r.duplicates},
+                              {"ok", r.ok()},
+                              {"problem", r.problem.empty() ? "-" : r.problem}});
+    report.rounds.push_back(std::move(r));
+  }
+  return report;
+}
+
+}  // namespace ftvm::drill

@@ -1,0 +1,72 @@
+// `ftvm drill`: the pull-the-plug test of a protected VM, as an operator runs it.
+//
+// It builds three "hosts" and a LAN out of network namespaces on this machine:
+// host A and host B each have a bridge joining their LAN link and the VM's tap,
+// plus an address for the logging channel; the client sits on the LAN in the VM's
+// subnet. A protected mail-store pair starts (primary on A, secondary on B, each with
+// its own copy of the disk); client workers deliver and fetch mail with exactly-once
+// retries and keep a ledger of every delivery the store acknowledged. Then the drill
+// injects the fault (SIGKILL of the primary, of the secondary, or A's LAN link cut),
+// keeps the load going, and finally reads every mailbox back and checks it against
+// the ledger. Each round reports: time from the fault to the first request answered
+// by the survivor, requests in flight at the fault, acknowledged messages lost (must
+// be 0), duplicates (must be 0), whether the mailboxes match the ledger, and whether
+// exactly one VM stayed live.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ftvm::drill {
+
+enum class Fault { kKillPrimary, kKillSecondary, kCutPrimaryLink };
+std::string_view FaultName(Fault f);
+// "kill-primary", "kill-secondary", "cut-link".
+bool ParseFault(std::string_view text, Fault& out);
+
+struct DrillOptions {
+  std::string ftvm;          // the ftvm binary to run as primary and secondary
+  std::string guest;         // guest-kit image
+  std::string workdir;       // scratch (disks, logs, arbiter); created if missing
+  std::string channel = "tcp";  // tcp (over the LAN) or shm (a Unix socket both hosts see)
+  Fault fault = Fault::kKillPrimary;
+  int rounds = 1;
+  uint64_t seed = 0;         // 0: from the clock (printed, for replaying a drill)
+  double rate = 300;         // client requests per second, all workers together
+  int workers = 4;
+  double min_before_s = 0.3, max_before_s = 1.5;  // the fault lands at a random moment in this range
+  double after_s = 1.5;      // load continues this long after the fault
+  std::string extra_primary_args;  // passed through (e.g. timeouts), space-separated
+  bool keep = false;         // keep namespaces and files after the last round
+};
+
+struct RoundReport {
+  int round = 0;
+  Fault fault = Fault::kKillPrimary;
+  double fault_at_s = 0;          // after the load started
+  double recovery_ms = -1;        // fault -> first request answered afterwards (-1: none)
+  uint64_t in_flight = 0;         // requests outstanding at the fault
+  uint64_t requests = 0;          // completed during the round
+  uint64_t acked = 0;             // deliveries the store acknowledged (OK or DUP)
+  uint64_t lost = 0;              // acknowledged but missing afterwards
+  uint64_t duplicates = 0;        // a message id stored more than once
+  uint64_t unexpected = 0;        // stored but never attempted, or with another body
+  uint64_t client_timeouts = 0;   // requests that never got an answer
+  bool contents_match = false;
+  bool one_live = false;          // exactly one VM process serves afterwards
+  std::string survivor;           // "primary" or "secondary"
+  std::string problem;            // why the round failed, if it did
+  bool ok() const { return problem.empty(); }
+};
+
+struct DrillReport {
+  uint64_t seed = 0;
+  std::vector<RoundReport> rounds;
+};
+
+// Throws ftvm::Error when the drill cannot be set up (not root, no ip command,
+// binaries missing). A round that goes wrong is reported, not thrown.
+DrillReport RunDrill(const DrillOptions& options);
+
+}  // namespace ftvm::drill

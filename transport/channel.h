@@ -1,0 +1,287 @@
+// The logging channel: a reliable, ordered, bidirectional, message-oriented link
+// between two processes, over which the primary streams its event log to the
+// secondary and the secondary answers (acknowledgements, heartbeats).
+//
+// Two transports share one interface and one framing (transport/frame.h):
+//   - TCP, between hosts (or over loopback);
+//   - shared memory, on one host: a memfd holding one single-producer/single-consumer
+//     byte ring per direction, set up over a Unix domain socket that stays open so
+//     that either side's death is seen by the other.
+//
+// Threading: one thread may send while another receives on the same channel. Sends
+// from several threads are serialized by the channel (whole messages never
+// interleave); so are receives. close() may be called from any thread at any time.
+//
+// Results: after setup nothing throws. send() and recv() return explicit results, so
+// the record/replay hot path decides what a timeout or a dead peer means. Setup
+// (listen, accept, connect, address parsing) throws ftvm::Error with a message that
+// names the address and the cause.
+//
+// Flow control: send() blocks while the peer is not consuming and the bounded buffer
+// between the two (socket buffers, the ring) is full; it never drops a message and
+// never buffers without bound. It gives up at its timeout.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "common/unique_fd.h"
+
+namespace ftvm::transport {
+
+// The largest payload one message may carry (the event log's record cap, so any
+// record, checkpoint chunks included, fits in one message).
+inline constexpr size_t kMaxMessageBytes = 64u << 20;
+
+// A timeout meaning "wait as long as it takes". Negative timeouts count as zero (try
+// once, never block).
+inline constexpr std::chrono::nanoseconds kNoTimeout = std::chrono::nanoseconds::max();
+
+// One received message. recv() fills it in place and reuses its buffer, so a
+// receiver that keeps one Message allocates only when a message is larger than any
+// before (the buffer is never shrunk; destroy the Message to give memory back).
+class Message {
+ public:
+  Message() = default;
+  Message(Message&&) noexcept = default;
+  Message& operator=(Message&&) noexcept = default;
+  Message(const Message&) = delete;
+  Message& operator=(const Message&) = delete;
+
+  uint8_t type() const { return type_; }
+  std::span<const uint8_t> payload() const { return {data_.get(), size_}; }
+  size_t size() const { return size_; }
+
+ private:
+  friend class FrameDecoder;  // transport/frame.h fills messages
+  // Makes room for `size` payload bytes (uninitialized) and returns where they go.
+  uint8_t* prepare(uint8_t type, size_t size);
+
+  uint8_t type_ = 0;
+  std::unique_ptr<uint8_t[]> data_;
+  size_t size_ = 0;
+  size_t capacity_ = 0;
+};
+
+enum class SendCode : uint8_t {
+  kOk,       // the whole message is in the channel (not necessarily read yet)
+  kTimeout,  // nothing of the message was sent; the channel is still usable
+  kClosed,   // closed here (close()) or by the peer, or the peer died
+  kError,    // the message was refused (bad type, too large) or the channel broke
+};
+enum class RecvCode : uint8_t {
+  kMessage,  // `out` holds the next message
+  kTimeout,  // no whole message within the timeout; a partly received one is kept
+  kClosed,   // closed here, or the peer closed or died; a message it did not finish
+             // sending is never delivered. Sticky.
+  kError,    // I/O error or a damaged stream (bad CRC, bad length). Sticky: the
+             // stream cannot be trusted after it.
+};
+std::string_view SendCodeName(SendCode code);
+std::string_view RecvCodeName(RecvCode code);
+
+struct [[nodiscard]] SendResult {
+  SendCode code = SendCode::kOk;
+  std::string message;  // why, for everything but kOk; names the channel
+
+  bool ok() const { return code == SendCode::kOk; }
+  bool timed_out() const { return code == SendCode::kTimeout; }
+  bool closed() const { return code == SendCode::kClosed; }
+  bool error() const { return code == SendCode::kError; }
+};
+
+struct [[nodiscard]] RecvResult {
+  RecvCode code = RecvCode::kMessage;
+  std::string message;  // why, for everything but kMessage; names the channel and,
+                        // for a damaged stream, the byte offset in it
+
+  bool is_message() const { return code == RecvCode::kMessage; }
+  bool timed_out() const { return code == RecvCode::kTimeout; }
+  bool closed() const { return code == RecvCode::kClosed; }
+  bool error() const { return code == RecvCode::kError; }
+};
+
+// Counters since the channel was set up. Bytes are payload bytes of whole messages
+// (each message also costs kFrameOverhead = 12 bytes of framing on the wire).
+struct ChannelStats {
+  uint64_t messages_sent = 0;
+  uint64_t bytes_sent = 0;
+  uint64_t messages_received = 0;
+  uint64_t bytes_received = 0;
+  // How often a send or recv had to sleep in the kernel (after the short spin, for
+  // shared memory): a measure of how often the other side was not keeping up.
+  uint64_t send_waits = 0;
+  uint64_t recv_waits = 0;
+};
+
+class Channel {
+ public:
+  virtual ~Channel() = default;
+  Channel() = default;
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  // "tcp" or "shm".
+  virtual std::string_view kind() const = 0;
+  // The other end, as an address-like text for messages: "tcp:10.0.0.2:41522",
+  // "shm:/run/ftvm/vm1.sock".
+  virtual const std::string& peer() const = 0;
+
+  // Sends one message of `type` (1..255) whose payload is the concatenation of
+  // `parts` (gathered, not copied together first), at most kMaxMessageBytes.
+  // Blocks while there is no room, up to `timeout`; kTimeout guarantees nothing of the
+  // message was sent and the channel stays usable. A message waits for room for all of
+  // it before any byte goes out, unless it is larger than that room can ever be (shm:
+  // the ring; TCP: about a third of the socket send buffer, ~2.4 MiB by default): such a
+  // message is streamed, and if the timeout passes in its middle the stream cannot
+  // continue, so the channel is closed and the result is kError. Like a socket write,
+  // a send that finds room succeeds even if the peer died since its last read; the
+  // death shows in recv() and in the next send that has to wait.
+  virtual SendResult send(uint8_t type, std::span<const std::span<const uint8_t>> parts,
+                          std::chrono::nanoseconds timeout) = 0;
+  SendResult send(uint8_t type, std::span<const uint8_t> payload, std::chrono::nanoseconds timeout) {
+    return send(type, std::span<const std::span<const uint8_t>>(&payload, 1), timeout);
+  }
+
+  // Receives the next message into `out` (its previous contents are replaced only on
+  // kMessage). Messages the peer sent before closing are delivered before kClosed.
+  virtual RecvResult recv(Message& out, std::chrono::nanoseconds timeout) = 0;
+
+  // Closes this end: every send/recv blocked in this process returns kClosed now, as
+  // do later calls; the peer receives what was already sent, then kClosed. The peer's
+  // sends see kClosed at once on shm, and on TCP once this end is destroyed (TCP has no
+  // way to say "stop sending" short of a reset). Idempotent. Resources are released by
+  // the destructor, which calls close().
+  virtual void close() = 0;
+
+  virtual ChannelStats stats() const = 0;
+};
+
+// Accepts channels on an address. Destroying it stops listening.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  Listener() = default;
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  // Where peers connect, in Connect() syntax, with the real port when 0 was asked for:
+  // "tcp:127.0.0.1:41522", "shm:/run/ftvm/vm1.sock".
+  virtual std::string address() const = 0;
+  // Waits up to `timeout` for a peer and completes the handshake. Returns nullptr on
+  // timeout. A peer that fails the handshake (not an ftvm channel, wrong version, gone
+  // half way) is logged and dropped, and waiting goes on. Throws ftvm::Error when the
+  // listening socket itself fails.
+  virtual std::unique_ptr<Channel> accept(std::chrono::nanoseconds timeout) = 0;
+};
+
+// --- TCP -------------------------------------------------------------------------
+
+struct TcpOptions {
+  // SO_SNDBUF and SO_RCVBUF, set before connect()/listen() so the window scale can
+  // use them. The kernel caps the request at net.core.{w,r}mem_max (4 MiB on our
+  // hosts) and doubles it for its bookkeeping. 0 keeps the kernel's auto-tuning.
+  int socket_buffer_bytes = 4 << 20;
+};
+
+class TcpListener final : public Listener {
+ public:
+  // Binds `bind_address` (a numeric address or a host name; "0.0.0.0" or "::" for
+  // every interface) and `port` (0: an ephemeral port, see port()). Throws
+  // ftvm::Error naming address:port and the errno.
+  TcpListener(const std::string& bind_address, uint16_t port, const TcpOptions& options = {});
+  ~TcpListener() override;
+
+  uint16_t port() const { return port_; }
+  std::string address() const override;
+  std::unique_ptr<Channel> accept(std::chrono::nanoseconds timeout) override;
+
+ private:
+  std::string host_;
+  uint16_t port_ = 0;
+  TcpOptions options_;
+  UniqueFd fd_;
+};
+
+// Connects to an ftvm TcpListener and completes the handshake, all within `timeout`.
+// Does not retry a refused connection. Throws ftvm::Error naming host:port and the
+// cause ("tcp connect to 10.0.0.2:7000: Connection refused").
+std::unique_ptr<Channel> TcpConnect(const std::string& host, uint16_t port,
+                                    std::chrono::nanoseconds timeout, const TcpOptions& options = {});
+
+// --- Shared memory ---------------------------------------------------------------
+
+struct ShmOptions {
+  // Bytes of each of the two rings (one per direction): a power of two, 4 KiB..1 GiB.
+  // Chosen by the listener; a connector's value is ignored. A message larger than the
+  // ring still goes through, streamed piece by piece.
+  size_t ring_bytes = 8u << 20;
+  // How long send/recv busy-wait (with `pause`) for the peer before sleeping in the
+  // kernel. Bounded and short, because there are only two cores and a spinning thread
+  // must not starve a vCPU; but not shorter than what sleeping costs: on the hosts we
+  // run on, one sleep/wake cycle costs each side ~14 us of CPU (ppoll, eventfd,
+  // context switches) and ~15-40 us of latency, so a spin of up to 10 us never burns
+  // more CPU than blocking would, and it keeps a request/reply exchange in the regime
+  // where both sides catch each other spinning (~1.6 us round trip) instead of the one
+  // where each waits for the other to wake up (~30 us). 0: block at once.
+  std::chrono::nanoseconds spin = std::chrono::microseconds(10);
+};
+
+class ShmListener final : public Listener {
+ public:
+  // Listens on the Unix socket `socket_path`. A stale socket file left by a dead
+  // listener is replaced; a live one makes this throw. Throws ftvm::Error naming the
+  // path for a bad ring size or any failure.
+  explicit ShmListener(std::string socket_path, const ShmOptions& options = {});
+  // Stops listening and removes the socket file (if it is still ours).
+  ~ShmListener() override;
+
+  const std::string& path() const { return path_; }
+  std::string address() const override { return "shm:" + path_; }
+  std::unique_ptr<Channel> accept(std::chrono::nanoseconds timeout) override;
+
+ private:
+  std::string path_;
+  ShmOptions options_;
+  UniqueFd fd_;
+  uint64_t inode_ = 0;  // of the socket file we bound, so we never unlink another's
+};
+
+// Connects to a ShmListener's socket, receives the shared memory and the eventfds,
+// and completes the handshake within `timeout`. options.spin applies to this end.
+// Throws ftvm::Error naming the path and the cause.
+std::unique_ptr<Channel> ShmConnect(const std::string& socket_path, std::chrono::nanoseconds timeout,
+                                    const ShmOptions& options = {});
+
+// --- Addresses -------------------------------------------------------------------
+
+// A channel address as the command line takes it:
+//   tcp:HOST:PORT       HOST a name, an IPv4 address or a bracketed IPv6 one ([::1])
+//   shm:/path/to.sock   the Unix socket of a shared-memory listener
+struct ChannelAddress {
+  enum class Kind : uint8_t { kTcp, kShm };
+  Kind kind = Kind::kTcp;
+  std::string host;  // tcp
+  uint16_t port = 0;  // tcp
+  std::string path;  // shm
+};
+// Throws ftvm::Error quoting the address for an unknown scheme or a malformed one.
+ChannelAddress ParseChannelAddress(std::string_view address);
+
+struct ChannelOptions {
+  TcpOptions tcp;
+  ShmOptions shm;
+};
+// Listens on / connects to `address` with the transport its scheme names. Port 0
+// listens on an ephemeral port (Listener::address() tells which); Connect needs a
+// real port.
+std::unique_ptr<Listener> Listen(std::string_view address, const ChannelOptions& options = {});
+std::unique_ptr<Channel> Connect(std::string_view address, std::chrono::nanoseconds timeout,
+                                 const ChannelOptions& options = {});
+
+}  // namespace ftvm::transport

@@ -1,0 +1,808 @@
+// The shared-memory transport: two processes on one host share a memfd holding one
+// single-producer/single-consumer byte ring per direction, carrying the same frames as
+// TCP (transport/frame.h).
+//
+// Memory layout (one memfd, sealed against shrinking so the peer can never make our
+// accesses fault):
+//
+//   [0, 4096)                    ShmControl: magic, layout version, ring size, then
+//                                per side a "closed" flag and per ring the producer's
+//                                line (tail, producer waiting) and the consumer's line
+//                                (head, consumer waiting), each on its own 128 bytes
+//   [4096, 4096+R)               ring 0: listener -> connector
+//   [4096+R, 4096+2R)            ring 1: connector -> listener
+//
+// Positions (head, tail) are free-running byte counts; byte p of the stream lives at
+// data[p & (R-1)]. The producer writes bytes at tail and then publishes tail with a
+// release store; the consumer reads [head, tail) after an acquire load and publishes
+// head when it has copied bytes out. A frame that fits in the ring is written whole
+// and published once, so the consumer never sees half of it; a larger one is streamed
+// and published every 256 KiB (its CRC still guards delivery).
+//
+// Wake-ups: each side busy-waits up to ShmOptions::spin (10 us by default) and then
+// sleeps in ppoll() on an eventfd. Before sleeping it sets its "waiting" flag and
+// looks once more; after publishing, the other side looks at that flag and writes the
+// eventfd only when it is set. Both use a seq_cst fence between their store and their
+// load, so at least one of them sees the other's store: no lost wake-up, and no system
+// call at all while both sides are keeping up.
+//
+// Peer death: the Unix socket used for setup stays open for the channel's life and is
+// in every ppoll() set; the kernel closes it when the peer process dies, whatever the
+// way. A graceful close() also sets the side's flag in shared memory. Either way the
+// receiver first delivers every whole message already published, then kClosed; a
+// frame the peer did not finish is dropped.
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <vector>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "eventlog/crc32c.h"
+#include "eventlog/format.h"
+#include "transport/channel.h"
+#include "transport/frame.h"
+#include "transport/io.h"
+#include "transport/shm_testing.h"
+
+namespace ftvm::transport {
+
+using detail::Counters;
+using detail::Deadline;
+using detail::PollUntil;
+using eventlog::GetLe64;
+using eventlog::PutLe64;
+
+namespace {
+
+constexpr uint8_t kShmMagic[8] = {'F', 'T', 'V', 'M', 'R', 'I', 'N', 'G'};
+constexpr uint32_t kShmLayoutVersion = 1;
+constexpr size_t kControlBytes = 4096;
+constexpr size_t kMinRingBytes = 4096;
+constexpr size_t kMaxRingBytes = size_t{1} << 30;
+// Streaming granularity for frames larger than the ring, and how often a consumer
+// copying a large payload hands space back to the producer.
+constexpr size_t kPublishEvery = 256u << 10;
+constexpr std::chrono::seconds kHandshakeTimeout{10};
+// Setup message: a hello, the ring size and the memfd size; with it, SCM_RIGHTS
+// passes the memfd and the four eventfds.
+constexpr size_t kSetupBytes = kHelloBytes + 16;
+constexpr int kSetupFds = 5;
+
+// 128 bytes, not 64: the adjacent-line prefetcher pulls cache lines in pairs, which
+// would make the producer's and the consumer's lines bounce together.
+constexpr size_t kLine = 128;
+struct alignas(kLine) ProducerLine {
+  std::atomic<uint64_t> tail;
+  std::atomic<uint32_t> waiting;  // the producer sleeps until the consumer frees space
+};
+struct alignas(kLine) ConsumerLine {
+  std::atomic<uint64_t> head;
+  std::atomic<uint32_t> waiting;  // the consumer sleeps until the producer publishes
+};
+struct RingControl {
+  ProducerLine producer;
+  ConsumerLine consumer;
+};
+struct alignas(kLine) SideLine {
+  std::atomic<uint32_t> closed;  // this side called close()
+};
+struct ShmControl {
+  uint8_t magic[8];
+  uint32_t version;
+  uint32_t reserved;
+  uint64_t ring_bytes;
+  uint64_t data_offset;
+  SideLine sides[2];    // 0: listener, 1: connector
+  RingControl rings[2];  // 0: listener -> connector, 1: connector -> listener
+};
+static_assert(sizeof(ShmControl) <= kControlBytes);
+// Atomics shared between processes must not be implemented with a process-local lock.
+static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free);
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Busy-waits for `ready()` for at most `spin` (and never past the deadline).
+template <typename Ready>
+bool SpinUntil(std::chrono::nanoseconds spin, const Deadline& deadline, Ready ready) {
+  auto limit = std::min(spin, deadline.remaining());
+  if (limit <= std::chrono::nanoseconds::zero()) return false;
+  const auto until = std::chrono::steady_clock::now() + limit;
+  do {
+    // Look every pause (~20 ns), read the clock (~27 ns) every 16 looks.
+    for (int i = 0; i < 16; ++i) {
+      if (ready()) return true;
+      CpuRelax();
+    }
+  } while (std::chrono::steady_clock::now() < until);
+  return ready();
+}
+
+void Signal(int efd) {
+  uint64_t one = 1;
+  // Cannot fail short of a counter overflow after 2^64 wake-ups; a lost signal to a
+  // dead peer does not matter.
+  [[maybe_unused]] ssize_t w = ::write(efd, &one, sizeof one);
+}
+
+void Drain(int efd) {
+  uint64_t v;
+  [[maybe_unused]] ssize_t r = ::read(efd, &v, sizeof v);
+}
+
+bool ValidRingBytes(uint64_t n) {
+  return n >= kMinRingBytes && n <= kMaxRingBytes && (n & (n - 1)) == 0;
+}
+
+// An mmap()ed region, unmapped on destruction.
+class Mapping {
+ public:
+  Mapping() = default;
+  Mapping(void* addr, size_t size) : addr_(addr), size_(size) {}
+  Mapping(Mapping&& o) noexcept : addr_(std::exchange(o.addr_, nullptr)), size_(o.size_) {}
+  Mapping& operator=(Mapping&&) = delete;
+  ~Mapping() {
+    if (addr_ != nullptr) ::munmap(addr_, size_);
+  }
+  uint8_t* data() const { return static_cast<uint8_t*>(addr_); }
+  size_t size() const { return size_; }
+
+ private:
+  void* addr_ = nullptr;
+  size_t size_ = 0;
+};
+
+Mapping MapShared(int fd, size_t size, const std::string& what) {
+  // MAP_POPULATE: fault the rings in now rather than on the first pass over them, so
+  // the first megabytes sent do not pay thousands of page faults.
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  if (p == MAP_FAILED) throw SysError(what + ": mmap of " + std::to_string(size) + " bytes");
+  return Mapping(p, size);
+}
+
+sockaddr_un UnixAddress(const std::string& path, const std::string& what) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path) {
+    throw Error(what + ": a Unix socket path must be 1 to " + std::to_string(sizeof addr.sun_path - 1) +
+                " bytes long");
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+struct RingEnd {
+  RingControl* ctl = nullptr;
+  uint8_t* data = nullptr;
+  UniqueFd data_efd;   // producer -> consumer: bytes were published
+  UniqueFd space_efd;  // consumer -> producer: space was freed
+};
+
+enum class Wait : uint8_t { kReady, kTimeout, kClosedHere, kPeerGone, kCorrupt, kFailed };
+
+class ShmChannel final : public Channel {
+ public:
+  // `side` 0 is the listener, 1 the connector. `efds`: ring 0 data, ring 0 space,
+  // ring 1 data, ring 1 space.
+  ShmChannel(std::string peer, int side, Mapping map, UniqueFd sock, std::array<UniqueFd, 4> efds,
+             std::chrono::nanoseconds spin)
+      : peer_(std::move(peer)), side_(side), map_(std::move(map)), sock_(std::move(sock)), spin_(spin),
+        decoder_(peer_) {
+    ctl_ = std::launder(reinterpret_cast<ShmControl*>(map_.data()));
+    cap_ = ctl_->ring_bytes;
+    mask_ = cap_ - 1;
+    RingEnd rings[2];
+    for (int r = 0; r < 2; ++r) {
+      rings[r].ctl = &ctl_->rings[r];
+      rings[r].data = map_.data() + ctl_->data_offset + r * cap_;
+      rings[r].data_efd = std::move(efds[2 * r]);
+      rings[r].space_efd = std::move(efds[2 * r + 1]);
+    }
+    out_ = std::move(rings[side]);
+    in_ = std::move(rings[1 - side]);
+    tail_ = head_seen_ = out_.ctl->producer.tail.load(std::memory_order_relaxed);
+    head_ = in_.ctl->consumer.head.load(std::memory_order_relaxed);
+    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake_) throw SysError(peer_ + ": eventfd");
+  }
+  ~ShmChannel() override { close(); }
+
+  std::string_view kind() const override { return "shm"; }
+  const std::string& peer() const override { return peer_; }
+  SendResult send(uint8_t type, std::span<const std::span<const uint8_t>> parts,
+                  std::chrono::nanoseconds timeout) override;
+  RecvResult recv(Message& out, std::chrono::nanoseconds timeout) override;
+  void close() override;
+  ChannelStats stats() const override { return counters_.snapshot(); }
+
+  test_hooks::ShmRingView incoming_ring() {
+    return {{in_.data, cap_},
+            in_.ctl->consumer.head.load(std::memory_order_acquire),
+            in_.ctl->producer.tail.load(std::memory_order_acquire)};
+  }
+
+ private:
+  enum PeerState : int { kAlive = 0, kClosedByPeer = 1, kHungUp = 2 };
+
+  bool peer_gone() {
+    if (peer_state_.load(std::memory_order_acquire) != kAlive) return true;
+    if (ctl_->sides[1 - side_].closed.load(std::memory_order_acquire) != 0) {
+      peer_state_.store(kClosedByPeer, std::memory_order_release);
+      return true;
+    }
+    return false;
+  }
+  // The setup socket became readable or hung up: the peer closed it, or died.
+  void socket_hung_up() {
+    if (!peer_gone()) peer_state_.store(kHungUp, std::memory_order_release);
+  }
+  std::string gone_text() const {
+    return peer_state_.load(std::memory_order_acquire) == kClosedByPeer
+               ? ": peer closed the channel"
+               : ": peer is gone (its end of the setup socket closed: it exited or died)";
+  }
+
+  // Producer side (under send_mutex_).
+  int64_t free_space() {  // -1: the consumer's head is not within the ring
+    head_seen_ = out_.ctl->consumer.head.load(std::memory_order_acquire);
+    uint64_t used = tail_ - head_seen_;
+    return used > cap_ ? -1 : static_cast<int64_t>(cap_ - used);
+  }
+  Wait wait_space(size_t need, const Deadline& deadline);
+  void copy_in(const uint8_t* src, size_t n) {
+    size_t off = tail_ & mask_;
+    size_t first = std::min(n, cap_ - off);
+    std::memcpy(out_.data + off, src, first);
+    std::memcpy(out_.data, src + first, n - first);
+    tail_ += n;
+  }
+  void publish_tail() {
+    out_.ctl->producer.tail.store(tail_, std::memory_order_release);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (out_.ctl->consumer.waiting.load(std::memory_order_relaxed) != 0) Signal(out_.data_efd.get());
+  }
+  SendResult wait_failed(Wait w, bool mid_message, size_t length, std::chrono::nanoseconds timeout);
+
+  // Consumer side (under recv_mutex_).
+  Wait wait_data(const Deadline& deadline);
+  FrameDecoder::Status consume(Message& out, uint64_t tail);
+  void publish_head() {
+    in_.ctl->consumer.head.store(head_, std::memory_order_release);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (in_.ctl->producer.waiting.load(std::memory_order_relaxed) != 0) Signal(in_.space_efd.get());
+  }
+  RecvResult end_recv(RecvCode code, std::string message) {
+    recv_end_ = RecvResult{code, std::move(message)};
+    return *recv_end_;
+  }
+
+  const std::string peer_;
+  const int side_;
+  Mapping map_;
+  ShmControl* ctl_ = nullptr;
+  size_t cap_ = 0;
+  uint64_t mask_ = 0;
+  UniqueFd sock_;
+  UniqueFd wake_;  // readable once close() was called; never drained
+  RingEnd out_;
+  RingEnd in_;
+  const std::chrono::nanoseconds spin_;
+  std::atomic<bool> closed_{false};
+  std::atomic<int> peer_state_{kAlive};
+  Counters counters_;
+
+  std::mutex send_mutex_;
+  uint64_t tail_ = 0;       // our producer position (published or about to be)
+  uint64_t head_seen_ = 0;  // the consumer's head when we last looked
+  std::optional<SendResult> send_end_;
+
+  std::mutex recv_mutex_;
+  uint64_t head_ = 0;  // our consumer position
+  FrameDecoder decoder_;
+  std::optional<RecvResult> recv_end_;
+};
+
+Wait ShmChannel::wait_space(size_t need, const Deadline& deadline) {
+  auto ready = [&] { return free_space() < 0 || static_cast<size_t>(free_space()) >= need; };
+  if (!ready() && spin_ > std::chrono::nanoseconds::zero()) SpinUntil(spin_, deadline, ready);
+  if (ready()) return free_space() < 0 ? Wait::kCorrupt : Wait::kReady;
+  Counters::add(counters_.send_waits, 1);
+  auto& waiting = out_.ctl->producer.waiting;
+  for (;;) {
+    waiting.store(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (ready()) {
+      waiting.store(0, std::memory_order_relaxed);
+      return free_space() < 0 ? Wait::kCorrupt : Wait::kReady;
+    }
+    if (closed_.load(std::memory_order_acquire)) return Wait::kClosedHere;
+    if (peer_gone()) {
+      waiting.store(0, std::memory_order_relaxed);
+      return Wait::kPeerGone;
+    }
+    pollfd fds[3] = {{out_.space_efd.get(), POLLIN, 0},
+                     {sock_.get(), POLLIN | POLLRDHUP, 0},
+                     {wake_.get(), POLLIN, 0}};
+    int r = PollUntil(fds, deadline);
+    if (r < 0) return Wait::kFailed;
+    if (fds[2].revents != 0) return Wait::kClosedHere;
+    if (fds[1].revents != 0) socket_hung_up();
+    if (fds[0].revents != 0) Drain(out_.space_efd.get());
+    if (r == 0) {
+      waiting.store(0, std::memory_order_relaxed);
+      return ready() ? Wait::kReady : Wait::kTimeout;
+    }
+  }
+}
+
+SendResult ShmChannel::wait_failed(Wait w, bool mid_message, size_t length, std::chrono::nanoseconds timeout) {
+  switch (w) {
+    case Wait::kClosedHere:
+      return {SendCode::kClosed, peer_ + ": channel closed"};
+    case Wait::kPeerGone:
+      send_end_ = SendResult{SendCode::kClosed, peer_ + gone_text()};
+      return *send_end_;
+    case Wait::kCorrupt:
+      send_end_ = SendResult{SendCode::kError, peer_ + ": shared ring corrupted (consumer position " +
+                                                   std::to_string(head_seen_) + ", producer position " +
+                                                   std::to_string(tail_) + ", ring of " +
+                                                   std::to_string(cap_) + " bytes)"};
+      return *send_end_;
+    case Wait::kFailed:
+      send_end_ = SendResult{SendCode::kError, peer_ + ": poll: " + std::strerror(errno)};
+      return *send_end_;
+    case Wait::kTimeout:
+      if (!mid_message) {
+        return {SendCode::kTimeout, peer_ + ": peer not reading: no room for a message of " +
+                                        std::to_string(length) + " bytes within " +
+                                        detail::DescribeTimeout(timeout)};
+      }
+      // Part of a frame larger than the ring is published: nothing else may follow it.
+      close();
+      return {SendCode::kError, peer_ + ": timed out (" + detail::DescribeTimeout(timeout) +
+                                    ") in the middle of a message of " + std::to_string(length) +
+                                    " bytes larger than the ring; the stream cannot continue, channel closed"};
+    case Wait::kReady:
+      break;
+  }
+  return {};
+}
+
+SendResult ShmChannel::send(uint8_t type, std::span<const std::span<const uint8_t>> parts,
+                            std::chrono::nanoseconds timeout) {
+  const Deadline deadline(timeout);
+  std::lock_guard lock(send_mutex_);
+  if (closed_.load(std::memory_order_acquire)) return {SendCode::kClosed, peer_ + ": channel closed"};
+  if (send_end_) return *send_end_;
+  if (peer_gone()) {
+    send_end_ = SendResult{SendCode::kClosed, peer_ + gone_text()};
+    return *send_end_;
+  }
+  if (type == 0) return {SendCode::kError, peer_ + ": message type 0 is reserved"};
+  size_t length = 0;
+  for (auto p : parts) length += p.size();
+  if (length > kMaxMessageBytes) {
+    return {SendCode::kError, peer_ + ": message of " + std::to_string(length) +
+                                  " bytes exceeds the limit of " + std::to_string(kMaxMessageBytes)};
+  }
+
+  const size_t frame = length + kFrameOverhead;
+  const bool whole = frame <= cap_;
+  // A frame that fits waits for room for all of it, so a timeout leaves nothing
+  // behind and the consumer never sees it half written.
+  if (whole) {
+    Wait w = wait_space(frame, deadline);
+    if (w != Wait::kReady) return wait_failed(w, false, length, timeout);
+  }
+
+  const uint64_t start = tail_;
+  uint64_t published = tail_;
+  // Copies `n` bytes at tail_, waiting for space when streaming a frame larger than
+  // the ring. Returns a failure, or nothing when all bytes are in.
+  auto put = [&](const uint8_t* src, size_t n) -> std::optional<SendResult> {
+    while (n > 0) {
+      int64_t space = static_cast<int64_t>(cap_ - (tail_ - head_seen_));
+      if (space == 0) space = free_space();
+      if (space <= 0) {
+        publish_tail();
+        published = tail_;
+        size_t left = frame - (tail_ - start);
+        Wait w = wait_space(std::min(left, cap_ / 4), deadline);
+        if (w != Wait::kReady) return wait_failed(w, /*mid_message=*/true, length, timeout);
+        continue;
+      }
+      size_t k = std::min({n, static_cast<size_t>(space), kPublishEvery});
+      copy_in(src, k);
+      src += k;
+      n -= k;
+      if (!whole && tail_ - published >= kPublishEvery) {
+        publish_tail();
+        published = tail_;
+      }
+    }
+    return std::nullopt;
+  };
+
+  const auto header = EncodeFrameHeader(type, static_cast<uint32_t>(length));
+  uint32_t crc = eventlog::Crc32c(header);
+  if (auto fail = put(header.data(), header.size())) return *fail;
+  for (auto part : parts) {
+    // CRC and copy per piece, so the CRC reads what the copy just brought into cache.
+    for (size_t done = 0; done < part.size();) {
+      size_t piece = std::min<size_t>(kPublishEvery, part.size() - done);
+      crc = eventlog::Crc32c(part.subspan(done, piece), crc);
+      if (auto fail = put(part.data() + done, piece)) return *fail;
+      done += piece;
+    }
+  }
+  uint8_t trailer[kFrameTrailerBytes];
+  eventlog::PutLe32(trailer, crc);
+  if (auto fail = put(trailer, sizeof trailer)) return *fail;
+  publish_tail();
+  Counters::add(counters_.messages_sent, 1);
+  Counters::add(counters_.bytes_sent, length);
+  return {};
+}
+
+Wait ShmChannel::wait_data(const Deadline& deadline) {
+  auto& tail = in_.ctl->producer.tail;
+  auto ready = [&] { return tail.load(std::memory_order_acquire) != head_; };
+  if (spin_ > std::chrono::nanoseconds::zero() && SpinUntil(spin_, deadline, ready)) return Wait::kReady;
+  Counters::add(counters_.recv_waits, 1);
+  auto& waiting = in_.ctl->consumer.waiting;
+  for (;;) {
+    waiting.store(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (ready()) {
+      waiting.store(0, std::memory_order_relaxed);
+      return Wait::kReady;
+    }
+    if (closed_.load(std::memory_order_acquire)) return Wait::kClosedHere;
+    if (peer_gone()) {
+      waiting.store(0, std::memory_order_relaxed);
+      return Wait::kPeerGone;
+    }
+    pollfd fds[3] = {{in_.data_efd.get(), POLLIN, 0},
+                     {sock_.get(), POLLIN | POLLRDHUP, 0},
+                     {wake_.get(), POLLIN, 0}};
+    int r = PollUntil(fds, deadline);
+    if (r < 0) return Wait::kFailed;
+    if (fds[2].revents != 0) return Wait::kClosedHere;
+    if (fds[1].revents != 0) socket_hung_up();
+    if (fds[0].revents != 0) Drain(in_.data_efd.get());
+    if (r == 0) {
+      waiting.store(0, std::memory_order_relaxed);
+      return ready() ? Wait::kReady : Wait::kTimeout;
+    }
+  }
+}
+
+// Feeds the decoder the bytes published up to `tail` (loaded and checked by the
+// caller), stopping at the end of the first whole message. kNeedMore means everything
+// up to `tail` was consumed.
+FrameDecoder::Status ShmChannel::consume(Message& out, uint64_t tail) {
+  uint64_t published = head_;
+  auto status = FrameDecoder::Status::kNeedMore;
+  while (head_ != tail) {
+    size_t off = head_ & mask_;
+    size_t n = std::min<uint64_t>({tail - head_, cap_ - off, kPublishEvery});
+    auto step = decoder_.feed({in_.data + off, n});
+    head_ += step.consumed;
+    if (step.status != FrameDecoder::Status::kNeedMore) {
+      status = step.status;
+      break;
+    }
+    // While copying out a large payload, hand space back as we go so the producer
+    // refills the ring in parallel.
+    if (head_ - published >= kPublishEvery) {
+      publish_head();
+      published = head_;
+    }
+  }
+  if (head_ != published) publish_head();
+  if (status == FrameDecoder::Status::kMessage) decoder_.take(out);
+  return status;
+}
+
+RecvResult ShmChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
+  const Deadline deadline(timeout);
+  std::lock_guard lock(recv_mutex_);
+  if (closed_.load(std::memory_order_acquire)) return {RecvCode::kClosed, peer_ + ": channel closed"};
+  if (recv_end_) return *recv_end_;
+  for (;;) {
+    const uint64_t tail = in_.ctl->producer.tail.load(std::memory_order_acquire);
+    if (tail - head_ > cap_) {
+      return end_recv(RecvCode::kError, peer_ + ": shared ring corrupted (producer position " +
+                                            std::to_string(tail) + ", consumer position " +
+                                            std::to_string(head_) + ", ring of " + std::to_string(cap_) +
+                                            " bytes)");
+    }
+    auto status = consume(out, tail);
+    if (status == FrameDecoder::Status::kMessage) {
+      Counters::add(counters_.messages_received, 1);
+      Counters::add(counters_.bytes_received, out.size());
+      return {};
+    }
+    if (status == FrameDecoder::Status::kError) return end_recv(RecvCode::kError, decoder_.error());
+    if (peer_gone()) {
+      // Whatever the peer published before it went is delivered first: look again,
+      // after having seen it gone.
+      if (in_.ctl->producer.tail.load(std::memory_order_acquire) != head_) continue;
+      std::string partial = decoder_.mid_frame() ? " " + decoder_.describe_partial() : "";
+      return end_recv(RecvCode::kClosed, peer_ + gone_text() + partial);
+    }
+    switch (wait_data(deadline)) {
+      case Wait::kReady:
+      case Wait::kPeerGone:  // the loop delivers what is left, then kClosed
+        break;
+      case Wait::kTimeout:
+        return {RecvCode::kTimeout, peer_ + ": no message within " + detail::DescribeTimeout(timeout)};
+      case Wait::kClosedHere:
+        return {RecvCode::kClosed, peer_ + ": channel closed"};
+      case Wait::kFailed:
+        return end_recv(RecvCode::kError, peer_ + ": poll: " + std::strerror(errno));
+      case Wait::kCorrupt:
+        break;  // not produced by wait_data
+    }
+  }
+}
+
+void ShmChannel::close() {
+  if (closed_.exchange(true, std::memory_order_acq_rel)) return;
+  ctl_->sides[side_].closed.store(1, std::memory_order_release);
+  Signal(wake_.get());
+  // Wake the peer wherever it may sleep: its recv on our outgoing ring, its send on
+  // our incoming one. It sees the flag and ends with kClosed.
+  Signal(out_.data_efd.get());
+  Signal(in_.space_efd.get());
+  ::shutdown(sock_.get(), SHUT_RDWR);
+}
+
+// Builds the memfd (control block zeroed, then filled in) and maps it here.
+Mapping CreateSharedMemory(size_t ring_bytes, UniqueFd& memfd, const std::string& what) {
+  const size_t total = kControlBytes + 2 * ring_bytes;
+  memfd.reset(::memfd_create("ftvm-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!memfd) throw SysError(what + ": memfd_create");
+  if (::ftruncate(memfd.get(), static_cast<off_t>(total)) < 0) {
+    throw SysError(what + ": ftruncate to " + std::to_string(total) + " bytes");
+  }
+  // The peer gets this descriptor: sealed, neither side can shrink the memory under the
+  // other's mapping (which would turn its next access into SIGBUS).
+  if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+    throw SysError(what + ": sealing the memfd");
+  }
+  Mapping map = MapShared(memfd.get(), total, what);
+  auto* ctl = new (map.data()) ShmControl();
+  std::memcpy(ctl->magic, kShmMagic, sizeof kShmMagic);
+  ctl->version = kShmLayoutVersion;
+  ctl->ring_bytes = ring_bytes;
+  ctl->data_offset = kControlBytes;
+  return map;
+}
+
+}  // namespace
+
+// --- Listener ----------------------------------------------------------------------
+
+ShmListener::ShmListener(std::string socket_path, const ShmOptions& options)
+    : path_(std::move(socket_path)), options_(options) {
+  const std::string what = "shm listen on " + path_;
+  if (!ValidRingBytes(options_.ring_bytes)) {
+    throw Error(what + ": ring size " + std::to_string(options_.ring_bytes) +
+                " is not a power of two between 4096 and " + std::to_string(kMaxRingBytes));
+  }
+  const sockaddr_un addr = UnixAddress(path_, what);
+  fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd_) throw SysError(what + ": socket");
+  if (::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) < 0) {
+    if (errno != EADDRINUSE) throw SysError(what + ": bind");
+    // The file exists. A listener that died (or was killed) leaves its socket file
+    // behind; replace it, but never a live listener's, nor a file that is no socket.
+    struct stat st {};
+    if (::lstat(path_.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+      throw Error(what + ": the path exists and is not a socket");
+    }
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!probe) throw SysError(what + ": socket");
+    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 ||
+        errno == EAGAIN) {
+      throw Error(what + ": another listener is live on this socket");
+    }
+    if (errno != ECONNREFUSED) throw SysError(what + ": probing the existing socket file");
+    log::info("channel_stale_socket_replaced", {{"path", path_}});
+    ::unlink(path_.c_str());
+    if (::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) < 0) {
+      throw SysError(what + ": bind");
+    }
+  }
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) == 0) inode_ = st.st_ino;
+  if (::listen(fd_.get(), 16) < 0) throw SysError(what + ": listen");
+}
+
+ShmListener::~ShmListener() {
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == inode_) {
+    ::unlink(path_.c_str());
+  }
+}
+
+std::unique_ptr<Channel> ShmListener::accept(std::chrono::nanoseconds timeout) {
+  const Deadline deadline(timeout);
+  const std::string what = "shm accept on " + path_;
+  for (;;) {
+    pollfd p{fd_.get(), POLLIN, 0};
+    int r = PollUntil({&p, 1}, deadline);
+    if (r < 0) throw SysError(what + ": poll");
+    if (r == 0) return nullptr;
+    UniqueFd conn(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!conn) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) continue;
+      throw SysError(what);
+    }
+
+    // Local resources: failures here are ours and throw.
+    UniqueFd memfd;
+    Mapping map = CreateSharedMemory(options_.ring_bytes, memfd, what);
+    std::array<UniqueFd, 4> efds;
+    for (auto& e : efds) {
+      e.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      if (!e) throw SysError(what + ": eventfd");
+    }
+
+    // The handshake: failures here are the peer's; drop it and keep listening.
+    uint8_t setup[kSetupBytes];
+    auto hello = EncodeHello(HelloKind::kShm);
+    std::memcpy(setup, hello.data(), hello.size());
+    PutLe64(setup + kHelloBytes, options_.ring_bytes);
+    PutLe64(setup + kHelloBytes + 8, map.size());
+    iovec iov{setup, sizeof setup};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kSetupFds)] = {};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * kSetupFds);
+    int fds[kSetupFds] = {memfd.get(), efds[0].get(), efds[1].get(), efds[2].get(), efds[3].get()};
+    std::memcpy(CMSG_DATA(c), fds, sizeof fds);
+    std::string err;
+    // A fresh socket's buffer always takes 32 bytes: no partial write to handle.
+    if (::sendmsg(conn.get(), &m, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof setup)) {
+      err = std::string("sending the setup message: ") + std::strerror(errno);
+    } else {
+      std::array<uint8_t, kHelloBytes> ack{};
+      err = detail::RecvAll(conn.get(), ack, deadline.capped(kHandshakeTimeout));
+      if (!err.empty()) {
+        err = "waiting for the peer's hello: " + err;
+      } else {
+        err = CheckHello(ack, HelloKind::kShm);
+      }
+    }
+    if (!err.empty()) {
+      log::warn("channel_handshake_failed", {{"listener", address()}, {"error", err}});
+      if (deadline.expired()) return nullptr;
+      continue;
+    }
+    log::debug("channel_accepted", {{"listener", address()}, {"ring_bytes", options_.ring_bytes}});
+    return std::make_unique<ShmChannel>(address(), 0, std::move(map), std::move(conn), std::move(efds),
+                                        options_.spin);
+  }
+}
+
+// --- Connector ---------------------------------------------------------------------
+
+std::unique_ptr<Channel> ShmConnect(const std::string& socket_path, std::chrono::nanoseconds timeout,
+                                    const ShmOptions& options) {
+  const std::string what = "shm connect to " + socket_path;
+  const Deadline deadline(timeout);
+  const sockaddr_un addr = UnixAddress(socket_path, what);
+  UniqueFd sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!sock) throw SysError(what + ": socket");
+  if (::connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) < 0) {
+    throw SysError(what, errno);
+  }
+
+  // The setup message and its descriptors. They arrive with its first byte; the rest
+  // of the 32 bytes is read without ancillary data if it comes separately.
+  uint8_t setup[kSetupBytes];
+  size_t got = 0;
+  std::vector<UniqueFd> fds;
+  bool truncated = false;
+  while (got < kSetupBytes) {
+    iovec iov{setup + got, kSetupBytes - got};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kSetupFds)] = {};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    ssize_t n = ::recvmsg(sock.get(), &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n > 0) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          fds.emplace_back(fd);
+        }
+      }
+      if (m.msg_flags & MSG_CTRUNC) truncated = true;
+      got += static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) throw Error(what + ": the listener closed the connection during setup");
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) throw SysError(what + ": receiving the setup message");
+    pollfd p{sock.get(), POLLIN, 0};
+    int r = PollUntil({&p, 1}, deadline);
+    if (r < 0) throw SysError(what + ": poll");
+    if (r == 0) throw Error(what + ": no setup message within " + detail::DescribeTimeout(timeout));
+  }
+  std::string bad = CheckHello(std::span<const uint8_t, kHelloBytes>(setup, kHelloBytes), HelloKind::kShm);
+  if (!bad.empty()) throw Error(what + ": " + bad);
+  const uint64_t ring_bytes = GetLe64(setup + kHelloBytes);
+  const uint64_t total = GetLe64(setup + kHelloBytes + 8);
+  if (!ValidRingBytes(ring_bytes) || total != kControlBytes + 2 * ring_bytes) {
+    throw Error(what + ": bad setup message (ring of " + std::to_string(ring_bytes) + " bytes, memory of " +
+                std::to_string(total) + " bytes)");
+  }
+  if (truncated || fds.size() != kSetupFds) {
+    throw Error(what + ": setup message carried " + std::to_string(fds.size()) + " descriptors, expected " +
+                std::to_string(kSetupFds));
+  }
+  struct stat st {};
+  if (::fstat(fds[0].get(), &st) < 0) throw SysError(what + ": fstat of the shared memory");
+  int seals = ::fcntl(fds[0].get(), F_GET_SEALS);
+  if (static_cast<uint64_t>(st.st_size) != total || seals < 0 || !(seals & F_SEAL_SHRINK)) {
+    throw Error(what + ": the shared memory is not what the setup message announced (" +
+                std::to_string(st.st_size) + " bytes, seals " + std::to_string(seals) + ")");
+  }
+  Mapping map = MapShared(fds[0].get(), total, what);
+  const auto* ctl = std::launder(reinterpret_cast<const ShmControl*>(map.data()));
+  if (std::memcmp(ctl->magic, kShmMagic, sizeof kShmMagic) != 0 || ctl->version != kShmLayoutVersion ||
+      ctl->ring_bytes != ring_bytes || ctl->data_offset != kControlBytes) {
+    throw Error(what + ": the shared memory does not hold a channel control block of layout version " +
+                std::to_string(kShmLayoutVersion));
+  }
+  auto ack = EncodeHello(HelloKind::kShm);
+  std::string err = detail::SendAll(sock.get(), ack, deadline);
+  if (!err.empty()) throw Error(what + ": sending the hello: " + err);
+  std::array<UniqueFd, 4> efds = {std::move(fds[1]), std::move(fds[2]), std::move(fds[3]), std::move(fds[4])};
+  return std::make_unique<ShmChannel>("shm:" + socket_path, 1, std::move(map), std::move(sock), std::move(efds),
+                                      options.spin);
+}
+
+namespace test_hooks {
+
+ShmRingView ShmIncomingRing(Channel& channel) {
+  auto* shm = dynamic_cast<ShmChannel*>(&channel);
+  if (shm == nullptr) throw Error("ShmIncomingRing: " + channel.peer() + " is not a shared-memory channel");
+  return shm->incoming_ring();
+}
+
+}  // namespace test_hooks
+}  // namespace ftvm::transport
