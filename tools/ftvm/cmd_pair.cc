@@ -7,8 +7,15 @@
 // identical) or the VM it took over ended; the guest's code if that was not 0; 1
 // when the replica diverged; 4 when it stopped because the primary kept the VM.
 // Both: 2 bad command line, 125 could not run.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 
 #include "common/clock.h"
@@ -63,6 +70,7 @@ int PrimaryMain(int argc, char** argv) {
   uint64_t flush_us = opts.streamer.flush_interval_ns / 1000;
   uint64_t max_lag_mib = opts.streamer.max_unreplayed_bytes >> 20;
   double wait_s = -1;
+  double handshake_s = double(opts.handshake_timeout.count()) / 1e9;
   po::options_description desc("ftvm primary options");
   desc.add_options()
       ("help,h", "show this help")
@@ -78,7 +86,9 @@ int PrimaryMain(int argc, char** argv) {
       ("max-lag-mib", po::value(&max_lag_mib)->default_value(max_lag_mib),
        "slow the VM down when the replica is this far behind")
       ("strict", po::bool_switch(&opts.strict_outputs), "release outputs only once the replica replayed them")
-      ("wait-secondary-s", po::value(&wait_s), "how long to wait for a secondary (default: as long as it takes)");
+      ("wait-secondary-s", po::value(&wait_s), "how long to wait for a secondary (default: as long as it takes)")
+      ("handshake-timeout-s", po::value(&handshake_s)->default_value(handshake_s),
+       "give up on a secondary that does not answer the hello within this");
   desc.add(vm.describe());
   int code = 0;
   if (!Parse(argc, argv, desc, "primary", "usage: ftvm primary --listen ADDR --arbiter DIR --guest IMAGE --app NAME [options]\n",
@@ -97,6 +107,7 @@ int PrimaryMain(int argc, char** argv) {
   opts.streamer.flush_interval_ns = flush_us * 1000;
   opts.streamer.max_unreplayed_bytes = max_lag_mib << 20;
   if (wait_s >= 0) opts.wait_for_secondary = std::chrono::nanoseconds(int64_t(wait_s * 1e9));
+  opts.handshake_timeout = std::chrono::nanoseconds(int64_t(handshake_s * 1e9));
   try {
     auto clock = MakeSystemClock();
     auto random = MakeSystemRandom();
@@ -175,6 +186,101 @@ int SecondaryMain(int argc, char** argv) {
     return kExitVmmError;
   } catch (const std::exception& e) {
     std::cerr << "ftvm secondary: internal error: " << e.what() << "\n";
+    return kExitVmmError;
+  }
+}
+
+namespace {
+
+std::string SelfExe() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, size_t(n)) : "ftvm";
+}
+
+void CopyFileOrThrow(const std::string& from, const std::string& to) {
+  std::ifstream in(from, std::ios::binary);
+  if (!in) throw Error("disk image " + from + ": cannot read it");
+  std::ofstream out(to, std::ios::binary | std::ios::trunc);
+  out << in.rdbuf();
+  if (!out) throw Error("copying the disk to " + to + " failed");
+}
+
+}  // namespace
+
+// `ftvm protect`: a protected pair on this one host, for demos: the secondary runs as
+// a child process over a shared-memory channel, with its own copy of the disk.
+int ProtectMain(int argc, char** argv) {
+  VmOptions vm;
+  primary::PrimaryOptions opts;
+  std::string workdir = "/tmp/ftvm-protect-" + std::to_string(getpid());
+  std::string channel = "shm";
+  po::options_description desc("ftvm protect options");
+  desc.add_options()
+      ("help,h", "show this help")
+      ("workdir", po::value(&workdir)->default_value(workdir), "where the replica's disk, the arbiter and logs go")
+      ("channel", po::value(&channel)->default_value(channel), "logging channel: shm or tcp (loopback)");
+  desc.add(vm.describe());
+  int code = 0;
+  if (!Parse(argc, argv, desc, "protect", "usage: ftvm protect --guest IMAGE --app NAME [VM options]\n", code))
+    return code;
+  if (std::string bad = vm.apply(); !bad.empty()) {
+    std::cerr << "ftvm protect: " << bad << "\n";
+    return kExitUsage;
+  }
+  if (channel != "shm" && channel != "tcp") {
+    std::cerr << "ftvm protect: --channel must be shm or tcp\n";
+    return kExitUsage;
+  }
+  try {
+    mkdir(workdir.c_str(), 0755);
+    const std::string arbiter = workdir + "/arbiter";
+    mkdir(arbiter.c_str(), 0755);
+    opts.listen = channel == "shm" ? "shm:" + workdir + "/channel.sock" : "tcp:127.0.0.1:0";
+    opts.arbiter_dir = arbiter;
+    opts.name = "primary";
+    auto clock = MakeSystemClock();
+    auto random = MakeSystemRandom();
+    std::string replica_disk;
+    if (!vm.config.disk.empty()) {
+      replica_disk = workdir + "/replica.img";
+      CopyFileOrThrow(vm.config.disk, replica_disk);
+    }
+    primary::ProtectedPrimary p(vm.config, opts, *clock, *random);
+    std::vector<std::string> args = {SelfExe(), "secondary", "--connect", p.listen_address(), "--arbiter", arbiter,
+                                     "--name", "secondary", "--console", workdir + "/secondary.console",
+                                     "--guest", vm.config.guest_image};
+    if (!replica_disk.empty()) args.insert(args.end(), {"--disk", replica_disk});
+    if (!vm.config.tap.empty()) args.insert(args.end(), {"--tap", vm.config.tap});
+    const std::string log = workdir + "/secondary.log";
+    pid_t child = fork();
+    if (child < 0) throw SysError("fork");
+    if (child == 0) {
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd >= 0) dup2(fd, 2);
+      std::vector<char*> cargs;
+      for (auto& a : args) cargs.push_back(a.data());
+      cargs.push_back(nullptr);
+      execv(cargs[0], cargs.data());
+      _exit(127);
+    }
+    std::fprintf(stderr, "protect: secondary pid %d (log %s)\n", int(child), log.c_str());
+    p.accept_secondary();
+    int guest = RunUntilDone([&] { return p.run(); }, [&] { p.stop(); });
+    primary::PrimaryReport r = p.report();
+    std::fprintf(stderr, "protect: the primary ended %s; replica lag %s; outputs held %s\n",
+                 std::string(primary::ProtectionName(r.protection)).c_str(), Percentiles(r.streamer.lag_ns).c_str(),
+                 Percentiles(r.gate.hold_ns).c_str());
+    int status = 0;
+    for (int i = 0; i < 100 && waitpid(child, &status, WNOHANG) == 0; ++i) usleep(100000);
+    if (waitpid(child, &status, WNOHANG) == 0) {
+      kill(child, SIGTERM);
+      waitpid(child, &status, 0);
+    }
+    std::fprintf(stderr, "protect: the secondary exited with %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    return guest < 0 ? 0 : guest;
+  } catch (const Error& e) {
+    std::cerr << "ftvm protect: " << e.what() << "\n";
     return kExitVmmError;
   }
 }

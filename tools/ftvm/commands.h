@@ -14,5 +14,6 @@ int LogMain(int argc, char** argv);
 int PrimaryMain(int argc, char** argv);
 int SecondaryMain(int argc, char** argv);
 int DrillMain(int argc, char** argv);
+int ProtectMain(int argc, char** argv);
 
 }  // namespace ftvm::cli

@@ -15,6 +15,7 @@ void Usage(std::ostream& out) {
          "  replay  replay a recorded VM and check it stays identical (ftvm replay --help)\n"
          "  log     inspect or recover an event log (ftvm log --help)\n"
          "  primary    run a protected VM, streaming its log to a secondary (ftvm primary --help)\n"
+         "  protect    run a protected pair on this host, for demos (ftvm protect --help)\n"
          "  drill      pull the plug on a protected mail store and report (ftvm drill --help)\n"
          "  secondary  keep a replica of a primary's VM and take over when it dies (ftvm secondary --help)\n"
          "  mail    talk to the mail-store guest (ftvm mail --help)\n"
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   if (std::strcmp(cmd, "record") == 0) return ftvm::cli::RecordMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "replay") == 0) return ftvm::cli::ReplayMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "primary") == 0) return ftvm::cli::PrimaryMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "protect") == 0) return ftvm::cli::ProtectMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "drill") == 0) return ftvm::cli::DrillMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "secondary") == 0) return ftvm::cli::SecondaryMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "log") == 0) return ftvm::cli::LogMain(argc - 1, argv + 1);

@@ -1,0 +1,237 @@
+// The protected pair end to end, with real processes, namespaces, taps and channels:
+// the pull-the-plug drill (SIGKILL of the primary at random moments under load,
+// ten times), the secondary killed instead, the primary's link cut, the pair over
+// shared memory; and what a pair does with bad peers: one that never answers the
+// handshake, one that speaks another protocol version, a log stream with a damaged
+// record.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "eventlog/reader.h"
+#include "primary/protocol.h"
+#include "tests/support/harness.h"
+#include "transport/channel.h"
+
+namespace ftvm::itest {
+namespace {
+
+using std::chrono::seconds;
+
+struct Round {
+  bool ok = false, contents_match = false, one_live = false;
+  long lost = -1, duplicates = -1, acked = 0;
+  double recovery_ms = -1;
+};
+
+std::vector<Round> ReadRounds(const std::string& json) {
+  std::vector<Round> rounds;
+  std::istringstream in(ReadFile(json));
+  for (std::string line; std::getline(in, line);) {
+    auto num = [&](const char* key) {
+      std::smatch m;
+      return std::regex_search(line, m, std::regex(std::string("\"") + key + "\":(-?[0-9.]+)")) ? std::stod(m[1]) : -1;
+    };
+    auto flag = [&](const char* key) { return line.find(std::string("\"") + key + "\":true") != std::string::npos; };
+    Round r;
+    r.ok = flag("ok");
+    r.contents_match = flag("contents_match");
+    r.one_live = flag("one_live");
+    r.lost = long(num("lost"));
+    r.duplicates = long(num("duplicates"));
+    r.acked = long(num("acked"));
+    r.recovery_ms = num("recovery_ms");
+    rounds.push_back(r);
+  }
+  return rounds;
+}
+
+// Runs `ftvm drill` and checks every round kept every acknowledged message exactly
+// once with exactly one live VM.
+void Drill(const std::vector<std::string>& args, int rounds) {
+  const std::string json = ScratchPath("drill.json");
+  std::vector<std::string> argv = {FtvmBinary(), "drill", "--guest", GuestImage(), "--rounds", std::to_string(rounds),
+                                   "--json", json, "--workdir", ScratchPath("drill")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  ProcessResult r = RunProcess(argv, seconds(120 + 30 * rounds), "drill");
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  std::vector<Round> got = ReadRounds(json);
+  ASSERT_EQ(got.size(), size_t(rounds)) << r.out;
+  for (size_t i = 0; i < got.size(); ++i) {
+    SCOPED_TRACE("round " + std::to_string(i + 1) + "\n" + r.out);
+    EXPECT_TRUE(got[i].ok);
+    EXPECT_EQ(got[i].lost, 0);
+    EXPECT_EQ(got[i].duplicates, 0);
+    EXPECT_TRUE(got[i].contents_match);
+    EXPECT_TRUE(got[i].one_live);
+    EXPECT_GT(got[i].acked, 0) << "the clients must have stored mail before the fault";
+    EXPECT_GE(got[i].recovery_ms, 0) << "some request must be answered after the fault";
+  }
+}
+
+TEST(Pair, PrimaryKilledTenTimesUnderLoad) { Drill({"--fault", "kill-primary"}, 10); }
+
+TEST(Pair, SecondaryKilledThePrimaryKeepsServing) { Drill({"--fault", "kill-secondary"}, 2); }
+
+TEST(Pair, CutLinkLeavesExactlyOneLiveVm) { Drill({"--fault", "cut-link"}, 2); }
+
+TEST(Pair, SharedMemoryChannel) { Drill({"--fault", "kill-primary", "--channel", "shm"}, 2); }
+
+// A primary whose would-be secondary misbehaves keeps its VM, unprotected.
+class PrimaryWithBadPeer : public testing::Test {
+ protected:
+  void SetUp() override {
+    arbiter_ = ScratchPath("arbiter");
+    ASSERT_EQ(mkdir(arbiter_.c_str(), 0755), 0);
+    sock_ = ScratchPath("p.sock");
+  }
+  Process StartPrimary() {
+    return Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock_, "--arbiter", arbiter_,
+                           "--handshake-timeout-s", "1", "--guest", GuestImage(), "--app", "timers", "--arg",
+                           "ticks=30", "--arg", "period_us=2000"},
+                          "primary");
+  }
+  std::unique_ptr<transport::Channel> ConnectAsSecondary() {
+    for (int i = 0; i < 200; ++i) {
+      try {
+        return transport::Connect("shm:" + sock_, seconds(5));
+      } catch (const std::exception&) {
+        usleep(50000);
+      }
+    }
+    ADD_FAILURE() << "the primary never listened";
+    return nullptr;
+  }
+  // The primary ran its guest to the end anyway, and said it was unprotected.
+  void ExpectUnprotectedRun(Process& p, const std::string& why) {
+    ProcessResult r = p.Wait(seconds(120));
+    ASSERT_FALSE(r.timed_out);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("ticks=30 fired=30"), std::string::npos) << r.out;
+    EXPECT_NE(r.err.find("primary.unprotected"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(why), std::string::npos) << r.err;
+  }
+  std::string arbiter_, sock_;
+};
+
+TEST_F(PrimaryWithBadPeer, PeerThatNeverAnswersTheHandshake) {
+  Process p = StartPrimary();
+  auto ch = ConnectAsSecondary();
+  ASSERT_TRUE(ch);
+  transport::Message hello;
+  ASSERT_TRUE(ch->recv(hello, seconds(30)).is_message());
+  EXPECT_EQ(hello.type(), replication::kHello);
+  // ... and say nothing.
+  ExpectUnprotectedRun(p, "did not answer the hello");
+}
+
+TEST_F(PrimaryWithBadPeer, SecondaryOfAnotherProtocolVersion) {
+  Process p = StartPrimary();
+  auto ch = ConnectAsSecondary();
+  ASSERT_TRUE(ch);
+  transport::Message hello;
+  ASSERT_TRUE(ch->recv(hello, seconds(30)).is_message());
+  replication::HelloReply reply;
+  reply.set_protocol_version(replication::kProtocolVersion + 98);
+  reply.set_accepted(true);
+  const std::string bytes = reply.SerializeAsString();
+  ASSERT_TRUE(ch->send(replication::kHelloReply, {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()},
+                       seconds(5))
+                  .ok());
+  ExpectUnprotectedRun(p, "speaks replication protocol " + std::to_string(replication::kProtocolVersion + 98));
+}
+
+// A secondary facing a bad primary refuses clearly and never takes over.
+class SecondaryWithBadPeer : public testing::Test {
+ protected:
+  void SetUp() override {
+    arbiter_ = ScratchPath("arbiter");
+    ASSERT_EQ(mkdir(arbiter_.c_str(), 0755), 0);
+    listener_ = transport::Listen("shm:" + ScratchPath("s.sock"));
+  }
+  Process StartSecondary() {
+    return Process::Start({FtvmBinary(), "secondary", "--connect", listener_->address(), "--arbiter", arbiter_},
+                          "secondary");
+  }
+  // A real recording's header and records, to speak to the secondary with.
+  void Recording(std::vector<uint8_t>& header, std::vector<uint8_t>& records) {
+    const std::string log = ScratchPath("r.ftlog");
+    ProcessResult r = RunProcess({FtvmBinary(), "record", "--log", log, "--guest", GuestImage(), "--app", "timers",
+                                  "--arg", "ticks=10", "--arg", "period_us=1500"},
+                                 seconds(120), "record");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string bytes = ReadFile(log);
+    eventlog::LogReader reader = eventlog::LogReader::OpenFile(log);
+    const size_t header_size = reader.first_record_offset();
+    header.assign(bytes.begin(), bytes.begin() + long(header_size));
+    records.assign(bytes.begin() + long(header_size), bytes.end());
+  }
+  void SendHello(transport::Channel& ch, uint32_t version, const std::vector<uint8_t>& header) {
+    replication::Hello hello;
+    hello.set_protocol_version(version);
+    hello.set_log_header(header.data(), header.size());
+    hello.set_generation(1);
+    hello.set_heartbeat_interval_ns(10'000'000);
+    hello.set_failure_timeout_ns(300'000'000);
+    const std::string b = hello.SerializeAsString();
+    ASSERT_TRUE(ch.send(replication::kHello, {reinterpret_cast<const uint8_t*>(b.data()), b.size()}, seconds(5)).ok());
+  }
+  std::string arbiter_;
+  std::unique_ptr<transport::Listener> listener_;
+};
+
+TEST_F(SecondaryWithBadPeer, PrimaryOfAnotherProtocolVersion) {
+  std::vector<uint8_t> header, records;
+  Recording(header, records);
+  Process s = StartSecondary();
+  auto ch = listener_->accept(seconds(30));
+  ASSERT_TRUE(ch);
+  SendHello(*ch, replication::kProtocolVersion + 41, header);
+  transport::Message reply;
+  ASSERT_TRUE(ch->recv(reply, seconds(30)).is_message());
+  replication::HelloReply hr;
+  ASSERT_TRUE(hr.ParseFromArray(reply.payload().data(), int(reply.size())));
+  EXPECT_FALSE(hr.accepted());
+  EXPECT_NE(hr.reason().find("replication protocol " + std::to_string(replication::kProtocolVersion + 41)),
+            std::string::npos)
+      << hr.reason();
+  ProcessResult r = s.Wait(seconds(30));
+  EXPECT_EQ(r.exit_code, 125);
+  EXPECT_NE(r.err.find("replication protocol"), std::string::npos) << r.err;
+}
+
+TEST_F(SecondaryWithBadPeer, DamagedRecordInTheStreamIsNeverReplayedOrTakenOver) {
+  std::vector<uint8_t> header, records;
+  Recording(header, records);
+  Process s = StartSecondary();
+  auto ch = listener_->accept(seconds(30));
+  ASSERT_TRUE(ch);
+  SendHello(*ch, replication::kProtocolVersion, header);
+  transport::Message reply;
+  ASSERT_TRUE(ch->recv(reply, seconds(60)).is_message());
+  replication::HelloReply hr;
+  ASSERT_TRUE(hr.ParseFromArray(reply.payload().data(), int(reply.size())));
+  ASSERT_TRUE(hr.accepted()) << hr.reason();
+  // The records as the primary sent them, one byte flipped inside the third one.
+  std::vector<uint8_t> damaged = records;
+  size_t third = 0;
+  for (int i = 0; i < 2; ++i) third += 20 + eventlog::GetLe32(damaged.data() + third);
+  damaged[third + 12] ^= 0x10;
+  auto head = replication::EncodeLogDataHeader({header.size(), 1u << 30});
+  const std::span<const uint8_t> parts[] = {head, damaged};
+  ASSERT_TRUE(ch->send(replication::kLogData, parts, seconds(5)).ok());
+  ProcessResult r = s.Wait(seconds(60));
+  EXPECT_EQ(r.exit_code, 125) << r.err;
+  EXPECT_NE(r.err.find("bad CRC at offset " + std::to_string(header.size() + third)), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("secondary.LIVE"), std::string::npos) << "a replica fed a damaged log must not take over";
+  ch.reset();
+}
+
+}  // namespace
+}  // namespace ftvm::itest
