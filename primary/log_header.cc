@@ -67,7 +67,7 @@ eventlog::VmConfig DescribeVm(const vmm::VmConfig& c, std::string_view backend_n
 }
 
 vmm::VmConfig ReplicaConfig(const eventlog::LogHeader& header, const std::string& guest_image,
-                            const std::string& disk, const std::string& console_path) {
+                            const std::string& disk, const std::string& console_path, bool disk_arrives) {
   const eventlog::VmConfig& vm = header.vm();
   vmm::VmConfig c;
   c.mode = vmm::ExecutionMode::kReplay;
@@ -80,8 +80,9 @@ vmm::VmConfig ReplicaConfig(const eventlog::LogHeader& header, const std::string
   if (vm.has_disk()) {
     if (disk.empty())
       throw Error("the recorded VM had a disk: give the replica its own copy of the primary's initial disk (--disk)");
-    uint64_t bytes = 0;
-    std::string digest = FileDigest(disk, &bytes);
+    uint64_t bytes = vm.disk_bytes();
+    std::string digest = vm.disk_digest();
+    if (!disk_arrives) digest = FileDigest(disk, &bytes);
     if (bytes != vm.disk_bytes())
       throw Error("disk " + disk + " has " + std::to_string(bytes) + " bytes; the recorded disk had " +
                   std::to_string(vm.disk_bytes()));

@@ -25,7 +25,9 @@ std::string FileDigest(const std::string& path, uint64_t* size = nullptr);
 // disk, console and backend choices. Throws ftvm::Error naming every mismatch it
 // can prove: a different guest image, a disk of other contents or size, a
 // backend other than the one recorded.
+// `disk_arrives`: the primary sends the disk's contents (a replica joining a running
+// VM), so `disk` is only where they go and is not compared.
 vmm::VmConfig ReplicaConfig(const eventlog::LogHeader& header, const std::string& guest_image,
-                            const std::string& disk, const std::string& console_path);
+                            const std::string& disk, const std::string& console_path, bool disk_arrives = false);
 
 }  // namespace ftvm::primary

@@ -51,7 +51,7 @@ class LogStreamer final : public eventlog::RecordSink {
   // ---- RecordSink (vCPU thread).
   eventlog::Status append(eventlog::RecordType type, uint64_t position, std::span<const uint8_t> payload,
                           bool compress = false) override;
-  // Asks the sender to ship what is pending now (does not wait).
+  // Ships what is pending now, from the calling thread.
   eventlog::Status flush() override;
   // Ships everything and says Bye; waits for the sender (up to the send timeout).
   eventlog::Status close() override;
@@ -70,6 +70,9 @@ class LogStreamer final : public eventlog::RecordSink {
 
  private:
   void SenderLoop();
+  // Sends what is pending, with the current completion promise. False once the
+  // channel failed.
+  bool Ship(bool closing);
 
   transport::Channel& channel_;
   Clock& clock_;
@@ -85,6 +88,9 @@ class LogStreamer final : public eventlog::RecordSink {
   std::condition_variable cv_;       // the sender waits here
   std::condition_variable room_cv_;  // append waits here for the replica (flow control)
   std::vector<uint8_t> pending_;
+  std::mutex ship_mu_;                // one Ship() at a time
+  std::vector<uint8_t> batch_;        // guarded by ship_mu_
+  uint64_t last_complete_below_ = 0;  // guarded by ship_mu_ (read unlocked as a hint)
   // Batches sent and not yet replayed: (send time, end offset), for lag samples.
   std::deque<std::pair<uint64_t, uint64_t>> in_flight_;
   bool urgent_ = false;

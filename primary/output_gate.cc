@@ -70,6 +70,14 @@ void OutputGate::open() {
   wake_();
 }
 
+void OutputGate::protect(uint64_t start_offset) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (discarding_) return;
+  acked_.store(start_offset, std::memory_order_release);
+  highest_mark_.store(start_offset, std::memory_order_release);
+  open_.store(false, std::memory_order_release);
+}
+
 void OutputGate::discard() {
   std::lock_guard<std::mutex> lock(mu_);
   discarding_ = true;

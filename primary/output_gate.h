@@ -59,6 +59,9 @@ class OutputGate {
   // This side lost the arbiter: drop what is held; nothing may go out any more.
   void discard();
   bool is_open() const { return open_.load(std::memory_order_acquire); }
+  // A new secondary joined: from now on marks wait for its acknowledgements again
+  // (marks are offsets in its new log stream, which starts at `start_offset`).
+  void protect(uint64_t start_offset);
 
   OutputGateStats stats() const;
 

@@ -1,8 +1,12 @@
 #include "primary/protected_primary.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cstring>
+
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "common/log.h"
 #include "failover/witness.h"
 #include "eventlog/format.h"
@@ -30,12 +34,12 @@ ProtectedPrimary::ProtectedPrimary(vmm::VmConfig config, PrimaryOptions options,
   if (options_.arbiter_dir.empty()) throw Error("a protected primary needs an arbiter directory (--arbiter)");
   arbiter_ = failover::MakeDirectoryArbiter(options_.arbiter_dir);
   config.mode = vmm::ExecutionMode::kRecord;
-  machine_ = std::make_unique<vmm::Machine>(config, clock, random);
-  recorder_ = std::make_unique<Recorder>(*machine_, options_.recorder);
-  machine_->set_hooks(recorder_.get());
+  owned_machine_ = std::make_unique<vmm::Machine>(config, clock, random);
+  m_ = owned_machine_.get();
+  recorder_ = std::make_unique<Recorder>(*m_, options_.recorder);
+  m_->set_hooks(recorder_.get());
   gate_ = std::make_unique<OutputGate>(
-      clock_, [this](std::span<const uint8_t> frame) { machine_->send_frame(frame); },
-      [this] { machine_->notify_host_event(); },
+      clock_, [this](std::span<const uint8_t> frame) { m_->send_frame(frame); }, [this] { m_->notify_host_event(); },
       [this] {
         if (streamer_) streamer_->flush().ok();
       });
@@ -54,10 +58,31 @@ ProtectedPrimary::ProtectedPrimary(vmm::VmConfig config, PrimaryOptions options,
                               {"generation", generation_}});
 }
 
+ProtectedPrimary::ProtectedPrimary(vmm::Machine& machine, std::unique_ptr<Recorder> recorder, uint64_t generation,
+                                   PrimaryOptions options, Clock& clock)
+    : options_(std::move(options)), clock_(clock), m_(&machine), recorder_(std::move(recorder)),
+      generation_(generation) {
+  if (options_.listen.empty()) throw Error("re-protection needs a channel address to listen on (--listen)");
+  arbiter_ = failover::MakeDirectoryArbiter(options_.arbiter_dir);
+  gate_ = std::make_unique<OutputGate>(
+      clock_, [this](std::span<const uint8_t> frame) { m_->send_frame(frame); }, [this] { m_->notify_host_event(); },
+      [this] {
+        if (streamer_) streamer_->flush().ok();
+      });
+  gate_->open();  // nobody to wait for yet
+  recorder_->set_output_gate(gate_.get());
+  listener_ = transport::Listen(options_.listen);
+  report_.generation = generation_;
+  report_.protection = Protection::kUnprotected;
+  report_.event = "took over the VM; waiting for a new secondary on " + listener_->address();
+  log::info("primary.ready", {{"listen", listener_->address()}, {"generation", generation_}, {"taken_over", true}});
+}
+
 ProtectedPrimary::~ProtectedPrimary() {
   stopping_ = true;
   if (channel_) channel_->close();
   if (monitor_.joinable()) monitor_.join();
+  if (acceptor_.joinable()) acceptor_.join();
 }
 
 void ProtectedPrimary::SetProtection(Protection p, const std::string& event) {
@@ -80,6 +105,17 @@ bool ProtectedPrimary::accept_secondary() {
   if (!channel_) return unprotected("no secondary connected in time");
 
   const std::vector<uint8_t> header = eventlog::EncodeFileHeader(recorder_->header());
+  std::string name;
+  if (std::string why = Handshake(*channel_, header, false, &name); !why.empty()) return unprotected(why);
+  auto streamer = std::make_unique<LogStreamer>(*channel_, header.size(), clock_, options_.streamer);
+  recorder_->attach(streamer.get());
+  std::unique_ptr<transport::Channel> ch = std::move(channel_);
+  StartProtection(std::move(ch), std::move(streamer), name, true);
+  return true;
+}
+
+std::string ProtectedPrimary::Handshake(transport::Channel& channel, const std::vector<uint8_t>& header, bool snapshot,
+                                        std::string* secondary_name) {
   replication::Hello hello;
   hello.set_protocol_version(replication::kProtocolVersion);
   hello.set_ftvm_version(FTVM_VERSION);
@@ -89,43 +125,167 @@ bool ProtectedPrimary::accept_secondary() {
   hello.set_failure_timeout_ns(options_.liveness.failure_timeout_ns);
   hello.set_primary_name(options_.name);
   hello.set_strict_outputs(options_.strict_outputs);
+  hello.set_snapshot(snapshot);
   const std::string bytes = hello.SerializeAsString();
-  transport::SendResult s = channel_->send(
+  transport::SendResult s = channel.send(
       replication::kHello, {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, options_.handshake_timeout);
-  if (!s.ok()) return unprotected("sending the hello to " + channel_->peer() + ": " + s.message);
+  if (!s.ok()) return "sending the hello to " + channel.peer() + ": " + s.message;
   transport::Message reply;
-  transport::RecvResult r = channel_->recv(reply, options_.handshake_timeout);
-  if (r.timed_out()) return unprotected("the secondary at " + channel_->peer() + " did not answer the hello");
-  if (!r.is_message()) return unprotected("handshake with " + channel_->peer() + ": " + r.message);
+  transport::RecvResult r = channel.recv(reply, options_.handshake_timeout);
+  if (r.timed_out()) return "the secondary at " + channel.peer() + " did not answer the hello";
+  if (!r.is_message()) return "handshake with " + channel.peer() + ": " + r.message;
   replication::HelloReply hr;
   if (reply.type() != replication::kHelloReply || !hr.ParseFromArray(reply.payload().data(), int(reply.size())))
-    return unprotected("the peer at " + channel_->peer() + " does not speak the ftvm replication protocol");
+    return "the peer at " + channel.peer() + " does not speak the ftvm replication protocol";
   if (hr.protocol_version() != replication::kProtocolVersion)
-    return unprotected("the secondary speaks replication protocol " + std::to_string(hr.protocol_version()) +
-                       ", this primary " + std::to_string(replication::kProtocolVersion));
-  if (!hr.accepted()) return unprotected("the secondary refused: " + hr.reason());
+    return "the secondary speaks replication protocol " + std::to_string(hr.protocol_version()) + ", this primary " +
+           std::to_string(replication::kProtocolVersion);
+  if (!hr.accepted()) return "the secondary refused: " + hr.reason();
+  *secondary_name = hr.secondary_name();
+  return "";
+}
 
-  streamer_ = std::make_unique<LogStreamer>(*channel_, header.size(), clock_, options_.streamer);
-  recorder_->attach(streamer_.get());
+void ProtectedPrimary::StartProtection(std::unique_ptr<transport::Channel> channel,
+                                       std::unique_ptr<LogStreamer> streamer, const std::string& name,
+                                       bool start_monitor) {
+  // The previous secondary's monitor has ended (it declared it lost).
+  if (monitor_.joinable()) monitor_.join();
+  old_channel_ = std::move(channel_);
+  channel_ = std::move(channel);
+  old_streamer_ = std::move(streamer_);
+  streamer_ = std::move(streamer);
   liveness_ = std::make_unique<failover::PeerLiveness>(clock_, options_.liveness);
-  SetProtection(Protection::kProtected, "secondary " + hr.secondary_name() + " at " + channel_->peer());
-  log::info("primary.protected", {{"secondary", hr.secondary_name()},
+  lost_ = false;
+  protected_ = true;
+  SetProtection(Protection::kProtected, "secondary " + name + " at " + channel_->peer());
+  log::info("primary.protected", {{"secondary", name},
                                   {"peer", channel_->peer()},
                                   {"channel", channel_->kind()},
                                   {"generation", generation_}});
+  if (start_monitor) monitor_ = std::thread([this] { MonitorLoop(); });
+}
+
+void ProtectedPrimary::serve_reprotection() {
+  if (!acceptor_.joinable()) acceptor_ = std::thread([this] { AcceptLoop(); });
+}
+
+void ProtectedPrimary::AcceptLoop() {
+  while (!stopping_) {
+    if (protected_ || lost_ && report().protection == Protection::kStoppedForPeer) {
+      usleep(50000);
+      continue;
+    }
+    std::unique_ptr<transport::Channel> ch;
+    try {
+      ch = listener_->accept(std::chrono::milliseconds(200));
+    } catch (const Error& e) {
+      log::error("primary.accept_failed", {{"error", e.what()}});
+      usleep(200000);
+      continue;
+    }
+    if (ch && !stopping_) AttachWithSnapshot(std::move(ch));
+  }
+}
+
+bool ProtectedPrimary::AttachWithSnapshot(std::unique_ptr<transport::Channel> channel) {
+  std::string why, name;
+  std::unique_ptr<LogStreamer> streamer;
+  const uint64_t t0 = clock_.monotonic_ns();
+  uint64_t disk_bytes = 0, sent_bytes = 0, position = 0;
+  // On the vCPU thread, at a boundary: the VM stays paused while the secondary
+  // receives the disk and the checkpoint, so both describe the same instant.
+  auto task = [&] {
+    Recorder::SnapshotStart snap = recorder_->snapshot_start();
+    position = snap.header.start_position();
+    const std::vector<uint8_t> header = eventlog::EncodeFileHeader(snap.header);
+    if (why = Handshake(*channel, header, true, &name); !why.empty()) return;
+    const std::string& disk = m_->config().disk;
+    if (!disk.empty()) {
+      UniqueFd fd(open(disk.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd) {
+        why = "reading the disk " + disk + " for the new secondary: " + strerror(errno);
+        return;
+      }
+      // Only the extents that hold data: images are sparse, and the receiver starts
+      // from a file of the right size full of holes (zeros).
+      const off_t end = lseek(fd.get(), 0, SEEK_END);
+      std::vector<uint8_t> buf(4u << 20);
+      off_t at = 0;
+      while (at < end) {
+        off_t data = lseek(fd.get(), at, SEEK_DATA);
+        if (data < 0) break;  // ENXIO: only a hole is left
+        off_t hole = lseek(fd.get(), data, SEEK_HOLE);
+        if (hole < 0) hole = end;
+        for (off_t off = data; off < hole;) {
+          const size_t want = size_t(std::min<off_t>(hole - off, off_t(buf.size() - 8)));
+          ssize_t n = pread(fd.get(), buf.data() + 8, want, off);
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) {
+            why = "reading the disk " + disk + ": " + (n < 0 ? strerror(errno) : "unexpected end");
+            return;
+          }
+          eventlog::PutLe64(buf.data(), uint64_t(off));
+          transport::SendResult s = channel->send(
+              replication::kDiskData, std::span<const uint8_t>(buf.data(), size_t(n) + 8), options_.handshake_timeout);
+          if (!s.ok()) {
+            why = "sending the disk: " + s.message;
+            return;
+          }
+          off += n;
+          sent_bytes += uint64_t(n);
+        }
+        at = hole;
+      }
+      disk_bytes = uint64_t(end);
+      auto size = replication::EncodeHeartbeat(disk_bytes);  // one u64
+      if (transport::SendResult s = channel->send(replication::kDiskDone, size, options_.handshake_timeout); !s.ok()) {
+        why = "sending the disk: " + s.message;
+        return;
+      }
+    }
+    streamer = std::make_unique<LogStreamer>(*channel, header.size(), clock_, options_.streamer);
+    for (const std::string& part : snap.checkpoint_parts) {
+      eventlog::Status s = streamer->append(eventlog::RecordType::kCheckpoint, position,
+                                            {reinterpret_cast<const uint8_t*>(part.data()), part.size()}, true);
+      if (!s.ok()) {
+        why = s.message();
+        return;
+      }
+    }
+    gate_->protect(header.size());
+    recorder_->attach(streamer.get());
+    // Here, on the vCPU thread, which reads channel_ and streamer_ (output marks).
+    StartProtection(std::move(channel), std::move(streamer), name, false);
+  };
+  m_->notify_host_event();  // a VM idle in WAIT reaches a boundary now
+  if (!recorder_->run_at_boundary(task)) return false;
+  if (!why.empty()) {
+    log::error("primary.reprotection_failed", {{"peer", channel ? channel->peer() : "?"}, {"reason", why}});
+    gate_->open();
+    return false;
+  }
   monitor_ = std::thread([this] { MonitorLoop(); });
+  log::info("primary.reprotected", {{"position", position},
+                                    {"disk_mib", disk_bytes >> 20},
+                                    {"disk_data_kib", sent_bytes >> 10},
+                                    {"paused_ms", (clock_.monotonic_ns() - t0) / 1000000}});
   return true;
 }
 
 int ProtectedPrimary::run() {
-  int code = machine_->run();
+  if (!owned_machine_) throw Error("internal: a taken-over VM is run by its owner");
+  int code = m_->run();
   stopping_ = true;
   if (monitor_.joinable()) monitor_.join();
+  if (acceptor_.joinable()) acceptor_.join();
   if (channel_) channel_->close();
   return code;
 }
 
-void ProtectedPrimary::stop() { machine_->stop(); }
+void ProtectedPrimary::stop() {
+  stopping_ = true;
+  m_->stop();
+}
 
 void ProtectedPrimary::MonitorLoop() {
   transport::Message msg;
@@ -166,6 +326,7 @@ void ProtectedPrimary::MonitorLoop() {
 
 void ProtectedPrimary::SecondaryLost(const std::string& why, bool silent) {
   if (lost_.exchange(true)) return;
+  protected_ = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     report_.lost_at_ns = clock_.monotonic_ns();
@@ -188,7 +349,7 @@ void ProtectedPrimary::SecondaryLost(const std::string& why, bool silent) {
         SetProtection(Protection::kStoppedForPeer, "secondary lost (" + why + ") and the witness " + options_.witness +
                                                        " does not answer: this host is cut off; stopping this VM");
         log::error("primary.isolated", {{"witness", options_.witness}});
-        machine_->stop();
+        m_->stop();
         return;
       }
     } else {
@@ -219,7 +380,7 @@ void ProtectedPrimary::SecondaryLost(const std::string& why, bool silent) {
                                 std::to_string(next) + ": stopping this VM";
       SetProtection(Protection::kStoppedForPeer, event);
       log::error("primary.stopping", {{"detail", event}});
-      machine_->stop();
+      m_->stop();
       return;
     } catch (const Error& e) {
       // Unreachable arbiter: cannot prove it won, so nothing is released meanwhile.

@@ -4,7 +4,13 @@
 //
 //   ProtectedPrimary p(config, options, clock, random);  // builds the VM, claims a generation
 //   p.accept_secondary();                                  // waits for one and shakes hands
+//   p.serve_reprotection();                                // later secondaries join a running VM
 //   int code = p.run();                                    // runs the VM to its end
+//
+// A replica that took over becomes a ProtectedPrimary too (the second constructor):
+// unprotected at first, it takes a new secondary whenever one connects. A secondary
+// joining a running VM gets the disk and a checkpoint of the whole VM first (the VM
+// pauses for that), then the log as usual.
 //
 // When the secondary is lost (its channel closes, or it is silent for the failure
 // timeout), the primary claims the next arbiter generation: won, it goes on
@@ -61,22 +67,39 @@ class ProtectedPrimary {
  public:
   // Throws ftvm::Error naming the problem (bad config, arbiter, listen address).
   ProtectedPrimary(vmm::VmConfig config, PrimaryOptions options, Clock& clock, RandomSource& random);
+  // A VM already running here in record mode with `recorder` as its hooks (a
+  // replica that went live), holding arbiter generation `generation`. Unprotected.
+  ProtectedPrimary(vmm::Machine& machine, std::unique_ptr<Recorder> recorder, uint64_t generation,
+                   PrimaryOptions options, Clock& clock);
   ~ProtectedPrimary();
 
   // Waits for a secondary and shakes hands. Returns false (and logs why) when none
   // came in time or it refused: the VM then runs unprotected.
   bool accept_secondary();
-  // Runs the VM until it powers off or stop(); returns like Machine::run.
+  // From now on, whenever the VM is unprotected, accepts a secondary in the
+  // background and brings it in with a snapshot of the running VM.
+  void serve_reprotection();
+  // Runs the VM until it powers off or stop(); returns like Machine::run. (Only
+  // for a primary built from a config: a taken-over VM is run by its owner.)
   int run();
   // Thread-safe.
   void stop();
 
-  vmm::Machine& machine() { return *machine_; }
+  vmm::Machine& machine() { return *m_; }
   PrimaryReport report() const;
   std::string listen_address() const { return listener_ ? listener_->address() : ""; }
 
  private:
   void MonitorLoop();
+  void AcceptLoop();
+  // Brings the secondary on `channel` in with a snapshot; false (logged) if it
+  // refused or failed.
+  bool AttachWithSnapshot(std::unique_ptr<transport::Channel> channel);
+  // Sends the hello and checks the reply; "" or why it failed.
+  std::string Handshake(transport::Channel& channel, const std::vector<uint8_t>& header, bool snapshot,
+                        std::string* secondary_name);
+  void StartProtection(std::unique_ptr<transport::Channel> channel, std::unique_ptr<LogStreamer> streamer,
+                       const std::string& secondary_name, bool start_monitor);
   // `silent`: lost by the failure timeout (either side may be the cut-off one), not
   // because its channel closed (its process is gone).
   void SecondaryLost(const std::string& why, bool silent);
@@ -84,18 +107,23 @@ class ProtectedPrimary {
 
   PrimaryOptions options_;
   Clock& clock_;
-  std::unique_ptr<vmm::Machine> machine_;
+  std::unique_ptr<vmm::Machine> owned_machine_;
+  vmm::Machine* m_ = nullptr;
   std::unique_ptr<Recorder> recorder_;
   std::unique_ptr<failover::Arbiter> arbiter_;
   uint64_t generation_ = 0;
   std::unique_ptr<transport::Listener> listener_;
   std::unique_ptr<transport::Channel> channel_;
   std::unique_ptr<LogStreamer> streamer_;
+  std::unique_ptr<LogStreamer> old_streamer_;  // a lost secondary's, kept until replaced
   std::unique_ptr<OutputGate> gate_;
   std::unique_ptr<failover::PeerLiveness> liveness_;
   std::thread monitor_;
+  std::thread acceptor_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> lost_{false};
+  std::atomic<bool> protected_{false};
+  std::unique_ptr<transport::Channel> old_channel_;  // kept until its monitor is joined
   mutable std::mutex mu_;
   PrimaryReport report_;
 };

@@ -8,6 +8,10 @@
 //   Heartbeat <------------------------------> Heartbeat   (when there is nothing else)
 //   Bye -------------------------------------> (the End record has been sent)
 //
+// A secondary joining a VM that already runs (re-protection) gets, right after the
+// handshake, the disk's contents (DiskData: u64 offset + bytes, then DiskDone: u64
+// size) and a log that starts with a checkpoint of the whole VM.
+//
 // LogData: u64 stream offset of the first record byte, u64 complete_below (no record
 // with a smaller position will follow: the replica may run up to that position), then
 // whole records as in an event-log file. Ack: u64 received offset (every byte before
@@ -36,6 +40,8 @@ enum MsgType : uint8_t {
   kAck = 4,
   kHeartbeat = 5,
   kBye = 6,
+  kDiskData = 7,
+  kDiskDone = 8,
 };
 
 struct LogDataHeader {

@@ -14,7 +14,7 @@ namespace ftvm::primary {
 using eventlog::RecordType;
 
 Recorder::Recorder(vmm::Machine& machine, RecorderOptions options) : m_(machine), options_(std::move(options)) {
-  if (m_.config().mode != vmm::ExecutionMode::kRecord)
+  if (m_.config().mode == vmm::ExecutionMode::kLive)
     throw Error("internal: the recorder needs a machine configured for recording");
   // Tracking starts before the initial digest, so no write can fall between them.
   tracker_ = m_.backend().make_dirty_tracker();
@@ -127,7 +127,57 @@ bool Recorder::transmit_frame(std::span<const iovec> frame) {
   return false;
 }
 
+bool Recorder::run_at_boundary(const std::function<void()>& task) {
+  std::unique_lock<std::mutex> lock(task_mu_);
+  if (finished_) return false;
+  task_ = &task;
+  task_done_ = false;
+  task_cv_.wait(lock, [&] { return task_done_ || finished_; });
+  const bool ran = task_done_;
+  task_ = nullptr;
+  return ran;
+}
+
+Recorder::SnapshotStart Recorder::snapshot_start() {
+  CollectDirty();
+  memory_digest_->update(since_verify_);
+  since_verify_.clear();
+  since_checkpoint_.clear();
+  SnapshotStart s;
+  s.header = header_;
+  *s.header.mutable_vm() = DescribeVm(m_.config(), m_.backend_name());  // the disk as it is now
+  s.header.set_start_position(m_.position());
+  s.header.set_created_unix_ns(0);
+  s.header.clear_ftvm_version();
+  const std::vector<uint8_t> regs = m_.backend().regs().encode();
+  const std::string devices = vmm::DeviceStateBytes(m_);
+  const vmm::Sha256Digest d = vmm::StateDigest(
+      m_.position(), regs, {reinterpret_cast<const uint8_t*>(devices.data()), devices.size()}, memory_digest_->value());
+  s.header.set_initial_state_digest(std::string(d.begin(), d.end()));
+  log::info("record.snapshot_start",
+            {{"position", m_.position()},
+             {"regs", vmm::DigestHex(vmm::Sha256(regs)).substr(0, 16)},
+             {"devices", vmm::DigestHex(vmm::Sha256({reinterpret_cast<const uint8_t*>(devices.data()), devices.size()})).substr(0, 16)},
+             {"memory", vmm::DigestHex(memory_digest_->value())}});
+  vmm::PageBitmap all(m_.memory().size() / vmm::kPageSize);
+  for (uint64_t p = 0; p < all.pages(); ++p) all.set(p);
+  s.checkpoint_parts = vmm::CaptureCheckpoint(m_, all);
+  last_verify_ns_ = m_.clock().monotonic_ns();
+  // The new log starts here: the replica has no exit at this position, so the
+  // next verification belongs to the next exit.
+  exit_boundary_ = false;
+  return s;
+}
+
 bool Recorder::boundary(vmm::Machine& m, bool exact) {
+  {
+    std::lock_guard<std::mutex> lock(task_mu_);
+    if (task_ != nullptr && !task_done_) {
+      (*task_)();
+      task_done_ = true;
+      task_cv_.notify_all();
+    }
+  }
   if (exact) {
     // Verification only at the first boundary after an exit: the replica finds that
     // one by the position alone.
@@ -199,6 +249,11 @@ void Recorder::WriteCheckpoint() {
 }
 
 void Recorder::finished(vmm::Machine& m, bool exact, bool completed) {
+  {
+    std::lock_guard<std::mutex> lock(task_mu_);
+    finished_ = true;
+    task_cv_.notify_all();
+  }
   stats_.final_position = m.position();
   if (completed && error_.empty()) {
     // A stop the replica cannot find by position (a signal while the guest

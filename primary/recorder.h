@@ -10,10 +10,14 @@
 // replica compares with its own.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "eventlog/encoder.h"
 #include "eventlog/eventlog.pb.h"
@@ -54,9 +58,10 @@ struct RecorderStats {
 
 class Recorder final : public vmm::ExecutionHooks {
  public:
-  // `machine` must be configured with ExecutionMode::kRecord and not yet run.
-  // Hashes the initial state and prepares the log header. Throws ftvm::Error
-  // naming the problem (no dirty tracking, unreadable image or disk).
+  // `machine` must be configured with ExecutionMode::kRecord and not yet run, or be
+  // a replica about to go live as a recorder (Machine::go_live). Hashes the
+  // initial state and prepares the log header. Throws ftvm::Error naming the
+  // problem (no dirty tracking, unreadable image or disk).
   Recorder(vmm::Machine& machine, RecorderOptions options);
   ~Recorder() override;
 
@@ -76,6 +81,21 @@ class Recorder final : public vmm::ExecutionHooks {
   const std::optional<vmm::Sha256Digest>& final_digest() const { return final_digest_; }
   // Why recording stopped early (the log could not be written), or "".
   const std::string& error() const { return error_; }
+
+  // Runs `task` on the vCPU thread at the next boundary (the VM paused there) and
+  // waits for it; false when the VM ended first. Any thread but the vCPU's; the
+  // caller must make the VM reach a boundary soon (Machine::notify_host_event).
+  bool run_at_boundary(const std::function<void()>& task);
+
+  // The start of a log for a secondary joining the running VM (call from a task at
+  // a boundary): a header whose initial state is the VM's now, at its current
+  // position, and a checkpoint of everything (serialized snapshot parts) to send
+  // first. Starts a new verification interval.
+  struct SnapshotStart {
+    eventlog::LogHeader header;
+    std::vector<std::string> checkpoint_parts;
+  };
+  SnapshotStart snapshot_start();
 
  private:
   // DeviceIo
@@ -116,6 +136,12 @@ class Recorder final : public vmm::ExecutionHooks {
   RecorderStats stats_;
   std::optional<vmm::Sha256Digest> final_digest_;
   std::string error_;
+  // run_at_boundary
+  std::mutex task_mu_;
+  std::condition_variable task_cv_;
+  const std::function<void()>* task_ = nullptr;
+  bool task_done_ = false;
+  bool finished_ = false;
 };
 
 }  // namespace ftvm::primary

@@ -1,9 +1,12 @@
 #include "secondary/protecting_secondary.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/unique_fd.h"
+#include "eventlog/format.h"
 #include "failover/witness.h"
 #include "primary/log_header.h"
 #include "primary/protocol.h"
@@ -77,27 +80,19 @@ void ProtectingSecondary::connect() {
                  std::to_string(replication::kProtocolVersion) + " (ftvm " FTVM_VERSION ")");
   generation_ = hello.generation();
   primary_name_ = hello.primary_name();
+  vmm::VmConfig config;
   try {
     stream_ = std::make_shared<eventlog::ByteStream>();
     stream_->append({reinterpret_cast<const uint8_t*>(hello.log_header().data()), hello.log_header().size()});
     source_ = std::make_unique<StreamSource>(stream_, "stream from " + channel_->peer());
-    vmm::VmConfig config =
-        primary::ReplicaConfig(source_->header(), options_.guest_image, options_.disk, options_.console_path);
+    config = primary::ReplicaConfig(source_->header(), options_.guest_image, options_.disk, options_.console_path,
+                                    hello.snapshot());
     if (config.has_nic() && !options_.tap.empty() && options_.tap.size() >= 16)
       throw Error("tap interface name '" + options_.tap + "' is longer than 15 characters");
-    machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
-    ReplayOptions ro;
-    ro.verify = options_.verify;
-    ro.go_live = [this](vmm::Machine& m) { return GoLive(m); };
-    replayer_ = std::make_unique<Replayer>(*machine_, *source_, ro);
-    machine_->set_hooks(replayer_.get());
+    if (!hello.snapshot()) BuildReplica(config);
   } catch (const Error& e) {
     throw refuse(std::string("cannot replicate this VM here: ") + e.what());
   }
-  failover::LivenessOptions lo;
-  lo.heartbeat_interval_ns = hello.heartbeat_interval_ns();
-  lo.failure_timeout_ns = hello.failure_timeout_ns();
-  liveness_ = std::make_unique<failover::PeerLiveness>(clock_, lo);
   replication::HelloReply reply;
   reply.set_protocol_version(replication::kProtocolVersion);
   reply.set_accepted(true);
@@ -107,16 +102,72 @@ void ProtectingSecondary::connect() {
                                            {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()},
                                            std::chrono::seconds(5));
   if (!s.ok()) throw Error("answering the primary at " + channel_->peer() + ": " + s.message);
+  if (hello.snapshot()) {
+    // The VM already runs: its disk as it is now, then a log opening with a
+    // checkpoint of everything.
+    if (!config.disk.empty())
+      ReceiveDisk(config.disk, source_->header().vm().disk_bytes(), source_->header().vm().disk_digest());
+    BuildReplica(config);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     report_.generation = generation_;
   }
+  // Silence counts from here: the disk transfer above is not the primary's.
+  failover::LivenessOptions lo;
+  lo.heartbeat_interval_ns = hello.heartbeat_interval_ns();
+  lo.failure_timeout_ns = hello.failure_timeout_ns();
+  liveness_ = std::make_unique<failover::PeerLiveness>(clock_, lo);
   log::info("secondary.replicating", {{"primary", primary_name_},
                                       {"peer", channel_->peer()},
                                       {"channel", channel_->kind()},
                                       {"generation", generation_},
                                       {"app", source_->header().vm().app()}});
   receiver_ = std::thread([this] { ReceiveLoop(); });
+}
+
+void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
+  machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
+  ReplayOptions ro;
+  ro.verify = options_.verify;
+  ro.go_live = [this](vmm::Machine& m) { return GoLive(m); };
+  replayer_ = std::make_unique<Replayer>(*machine_, *source_, ro);
+  machine_->set_hooks(replayer_.get());
+}
+
+void ProtectingSecondary::ReceiveDisk(const std::string& path, uint64_t bytes, const std::string& digest) {
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd) throw SysError("the replica's disk " + path);
+  if (ftruncate(fd.get(), off_t(bytes)) != 0) throw SysError("sizing the replica's disk " + path);
+  transport::Message msg;
+  uint64_t got = 0;
+  for (;;) {
+    transport::RecvResult r = channel_->recv(msg, std::chrono::seconds(60));
+    if (!r.is_message())
+      throw Error("receiving the disk from " + channel_->peer() + ": " + (r.timed_out() ? "timed out" : r.message));
+    if (msg.type() == replication::kDiskDone) break;
+    if (msg.type() != replication::kDiskData || msg.size() < 8)
+      throw Error("the primary sent message type " + std::to_string(msg.type()) + " while sending the disk");
+    const uint64_t at = eventlog::GetLe64(msg.payload().data());
+    const auto data = msg.payload().subspan(8);
+    if (at + data.size() > bytes) throw Error("disk data beyond the disk's " + std::to_string(bytes) + " bytes");
+    for (size_t done = 0; done < data.size();) {
+      ssize_t n = pwrite(fd.get(), data.data() + done, data.size() - done, off_t(at + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw SysError("writing the replica's disk " + path);
+      done += size_t(n);
+    }
+    got += data.size();
+  }
+  const uint64_t total = msg.size() == 8 ? eventlog::GetLe64(msg.payload().data()) : 0;
+  if (total != bytes) throw Error("the primary's disk has " + std::to_string(total) + " bytes, its log said " +
+                                  std::to_string(bytes));
+  if (fdatasync(fd.get()) != 0) throw SysError("syncing the replica's disk " + path);
+  fd.reset();
+  if (primary::FileDigest(path) != digest)
+    throw Error("the disk received from the primary (" + std::to_string(got) + " bytes of data) does not match its "
+                "digest");
+  log::info("secondary.disk_received", {{"path", path}, {"mib", bytes >> 20}});
 }
 
 void ProtectingSecondary::SendAck() {
@@ -224,7 +275,22 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
       if (stopping_) return false;
     }
   }
-  m.go_live(vmm::ExecutionMode::kLive, nullptr, replayer_->last_monotonic_ns(), options_.tap);
+  if (options_.listen.empty()) {
+    m.go_live(vmm::ExecutionMode::kLive, nullptr, replayer_->last_monotonic_ns(), options_.tap);
+  } else {
+    // This host is the primary now, ready to be protected again: record from here
+    // on, and take a new secondary whenever one connects.
+    auto recorder = std::make_unique<primary::Recorder>(m, primary::RecorderOptions{});
+    primary::Recorder* hooks = recorder.get();
+    m.go_live(vmm::ExecutionMode::kRecord, hooks, replayer_->last_monotonic_ns(), options_.tap);
+    primary::PrimaryOptions po;
+    po.listen = options_.listen;
+    po.arbiter_dir = options_.arbiter_dir;
+    po.name = options_.name;
+    po.witness = options_.witness;
+    takeover_ = std::make_unique<primary::ProtectedPrimary>(m, std::move(recorder), next, po, clock_);
+    takeover_->serve_reprotection();
+  }
   std::lock_guard<std::mutex> lock(mu_);
   generation_ = next;
   report_.generation = next;

@@ -21,6 +21,7 @@
 #include "eventlog/stream.h"
 #include "failover/arbiter.h"
 #include "failover/liveness.h"
+#include "primary/protected_primary.h"
 #include "secondary/record_source.h"
 #include "secondary/replayer.h"
 #include "transport/channel.h"
@@ -32,6 +33,9 @@ struct SecondaryOptions {
   std::string connect;      // the primary's channel address
   std::string arbiter_dir;  // the directory the primary uses too
   std::string witness;      // IPv4 address on the clients' side (failover/witness.h)
+  // After a takeover, accept a new secondary here (re-protection); empty: the VM
+  // just runs live, unprotected.
+  std::string listen;
   std::string name = "secondary";
   std::string guest_image;  // empty: the path the primary's log names
   std::string disk;         // this host's copy of the VM's disk
@@ -83,6 +87,9 @@ class ProtectingSecondary {
   void PrimaryLost(const std::string& why);
   bool GoLive(vmm::Machine& m);
   void SendAck();
+  // A secondary joining a running VM: the disk's contents come first.
+  void ReceiveDisk(const std::string& path, uint64_t bytes, const std::string& digest);
+  void BuildReplica(const vmm::VmConfig& config);
 
   SecondaryOptions options_;
   Clock& clock_;
@@ -93,6 +100,8 @@ class ProtectingSecondary {
   std::unique_ptr<StreamSource> source_;
   std::unique_ptr<vmm::Machine> machine_;
   std::unique_ptr<Replayer> replayer_;
+  // After a takeover with re-protection: this host is the primary now.
+  std::unique_ptr<primary::ProtectedPrimary> takeover_;
   std::unique_ptr<failover::PeerLiveness> liveness_;
   uint64_t generation_ = 0;
   std::string primary_name_;

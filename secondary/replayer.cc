@@ -180,10 +180,44 @@ int Replayer::disk_request_done(uint16_t head, int host_error) {
 // ---- The run loop -------------------------------------------------------------------
 
 void Replayer::started(vmm::Machine& m) {
+  if (const uint64_t start = source_.header().start_position(); start != 0) {
+    // A log of a VM that was already running: it opens with a checkpoint of all of
+    // it, which this replica (booted from the image) takes on before it runs.
+    m.set_position(start);
+    bool complete = false;
+    while (!complete && !stopped_) {
+      const Record* h = Peek();
+      if (h == nullptr || h->type != RecordType::kCheckpoint || h->position != start) {
+        Fail(ReplayOutcome::kBadLog, "a log starting at position " + std::to_string(start) +
+                                         " must open with a checkpoint there, not " +
+                                         (h == nullptr ? std::string("nothing") : Describe(*h)));
+        return;
+      }
+      try {
+        complete = checkpoints_.add(m, h->payload);
+      } catch (const Error& e) {
+        Fail(ReplayOutcome::kBadLog, "cannot apply the opening " + Describe(*h) + ": " + e.what());
+        return;
+      }
+      Consume();
+    }
+    if (stopped_) return;
+    ++stats_.checkpoints;
+    if (tracker_) {  // the restore rewrote memory: rehash what it touched
+      tracker_->collect(since_verify_);
+      since_verify_.clear();
+    }
+    memory_digest_ = std::make_unique<vmm::MemoryDigest>(m.memory());
+  }
   std::vector<uint8_t> regs = m.backend().regs().encode();
   const std::string devices = vmm::DeviceStateBytes(m);
   vmm::Sha256Digest initial = vmm::StateDigest(
-      0, regs, {reinterpret_cast<const uint8_t*>(devices.data()), devices.size()}, memory_digest_->value());
+      m.position(), regs, {reinterpret_cast<const uint8_t*>(devices.data()), devices.size()}, memory_digest_->value());
+  log::info("replay.initial_state",
+            {{"position", m.position()},
+             {"regs", vmm::DigestHex(vmm::Sha256(regs)).substr(0, 16)},
+             {"devices", vmm::DigestHex(vmm::Sha256({reinterpret_cast<const uint8_t*>(devices.data()), devices.size()})).substr(0, 16)},
+             {"memory", vmm::DigestHex(memory_digest_->value())}});
   const std::string& logged = source_.header().initial_state_digest();
   if (logged.size() != initial.size() || std::memcmp(logged.data(), initial.data(), initial.size()) != 0) {
     Fail(ReplayOutcome::kBadLog, "the replica's initial state differs from the recorded VM's (digest " +

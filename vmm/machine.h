@@ -97,6 +97,8 @@ class Machine final : private ExitHandler, private DeviceIo {
   // ---- For the recorder and replayer (vCPU thread, from their hooks).
   // Guest-caused exits so far: the position events are logged at.
   uint64_t position() const { return position_; }
+  // A replica joining a running VM starts where its checkpoint was taken. Before run().
+  void set_position(uint64_t position) { position_ = position; }
   CpuBackend& backend() { return *backend_; }
   // Guest-visible state of every device that has some, in slot order.
   void save_devices(snapshot::Devices& out) const;

@@ -83,6 +83,11 @@ TEST(Pair, CutLinkLeavesExactlyOneLiveVm) { Drill({"--fault", "cut-link"}, 2); }
 
 TEST(Pair, SharedMemoryChannel) { Drill({"--fault", "kill-primary", "--channel", "shm"}, 2); }
 
+// Restart-safe: after a failover host A comes back empty, joins the VM that now runs
+// on B as its secondary (disk and a checkpoint of the running VM), and when B dies
+// too, A has every message again.
+TEST(Pair, SurvivorIsProtectedAgainAndSurvivesASecondFailover) { Drill({"--fault", "kill-primary", "--reprotect"}, 2); }
+
 // A primary whose would-be secondary misbehaves keeps its VM, unprotected.
 class PrimaryWithBadPeer : public testing::Test {
  protected:

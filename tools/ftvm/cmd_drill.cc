@@ -52,7 +52,9 @@ int DrillMain(int argc, char** argv) {
       ("primary-args", po::value(&o.extra_primary_args), "extra ftvm primary options, e.g. \"--failure-timeout-ms 200\"")
       ("workdir", po::value(&o.workdir), "scratch directory (disks, logs, consoles)")
       ("json", po::value(&json), "also write the rounds as JSON lines to FILE")
-      ("keep", po::bool_switch(&o.keep), "keep the files of passing rounds too");
+      ("keep", po::bool_switch(&o.keep), "keep the files of passing rounds too")
+      ("reprotect", po::bool_switch(&o.reprotect),
+       "kill-primary: then host A rejoins as the survivor's new secondary, and the survivor is killed too");
   try {
     po::variables_map vars;
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
@@ -102,6 +104,7 @@ int DrillMain(int argc, char** argv) {
            << r.fault_at_s << ",\"recovery_ms\":" << r.recovery_ms << ",\"in_flight\":" << r.in_flight
            << ",\"requests\":" << r.requests << ",\"acked\":" << r.acked << ",\"lost\":" << r.lost
            << ",\"duplicates\":" << r.duplicates << ",\"unexpected\":" << r.unexpected
+           << ",\"reprotect_ms\":" << r.reprotect_ms << ",\"recovery2_ms\":" << r.recovery2_ms
            << ",\"contents_match\":" << (r.contents_match ? "true" : "false")
            << ",\"one_live\":" << (r.one_live ? "true" : "false") << ",\"survivor\":\"" << r.survivor
            << "\",\"ok\":" << (r.ok() ? "true" : "false") << "}\n";
@@ -112,6 +115,16 @@ int DrillMain(int argc, char** argv) {
                 Percentile(recovery, 0.5), Percentile(recovery, 0.99), Percentile(recovery, 1.0),
                 static_cast<unsigned long long>(lost), static_cast<unsigned long long>(dups),
                 static_cast<unsigned long long>(failed), o.rounds);
+    if (o.reprotect) {
+      std::vector<double> rp, r2;
+      for (const drill::RoundReport& r : report.rounds) {
+        if (r.reprotect_ms >= 0) rp.push_back(r.reprotect_ms);
+        if (r.recovery2_ms >= 0) r2.push_back(r.recovery2_ms);
+      }
+      std::printf("re-protection: new secondary to protected p50 %.0f ms; second failover recovery p50 %.1f ms, "
+                  "max %.1f ms\n",
+                  Percentile(rp, 0.5), Percentile(r2, 0.5), Percentile(r2, 1.0));
+    }
     if (failed > 0) std::printf("files of failed rounds are kept in %s\n", o.workdir.c_str());
     return failed == 0 ? 0 : 1;
   } catch (const Error& e) {

@@ -63,6 +63,7 @@ bool Parse(int argc, char** argv, po::options_description& desc, const std::stri
 }  // namespace
 
 int PrimaryMain(int argc, char** argv) {
+  BlockStopSignals();
   VmOptions vm;
   primary::PrimaryOptions opts;
   uint64_t heartbeat_ms = opts.liveness.heartbeat_interval_ns / 1000000;
@@ -71,6 +72,8 @@ int PrimaryMain(int argc, char** argv) {
   uint64_t max_lag_mib = opts.streamer.max_unreplayed_bytes >> 20;
   double wait_s = -1;
   double handshake_s = double(opts.handshake_timeout.count()) / 1e9;
+  uint64_t verify_ms = opts.recorder.verify_interval_ns / 1000000;
+  uint64_t checkpoint_us = opts.recorder.checkpoint_after_ns / 1000;
   po::options_description desc("ftvm primary options");
   desc.add_options()
       ("help,h", "show this help")
@@ -88,7 +91,11 @@ int PrimaryMain(int argc, char** argv) {
       ("strict", po::bool_switch(&opts.strict_outputs), "release outputs only once the replica replayed them")
       ("wait-secondary-s", po::value(&wait_s), "how long to wait for a secondary (default: as long as it takes)")
       ("handshake-timeout-s", po::value(&handshake_s)->default_value(handshake_s),
-       "give up on a secondary that does not answer the hello within this");
+       "give up on a secondary that does not answer the hello within this")
+      ("verify-interval-ms", po::value(&verify_ms)->default_value(verify_ms),
+       "write a state digest for the replica to compare this often")
+      ("checkpoint-after-us", po::value(&checkpoint_us)->default_value(checkpoint_us),
+       "take an epoch checkpoint when input waited this long for a guest exit");
   desc.add(vm.describe());
   int code = 0;
   if (!Parse(argc, argv, desc, "primary", "usage: ftvm primary --listen ADDR --arbiter DIR --guest IMAGE --app NAME [options]\n",
@@ -108,12 +115,19 @@ int PrimaryMain(int argc, char** argv) {
   opts.streamer.max_unreplayed_bytes = max_lag_mib << 20;
   if (wait_s >= 0) opts.wait_for_secondary = std::chrono::nanoseconds(int64_t(wait_s * 1e9));
   opts.handshake_timeout = std::chrono::nanoseconds(int64_t(handshake_s * 1e9));
+  if (verify_ms == 0 || checkpoint_us == 0) {
+    std::cerr << "ftvm primary: --verify-interval-ms and --checkpoint-after-us must be positive\n";
+    return kExitUsage;
+  }
+  opts.recorder.verify_interval_ns = verify_ms * 1000000;
+  opts.recorder.checkpoint_after_ns = checkpoint_us * 1000;
   try {
     auto clock = MakeSystemClock();
     auto random = MakeSystemRandom();
     primary::ProtectedPrimary p(vm.config, opts, *clock, *random);
     std::fprintf(stderr, "primary: listening on %s\n", p.listen_address().c_str());
     p.accept_secondary();
+    p.serve_reprotection();  // a later secondary joins the running VM
     int guest = RunUntilDone([&] { return p.run(); }, [&] { p.stop(); });
     primary::PrimaryReport r = p.report();
     std::fprintf(stderr, "primary: %s%s%s\n", std::string(primary::ProtectionName(r.protection)).c_str(),
@@ -136,6 +150,7 @@ int PrimaryMain(int argc, char** argv) {
 }
 
 int SecondaryMain(int argc, char** argv) {
+  BlockStopSignals();
   secondary::SecondaryOptions opts;
   bool no_verify = false;
   double connect_s = double(opts.connect_timeout.count()) / 1e9;
@@ -148,6 +163,7 @@ int SecondaryMain(int argc, char** argv) {
       ("name", po::value(&opts.name)->default_value(opts.name), "this host's name")
       ("disk", po::value(&opts.disk), "this host's copy of the VM's disk (as it was when the primary started)")
       ("tap", po::value(&opts.tap), "tap interface the VM uses on this host after a takeover")
+      ("listen", po::value(&opts.listen), "after a takeover, accept a new secondary on this address (re-protection)")
       ("guest", po::value(&opts.guest_image), "guest image (default: the primary's path)")
       ("console", po::value(&opts.console_path), "write the replica's console output to FILE")
       ("no-verify", po::bool_switch(&no_verify), "do not check the primary's state digests")
@@ -211,6 +227,7 @@ void CopyFileOrThrow(const std::string& from, const std::string& to) {
 // `ftvm protect`: a protected pair on this one host, for demos: the secondary runs as
 // a child process over a shared-memory channel, with its own copy of the disk.
 int ProtectMain(int argc, char** argv) {
+  BlockStopSignals();
   VmOptions vm;
   primary::PrimaryOptions opts;
   std::string workdir = "/tmp/ftvm-protect-" + std::to_string(getpid());

@@ -15,6 +15,7 @@ namespace ftvm::cli {
 namespace po = boost::program_options;
 
 int RecordMain(int argc, char** argv) {
+  BlockStopSignals();
   VmOptions vm;
   primary::RecorderOptions rec;
   std::string log_path;

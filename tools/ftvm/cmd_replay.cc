@@ -24,6 +24,7 @@ constexpr int kExitIncomplete = 3;
 }  // namespace
 
 int ReplayMain(int argc, char** argv) {
+  BlockStopSignals();
   std::string log_path, guest, disk, console;
   secondary::ReplayOptions opts;
   po::options_description desc("ftvm replay options");

@@ -10,6 +10,7 @@ namespace ftvm::cli {
 namespace po = boost::program_options;
 
 int RunMain(int argc, char** argv) {
+  BlockStopSignals();
   VmOptions vm;
   po::options_description desc("ftvm run options");
   desc.add_options()("help,h", "show this help");

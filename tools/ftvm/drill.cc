@@ -191,6 +191,7 @@ class Load {
   // Marks the fault: counts requests outstanding now; replies from now on (after a
   // guard for frames already on their way) measure recovery.
   uint64_t fault(uint64_t at_ns) {
+    first_after_ = 0;
     fault_ns_ = at_ns;
     uint64_t busy = 0;
     for (auto& w : workers_) busy += w.busy.load() ? 1 : 0;
@@ -374,10 +375,12 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
                                     DrillNet::kWitness};
   for (const std::string& a : Split(o.extra_primary_args)) pargs.push_back(a);
   Child primary(pargs, dir + "/primary.out", dir + "/primary.err");
+  const std::string reprotect_address = "tcp:" + DrillNet::host_ip(2) + ":7001";
   Child secondary({"ip", "netns", "exec", net.ns("b"), o.ftvm, "secondary", "--connect", address, "--arbiter", arbiter,
                    "--name", "hostB", "--disk", dir + "/diskB.img", "--tap", "vmtap", "--console",
-                   dir + "/secondary.console", "--witness", DrillNet::kWitness},
+                   dir + "/secondary.console", "--witness", DrillNet::kWitness, "--listen", reprotect_address},
                   dir + "/secondary.out", dir + "/secondary.err");
+  std::unique_ptr<Child> third;  // --reprotect: host A back, as the survivor's new secondary
   auto fail = [&](const std::string& why) {
     r.problem = why;
     return r;
@@ -401,19 +404,48 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
     case Fault::kCutPrimaryLink: net.CutLink("a"); break;
   }
   usleep(unsigned(o.after_s * 1e6));
+  if (uint64_t first = load.first_reply_after_fault_ns(); first != 0) r.recovery_ms = double(first - fault_ns) / 1e6;
+  if (o.reprotect && o.fault == Fault::kKillPrimary) {
+    // Host A comes back empty and joins the running VM on B as its secondary.
+    const uint64_t t1 = NowNs();
+    third = std::make_unique<Child>(
+        std::vector<std::string>{"ip", "netns", "exec", net.ns("a"), o.ftvm, "secondary", "--connect",
+                                 reprotect_address, "--arbiter", arbiter, "--name", "hostA2", "--disk",
+                                 dir + "/diskA2.img", "--tap", "vmtap", "--console", dir + "/third.console",
+                                 "--witness", DrillNet::kWitness, "--listen", "tcp:" + DrillNet::host_ip(1) + ":7002"},
+        dir + "/third.out", dir + "/third.err");
+    if (!WaitFor([&] { return ReadAll(dir + "/secondary.err").find("primary.reprotected") != std::string::npos; },
+                 60000)) {
+      load.stop();
+      return fail("the survivor was not protected again: " + ReadAll(dir + "/third.err"));
+    }
+    r.reprotect_ms = double(NowNs() - t1) / 1e6;
+    usleep(unsigned(o.after_s * 1e6));
+    const uint64_t second_fault = NowNs();
+    load.fault(second_fault);
+    secondary.signal(SIGKILL);
+    usleep(unsigned(o.after_s * 1e6));
+    if (uint64_t first = load.first_reply_after_fault_ns(); first != 0)
+      r.recovery2_ms = double(first - second_fault) / 1e6;
+  }
   load.stop();
   (void)t0;
   if (!load.error().empty()) return fail("client: " + load.error());
   r.requests = load.completed();
   r.client_timeouts = load.timeouts();
-  if (uint64_t first = load.first_reply_after_fault_ns(); first != 0) r.recovery_ms = double(first - fault_ns) / 1e6;
 
   // Who serves now: exactly one.
   const std::string perr = ReadAll(dir + "/primary.err"), serr = ReadAll(dir + "/secondary.err");
   switch (o.fault) {
     case Fault::kKillPrimary:
-      r.survivor = "secondary";
-      r.one_live = !primary.running() && secondary.running() && serr.find("secondary.LIVE") != std::string::npos;
+      if (third) {
+        r.survivor = "host A again";
+        r.one_live = !primary.running() && !secondary.running() && third->running() &&
+                     ReadAll(dir + "/third.err").find("secondary.LIVE") != std::string::npos;
+      } else {
+        r.survivor = "secondary";
+        r.one_live = !primary.running() && secondary.running() && serr.find("secondary.LIVE") != std::string::npos;
+      }
       break;
     case Fault::kKillSecondary:
       r.survivor = "primary";
@@ -435,11 +467,14 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
     else if (r.duplicates > 0) r.problem = std::to_string(r.duplicates) + " duplicate messages";
     else if (r.unexpected > 0) r.problem = std::to_string(r.unexpected) + " unexpected messages";
     else if (r.recovery_ms < 0) r.problem = "no request was answered after the fault";
+    else if (third && r.recovery2_ms < 0) r.problem = "no request was answered after the second fault";
   }
   primary.signal(SIGTERM);
   secondary.signal(SIGTERM);
+  if (third) third->signal(SIGTERM);
   primary.wait(10000);
   secondary.wait(10000);
+  if (third) third->wait(10000);
   if (!o.keep && r.ok()) {
     for (const char* f : {"/diskA.img", "/diskB.img"}) unlink((dir + f).c_str());
   }

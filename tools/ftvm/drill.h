@@ -39,6 +39,9 @@ struct DrillOptions {
   double after_s = 1.5;      // load continues this long after the fault
   std::string extra_primary_args;  // passed through (e.g. timeouts), space-separated
   bool keep = false;         // keep namespaces and files after the last round
+  // kill-primary only: then bring host A back as a new secondary of the survivor
+  // (re-protection of the running VM), and pull the plug on the survivor too.
+  bool reprotect = false;
 };
 
 struct RoundReport {
@@ -46,6 +49,8 @@ struct RoundReport {
   Fault fault = Fault::kKillPrimary;
   double fault_at_s = 0;          // after the load started
   double recovery_ms = -1;        // fault -> first request answered afterwards (-1: none)
+  double reprotect_ms = -1;       // --reprotect: new secondary started -> protected again
+  double recovery2_ms = -1;       // --reprotect: second fault -> first request answered
   uint64_t in_flight = 0;         // requests outstanding at the fault
   uint64_t requests = 0;          // completed during the round
   uint64_t acked = 0;             // deliveries the store acknowledged (OK or DUP)

@@ -37,12 +37,20 @@ std::string VmOptions::apply() {
   return "";
 }
 
-int RunUntilDone(const std::function<int()>& run, const std::function<void()>& stop) {
+void BlockStopSignals() {
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+}
+
+int RunUntilDone(const std::function<int()>& run, const std::function<void()>& stop) {
+  BlockStopSignals();
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
   std::atomic<bool> finished{false};
   std::thread signal_thread([&] {
     int sig = 0;

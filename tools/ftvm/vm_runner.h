@@ -23,6 +23,12 @@ struct VmOptions {
   std::string apply();
 };
 
+// Blocks SIGINT and SIGTERM in the calling thread and every thread it creates from
+// now on. Call first thing in a command that will run a VM: a thread started before
+// (a channel's, a log streamer's) would otherwise take the signal and kill the
+// process outright, which its peer would rightly treat as a crash.
+void BlockStopSignals();
+
 // Runs `run` with SIGINT/SIGTERM blocked everywhere but one thread, which calls
 // `stop`. Returns run's result (throws what it throws).
 int RunUntilDone(const std::function<int()>& run, const std::function<void()>& stop);
