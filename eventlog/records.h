@@ -24,7 +24,7 @@ inline constexpr size_t kEndBytes = 32;
 inline constexpr size_t kIrqWaitResultBytes = 8;
 inline constexpr size_t kDiskErrorBytes = 6;
 // Fixed part of a Verify payload; registers and page hashes follow.
-inline constexpr size_t kVerifyFixedBytes = 32 + 8 + 32 + 16 + 2 + 4;
+inline constexpr size_t kVerifyFixedBytes = 32 + 8 + 32 + 16 + 2 + 1;
 // Largest frame virtio-net hands over without GSO (64 KiB IP packet + Ethernet header).
 inline constexpr size_t kMaxPacketBytes = 65550;
 
@@ -68,7 +68,8 @@ std::optional<std::span<const uint8_t>> DecodeCheckpoint(std::span<const uint8_t
 // the pages written since the previous verification).
 struct PageHash {
   uint32_t page = 0;  // guest page number (4 KiB)
-  uint32_t hash = 0;  // low 32 bits of the page's content hash
+  uint16_t hash = 0;  // low 16 bits of the page's content hash: enough to point at
+                      // the page (the full digest proves the difference)
   bool operator==(const PageHash&) const = default;
 };
 struct Verify {

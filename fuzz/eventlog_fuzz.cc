@@ -149,7 +149,10 @@ std::vector<uint8_t> SeedLog(std::minstd_rand& rng) {
         Verify v;
         v.dirty_pages = rng();
         v.regs.assign(rng() % 64, static_cast<uint8_t>(rng()));
-        v.pages.resize(rng() % 8, PageHash{uint32_t(rng()), uint32_t(rng())});
+        for (uint32_t i = 0, n = uint32_t(rng() % 8), page = 0; i < n; ++i) {
+          page += 1 + uint32_t(rng() % 300);
+          v.pages.push_back(PageHash{page, uint16_t(rng())});
+        }
         payload = EncodeVerify(v);
         break;
       }

@@ -218,7 +218,7 @@ void Recorder::WriteVerify() {
   v.digest = vmm::StateDigest(m_.position(), v.regs, device_bytes, v.memory);
   v.dirty_pages = since_verify_.count();
   v.pages.reserve(v.dirty_pages);
-  since_verify_.for_each([&](uint64_t p) { v.pages.push_back({uint32_t(p), memory_digest_->page_hash32(p)}); });
+  since_verify_.for_each([&](uint64_t p) { v.pages.push_back({uint32_t(p), uint16_t(memory_digest_->page_hash32(p))}); });
   Append(RecordType::kVerify, eventlog::EncodeVerify(v), /*compress=*/true);
   stats_.verify_pages += v.dirty_pages;
   ++stats_.verifications;

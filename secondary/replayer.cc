@@ -394,7 +394,7 @@ void Replayer::Verify(const Record& r) {
     std::unordered_set<uint32_t> theirs_pages;
     for (const eventlog::PageHash& p : v->pages) {
       theirs_pages.insert(p.page);
-      if (what.empty() && memory_digest_->page_hash32(p.page) != p.hash)
+      if (what.empty() && uint16_t(memory_digest_->page_hash32(p.page)) != p.hash)
         what = "memory page " + std::to_string(p.page) + " (gpa " + Hex(uint64_t(p.page) * vmm::kPageSize) + ") differs";
     }
     if (what.empty()) {

@@ -13,8 +13,8 @@ std::vector<std::string> CaptureCheckpoint(Machine& m, const PageBitmap& pages, 
   first.set_position(m.position());
   snapshot::Vcpu* vcpu = first.mutable_vcpu();
   vcpu->set_backend(std::string(m.backend_name()));
-  std::vector<uint8_t> regs = m.backend().regs().encode();
-  vcpu->set_regs(regs.data(), regs.size());
+  // The canonical registers (snapshot::Vcpu.regs) stay out: the native state has
+  // them all, and a timer-driven guest takes a checkpoint per tick.
   std::vector<uint8_t> native = m.backend().save_state();
   vcpu->set_native(native.data(), native.size());
   m.save_devices(*first.mutable_devices());

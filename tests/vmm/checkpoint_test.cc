@@ -345,8 +345,7 @@ TEST(Checkpoint, CapturedPartsCarryTheStateAndThePages) {
     if (i == 0) {
       EXPECT_EQ(c.dirty_pages(), 5u);
       EXPECT_EQ(c.vcpu().backend(), "emulated");
-      EXPECT_EQ(c.vcpu().regs(), std::string(reinterpret_cast<const char*>(vm.cpu().regs().encode().data()),
-                                             VcpuRegs::kEncodedBytes));
+      EXPECT_TRUE(c.vcpu().regs().empty()) << "the native state carries the registers";
       EXPECT_EQ(c.vcpu().native().size(), vm.cpu().save_state().size());
       EXPECT_EQ(c.devices().SerializeAsString(), DeviceStateBytes(vm.m()));
     }
