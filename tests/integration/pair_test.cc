@@ -88,6 +88,42 @@ TEST(Pair, SharedMemoryChannel) { Drill({"--fault", "kill-primary", "--channel",
 // too, A has every message again.
 TEST(Pair, SurvivorIsProtectedAgainAndSurvivesASecondFailover) { Drill({"--fault", "kill-primary", "--reprotect"}, 2); }
 
+// Flow control: a replica that falls behind (its process stopped for a while, less
+// than the failure timeout) slows the primary down; nothing is dropped, nobody fails
+// over, and the replica still ends identical.
+TEST(Pair, SlowReplicaSlowsThePrimaryDownAndLosesNothing) {
+  const std::string arbiter = ScratchPath("arbiter");
+  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string sock = ScratchPath("fc.sock");
+  Process p = Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
+                              "--max-lag-kib", "4", "--failure-timeout-ms", "2000", "--guest", GuestImage(), "--app",
+                              "timers", "--arg", "ticks=150", "--arg", "period_us=2000"},
+                             "fc-primary");
+  Process s = Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter,
+                              "--console", ScratchPath("fc.console")},
+                             "fc-secondary");
+  // Stop the replica three times for 300 ms while the primary runs.
+  usleep(800000);
+  for (int i = 0; i < 3 && p.Running(); ++i) {
+    s.Signal(SIGSTOP);
+    usleep(300000);
+    s.Signal(SIGCONT);
+    usleep(200000);
+  }
+  ProcessResult pr = p.Wait(seconds(120));
+  ProcessResult sr = s.Wait(seconds(60));
+  ASSERT_EQ(pr.exit_code, 0) << pr.err;
+  EXPECT_NE(pr.err.find("primary: protected"), std::string::npos) << "no failover may happen: " << pr.err;
+  const std::string waits = [&] {
+    std::smatch m;
+    return std::regex_search(pr.err, m, std::regex("flow-control waits (\\d+)")) ? std::string(m[1]) : "";
+  }();
+  ASSERT_FALSE(waits.empty()) << pr.err;
+  EXPECT_GT(std::stoul(waits), 0u) << "the primary must have waited for the stopped replica";
+  EXPECT_EQ(sr.exit_code, 0) << sr.err;
+  EXPECT_NE(sr.err.find("replica identical"), std::string::npos) << sr.err;
+}
+
 // A primary whose would-be secondary misbehaves keeps its VM, unprotected.
 class PrimaryWithBadPeer : public testing::Test {
  protected:

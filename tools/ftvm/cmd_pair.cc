@@ -69,7 +69,7 @@ int PrimaryMain(int argc, char** argv) {
   uint64_t heartbeat_ms = opts.liveness.heartbeat_interval_ns / 1000000;
   uint64_t timeout_ms = opts.liveness.failure_timeout_ns / 1000000;
   uint64_t flush_us = opts.streamer.flush_interval_ns / 1000;
-  uint64_t max_lag_mib = opts.streamer.max_unreplayed_bytes >> 20;
+  uint64_t max_lag_kib = opts.streamer.max_unreplayed_bytes >> 10;
   double wait_s = -1;
   double handshake_s = double(opts.handshake_timeout.count()) / 1e9;
   uint64_t verify_ms = opts.recorder.verify_interval_ns / 1000000;
@@ -86,8 +86,8 @@ int PrimaryMain(int argc, char** argv) {
       ("failure-timeout-ms", po::value(&timeout_ms)->default_value(timeout_ms),
        "declare the secondary lost after this long without a message")
       ("flush-us", po::value(&flush_us)->default_value(flush_us), "log batching interval")
-      ("max-lag-mib", po::value(&max_lag_mib)->default_value(max_lag_mib),
-       "slow the VM down when the replica is this far behind")
+      ("max-lag-kib", po::value(&max_lag_kib)->default_value(max_lag_kib),
+       "slow the VM down when the replica has this much log not yet replayed")
       ("strict", po::bool_switch(&opts.strict_outputs), "release outputs only once the replica replayed them")
       ("wait-secondary-s", po::value(&wait_s), "how long to wait for a secondary (default: as long as it takes)")
       ("handshake-timeout-s", po::value(&handshake_s)->default_value(handshake_s),
@@ -112,7 +112,7 @@ int PrimaryMain(int argc, char** argv) {
   opts.liveness.heartbeat_interval_ns = heartbeat_ms * 1000000;
   opts.liveness.failure_timeout_ns = timeout_ms * 1000000;
   opts.streamer.flush_interval_ns = flush_us * 1000;
-  opts.streamer.max_unreplayed_bytes = max_lag_mib << 20;
+  opts.streamer.max_unreplayed_bytes = max_lag_kib << 10;
   if (wait_s >= 0) opts.wait_for_secondary = std::chrono::nanoseconds(int64_t(wait_s * 1e9));
   opts.handshake_timeout = std::chrono::nanoseconds(int64_t(handshake_s * 1e9));
   if (verify_ms == 0 || checkpoint_us == 0) {
