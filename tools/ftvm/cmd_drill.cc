@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "tools/ftvm/commands.h"
 #include "tools/ftvm/drill.h"
+#include "tools/ftvm/vm_runner.h"
 
 namespace ftvm::cli {
 namespace po = boost::program_options;
@@ -55,18 +56,9 @@ int DrillMain(int argc, char** argv) {
       ("keep", po::bool_switch(&o.keep), "keep the files of passing rounds too")
       ("reprotect", po::bool_switch(&o.reprotect),
        "kill-primary: then host A rejoins as the survivor's new secondary, and the survivor is killed too");
-  try {
-    po::variables_map vars;
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
-    if (vars.count("help")) {
-      std::cout << "usage: ftvm drill --guest IMAGE [--rounds N] [--fault F] [options]\n" << desc;
-      return 0;
-    }
-    po::notify(vars);
-  } catch (const po::error& e) {
-    std::cerr << "ftvm drill: " << e.what() << " (see ftvm drill --help)\n";
-    return kExitUsage;
-  }
+  if (auto code = ParseCommandLine(argc, argv, desc, "drill",
+                                   "usage: ftvm drill --guest IMAGE [--rounds N] [--fault F] [options]\n"))
+    return *code;
   if (!drill::ParseFault(fault, o.fault)) {
     std::cerr << "ftvm drill: --fault '" << fault << "' is not kill-primary, kill-secondary or cut-link\n";
     return kExitUsage;

@@ -41,25 +41,6 @@ std::string Percentiles(std::vector<uint64_t> ns) {
   return buf;
 }
 
-bool Parse(int argc, char** argv, po::options_description& desc, const std::string& cmd, const std::string& usage,
-           int& exit_code) {
-  try {
-    po::variables_map vars;
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
-    if (vars.count("help")) {
-      std::cout << usage << desc;
-      exit_code = 0;
-      return false;
-    }
-    po::notify(vars);
-  } catch (const po::error& e) {
-    std::cerr << "ftvm " << cmd << ": " << e.what() << " (see ftvm " << cmd << " --help)\n";
-    exit_code = kExitUsage;
-    return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 int PrimaryMain(int argc, char** argv) {
@@ -97,10 +78,9 @@ int PrimaryMain(int argc, char** argv) {
       ("checkpoint-after-us", po::value(&checkpoint_us)->default_value(checkpoint_us),
        "take an epoch checkpoint when input waited this long for a guest exit");
   desc.add(vm.describe());
-  int code = 0;
-  if (!Parse(argc, argv, desc, "primary", "usage: ftvm primary --listen ADDR --arbiter DIR --guest IMAGE --app NAME [options]\n",
-             code))
-    return code;
+  if (auto code = ParseCommandLine(argc, argv, desc, "primary",
+                                   "usage: ftvm primary --listen ADDR --arbiter DIR --guest IMAGE --app NAME [options]\n"))
+    return *code;
   if (std::string bad = vm.apply(); !bad.empty()) {
     std::cerr << "ftvm primary: " << bad << "\n";
     return kExitUsage;
@@ -168,10 +148,9 @@ int SecondaryMain(int argc, char** argv) {
       ("console", po::value(&opts.console_path), "write the replica's console output to FILE")
       ("no-verify", po::bool_switch(&no_verify), "do not check the primary's state digests")
       ("connect-timeout-s", po::value(&connect_s)->default_value(connect_s), "keep trying to reach the primary this long");
-  int code = 0;
-  if (!Parse(argc, argv, desc, "secondary", "usage: ftvm secondary --connect ADDR --arbiter DIR [--disk F] [--tap T]\n",
-             code))
-    return code;
+  if (auto code = ParseCommandLine(argc, argv, desc, "secondary",
+                                   "usage: ftvm secondary --connect ADDR --arbiter DIR [--disk F] [--tap T]\n"))
+    return *code;
   opts.verify = !no_verify;
   opts.connect_timeout = std::chrono::nanoseconds(int64_t(connect_s * 1e9));
   try {
@@ -238,9 +217,9 @@ int ProtectMain(int argc, char** argv) {
       ("workdir", po::value(&workdir)->default_value(workdir), "where the replica's disk, the arbiter and logs go")
       ("channel", po::value(&channel)->default_value(channel), "logging channel: shm or tcp (loopback)");
   desc.add(vm.describe());
-  int code = 0;
-  if (!Parse(argc, argv, desc, "protect", "usage: ftvm protect --guest IMAGE --app NAME [VM options]\n", code))
-    return code;
+  if (auto code = ParseCommandLine(argc, argv, desc, "protect",
+                                   "usage: ftvm protect --guest IMAGE --app NAME [VM options]\n"))
+    return *code;
   if (std::string bad = vm.apply(); !bad.empty()) {
     std::cerr << "ftvm protect: " << bad << "\n";
     return kExitUsage;

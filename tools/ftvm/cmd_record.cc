@@ -32,18 +32,9 @@ int RecordMain(int argc, char** argv) {
       ("checkpoint-after-us", po::value(&checkpoint_us)->default_value(checkpoint_us),
        "take an epoch checkpoint when input waited this long for a guest exit");
   desc.add(vm.describe());
-  try {
-    po::variables_map vars;
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
-    if (vars.count("help")) {
-      std::cout << "usage: ftvm record --log FILE --guest IMAGE --app NAME [options]\n" << desc;
-      return 0;
-    }
-    po::notify(vars);
-  } catch (const po::error& e) {
-    std::cerr << "ftvm record: " << e.what() << " (see ftvm record --help)\n";
-    return kExitUsage;
-  }
+  if (auto code = ParseCommandLine(argc, argv, desc, "record",
+                                   "usage: ftvm record --log FILE --guest IMAGE --app NAME [options]\n"))
+    return *code;
   if (std::string bad = vm.apply(); !bad.empty()) {
     std::cerr << "ftvm record: " << bad << "\n";
     return kExitUsage;

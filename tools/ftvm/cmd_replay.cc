@@ -35,18 +35,9 @@ int ReplayMain(int argc, char** argv) {
       ("guest", po::value(&guest), "guest image (default: the path in the log)")
       ("disk", po::value(&disk), "the replica's copy of the VM's disk as it was when recording began")
       ("console", po::value(&console), "write the replica's console output to FILE instead of stdout");
-  try {
-    po::variables_map vars;
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
-    if (vars.count("help")) {
-      std::cout << "usage: ftvm replay --log FILE [--verify] [--disk FILE] [options]\n" << desc;
-      return 0;
-    }
-    po::notify(vars);
-  } catch (const po::error& e) {
-    std::cerr << "ftvm replay: " << e.what() << " (see ftvm replay --help)\n";
-    return kExitUsage;
-  }
+  if (auto code = ParseCommandLine(argc, argv, desc, "replay",
+                                   "usage: ftvm replay --log FILE [--verify] [--disk FILE] [options]\n"))
+    return *code;
   try {
     eventlog::LogReader reader = eventlog::LogReader::OpenFile(log_path);
     vmm::VmConfig config = primary::ReplicaConfig(reader.header(), guest, disk, console);

@@ -15,18 +15,9 @@ int RunMain(int argc, char** argv) {
   po::options_description desc("ftvm run options");
   desc.add_options()("help,h", "show this help");
   desc.add(vm.describe());
-  try {
-    po::variables_map vars;
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
-    if (vars.count("help")) {
-      std::cout << "usage: ftvm run --guest IMAGE --app NAME [options]\n" << desc;
-      return 0;
-    }
-    po::notify(vars);
-  } catch (const po::error& e) {
-    std::cerr << "ftvm run: " << e.what() << " (see ftvm run --help)\n";
-    return kExitUsage;
-  }
+  if (auto code = ParseCommandLine(argc, argv, desc, "run",
+                                   "usage: ftvm run --guest IMAGE --app NAME [options]\n"))
+    return *code;
   if (std::string bad = vm.apply(); !bad.empty()) {
     std::cerr << "ftvm run: " << bad << "\n";
     return kExitUsage;

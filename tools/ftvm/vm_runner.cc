@@ -4,11 +4,31 @@
 #include <signal.h>
 
 #include <atomic>
+#include <iostream>
 #include <thread>
 
 #include "common/log.h"
+#include "tools/ftvm/commands.h"
 
 namespace ftvm::cli {
+
+std::optional<int> ParseCommandLine(int argc, char** argv, const boost::program_options::options_description& desc,
+                                    const std::string& cmd, const std::string& usage) {
+  namespace po = boost::program_options;
+  try {
+    po::variables_map vars;
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
+    if (vars.count("help")) {
+      std::cout << usage << desc;
+      return 0;
+    }
+    po::notify(vars);
+  } catch (const po::error& e) {
+    std::cerr << "ftvm " << cmd << ": " << e.what() << " (see ftvm " << cmd << " --help)\n";
+    return kExitUsage;
+  }
+  return std::nullopt;
+}
 namespace po = boost::program_options;
 
 po::options_description VmOptions::describe() {

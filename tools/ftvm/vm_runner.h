@@ -1,10 +1,11 @@
-// What `ftvm run`, `ftvm record` and (later) the lockstep pair share: the VM options
-// on the command line and running a Machine until it powers off or a signal
+// What the `ftvm` subcommands share: parsing the command line, the VM options
+// on it, and running a Machine until it powers off or a signal
 // (SIGINT/SIGTERM) stops it cleanly.
 #pragma once
 
 #include <boost/program_options.hpp>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,12 @@ struct VmOptions {
   // Copies backend/args into config; returns an error line for a bad --backend.
   std::string apply();
 };
+
+// Parses a subcommand's argv against `desc`. Returns nothing when the command
+// should go on; otherwise its exit code: 0 after printing `usage` and the options
+// for --help, kExitUsage after naming the bad option on stderr.
+std::optional<int> ParseCommandLine(int argc, char** argv, const boost::program_options::options_description& desc,
+                                    const std::string& cmd, const std::string& usage);
 
 // Blocks SIGINT and SIGTERM in the calling thread and every thread it creates from
 // now on. Call first thing in a command that will run a VM: a thread started before
