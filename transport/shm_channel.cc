@@ -267,6 +267,9 @@ class ShmChannel final : public Channel {
     uint64_t used = tail_ - head_seen_;
     return used > cap_ ? -1 : static_cast<int64_t>(cap_ - used);
   }
+  template <typename Ready>
+  Wait sleep_until(Ready ready, std::atomic<uint32_t>& waiting, int efd, std::atomic<uint64_t>& wait_count,
+                   const Deadline& deadline);
   Wait wait_space(size_t need, const Deadline& deadline);
   void copy_in(const uint8_t* src, size_t n) {
     size_t off = tail_ & mask_;
@@ -321,37 +324,45 @@ class ShmChannel final : public Channel {
   std::optional<RecvResult> recv_end_;
 };
 
-Wait ShmChannel::wait_space(size_t need, const Deadline& deadline) {
-  auto ready = [&] { return free_space() < 0 || static_cast<size_t>(free_space()) >= need; };
-  if (!ready() && spin_ > std::chrono::nanoseconds::zero()) SpinUntil(spin_, deadline, ready);
-  if (ready()) return free_space() < 0 ? Wait::kCorrupt : Wait::kReady;
-  Counters::add(counters_.send_waits, 1);
-  auto& waiting = out_.ctl->producer.waiting;
+// The wait both directions share: spin a little, then raise `waiting` so the peer
+// signals `efd`, look again (the fence orders the flag against the peer's publish,
+// so a wakeup cannot be missed), and sleep. Also wakes for close() and for the
+// peer's setup socket hanging up.
+template <typename Ready>
+Wait ShmChannel::sleep_until(Ready ready, std::atomic<uint32_t>& waiting, int efd, std::atomic<uint64_t>& wait_count,
+                             const Deadline& deadline) {
+  if (spin_ > std::chrono::nanoseconds::zero() && SpinUntil(spin_, deadline, ready)) return Wait::kReady;
+  if (ready()) return Wait::kReady;
+  Counters::add(wait_count, 1);
   for (;;) {
     waiting.store(1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (ready()) {
       waiting.store(0, std::memory_order_relaxed);
-      return free_space() < 0 ? Wait::kCorrupt : Wait::kReady;
+      return Wait::kReady;
     }
     if (closed_.load(std::memory_order_acquire)) return Wait::kClosedHere;
     if (peer_gone()) {
       waiting.store(0, std::memory_order_relaxed);
       return Wait::kPeerGone;
     }
-    pollfd fds[3] = {{out_.space_efd.get(), POLLIN, 0},
-                     {sock_.get(), POLLIN | POLLRDHUP, 0},
-                     {wake_.get(), POLLIN, 0}};
+    pollfd fds[3] = {{efd, POLLIN, 0}, {sock_.get(), POLLIN | POLLRDHUP, 0}, {wake_.get(), POLLIN, 0}};
     int r = PollUntil(fds, deadline);
     if (r < 0) return Wait::kFailed;
     if (fds[2].revents != 0) return Wait::kClosedHere;
     if (fds[1].revents != 0) socket_hung_up();
-    if (fds[0].revents != 0) Drain(out_.space_efd.get());
+    if (fds[0].revents != 0) Drain(efd);
     if (r == 0) {
       waiting.store(0, std::memory_order_relaxed);
       return ready() ? Wait::kReady : Wait::kTimeout;
     }
   }
+}
+
+Wait ShmChannel::wait_space(size_t need, const Deadline& deadline) {
+  auto ready = [&] { return free_space() < 0 || static_cast<size_t>(free_space()) >= need; };
+  Wait w = sleep_until(ready, out_.ctl->producer.waiting, out_.space_efd.get(), counters_.send_waits, deadline);
+  return w == Wait::kReady && free_space() < 0 ? Wait::kCorrupt : w;
 }
 
 SendResult ShmChannel::wait_failed(Wait w, bool mid_message, size_t length, std::chrono::nanoseconds timeout) {
@@ -466,34 +477,7 @@ SendResult ShmChannel::send(uint8_t type, std::span<const std::span<const uint8_
 Wait ShmChannel::wait_data(const Deadline& deadline) {
   auto& tail = in_.ctl->producer.tail;
   auto ready = [&] { return tail.load(std::memory_order_acquire) != head_; };
-  if (spin_ > std::chrono::nanoseconds::zero() && SpinUntil(spin_, deadline, ready)) return Wait::kReady;
-  Counters::add(counters_.recv_waits, 1);
-  auto& waiting = in_.ctl->consumer.waiting;
-  for (;;) {
-    waiting.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (ready()) {
-      waiting.store(0, std::memory_order_relaxed);
-      return Wait::kReady;
-    }
-    if (closed_.load(std::memory_order_acquire)) return Wait::kClosedHere;
-    if (peer_gone()) {
-      waiting.store(0, std::memory_order_relaxed);
-      return Wait::kPeerGone;
-    }
-    pollfd fds[3] = {{in_.data_efd.get(), POLLIN, 0},
-                     {sock_.get(), POLLIN | POLLRDHUP, 0},
-                     {wake_.get(), POLLIN, 0}};
-    int r = PollUntil(fds, deadline);
-    if (r < 0) return Wait::kFailed;
-    if (fds[2].revents != 0) return Wait::kClosedHere;
-    if (fds[1].revents != 0) socket_hung_up();
-    if (fds[0].revents != 0) Drain(in_.data_efd.get());
-    if (r == 0) {
-      waiting.store(0, std::memory_order_relaxed);
-      return ready() ? Wait::kReady : Wait::kTimeout;
-    }
-  }
+  return sleep_until(ready, in_.ctl->consumer.waiting, in_.data_efd.get(), counters_.recv_waits, deadline);
 }
 
 // Feeds the decoder the bytes published up to `tail` (loaded and checked by the
