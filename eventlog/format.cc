@@ -20,6 +20,7 @@ std::string RecordTypeName(uint8_t type) {
     case RecordType::kTimerExpiry: return "TimerExpiry";
     case RecordType::kIrqWaitResult: return "IrqWaitResult";
     case RecordType::kDiskError: return "DiskError";
+    case RecordType::kOutputCheck: return "OutputCheck";
   }
   return "type " + std::to_string(type);
 }

@@ -78,8 +78,9 @@ enum class RecordType : uint8_t {
   kTimerExpiry = 9,     // empty: the one-shot timer expired at this position
   kIrqWaitResult = 10,  // u64 value an interrupt-controller WAIT read returned
   kDiskError = 11,      // u16 descriptor head, u32 host errno: a disk request failed
+  kOutputCheck = 12,    // u8 output stream, u64 its running hash: an output left here
 };
-inline constexpr uint8_t kMaxRecordType = 11;
+inline constexpr uint8_t kMaxRecordType = 12;
 
 inline bool IsKnownRecordType(uint8_t type) { return type >= 1 && type <= kMaxRecordType; }
 // "ClockRead", ...; "type 42" for an unknown value.

@@ -38,6 +38,8 @@ std::string PayloadSizeProblem(RecordType type, size_t size) {
       return size == kIrqWaitResultBytes ? "" : Wrong(type, size, "8");
     case RecordType::kDiskError:
       return size == kDiskErrorBytes ? "" : Wrong(type, size, "6");
+    case RecordType::kOutputCheck:
+      return size == kOutputCheckBytes ? "" : Wrong(type, size, "9");
   }
   return "unknown record type " + std::to_string(static_cast<unsigned>(type));
 }
@@ -190,6 +192,17 @@ std::array<uint8_t, kDiskErrorBytes> EncodeDiskError(const DiskError& e) {
 std::optional<DiskError> DecodeDiskError(std::span<const uint8_t> payload) {
   if (payload.size() != kDiskErrorBytes) return std::nullopt;
   return DiskError{GetLe16(payload.data()), GetLe32(payload.data() + 2)};
+}
+
+std::array<uint8_t, kOutputCheckBytes> EncodeOutputCheck(const OutputCheck& c) {
+  std::array<uint8_t, kOutputCheckBytes> out;
+  out[0] = c.stream;
+  PutLe64(out.data() + 1, c.hash);
+  return out;
+}
+std::optional<OutputCheck> DecodeOutputCheck(std::span<const uint8_t> payload) {
+  if (payload.size() != kOutputCheckBytes) return std::nullopt;
+  return OutputCheck{payload[0], GetLe64(payload.data() + 1)};
 }
 
 std::array<uint8_t, kEndBytes> EncodeEnd(const Digest& final_digest) { return final_digest; }

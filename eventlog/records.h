@@ -23,6 +23,7 @@ inline constexpr size_t kInterruptBytes = 1;
 inline constexpr size_t kEndBytes = 32;
 inline constexpr size_t kIrqWaitResultBytes = 8;
 inline constexpr size_t kDiskErrorBytes = 6;
+inline constexpr size_t kOutputCheckBytes = 9;
 // Fixed part of a Verify payload; registers and page hashes follow.
 inline constexpr size_t kVerifyFixedBytes = 32 + 8 + 32 + 16 + 2 + 1;
 // Largest frame virtio-net hands over without GSO (64 KiB IP packet + Ethernet header).
@@ -96,6 +97,19 @@ struct DiskError {
 };
 std::array<uint8_t, kDiskErrorBytes> EncodeDiskError(const DiskError& e);
 std::optional<DiskError> DecodeDiskError(std::span<const uint8_t> payload);
+
+// kOutputCheck (logs with LogHeader.output_checks): the VM produced an output of
+// `stream` (vmm::OutputStream: 1 transmitted frames, 2 disk writes) here, and the
+// stream's running hash became `hash`. The replica compares its own before it
+// consumes the record, so an acknowledgement past it means the replica produced
+// the same output (the strict output rule).
+struct OutputCheck {
+  uint8_t stream = 0;
+  uint64_t hash = 0;
+  bool operator==(const OutputCheck&) const = default;
+};
+std::array<uint8_t, kOutputCheckBytes> EncodeOutputCheck(const OutputCheck& c);
+std::optional<OutputCheck> DecodeOutputCheck(std::span<const uint8_t> payload);
 
 // kEnd: final state digest.
 std::array<uint8_t, kEndBytes> EncodeEnd(const Digest& final_digest);

@@ -76,6 +76,9 @@ void Exercise(std::span<const uint8_t> data) {
           Require(DecodeIrqWaitResult(rec.payload).has_value(), "wait result");
           break;
         case RecordType::kDiskError: Require(DecodeDiskError(rec.payload).has_value(), "disk error"); break;
+        case RecordType::kOutputCheck:
+          Require(DecodeOutputCheck(rec.payload).has_value(), "output check");
+          break;
         default: Require(false, "reader returned an unknown type");
       }
     }
@@ -159,6 +162,7 @@ std::vector<uint8_t> SeedLog(std::minstd_rand& rng) {
       case RecordType::kTimerExpiry: payload.clear(); break;
       case RecordType::kIrqWaitResult: payload.assign(kIrqWaitResultBytes, static_cast<uint8_t>(rng())); break;
       case RecordType::kDiskError: payload.assign(kDiskErrorBytes, static_cast<uint8_t>(rng())); break;
+      case RecordType::kOutputCheck: payload.assign(kOutputCheckBytes, static_cast<uint8_t>(rng())); break;
       default: {
         // Runs of repeated bytes, so zstd has something to compress.
         payload.resize(1 + rng() % 300);

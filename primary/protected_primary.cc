@@ -33,6 +33,8 @@ ProtectedPrimary::ProtectedPrimary(vmm::VmConfig config, PrimaryOptions options,
   if (options_.listen.empty()) throw Error("a protected primary needs a channel address to listen on (--listen)");
   if (options_.arbiter_dir.empty()) throw Error("a protected primary needs an arbiter directory (--arbiter)");
   arbiter_ = failover::MakeDirectoryArbiter(options_.arbiter_dir);
+  // Strict: the replica checks every output against the log before acknowledging it.
+  options_.recorder.output_checks = options_.strict_outputs;
   config.mode = vmm::ExecutionMode::kRecord;
   owned_machine_ = std::make_unique<vmm::Machine>(config, clock, random);
   m_ = owned_machine_.get();

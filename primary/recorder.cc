@@ -36,6 +36,7 @@ Recorder::Recorder(vmm::Machine& machine, RecorderOptions options) : m_(machine)
   header.set_initial_state_digest(std::string(initial.begin(), initial.end()));
   header.set_verify_interval_ns(options_.verify_interval_ns);
   header.set_checkpoint_after_ns(options_.checkpoint_after_ns);
+  header.set_output_checks(options_.output_checks);
   header_ = std::move(header);
   m_.set_forced_exit_after_ns(options_.checkpoint_after_ns);
   log::info("record.started", {{"tracker", tracker_->name()},
@@ -112,16 +113,21 @@ void Recorder::after_exit(vmm::Machine& m, bool guest_caused) {
   if (sink_ != nullptr) sink_->note_position(m.position());
 }
 
-uint64_t Recorder::output_mark() {
-  if (gate_ == nullptr || sink_ == nullptr) return 0;
-  return gate_->mark(sink_->size());
+uint64_t Recorder::output_mark(vmm::OutputStream stream, uint64_t stream_hash) {
+  if (sink_ == nullptr) return 0;
+  if (options_.output_checks) {
+    ++stats_.output_checks;
+    Append(RecordType::kOutputCheck, eventlog::EncodeOutputCheck({uint8_t(stream), stream_hash}));
+  }
+  // The mark lies past the check: released means the replica also passed it.
+  return gate_ == nullptr ? 0 : gate_->mark(sink_->size());
 }
 
 bool Recorder::output_released(uint64_t mark) { return gate_ == nullptr || gate_->released(mark); }
 
-bool Recorder::transmit_frame(std::span<const iovec> frame) {
+bool Recorder::transmit_frame(std::span<const iovec> frame, uint64_t stream_hash) {
+  const uint64_t mark = output_mark(vmm::OutputStream::kFrames, stream_hash);
   if (gate_ == nullptr || sink_ == nullptr) return true;
-  const uint64_t mark = gate_->mark(sink_->size());
   if (gate_->released(mark)) return true;
   gate_->hold(mark, frame);
   return false;

@@ -33,6 +33,9 @@ namespace ftvm::primary {
 struct RecorderOptions {
   uint64_t verify_interval_ns = 50'000'000;  // a Verify record every 50 ms of run time
   uint64_t checkpoint_after_ns = 2'000'000;  // input may wait 2 ms for a guest exit
+  // Log an OutputCheck after every output (the strict output rule: the replica
+  // proves it produced the same output before the output is released).
+  bool output_checks = false;
 };
 
 struct RecorderStats {
@@ -41,6 +44,7 @@ struct RecorderStats {
   uint64_t wait_results = 0;
   uint64_t random_bytes = 0;
   uint64_t frames = 0;
+  uint64_t output_checks = 0;
   uint64_t frame_bytes = 0;
   uint64_t timer_expiries = 0;
   uint64_t interrupts = 0;
@@ -106,9 +110,9 @@ class Recorder final : public vmm::ExecutionHooks {
   void frame_received(std::span<const uint8_t> frame) override;
   int disk_request_done(uint16_t head, int host_error) override;
   void disk_batch_done(uint16_t queue, uint16_t count) override;
-  uint64_t output_mark() override;
+  uint64_t output_mark(vmm::OutputStream stream, uint64_t stream_hash) override;
   bool output_released(uint64_t mark) override;
-  bool transmit_frame(std::span<const iovec> frame) override;
+  bool transmit_frame(std::span<const iovec> frame, uint64_t stream_hash) override;
   // ExecutionHooks
   void started(vmm::Machine& m) override;
   void after_exit(vmm::Machine& m, bool guest_caused) override;

@@ -280,14 +280,22 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   } else {
     // This host is the primary now, ready to be protected again: record from here
     // on, and take a new secondary whenever one connects.
-    auto recorder = std::make_unique<primary::Recorder>(m, primary::RecorderOptions{});
-    primary::Recorder* hooks = recorder.get();
-    m.go_live(vmm::ExecutionMode::kRecord, hooks, replayer_->last_monotonic_ns(), options_.tap);
+    // It protects the VM the way the pair did: the same verification, checkpoint,
+    // output-rule and failure-detection settings.
+    const eventlog::LogHeader& was = source_->header();
     primary::PrimaryOptions po;
     po.listen = options_.listen;
     po.arbiter_dir = options_.arbiter_dir;
     po.name = options_.name;
     po.witness = options_.witness;
+    po.liveness = liveness_->options();
+    po.strict_outputs = was.output_checks();
+    po.recorder.output_checks = was.output_checks();
+    if (was.verify_interval_ns() != 0) po.recorder.verify_interval_ns = was.verify_interval_ns();
+    if (was.checkpoint_after_ns() != 0) po.recorder.checkpoint_after_ns = was.checkpoint_after_ns();
+    auto recorder = std::make_unique<primary::Recorder>(m, po.recorder);
+    primary::Recorder* hooks = recorder.get();
+    m.go_live(vmm::ExecutionMode::kRecord, hooks, replayer_->last_monotonic_ns(), options_.tap);
     takeover_ = std::make_unique<primary::ProtectedPrimary>(m, std::move(recorder), next, po, clock_);
     takeover_->serve_reprotection();
   }

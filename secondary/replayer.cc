@@ -104,8 +104,10 @@ void Replayer::Exhausted(const std::string& where) {
     Fail(ReplayOutcome::kIncomplete, what + ": the recording was cut short");
     return;
   }
-  // Nothing outside this replica can hold the dirty-page tracking now.
+  // Nothing outside this replica can hold the dirty-page tracking now. Outputs not
+  // yet checked were never released by the primary: this replica's are the real ones.
   tracker_.reset();
+  unchecked_.clear();
   stats_.final_position = m_.position();
   if (options_.go_live(m_)) {
     live_ = true;
@@ -177,6 +179,42 @@ int Replayer::disk_request_done(uint16_t head, int host_error) {
   return host_error;
 }
 
+uint64_t Replayer::output_mark(vmm::OutputStream stream, uint64_t stream_hash) {
+  if (!source_.header().output_checks() || stopped_ || live_) return 0;
+  unchecked_.push_back({stream, stream_hash});
+  MatchOutputChecks();
+  return 0;
+}
+
+namespace {
+std::string OutputName(vmm::OutputStream stream) {
+  return stream == vmm::OutputStream::kFrames ? "transmitted frames" : "disk writes";
+}
+}  // namespace
+
+void Replayer::MatchOutputChecks() {
+  while (!unchecked_.empty() && !stopped_) {
+    const Record* h = HeadHere();
+    if (h == nullptr || h->type != RecordType::kOutputCheck) return;
+    const UncheckedOutput mine = unchecked_.front();
+    const std::optional<eventlog::OutputCheck> c = eventlog::DecodeOutputCheck(h->payload);
+    if (!c || c->stream != uint8_t(mine.stream)) {
+      Diverge("the replica's next output is of its " + OutputName(mine.stream) + ", but the log checks " +
+              (c && c->stream == uint8_t(vmm::OutputStream::kFrames) ? "a transmitted frame" : "a disk write") +
+              " (" + Describe(*h) + ")");
+      return;
+    }
+    if (c->hash != mine.hash) {
+      Diverge("the replica's " + OutputName(mine.stream) + " hash " + Hex(mine.hash) + ", the primary's " +
+              Hex(c->hash) + " (" + Describe(*h) + "): the outputs differ");
+      return;
+    }
+    unchecked_.pop_front();
+    ++stats_.output_checks;
+    Consume();
+  }
+}
+
 // ---- The run loop -------------------------------------------------------------------
 
 void Replayer::started(vmm::Machine& m) {
@@ -241,6 +279,10 @@ bool Replayer::apply_device_events(vmm::Machine& m, bool one) {
   bool applied = false;
   while (!stopped_) {
     const Record* h = HeadHere();
+    if (h != nullptr && h->type == RecordType::kOutputCheck && !unchecked_.empty()) {
+      MatchOutputChecks();
+      continue;
+    }
     if (h == nullptr || (h->type != RecordType::kTimerExpiry && h->type != RecordType::kPacketRx &&
                          h->type != RecordType::kDiskCompletion))
       break;
@@ -279,6 +321,15 @@ bool Replayer::apply_device_events(vmm::Machine& m, bool one) {
 
 bool Replayer::boundary(vmm::Machine& m, bool exact) {
   const bool first_after_exit = std::exchange(exit_boundary_, false);
+  if (!unchecked_.empty() && !stopped_) {
+    MatchOutputChecks();
+    const Record* h = Peek();
+    if (!unchecked_.empty() && !stopped_ && !(h == nullptr && log_done_)) {
+      Diverge("the replica produced an output of its " + OutputName(unchecked_.front().stream) + " (hash " +
+              Hex(unchecked_.front().hash) + ") that the primary did not log at this position; the log has " +
+              (h == nullptr ? std::string("nothing more here") : Describe(*h)));
+    }
+  }
   bool restored = false;
   while (!stopped_) {
     const Record* h = Peek();

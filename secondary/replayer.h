@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -55,6 +56,7 @@ struct ReplayStats {
   uint64_t verify_ns = 0;
   uint64_t interrupts = 0;
   uint64_t frames = 0;
+  uint64_t output_checks = 0;
   uint64_t final_position = 0;
 };
 
@@ -91,9 +93,12 @@ class Replayer final : public vmm::ExecutionHooks {
   void frame_received(std::span<const uint8_t>) override {}
   int disk_request_done(uint16_t head, int host_error) override;
   void disk_batch_done(uint16_t, uint16_t) override {}  // reports come from the log
-  uint64_t output_mark() override { return 0; }
+  uint64_t output_mark(vmm::OutputStream stream, uint64_t stream_hash) override;
   bool output_released(uint64_t) override { return false; }
-  bool transmit_frame(std::span<const iovec>) override { return false; }
+  bool transmit_frame(std::span<const iovec>, uint64_t stream_hash) override {
+    output_mark(vmm::OutputStream::kFrames, stream_hash);
+    return false;
+  }
   // ExecutionHooks
   void started(vmm::Machine& m) override;
   void after_exit(vmm::Machine& m, bool guest_caused) override;
@@ -114,6 +119,9 @@ class Replayer final : public vmm::ExecutionHooks {
   void Fail(ReplayOutcome outcome, const std::string& message);
   std::string Describe(const eventlog::Record& r) const;
   void Verify(const eventlog::Record& r);
+  // Compares the replica's outputs not yet checked with the OutputCheck records at
+  // the head of the log, in order, as far as both go.
+  void MatchOutputChecks();
   vmm::Sha256Digest CurrentDigest(vmm::MemorySum* memory = nullptr);
 
   vmm::Machine& m_;
@@ -135,6 +143,16 @@ class Replayer final : public vmm::ExecutionHooks {
   std::atomic<uint64_t> consumed_{0};
   std::atomic<uint64_t> replayed_position_{0};
   uint64_t last_clock_[2] = {0, 0};
+  // Outputs the replica produced whose OutputCheck it has not reached yet. Within
+  // one position the primary may have logged a device event (a disk report, a frame
+  // received) before an output the replica produces earlier in the same exit, as
+  // devices are polled in a fixed order there and events are applied after the
+  // polls here; by the exit's boundary every one must have been matched.
+  struct UncheckedOutput {
+    vmm::OutputStream stream;
+    uint64_t hash;
+  };
+  std::deque<UncheckedOutput> unchecked_;
   std::string last_replayed_ = "nothing yet";
   ReplayOutcome outcome_ = ReplayOutcome::kIncomplete;
   std::string message_;

@@ -160,9 +160,13 @@ class Machine final : private ExitHandler, private DeviceIo {
   void frame_received(std::span<const uint8_t> frame) override { io().frame_received(frame); }
   int disk_request_done(uint16_t head, int host_error) override { return io().disk_request_done(head, host_error); }
   void disk_batch_done(uint16_t queue, uint16_t count) override { io().disk_batch_done(queue, count); }
-  uint64_t output_mark() override { return io().output_mark(); }
+  uint64_t output_mark(OutputStream stream, uint64_t stream_hash) override {
+    return io().output_mark(stream, stream_hash);
+  }
   bool output_released(uint64_t mark) override { return io().output_released(mark); }
-  bool transmit_frame(std::span<const iovec> frame) override { return io().transmit_frame(frame); }
+  bool transmit_frame(std::span<const iovec> frame, uint64_t stream_hash) override {
+    return io().transmit_frame(frame, stream_hash);
+  }
 
   void AddDevice(unsigned slot, std::unique_ptr<Device> device);
   void ServiceDevices();

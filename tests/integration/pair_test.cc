@@ -5,6 +5,7 @@
 // handshake, one that speaks another protocol version, a log stream with a damaged
 // record.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -81,7 +82,43 @@ TEST(Pair, SecondaryKilledThePrimaryKeepsServing) { Drill({"--fault", "kill-seco
 
 TEST(Pair, CutLinkLeavesExactlyOneLiveVm) { Drill({"--fault", "cut-link"}, 2); }
 
-TEST(Pair, SharedMemoryChannel) { Drill({"--fault", "kill-primary", "--channel", "shm"}, 2); }
+// Also in strict output mode: frames and disk reports wait until the replica has
+// replayed to them and produced the same output.
+TEST(Pair, SharedMemoryChannelStrictOutputs) {
+  Drill({"--fault", "kill-primary", "--channel", "shm", "--primary-args", "--strict"}, 2);
+}
+
+// Strict mode end to end without a fault: every disk write the guest is told about
+// was first reproduced by the replica (an OutputCheck it passed), and both disks
+// end identical.
+TEST(Pair, StrictOutputsAreCheckedOneByOne) {
+  const std::string arbiter = ScratchPath("arbiter");
+  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string sock = ScratchPath("strict.sock");
+  const std::string disk = ScratchPath("strict-primary.img"), replica = ScratchPath("strict-replica.img");
+  for (const std::string& f : {disk, replica}) {
+    int fd = open(f.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(ftruncate(fd, 16 << 20), 0);
+    close(fd);
+  }
+  Process p = Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter, "--strict",
+                              "--guest", GuestImage(), "--app", "disk", "--disk", disk, "--arg", "ops=80"},
+                             "strict-primary");
+  Process s = Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter, "--disk",
+                              replica, "--console", ScratchPath("strict.console")},
+                             "strict-secondary");
+  ProcessResult pr = p.Wait(seconds(120));
+  ProcessResult sr = s.Wait(seconds(60));
+  ASSERT_EQ(pr.exit_code, 0) << pr.err;
+  EXPECT_NE(pr.err.find("primary: protected"), std::string::npos) << pr.err;
+  EXPECT_EQ(sr.exit_code, 0) << sr.err;
+  EXPECT_NE(sr.err.find("replica identical"), std::string::npos) << sr.err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(sr.err, m, std::regex("(\\d+) output checks"))) << sr.err;
+  EXPECT_GE(std::stoul(m[1]), 30u) << sr.err;
+  EXPECT_TRUE(ReadFile(disk) == ReadFile(replica)) << "the replica's disk differs";
+}
 
 // Restart-safe: after a failover host A comes back empty, joins the VM that now runs
 // on B as its secondary (disk and a checkpoint of the running VM), and when B dies

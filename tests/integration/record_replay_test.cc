@@ -166,7 +166,8 @@ TEST(RecordReplay, DiskAppOnItsOwnReplicaDisk) {
 
 // The mail store on a tap in its own namespace, under a client load: frames arrive
 // whenever the host delivers them, the store writes its journal to disk, and the
-// recording ends with SIGTERM at whatever point the guest is.
+// recording ends with SIGTERM at whatever point the guest is. It is recorded with
+// output checks, so the replays also compare every frame sent and journal write.
 TEST(RecordReplay, MailStoreUnderLoad) {
   NetNamespace ns("rr");
   ns.AddTap("ftvmrr0", "10.0.0.1/24");
@@ -178,7 +179,7 @@ TEST(RecordReplay, MailStoreUnderLoad) {
   const std::string console = ScratchPath("mail.console");
   Process vm = Process::Start(ns.Wrap({FtvmBinary(), "record", "--log", log, "--guest", GuestImage(), "--app",
                                        "mailstore", "--disk", disk, "--tap", "ftvmrr0", "--ip", "10.0.0.2/24",
-                                       "--console", console}),
+                                       "--console", console, "--output-checks"}),
                               "mail-record");
   ASSERT_TRUE(WaitForFileContains(console, "mailstore: ready", seconds(60))) << vm.Stderr();
   ProcessResult d = RunProcess(ns.Wrap({FtvmBinary(), "mail", "deliver", "--to", "10.0.0.2", "--id", "x1", "--mailbox",
@@ -195,12 +196,18 @@ TEST(RecordReplay, MailStoreUnderLoad) {
   const std::string digest = Capture(r.err, "final digest ([0-9a-f]{64})");
   ASSERT_FALSE(digest.empty()) << r.err;
   EXPECT_NE(Capture(r.err, "frames (\\d+)"), "0") << r.err;
+  // Every reply frame and journal write was logged with its hash, and each replay
+  // below checks them all.
+  const std::string checks = Capture(r.err, "output checks (\\d+)");
+  ASSERT_NE(checks, "") << r.err;
+  EXPECT_GT(std::stoull(checks), 100u) << r.err;
   for (int i = 0; i < 3; ++i) {
     const std::string replica = ScratchPath("mail-replica.img");
     CopyFile(initial, replica);
     Replay rp = ReplayLog(log, {"--verify", "--disk", replica});
     ASSERT_EQ(rp.result.exit_code, 0) << rp.result.out << rp.result.err;
     EXPECT_EQ(rp.digest, digest);
+    EXPECT_EQ(Capture(rp.result.err, "(\\d+) output checks"), checks) << rp.result.err;
     EXPECT_EQ(ReadFile(rp.console), ReadFile(console));
     EXPECT_TRUE(ReadFile(replica) == ReadFile(disk)) << "the replica's journal differs";
     unlink(replica.c_str());
@@ -253,6 +260,38 @@ TEST(RecordReplay, TamperedClockValueIsReportedAsDivergenceNearItsPosition) {
   // ~5 clock reads apart) sees: soon after, not at the end of the run.
   EXPECT_LE(std::stoull(at), position + 40) << rp.result.out;
   EXPECT_NE(rp.result.out.find("verification failed"), std::string::npos) << rp.result.out;
+}
+
+// Strict output checks: every disk write is logged with the running hash of all
+// writes so far, and the replica compares its own before it goes past. A log whose
+// check disagrees with what the replica wrote is a divergence right there, naming
+// the output, long before any periodic verification.
+TEST(RecordReplay, OutputChecksCatchADifferentDiskWriteWhereItHappens) {
+  const std::string disk = ScratchPath("strict.img");
+  const std::string initial = ScratchPath("strict-initial.img");
+  MakeDisk(disk, 16 << 20);
+  CopyFile(disk, initial);
+  Recording rec = Record("disk", {"--disk", disk, "--arg", "ops=60", "--arg", "seed=5", "--output-checks",
+                                  "--verify-interval-ms", "100000"});
+  const std::string checks = Capture(rec.result.err, "output checks (\\d+)");
+  ASSERT_FALSE(checks.empty()) << rec.result.err;
+  EXPECT_GE(std::stoull(checks), 30u) << rec.result.err;  // about half of the ops write
+  const std::string replica = ScratchPath("strict-replica.img");
+  CopyFile(initial, replica);
+  Replay ok = ReplayLog(rec.log, {"--disk", replica});
+  ASSERT_EQ(ok.result.exit_code, 0) << ok.result.out << ok.result.err;
+  EXPECT_EQ(ok.digest, rec.digest);
+  EXPECT_EQ(Capture(ok.result.err, "(\\d+) output checks"), checks) << ok.result.err;
+
+  const uint64_t position = TamperRecord(rec.log, eventlog::RecordType::kOutputCheck, 20,
+                                         [](std::vector<uint8_t>& p) { p[5] ^= 0x40; });
+  CopyFile(initial, replica);
+  Replay bad = ReplayLog(rec.log, {"--disk", replica});
+  EXPECT_EQ(bad.result.exit_code, 1) << bad.result.out << bad.result.err;
+  EXPECT_EQ(Capture(bad.result.out, "diverged at position (\\d+)"), std::to_string(position)) << bad.result.out;
+  EXPECT_NE(bad.result.out.find("disk writes hash"), std::string::npos) << bad.result.out;
+  EXPECT_EQ(Capture(bad.result.err, "(\\d+) output checks"), "20") << bad.result.err;
+  for (const std::string& f : {disk, initial, replica}) unlink(f.c_str());
 }
 
 TEST(RecordReplay, FlippedByteIsABadCrcAtItsOffset) {

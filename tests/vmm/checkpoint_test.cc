@@ -188,9 +188,9 @@ class RoundTripHooks final : public ExecutionHooks {
   void frame_received(std::span<const uint8_t>) override {}
   int disk_request_done(uint16_t, int host_error) override { return host_error; }
   void disk_batch_done(uint16_t, uint16_t) override {}
-  uint64_t output_mark() override { return 0; }
+  uint64_t output_mark(OutputStream, uint64_t) override { return 0; }
   bool output_released(uint64_t) override { return true; }
-  bool transmit_frame(std::span<const iovec>) override { return true; }
+  bool transmit_frame(std::span<const iovec>, uint64_t) override { return true; }
 
   void started(Machine&) override {}
   void after_exit(Machine&, bool) override {}

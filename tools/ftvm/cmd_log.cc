@@ -89,6 +89,16 @@ int Dump(const std::string& path, uint64_t from, uint64_t to) {
         if (v) detail = vmm::DigestHex(v->digest).substr(0, 16) + " pages " + std::to_string(v->dirty_pages);
         break;
       }
+      case eventlog::RecordType::kOutputCheck: {
+        auto c = eventlog::DecodeOutputCheck(rec.payload);
+        if (c) {
+          char buf[48];
+          std::snprintf(buf, sizeof buf, "%s %016" PRIx64, c->stream == 1 ? "frames" : c->stream == 2 ? "disk" : "?",
+                        c->hash);
+          detail = buf;
+        }
+        break;
+      }
       case eventlog::RecordType::kEnd: detail = vmm::DigestHex(rec.payload).substr(0, 16); break;
       default: detail = std::to_string(rec.payload.size()) + " bytes"; break;
     }

@@ -69,7 +69,8 @@ int PrimaryMain(int argc, char** argv) {
       ("flush-us", po::value(&flush_us)->default_value(flush_us), "log batching interval")
       ("max-lag-kib", po::value(&max_lag_kib)->default_value(max_lag_kib),
        "slow the VM down when the replica has this much log not yet replayed")
-      ("strict", po::bool_switch(&opts.strict_outputs), "release outputs only once the replica replayed them")
+      ("strict", po::bool_switch(&opts.strict_outputs),
+       "release an output only once the replica replayed it and produced the same one (by hash)")
       ("wait-secondary-s", po::value(&wait_s), "how long to wait for a secondary (default: as long as it takes)")
       ("handshake-timeout-s", po::value(&handshake_s)->default_value(handshake_s),
        "give up on a secondary that does not answer the hello within this")
@@ -162,10 +163,11 @@ int SecondaryMain(int argc, char** argv) {
     secondary::SecondaryReport r = s.report();
     std::fprintf(stderr, "secondary: %s: %s\n", std::string(secondary::SecondaryOutcomeName(r.outcome)).c_str(),
                  r.detail.c_str());
-    std::fprintf(stderr, "secondary: replayed %llu records, %llu checkpoints, %llu verifications; "
+    std::fprintf(stderr, "secondary: replayed %llu records, %llu checkpoints, %llu verifications, %llu output checks; "
                  "longest silence of the primary %.1f ms\n",
                  static_cast<unsigned long long>(r.replay.records), static_cast<unsigned long long>(r.replay.checkpoints),
-                 static_cast<unsigned long long>(r.replay.verifications), double(r.max_silence_ns) / 1e6);
+                 static_cast<unsigned long long>(r.replay.verifications),
+                 static_cast<unsigned long long>(r.replay.output_checks), double(r.max_silence_ns) / 1e6);
     if (r.outcome == secondary::SecondaryOutcome::kWentLive && r.primary_lost_at_ns != 0)
       std::fprintf(stderr, "secondary: took over %.1f ms after the primary was declared lost\n",
                    double(r.live_at_ns - r.primary_lost_at_ns) / 1e6);
@@ -215,7 +217,9 @@ int ProtectMain(int argc, char** argv) {
   desc.add_options()
       ("help,h", "show this help")
       ("workdir", po::value(&workdir)->default_value(workdir), "where the replica's disk, the arbiter and logs go")
-      ("channel", po::value(&channel)->default_value(channel), "logging channel: shm or tcp (loopback)");
+      ("channel", po::value(&channel)->default_value(channel), "logging channel: shm or tcp (loopback)")
+      ("strict", po::bool_switch(&opts.strict_outputs),
+       "release an output only once the replica produced the same one");
   desc.add(vm.describe());
   if (auto code = ParseCommandLine(argc, argv, desc, "protect",
                                    "usage: ftvm protect --guest IMAGE --app NAME [VM options]\n"))

@@ -30,7 +30,9 @@ int RecordMain(int argc, char** argv) {
       ("verify-interval-ms", po::value(&verify_ms)->default_value(verify_ms),
        "write a state digest (Verify record) this often")
       ("checkpoint-after-us", po::value(&checkpoint_us)->default_value(checkpoint_us),
-       "take an epoch checkpoint when input waited this long for a guest exit");
+       "take an epoch checkpoint when input waited this long for a guest exit")
+      ("output-checks", po::bool_switch(&rec.output_checks),
+       "log the hash of every frame sent and disk write, for replay to check one by one");
   desc.add(vm.describe());
   if (auto code = ParseCommandLine(argc, argv, desc, "record",
                                    "usage: ftvm record --log FILE --guest IMAGE --app NAME [options]\n"))
@@ -62,12 +64,13 @@ int RecordMain(int argc, char** argv) {
     std::fprintf(stderr,
                  "recorded %llu records, %llu bytes (%.3f Mbit/s over %.2f s) to %s\n"
                  "  positions %llu, interrupts %llu, clock reads %llu, frames %llu, checkpoints %llu, "
-                 "verifications %llu\n",
+                 "verifications %llu, output checks %llu\n",
                  static_cast<unsigned long long>(s.records), static_cast<unsigned long long>(s.log_bytes),
                  seconds > 0 ? double(s.log_bytes) * 8 / seconds / 1e6 : 0.0, seconds, log_path.c_str(),
                  static_cast<unsigned long long>(s.final_position), static_cast<unsigned long long>(s.interrupts),
                  static_cast<unsigned long long>(s.clock_reads), static_cast<unsigned long long>(s.frames),
-                 static_cast<unsigned long long>(s.checkpoints), static_cast<unsigned long long>(s.verifications));
+                 static_cast<unsigned long long>(s.checkpoints), static_cast<unsigned long long>(s.verifications),
+                 static_cast<unsigned long long>(s.output_checks));
     if (recorder.final_digest()) std::fprintf(stderr, "final digest %s\n", vmm::DigestHex(*recorder.final_digest()).c_str());
     if (!recorder.error().empty()) {
       std::cerr << "ftvm record: recording stopped: " << recorder.error() << "\n";

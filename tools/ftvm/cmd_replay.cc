@@ -50,11 +50,11 @@ int ReplayMain(int argc, char** argv) {
     RunUntilDone(machine);
     const secondary::ReplayStats& s = replayer.stats();
     std::fprintf(stderr, "replayed %llu records to position %llu in %.2f s: %llu interrupts, %llu frames, "
-                 "%llu checkpoints, %llu verifications\n",
+                 "%llu checkpoints, %llu verifications, %llu output checks\n",
                  static_cast<unsigned long long>(s.records), static_cast<unsigned long long>(s.final_position),
                  double(machine.stats().run_ns) / 1e9, static_cast<unsigned long long>(s.interrupts),
                  static_cast<unsigned long long>(s.frames), static_cast<unsigned long long>(s.checkpoints),
-                 static_cast<unsigned long long>(s.verifications));
+                 static_cast<unsigned long long>(s.verifications), static_cast<unsigned long long>(s.output_checks));
     if (replayer.final_digest()) std::printf("final digest %s\n", vmm::DigestHex(*replayer.final_digest()).c_str());
     std::printf("%s\n", replayer.message().c_str());
     std::fflush(stdout);

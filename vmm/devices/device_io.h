@@ -23,6 +23,12 @@ enum class InputKind : uint8_t {
   kRandom,   // random bytes
 };
 
+// What leaves the VM, each a stream with a running hash (vmm/output_hash.h).
+enum class OutputStream : uint8_t {
+  kFrames = 1,      // frames the guest transmitted
+  kDiskWrites = 2,  // sectors the guest wrote, with where
+};
+
 class DeviceIo {
  public:
   virtual ~DeviceIo() = default;
@@ -51,12 +57,15 @@ class DeviceIo {
   // outside the VM, or to tell the guest a disk write is done, takes a mark; the
   // effect may happen once the mark is released: the secondary has acknowledged the
   // log up to it. Without a secondary every mark is released at once; a replica
-  // never releases (its completions come from the log).
-  virtual uint64_t output_mark() = 0;
+  // never releases (its completions come from the log). `stream_hash` is the
+  // output stream's running hash with this output in it (the strict rule has the
+  // replica compare it).
+  virtual uint64_t output_mark(OutputStream stream, uint64_t stream_hash) = 0;
   virtual bool output_released(uint64_t mark) = 0;
-  // A frame the guest transmits. True: the device writes it to its tap now. False:
-  // the hooks took it (held until released; a replica only counts it).
-  virtual bool transmit_frame(std::span<const iovec> frame) = 0;
+  // A frame the guest transmits (with or without a tap to send it on). True: the
+  // device writes it to its tap now, if it has one. False: the hooks took it (held
+  // until released; a replica only checks it).
+  virtual bool transmit_frame(std::span<const iovec> frame, uint64_t stream_hash) = 0;
 };
 
 // Passes host values through: a VM that is neither recorded nor replayed.
@@ -69,9 +78,9 @@ class LiveDeviceIo final : public DeviceIo {
   void frame_received(std::span<const uint8_t>) override {}
   int disk_request_done(uint16_t, int host_error) override { return host_error; }
   void disk_batch_done(uint16_t, uint16_t) override {}
-  uint64_t output_mark() override { return 0; }
+  uint64_t output_mark(OutputStream, uint64_t) override { return 0; }
   bool output_released(uint64_t) override { return true; }
-  bool transmit_frame(std::span<const iovec>) override { return true; }
+  bool transmit_frame(std::span<const iovec>, uint64_t) override { return true; }
 };
 
 }  // namespace ftvm::vmm

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "vmm/output_hash.h"
 #include "vmm/snapshot.pb.h"
 
 namespace ftvm::vmm {
@@ -33,6 +34,7 @@ void VirtioBlk::save(snapshot::Virtio& out) const {
   s->set_reads(counters_.reads);
   s->set_writes(counters_.writes);
   s->set_flushes(counters_.flushes);
+  s->set_write_hash(write_hash_);
   for (const Done& d : done_) {
     snapshot::BlkDone* p = s->add_unreported();
     p->set_head(d.head);
@@ -47,6 +49,7 @@ void VirtioBlk::restore(const snapshot::Virtio& in) {
   counters_.reads = in.blk().reads();
   counters_.writes = in.blk().writes();
   counters_.flushes = in.blk().flushes();
+  write_hash_ = in.blk().write_hash();
   done_.clear();
   // Marks belong to the log of the host that took them: a restored request waits
   // for nothing more (a replica reports it when its log says so anyway).
@@ -102,7 +105,7 @@ void VirtioBlk::complete(Virtqueue& vq, uint16_t head, uint8_t* status, uint8_t 
   if (value == VIRTIO_BLK_S_IOERR) ++counters_.io_errors;
   if (value == VIRTIO_BLK_S_UNSUPP) ++counters_.unsupported;
   const uint64_t status_gpa = uint64_t(status - vq.memory().host_base());
-  done_.push_back(Done{head, status_gpa, value, used_len, changes_disk ? io_.output_mark() : 0});
+  done_.push_back(Done{head, status_gpa, value, used_len, changes_disk ? io_.output_mark(OutputStream::kDiskWrites, write_hash_) : 0});
 }
 
 void VirtioBlk::report(Virtqueue& vq, const Done& d) {
@@ -253,6 +256,11 @@ void VirtioBlk::flush_batch(Virtqueue& vq) {
     if (write) {
       ++counters_.writes;
       counters_.bytes_written += p.bytes;
+      uint8_t sector[8];
+      for (int i = 0; i < 8; ++i) sector[i] = uint8_t(p.sector >> (8 * i));
+      write_hash_ = OutputHash(write_hash_, sector);
+      for (const iovec& v : std::span(batch_iov_).subspan(p.iov_begin, p.iov_count))
+        write_hash_ = OutputHash(write_hash_, {static_cast<const uint8_t*>(v.iov_base), v.iov_len});
     } else {
       ++counters_.reads;
       counters_.bytes_read += p.bytes;

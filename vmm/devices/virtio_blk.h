@@ -57,6 +57,7 @@ class VirtioBlk : public VirtioBackend {
   const std::string& path() const { return path_; }
   uint64_t capacity_sectors() const { return capacity_; }
   const BlkCounters& counters() const { return counters_; }
+  uint64_t write_hash() const { return write_hash_; }
   // Finished requests not yet reported to the guest.
   size_t unreported() const { return done_.size(); }
   // The replay entry: the log says the next `count` finished requests are reported
@@ -107,6 +108,9 @@ class VirtioBlk : public VirtioBackend {
   std::array<uint8_t, 8> config_{};
   std::array<uint8_t, 20> id_{};
   BlkCounters counters_;
+  // A running hash of every successful write, its sector and data: the disk-write
+  // output stream (DeviceIo::output_mark).
+  uint64_t write_hash_ = 0;
   // Scratch reused across requests so the hot path does not allocate.
   DescChain chain_;
   std::vector<iovec> data_iov_;

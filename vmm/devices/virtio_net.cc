@@ -87,9 +87,11 @@ void VirtioNet::transmit(Virtqueue& tx) {
       ++counters_.tx_dropped;
     } else {
       for (const iovec& v : tx_iov_) tx_hash_ = OutputHash(tx_hash_, {static_cast<const uint8_t*>(v.iov_base), v.iov_len});
-      // The hooks may hold it (output rule) or drop it (a replica: the primary sent it).
-      const Tap::Result r = tap_ && io_.transmit_frame(tx_iov_) ? tap_->write(tx_iov_)
-                                                                : Tap::Result{Tap::Status::kOk, frame, 0};
+      // The hooks may hold it (output rule) or drop it (a replica: the primary sent
+      // it). Asked with or without a tap, so that primary and replica log and check
+      // the same outputs.
+      const bool send_now = io_.transmit_frame(tx_iov_, tx_hash_);
+      const Tap::Result r = tap_ && send_now ? tap_->write(tx_iov_) : Tap::Result{Tap::Status::kOk, frame, 0};
       if (r.status == Tap::Status::kOk) {
         ++counters_.tx_frames;
         counters_.tx_bytes += frame;
