@@ -23,7 +23,8 @@ using MemorySum = std::array<uint8_t, 16>;
 
 class MemoryDigest {
  public:
-  // Hashes every page of `memory` (about 10 ms per 64 MiB here).
+  // Hashes every page of `memory` (about 10 ms per 64 MiB here; pages the guest
+  // never touched are not read, so they stay unallocated).
   explicit MemoryDigest(const GuestMemory& memory);
 
   // Rehashes these pages (any superset of the pages that changed).

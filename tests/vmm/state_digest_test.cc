@@ -3,6 +3,8 @@
 #include "vmm/state_digest.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <xxhash.h>
 
 #include <cstdint>
 #include <cstring>
@@ -47,6 +49,31 @@ class MemoryDigestTest : public ::testing::Test {
 
   GuestMemory mem = GuestMemory::Create(kPages * kPageSize);
 };
+
+// Pages the guest never wrote are holes in the memfd: the digest counts them as
+// zero pages without reading them, so they stay unallocated, and the result is the
+// same as hashing every page.
+TEST(MemoryDigestHoles, UntouchedPagesAreHashedAsZerosWithoutBeingAllocated) {
+  GuestMemory sparse = GuestMemory::Create(kPages * kPageSize);
+  for (uint64_t p : {0ull, 1ull, 2ull, 500ull, 1023ull}) sparse.host_base()[p * kPageSize + 17] = uint8_t(p + 1);
+  struct stat before {};
+  ASSERT_EQ(fstat(sparse.fd(), &before), 0);
+  MemoryDigest d(sparse);
+  struct stat after {};
+  ASSERT_EQ(fstat(sparse.fd(), &after), 0);
+  EXPECT_EQ(after.st_blocks, before.st_blocks) << "hashing allocated untouched pages";
+  EXPECT_LE(uint64_t(after.st_blocks) * 512, 5 * kPageSize);
+  // The same sums as reading every page.
+  uint64_t lo = 0, hi = 0;
+  for (uint64_t p = 0; p < kPages; ++p) {
+    XXH128_hash_t h = XXH3_128bits_withSeed(sparse.host_base() + p * kPageSize, kPageSize, p);
+    lo += h.low64;
+    hi += h.high64;
+  }
+  MemorySum want;
+  for (int i = 0; i < 8; ++i) want[i] = uint8_t(lo >> (8 * i)), want[8 + i] = uint8_t(hi >> (8 * i));
+  EXPECT_EQ(d.value(), want);
+}
 
 TEST_F(MemoryDigestTest, SameMemorySameDigest) {
   MemoryDigest a(mem), b(mem);
