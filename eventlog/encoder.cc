@@ -30,16 +30,25 @@ std::string RecordEncoder::encode(RecordType type, uint64_t position, std::span<
   if (compress && !payload.empty()) {
     if (!cctx_) cctx_.reset(ZSTD_createCCtx());
     if (cctx_) {
+      const bool delta = type == RecordType::kCheckpoint && have_delta_base_;
       scratch_.resize(ZSTD_compressBound(payload.size()));
-      size_t n = ZSTD_compressCCtx(cctx_.get(), scratch_.data(), scratch_.size(), payload.data(), payload.size(),
-                                   level_);
+      size_t n = ZSTD_CCtx_setParameter(cctx_.get(), ZSTD_c_compressionLevel, level_);
+      if (!ZSTD_isError(n) && delta) n = ZSTD_CCtx_refPrefix(cctx_.get(), delta_base_.data(), delta_base_.size());
+      if (!ZSTD_isError(n))
+        n = ZSTD_compress2(cctx_.get(), scratch_.data(), scratch_.size(), payload.data(), payload.size());
       // Keep the compressed form only when it is smaller: random data (RNG blobs,
       // encrypted pages) would otherwise grow by the frame overhead.
       if (!ZSTD_isError(n) && n < payload.size()) {
         stored = std::span<const uint8_t>(scratch_.data(), n);
-        flags = kFlagZstd;
+        flags = delta ? kFlagZstd | kFlagDelta : kFlagZstd;
       }
+      // A failed call leaves the context with a prefix set for the next frame.
+      if (ZSTD_isError(n)) ZSTD_CCtx_reset(cctx_.get(), ZSTD_reset_session_and_parameters);
     }
+  }
+  if (type == RecordType::kCheckpoint) {
+    have_delta_base_ = payload.size() <= kMaxDeltaBaseBytes;
+    if (have_delta_base_) delta_base_.assign(payload.begin(), payload.end());
   }
   AppendRecord(out, type, flags, position, stored);
   last_position_ = position;

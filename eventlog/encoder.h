@@ -39,6 +39,9 @@ class RecordEncoder {
   int level_;
   std::unique_ptr<ZSTD_CCtx_s, CctxDeleter> cctx_;
   std::vector<uint8_t> scratch_;
+  // The last Checkpoint's payload (kFlagDelta), as the reader will have it.
+  std::vector<uint8_t> delta_base_;
+  bool have_delta_base_ = false;
   uint64_t last_position_ = 0;
   uint64_t records_ = 0;
 };

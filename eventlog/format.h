@@ -4,7 +4,7 @@
 // File layout (all integers little-endian, whatever the host):
 //
 //   offset 0   8 bytes  magic "FTVMLOG\0"
-//          8   u32      format version (kFormatVersion = 2)
+//          8   u32      format version (kFormatVersion = 3; version 2 logs read too)
 //         12   u32      header length L (<= kMaxHeaderBytes)
 //         16   L bytes  LogHeader protobuf (eventlog.proto)
 //       16+L   u32      CRC32C of bytes [8, 16+L): version, length and header bytes
@@ -14,7 +14,10 @@
 //
 //   +0   u32  payload length N as stored (<= kMaxPayloadBytes)
 //   +4   u8   type (RecordType)
-//   +5   u8   flags; bit 0 (kFlagZstd): payload is one zstd frame; other bits 0
+//   +5   u8   flags; bit 0 (kFlagZstd): payload is one zstd frame; bit 1
+//             (kFlagDelta, Checkpoint records with kFlagZstd only): the frame was
+//             compressed with the previous Checkpoint record's payload as its
+//             prefix; other bits 0
 //   +6   u16  reserved, 0
 //   +8   u64  position: guest-caused exits since the start of the recording; the
 //             event takes effect right after exit number `position`. Positions are
@@ -50,7 +53,10 @@ class LogHeader;  // eventlog/eventlog.pb.h
 inline constexpr std::array<uint8_t, 8> kMagic = {'F', 'T', 'V', 'M', 'L', 'O', 'G', 0};
 // 2: Verify records carry component digests, registers and page hashes; timer,
 // WAIT-result and disk-error records.
-inline constexpr uint32_t kFormatVersion = 2;
+inline constexpr uint32_t kFormatVersion = 3;
+// Version 3 added OutputCheck records and delta-compressed checkpoints; a version 2
+// log is a valid version 3 log without them.
+inline constexpr uint32_t kOldestReadableVersion = 2;
 inline constexpr size_t kFileFixedHeaderBytes = 16;  // magic, version, length
 inline constexpr size_t kMaxHeaderBytes = 1 << 20;   // a VM config is a few hundred bytes
 inline constexpr size_t kRecordHeaderBytes = 16;
@@ -61,7 +67,13 @@ inline constexpr size_t kRecordOverhead = kRecordHeaderBytes + kRecordCrcBytes;
 inline constexpr size_t kMaxPayloadBytes = 64u << 20;
 
 inline constexpr uint8_t kFlagZstd = 0x01;
-inline constexpr uint8_t kKnownFlags = kFlagZstd;
+// A guest interrupted by a timer between exits costs a checkpoint per tick, mostly
+// the same pages and registers as the last one: compressed against it, a tick
+// costs what changed (about half here).
+inline constexpr uint8_t kFlagDelta = 0x02;
+inline constexpr uint8_t kKnownFlags = kFlagZstd | kFlagDelta;
+// A checkpoint larger than this is never a delta base (neither side keeps a copy).
+inline constexpr size_t kMaxDeltaBaseBytes = 4u << 20;
 
 // Record types. Values are part of the format: never renumber; add new types at the
 // end (and bump kFormatVersion only if old readers must refuse new logs, which they

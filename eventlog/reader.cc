@@ -108,9 +108,9 @@ void LogReader::parse_header() {
   // The version is checked before the CRC: a later format may lay the header out
   // differently, and "wrong version" is the useful message then.
   uint32_t version = GetLe32(fixed.data() + 8);
-  if (version != kFormatVersion) {
-    throw fail("written by format version " + std::to_string(version) + "; this ftvm reads version " +
-               std::to_string(kFormatVersion));
+  if (version < kOldestReadableVersion || version > kFormatVersion) {
+    throw fail("written by format version " + std::to_string(version) + "; this ftvm reads versions " +
+               std::to_string(kOldestReadableVersion) + " to " + std::to_string(kFormatVersion));
   }
   uint32_t len = GetLe32(fixed.data() + 12);
   if (len > kMaxHeaderBytes) {
@@ -133,9 +133,9 @@ void LogReader::parse_header() {
   if (!header_.ParseFromArray(all.data() + kFileFixedHeaderBytes, static_cast<int>(len))) {
     throw fail("header at offset 16 is not a valid LogHeader protobuf");
   }
-  if (header_.format_version() != kFormatVersion) {
+  if (header_.format_version() != version) {
     throw fail("header protobuf says format version " + std::to_string(header_.format_version()) +
-               " but the file says " + std::to_string(kFormatVersion));
+               " but the file says " + std::to_string(version));
   }
   first_record_offset_ = offset_ = total;
 }
@@ -172,9 +172,21 @@ ReadResult LogReader::next(Record& out) {
                     std::to_string(last_position_) + ")");
   }
   std::span<const uint8_t> payload = rv.stored_payload;
+  if ((h.flags & kFlagDelta) && (!(h.flags & kFlagZstd) || type != RecordType::kCheckpoint)) {
+    return fail(ReadCode::kBadFlags, "delta flag on a " + RecordTypeName(type) +
+                                         (h.flags & kFlagZstd ? "" : " without compression") + " record");
+  }
   if (h.flags & kFlagZstd) {
     if (!dctx_) dctx_.reset(ZSTD_createDCtx());
     if (!dctx_) return fail(ReadCode::kDecompress, "cannot create a zstd context");
+    if (h.flags & kFlagDelta) {
+      if (!have_delta_base_) {
+        return fail(ReadCode::kDecompress,
+                    "delta-compressed checkpoint without the checkpoint before it (a log read from the middle?)");
+      }
+      const size_t r = ZSTD_DCtx_refPrefix(dctx_.get(), delta_base_.data(), delta_base_.size());
+      if (ZSTD_isError(r)) return fail(ReadCode::kDecompress, std::string("zstd prefix: ") + ZSTD_getErrorName(r));
+    }
     unsigned long long size = ZSTD_getFrameContentSize(payload.data(), payload.size());
     if (size == ZSTD_CONTENTSIZE_ERROR) {
       return fail(ReadCode::kDecompress, "compressed payload is not a zstd frame");
@@ -202,6 +214,10 @@ ReadResult LogReader::next(Record& out) {
   }
   if (std::string problem = PayloadProblem(type, payload); !problem.empty()) {
     return fail(ReadCode::kBadPayload, problem);
+  }
+  if (type == RecordType::kCheckpoint) {
+    have_delta_base_ = payload.size() <= kMaxDeltaBaseBytes;
+    if (have_delta_base_) delta_base_.assign(payload.begin(), payload.end());
   }
   out.type = type;
   out.flags = h.flags;

@@ -95,6 +95,9 @@ class LogReader {
   size_t window_len_ = 0;
 
   std::vector<uint8_t> decompressed_;
+  // The last Checkpoint's payload: what the next one may be compressed against.
+  std::vector<uint8_t> delta_base_;
+  bool have_delta_base_ = false;
   std::unique_ptr<ZSTD_DCtx_s, DctxDeleter> dctx_;
   uint64_t first_record_offset_ = 0;
   uint64_t offset_ = 0;

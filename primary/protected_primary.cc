@@ -306,14 +306,15 @@ void ProtectedPrimary::MonitorLoop() {
         log::warn("primary.unexpected_message", {{"type", int(msg.type())}});
       }
     } else if (r.timed_out()) {
-      if (liveness_->expired()) {
+      if (liveness_->expired() && !recorder_->log_ended()) {
         SecondaryLost("no message from the secondary for " + std::to_string(liveness_->silent_ns() / 1000000) +
                           " ms",
                       true);
         return;
       }
     } else {
-      if (stopping_) return;
+      // After the End record, the secondary finishes and closes: not a loss.
+      if (stopping_ || recorder_->log_ended()) return;
       SecondaryLost(r.message, false);
       return;
     }

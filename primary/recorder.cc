@@ -272,6 +272,7 @@ void Recorder::finished(vmm::Machine& m, bool exact, bool completed) {
     final_digest_ = vmm::StateDigest(m.position(), regs,
                                      {reinterpret_cast<const uint8_t*>(devices.data()), devices.size()},
                                      memory_digest_->value());
+    log_ended_.store(true, std::memory_order_release);
     Append(RecordType::kEnd, eventlog::EncodeEnd(*final_digest_));
   }
   if (sink_ != nullptr) {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -80,6 +81,9 @@ class Recorder final : public vmm::ExecutionHooks {
   void set_output_gate(class OutputGate* gate) { gate_ = gate; }
 
   const RecorderStats& stats() const { return stats_; }
+  // The End record is (about to be) logged (any thread): a secondary that has it
+  // may finish and hang up, which is then no loss.
+  bool log_ended() const { return log_ended_.load(std::memory_order_acquire); }
   // After Machine::run: the digest written in the End record (absent when the run
   // ended in an error that left no consistent state).
   const std::optional<vmm::Sha256Digest>& final_digest() const { return final_digest_; }
@@ -146,6 +150,7 @@ class Recorder final : public vmm::ExecutionHooks {
   const std::function<void()>* task_ = nullptr;
   bool task_done_ = false;
   bool finished_ = false;
+  std::atomic<bool> log_ended_{false};
 };
 
 }  // namespace ftvm::primary

@@ -137,7 +137,7 @@ TEST(EventLogFormat, RejectsWrongVersion) {
   std::vector<uint8_t> log = SmallLog();
   PutLe32(&log[8], kFormatVersion + 1);
   EXPECT_THAT(OpenError(log), HasSubstr("written by format version " + std::to_string(kFormatVersion + 1) +
-                                        "; this ftvm reads version " + std::to_string(kFormatVersion)));
+                                        "; this ftvm reads versions 2 to " + std::to_string(kFormatVersion)));
   // A log of the previous format (no structured Verify records) is refused too.
   PutLe32(&log[8], 1);
   EXPECT_THAT(OpenError(log), HasSubstr("written by format version 1"));

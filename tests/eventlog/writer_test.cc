@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 
+#include <fstream>
+#include <iterator>
 #include <random>
 
 #include "common/error.h"
@@ -136,13 +138,58 @@ TEST(LogWriter, CompressedCheckpointRoundTrips) {
   EXPECT_LT(rec.stored_bytes, 1024u) << "1 MiB of zeros should compress to well under 1 KiB";
   EXPECT_TRUE(std::equal(rec.payload.begin(), rec.payload.end(), zeros.begin(), zeros.end()));
   ASSERT_TRUE(r.next(rec).is_record());
-  EXPECT_EQ(rec.flags, kFlagZstd);
+  EXPECT_EQ(rec.flags, kFlagZstd | kFlagDelta) << "a checkpoint after a checkpoint is compressed against it";
   EXPECT_TRUE(std::equal(rec.payload.begin(), rec.payload.end(), mixed.begin(), mixed.end()));
   ASSERT_TRUE(r.next(rec).is_record());
   EXPECT_EQ(rec.flags, 0) << "incompressible data is stored as is";
   EXPECT_EQ(rec.stored_bytes, noise.size() + kRecordOverhead);
   EXPECT_TRUE(std::equal(rec.payload.begin(), rec.payload.end(), noise.begin(), noise.end()));
   EXPECT_TRUE(r.next(rec).is_end());
+}
+
+// A checkpoint that differs from the one before in a few bytes costs those bytes,
+// not its size; read without the one before, it is an error that says so.
+TEST(LogWriter, DeltaCheckpointCostsWhatChanged) {
+  TempDir dir;
+  const std::string path = dir.file("d.ftlog");
+  std::vector<uint8_t> first(64 << 10);
+  std::mt19937_64 rng(3);
+  for (auto& b : first) b = static_cast<uint8_t>(rng());
+  std::vector<uint8_t> second = first;
+  for (size_t i = 0; i < second.size(); i += 8192) second[i] ^= 0x5a;
+  uint64_t first_end = 0;
+  {
+    LogWriter w = LogWriter::Create(path, SampleHeader());
+    ASSERT_TRUE(w.append(RecordType::kCheckpoint, 1, first, true).ok());
+    first_end = w.size();
+    ASSERT_TRUE(w.append(RecordType::kCheckpoint, 2, second, true).ok());
+    ASSERT_TRUE(w.close().ok());
+  }
+  {
+    LogReader r = LogReader::OpenFile(path);
+    Record rec;
+    ASSERT_TRUE(r.next(rec).is_record());
+    EXPECT_EQ(rec.flags, 0) << "random bytes do not compress on their own";
+    ASSERT_TRUE(r.next(rec).is_record());
+    EXPECT_EQ(rec.flags, kFlagZstd | kFlagDelta);
+    EXPECT_LT(rec.stored_bytes, 512u) << "8 changed bytes in 64 KiB";
+    EXPECT_TRUE(std::equal(rec.payload.begin(), rec.payload.end(), second.begin(), second.end()));
+  }
+  // The same log without its first checkpoint: the header, then the delta record.
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  LogReader whole = LogReader::OpenFile(path);
+  const uint64_t header_end = whole.offset();
+  std::vector<char> cut(bytes.begin(), bytes.begin() + long(header_end));
+  cut.insert(cut.end(), bytes.begin() + long(first_end), bytes.end());
+  const std::string cut_path = dir.file("cut.ftlog");
+  std::ofstream(cut_path, std::ios::binary).write(cut.data(), long(cut.size()));
+  LogReader r = LogReader::OpenFile(cut_path);
+  Record rec;
+  ReadResult res = r.next(rec);
+  EXPECT_EQ(res.code, ReadCode::kDecompress);
+  EXPECT_THAT(res.message, HasSubstr("without the checkpoint before it"));
+  EXPECT_THAT(res.message, HasSubstr("offset " + std::to_string(header_end)));
 }
 
 TEST(LogWriter, RecordsLargerThanTheBufferGoStraightOut) {

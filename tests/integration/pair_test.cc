@@ -134,7 +134,7 @@ TEST(Pair, SlowReplicaSlowsThePrimaryDownAndLosesNothing) {
   const std::string sock = ScratchPath("fc.sock");
   Process p = Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
                               "--max-lag-kib", "4", "--failure-timeout-ms", "2000", "--guest", GuestImage(), "--app",
-                              "timers", "--arg", "ticks=150", "--arg", "period_us=2000"},
+                              "timers", "--arg", "ticks=600", "--arg", "period_us=2000"},
                              "fc-primary");
   Process s = Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter,
                               "--console", ScratchPath("fc.console")},
