@@ -40,18 +40,20 @@ Status LogStreamer::append(eventlog::RecordType type, uint64_t position, std::sp
     cv_.notify_one();
   }
   // Flow control: the replica is too far behind. Wait for it (or for it to be
-  // declared gone), never drop.
-  if (appended_.load(std::memory_order_acquire) - replayed_.load(std::memory_order_acquire) >
-      options_.max_unreplayed_bytes) {
+  // declared gone), never drop. (Each acknowledgement notifies room_cv_.)
+  auto behind = [&] {
+    if (appended_.load(std::memory_order_acquire) - replayed_.load(std::memory_order_acquire) >
+        options_.max_unreplayed_bytes)
+      return true;
+    return options_.max_lag_ns != 0 && !in_flight_.empty() &&
+           clock_.monotonic_ns() - in_flight_.front().first > options_.max_lag_ns;
+  };
+  if (behind()) {
     const uint64_t t0 = clock_.monotonic_ns();
     ++stats_.flow_control_waits;
     urgent_ = true;
     cv_.notify_one();
-    room_cv_.wait(lock, [&] {
-      return abandoned() || closing_ || done_ ||
-             appended_.load(std::memory_order_acquire) - replayed_.load(std::memory_order_acquire) <=
-                 options_.max_unreplayed_bytes;
-    });
+    room_cv_.wait(lock, [&] { return abandoned() || closing_ || done_ || !behind(); });
     stats_.flow_control_ns += clock_.monotonic_ns() - t0;
   }
   return Status::Ok();

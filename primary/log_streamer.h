@@ -7,8 +7,10 @@
 // the VM's current position can follow, so the replica may run up to it. That
 // promise also travels when no record was written, so a replica is never left
 // waiting longer than an interval while the guest makes exits without inputs.
-// Flow control: when the replica has not replayed `max_unreplayed_bytes` of log,
-// append() blocks the vCPU: the primary slows down, nothing is dropped.
+// Flow control: when the replica has not replayed `max_unreplayed_bytes` of log, or
+// a batch sent `max_lag_ns` ago, append() blocks the vCPU: the primary slows down,
+// nothing is dropped. The time bound is what matters for a failover: a replica
+// taking over first replays what it lags behind.
 #pragma once
 
 #include <atomic>
@@ -29,6 +31,7 @@ namespace ftvm::primary {
 struct StreamerOptions {
   uint64_t flush_interval_ns = 500'000;
   uint64_t max_unreplayed_bytes = 64ull << 20;
+  uint64_t max_lag_ns = 100'000'000;  // 0: no time bound
   std::chrono::nanoseconds send_timeout = std::chrono::seconds(5);
 };
 

@@ -133,6 +133,10 @@ void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
   ro.go_live = [this](vmm::Machine& m) { return GoLive(m); };
   replayer_ = std::make_unique<Replayer>(*machine_, *source_, ro);
   machine_->set_hooks(replayer_.get());
+  // Caught up with the stream: say so now rather than with the next batch's
+  // acknowledgement (the vCPU thread must not wait long on a full channel; a
+  // skipped one is covered by the next).
+  source_->set_on_caught_up([this](uint64_t) { SendAck(std::chrono::milliseconds(2)); });
 }
 
 void ProtectingSecondary::ReceiveDisk(const std::string& path, uint64_t bytes, const std::string& digest) {
@@ -170,10 +174,11 @@ void ProtectingSecondary::ReceiveDisk(const std::string& path, uint64_t bytes, c
   log::info("secondary.disk_received", {{"path", path}, {"mib", bytes >> 20}});
 }
 
-void ProtectingSecondary::SendAck() {
+void ProtectingSecondary::SendAck(std::chrono::nanoseconds timeout) {
   replication::Ack a{stream_->size(), replayer_->consumed_offset(), replayer_->replayed_position()};
   auto bytes = replication::EncodeAck(a);
-  channel_->send(replication::kAck, bytes, std::chrono::milliseconds(100)).ok();
+  // A failed send is the channel's end, which the receive loop reports.
+  channel_->send(replication::kAck, bytes, timeout).ok();
 }
 
 void ProtectingSecondary::ReceiveLoop() {

@@ -86,7 +86,7 @@ class ProtectingSecondary {
   void ReceiveLoop();
   void PrimaryLost(const std::string& why);
   bool GoLive(vmm::Machine& m);
-  void SendAck();
+  void SendAck(std::chrono::nanoseconds timeout = std::chrono::milliseconds(100));
   // A secondary joining a running VM: the disk's contents come first.
   void ReceiveDisk(const std::string& path, uint64_t bytes, const std::string& digest);
   void BuildReplica(const vmm::VmConfig& config);

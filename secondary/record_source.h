@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -63,11 +64,21 @@ class StreamSource final : public RecordSource {
       if (finished) return Next::kEnd;
       if (stream_->complete_below() > position) return Next::kNotYet;
       if (interrupted_) return Next::kEnd;
-      stream_->wait(reader_.offset(), position, std::chrono::milliseconds(100));
+      if (on_caught_up_ && reader_.offset() != caught_up_at_) {
+        caught_up_at_ = reader_.offset();
+        on_caught_up_(caught_up_at_);
+      }
+      // Beyond what the reader saw: part of a record may be there already.
+      stream_->wait(reader_.data_end(), position, std::chrono::milliseconds(100));
     }
   }
   uint64_t offset() const override { return reader_.offset(); }
   uint64_t last_position() const override { return reader_.last_position(); }
+  // Called on the replaying thread when the replica has taken every record that
+  // arrived (up to `offset`) and is about to wait for more: the moment to tell the
+  // primary, whose strict output rule and lag figures wait on exactly that. Once
+  // per offset.
+  void set_on_caught_up(std::function<void(uint64_t offset)> f) { on_caught_up_ = std::move(f); }
   void interrupt() override {
     interrupted_ = true;
     stream_->interrupt();
@@ -77,6 +88,8 @@ class StreamSource final : public RecordSource {
   std::shared_ptr<eventlog::ByteStream> stream_;
   eventlog::LogReader reader_;
   std::atomic<bool> interrupted_{false};
+  std::function<void(uint64_t)> on_caught_up_;
+  uint64_t caught_up_at_ = 0;
 };
 
 }  // namespace ftvm::secondary

@@ -51,6 +51,7 @@ int PrimaryMain(int argc, char** argv) {
   uint64_t timeout_ms = opts.liveness.failure_timeout_ns / 1000000;
   uint64_t flush_us = opts.streamer.flush_interval_ns / 1000;
   uint64_t max_lag_kib = opts.streamer.max_unreplayed_bytes >> 10;
+  uint64_t max_lag_ms = opts.streamer.max_lag_ns / 1000000;
   double wait_s = -1;
   double handshake_s = double(opts.handshake_timeout.count()) / 1e9;
   uint64_t verify_ms = opts.recorder.verify_interval_ns / 1000000;
@@ -69,6 +70,8 @@ int PrimaryMain(int argc, char** argv) {
       ("flush-us", po::value(&flush_us)->default_value(flush_us), "log batching interval")
       ("max-lag-kib", po::value(&max_lag_kib)->default_value(max_lag_kib),
        "slow the VM down when the replica has this much log not yet replayed")
+      ("max-lag-ms", po::value(&max_lag_ms)->default_value(max_lag_ms),
+       "slow the VM down when the replica has not replayed log sent this long ago (0: no bound)")
       ("strict", po::bool_switch(&opts.strict_outputs),
        "release an output only once the replica replayed it and produced the same one (by hash)")
       ("wait-secondary-s", po::value(&wait_s), "how long to wait for a secondary (default: as long as it takes)")
@@ -94,6 +97,7 @@ int PrimaryMain(int argc, char** argv) {
   opts.liveness.failure_timeout_ns = timeout_ms * 1000000;
   opts.streamer.flush_interval_ns = flush_us * 1000;
   opts.streamer.max_unreplayed_bytes = max_lag_kib << 10;
+  opts.streamer.max_lag_ns = max_lag_ms * 1000000;
   if (wait_s >= 0) opts.wait_for_secondary = std::chrono::nanoseconds(int64_t(wait_s * 1e9));
   opts.handshake_timeout = std::chrono::nanoseconds(int64_t(handshake_s * 1e9));
   if (verify_ms == 0 || checkpoint_us == 0) {
