@@ -1,5 +1,7 @@
 #include "eventlog/format.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "common/hex.h"
 #include "eventlog/crc32c.h"
@@ -39,24 +41,19 @@ std::string_view ReadCodeName(ReadCode code) {
     case ReadCode::kDecompress: return "decompression failure";
     case ReadCode::kTrailingData: return "trailing data";
     case ReadCode::kIo: return "I/O error";
+    case ReadCode::kBadVarint: return "bad varint";
   }
   return "?";
 }
 
-void EncodeRecordFrame(RecordType type, uint8_t flags, uint64_t position, std::span<const uint8_t> payload,
-                       uint8_t (&head)[kRecordHeaderBytes], uint8_t (&tail)[kRecordCrcBytes]) {
-  EncodeRecordHeader({static_cast<uint32_t>(payload.size()), static_cast<uint8_t>(type), flags, 0,
-                      position},
-                     head);
-  PutLe32(tail, Crc32c(payload, Crc32c(head)));
-}
-
 void AppendRecord(std::vector<uint8_t>& out, RecordType type, uint8_t flags, uint64_t position,
                   std::span<const uint8_t> payload) {
-  uint8_t head[kRecordHeaderBytes];
+  uint8_t head[kMaxRecordHeaderBytes];
+  const size_t head_bytes = EncodeRecordHeader(
+      {static_cast<uint32_t>(payload.size()), static_cast<uint8_t>(type), flags, position}, head);
   uint8_t tail[kRecordCrcBytes];
-  EncodeRecordFrame(type, flags, position, payload, head, tail);
-  out.insert(out.end(), head, head + sizeof head);
+  PutLe32(tail, Crc32c(payload, Crc32c(std::span<const uint8_t>(head, head_bytes))));
+  out.insert(out.end(), head, head + head_bytes);
   out.insert(out.end(), payload.begin(), payload.end());
   out.insert(out.end(), tail, tail + sizeof tail);
 }
@@ -81,52 +78,101 @@ std::vector<uint8_t> EncodeFileHeader(const LogHeader& header_in) {
   return out;
 }
 
+VarintResult GetVarint(std::span<const uint8_t> in, size_t& at, uint64_t& v, size_t max_bytes) {
+  uint64_t value = 0;
+  for (size_t i = 0; i < std::min(max_bytes, kMaxVarintBytes); ++i) {
+    if (at + i >= in.size()) return VarintResult::kTruncated;
+    const uint8_t b = in[at + i];
+    const unsigned shift = static_cast<unsigned>(7 * i);
+    if (shift == 63 && b > 1) return VarintResult::kTooLong;  // the 10th byte holds bit 63 only
+    value |= uint64_t{b & 0x7fu} << shift;
+    if (b & 0x80) continue;
+    if (b == 0 && i > 0) return VarintResult::kOverlong;
+    v = value;
+    at += i + 1;
+    return VarintResult::kOk;
+  }
+  return VarintResult::kTooLong;
+}
+
 namespace {
 
+// Messages are built only on the error paths: the hot path allocates nothing.
 ReadResult Fail(ReadCode code, uint64_t offset, std::string_view name, const std::string& what) {
   return ReadResult{code, offset, "event log " + std::string(name) + ": " + what};
 }
 
+std::string AtOffset(uint64_t offset) { return " at offset " + std::to_string(offset); }
+
+ReadResult Truncated(uint64_t offset, std::string_view name, size_t have, const std::string& of_what) {
+  return Fail(ReadCode::kTruncated, offset, name,
+              "truncated record" + AtOffset(offset) + " (" + std::to_string(have) + of_what + ")");
+}
+
+// A header varint (`field`, `at` bytes into the record at `offset`) that GetVarint
+// refused. Cut short, the record is truncated; otherwise its header is garbled.
+ReadResult BadVarint(VarintResult r, const char* field, size_t max_bytes, size_t at, size_t have,
+                     uint64_t offset, std::string_view name) {
+  if (r == VarintResult::kTruncated) return Truncated(offset, name, have, " bytes, inside its header");
+  std::string what = r == VarintResult::kOverlong
+                         ? std::string("overlong ") + field + " varint"
+                         : std::string(field) + " varint longer than " + std::to_string(max_bytes) + " bytes" +
+                               (max_bytes == kMaxVarintBytes ? " or above 64 bits" : "");
+  return Fail(ReadCode::kBadVarint, offset, name,
+              "bad record header" + AtOffset(offset) + ": " + what + AtOffset(offset + at));
+}
+
 }  // namespace
+
+ReadResult ParseRecordHeader(std::span<const uint8_t> bytes, uint64_t offset, std::string_view name,
+                             RecordHeader& h, size_t& header_bytes) {
+  size_t at = 0;
+  uint64_t length = 0;
+  if (VarintResult r = GetVarint(bytes, at, length, kMaxLengthVarintBytes); r != VarintResult::kOk)
+    return BadVarint(r, "length", kMaxLengthVarintBytes, 0, bytes.size(), offset, name);
+  if (length > kMaxPayloadBytes) {
+    return Fail(ReadCode::kPayloadTooLarge, offset, name,
+                "payload too large" + AtOffset(offset) + " (" + std::to_string(length) + " bytes, cap " +
+                    std::to_string(kMaxPayloadBytes) + ")");
+  }
+  if (bytes.size() - at < 2) return Truncated(offset, name, bytes.size(), " bytes, inside its header");
+  const uint8_t type = bytes[at];
+  const uint8_t flags = bytes[at + 1];
+  at += 2;
+  const size_t position_at = at;
+  uint64_t position = 0;
+  if (VarintResult r = GetVarint(bytes, at, position); r != VarintResult::kOk)
+    return BadVarint(r, "position", kMaxVarintBytes, position_at, bytes.size(), offset, name);
+  h = RecordHeader{static_cast<uint32_t>(length), type, flags, position};
+  header_bytes = at;
+  return ReadResult{ReadCode::kRecord, offset, {}};
+}
 
 ReadResult ParseRecord(std::span<const uint8_t> bytes, uint64_t offset, std::string_view name,
                        RecordView& out) {
-  // Built only on the error paths: the hot path allocates nothing.
-  auto at = [offset] { return " at offset " + std::to_string(offset); };
-  if (bytes.size() < kRecordHeaderBytes) {
-    return Fail(ReadCode::kTruncated, offset, name,
-                "truncated record" + at() + " (" + std::to_string(bytes.size()) + " of at least " +
-                    std::to_string(kRecordOverhead) + " bytes)");
-  }
-  RecordHeader h = DecodeRecordHeader(bytes.data());
-  if (h.length > kMaxPayloadBytes) {
-    return Fail(ReadCode::kPayloadTooLarge, offset, name,
-                "payload too large" + at() + " (" + std::to_string(h.length) + " bytes, cap " +
-                    std::to_string(kMaxPayloadBytes) + ")");
-  }
-  size_t total = kRecordOverhead + size_t{h.length};
+  RecordHeader h;
+  size_t head = 0;
+  if (ReadResult r = ParseRecordHeader(bytes, offset, name, h, head); r.is_error()) return r;
+  const size_t crc_at = head + size_t{h.length};
+  const size_t total = crc_at + kRecordCrcBytes;
   if (bytes.size() < total) {
-    return Fail(ReadCode::kTruncated, offset, name,
-                "truncated record" + at() + " (" + std::to_string(bytes.size()) + " of " +
-                    std::to_string(total) + " bytes)");
+    return Truncated(offset, name, bytes.size(), " of " + std::to_string(total) + " bytes");
   }
-  size_t crc_at = kRecordHeaderBytes + h.length;
   uint32_t stored = GetLe32(bytes.data() + crc_at);
   uint32_t computed = Crc32c(bytes.first(crc_at));
   if (stored != computed) {
     return Fail(ReadCode::kBadCrc, offset, name,
-                "bad CRC" + at() + " (stored " + Hex(stored) + ", computed " + Hex(computed) + ")");
+                "bad CRC" + AtOffset(offset) + " (stored " + Hex(stored) + ", computed " + Hex(computed) + ")");
   }
   if (!IsKnownRecordType(h.type)) {
     return Fail(ReadCode::kUnknownType, offset, name,
-                "unknown record type " + std::to_string(h.type) + at());
+                "unknown record type " + std::to_string(h.type) + AtOffset(offset));
   }
-  if ((h.flags & ~kKnownFlags) != 0 || h.reserved != 0) {
-    return Fail(ReadCode::kBadFlags, offset, name,
-                "unknown flags " + Hex(h.flags) + " or reserved " + Hex(h.reserved) + at());
+  if ((h.flags & ~kKnownFlags) != 0) {
+    return Fail(ReadCode::kBadFlags, offset, name, "unknown flags " + Hex(h.flags) + AtOffset(offset));
   }
   out.header = h;
-  out.stored_payload = bytes.subspan(kRecordHeaderBytes, h.length);
+  out.stored_payload = bytes.subspan(head, h.length);
   out.encoded_bytes = total;
   return ReadResult{ReadCode::kRecord, offset, {}};
 }

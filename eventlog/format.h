@@ -1,39 +1,50 @@
 // The on-disk (and on-the-wire) layout of an ftvm event log, shared by the recorder,
 // the replayer and the logging channels.
 //
-// File layout (all integers little-endian, whatever the host):
+// File layout (all fixed-size integers little-endian, whatever the host):
 //
 //   offset 0   8 bytes  magic "FTVMLOG\0"
-//          8   u32      format version (kFormatVersion = 3; version 2 logs read too)
+//          8   u32      format version (kFormatVersion = 3; no other version is read)
 //         12   u32      header length L (<= kMaxHeaderBytes)
 //         16   L bytes  LogHeader protobuf (eventlog.proto)
 //       16+L   u32      CRC32C of bytes [8, 16+L): version, length and header bytes
 //       20+L   records, back to back, to the end of the file
 //
-// Record layout (kRecordOverhead = 20 bytes besides the payload):
+// Record layout (kMinRecordOverhead = 8 to kMaxRecordHeaderBytes + kRecordCrcBytes =
+// 20 bytes besides the payload; RecordOverhead() gives a record's exact figure):
 //
-//   +0   u32  payload length N as stored (<= kMaxPayloadBytes)
-//   +4   u8   type (RecordType)
-//   +5   u8   flags; bit 0 (kFlagZstd): payload is one zstd frame; bit 1
-//             (kFlagDelta, Checkpoint records with kFlagZstd only): the frame was
-//             compressed with the previous Checkpoint record's payload as its
-//             prefix; other bits 0
-//   +6   u16  reserved, 0
-//   +8   u64  position: guest-caused exits since the start of the recording; the
-//             event takes effect right after exit number `position`. Positions are
-//             absolute for the whole log and never decrease from one record to the
-//             next (several events may share one position; a checkpoint does not
-//             reset them).
-//   +16  N bytes payload
-//   +16+N u32 CRC32C of bytes [+0, +16+N): fixed header and stored payload
+//   varint   payload length N as stored (<= kMaxPayloadBytes, so 1 to 4 bytes)
+//   u8       type (RecordType)
+//   u8       flags; bit 0 (kFlagZstd): payload is one zstd frame; bit 1
+//            (kFlagDelta, Checkpoint records with kFlagZstd only): the frame was
+//            compressed with the previous Checkpoint record's payload as its
+//            prefix; other bits 0
+//   varint   position (1 to 10 bytes): guest-caused exits since the start of the
+//            recording; the event takes effect right after exit number `position`.
+//            Positions are absolute for the whole log and never decrease from one
+//            record to the next (several events may share one position; a
+//            checkpoint does not reset them).
+//   N bytes  payload
+//   u32      CRC32C of every preceding byte of the record: header and stored payload
 //
-// Why this shape: a 20-byte overhead keeps a clock read at 28 bytes and an interrupt
-// at 21, so non-network logs stay far below 1 Mbit/s and a received packet costs its
-// frame plus 20 bytes. The length comes first so a reader knows how much to fetch
-// after 16 bytes; the CRC comes last so a writer streams a record without seeking
-// back, and a record cut short by a crash is simply missing its CRC. The CRC covers
-// the header too, so a flipped length, type or position is caught like a flipped
-// payload byte. Payload semantics per type are in eventlog/records.h.
+// A varint is unsigned LEB128 (7 bits a byte, low bits first, the top bit set on
+// every byte but the last), and only its shortest encoding is valid: a record's size
+// follows from its length and position, and each record has exactly one encoding.
+//
+// Why this shape: the small records that dominate a log (a clock read, an interrupt,
+// a received packet's framing) are mostly overhead, so the header spends a byte only
+// where a value needs it. A clock read costs 16 bytes at a position below 128 and 18
+// at one below 2^21, an interrupt 10 to 11 there (12 below 2^28), and a received
+// packet its frame plus 10 to 12 (it was a fixed 20: 28 bytes a clock read, 21 an
+// interrupt). The position stays absolute rather than a delta from the previous
+// record, so every record is self-contained: a reader can start at any record
+// boundary (a replica joining a live stream, a log recovered after a crash) and a
+// damaged record cannot shift the positions of the ones after it. The length comes
+// first so a reader knows how much to fetch after at most kMaxRecordHeaderBytes; the
+// CRC comes last so a writer streams a record without seeking back, and a record cut
+// short by a crash is simply missing its CRC. The CRC covers the header too, so a
+// flipped length, type or position is caught like a flipped payload byte. Payload
+// semantics per type are in eventlog/records.h.
 #pragma once
 
 #include <array>
@@ -53,18 +64,23 @@ class LogHeader;  // eventlog/eventlog.pb.h
 inline constexpr std::array<uint8_t, 8> kMagic = {'F', 'T', 'V', 'M', 'L', 'O', 'G', 0};
 // 2: Verify records carry component digests, registers and page hashes; timer,
 // WAIT-result and disk-error records.
+// 3: OutputCheck records, delta-compressed checkpoints, and varint record headers.
+// A reader reads its own version only: version 2 records have another layout.
 inline constexpr uint32_t kFormatVersion = 3;
-// Version 3 added OutputCheck records and delta-compressed checkpoints; a version 2
-// log is a valid version 3 log without them.
-inline constexpr uint32_t kOldestReadableVersion = 2;
 inline constexpr size_t kFileFixedHeaderBytes = 16;  // magic, version, length
 inline constexpr size_t kMaxHeaderBytes = 1 << 20;   // a VM config is a few hundred bytes
-inline constexpr size_t kRecordHeaderBytes = 16;
-inline constexpr size_t kRecordCrcBytes = 4;
-inline constexpr size_t kRecordOverhead = kRecordHeaderBytes + kRecordCrcBytes;
 // Cap on a stored payload and on a decompressed one. It bounds what a corrupt length
 // can make a reader allocate; larger checkpoints are split into several records.
 inline constexpr size_t kMaxPayloadBytes = 64u << 20;
+
+// Record framing (layout above).
+inline constexpr size_t kMaxVarintBytes = 10;       // a u64
+inline constexpr size_t kMaxLengthVarintBytes = 4;  // 28 bits hold any length up to the cap
+static_assert(kMaxPayloadBytes < (uint64_t{1} << (7 * kMaxLengthVarintBytes)));
+inline constexpr size_t kMaxRecordHeaderBytes = kMaxLengthVarintBytes + 2 + kMaxVarintBytes;  // 16
+inline constexpr size_t kMinRecordHeaderBytes = 1 + 2 + 1;
+inline constexpr size_t kRecordCrcBytes = 4;
+inline constexpr size_t kMinRecordOverhead = kMinRecordHeaderBytes + kRecordCrcBytes;  // 8
 
 inline constexpr uint8_t kFlagZstd = 0x01;
 // A guest interrupted by a timer between exits costs a checkpoint per tick, mostly
@@ -133,30 +149,66 @@ inline uint16_t GetLe16(const uint8_t* p) { return detail::Get<uint16_t>(p); }
 inline uint32_t GetLe32(const uint8_t* p) { return detail::Get<uint32_t>(p); }
 inline uint64_t GetLe64(const uint8_t* p) { return detail::Get<uint64_t>(p); }
 
-// The decoded fixed header of a record.
+// --- Varints (unsigned LEB128, shortest form only) ---------------------------------
+
+constexpr size_t VarintBytes(uint64_t v) {
+  size_t n = 1;
+  for (; v >= 0x80; v >>= 7) ++n;
+  return n;
+}
+
+// Writes `v` at `out` (VarintBytes(v) bytes); returns the byte after it.
+inline uint8_t* PutVarint(uint8_t* out, uint64_t v) {
+  for (; v >= 0x80; v >>= 7) *out++ = static_cast<uint8_t>(v | 0x80);
+  *out++ = static_cast<uint8_t>(v);
+  return out;
+}
+
+enum class VarintResult : uint8_t {
+  kOk,
+  kTruncated,  // the input ends before the varint's last byte
+  kOverlong,   // not the shortest encoding of its value (a last byte of 0 after others)
+  kTooLong,    // no last byte within the allowed bytes, or bits beyond 64
+};
+
+// Decodes the varint at in[at], of at most `max_bytes` (<= kMaxVarintBytes) bytes. On
+// kOk sets `v` and moves `at` past the varint; otherwise leaves both alone. Nothing
+// outside `in` is read.
+VarintResult GetVarint(std::span<const uint8_t> in, size_t& at, uint64_t& v,
+                       size_t max_bytes = kMaxVarintBytes);
+
+// --- Records -----------------------------------------------------------------------
+
+// The decoded header of a record.
 struct RecordHeader {
   uint32_t length = 0;  // stored payload bytes
   uint8_t type = 0;
   uint8_t flags = 0;
-  uint16_t reserved = 0;
   uint64_t position = 0;
 };
 
-inline void EncodeRecordHeader(const RecordHeader& h, uint8_t* out /* 16 bytes */) {
-  PutLe32(out, h.length);
-  out[4] = h.type;
-  out[5] = h.flags;
-  PutLe16(out + 6, h.reserved);
-  PutLe64(out + 8, h.position);
+// What a record takes in the log, from the two fields whose varints vary in size.
+constexpr size_t RecordHeaderBytes(size_t payload_bytes, uint64_t position) {
+  return VarintBytes(payload_bytes) + 2 + VarintBytes(position);
 }
-inline RecordHeader DecodeRecordHeader(const uint8_t* in /* 16 bytes */) {
-  return RecordHeader{GetLe32(in), in[4], in[5], GetLe16(in + 6), GetLe64(in + 8)};
+constexpr size_t RecordOverhead(size_t payload_bytes, uint64_t position) {
+  return RecordHeaderBytes(payload_bytes, position) + kRecordCrcBytes;
 }
+constexpr size_t EncodedRecordBytes(size_t payload_bytes, uint64_t position) {
+  return payload_bytes + RecordOverhead(payload_bytes, position);
+}
+static_assert(EncodedRecordBytes(8, 5) == 16, "a clock read early in a log");
+static_assert(EncodedRecordBytes(1, 300) == 10, "an interrupt");
+static_assert(RecordHeaderBytes(kMaxPayloadBytes, UINT64_MAX) == kMaxRecordHeaderBytes);
 
-// The 16-byte header and the 4-byte CRC that frame `payload`: the one place the
-// record framing is computed (AppendRecord and LogWriter's direct writes use it).
-void EncodeRecordFrame(RecordType type, uint8_t flags, uint64_t position, std::span<const uint8_t> payload,
-                       uint8_t (&head)[kRecordHeaderBytes], uint8_t (&tail)[kRecordCrcBytes]);
+// Writes the header of `h` at `out` (room for kMaxRecordHeaderBytes); returns its
+// size, RecordHeaderBytes(h.length, h.position).
+inline size_t EncodeRecordHeader(const RecordHeader& h, uint8_t* out) {
+  uint8_t* p = PutVarint(out, h.length);
+  *p++ = h.type;
+  *p++ = h.flags;
+  return static_cast<size_t>(PutVarint(p, h.position) - out);
+}
 
 // Appends one whole record (header, payload as given, CRC) to `out`. The payload is
 // stored as is: compression, when wanted, is done by the caller (LogWriter) and
@@ -201,12 +253,13 @@ enum class ReadCode : uint8_t {
   kBadCrc,
   kPayloadTooLarge,    // stored or decompressed length above kMaxPayloadBytes
   kUnknownType,
-  kBadFlags,           // unknown flag bits or nonzero reserved field
+  kBadFlags,           // unknown flag bits
   kBadPayload,         // payload size invalid for its type
   kPositionBackwards,
   kDecompress,
   kTrailingData,       // bytes after the End record
   kIo,                 // a read system call failed
+  kBadVarint,          // a header varint overlong, too long or above 64 bits
 };
 std::string_view ReadCodeName(ReadCode code);
 
@@ -227,15 +280,23 @@ struct [[nodiscard]] ReadResult {
 struct RecordView {
   RecordHeader header;
   std::span<const uint8_t> stored_payload;  // compressed if header.flags & kFlagZstd
-  size_t encoded_bytes = 0;                 // kRecordOverhead + payload length
+  size_t encoded_bytes = 0;                 // EncodedRecordBytes(length, position)
 };
 
-// Parses the record at the front of `bytes`, which starts at byte `offset` of the log
-// (used only in messages). Checks, in this order: enough bytes for the fixed header,
-// the length cap, enough bytes for the whole record, the CRC, then type, flags and
-// reserved field. Nothing outside `bytes` is ever read. Returns kRecord with `out`
-// filled, or an error (kTruncated when `bytes` ends inside the record). `name`
-// prefixes messages ("event log <name>: ...").
+// Decodes the header of the record at the front of `bytes`, which starts at byte
+// `offset` of the log (used only in messages): the length varint, the cap on it, type
+// and flags (not checked here), the position varint. Returns kRecord with `h` and
+// `header_bytes` set; kTruncated when `bytes` ends inside the header; kBadVarint for
+// a varint that is overlong or runs past its maximum size; kPayloadTooLarge. A
+// header whose bytes are all there is never reported as truncated. `name` prefixes
+// messages ("event log <name>: ...").
+ReadResult ParseRecordHeader(std::span<const uint8_t> bytes, uint64_t offset, std::string_view name,
+                             RecordHeader& h, size_t& header_bytes);
+
+// Parses the whole record at the front of `bytes`. Checks, in this order: the header
+// (ParseRecordHeader), enough bytes for the whole record, the CRC, then type and
+// flags. Nothing outside `bytes` is ever read. Returns kRecord with `out` filled, or
+// an error (kTruncated when `bytes` ends inside the record).
 ReadResult ParseRecord(std::span<const uint8_t> bytes, uint64_t offset, std::string_view name,
                        RecordView& out);
 

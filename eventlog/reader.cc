@@ -108,9 +108,9 @@ void LogReader::parse_header() {
   // The version is checked before the CRC: a later format may lay the header out
   // differently, and "wrong version" is the useful message then.
   uint32_t version = GetLe32(fixed.data() + 8);
-  if (version < kOldestReadableVersion || version > kFormatVersion) {
-    throw fail("written by format version " + std::to_string(version) + "; this ftvm reads versions " +
-               std::to_string(kOldestReadableVersion) + " to " + std::to_string(kFormatVersion));
+  if (version != kFormatVersion) {
+    throw fail("written by format version " + std::to_string(version) + "; this ftvm reads version " +
+               std::to_string(kFormatVersion));
   }
   uint32_t len = GetLe32(fixed.data() + 12);
   if (len > kMaxHeaderBytes) {
@@ -147,20 +147,28 @@ ReadResult LogReader::next(Record& out) {
                           "event log " + name_ + ": " + what + " at offset " + std::to_string(offset_)};
     return failure_;
   };
+  // Read before the bytes: a stream that finishes after this sent them all already.
+  const bool more_may_come = stream_ && !stream_->finished();
   int err = 0;
-  std::span<const uint8_t> view = fetch(offset_, kRecordHeaderBytes, err);
+  // The header is as long as its varints: fetch the most it can be, or what there is.
+  std::span<const uint8_t> view = fetch(offset_, kMaxRecordHeaderBytes, err);
   if (err) return fail(ReadCode::kIo, std::string("read failed (") + std::strerror(err) + ")");
+  data_end_ = offset_ + view.size();
   if (view.empty()) return ReadResult{ReadCode::kEnd, offset_, {}};
   if (saw_end_) return fail(ReadCode::kTrailingData, "data after the End record");
-  if (view.size() == kRecordHeaderBytes) {
-    uint32_t len = GetLe32(view.data());
-    if (len <= kMaxPayloadBytes) {
-      view = fetch(offset_, kRecordOverhead + len, err);
-      if (err) return fail(ReadCode::kIo, std::string("read failed (") + std::strerror(err) + ")");
-    }
-  }
+  RecordHeader head;
+  size_t head_bytes = 0;
+  ReadResult r = ParseRecordHeader(view, offset_, name_, head, head_bytes);
   RecordView rv;
-  if (ReadResult r = ParseRecord(view, offset_, name_, rv); r.is_error()) {
+  if (r.is_record()) {
+    view = fetch(offset_, head_bytes + head.length + kRecordCrcBytes, err);
+    if (err) return fail(ReadCode::kIo, std::string("read failed (") + std::strerror(err) + ")");
+    data_end_ = offset_ + view.size();
+    r = ParseRecord(view, offset_, name_, rv);
+  }
+  if (r.is_error()) {
+    // A live stream holding part of a record: the rest is on its way.
+    if (r.code == ReadCode::kTruncated && more_may_come) return ReadResult{ReadCode::kEnd, offset_, {}};
     failure_ = std::move(r);
     return failure_;
   }

@@ -38,14 +38,15 @@ struct Record {
 class LogReader {
  public:
   // Throws ftvm::Error naming `path`, e.g. "event log /a.log: not an ftvm event log
-  // (bad magic)" or "... written by format version 2; this ftvm reads version 1".
+  // (bad magic)" or "... written by format version 2; this ftvm reads version 3".
   static LogReader OpenFile(const std::string& path);
   // Reads a log held in memory. `bytes` is borrowed and must outlive the reader.
   // `name` is used in messages.
   static LogReader OpenBuffer(std::span<const uint8_t> bytes, std::string name = "<buffer>");
   // Reads a log as it arrives (the header must be there already). next() returns
-  // kEnd whenever it has read everything received so far; a later call may find
-  // more. Bytes already read are released from the stream.
+  // kEnd whenever it has read every whole record received so far (part of one may
+  // be there too, until the stream finishes); a later call may find more. Bytes
+  // already read are released from the stream.
   static LogReader OpenStream(std::shared_ptr<ByteStream> stream, std::string name);
 
   LogReader(LogReader&&) noexcept;
@@ -69,6 +70,9 @@ class LogReader {
   uint64_t first_record_offset() const { return first_record_offset_; }
   uint64_t offset() const { return offset_; }
   uint64_t records_read() const { return records_read_; }
+  // Where the bytes the last next() looked at end: after kEnd on a live stream, the
+  // next record needs bytes beyond this offset (wait for them there).
+  uint64_t data_end() const { return data_end_; }
   uint64_t last_position() const { return last_position_; }
   bool saw_end_record() const { return saw_end_; }
 
@@ -101,6 +105,7 @@ class LogReader {
   std::unique_ptr<ZSTD_DCtx_s, DctxDeleter> dctx_;
   uint64_t first_record_offset_ = 0;
   uint64_t offset_ = 0;
+  uint64_t data_end_ = 0;
   uint64_t records_read_ = 0;
   uint64_t last_position_ = 0;
   bool saw_end_ = false;

@@ -96,23 +96,13 @@ std::optional<std::span<const uint8_t>> DecodeCheckpoint(std::span<const uint8_t
 
 namespace {
 
-void PutVarint(std::vector<uint8_t>& out, uint64_t v) {
-  while (v >= 0x80) {
-    out.push_back(uint8_t(v | 0x80));
-    v >>= 7;
-  }
-  out.push_back(uint8_t(v));
+void AppendVarint(std::vector<uint8_t>& out, uint64_t v) {
+  uint8_t bytes[kMaxVarintBytes];
+  out.insert(out.end(), bytes, PutVarint(bytes, v));
 }
 
-bool GetVarint(std::span<const uint8_t> in, size_t& at, uint64_t& v) {
-  v = 0;
-  for (unsigned shift = 0; shift < 64; shift += 7) {
-    if (at >= in.size()) return false;
-    const uint8_t b = in[at++];
-    v |= uint64_t(b & 0x7f) << shift;
-    if (!(b & 0x80)) return true;
-  }
-  return false;
+bool ReadVarint(std::span<const uint8_t> in, size_t& at, uint64_t& v) {
+  return GetVarint(in, at, v) == VarintResult::kOk;
 }
 
 }  // namespace
@@ -120,7 +110,8 @@ bool GetVarint(std::span<const uint8_t> in, size_t& at, uint64_t& v) {
 // Layout: digest[32] dirty_pages:u64 devices[32] memory[16] regs_len:u16 regs, then
 // the page list: varint count, and per page varint (page - previous page - 1; the
 // first page itself) and u16 hash. Pages ascend, so gaps are small: ~3 bytes a page,
-// which matters at one Verify every 50 ms.
+// which matters at one Verify every 50 ms. Varints are those of the record header
+// (format.h), shortest form only, so a Verify payload has one encoding.
 std::vector<uint8_t> EncodeVerify(const Verify& v) {
   std::vector<uint8_t> out(kVerifyFixedBytes - 1 + v.regs.size());
   uint8_t* p = out.data();
@@ -132,10 +123,10 @@ std::vector<uint8_t> EncodeVerify(const Verify& v) {
   PutLe16(p, uint16_t(v.regs.size()));
   p += 2;
   std::copy(v.regs.begin(), v.regs.end(), p);
-  PutVarint(out, v.pages.size());
+  AppendVarint(out, v.pages.size());
   uint64_t next = 0;
   for (const PageHash& h : v.pages) {
-    PutVarint(out, h.page - next);  // callers give ascending pages
+    AppendVarint(out, h.page - next);  // callers give ascending pages
     next = uint64_t(h.page) + 1;
     out.push_back(uint8_t(h.hash));
     out.push_back(uint8_t(h.hash >> 8));
@@ -156,12 +147,12 @@ std::optional<Verify> DecodeVerify(std::span<const uint8_t> payload) {
   v.regs.assign(p + at, p + at + regs_len);
   at += regs_len;
   uint64_t count = 0;
-  if (!GetVarint(payload, at, count) || count > (payload.size() - at) / 3) return std::nullopt;
+  if (!ReadVarint(payload, at, count) || count > (payload.size() - at) / 3) return std::nullopt;
   v.pages.resize(count);
   uint64_t next = 0;
   for (PageHash& h : v.pages) {
     uint64_t delta = 0;
-    if (!GetVarint(payload, at, delta) || payload.size() - at < 2) return std::nullopt;
+    if (!ReadVarint(payload, at, delta) || payload.size() - at < 2) return std::nullopt;
     const uint64_t page = next + delta;
     if (page > UINT32_MAX || page < next) return std::nullopt;
     h.page = uint32_t(page);

@@ -56,7 +56,10 @@ void Exercise(std::span<const uint8_t> data) {
       }
       ++records;
       Require(rec.offset + rec.stored_bytes <= data.size(), "record inside the input");
-      Require(rec.stored_bytes >= kRecordOverhead, "record has its overhead");
+      Require(rec.stored_bytes >= RecordOverhead(0, rec.position), "record has its overhead");
+      if (rec.flags == 0)
+        Require(rec.stored_bytes == EncodedRecordBytes(rec.payload.size(), rec.position),
+                "an uncompressed record is as long as its canonical encoding");
       for (uint8_t b : rec.payload) sum += b;
       switch (rec.type) {
         case RecordType::kClockRead: Require(DecodeClockRead(rec.payload).has_value(), "clock"); break;
@@ -111,12 +114,15 @@ void FixCrcs(uint8_t* data, size_t size, bool fix_magic) {
   PutLe32(data + kFileFixedHeaderBytes + len,
           Crc32c(std::span<const uint8_t>(data + 8, 8 + len)));
   uint64_t off = kFileFixedHeaderBytes + len + 4;
-  while (off + kRecordHeaderBytes <= size) {
-    uint64_t plen = GetLe32(data + off);
-    if (plen > kMaxPayloadBytes || off + kRecordOverhead + plen > size) return;
-    PutLe32(data + off + kRecordHeaderBytes + plen,
-            Crc32c(std::span<const uint8_t>(data + off, kRecordHeaderBytes + plen)));
-    off += kRecordOverhead + plen;
+  while (off < size) {
+    const std::span<const uint8_t> rest(data + off, size - off);
+    RecordHeader h;
+    size_t head = 0;
+    if (!ParseRecordHeader(rest, off, "fuzz", h, head).is_record()) return;
+    const size_t crc_at = head + h.length;
+    if (crc_at + kRecordCrcBytes > rest.size()) return;
+    PutLe32(data + off + crc_at, Crc32c(rest.first(crc_at)));
+    off += crc_at + kRecordCrcBytes;
   }
 }
 
@@ -259,9 +265,16 @@ int main(int argc, char** argv) {
           case 2: v.resize(at); break;
           case 3: v.insert(v.begin() + static_cast<long>(at), 1 + rng() % 8, static_cast<uint8_t>(rng())); break;
           case 4: v.erase(v.begin() + static_cast<long>(at), v.begin() + static_cast<long>(std::min(v.size(), at + 1 + rng() % 8))); break;
-          case 5: {  // interesting integers in a length/position field
-            static constexpr uint32_t kValues[] = {0, 1, 0x7fffffff, 0xffffffff, 0x04000000, 0x04000001};
-            if (at + 4 <= v.size()) PutLe32(&v[at], kValues[rng() % 6]);
+          case 5: {  // interesting integers in a length/position field, as varints
+            static constexpr uint64_t kValues[] = {0, 1, 127, 128, 0x7fffffff, 0xffffffff,
+                                                   0x04000000, 0x04000001, UINT64_MAX};
+            const uint64_t value = kValues[rng() % 9];
+            if (rng() % 4 == 0 && at + 2 <= v.size()) {
+              v[at] = 0x80;  // an overlong zero
+              v[at + 1] = 0;
+            } else if (at + VarintBytes(value) <= v.size()) {
+              PutVarint(&v[at], value);
+            }
             break;
           }
           case 6: {  // duplicate a chunk (a record appearing twice)

@@ -41,24 +41,67 @@ std::string OpenError(std::span<const uint8_t> bytes) {
   return "";
 }
 
-TEST(EventLogFormat, RecordOverheadIsTwentyBytes) {
-  EXPECT_EQ(kRecordOverhead, 20u);
+TEST(EventLogFormat, RecordSizesFollowTheVarints) {
+  EXPECT_EQ(kMaxRecordHeaderBytes, 16u);
+  EXPECT_EQ(kMinRecordOverhead, 8u);
   std::vector<uint8_t> out;
+  // length 1 + type 1 + flags 1 + position 1 + payload 8 + CRC 4.
   AppendRecord(out, RecordType::kClockRead, 0, 5, EncodeClockRead(1));
-  EXPECT_EQ(out.size(), 28u);
+  EXPECT_EQ(out.size(), 16u);
+  EXPECT_EQ(out.size(), EncodedRecordBytes(8, 5));
   out.clear();
-  AppendRecord(out, RecordType::kInterrupt, 0, 5, EncodeInterrupt(3));
-  EXPECT_EQ(out.size(), 21u);
+  // length 1 + type 1 + flags 1 + position 2 + payload 1 + CRC 4.
+  AppendRecord(out, RecordType::kInterrupt, 0, 300, EncodeInterrupt(3));
+  EXPECT_EQ(out.size(), 10u);
+  EXPECT_EQ(RecordOverhead(1, 300), 9u);
+  out.clear();
+  const std::vector<uint8_t> frame(1514, 0xee);
+  AppendRecord(out, RecordType::kPacketRx, 0, 1'000'000, frame);
+  EXPECT_EQ(out.size(), frame.size() + 2 + 2 + 3 + 4);
+  EXPECT_EQ(RecordOverhead(kMaxPayloadBytes, UINT64_MAX), kMaxRecordHeaderBytes + kRecordCrcBytes);
 }
 
-TEST(EventLogFormat, LittleEndianLayout) {
+TEST(EventLogFormat, VarintsHaveOneEncoding) {
+  for (uint64_t v : {0ull, 1ull, 127ull, 128ull, 16383ull, 16384ull, (1ull << 28) - 1, 1ull << 63, ~0ull}) {
+    uint8_t buf[kMaxVarintBytes];
+    const size_t n = static_cast<size_t>(PutVarint(buf, v) - buf);
+    EXPECT_EQ(n, VarintBytes(v)) << v;
+    size_t at = 0;
+    uint64_t back = 0;
+    ASSERT_EQ(GetVarint(std::span<const uint8_t>(buf, n), at, back), VarintResult::kOk) << v;
+    EXPECT_EQ(back, v);
+    EXPECT_EQ(at, n);
+    // Every proper prefix is cut short, not wrong.
+    for (size_t cut = 0; cut < n; ++cut) {
+      at = 0;
+      EXPECT_EQ(GetVarint(std::span<const uint8_t>(buf, cut), at, back), VarintResult::kTruncated) << v;
+    }
+  }
+  EXPECT_EQ(VarintBytes(127), 1u);
+  EXPECT_EQ(VarintBytes(128), 2u);
+  EXPECT_EQ(VarintBytes(~0ull), kMaxVarintBytes);
+  auto get = [](std::vector<uint8_t> bytes, size_t max = kMaxVarintBytes) {
+    size_t at = 0;
+    uint64_t v = 0;
+    return GetVarint(bytes, at, v, max);
+  };
+  EXPECT_EQ(get({0x80, 0x00}), VarintResult::kOverlong);      // 0 in two bytes
+  EXPECT_EQ(get({0x85, 0x80, 0x00}), VarintResult::kOverlong);  // 5 in three
+  EXPECT_EQ(get({0x80, 0x80, 0x80, 0x80, 0x01}, 4), VarintResult::kTooLong);
+  EXPECT_EQ(get({0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02}), VarintResult::kTooLong);
+  EXPECT_EQ(get(std::vector<uint8_t>(11, 0x80)), VarintResult::kTooLong);
+}
+
+TEST(EventLogFormat, ByteLayout) {
   std::vector<uint8_t> out;
   AppendRecord(out, RecordType::kClockRead, 0, 0x0102030405060708ull,
                EncodeClockRead(0xa1a2a3a4a5a6a7a8ull));
-  const std::vector<uint8_t> head = {8, 0, 0, 0, 1, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1,
-                                     0xa8, 0xa7, 0xa6, 0xa5, 0xa4, 0xa3, 0xa2, 0xa1};
-  EXPECT_EQ(std::vector<uint8_t>(out.begin(), out.begin() + 24), head);
-  EXPECT_EQ(GetLe32(&out[24]), Crc32c(std::span<const uint8_t>(out).first(24)));
+  const std::vector<uint8_t> want = {8, 1, 0,                                            // length, type, flags
+                                     0x88, 0x8e, 0x98, 0xa8, 0xc0, 0xe0, 0x80, 0x81, 0x01,  // position
+                                     0xa8, 0xa7, 0xa6, 0xa5, 0xa4, 0xa3, 0xa2, 0xa1};     // payload
+  ASSERT_EQ(out.size(), want.size() + kRecordCrcBytes);
+  EXPECT_EQ(std::vector<uint8_t>(out.begin(), out.begin() + long(want.size())), want);
+  EXPECT_EQ(GetLe32(&out[want.size()]), Crc32c(std::span<const uint8_t>(out).first(want.size())));
 }
 
 TEST(EventLogFormat, EveryRecordTypeRoundTrips) {
@@ -137,8 +180,10 @@ TEST(EventLogFormat, RejectsWrongVersion) {
   std::vector<uint8_t> log = SmallLog();
   PutLe32(&log[8], kFormatVersion + 1);
   EXPECT_THAT(OpenError(log), HasSubstr("written by format version " + std::to_string(kFormatVersion + 1) +
-                                        "; this ftvm reads versions 2 to " + std::to_string(kFormatVersion)));
-  // A log of the previous format (no structured Verify records) is refused too.
+                                        "; this ftvm reads version " + std::to_string(kFormatVersion)));
+  // Logs of the previous formats (fixed 16-byte record headers) are refused too.
+  PutLe32(&log[8], 2);
+  EXPECT_THAT(OpenError(log), HasSubstr("written by format version 2; this ftvm reads version 3"));
   PutLe32(&log[8], 1);
   EXPECT_THAT(OpenError(log), HasSubstr("written by format version 1"));
 }
@@ -196,11 +241,11 @@ TEST(EventLogFormat, TruncationAtEveryOffsetIsReportedWithItsOffset) {
       ASSERT_EQ(res.code, ReadCode::kTruncated) << "len " << len << ": " << res.message;
       EXPECT_EQ(res.offset, boundary);
       const uint64_t have = len - boundary;
+      // SmallLog's positions and lengths are below 128: 4-byte headers.
       const std::string want =
           "truncated record at offset " + std::to_string(boundary) + " (" + std::to_string(have) +
-          (have < kRecordHeaderBytes
-               ? " of at least 20 bytes)"
-               : " of " + std::to_string(offsets[k + 1] - boundary) + " bytes)");
+          (have < 4 ? " bytes, inside its header)"
+                    : " of " + std::to_string(offsets[k + 1] - boundary) + " bytes)");
       EXPECT_THAT(res.message, HasSubstr(want)) << "len " << len;
     }
     Recovery rec = RecoverTruncatedTail(cut);
@@ -273,7 +318,7 @@ TEST(EventLogFormat, InvalidRecordsAreNamedWithTheirOffset) {
     EXPECT_EQ(recs.size(), 1u) << what;
     EXPECT_EQ(res.code, code) << what << ": " << res.message;
     EXPECT_EQ(res.offset, at) << what;
-    if (auto p = want.find('@'); p != std::string::npos) want.replace(p, 1, std::to_string(at));
+    for (size_t p; (p = want.find('@')) != std::string::npos;) want.replace(p, 1, std::to_string(at));
     EXPECT_THAT(res.message, HasSubstr(want)) << what;
   };
   const uint8_t one[1] = {7};
@@ -294,9 +339,9 @@ TEST(EventLogFormat, InvalidRecordsAreNamedWithTheirOffset) {
         ReadCode::kDecompress, "not a zstd frame at offset @");
   check("payload too large",
         [&](auto& log) {
-          uint8_t head[kRecordHeaderBytes];
-          EncodeRecordHeader({uint32_t(kMaxPayloadBytes + 1), 6, 0, 0, 2}, head);
-          log.insert(log.end(), head, head + sizeof head);
+          uint8_t head[kMaxRecordHeaderBytes];
+          const size_t n = EncodeRecordHeader({uint32_t(kMaxPayloadBytes + 1), 6, 0, 2}, head);
+          log.insert(log.end(), head, head + n);
         },
         ReadCode::kPayloadTooLarge, "payload too large at offset @ (67108865 bytes, cap 67108864)");
   check("bad crc",
@@ -305,6 +350,101 @@ TEST(EventLogFormat, InvalidRecordsAreNamedWithTheirOffset) {
           log.back() ^= 1;
         },
         ReadCode::kBadCrc, "bad CRC at offset @ (stored 0x");
+  // Garbled length varints with every byte present: errors naming the varint's
+  // offset (the record's), never "truncated".
+  auto raw = [](std::vector<uint8_t> bytes) {
+    return [bytes](auto& log) {
+      log.insert(log.end(), bytes.begin(), bytes.end());
+      log.insert(log.end(), 32, 0);  // enough for any record these headers announce
+    };
+  };
+  check("overlong length", raw({0x81, 0x00, 5, 0, 2, 7}), ReadCode::kBadVarint,
+        "bad record header at offset @: overlong length varint at offset @");
+  check("length longer than 4 bytes", raw({0x80, 0x80, 0x80, 0x80, 0x01, 5, 0, 2}), ReadCode::kBadVarint,
+        "bad record header at offset @: length varint longer than 4 bytes at offset @");
+  check("length 4 bytes over the cap", raw({0xff, 0xff, 0xff, 0x7f, 5, 0, 2}), ReadCode::kPayloadTooLarge,
+        "payload too large at offset @ (268435455 bytes, cap 67108864)");
+}
+
+// The position varint's errors name its own offset: the record's plus 3.
+TEST(EventLogFormat, BadPositionVarintsNameTheirOffset) {
+  auto check = [](std::vector<uint8_t> position, const std::string& what) {
+    std::vector<uint8_t> log = EncodeFileHeader(SampleHeader());
+    AppendRecord(log, RecordType::kClockRead, 0, 1, EncodeClockRead(1));
+    const uint64_t at = log.size();
+    const uint8_t head[] = {1, static_cast<uint8_t>(RecordType::kInterrupt), 0};
+    log.insert(log.end(), head, head + 3);
+    log.insert(log.end(), position.begin(), position.end());
+    log.insert(log.end(), 16, 0);
+    LogReader r = LogReader::OpenBuffer(log);
+    std::vector<Record> recs;
+    ReadResult res = ReadAll(r, &recs);
+    EXPECT_EQ(recs.size(), 1u) << what;
+    EXPECT_EQ(res.code, ReadCode::kBadVarint) << res.message;
+    EXPECT_EQ(res.offset, at);
+    EXPECT_THAT(res.message, HasSubstr("bad record header at offset " + std::to_string(at) + ": " + what +
+                                       " at offset " + std::to_string(at + 3)));
+  };
+  check({0x82, 0x80, 0x00}, "overlong position varint");
+  check(std::vector<uint8_t>(10, 0x80), "position varint longer than 10 bytes or above 64 bits");
+  check({0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x03},
+        "position varint longer than 10 bytes or above 64 bits");
+}
+
+// A record with 2-byte length and position varints cut at every byte: inside the
+// length, between type and flags, inside the position, the payload and the CRC.
+TEST(EventLogFormat, ACutInsideAnyFieldIsTruncation) {
+  std::vector<uint8_t> log = EncodeFileHeader(SampleHeader());
+  const uint64_t at = log.size();
+  const std::vector<uint8_t> frame(200, 0x42);
+  AppendRecord(log, RecordType::kPacketRx, 0, 1000, frame);
+  ASSERT_EQ(log.size() - at, 2 + 2 + 2 + frame.size() + 4);
+  for (size_t have = 1; have < log.size() - at; ++have) {
+    std::span<const uint8_t> cut(log.data(), at + have);
+    LogReader r = LogReader::OpenBuffer(cut);
+    ReadResult res = ReadAll(r);
+    ASSERT_EQ(res.code, ReadCode::kTruncated) << have << ": " << res.message;
+    EXPECT_EQ(res.offset, at);
+    EXPECT_THAT(res.message, HasSubstr("truncated record at offset " + std::to_string(at) + " (" +
+                                       std::to_string(have) +
+                                       (have < 6 ? " bytes, inside its header)" : " of 210 bytes)")));
+    EXPECT_EQ(RecoverTruncatedTail(cut).valid_bytes, at);
+  }
+}
+
+// A live stream that holds part of a record has not failed: the rest is on its way.
+// Once the stream has finished, the same bytes are a truncated record.
+TEST(EventLogFormat, StreamWithPartOfARecordWaitsForTheRest) {
+  std::vector<uint8_t> log = EncodeFileHeader(SampleHeader());
+  AppendRecord(log, RecordType::kInterrupt, 0, 300, EncodeInterrupt(9));
+  const size_t first_end = log.size();
+  AppendRecord(log, RecordType::kClockRead, 0, 70000, EncodeClockRead(5));
+  for (size_t split : {first_end + 1, first_end + 4, first_end + 8}) {
+    auto stream = std::make_shared<ByteStream>();
+    stream->append(std::span<const uint8_t>(log).first(split));
+    LogReader r = LogReader::OpenStream(stream, "stream");
+    Record rec;
+    ASSERT_TRUE(r.next(rec).is_record());
+    EXPECT_EQ(rec.stored_bytes, 10u);
+    ReadResult res = r.next(rec);
+    ASSERT_TRUE(res.is_end()) << split << ": " << res.message;
+    EXPECT_EQ(r.offset(), first_end);
+    EXPECT_EQ(r.data_end(), split) << "a waiter waits for bytes beyond what is there";
+    stream->append(std::span<const uint8_t>(log).subspan(split));
+    ASSERT_TRUE(r.next(rec).is_record()) << split;
+    EXPECT_EQ(rec.position, 70000u);
+    EXPECT_EQ(DecodeClockRead(rec.payload), 5u);
+    EXPECT_TRUE(r.next(rec).is_end());
+  }
+  auto stream = std::make_shared<ByteStream>();
+  stream->append(std::span<const uint8_t>(log).first(first_end + 2));
+  stream->finish("test");
+  LogReader r = LogReader::OpenStream(stream, "stream");
+  Record rec;
+  ASSERT_TRUE(r.next(rec).is_record());
+  ReadResult res = r.next(rec);
+  EXPECT_EQ(res.code, ReadCode::kTruncated) << res.message;
+  EXPECT_EQ(res.offset, first_end);
 }
 
 TEST(EventLogFormat, DataAfterTheEndRecordIsRejected) {

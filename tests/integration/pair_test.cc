@@ -303,11 +303,16 @@ TEST_F(SecondaryWithBadPeer, DamagedRecordInTheStreamIsNeverReplayedOrTakenOver)
   replication::HelloReply hr;
   ASSERT_TRUE(hr.ParseFromArray(reply.payload().data(), int(reply.size())));
   ASSERT_TRUE(hr.accepted()) << hr.reason();
-  // The records as the primary sent them, one byte flipped inside the third one.
+  // The records as the primary sent them, one byte flipped inside the third one (in
+  // its CRC: any other byte could make its header unreadable rather than wrong).
+  std::vector<uint8_t> whole = header;
+  whole.insert(whole.end(), records.begin(), records.end());
+  eventlog::LogReader reader = eventlog::LogReader::OpenBuffer(whole);
+  eventlog::Record rec;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(reader.next(rec).is_record());
+  const size_t third = rec.offset - header.size();
   std::vector<uint8_t> damaged = records;
-  size_t third = 0;
-  for (int i = 0; i < 2; ++i) third += 20 + eventlog::GetLe32(damaged.data() + third);
-  damaged[third + 12] ^= 0x10;
+  damaged[third + rec.stored_bytes - 1] ^= 0x10;
   auto head = replication::EncodeLogDataHeader({header.size(), 1u << 30});
   const std::span<const uint8_t> parts[] = {head, damaged};
   ASSERT_TRUE(ch->send(replication::kLogData, parts, seconds(5)).ok());

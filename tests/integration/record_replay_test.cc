@@ -231,11 +231,15 @@ uint64_t TamperRecord(const std::string& path, eventlog::RecordType type, int nt
     std::vector<uint8_t> bytes(rec.stored_bytes);
     int fd = open(path.c_str(), O_RDWR);
     EXPECT_EQ(pread(fd, bytes.data(), bytes.size(), off_t(rec.offset)), ssize_t(bytes.size()));
-    std::vector<uint8_t> payload(bytes.begin() + eventlog::kRecordHeaderBytes, bytes.end() - eventlog::kRecordCrcBytes);
+    // Uncompressed, the stored payload is rec.payload: the header is as long as the
+    // varints of its size and the position.
+    const size_t head = eventlog::RecordHeaderBytes(rec.payload.size(), rec.position);
+    const size_t crc_at = bytes.size() - eventlog::kRecordCrcBytes;
+    EXPECT_EQ(head + rec.payload.size(), crc_at);
+    std::vector<uint8_t> payload(bytes.begin() + long(head), bytes.begin() + long(crc_at));
     change(payload);
-    std::copy(payload.begin(), payload.end(), bytes.begin() + eventlog::kRecordHeaderBytes);
-    uint32_t crc = eventlog::Crc32c({bytes.data(), bytes.size() - eventlog::kRecordCrcBytes});
-    eventlog::PutLe32(bytes.data() + bytes.size() - eventlog::kRecordCrcBytes, crc);
+    std::copy(payload.begin(), payload.end(), bytes.begin() + long(head));
+    eventlog::PutLe32(bytes.data() + crc_at, eventlog::Crc32c({bytes.data(), crc_at}));
     EXPECT_EQ(pwrite(fd, bytes.data(), bytes.size(), off_t(rec.offset)), ssize_t(bytes.size()));
     close(fd);
     return rec.position;
@@ -300,11 +304,14 @@ TEST(RecordReplay, FlippedByteIsABadCrcAtItsOffset) {
   eventlog::Record r;
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(reader.next(r).is_record());
   const uint64_t offset = r.offset;
+  // The record's last byte (its CRC): records are as short as 8 bytes, and a header
+  // byte could make the header unreadable rather than the CRC wrong.
+  const off_t at = off_t(offset + r.stored_bytes - 1);
   int fd = open(rec.log.c_str(), O_RDWR);
   uint8_t b = 0;
-  ASSERT_EQ(pread(fd, &b, 1, off_t(offset + 10)), 1);
+  ASSERT_EQ(pread(fd, &b, 1, at), 1);
   b ^= 0x40;
-  ASSERT_EQ(pwrite(fd, &b, 1, off_t(offset + 10)), 1);
+  ASSERT_EQ(pwrite(fd, &b, 1, at), 1);
   close(fd);
   Replay rp = ReplayLog(rec.log);
   EXPECT_EQ(rp.result.exit_code, 125) << rp.result.out << rp.result.err;
