@@ -184,6 +184,10 @@ class EmulatedBackend final : public CpuBackend {
     // this build wrote: copying it whole keeps the allocation's bookkeeping right.
     std::memcpy(static_cast<void*>(ctx.get()), state.data() + kStateMagic.size(), size);
     Check(uc_context_restore(uc_, ctx.get()), "restoring the CPU context");
+    // The restored memory may hold other page tables than the ones the software
+    // TLB caches: writing CR3 flushes it (cpu_x86_update_cr3). Refills set no new
+    // Accessed bits where the recorded guest had been, so replay stays exact.
+    WriteReg(UC_X86_REG_CR3, ReadReg(UC_X86_REG_CR3));
     rip_ = ReadReg(UC_X86_REG_RIP);
     pending_exception_ = -1;
     halted_ = false;
