@@ -1,6 +1,7 @@
 #include "primary/log_header.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -45,7 +46,7 @@ std::string FileDigest(const std::string& path, uint64_t* size) {
   return std::string(reinterpret_cast<const char*>(c.digest), sizeof c.digest);
 }
 
-eventlog::VmConfig DescribeVm(const vmm::VmConfig& c, std::string_view backend_name) {
+eventlog::VmConfig DescribeVm(const vmm::VmConfig& c, std::string_view backend_name, bool disk_digest) {
   eventlog::VmConfig vm;
   vm.set_app(c.app);
   for (const std::string& a : c.app_args) vm.add_app_args(a);
@@ -60,7 +61,13 @@ eventlog::VmConfig DescribeVm(const vmm::VmConfig& c, std::string_view backend_n
   if (!c.disk.empty()) {
     vm.set_disk_serial(c.disk_serial.empty() ? vmm::VirtioBlk::DefaultSerial(c.disk) : c.disk_serial);
     uint64_t bytes = 0;
-    vm.set_disk_digest(FileDigest(c.disk, &bytes));
+    if (disk_digest) {
+      vm.set_disk_digest(FileDigest(c.disk, &bytes));
+    } else {
+      struct stat st {};
+      if (stat(c.disk.c_str(), &st) != 0) throw SysError("disk image " + c.disk);
+      bytes = uint64_t(st.st_size);
+    }
     vm.set_disk_bytes(bytes);
   }
   return vm;

@@ -13,9 +13,11 @@
 namespace ftvm::primary {
 
 // The header's description of `config` running on backend `backend_name`,
-// including the SHA-256 of the guest image and the XXH3-128 of the disk image.
-// Throws ftvm::Error naming a file that cannot be read.
-eventlog::VmConfig DescribeVm(const vmm::VmConfig& config, std::string_view backend_name);
+// including the SHA-256 of the guest image and the XXH3-128 of the disk image
+// (unless `disk_digest` is false: a disk copied live is checked by its transfer,
+// and hashing all of it would lengthen the pause). Throws ftvm::Error naming a file
+// that cannot be read.
+eventlog::VmConfig DescribeVm(const vmm::VmConfig& config, std::string_view backend_name, bool disk_digest = true);
 // The guest image's SHA-256 (32 bytes) as stored in the header.
 std::string ImageDigest(const std::string& path);
 // XXH3-128 of a whole file, 16 bytes; `size` receives its length.

@@ -1,15 +1,15 @@
 #include "primary/protected_primary.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <optional>
 
 #include "common/error.h"
-#include "common/unique_fd.h"
 #include "common/log.h"
 #include "failover/witness.h"
 #include "eventlog/format.h"
+#include "primary/log_header.h"
 #include "primary/protocol.h"
 
 #ifndef FTVM_VERSION
@@ -85,6 +85,7 @@ ProtectedPrimary::~ProtectedPrimary() {
   if (channel_) channel_->close();
   if (monitor_.joinable()) monitor_.join();
   if (acceptor_.joinable()) acceptor_.join();
+  if (handover_.joinable()) handover_.join();
 }
 
 void ProtectedPrimary::SetProtection(Protection p, const std::string& event) {
@@ -173,7 +174,7 @@ void ProtectedPrimary::serve_reprotection() {
 
 void ProtectedPrimary::AcceptLoop() {
   while (!stopping_) {
-    if (protected_ || lost_ && report().protection == Protection::kStoppedForPeer) {
+    if (protected_ || (lost_ && report().protection == Protection::kStoppedForPeer)) {
       usleep(50000);
       continue;
     }
@@ -185,67 +186,80 @@ void ProtectedPrimary::AcceptLoop() {
       usleep(200000);
       continue;
     }
-    if (ch && !stopping_) AttachWithSnapshot(std::move(ch));
+    if (ch && !stopping_) AttachLive(std::move(ch));
   }
 }
 
-bool ProtectedPrimary::AttachWithSnapshot(std::unique_ptr<transport::Channel> channel) {
-  std::string why, name;
-  std::unique_ptr<LogStreamer> streamer;
+namespace {
+
+// The running VM as a live copy sees it: the recorder runs tasks at its boundaries
+// and notes the pages it writes; the machine notes disk writes.
+class RecordingVm final : public migration::RunningVm {
+ public:
+  RecordingVm(vmm::Machine& m, Recorder& r) : m_(m), r_(r) {}
+  vmm::GuestMemory& memory() override { return m_.memory(); }
+  const std::string& disk_path() const override { return m_.config().disk; }
+  bool at_boundary(const std::function<void()>& task) override {
+    m_.notify_host_event();  // a VM idle in WAIT reaches a boundary now
+    return r_.run_at_boundary(task);
+  }
+  void start_write_tracking(vmm::PageBitmap* disk_blocks) override {
+    r_.start_write_tracking();
+    m_.track_disk_writes(disk_blocks);
+  }
+  vmm::PageBitmap take_written_pages() override { return r_.take_written_pages(); }
+  void stop_write_tracking() override {
+    r_.stop_write_tracking();
+    m_.track_disk_writes(nullptr);
+  }
+  void set_throttle_percent(unsigned percent) override { r_.set_throttle_percent(percent); }
+
+ private:
+  vmm::Machine& m_;
+  Recorder& r_;
+};
+
+}  // namespace
+
+bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
   const uint64_t t0 = clock_.monotonic_ns();
-  uint64_t disk_bytes = 0, sent_bytes = 0, position = 0;
-  // On the vCPU thread, at a boundary: the VM stays paused while the secondary
-  // receives the disk and the checkpoint, so both describe the same instant.
+  const std::string peer = channel->peer();
+  auto failed = [&](const std::string& why) {
+    log::error("primary.reprotection_failed", {{"peer", peer}, {"reason", why}});
+    return false;
+  };
+  std::string why, name;
+  RecordingVm vm(*m_, *recorder_);
+  std::optional<migration::PrecopySender> sender;
+  try {
+    // The hello describes the VM; the header of the log that continues it comes
+    // with the state, from the pause.
+    eventlog::LogHeader described = recorder_->header();
+    *described.mutable_vm() = DescribeVm(m_->config(), m_->backend_name(), false);
+    if (why = Handshake(*channel, eventlog::EncodeFileHeader(described), true, &name); !why.empty())
+      return failed(why);
+    sender.emplace(vm, *channel, clock_, options_.precopy);
+    log::info("primary.copying_state", {{"secondary", name}, {"peer", peer}});
+    if (why = sender->copy_while_running(); !why.empty()) return failed(why);
+  } catch (const Error& e) {
+    return failed(e.what());
+  }
+  uint64_t position = 0, pause_ns = 0, snapshot_ns = 0;
+  // On the vCPU thread, at a boundary: the VM pauses while the rest of the state
+  // goes out, so the checkpoint and the log's header describe the same instant.
   auto task = [&] {
-    Recorder::SnapshotStart snap = recorder_->snapshot_start();
+    const uint64_t p0 = clock_.monotonic_ns();
+    vmm::PageBitmap final_pages;
+    if (why = sender->finish_at_boundary(final_pages); !why.empty()) return;
+    const uint64_t p1 = clock_.monotonic_ns();
+    Recorder::SnapshotStart snap = recorder_->snapshot_start(&final_pages);
+    snapshot_ns = clock_.monotonic_ns() - p1;
     position = snap.header.start_position();
     const std::vector<uint8_t> header = eventlog::EncodeFileHeader(snap.header);
-    if (why = Handshake(*channel, header, true, &name); !why.empty()) return;
-    const std::string& disk = m_->config().disk;
-    if (!disk.empty()) {
-      UniqueFd fd(open(disk.c_str(), O_RDONLY | O_CLOEXEC));
-      if (!fd) {
-        why = "reading the disk " + disk + " for the new secondary: " + strerror(errno);
-        return;
-      }
-      // Only the extents that hold data: images are sparse, and the receiver starts
-      // from a file of the right size full of holes (zeros).
-      const off_t end = lseek(fd.get(), 0, SEEK_END);
-      std::vector<uint8_t> buf(4u << 20);
-      off_t at = 0;
-      while (at < end) {
-        off_t data = lseek(fd.get(), at, SEEK_DATA);
-        if (data < 0) break;  // ENXIO: only a hole is left
-        off_t hole = lseek(fd.get(), data, SEEK_HOLE);
-        if (hole < 0) hole = end;
-        for (off_t off = data; off < hole;) {
-          const size_t want = size_t(std::min<off_t>(hole - off, off_t(buf.size() - 8)));
-          ssize_t n = pread(fd.get(), buf.data() + 8, want, off);
-          if (n < 0 && errno == EINTR) continue;
-          if (n <= 0) {
-            why = "reading the disk " + disk + ": " + (n < 0 ? strerror(errno) : "unexpected end");
-            return;
-          }
-          eventlog::PutLe64(buf.data(), uint64_t(off));
-          transport::SendResult s = channel->send(
-              replication::kDiskData, std::span<const uint8_t>(buf.data(), size_t(n) + 8), options_.handshake_timeout);
-          if (!s.ok()) {
-            why = "sending the disk: " + s.message;
-            return;
-          }
-          off += n;
-          sent_bytes += uint64_t(n);
-        }
-        at = hole;
-      }
-      disk_bytes = uint64_t(end);
-      auto size = replication::EncodeHeartbeat(disk_bytes);  // one u64
-      if (transport::SendResult s = channel->send(replication::kDiskDone, size, options_.handshake_timeout); !s.ok()) {
-        why = "sending the disk: " + s.message;
-        return;
-      }
-    }
-    streamer = std::make_unique<LogStreamer>(*channel, header.size(), clock_, options_.streamer);
+    migration::StateManifest manifest;
+    manifest.set_log_header(header.data(), header.size());
+    if (why = sender->send_manifest(std::move(manifest)); !why.empty()) return;
+    auto streamer = std::make_unique<LogStreamer>(*channel, header.size(), clock_, options_.streamer);
     for (const std::string& part : snap.checkpoint_parts) {
       eventlog::Status s = streamer->append(eventlog::RecordType::kCheckpoint, position,
                                             {reinterpret_cast<const uint8_t*>(part.data()), part.size()}, true);
@@ -258,19 +272,29 @@ bool ProtectedPrimary::AttachWithSnapshot(std::unique_ptr<transport::Channel> ch
     recorder_->attach(streamer.get());
     // Here, on the vCPU thread, which reads channel_ and streamer_ (output marks).
     StartProtection(std::move(channel), std::move(streamer), name, false);
+    pause_ns = clock_.monotonic_ns() - p0;
   };
-  m_->notify_host_event();  // a VM idle in WAIT reaches a boundary now
+  m_->notify_host_event();
   if (!recorder_->run_at_boundary(task)) return false;
   if (!why.empty()) {
-    log::error("primary.reprotection_failed", {{"peer", channel ? channel->peer() : "?"}, {"reason", why}});
     gate_->open();
-    return false;
+    return failed(why);
   }
   monitor_ = std::thread([this] { MonitorLoop(); });
+  const migration::PrecopyStats& st = sender->stats();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    report_.last_attach = st;
+    report_.last_attach_pause_ns = pause_ns;
+  }
   log::info("primary.reprotected", {{"position", position},
-                                    {"disk_mib", disk_bytes >> 20},
-                                    {"disk_data_kib", sent_bytes >> 10},
-                                    {"paused_ms", (clock_.monotonic_ns() - t0) / 1000000}});
+                                    {"rounds", st.rounds},
+                                    {"sent_mib", double(st.bytes_sent) / double(1u << 20)},
+                                    {"final_pages", st.final_pages},
+                                    {"final_disk_kib", st.final_disk_bytes >> 10},
+                                    {"paused_ms", double(pause_ns) / 1e6},
+                                    {"of_which_checkpoint_ms", double(snapshot_ns) / 1e6},
+                                    {"total_ms", (clock_.monotonic_ns() - t0) / 1000000}});
   return true;
 }
 
@@ -280,6 +304,7 @@ int ProtectedPrimary::run() {
   stopping_ = true;
   if (monitor_.joinable()) monitor_.join();
   if (acceptor_.joinable()) acceptor_.join();
+  if (handover_.joinable()) handover_.join();
   if (channel_) channel_->close();
   return code;
 }
@@ -287,6 +312,58 @@ int ProtectedPrimary::run() {
 void ProtectedPrimary::stop() {
   stopping_ = true;
   m_->stop();
+}
+
+void ProtectedPrimary::HandOver() {
+  const uint64_t t0 = clock_.monotonic_ns();
+  log::info("primary.handover_requested", {{"peer", channel_->peer()}});
+  const uint64_t limit = uint64_t(options_.handover_timeout.count());
+  auto wait_for = [&](const auto& done) {
+    const uint64_t start = clock_.monotonic_ns();
+    while (!done() && !lost_ && !stopping_ && clock_.monotonic_ns() - start < limit) usleep(200);
+    return done();
+  };
+  std::string failed;
+  uint64_t paused_at = 0;
+  // On the vCPU thread: the VM stays paused until the secondary runs it, or is lost.
+  auto task = [&] {
+    paused_at = clock_.monotonic_ns();
+    if (eventlog::Status s = streamer_->flush(); !s.ok()) {
+      failed = "flushing the log: " + s.message();
+      return;
+    }
+    const uint64_t end = streamer_->size();
+    // Everything acknowledged: every held output has gone out.
+    if (!wait_for([&] { return acked_offset_.load(std::memory_order_acquire) >= end; })) {
+      if (!lost_) {
+        // A secondary that asked for the VM and cannot keep up ends the pairing.
+        failed = "the secondary did not acknowledge the whole log in time";
+        channel_->close();
+      }
+      return;
+    }
+    auto at = replication::EncodeHeartbeat(m_->position());
+    if (transport::SendResult s = channel_->send(replication::kHandover, at, std::chrono::seconds(1)); !s.ok()) {
+      failed = "sending the handover: " + s.message;
+      return;
+    }
+    if (wait_for([&] { return handed_over_.load(); })) {
+      SetProtection(Protection::kStoppedForPeer, "handed the VM over to the secondary at " + channel_->peer());
+      m_->stop();
+      return;
+    }
+    // No word from the secondary: it may or may not have claimed the VM. Treat it
+    // as lost; the arbiter decides who runs the VM.
+    if (!lost_) channel_->close();
+  };
+  if (!recorder_->run_at_boundary(task)) return;
+  if (handed_over_) {
+    log::info("primary.handed_over", {{"position", m_->position()},
+                                      {"paused_ms", double(clock_.monotonic_ns() - paused_at) / 1e6},
+                                      {"total_ms", (clock_.monotonic_ns() - t0) / 1000000}});
+  } else {
+    log::error("primary.handover_failed", {{"reason", failed.empty() ? "the secondary was lost" : failed}});
+  }
 }
 
 void ProtectedPrimary::MonitorLoop() {
@@ -300,8 +377,14 @@ void ProtectedPrimary::MonitorLoop() {
       if (msg.type() == replication::kAck) {
         if (std::optional<replication::Ack> a = replication::DecodeAck(msg.payload())) {
           streamer_->acknowledged(a->received_offset, a->replayed_offset);
-          gate_->acknowledged(options_.strict_outputs ? a->replayed_offset : a->received_offset);
+          const uint64_t acked = options_.strict_outputs ? a->replayed_offset : a->received_offset;
+          gate_->acknowledged(acked);
+          acked_offset_.store(acked, std::memory_order_release);
         }
+      } else if (msg.type() == replication::kHandoverRequest) {
+        if (!handover_.joinable()) handover_ = std::thread([this] { HandOver(); });
+      } else if (msg.type() == replication::kHandoverDone) {
+        handed_over_ = true;
       } else if (msg.type() != replication::kHeartbeat) {
         log::warn("primary.unexpected_message", {{"type", int(msg.type())}});
       }
@@ -313,8 +396,9 @@ void ProtectedPrimary::MonitorLoop() {
         return;
       }
     } else {
-      // After the End record, the secondary finishes and closes: not a loss.
-      if (stopping_ || recorder_->log_ended()) return;
+      // After the End record, the secondary finishes and closes: not a loss; nor
+      // after it took the VM over.
+      if (stopping_ || recorder_->log_ended() || handed_over_) return;
       SecondaryLost(r.message, false);
       return;
     }

@@ -9,8 +9,8 @@
 //
 // A replica that took over becomes a ProtectedPrimary too (the second constructor):
 // unprotected at first, it takes a new secondary whenever one connects. A secondary
-// joining a running VM gets the disk and a checkpoint of the whole VM first (the VM
-// pauses for that), then the log as usual.
+// joining a running VM gets its memory and disk copied while it runs (migration/),
+// then, after a short pause for what the VM wrote during the last round, the log.
 //
 // When the secondary is lost (its channel closes, or it is silent for the failure
 // timeout), the primary claims the next arbiter generation: won, it goes on
@@ -28,6 +28,7 @@
 #include "common/clock.h"
 #include "failover/arbiter.h"
 #include "failover/liveness.h"
+#include "migration/state_transfer.h"
 #include "primary/log_streamer.h"
 #include "primary/output_gate.h"
 #include "primary/recorder.h"
@@ -47,6 +48,10 @@ struct PrimaryOptions {
   bool strict_outputs = false;  // release outputs once replayed, not only received
   std::chrono::nanoseconds handshake_timeout = std::chrono::seconds(60);
   std::chrono::nanoseconds wait_for_secondary = std::chrono::nanoseconds::max();
+  // A handover may keep the VM paused this long waiting for the secondary to catch
+  // up and then to confirm; past it, the secondary counts as lost.
+  std::chrono::nanoseconds handover_timeout = std::chrono::seconds(10);
+  migration::PrecopyOptions precopy;  // a secondary joining the running VM
 };
 
 enum class Protection { kWaiting, kProtected, kUnprotected, kStoppedForPeer };
@@ -61,6 +66,8 @@ struct PrimaryReport {
   StreamerStats streamer;
   OutputGateStats gate;
   RecorderStats recorder;
+  migration::PrecopyStats last_attach;  // the last secondary that joined the running VM
+  uint64_t last_attach_pause_ns = 0;    // how long the VM paused for it
 };
 
 class ProtectedPrimary {
@@ -92,9 +99,9 @@ class ProtectedPrimary {
  private:
   void MonitorLoop();
   void AcceptLoop();
-  // Brings the secondary on `channel` in with a snapshot; false (logged) if it
-  // refused or failed.
-  bool AttachWithSnapshot(std::unique_ptr<transport::Channel> channel);
+  // Brings the secondary on `channel` in with a live copy of the VM; false (logged)
+  // if it refused or failed, and the VM runs on as it was.
+  bool AttachLive(std::unique_ptr<transport::Channel> channel);
   // Sends the hello and checks the reply; "" or why it failed.
   std::string Handshake(transport::Channel& channel, const std::vector<uint8_t>& header, bool snapshot,
                         std::string* secondary_name);
@@ -104,6 +111,8 @@ class ProtectedPrimary {
   // because its channel closed (its process is gone).
   void SecondaryLost(const std::string& why, bool silent);
   void SetProtection(Protection p, const std::string& event);
+  // A planned handover the secondary asked for (handover thread).
+  void HandOver();
 
   PrimaryOptions options_;
   Clock& clock_;
@@ -120,6 +129,9 @@ class ProtectedPrimary {
   std::unique_ptr<failover::PeerLiveness> liveness_;
   std::thread monitor_;
   std::thread acceptor_;
+  std::thread handover_;
+  std::atomic<uint64_t> acked_offset_{0};  // what the output rule counts as acknowledged
+  std::atomic<bool> handed_over_{false};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> lost_{false};
   std::atomic<bool> protected_{false};

@@ -9,14 +9,24 @@
 //   Bye -------------------------------------> (the End record has been sent)
 //
 // A secondary joining a VM that already runs (re-protection) gets, right after the
-// handshake, the disk's contents (DiskData: u64 offset + bytes, then DiskDone: u64
-// size) and a log that starts with a checkpoint of the whole VM.
+// handshake, the VM's memory and disk copied live (MemoryPages, DiskData, in rounds
+// while the VM runs, then a StateManifest: migration/state_transfer.h), and a log
+// that starts with a checkpoint of the vCPU, the devices and the pages written
+// during the last round.
 //
 // LogData: u64 stream offset of the first record byte, u64 complete_below (no record
 // with a smaller position will follow: the replica may run up to that position), then
 // whole records as in an event-log file. Ack: u64 received offset (every byte before
 // it arrived), u64 replayed offset (consumed by the replica), u64 replayed position.
 // Heartbeat: u64 the sender's position (primary: its VM's; secondary: replayed).
+//
+// A planned handover (ftvm migrate): the secondary asks (HandoverRequest); the
+// primary pauses its VM at a boundary, waits until the secondary has acknowledged
+// the whole log (every held output goes out), and says Handover; the secondary
+// replays to the end, claims the next arbiter generation, goes live and says
+// HandoverDone; only then does the primary stop its VM. If the secondary is lost on
+// the way, the arbiter decides as after any loss: whoever claims the next generation
+// first runs the VM.
 // All integers little-endian.
 #pragma once
 
@@ -26,12 +36,13 @@
 #include <span>
 #include <vector>
 
+#include "migration/state_transfer.h"
 #include "primary/protocol.pb.h"
 
 namespace ftvm::replication {
 
 // Bump on any incompatible change; both sides refuse another version by name.
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;
 
 enum MsgType : uint8_t {
   kHello = 1,
@@ -40,8 +51,15 @@ enum MsgType : uint8_t {
   kAck = 4,
   kHeartbeat = 5,
   kBye = 6,
-  kDiskData = 7,
-  kDiskDone = 8,
+  kDiskData = migration::kMsgDiskData,
+  // 8 was DiskDone (protocol 1)
+  kMemoryPages = migration::kMsgMemoryPages,
+  kStateManifest = migration::kMsgStateManifest,
+  // A planned move of the VM to the secondary's host (ftvm migrate):
+  kHandoverRequest = 11,  // secondary: hand me the VM (sent once it has caught up)
+  kHandover = 12,         // primary: my VM is paused, the log is complete and acknowledged
+                          // (u64 position); take the VM
+  kHandoverDone = 13,     // secondary: I hold the next arbiter generation and run the VM
 };
 
 struct LogDataHeader {

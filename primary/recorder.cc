@@ -1,6 +1,7 @@
 #include "primary/recorder.h"
 
 #include <chrono>
+#include <thread>
 #include <utility>
 
 #include "common/error.h"
@@ -144,14 +145,15 @@ bool Recorder::run_at_boundary(const std::function<void()>& task) {
   return ran;
 }
 
-Recorder::SnapshotStart Recorder::snapshot_start() {
+Recorder::SnapshotStart Recorder::snapshot_start(const vmm::PageBitmap* pages) {
   CollectDirty();
   memory_digest_->update(since_verify_);
   since_verify_.clear();
   since_checkpoint_.clear();
   SnapshotStart s;
   s.header = header_;
-  *s.header.mutable_vm() = DescribeVm(m_.config(), m_.backend_name());  // the disk as it is now
+  // The disk as it is now (a disk copied live was checked by its transfer).
+  *s.header.mutable_vm() = DescribeVm(m_.config(), m_.backend_name(), pages == nullptr);
   s.header.set_start_position(m_.position());
   s.header.set_created_unix_ns(0);
   s.header.clear_ftvm_version();
@@ -165,9 +167,13 @@ Recorder::SnapshotStart Recorder::snapshot_start() {
              {"regs", vmm::DigestHex(vmm::Sha256(regs)).substr(0, 16)},
              {"devices", vmm::DigestHex(vmm::Sha256({reinterpret_cast<const uint8_t*>(devices.data()), devices.size()})).substr(0, 16)},
              {"memory", vmm::DigestHex(memory_digest_->value())}});
-  vmm::PageBitmap all(m_.memory().size() / vmm::kPageSize);
-  for (uint64_t p = 0; p < all.pages(); ++p) all.set(p);
-  s.checkpoint_parts = vmm::CaptureCheckpoint(m_, all);
+  if (pages != nullptr) {
+    s.checkpoint_parts = vmm::CaptureCheckpoint(m_, *pages);
+  } else {
+    vmm::PageBitmap all(m_.memory().size() / vmm::kPageSize);
+    for (uint64_t p = 0; p < all.pages(); ++p) all.set(p);
+    s.checkpoint_parts = vmm::CaptureCheckpoint(m_, all);
+  }
   last_verify_ns_ = m_.clock().monotonic_ns();
   // The new log starts here: the replica has no exit at this position, so the
   // next verification belongs to the next exit.
@@ -176,6 +182,19 @@ Recorder::SnapshotStart Recorder::snapshot_start() {
 }
 
 bool Recorder::boundary(vmm::Machine& m, bool exact) {
+  if (const unsigned throttle = throttle_percent_.load(std::memory_order_relaxed); throttle != 0) {
+    // Sleep in proportion to how long the guest ran since the last sleep, so it runs
+    // (100 - throttle)% of the time.
+    const uint64_t now = m.clock().monotonic_ns();
+    if (throttle_mark_ns_ == 0) throttle_mark_ns_ = now;
+    const uint64_t ran = now - throttle_mark_ns_;
+    if (ran >= 1'000'000) {
+      std::this_thread::sleep_for(std::chrono::nanoseconds(ran * throttle / (100 - throttle)));
+      throttle_mark_ns_ = m.clock().monotonic_ns();
+    }
+  } else {
+    throttle_mark_ns_ = 0;
+  }
   {
     std::lock_guard<std::mutex> lock(task_mu_);
     if (task_ != nullptr && !task_done_) {
@@ -209,6 +228,21 @@ void Recorder::CollectDirty() {
   tracker_->collect(fresh);
   since_verify_.merge(fresh);
   since_checkpoint_.merge(fresh);
+  if (written_) written_->merge(fresh);
+}
+
+void Recorder::start_write_tracking() {
+  // Whatever the tracker holds now predates the copy, which reads every page anyway.
+  CollectDirty();
+  written_.emplace(since_verify_.pages());
+}
+
+vmm::PageBitmap Recorder::take_written_pages() {
+  if (!written_) throw Error("internal: take_written_pages without start_write_tracking");
+  CollectDirty();
+  vmm::PageBitmap out(written_->pages());
+  std::swap(out, *written_);
+  return out;
 }
 
 void Recorder::WriteVerify() {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -103,7 +104,22 @@ class Recorder final : public vmm::ExecutionHooks {
     eventlog::LogHeader header;
     std::vector<std::string> checkpoint_parts;
   };
-  SnapshotStart snapshot_start();
+  // `pages`: only those pages go into the checkpoint (the replica already has the
+  // rest, sent while the VM ran: migration/); null: all of them.
+  SnapshotStart snapshot_start(const vmm::PageBitmap* pages = nullptr);
+
+  // For a live copy of the VM (migration/), at boundaries: start_write_tracking()
+  // begins noting the pages the VM writes (guest and devices alike); each
+  // take_written_pages() returns those written since the previous call (or since
+  // the start) and starts over; stop_write_tracking() ends it.
+  void start_write_tracking();
+  vmm::PageBitmap take_written_pages();
+  void stop_write_tracking() { written_.reset(); }
+  // Slows the guest down so that it runs at most (100 - percent)% of the time
+  // (0: full speed): a live copy that cannot keep up with the pages the guest
+  // writes throttles it to converge. Any thread; takes effect at boundaries.
+  void set_throttle_percent(unsigned percent) { throttle_percent_.store(std::min(percent, 99u)); }
+  unsigned throttle_percent() const { return throttle_percent_.load(); }
 
  private:
   // DeviceIo
@@ -139,6 +155,9 @@ class Recorder final : public vmm::ExecutionHooks {
   class OutputGate* gate_ = nullptr;
   vmm::PageBitmap since_verify_;      // pages written since the last Verify record
   vmm::PageBitmap since_checkpoint_;  // ... since the last Verify or checkpoint
+  std::optional<vmm::PageBitmap> written_;  // ... since take_written_pages()
+  std::atomic<unsigned> throttle_percent_{0};
+  uint64_t throttle_mark_ns_ = 0;  // where the guest's current run slice began
   uint64_t last_verify_ns_ = 0;
   bool exit_boundary_ = false;        // the next boundary is the first after an exit
   RecorderStats stats_;

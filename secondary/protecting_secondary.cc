@@ -1,11 +1,11 @@
 #include "secondary/protecting_secondary.h"
 
-#include <fcntl.h>
 #include <unistd.h>
+
+#include <cstdio>
 
 #include "common/error.h"
 #include "common/log.h"
-#include "common/unique_fd.h"
 #include "eventlog/format.h"
 #include "failover/witness.h"
 #include "primary/log_header.h"
@@ -89,6 +89,7 @@ void ProtectingSecondary::connect() {
                                     hello.snapshot());
     if (config.has_nic() && !options_.tap.empty() && options_.tap.size() >= 16)
       throw Error("tap interface name '" + options_.tap + "' is longer than 15 characters");
+    CheckHostMemory(config.mem_mib);
     if (!hello.snapshot()) BuildReplica(config);
   } catch (const Error& e) {
     throw refuse(std::string("cannot replicate this VM here: ") + e.what());
@@ -102,13 +103,7 @@ void ProtectingSecondary::connect() {
                                            {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()},
                                            std::chrono::seconds(5));
   if (!s.ok()) throw Error("answering the primary at " + channel_->peer() + ": " + s.message);
-  if (hello.snapshot()) {
-    // The VM already runs: its disk as it is now, then a log opening with a
-    // checkpoint of everything.
-    if (!config.disk.empty())
-      ReceiveDisk(config.disk, source_->header().vm().disk_bytes(), source_->header().vm().disk_digest());
-    BuildReplica(config);
-  }
+  if (hello.snapshot()) ReceiveLiveState(config);
   {
     std::lock_guard<std::mutex> lock(mu_);
     report_.generation = generation_;
@@ -127,7 +122,7 @@ void ProtectingSecondary::connect() {
 }
 
 void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
-  machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
+  if (!machine_) machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
   ReplayOptions ro;
   ro.verify = options_.verify;
   ro.go_live = [this](vmm::Machine& m) { return GoLive(m); };
@@ -136,42 +131,54 @@ void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
   // Caught up with the stream: say so now rather than with the next batch's
   // acknowledgement (the vCPU thread must not wait long on a full channel; a
   // skipped one is covered by the next).
-  source_->set_on_caught_up([this](uint64_t) { SendAck(std::chrono::milliseconds(2)); });
+  source_->set_on_caught_up([this](uint64_t) {
+    caught_up_.store(true, std::memory_order_release);
+    SendAck(std::chrono::milliseconds(2));
+  });
 }
 
-void ProtectingSecondary::ReceiveDisk(const std::string& path, uint64_t bytes, const std::string& digest) {
-  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!fd) throw SysError("the replica's disk " + path);
-  if (ftruncate(fd.get(), off_t(bytes)) != 0) throw SysError("sizing the replica's disk " + path);
-  transport::Message msg;
-  uint64_t got = 0;
-  for (;;) {
-    transport::RecvResult r = channel_->recv(msg, std::chrono::seconds(60));
-    if (!r.is_message())
-      throw Error("receiving the disk from " + channel_->peer() + ": " + (r.timed_out() ? "timed out" : r.message));
-    if (msg.type() == replication::kDiskDone) break;
-    if (msg.type() != replication::kDiskData || msg.size() < 8)
-      throw Error("the primary sent message type " + std::to_string(msg.type()) + " while sending the disk");
-    const uint64_t at = eventlog::GetLe64(msg.payload().data());
-    const auto data = msg.payload().subspan(8);
-    if (at + data.size() > bytes) throw Error("disk data beyond the disk's " + std::to_string(bytes) + " bytes");
-    for (size_t done = 0; done < data.size();) {
-      ssize_t n = pwrite(fd.get(), data.data() + done, data.size() - done, off_t(at + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) throw SysError("writing the replica's disk " + path);
-      done += size_t(n);
+void ProtectingSecondary::ReceiveLiveState(const vmm::VmConfig& config) {
+  // The VM already runs: its memory and disk arrive while it runs, into a replica
+  // booted from the same image; then the header of the log that continues it from
+  // the pause, whose opening checkpoint completes the state.
+  const uint64_t disk_bytes = config.disk.empty() ? 0 : source_->header().vm().disk_bytes();
+  if (!config.disk.empty()) migration::CreateSparseDisk(config.disk, disk_bytes);
+  machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
+  const uint64_t t0 = clock_.monotonic_ns();
+  migration::StateReceiver receiver(machine_->memory(), config.disk, disk_bytes);
+  const migration::StateManifest manifest = receiver.receive(*channel_, std::chrono::seconds(60));
+  if (receiver.pages_received() != manifest.memory_pages_sent() ||
+      receiver.disk_bytes_received() != manifest.disk_bytes_sent())
+    throw Error("the live copy is incomplete: " + std::to_string(receiver.pages_received()) + " pages and " +
+                std::to_string(receiver.disk_bytes_received()) + " disk bytes arrived, the primary sent " +
+                std::to_string(manifest.memory_pages_sent()) + " and " + std::to_string(manifest.disk_bytes_sent()));
+  stream_ = std::make_shared<eventlog::ByteStream>();
+  stream_->append({reinterpret_cast<const uint8_t*>(manifest.log_header().data()), manifest.log_header().size()});
+  source_ = std::make_unique<StreamSource>(stream_, "stream from " + channel_->peer());
+  // The same VM as the hello described (image, memory, devices), or refuse.
+  primary::ReplicaConfig(source_->header(), options_.guest_image, options_.disk, options_.console_path, true);
+  BuildReplica(config);
+  log::info("secondary.state_received", {{"rounds", manifest.rounds()},
+                                         {"pages", receiver.pages_received()},
+                                         {"disk_kib", receiver.disk_bytes_received() >> 10},
+                                         {"ms", (clock_.monotonic_ns() - t0) / 1000000}});
+}
+
+void ProtectingSecondary::CheckHostMemory(uint64_t mem_mib) {
+  // MemAvailable: what the kernel can give without swapping.
+  std::FILE* f = std::fopen("/proc/meminfo", "re");
+  if (f == nullptr) return;  // not Linux-like enough to tell: let the mapping fail later
+  std::unique_ptr<std::FILE, decltype(&std::fclose)> guard(f, &std::fclose);
+  char line[256];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned long long kib = 0;
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) {
+      if (kib / 1024 < mem_mib)
+        throw Error("this host has " + std::to_string(kib / 1024) + " MiB of memory available, the VM needs " +
+                    std::to_string(mem_mib) + " MiB");
+      return;
     }
-    got += data.size();
   }
-  const uint64_t total = msg.size() == 8 ? eventlog::GetLe64(msg.payload().data()) : 0;
-  if (total != bytes) throw Error("the primary's disk has " + std::to_string(total) + " bytes, its log said " +
-                                  std::to_string(bytes));
-  if (fdatasync(fd.get()) != 0) throw SysError("syncing the replica's disk " + path);
-  fd.reset();
-  if (primary::FileDigest(path) != digest)
-    throw Error("the disk received from the primary (" + std::to_string(got) + " bytes of data) does not match its "
-                "digest");
-  log::info("secondary.disk_received", {{"path", path}, {"mib", bytes >> 20}});
 }
 
 void ProtectingSecondary::SendAck(std::chrono::nanoseconds timeout) {
@@ -206,6 +213,14 @@ void ProtectingSecondary::ReceiveLoop() {
         stream_->set_complete_below(h->complete_below);
         SendAck();
         last_ack = clock_.monotonic_ns();
+      } else if (msg.type() == replication::kHandover) {
+        // The primary paused its VM with everything acknowledged: replay the rest,
+        // then take the VM (GoLive).
+        const std::optional<uint64_t> at = replication::DecodeHeartbeat(msg.payload());
+        log::info("secondary.handover", {{"primary_position", at.value_or(0)}});
+        handing_over_ = true;
+        stream_->finish("the primary handed the VM over");
+        return;
       } else if (msg.type() == replication::kBye) {
         primary_said_bye_ = true;
         stream_->finish("the primary ended its log");
@@ -223,6 +238,15 @@ void ProtectingSecondary::ReceiveLoop() {
       if (stopping_) return;
       PrimaryLost(r.message);
       return;
+    }
+    if (options_.handover && handover_requested_ns_ == 0 && caught_up_.load(std::memory_order_acquire)) {
+      handover_requested_ns_ = clock_.monotonic_ns();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        report_.handover_requested_at_ns = handover_requested_ns_;
+      }
+      log::info("secondary.handover_requested", {{"replayed_position", replayer_->replayed_position()}});
+      channel_->send(replication::kHandoverRequest, std::span<const uint8_t>(), std::chrono::seconds(1)).ok();
     }
     // Acks double as heartbeats, and tell the primary how far the replica got (its
     // flow control waits on that).
@@ -246,7 +270,8 @@ void ProtectingSecondary::PrimaryLost(const std::string& why) {
 
 bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   if (primary_said_bye_) return false;  // a deliberate end (or a broken stream): no takeover
-  if (!options_.witness.empty()) {
+  // A handover is no failure: the primary is alive and waits for us.
+  if (!options_.witness.empty() && !handing_over_) {
     bool reachable = false;
     try {
       reachable = failover::WitnessAnswers(options_.witness, std::chrono::milliseconds(300));
@@ -304,13 +329,18 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
     takeover_ = std::make_unique<primary::ProtectedPrimary>(m, std::move(recorder), next, po, clock_);
     takeover_->serve_reprotection();
   }
+  if (handing_over_) {
+    // The primary keeps its VM paused until it hears this; then it stops it.
+    channel_->send(replication::kHandoverDone, std::span<const uint8_t>(), std::chrono::seconds(1)).ok();
+  }
   std::lock_guard<std::mutex> lock(mu_);
   generation_ = next;
   report_.generation = next;
   report_.live_at_ns = clock_.monotonic_ns();
   report_.outcome = SecondaryOutcome::kWentLive;
-  report_.detail = "took over at position " + std::to_string(m.position()) + " in arbiter generation " +
-                   std::to_string(next);
+  report_.detail = std::string(handing_over_ ? "the primary handed the VM over; runs here from position "
+                                             : "took over at position ") +
+                   std::to_string(m.position()) + " in arbiter generation " + std::to_string(next);
   log::error("secondary.LIVE", {{"detail", report_.detail}, {"tap", options_.tap}});
   return true;
 }

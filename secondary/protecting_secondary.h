@@ -42,6 +42,9 @@ struct SecondaryOptions {
   std::string tap;          // where the VM's network lives on this host after a takeover
   std::string console_path;
   bool verify = true;       // check every Verify record: a proven replica
+  // ftvm migrate: once caught up, ask the primary to hand the VM over, and run it
+  // here (a planned move, not a failover).
+  bool handover = false;
   std::chrono::nanoseconds connect_timeout = std::chrono::seconds(60);
 };
 
@@ -61,6 +64,7 @@ struct SecondaryReport {
   uint64_t generation = 0;
   uint64_t primary_lost_at_ns = 0;  // monotonic, when the primary was declared lost
   uint64_t live_at_ns = 0;          // when this replica went live
+  uint64_t handover_requested_at_ns = 0;  // ftvm migrate: when it asked for the VM
   uint64_t max_silence_ns = 0;
   ReplayStats replay;
 };
@@ -88,7 +92,11 @@ class ProtectingSecondary {
   bool GoLive(vmm::Machine& m);
   void SendAck(std::chrono::nanoseconds timeout = std::chrono::milliseconds(100));
   // A secondary joining a running VM: the disk's contents come first.
-  void ReceiveDisk(const std::string& path, uint64_t bytes, const std::string& digest);
+  // A VM that already runs: its state copied live (migration/), then the replica.
+  void ReceiveLiveState(const vmm::VmConfig& config);
+  // Throws ftvm::Error when this host cannot give the VM `mem_mib` of memory.
+  static void CheckHostMemory(uint64_t mem_mib);
+  // Builds the replica (unless the live copy already did) and its replayer.
   void BuildReplica(const vmm::VmConfig& config);
 
   SecondaryOptions options_;
@@ -109,6 +117,9 @@ class ProtectingSecondary {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> primary_said_bye_{false};
   std::atomic<bool> lost_{false};
+  std::atomic<bool> caught_up_{false};     // the replica has replayed all that arrived, once
+  std::atomic<bool> handing_over_{false};  // the primary said Handover
+  uint64_t handover_requested_ns_ = 0;     // receive thread
   mutable std::mutex mu_;
   SecondaryReport report_;
 };

@@ -26,7 +26,7 @@ std::string_view ReplayOutcomeName(ReplayOutcome outcome) {
 }
 
 Replayer::Replayer(vmm::Machine& machine, RecordSource& source, ReplayOptions options)
-    : m_(machine), options_(std::move(options)), source_(source) {
+    : m_(machine), source_(source), options_(std::move(options)) {
   if (m_.config().mode != vmm::ExecutionMode::kReplay)
     throw Error("internal: the replayer needs a machine configured for replay");
   const uint64_t pages = m_.memory().size() / vmm::kPageSize;

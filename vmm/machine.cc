@@ -596,4 +596,9 @@ bool Machine::should_stop() {
   return power_->exit_code().has_value() || stop_requested_.load(std::memory_order_acquire);
 }
 
+
+void Machine::track_disk_writes(PageBitmap* blocks) {
+  if (blk_ != nullptr) static_cast<VirtioBlk&>(blk_->backend()).track_writes(blocks);
+}
+
 }  // namespace ftvm::vmm

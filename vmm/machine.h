@@ -21,6 +21,7 @@
 #include "vmm/devices/device_io.h"
 #include "vmm/execution.h"
 #include "vmm/guest_memory.h"
+#include "vmm/page_bitmap.h"
 
 namespace ftvm::vmm {
 
@@ -120,6 +121,9 @@ class Machine final : private ExitHandler, private DeviceIo {
   // Thread-safe: writes one Ethernet frame to the VM's tap (a frame the output rule
   // held and has now released). False when there is no tap or it refused.
   bool send_frame(std::span<const uint8_t> frame);
+  // Marks every 4 KiB block of the disk image that guest writes reach from now on
+  // in `blocks` (null: stop); no-op without a disk. vCPU thread (a boundary task).
+  void track_disk_writes(PageBitmap* blocks);
   // Recording: kick the vCPU when host events have waited this long (0: never).
   void set_forced_exit_after_ns(uint64_t ns) { forced_exit_ns_.store(ns, std::memory_order_release); }
 

@@ -52,6 +52,14 @@ std::vector<Round> ReadRounds(const std::string& json) {
   return rounds;
 }
 
+// A sparse file of `bytes` (a blank disk image).
+void MakeBlankDisk(const std::string& path, off_t bytes) {
+  int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0) << path;
+  ASSERT_EQ(ftruncate(fd, bytes), 0) << path;
+  close(fd);
+}
+
 // Runs `ftvm drill` and checks every round kept every acknowledged message exactly
 // once with exactly one live VM.
 void Drill(const std::vector<std::string>& args, int rounds) {
@@ -96,12 +104,7 @@ TEST(Pair, StrictOutputsAreCheckedOneByOne) {
   ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
   const std::string sock = ScratchPath("strict.sock");
   const std::string disk = ScratchPath("strict-primary.img"), replica = ScratchPath("strict-replica.img");
-  for (const std::string& f : {disk, replica}) {
-    int fd = open(f.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(ftruncate(fd, 16 << 20), 0);
-    close(fd);
-  }
+  for (const std::string& f : {disk, replica}) MakeBlankDisk(f, 16 << 20);
   Process p = Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter, "--strict",
                               "--guest", GuestImage(), "--app", "disk", "--disk", disk, "--arg", "ops=80"},
                              "strict-primary");
@@ -167,6 +170,103 @@ void SlowReplica(const std::vector<std::string>& bound) {
 // By the unreplayed log's size, and by its age (what bounds a failover's catch-up).
 TEST(Pair, SlowReplicaSlowsThePrimaryDownAndLosesNothing) { SlowReplica({"--max-lag-kib", "4", "--max-lag-ms", "0"}); }
 TEST(Pair, ReplicaLagInTimeIsBoundedToo) { SlowReplica({"--max-lag-ms", "50"}); }
+
+// A secondary that joins a VM already running gets its memory (and disk) copied
+// live: the VM keeps writing memory during the copy, pauses only for the pages it
+// wrote in the last round, and the replica then replays to the end identical.
+// `primary_args` may make the copy impossible to converge: then the VM runs on,
+// unprotected and undisturbed, and the secondary reports why it got no VM.
+struct LiveAttach {
+  ProcessResult primary, secondary;
+};
+LiveAttach AttachToARunningVm(const std::vector<std::string>& primary_args) {
+  const std::string arbiter = ScratchPath("arbiter");
+  EXPECT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string sock = ScratchPath("live.sock");
+  const std::string disk = ScratchPath("live-primary.img");
+  MakeBlankDisk(disk, 16 << 20);
+  std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
+                                   "--wait-secondary-s", "0", "--guest", GuestImage(), "--disk", disk, "--app", "dirty",
+                                   "--arg", "mib=8", "--arg", "mib_per_s=8", "--arg", "seconds=3"};
+  argv.insert(argv.end(), primary_args.begin(), primary_args.end());
+  Process p = Process::Start(argv, "live-primary");
+  // The VM runs unprotected for a while, then a secondary arrives.
+  EXPECT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
+  usleep(500000);
+  Process s = Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter, "--disk",
+                              ScratchPath("live-replica.img"), "--console", ScratchPath("live.console")},
+                             "live-secondary");
+  LiveAttach r;
+  r.primary = p.Wait(seconds(180));
+  r.secondary = s.Wait(seconds(60));
+  return r;
+}
+
+TEST(Pair, SecondaryJoinsARunningVmByALiveCopy) {
+  LiveAttach r = AttachToARunningVm({});
+  ASSERT_EQ(r.primary.exit_code, 0) << r.primary.err;
+  EXPECT_NE(r.primary.out.find("dirty: mib=8"), std::string::npos) << r.primary.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.primary.err, m, std::regex("last live copy: (\\d+) rounds"))) << r.primary.err;
+  EXPECT_GE(std::stoul(m[1]), 1u);
+  EXPECT_NE(r.primary.err.find("primary: protected"), std::string::npos) << r.primary.err;
+  EXPECT_EQ(r.secondary.exit_code, 0) << r.secondary.err;
+  EXPECT_NE(r.secondary.err.find("secondary.state_received"), std::string::npos) << r.secondary.err;
+  EXPECT_NE(r.secondary.err.find("replica identical"), std::string::npos) << r.secondary.err;
+}
+
+TEST(Pair, LiveCopyThatCannotConvergeLeavesTheVmRunning) {
+  LiveAttach r = AttachToARunningVm(
+      {"--pause-target-ms", "0", "--max-pause-ms", "0", "--max-rounds", "2", "--max-throttle", "0"});
+  ASSERT_EQ(r.primary.exit_code, 0) << r.primary.err;
+  EXPECT_NE(r.primary.out.find("dirty: mib=8"), std::string::npos) << r.primary.out;
+  EXPECT_NE(r.primary.err.find("does not converge"), std::string::npos) << r.primary.err;
+  EXPECT_EQ(r.primary.err.find("primary: protected"), std::string::npos) << r.primary.err;
+  EXPECT_NE(r.secondary.exit_code, 0) << r.secondary.err;
+  EXPECT_NE(r.secondary.err.find("live copy from"), std::string::npos) << r.secondary.err;
+}
+
+// ftvm migrate: a VM moves to another VMM while it runs (memory and disk copied
+// live, then a handover), and its results are those of a run that never moved.
+void MigrateAndCompare(const std::vector<std::string>& app) {
+  const std::string arbiter = ScratchPath("arbiter");
+  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string sock = ScratchPath("mig.sock");
+  const std::string disk = ScratchPath("mig-source.img"), baseline_disk = ScratchPath("mig-baseline.img");
+  for (const std::string& f : {disk, baseline_disk}) MakeBlankDisk(f, 16 << 20);
+  std::vector<std::string> run = {FtvmBinary(), "run", "--guest", GuestImage(), "--disk", baseline_disk};
+  run.insert(run.end(), app.begin(), app.end());
+  ProcessResult baseline = RunProcess(run, seconds(120), "mig-baseline");
+  ASSERT_EQ(baseline.exit_code, 0) << baseline.err;
+  ASSERT_FALSE(baseline.out.empty());
+
+  std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
+                                   "--wait-secondary-s", "0", "--guest", GuestImage(), "--disk", disk};
+  argv.insert(argv.end(), app.begin(), app.end());
+  Process p = Process::Start(argv, "mig-source");
+  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
+  usleep(300000);  // the VM has been running for a while
+  const std::string console = ScratchPath("mig.console"), moved_disk = ScratchPath("mig-dest.img");
+  ProcessResult m = RunProcess({FtvmBinary(), "migrate", "--from", "shm:" + sock, "--arbiter", arbiter, "--disk",
+                                moved_disk, "--console", console},
+                               seconds(180), "mig-dest");
+  ProcessResult pr = p.Wait(seconds(60));
+  EXPECT_EQ(pr.exit_code, 4) << "the source stops once the VM runs elsewhere: " << pr.err;
+  EXPECT_NE(pr.err.find("handed the VM over"), std::string::npos) << pr.err;
+  ASSERT_EQ(m.exit_code, 0) << m.err;
+  EXPECT_NE(m.err.find("migrate: the VM ran here"), std::string::npos) << m.err;
+  // The source printed its part before the move, the destination the rest: the
+  // result line comes from the destination and equals the unmoved run's.
+  EXPECT_EQ(ReadFile(console), baseline.out) << "source printed: " << pr.out;
+  EXPECT_TRUE(ReadFile(moved_disk) == ReadFile(baseline_disk)) << "the moved VM's disk differs from the unmoved run's";
+}
+
+TEST(Pair, MigrateAVmWritingMemory) {
+  MigrateAndCompare({"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg", "seconds=2"});
+}
+TEST(Pair, MigrateAVmWritingItsDisk) {
+  MigrateAndCompare({"--app", "disk", "--arg", "ops=3000", "--arg", "seed=5"});
+}
 
 // A primary whose would-be secondary misbehaves keeps its VM, unprotected.
 class PrimaryWithBadPeer : public testing::Test {

@@ -56,6 +56,8 @@ int PrimaryMain(int argc, char** argv) {
   double handshake_s = double(opts.handshake_timeout.count()) / 1e9;
   uint64_t verify_ms = opts.recorder.verify_interval_ns / 1000000;
   uint64_t checkpoint_us = opts.recorder.checkpoint_after_ns / 1000;
+  double pause_target_ms = double(opts.precopy.downtime_target.count()) / 1e6;
+  double max_pause_ms = double(opts.precopy.max_downtime.count()) / 1e6;
   po::options_description desc("ftvm primary options");
   desc.add_options()
       ("help,h", "show this help")
@@ -80,7 +82,16 @@ int PrimaryMain(int argc, char** argv) {
       ("verify-interval-ms", po::value(&verify_ms)->default_value(verify_ms),
        "write a state digest for the replica to compare this often")
       ("checkpoint-after-us", po::value(&checkpoint_us)->default_value(checkpoint_us),
-       "take an epoch checkpoint when input waited this long for a guest exit");
+       "take an epoch checkpoint when input waited this long for a guest exit")
+      ("pause-target-ms", po::value(&pause_target_ms)->default_value(pause_target_ms),
+       "a secondary joining the running VM: copy memory and disk in rounds while the VM runs until the rest fits "
+       "a pause this long")
+      ("max-rounds", po::value(&opts.precopy.max_rounds)->default_value(opts.precopy.max_rounds),
+       "after this many rounds, pause anyway if the rest fits --max-pause-ms, else give up")
+      ("max-pause-ms", po::value(&max_pause_ms)->default_value(max_pause_ms),
+       "the longest pause a live copy may end with")
+      ("max-throttle", po::value(&opts.precopy.max_throttle)->default_value(opts.precopy.max_throttle),
+       "slow down a VM that writes memory faster than the copy carries it, up to this percent (0: never)");
   desc.add(vm.describe());
   if (auto code = ParseCommandLine(argc, argv, desc, "primary",
                                    "usage: ftvm primary --listen ADDR --arbiter DIR --guest IMAGE --app NAME [options]\n"))
@@ -106,6 +117,15 @@ int PrimaryMain(int argc, char** argv) {
   }
   opts.recorder.verify_interval_ns = verify_ms * 1000000;
   opts.recorder.checkpoint_after_ns = checkpoint_us * 1000;
+  if (!(pause_target_ms >= 0) || !(max_pause_ms >= pause_target_ms) || opts.precopy.max_rounds == 0 ||
+      opts.precopy.max_throttle > 99) {
+    std::cerr << "ftvm primary: need 0 <= --pause-target-ms <= --max-pause-ms, --max-rounds >= 1 and "
+                 "--max-throttle <= 99\n";
+    return kExitUsage;
+  }
+  opts.precopy.downtime_target = std::chrono::nanoseconds(int64_t(pause_target_ms * 1e6));
+  opts.precopy.max_downtime = std::chrono::nanoseconds(int64_t(max_pause_ms * 1e6));
+  if (opts.precopy.max_throttle == 0) opts.precopy.throttle_step = 0;
   try {
     auto clock = MakeSystemClock();
     auto random = MakeSystemRandom();
@@ -123,6 +143,13 @@ int PrimaryMain(int argc, char** argv) {
                  static_cast<unsigned long long>(r.streamer.bytes), static_cast<unsigned long long>(r.streamer.messages),
                  Percentiles(r.streamer.lag_ns).c_str(), Percentiles(r.gate.hold_ns).c_str(),
                  static_cast<unsigned long long>(r.streamer.flow_control_waits), double(r.max_silence_ns) / 1e6);
+    if (const migration::PrecopyStats& a = r.last_attach; a.rounds != 0)
+      std::fprintf(stderr,
+                   "primary: last live copy: %u rounds, %.1f MiB sent at %.0f MiB/s, %llu pages and %llu KiB of disk "
+                   "left for a pause of %.2f ms\n",
+                   a.rounds, double(a.bytes_sent) / double(1u << 20), double(a.bandwidth_bytes_per_s) / double(1u << 20),
+                   static_cast<unsigned long long>(a.final_pages),
+                   static_cast<unsigned long long>(a.final_disk_bytes >> 10), double(r.last_attach_pause_ns) / 1e6);
     if (r.protection == primary::Protection::kStoppedForPeer) return kExitStoppedForPeer;
     return guest < 0 ? 0 : guest;
   } catch (const Error& e) {
@@ -134,15 +161,25 @@ int PrimaryMain(int argc, char** argv) {
   }
 }
 
-int SecondaryMain(int argc, char** argv) {
+namespace {
+
+// `ftvm secondary`, and `ftvm migrate` (`migrate`: a secondary that asks for the VM
+// once it has caught up).
+int RunSecondary(int argc, char** argv, bool migrate) {
   BlockStopSignals();
+  const char* cmd = migrate ? "migrate" : "secondary";
   secondary::SecondaryOptions opts;
+  opts.handover = migrate;
   bool no_verify = false;
   double connect_s = double(opts.connect_timeout.count()) / 1e9;
-  po::options_description desc("ftvm secondary options");
+  po::options_description desc(std::string("ftvm ") + cmd + " options");
+  desc.add_options()("help,h", "show this help");
+  if (migrate)
+    desc.add_options()("from", po::value(&opts.connect)->required(),
+                       "the channel address of the primary (ftvm primary --listen) whose VM moves here");
+  else
+    desc.add_options()("connect", po::value(&opts.connect)->required(), "the primary's channel address");
   desc.add_options()
-      ("help,h", "show this help")
-      ("connect", po::value(&opts.connect)->required(), "the primary's channel address")
       ("arbiter", po::value(&opts.arbiter_dir)->required(), "arbiter directory, shared with the primary")
       ("witness", po::value(&opts.witness), "IPv4 address on the clients' side (see ftvm primary --help)")
       ("name", po::value(&opts.name)->default_value(opts.name), "this host's name")
@@ -153,8 +190,10 @@ int SecondaryMain(int argc, char** argv) {
       ("console", po::value(&opts.console_path), "write the replica's console output to FILE")
       ("no-verify", po::bool_switch(&no_verify), "do not check the primary's state digests")
       ("connect-timeout-s", po::value(&connect_s)->default_value(connect_s), "keep trying to reach the primary this long");
-  if (auto code = ParseCommandLine(argc, argv, desc, "secondary",
-                                   "usage: ftvm secondary --connect ADDR --arbiter DIR [--disk F] [--tap T]\n"))
+  if (auto code = ParseCommandLine(argc, argv, desc, cmd,
+                                   migrate ? "usage: ftvm migrate --from ADDR --arbiter DIR [--disk F] [--tap T] "
+                                             "[--listen ADDR]\n"
+                                           : "usage: ftvm secondary --connect ADDR --arbiter DIR [--disk F] [--tap T]\n"))
     return *code;
   opts.verify = !no_verify;
   opts.connect_timeout = std::chrono::nanoseconds(int64_t(connect_s * 1e9));
@@ -175,6 +214,13 @@ int SecondaryMain(int argc, char** argv) {
     if (r.outcome == secondary::SecondaryOutcome::kWentLive && r.primary_lost_at_ns != 0)
       std::fprintf(stderr, "secondary: took over %.1f ms after the primary was declared lost\n",
                    double(r.live_at_ns - r.primary_lost_at_ns) / 1e6);
+    if (migrate && r.outcome == secondary::SecondaryOutcome::kWentLive && r.handover_requested_at_ns != 0)
+      std::fprintf(stderr, "migrate: the VM ran here %.1f ms after this host asked for it\n",
+                   double(r.live_at_ns - r.handover_requested_at_ns) / 1e6);
+    if (migrate && r.outcome != secondary::SecondaryOutcome::kWentLive) {
+      std::fprintf(stderr, "ftvm migrate: the VM did not move here\n");
+      if (r.outcome == secondary::SecondaryOutcome::kPrimaryEnded) return kExitVmmError;
+    }
     switch (r.outcome) {
       case secondary::SecondaryOutcome::kPrimaryEnded: return 0;
       case secondary::SecondaryOutcome::kWentLive: return guest;
@@ -183,13 +229,18 @@ int SecondaryMain(int argc, char** argv) {
       default: return kExitVmmError;
     }
   } catch (const Error& e) {
-    std::cerr << "ftvm secondary: " << e.what() << "\n";
+    std::cerr << "ftvm " << cmd << ": " << e.what() << "\n";
     return kExitVmmError;
   } catch (const std::exception& e) {
-    std::cerr << "ftvm secondary: internal error: " << e.what() << "\n";
+    std::cerr << "ftvm " << cmd << ": internal error: " << e.what() << "\n";
     return kExitVmmError;
   }
 }
+
+}  // namespace
+
+int SecondaryMain(int argc, char** argv) { return RunSecondary(argc, argv, false); }
+int MigrateMain(int argc, char** argv) { return RunSecondary(argc, argv, true); }
 
 namespace {
 

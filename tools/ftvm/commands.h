@@ -13,6 +13,8 @@ int ReplayMain(int argc, char** argv);
 int LogMain(int argc, char** argv);
 int PrimaryMain(int argc, char** argv);
 int SecondaryMain(int argc, char** argv);
+// A running VM moves to this host: a secondary that takes it over once caught up.
+int MigrateMain(int argc, char** argv);
 int DrillMain(int argc, char** argv);
 int ProtectMain(int argc, char** argv);
 

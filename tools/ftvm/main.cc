@@ -18,6 +18,7 @@ void Usage(std::ostream& out) {
          "  protect    run a protected pair on this host, for demos (ftvm protect --help)\n"
          "  drill      pull the plug on a protected mail store and report (ftvm drill --help)\n"
          "  secondary  keep a replica of a primary's VM and take over when it dies (ftvm secondary --help)\n"
+         "  migrate    move a running VM from its primary to this host, live (ftvm migrate --help)\n"
          "  mail    talk to the mail-store guest (ftvm mail --help)\n"
          "  version\n";
 }
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
   if (std::strcmp(cmd, "protect") == 0) return ftvm::cli::ProtectMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "drill") == 0) return ftvm::cli::DrillMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "secondary") == 0) return ftvm::cli::SecondaryMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "migrate") == 0) return ftvm::cli::MigrateMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "log") == 0) return ftvm::cli::LogMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "mail") == 0) return ftvm::MailMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "version") == 0) {

@@ -215,6 +215,11 @@ void VirtioBlk::handle(Virtqueue& vq, const DescChain& chain) {
 
 int VirtioBlk::transfer(bool write, std::span<const iovec> iov, uint64_t offset) {
   io_scratch_.assign(iov.begin(), iov.end());
+  if (write && written_blocks_ != nullptr) {
+    uint64_t bytes = 0;
+    for (const iovec& v : iov) bytes += v.iov_len;
+    written_blocks_->set_range(offset, bytes);
+  }
   size_t first = 0;
   while (first < io_scratch_.size()) {
     const int count = int(std::min<size_t>(io_scratch_.size() - first, IOV_MAX));

@@ -21,6 +21,7 @@
 #include "common/unique_fd.h"
 #include "vmm/devices/device_io.h"
 #include "vmm/devices/virtio_mmio.h"
+#include "vmm/page_bitmap.h"
 #include "vmm/devices/virtqueue.h"
 
 namespace ftvm::vmm {
@@ -64,6 +65,10 @@ class VirtioBlk : public VirtioBackend {
   // now. False when fewer are waiting (the replica diverged).
   bool report_logged(Virtqueue& vq, uint16_t count);
   void reset() override { done_.clear(); }
+  // Marks in `blocks` (4 KiB blocks of the image, PageBitmap granularity) every
+  // block a write reaches from now on, successful or not; null stops. A live copy
+  // of the disk (migration/) sends those blocks again. vCPU thread.
+  void track_writes(PageBitmap* blocks) { written_blocks_ = blocks; }
   // The serial GET_ID reports: the file's base name unless the config named one.
   static std::string DefaultSerial(const std::string& path);
 
@@ -118,6 +123,7 @@ class VirtioBlk : public VirtioBackend {
   std::vector<iovec> io_scratch_;
   std::vector<Pending> batch_;
   bool batch_write_ = false;
+  PageBitmap* written_blocks_ = nullptr;
 };
 
 }  // namespace ftvm::vmm

@@ -1,0 +1,373 @@
+#include "migration/state_transfer.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "eventlog/format.h"
+
+namespace ftvm::migration {
+namespace {
+
+constexpr uint64_t kPage = vmm::kPageSize;
+constexpr size_t kPagesPerMessage = 256;         // 1 MiB of page data
+constexpr size_t kDiskChunkBytes = 1u << 20;
+
+bool IsZeroPage(const uint8_t* p) {
+  const auto* w = reinterpret_cast<const uint64_t*>(p);
+  for (size_t i = 0; i < kPage / 8; ++i)
+    if (w[i] != 0) return false;
+  return true;
+}
+
+double Mib(uint64_t bytes) { return double(bytes) / double(1u << 20); }
+
+// Pages of `fd` (a memfd or an image file of `bytes`) that hold data: the rest are
+// holes, zeros on both sides.
+vmm::PageBitmap DataPages(int fd, uint64_t bytes) {
+  vmm::PageBitmap pages((bytes + kPage - 1) / kPage);
+  off_t at = 0;
+  while (uint64_t(at) < bytes) {
+    off_t data = lseek(fd, at, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // only a hole is left
+      // No SEEK_DATA here: count everything as data.
+      pages.set_range(0, bytes);
+      break;
+    }
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0 || uint64_t(hole) > bytes) hole = off_t(bytes);
+    pages.set_range(uint64_t(data), uint64_t(hole - data));
+    at = hole;
+  }
+  return pages;
+}
+
+}  // namespace
+
+// ---- Sender ---------------------------------------------------------------------------
+
+PrecopySender::PrecopySender(RunningVm& vm, transport::Channel& channel, Clock& clock, PrecopyOptions options)
+    : vm_(vm), channel_(channel), clock_(clock), options_(options) {
+  const std::string& disk = vm_.disk_path();
+  if (!disk.empty()) {
+    disk_fd_ = UniqueFd(open(disk.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!disk_fd_) throw SysError("the disk " + disk + " (for a live copy)");
+    const off_t end = lseek(disk_fd_.get(), 0, SEEK_END);
+    if (end < 0) throw SysError("sizing the disk " + disk);
+    disk_bytes_ = uint64_t(end);
+    disk_written_ = vmm::PageBitmap((disk_bytes_ + kPage - 1) / kPage);
+  }
+}
+
+PrecopySender::~PrecopySender() { Release(); }
+
+void PrecopySender::Release() {
+  vm_.set_throttle_percent(0);
+  if (!tracking_) return;
+  tracking_ = false;
+  // The VM may have ended meanwhile; then there is nothing left to stop.
+  vm_.at_boundary([this] { vm_.stop_write_tracking(); });
+}
+
+std::string PrecopySender::copy_while_running() {
+  const uint64_t t0 = clock_.monotonic_ns();
+  if (!vm_.at_boundary([this] { vm_.start_write_tracking(disk_fd_ ? &disk_written_ : nullptr); }))
+    return "the VM ended before its copy began";
+  tracking_ = true;
+  // Round 0: everything that holds data. Holes are zeros on both sides.
+  const uint64_t memory_bytes = vm_.memory().size();
+  std::string why = SendPages(DataPages(vm_.memory().fd(), memory_bytes));
+  if (why.empty() && disk_fd_) why = SendDiskExtents();
+  if (!why.empty()) {
+    Release();
+    return why;
+  }
+  uint64_t round_start = t0;
+  uint64_t previous_left = UINT64_MAX;
+  for (;;) {
+    stats_.rounds++;
+    vmm::PageBitmap pages, blocks;
+    if (!vm_.at_boundary([&] {
+          pages = vm_.take_written_pages();
+          if (disk_fd_) {
+            blocks = vmm::PageBitmap(disk_written_.pages());
+            std::swap(blocks, disk_written_);
+          }
+        })) {
+      tracking_ = false;
+      return "the VM ended during its copy";
+    }
+    const uint64_t now = clock_.monotonic_ns();
+    const uint64_t left = (pages.count() + blocks.count()) * kPage;
+    const uint64_t elapsed = std::max<uint64_t>(now - t0, 1);
+    stats_.bandwidth_bytes_per_s = std::max<uint64_t>(stats_.bytes_sent * 1'000'000'000 / elapsed, 1);
+    stats_.dirty_bytes_per_s = left * 1'000'000'000 / std::max<uint64_t>(now - round_start, 1);
+    stats_.expected_downtime_ns = left * 1'000'000'000 / stats_.bandwidth_bytes_per_s;
+    stats_.last_round_bytes = left;
+    log::info("migration.round", {{"round", stats_.rounds},
+                                  {"sent_mib", Mib(stats_.bytes_sent)},
+                                  {"left_kib", left >> 10},
+                                  {"dirty_mib_s", Mib(stats_.dirty_bytes_per_s)},
+                                  {"bandwidth_mib_s", Mib(stats_.bandwidth_bytes_per_s)},
+                                  {"expected_pause_ms", double(stats_.expected_downtime_ns) / 1e6},
+                                  {"throttle_percent", stats_.throttle_percent}});
+    const bool fits = stats_.expected_downtime_ns <= uint64_t(options_.downtime_target.count());
+    const bool last = stats_.rounds >= options_.max_rounds;
+    if (fits || last) {
+      if (!fits && stats_.expected_downtime_ns > uint64_t(options_.max_downtime.count())) {
+        const std::string msg =
+            "the live copy does not converge: the VM writes " + std::to_string(uint64_t(Mib(stats_.dirty_bytes_per_s))) +
+            " MiB/s (throttled " + std::to_string(stats_.throttle_percent) + "%), the channel carries " +
+            std::to_string(uint64_t(Mib(stats_.bandwidth_bytes_per_s))) + " MiB/s; after " +
+            std::to_string(stats_.rounds) + " rounds " + std::to_string(left >> 10) + " KiB were left, a " +
+            std::to_string(stats_.expected_downtime_ns / 1'000'000) + " ms pause (at most " +
+            std::to_string(options_.max_downtime.count() / 1'000'000) + " ms allowed)";
+        Release();
+        return msg;
+      }
+      if (!fits)
+        log::warn("migration.over_target", {{"expected_pause_ms", double(stats_.expected_downtime_ns) / 1e6},
+                                            {"target_ms", double(options_.downtime_target.count()) / 1e6}});
+      // What this round found goes in the pause, with what the VM writes until then.
+      pending_pages_ = std::move(pages);
+      pending_blocks_ = std::move(blocks);
+      stats_.copy_ns = clock_.monotonic_ns() - t0;
+      return "";
+    }
+    // Not shrinking by a tenth a round: the guest writes about as fast as we copy.
+    if (options_.throttle_step != 0 && previous_left != UINT64_MAX && left * 10 > previous_left * 9 &&
+        stats_.throttle_percent < options_.max_throttle) {
+      stats_.throttle_percent = std::min(options_.max_throttle, stats_.throttle_percent + options_.throttle_step);
+      vm_.set_throttle_percent(stats_.throttle_percent);
+      log::info("migration.throttle", {{"percent", stats_.throttle_percent}});
+    }
+    previous_left = left;
+    round_start = now;
+    why = SendPages(pages);
+    if (why.empty() && disk_fd_) why = SendDiskBlocks(blocks);
+    if (!why.empty()) {
+      Release();
+      return why;
+    }
+  }
+}
+
+std::string PrecopySender::finish_at_boundary(vmm::PageBitmap& final_pages) {
+  final_pages = vm_.take_written_pages();
+  final_pages.merge(pending_pages_);
+  std::string why;
+  if (disk_fd_) {
+    disk_written_.merge(pending_blocks_);
+    const uint64_t before = stats_.disk_bytes_sent;
+    why = SendDiskBlocks(disk_written_);
+    stats_.final_disk_bytes = stats_.disk_bytes_sent - before;
+  }
+  vm_.stop_write_tracking();
+  tracking_ = false;
+  vm_.set_throttle_percent(0);
+  stats_.final_pages = final_pages.count();
+  return why;
+}
+
+std::string PrecopySender::send_manifest(StateManifest manifest) {
+  manifest.set_format_version(kStateFormatVersion);
+  manifest.set_memory_bytes(vm_.memory().size());
+  manifest.set_disk_bytes(disk_bytes_);
+  manifest.set_rounds(stats_.rounds);
+  manifest.set_memory_pages_sent(stats_.memory_pages_sent);
+  manifest.set_disk_bytes_sent(stats_.disk_bytes_sent);
+  const std::string bytes = manifest.SerializeAsString();
+  transport::SendResult s = channel_.send(
+      kMsgStateManifest, {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, options_.send_timeout);
+  if (!s.ok()) return "sending the state manifest: " + s.message;
+  stats_.bytes_sent += bytes.size();
+  return "";
+}
+
+std::string PrecopySender::SendPages(const vmm::PageBitmap& pages) {
+  vmm::GuestMemory& mem = vm_.memory();
+  std::vector<uint32_t> data, zero;
+  std::vector<uint8_t> head, copy;
+  auto flush = [&]() -> std::string {
+    if (data.empty() && zero.empty()) return "";
+    head.resize(8 + 4 * (data.size() + zero.size()));
+    eventlog::PutLe32(head.data(), uint32_t(data.size()));
+    eventlog::PutLe32(head.data() + 4, uint32_t(zero.size()));
+    size_t at = 8;
+    for (uint32_t p : data) eventlog::PutLe32(head.data() + at, p), at += 4;
+    for (uint32_t p : zero) eventlog::PutLe32(head.data() + at, p), at += 4;
+    // Copied out of guest RAM first: the guest may be writing these pages, and the
+    // frame's CRC must cover exactly the bytes that go out.
+    copy.resize(data.size() * kPage);
+    for (size_t i = 0; i < data.size(); ++i) std::memcpy(&copy[i * kPage], mem.ptr(uint64_t(data[i]) * kPage, kPage), kPage);
+    const std::span<const uint8_t> parts[] = {{head.data(), head.size()}, {copy.data(), copy.size()}};
+    transport::SendResult s = channel_.send(kMsgMemoryPages, parts, options_.send_timeout);
+    if (!s.ok()) return "sending memory pages: " + s.message;
+    stats_.memory_pages_sent += data.size() + zero.size();
+    stats_.zero_pages_sent += zero.size();
+    stats_.bytes_sent += head.size() + data.size() * kPage;
+    data.clear();
+    zero.clear();
+    return "";
+  };
+  std::string why;
+  pages.for_each([&](uint64_t page) {
+    if (!why.empty()) return;
+    (IsZeroPage(mem.ptr(page * kPage, kPage)) ? zero : data).push_back(uint32_t(page));
+    if (data.size() + zero.size() == kPagesPerMessage) why = flush();
+  });
+  return why.empty() ? flush() : why;
+}
+
+std::string PrecopySender::SendDisk(uint64_t offset, uint64_t bytes) {
+  std::vector<uint8_t> buf(8 + std::min<uint64_t>(bytes, kDiskChunkBytes));
+  while (bytes > 0) {
+    const size_t want = size_t(std::min<uint64_t>(bytes, kDiskChunkBytes));
+    ssize_t n = pread(disk_fd_.get(), buf.data() + 8, want, off_t(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return "reading the disk " + vm_.disk_path() + ": " + strerror(errno);
+    if (n == 0) return "reading the disk " + vm_.disk_path() + ": it ends before " + std::to_string(offset);
+    eventlog::PutLe64(buf.data(), offset);
+    transport::SendResult s =
+        channel_.send(kMsgDiskData, std::span<const uint8_t>(buf.data(), size_t(n) + 8), options_.send_timeout);
+    if (!s.ok()) return "sending the disk: " + s.message;
+    offset += uint64_t(n);
+    bytes -= uint64_t(n);
+    stats_.disk_bytes_sent += uint64_t(n);
+    stats_.bytes_sent += uint64_t(n) + 8;
+  }
+  return "";
+}
+
+std::string PrecopySender::SendDiskExtents() { return SendDiskBlocks(DataPages(disk_fd_.get(), disk_bytes_)); }
+
+std::string PrecopySender::SendDiskBlocks(const vmm::PageBitmap& blocks) {
+  // Runs of adjacent blocks go as one read.
+  std::string why;
+  uint64_t run_start = 0, run_len = 0;
+  auto flush = [&] {
+    if (run_len == 0 || !why.empty()) return;
+    const uint64_t off = run_start * kPage;
+    why = SendDisk(off, std::min(run_len * kPage, disk_bytes_ - off));
+    run_len = 0;
+  };
+  blocks.for_each([&](uint64_t b) {
+    if (run_len != 0 && b == run_start + run_len) {
+      ++run_len;
+      return;
+    }
+    flush();
+    run_start = b;
+    run_len = 1;
+  });
+  flush();
+  return why;
+}
+
+// ---- Receiver -------------------------------------------------------------------------
+
+void CreateSparseDisk(const std::string& path, uint64_t bytes) {
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd) throw SysError("the replica's disk " + path);
+  if (ftruncate(fd.get(), off_t(bytes)) != 0) throw SysError("sizing the replica's disk " + path);
+}
+
+StateReceiver::StateReceiver(vmm::GuestMemory& memory, const std::string& disk_path, uint64_t disk_bytes)
+    : memory_(memory), disk_path_(disk_path), disk_bytes_(disk_bytes) {
+  if (disk_path_.empty()) return;
+  disk_fd_ = UniqueFd(open(disk_path_.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!disk_fd_) throw SysError("the replica's disk " + disk_path_);
+  struct stat st {};
+  if (fstat(disk_fd_.get(), &st) != 0) throw SysError("the replica's disk " + disk_path_);
+  if (uint64_t(st.st_size) != disk_bytes_)
+    throw Error("the replica's disk " + disk_path_ + " has " + std::to_string(st.st_size) + " bytes, the VM's " +
+                std::to_string(disk_bytes_));
+}
+
+StateManifest StateReceiver::receive(transport::Channel& channel, std::chrono::nanoseconds timeout) {
+  transport::Message msg;
+  for (;;) {
+    transport::RecvResult r = channel.recv(msg, timeout);
+    if (!r.is_message())
+      throw Error("the live copy from " + channel.peer() + " stopped after " + std::to_string(pages_) + " pages and " +
+                  std::to_string(disk_received_ >> 10) + " KiB of disk: " +
+                  (r.timed_out() ? std::string("nothing arrived for ") + std::to_string(timeout.count() / 1'000'000) +
+                                       " ms"
+                                 : r.message));
+    switch (msg.type()) {
+      case kMsgMemoryPages: ApplyPages(msg.payload()); break;
+      case kMsgDiskData: ApplyDisk(msg.payload()); break;
+      case kMsgStateManifest: {
+        StateManifest m;
+        if (!m.ParseFromArray(msg.payload().data(), int(msg.size())))
+          throw Error("the state manifest from " + channel.peer() + " is not a valid protobuf message");
+        if (m.format_version() != kStateFormatVersion)
+          throw Error("the state manifest is format version " + std::to_string(m.format_version()) +
+                      "; this ftvm reads version " + std::to_string(kStateFormatVersion));
+        if (m.memory_bytes() != memory_.size())
+          throw Error("the state manifest describes " + std::to_string(m.memory_bytes() >> 20) +
+                      " MiB of memory, the replica has " + std::to_string(memory_.size() >> 20));
+        if (m.disk_bytes() != disk_bytes_)
+          throw Error("the state manifest describes a disk of " + std::to_string(m.disk_bytes()) +
+                      " bytes, the replica's has " + std::to_string(disk_bytes_));
+        if (disk_fd_ && fdatasync(disk_fd_.get()) != 0) throw SysError("syncing the replica's disk " + disk_path_);
+        return m;
+      }
+      default:
+        throw Error("the sender at " + channel.peer() + " sent message type " + std::to_string(msg.type()) +
+                    " in the middle of a live copy");
+    }
+  }
+}
+
+void StateReceiver::ApplyPages(std::span<const uint8_t> payload) {
+  if (payload.size() < 8) throw Error("a memory-pages message of " + std::to_string(payload.size()) + " bytes");
+  const uint64_t n_data = eventlog::GetLe32(payload.data());
+  const uint64_t n_zero = eventlog::GetLe32(payload.data() + 4);
+  const uint64_t want = 8 + 4 * (n_data + n_zero) + n_data * kPage;
+  if (payload.size() != want)
+    throw Error("a memory-pages message for " + std::to_string(n_data) + "+" + std::to_string(n_zero) +
+                " pages has " + std::to_string(payload.size()) + " bytes, not " + std::to_string(want));
+  const uint64_t limit = memory_.size() / kPage;
+  const uint8_t* data = payload.data() + 8 + 4 * (n_data + n_zero);
+  for (uint64_t i = 0; i < n_data + n_zero; ++i) {
+    const uint64_t page = eventlog::GetLe32(payload.data() + 8 + 4 * i);
+    if (page >= limit)
+      throw Error("memory page " + std::to_string(page) + " is beyond the replica's " +
+                  std::to_string(memory_.size() >> 20) + " MiB");
+    uint8_t* dst = memory_.ptr(page * kPage, kPage);
+    if (i < n_data) {
+      std::memcpy(dst, data + i * kPage, kPage);
+    } else if (!IsZeroPage(dst)) {  // reading a hole allocates nothing; writing would
+      std::memset(dst, 0, kPage);
+    }
+  }
+  pages_ += n_data + n_zero;
+}
+
+void StateReceiver::ApplyDisk(std::span<const uint8_t> payload) {
+  if (!disk_fd_) throw Error("the sender sent disk data, but the VM has no disk");
+  if (payload.size() < 8) throw Error("a disk-data message of " + std::to_string(payload.size()) + " bytes");
+  const uint64_t at = eventlog::GetLe64(payload.data());
+  const auto data = payload.subspan(8);
+  if (at > disk_bytes_ || data.size() > disk_bytes_ - at)
+    throw Error("disk data at " + std::to_string(at) + "+" + std::to_string(data.size()) + " beyond the disk's " +
+                std::to_string(disk_bytes_) + " bytes");
+  for (size_t done = 0; done < data.size();) {
+    ssize_t n = pwrite(disk_fd_.get(), data.data() + done, data.size() - done, off_t(at + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw SysError("writing the replica's disk " + disk_path_);
+    done += size_t(n);
+  }
+  disk_received_ += data.size();
+}
+
+}  // namespace ftvm::migration

@@ -1,0 +1,172 @@
+// Live state transfer: copies a running VM's memory and disk to another VMM over a
+// logging channel while the VM keeps running (pre-copy), so that the VM pauses
+// only for what it wrote during the last round.
+//
+//   sender (VM runs here)                          receiver (the copy)
+//   MemoryPages / DiskData, round 0: everything --->  written into its memory / disk
+//   MemoryPages / DiskData, round n: what the VM  --->  ... (the same pages again)
+//                           wrote during round n-1
+//   -- the VM pauses at a boundary --
+//   DiskData: blocks written during the last round ->
+//   StateManifest (protobuf: format version, sizes, the header of the log that
+//                  follows, whose opening checkpoint carries the vCPU, the devices
+//                  and the pages written during the last round) ->
+//
+// Each round reads pages and blocks while the guest may be writing them: a torn copy
+// is harmless because every write after the round began marks its page for the next
+// round (the trackers are re-armed before the copy starts). Correctness is checked
+// end to end: the receiver's whole-VM digest after the opening checkpoint must equal
+// the digest in the log header, taken at the pause.
+//
+// Rounds end when what is left would take at most the downtime target at the
+// bandwidth measured so far. A guest that writes faster than the channel carries is
+// throttled step by step (PrecopyOptions); if that does not converge the copy gives
+// up with a message that names both rates, and the VM runs on untouched.
+//
+// Message types share the replication protocol's numbering (primary/protocol.h).
+// MemoryPages: u32 n_data, u32 n_zero, then n_data + n_zero u32 page numbers (the
+// data pages first), then n_data pages of 4 KiB. DiskData: u64 byte offset, then the
+// bytes. All integers little-endian.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "common/clock.h"
+#include "common/unique_fd.h"
+#include "migration/migration.pb.h"
+#include "transport/channel.h"
+#include "vmm/guest_memory.h"
+#include "vmm/page_bitmap.h"
+
+namespace ftvm::migration {
+
+inline constexpr uint8_t kMsgDiskData = 7;
+inline constexpr uint8_t kMsgMemoryPages = 9;
+inline constexpr uint8_t kMsgStateManifest = 10;
+
+// Bump on any change a receiver of the old format would misread.
+inline constexpr uint32_t kStateFormatVersion = 1;
+
+// What a live copy needs from the VM it copies (the recorder on a primary).
+class RunningVm {
+ public:
+  virtual ~RunningVm() = default;
+  virtual vmm::GuestMemory& memory() = 0;
+  // The disk image ("" when the VM has none), read while the VM writes it.
+  virtual const std::string& disk_path() const = 0;
+  // Runs `task` on the vCPU thread at the next boundary, the VM paused there, and
+  // waits for it; false when the VM ended first.
+  virtual bool at_boundary(const std::function<void()>& task) = 0;
+  // At a boundary: start noting written memory pages and disk blocks; hand over (and
+  // reset) what was noted; stop.
+  virtual void start_write_tracking(vmm::PageBitmap* disk_blocks) = 0;
+  virtual vmm::PageBitmap take_written_pages() = 0;
+  virtual void stop_write_tracking() = 0;
+  // Any thread: let the guest run at most (100 - percent)% of the time.
+  virtual void set_throttle_percent(unsigned percent) = 0;
+};
+
+struct PrecopyOptions {
+  // Stop and copy once the rest fits this time at the measured bandwidth.
+  std::chrono::nanoseconds downtime_target = std::chrono::milliseconds(10);
+  // After this many rounds, stop and copy if the rest fits max_downtime, else give up.
+  unsigned max_rounds = 30;
+  std::chrono::nanoseconds max_downtime = std::chrono::milliseconds(500);
+  // Slow the guest down by `throttle_step` percent more after each round that did not
+  // shrink what is left to copy, up to `max_throttle`. 0: never throttle.
+  unsigned throttle_step = 20;
+  unsigned max_throttle = 80;
+  // A send that makes no progress this long ends the copy (the receiver is stuck).
+  std::chrono::nanoseconds send_timeout = std::chrono::seconds(60);
+};
+
+struct PrecopyStats {
+  unsigned rounds = 0;               // rounds copied while the VM ran
+  uint64_t memory_pages_sent = 0;
+  uint64_t zero_pages_sent = 0;      // of those, sent as a page number only
+  uint64_t disk_bytes_sent = 0;
+  uint64_t bytes_sent = 0;           // everything on the channel
+  uint64_t last_round_bytes = 0;     // what the last round had to copy
+  uint64_t dirty_bytes_per_s = 0;    // written by the VM during the last round
+  uint64_t bandwidth_bytes_per_s = 0;
+  uint64_t expected_downtime_ns = 0;
+  unsigned throttle_percent = 0;
+  uint64_t final_pages = 0;          // memory pages left for the pause
+  uint64_t final_disk_bytes = 0;     // disk bytes copied in the pause
+  uint64_t copy_ns = 0;              // rounds, the VM running
+};
+
+class PrecopySender {
+ public:
+  PrecopySender(RunningVm& vm, transport::Channel& channel, Clock& clock, PrecopyOptions options = {});
+  ~PrecopySender();
+
+  // Copies rounds until what is left fits the downtime (then returns ""), or gives
+  // up (returns why; tracking is stopped and the guest unthrottled). The VM runs.
+  std::string copy_while_running();
+  // At a boundary, after copy_while_running() succeeded: sends the disk blocks the
+  // VM wrote since the last round and stops tracking. `final_pages` gets the memory
+  // pages written since the last round: the opening checkpoint must carry them.
+  // Returns "" or why it failed.
+  std::string finish_at_boundary(vmm::PageBitmap& final_pages);
+  // Sends the manifest that ends the state stream.
+  std::string send_manifest(StateManifest manifest);
+
+  const PrecopyStats& stats() const { return stats_; }
+
+ private:
+  std::string SendPages(const vmm::PageBitmap& pages);
+  std::string SendDiskBlocks(const vmm::PageBitmap& blocks);
+  std::string SendDiskExtents();
+  std::string SendDisk(uint64_t offset, uint64_t bytes);
+  void Release();
+
+  RunningVm& vm_;
+  transport::Channel& channel_;
+  Clock& clock_;
+  PrecopyOptions options_;
+  UniqueFd disk_fd_;
+  uint64_t disk_bytes_ = 0;
+  vmm::PageBitmap disk_written_;  // blocks written since the last round (vCPU thread)
+  // Found by the round that decided to stop: they go in the pause.
+  vmm::PageBitmap pending_pages_;
+  vmm::PageBitmap pending_blocks_;
+  bool tracking_ = false;
+  PrecopyStats stats_;
+};
+
+// Creates (or truncates) the replica's disk image as a sparse file of `bytes`, for a
+// StateReceiver to fill. Throws ftvm::Error naming the file.
+void CreateSparseDisk(const std::string& path, uint64_t bytes);
+
+// The receiving side: applies the state stream to a replica's memory and disk.
+class StateReceiver {
+ public:
+  // `disk_path`: the replica's disk image, created or truncated to `disk_bytes`
+  // ("" when the VM has none). Throws ftvm::Error naming the file.
+  StateReceiver(vmm::GuestMemory& memory, const std::string& disk_path, uint64_t disk_bytes);
+
+  // Receives until the manifest, within `timeout` per message. Throws ftvm::Error
+  // naming what went wrong: the sender went away, a malformed message, data outside
+  // the memory or the disk, a manifest of another format version or for another VM.
+  StateManifest receive(transport::Channel& channel, std::chrono::nanoseconds timeout);
+
+  uint64_t pages_received() const { return pages_; }
+  uint64_t disk_bytes_received() const { return disk_received_; }
+
+ private:
+  void ApplyPages(std::span<const uint8_t> payload);
+  void ApplyDisk(std::span<const uint8_t> payload);
+
+  vmm::GuestMemory& memory_;
+  std::string disk_path_;
+  uint64_t disk_bytes_ = 0;
+  UniqueFd disk_fd_;
+  uint64_t pages_ = 0;
+  uint64_t disk_received_ = 0;
+};
+
+}  // namespace ftvm::migration
