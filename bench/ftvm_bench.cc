@@ -14,12 +14,13 @@
 // Protected pair rows (see "The protected pair" below): "channel:" is the logging
 // channel by itself (channel_bench), "pair:" the mail store protected over shm and
 // tcp against `ftvm run` (latency, outputs held, replica lag, throughput, CPU),
-// "failover:" the kill-primary drill against the issue's goals.
+// "failover:" the kill-primary drill against the issue's goals; "migrate:" a live
+// move of a 1 GiB VM to another VMM (ftvm migrate).
 //
-//   build/bench/ftvm_bench [--quick] [--pair-only]
+//   build/bench/ftvm_bench [--quick] [--pair-only | --migrate-only]
 //
 // --pair-only skips everything before the protected pair rows (boot time stays, for
-// the backend). Environment: FTVM_BIN, FTVM_GUEST, FTVM_RING0_GUEST and
+// the backend); --migrate-only runs just the channel and migration rows. Environment: FTVM_BIN, FTVM_GUEST, FTVM_RING0_GUEST and
 // FTVM_CHANNEL_BENCH (build/transport/channel_bench); meson sets them.
 #include <signal.h>
 #include <sys/resource.h>
@@ -910,6 +911,59 @@ void PairThroughput(std::vector<Row>& rows, bool quick, const Channels& ch) {
   }
 }
 
+// `ftvm migrate` of a 1 GiB VM whose guest writes 64 MiB/s (the `dirty` app over
+// 512 MiB), over shm on this host: the two pauses (the last copy round with the
+// opening checkpoint, then the handover), the whole move's time against RAM size
+// over the channel's streaming bandwidth, and what went over the channel. The
+// moved VM must finish its run on the destination, or the bench stops.
+void Migration(std::vector<Row>& rows, bool quick, const Channels& ch) {
+  const std::string dir = itest::ScratchPath("bench-migrate");
+  std::filesystem::create_directories(dir + "/arbiter");
+  const std::string sock = dir + "/s.sock", console = dir + "/dest.console";
+  const std::string seconds_arg = quick ? "seconds=6" : "seconds=8";
+  Process src = Process::Start({g_ftvm, "primary", "--listen", "shm:" + sock, "--arbiter", dir + "/arbiter",
+                                "--wait-secondary-s", "0", "--guest", g_guest, "--mem", "1024", "--app", "dirty",
+                                "--arg", "mib=512", "--arg", "mib_per_s=64", "--arg", seconds_arg},
+                               "bench-migrate-src");
+  if (!itest::WaitForFileContains(src.stderr_path(), "primary.unprotected", seconds(60)))
+    Die("the migration source never started", src.Wait(seconds(1)));
+  usleep(1500000);  // the guest writes its memory for a while first
+  ProcessResult dst = RunProcess({g_ftvm, "migrate", "--from", "shm:" + sock, "--arbiter", dir + "/arbiter",
+                                  "--console", console},
+                                 seconds(300), "bench-migrate-dst");
+  ProcessResult sr = src.Wait(seconds(60));
+  if (dst.exit_code != 0 || sr.exit_code != 4 || itest::ReadFile(console).find("dirty: mib=512") == std::string::npos)
+    Die("ftvm migrate did not move the VM (source exit " + std::to_string(sr.exit_code) + ", source log:\n" +
+            sr.err + ")",
+        dst);
+  auto field = [&](const std::string& event, const std::string& key) {
+    std::smatch m;
+    if (!std::regex_search(sr.err, m, std::regex(event + R"(.* )" + key + R"(=([0-9.]+))")))
+      Die("the migration source did not log " + event + " " + key, sr);
+    return std::stod(m[1]);
+  };
+  // Log lines start with HH:MM:SS.micros.
+  auto at = [&](const std::string& event) {
+    std::smatch m;
+    if (!std::regex_search(sr.err, m, std::regex(R"((\d\d):(\d\d):(\d\d\.\d+) INFO )" + event)))
+      Die("the migration source did not log " + event, sr);
+    return std::stod(m[1]) * 3600 + std::stod(m[2]) * 60 + std::stod(m[3]);
+  };
+  const double copy_pause = field("primary.reprotected", "paused_ms");
+  const double handover_pause = field("primary.handed_over", "paused_ms");
+  const double sent_mib = field("primary.reprotected", "sent_mib");
+  const double total_s = at("primary.handed_over") - at("primary.copying_state");
+  const double ram_over_channel_s = double(1u << 30) / (ch.shm.gbps * 1e9);
+  const std::string pre = "migrate: 1 GiB VM, dirty 64 MiB/s, shm: ";
+  rows.push_back({pre + "pause, last round", copy_pause, "ms", "goal 10 ms", 10});
+  rows.push_back({pre + "pause, handover", handover_pause, "ms", "goal 10 ms", 10});
+  rows.push_back({pre + "downtime (both pauses)", copy_pause + handover_pause, "ms", "goal 10 ms", 10});
+  rows.push_back({pre + "total time", total_s, "s", "RAM / channel x 1.5", 1.5 * ram_over_channel_s});
+  rows.push_back({pre + "data sent", sent_mib, "MiB", "RAM", 1024});
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
 // `ftvm drill --fault kill-primary`: recovery time, lost and duplicated messages.
 void Failover(std::vector<Row>& rows, bool quick) {
   const int rounds = quick ? 3 : 10;
@@ -950,14 +1004,16 @@ void Failover(std::vector<Row>& rows, bool quick) {
 }
 
 int Main(int argc, char** argv) {
-  bool quick = false, pair_only = false;
+  bool quick = false, pair_only = false, migrate_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
     } else if (std::strcmp(argv[i], "--pair-only") == 0) {
       pair_only = true;
+    } else if (std::strcmp(argv[i], "--migrate-only") == 0) {
+      pair_only = migrate_only = true;
     } else {
-      std::fprintf(stderr, "usage: ftvm_bench [--quick] [--pair-only]\n");
+      std::fprintf(stderr, "usage: ftvm_bench [--quick] [--pair-only | --migrate-only]\n");
       return 2;
     }
   }
@@ -1008,11 +1064,14 @@ int Main(int argc, char** argv) {
   };
   Channels channels;
   section("pair: logging channels (channel_bench)", [&] { channels = ChannelBench(pair_rows); });
-  section("pair: mail store at 500 req/s: ftvm run, ftvm record, protected over shm and tcp",
-          [&] { PairLatency(pair_rows, quick, channels); });
-  section("pair: mail store flooded: ftvm run, protected over shm and tcp",
-          [&] { PairThroughput(pair_rows, quick, channels); });
-  section("failover: ftvm drill --fault kill-primary", [&] { Failover(pair_rows, quick); });
+  if (!migrate_only) {
+    section("pair: mail store at 500 req/s: ftvm run, ftvm record, protected over shm and tcp",
+            [&] { PairLatency(pair_rows, quick, channels); });
+    section("pair: mail store flooded: ftvm run, protected over shm and tcp",
+            [&] { PairThroughput(pair_rows, quick, channels); });
+    section("failover: ftvm drill --fault kill-primary", [&] { Failover(pair_rows, quick); });
+  }
+  section("migrate: a 1 GiB VM writing 64 MiB/s, over shm", [&] { Migration(pair_rows, quick, channels); });
   pair_rows.push_back({"host: CPU other processes took during the pair rows", pair_noise.other_cores(), "cores",
                        "cores of this host", cores});
   Progress("done");

@@ -31,6 +31,12 @@ class PeerLiveness {
     while (gap > prev && !max_gap_.compare_exchange_weak(prev, gap, std::memory_order_relaxed)) {
     }
   }
+  // Starts over, as if a message arrived now and none before it (a peer that has
+  // just become ready: the time it took to get there is no silence).
+  void restart() {
+    last_.store(clock_.monotonic_ns(), std::memory_order_release);
+    max_gap_.store(0, std::memory_order_relaxed);
+  }
   uint64_t silent_ns() const { return clock_.monotonic_ns() - last_.load(std::memory_order_acquire); }
   bool expired() const { return silent_ns() > options_.failure_timeout_ns; }
   uint64_t max_gap_ns() const { return max_gap_.load(std::memory_order_relaxed); }

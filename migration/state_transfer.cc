@@ -280,8 +280,10 @@ void CreateSparseDisk(const std::string& path, uint64_t bytes) {
   if (ftruncate(fd.get(), off_t(bytes)) != 0) throw SysError("sizing the replica's disk " + path);
 }
 
-StateReceiver::StateReceiver(vmm::GuestMemory& memory, const std::string& disk_path, uint64_t disk_bytes)
-    : memory_(memory), disk_path_(disk_path), disk_bytes_(disk_bytes) {
+StateReceiver::StateReceiver(vmm::GuestMemory& memory, const std::string& disk_path, uint64_t disk_bytes,
+                             vmm::MemoryDigest* digest)
+    : memory_(memory), digest_(digest), disk_path_(disk_path), disk_bytes_(disk_bytes) {
+  if (digest_ != nullptr) applied_ = vmm::PageBitmap(memory_.size() / kPage);
   if (disk_path_.empty()) return;
   disk_fd_ = UniqueFd(open(disk_path_.c_str(), O_WRONLY | O_CLOEXEC));
   if (!disk_fd_) throw SysError("the replica's disk " + disk_path_);
@@ -344,6 +346,7 @@ void StateReceiver::ApplyPages(std::span<const uint8_t> payload) {
       throw Error("memory page " + std::to_string(page) + " is beyond the replica's " +
                   std::to_string(memory_.size() >> 20) + " MiB");
     uint8_t* dst = memory_.ptr(page * kPage, kPage);
+    if (digest_ != nullptr) applied_.set(page);
     if (i < n_data) {
       std::memcpy(dst, data + i * kPage, kPage);
     } else if (!IsZeroPage(dst)) {  // reading a hole allocates nothing; writing would
@@ -351,6 +354,10 @@ void StateReceiver::ApplyPages(std::span<const uint8_t> payload) {
     }
   }
   pages_ += n_data + n_zero;
+  if (digest_ != nullptr) {
+    digest_->update(applied_);
+    applied_.clear();
+  }
 }
 
 void StateReceiver::ApplyDisk(std::span<const uint8_t> payload) {

@@ -40,6 +40,7 @@
 #include "transport/channel.h"
 #include "vmm/guest_memory.h"
 #include "vmm/page_bitmap.h"
+#include "vmm/state_digest.h"
 
 namespace ftvm::migration {
 
@@ -147,7 +148,11 @@ class StateReceiver {
  public:
   // `disk_path`: the replica's disk image, created or truncated to `disk_bytes`
   // ("" when the VM has none). Throws ftvm::Error naming the file.
-  StateReceiver(vmm::GuestMemory& memory, const std::string& disk_path, uint64_t disk_bytes);
+  // `digest` (optional): kept equal to a fresh MemoryDigest of `memory` as pages
+  // arrive, so that whoever checks the copied state need not hash it all in the
+  // pause.
+  StateReceiver(vmm::GuestMemory& memory, const std::string& disk_path, uint64_t disk_bytes,
+                vmm::MemoryDigest* digest = nullptr);
 
   // Receives until the manifest, within `timeout` per message. Throws ftvm::Error
   // naming what went wrong: the sender went away, a malformed message, data outside
@@ -162,6 +167,8 @@ class StateReceiver {
   void ApplyDisk(std::span<const uint8_t> payload);
 
   vmm::GuestMemory& memory_;
+  vmm::MemoryDigest* digest_ = nullptr;
+  vmm::PageBitmap applied_;  // pages of the current message, for digest_
   std::string disk_path_;
   uint64_t disk_bytes_ = 0;
   UniqueFd disk_fd_;

@@ -78,6 +78,11 @@ Status LogStreamer::close() {
   return Status::Ok();
 }
 
+void LogStreamer::set_max_lag_ns(uint64_t ns) {
+  std::lock_guard<std::mutex> lock(mu_);
+  options_.max_lag_ns = ns;
+}
+
 void LogStreamer::acknowledged(uint64_t received_offset, uint64_t replayed_offset) {
   (void)received_offset;
   uint64_t prev = replayed_.load(std::memory_order_acquire);

@@ -63,6 +63,9 @@ class LogStreamer final : public eventlog::RecordSink {
   // The VM's position: everything logged below it is complete (vCPU thread).
   void note_position(uint64_t position) override { set_position(position); }
   void set_position(uint64_t position);
+  // Changes the time bound on the replica's lag (any thread): a handover tightens it
+  // so that the replica is close behind when the VM pauses.
+  void set_max_lag_ns(uint64_t ns);
   // The secondary's acknowledgement (receiver thread).
   void acknowledged(uint64_t received_offset, uint64_t replayed_offset);
   // The secondary is gone: stop sending, and let append() drop records from now on.

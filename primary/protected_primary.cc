@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <optional>
+#include <utility>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -118,7 +119,7 @@ bool ProtectedPrimary::accept_secondary() {
 }
 
 std::string ProtectedPrimary::Handshake(transport::Channel& channel, const std::vector<uint8_t>& header, bool snapshot,
-                                        std::string* secondary_name) {
+                                        std::string* secondary_name, bool* take_over) {
   replication::Hello hello;
   hello.set_protocol_version(replication::kProtocolVersion);
   hello.set_ftvm_version(FTVM_VERSION);
@@ -145,6 +146,7 @@ std::string ProtectedPrimary::Handshake(transport::Channel& channel, const std::
            std::to_string(replication::kProtocolVersion);
   if (!hr.accepted()) return "the secondary refused: " + hr.reason();
   *secondary_name = hr.secondary_name();
+  if (take_over != nullptr) *take_over = hr.take_over();
   return "";
 }
 
@@ -229,6 +231,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     return false;
   };
   std::string why, name;
+  bool take_over = false;
   RecordingVm vm(*m_, *recorder_);
   std::optional<migration::PrecopySender> sender;
   try {
@@ -236,7 +239,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     // with the state, from the pause.
     eventlog::LogHeader described = recorder_->header();
     *described.mutable_vm() = DescribeVm(m_->config(), m_->backend_name(), false);
-    if (why = Handshake(*channel, eventlog::EncodeFileHeader(described), true, &name); !why.empty())
+    if (why = Handshake(*channel, eventlog::EncodeFileHeader(described), true, &name, &take_over); !why.empty())
       return failed(why);
     sender.emplace(vm, *channel, clock_, options_.precopy);
     log::info("primary.copying_state", {{"secondary", name}, {"peer", peer}});
@@ -244,7 +247,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
   } catch (const Error& e) {
     return failed(e.what());
   }
-  uint64_t position = 0, pause_ns = 0, snapshot_ns = 0;
+  uint64_t position = 0, pause_ns = 0, snapshot_ns = 0, final_copy_ns = 0;
   // On the vCPU thread, at a boundary: the VM pauses while the rest of the state
   // goes out, so the checkpoint and the log's header describe the same instant.
   auto task = [&] {
@@ -252,6 +255,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     vmm::PageBitmap final_pages;
     if (why = sender->finish_at_boundary(final_pages); !why.empty()) return;
     const uint64_t p1 = clock_.monotonic_ns();
+    final_copy_ns = p1 - p0;
     Recorder::SnapshotStart snap = recorder_->snapshot_start(&final_pages);
     snapshot_ns = clock_.monotonic_ns() - p1;
     position = snap.header.start_position();
@@ -273,9 +277,23 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     // Here, on the vCPU thread, which reads channel_ and streamer_ (output marks).
     StartProtection(std::move(channel), std::move(streamer), name, false);
     pause_ns = clock_.monotonic_ns() - p0;
+    // ftvm migrate: the VM moves in this same pause.
+    if (take_over && !HandOverNow(position, &why) && why.empty()) why = "the secondary was lost";
+    pause_ns = clock_.monotonic_ns() - p0;
   };
   m_->notify_host_event();
   if (!recorder_->run_at_boundary(task)) return false;
+  if (take_over) {
+    if (handed_over_) {
+      log::info("primary.handed_over", {{"position", position},
+                                        {"paused_ms", double(pause_ns) / 1e6},
+                                        {"copy_rounds", sender->stats().rounds},
+                                        {"total_ms", (clock_.monotonic_ns() - t0) / 1000000}});
+    } else {
+      log::error("primary.handover_failed", {{"reason", why}});
+    }
+    return handed_over_;
+  }
   if (!why.empty()) {
     gate_->open();
     return failed(why);
@@ -293,6 +311,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
                                     {"final_pages", st.final_pages},
                                     {"final_disk_kib", st.final_disk_bytes >> 10},
                                     {"paused_ms", double(pause_ns) / 1e6},
+                                    {"of_which_last_round_ms", double(final_copy_ns) / 1e6},
                                     {"of_which_checkpoint_ms", double(snapshot_ns) / 1e6},
                                     {"total_ms", (clock_.monotonic_ns() - t0) / 1000000}});
   return true;
@@ -314,49 +333,84 @@ void ProtectedPrimary::stop() {
   m_->stop();
 }
 
+namespace {
+// How far (in time) the replica may trail while a handover approaches.
+constexpr uint64_t kHandoverLagNs = 1'000'000;
+}  // namespace
+
+bool ProtectedPrimary::HandOverNow(uint64_t position, std::string* why) {
+  const uint64_t limit = uint64_t(options_.handover_timeout.count());
+  const uint64_t start = clock_.monotonic_ns();
+  auto give_up = [&](const std::string& reason) {
+    *why = reason;
+    // The secondary may have claimed the VM already: the arbiter decides, before
+    // this VM runs another instruction.
+    channel_->close();
+    SecondaryLost("handover: " + reason, false);
+    return false;
+  };
+  if (eventlog::Status s = streamer_->flush(); !s.ok()) return give_up("flushing the log: " + s.message());
+  // Everything acknowledged: every held output has gone out.
+  const uint64_t end = streamer_->size();
+  while (acked_offset_.load(std::memory_order_acquire) < end && !lost_ && !monitor_.joinable()) {
+    // No monitor yet (the secondary joined in this pause): read its acks here.
+    transport::Message msg;
+    transport::RecvResult r = channel_->recv(msg, std::chrono::milliseconds(10));
+    if (r.is_message() && msg.type() == replication::kAck) {
+      if (std::optional<replication::Ack> a = replication::DecodeAck(msg.payload())) {
+        gate_->acknowledged(options_.strict_outputs ? a->replayed_offset : a->received_offset);
+        acked_offset_.store(options_.strict_outputs ? a->replayed_offset : a->received_offset);
+      }
+    } else if (!r.is_message() && !r.timed_out()) {
+      return give_up("the secondary went away: " + r.message);
+    }
+    if (clock_.monotonic_ns() - start > limit) return give_up("the secondary did not acknowledge the log in time");
+  }
+  while (acked_offset_.load(std::memory_order_acquire) < end && !lost_) {
+    if (clock_.monotonic_ns() - start > limit) return give_up("the secondary did not acknowledge the log in time");
+    usleep(200);
+  }
+  if (lost_) return false;
+  auto at = replication::EncodeHandover({position, m_->guest_clock_ns()});
+  if (transport::SendResult s = channel_->send(replication::kHandover, at, std::chrono::seconds(1)); !s.ok())
+    return give_up("sending the handover: " + s.message);
+  while (!handed_over_ && !lost_) {
+    if (!monitor_.joinable()) {
+      transport::Message msg;
+      transport::RecvResult r = channel_->recv(msg, std::chrono::milliseconds(10));
+      if (r.is_message() && msg.type() == replication::kHandoverDone) handed_over_ = true;
+      else if (!r.is_message() && !r.timed_out()) return give_up("the secondary went away: " + r.message);
+    } else {
+      usleep(200);
+    }
+    if (!handed_over_ && clock_.monotonic_ns() - start > limit)
+      return give_up("the secondary did not confirm it runs the VM");
+  }
+  if (!handed_over_) return false;
+  SetProtection(Protection::kStoppedForPeer, "handed the VM over to the secondary at " + channel_->peer());
+  // Nothing this VM does from here on counts: log nothing more, wait for nobody.
+  streamer_->abandon("the VM was handed over");
+  recorder_->attach(nullptr);
+  m_->stop();
+  return true;
+}
+
 void ProtectedPrimary::HandOver() {
   const uint64_t t0 = clock_.monotonic_ns();
   log::info("primary.handover_requested", {{"peer", channel_->peer()}});
-  const uint64_t limit = uint64_t(options_.handover_timeout.count());
-  auto wait_for = [&](const auto& done) {
-    const uint64_t start = clock_.monotonic_ns();
-    while (!done() && !lost_ && !stopping_ && clock_.monotonic_ns() - start < limit) usleep(200);
-    return done();
-  };
+  // Let the VM run only a little ahead of the replica first, so that the pause
+  // below waits for a short catch-up instead of one of up to max_lag_ns.
+  streamer_->set_max_lag_ns(kHandoverLagNs);
+  usleep(useconds_t(std::min<uint64_t>(options_.streamer.max_lag_ns, 100'000'000) / 1000 + 5000));
   std::string failed;
   uint64_t paused_at = 0;
   // On the vCPU thread: the VM stays paused until the secondary runs it, or is lost.
   auto task = [&] {
     paused_at = clock_.monotonic_ns();
-    if (eventlog::Status s = streamer_->flush(); !s.ok()) {
-      failed = "flushing the log: " + s.message();
-      return;
-    }
-    const uint64_t end = streamer_->size();
-    // Everything acknowledged: every held output has gone out.
-    if (!wait_for([&] { return acked_offset_.load(std::memory_order_acquire) >= end; })) {
-      if (!lost_) {
-        // A secondary that asked for the VM and cannot keep up ends the pairing.
-        failed = "the secondary did not acknowledge the whole log in time";
-        channel_->close();
-      }
-      return;
-    }
-    auto at = replication::EncodeHeartbeat(m_->position());
-    if (transport::SendResult s = channel_->send(replication::kHandover, at, std::chrono::seconds(1)); !s.ok()) {
-      failed = "sending the handover: " + s.message;
-      return;
-    }
-    if (wait_for([&] { return handed_over_.load(); })) {
-      SetProtection(Protection::kStoppedForPeer, "handed the VM over to the secondary at " + channel_->peer());
-      m_->stop();
-      return;
-    }
-    // No word from the secondary: it may or may not have claimed the VM. Treat it
-    // as lost; the arbiter decides who runs the VM.
-    if (!lost_) channel_->close();
+    HandOverNow(m_->position(), &failed);
   };
   if (!recorder_->run_at_boundary(task)) return;
+  streamer_->set_max_lag_ns(options_.streamer.max_lag_ns);
   if (handed_over_) {
     log::info("primary.handed_over", {{"position", m_->position()},
                                       {"paused_ms", double(clock_.monotonic_ns() - paused_at) / 1e6},
@@ -370,10 +424,17 @@ void ProtectedPrimary::MonitorLoop() {
   transport::Message msg;
   const auto interval = std::chrono::nanoseconds(options_.liveness.heartbeat_interval_ns);
   uint64_t last_heartbeat = clock_.monotonic_ns();
+  // A secondary's first message says its replica is built, which for a large VM
+  // joining live takes a while after the state arrived (the whole-memory digest,
+  // write protection of all of it): until then, only the handshake's limit counts.
+  bool ready = false;
   while (!stopping_) {
     transport::RecvResult r = channel_->recv(msg, interval);
     if (r.is_message()) {
-      liveness_->heard();
+      if (!std::exchange(ready, true))
+        liveness_->restart();
+      else
+        liveness_->heard();
       if (msg.type() == replication::kAck) {
         if (std::optional<replication::Ack> a = replication::DecodeAck(msg.payload())) {
           streamer_->acknowledged(a->received_offset, a->replayed_offset);
@@ -389,7 +450,9 @@ void ProtectedPrimary::MonitorLoop() {
         log::warn("primary.unexpected_message", {{"type", int(msg.type())}});
       }
     } else if (r.timed_out()) {
-      if (liveness_->expired() && !recorder_->log_ended()) {
+      const bool silent = ready ? liveness_->expired()
+                                : liveness_->silent_ns() > uint64_t(options_.handshake_timeout.count());
+      if (silent && !recorder_->log_ended()) {
         SecondaryLost("no message from the secondary for " + std::to_string(liveness_->silent_ns() / 1000000) +
                           " ms",
                       true);

@@ -104,7 +104,12 @@ class ProtectedPrimary {
   bool AttachLive(std::unique_ptr<transport::Channel> channel);
   // Sends the hello and checks the reply; "" or why it failed.
   std::string Handshake(transport::Channel& channel, const std::vector<uint8_t>& header, bool snapshot,
-                        std::string* secondary_name);
+                        std::string* secondary_name, bool* take_over = nullptr);
+  // In the pause (vCPU thread, VM paused): tells the secondary to take the VM at
+  // `position` once it has the log up to here, and waits for it to say it runs the
+  // VM. True: it does, and this VM stops. False: it failed or was lost, and the
+  // arbiter has decided who runs the VM (SecondaryLost).
+  bool HandOverNow(uint64_t position, std::string* why);
   void StartProtection(std::unique_ptr<transport::Channel> channel, std::unique_ptr<LogStreamer> streamer,
                        const std::string& secondary_name, bool start_monitor);
   // `silent`: lost by the failure timeout (either side may be the cut-off one), not

@@ -43,4 +43,16 @@ std::optional<uint64_t> DecodeHeartbeat(std::span<const uint8_t> p) {
   return GetLe64(p.data());
 }
 
+std::array<uint8_t, 16> EncodeHandover(const Handover& h) {
+  std::array<uint8_t, 16> out;
+  PutLe64(out.data(), h.position);
+  PutLe64(out.data() + 8, h.guest_clock_ns);
+  return out;
+}
+
+std::optional<Handover> DecodeHandover(std::span<const uint8_t> p) {
+  if (p.size() != 16) return std::nullopt;
+  return Handover{GetLe64(p.data()), GetLe64(p.data() + 8)};
+}
+
 }  // namespace ftvm::replication

@@ -58,7 +58,7 @@ enum MsgType : uint8_t {
   // A planned move of the VM to the secondary's host (ftvm migrate):
   kHandoverRequest = 11,  // secondary: hand me the VM (sent once it has caught up)
   kHandover = 12,         // primary: my VM is paused, the log is complete and acknowledged
-                          // (u64 position); take the VM
+                          // (u64 position, u64 the guest's monotonic clock); take the VM
   kHandoverDone = 13,     // secondary: I hold the next arbiter generation and run the VM
 };
 
@@ -80,6 +80,12 @@ std::optional<LogDataHeader> DecodeLogDataHeader(std::span<const uint8_t> payloa
 std::array<uint8_t, kAckBytes> EncodeAck(const Ack& a);
 std::optional<Ack> DecodeAck(std::span<const uint8_t> payload);
 std::array<uint8_t, 8> EncodeHeartbeat(uint64_t position);
+struct Handover {
+  uint64_t position = 0;
+  uint64_t guest_clock_ns = 0;
+};
+std::array<uint8_t, 16> EncodeHandover(const Handover& h);
+std::optional<Handover> DecodeHandover(std::span<const uint8_t> payload);
 std::optional<uint64_t> DecodeHeartbeat(std::span<const uint8_t> payload);
 
 }  // namespace ftvm::replication

@@ -98,11 +98,17 @@ void ProtectingSecondary::connect() {
   reply.set_protocol_version(replication::kProtocolVersion);
   reply.set_accepted(true);
   reply.set_secondary_name(options_.name);
+  reply.set_take_over(options_.handover);
   const std::string bytes = reply.SerializeAsString();
   transport::SendResult s = channel_->send(replication::kHelloReply,
                                            {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()},
                                            std::chrono::seconds(5));
   if (!s.ok()) throw Error("answering the primary at " + channel_->peer() + ": " + s.message);
+  live_copy_ = hello.snapshot();
+  if (options_.handover) {  // the reply asked for the VM
+    std::lock_guard<std::mutex> lock(mu_);
+    report_.handover_requested_at_ns = clock_.monotonic_ns();
+  }
   if (hello.snapshot()) ReceiveLiveState(config);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -124,7 +130,9 @@ void ProtectingSecondary::connect() {
 void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
   if (!machine_) machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
   ReplayOptions ro;
-  ro.verify = options_.verify;
+  // A replica that is handed the VM right after its state arrives (ftvm migrate
+  // joining a running VM) never replays: it needs no dirty tracking.
+  ro.verify = options_.verify && !(options_.handover && live_copy_);
   ro.go_live = [this](vmm::Machine& m) { return GoLive(m); };
   replayer_ = std::make_unique<Replayer>(*machine_, *source_, ro);
   machine_->set_hooks(replayer_.get());
@@ -132,7 +140,9 @@ void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
   // acknowledgement (the vCPU thread must not wait long on a full channel; a
   // skipped one is covered by the next).
   source_->set_on_caught_up([this](uint64_t) {
-    caught_up_.store(true, std::memory_order_release);
+    // Replaying, not still setting up (a log opening with a checkpoint is consumed
+    // before the replica runs its first instruction).
+    if (replayer_->replayed_position() != 0) caught_up_.store(true, std::memory_order_release);
     SendAck(std::chrono::milliseconds(2));
   });
 }
@@ -141,11 +151,15 @@ void ProtectingSecondary::ReceiveLiveState(const vmm::VmConfig& config) {
   // The VM already runs: its memory and disk arrive while it runs, into a replica
   // booted from the same image; then the header of the log that continues it from
   // the pause, whose opening checkpoint completes the state.
-  const uint64_t disk_bytes = config.disk.empty() ? 0 : source_->header().vm().disk_bytes();
+  const eventlog::LogHeader described = source_->header();  // by the hello
+  const uint64_t disk_bytes = config.disk.empty() ? 0 : described.vm().disk_bytes();
   if (!config.disk.empty()) migration::CreateSparseDisk(config.disk, disk_bytes);
   machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
   const uint64_t t0 = clock_.monotonic_ns();
-  migration::StateReceiver receiver(machine_->memory(), config.disk, disk_bytes);
+  // The memory digest the replica checks is kept as pages arrive, not computed over
+  // all of memory in the pause.
+  auto digest = std::make_unique<vmm::MemoryDigest>(machine_->memory());
+  migration::StateReceiver receiver(machine_->memory(), config.disk, disk_bytes, digest.get());
   const migration::StateManifest manifest = receiver.receive(*channel_, std::chrono::seconds(60));
   if (receiver.pages_received() != manifest.memory_pages_sent() ||
       receiver.disk_bytes_received() != manifest.disk_bytes_sent())
@@ -156,8 +170,11 @@ void ProtectingSecondary::ReceiveLiveState(const vmm::VmConfig& config) {
   stream_->append({reinterpret_cast<const uint8_t*>(manifest.log_header().data()), manifest.log_header().size()});
   source_ = std::make_unique<StreamSource>(stream_, "stream from " + channel_->peer());
   // The same VM as the hello described (image, memory, devices), or refuse.
-  primary::ReplicaConfig(source_->header(), options_.guest_image, options_.disk, options_.console_path, true);
+  if (source_->header().guest_image_sha256() != described.guest_image_sha256() ||
+      source_->header().vm().SerializeAsString() != described.vm().SerializeAsString())
+    throw Error("the state manifest's log header describes another VM than the primary's hello");
   BuildReplica(config);
+  replayer_->adopt_memory_digest(std::move(digest));
   log::info("secondary.state_received", {{"rounds", manifest.rounds()},
                                          {"pages", receiver.pages_received()},
                                          {"disk_kib", receiver.disk_bytes_received() >> 10},
@@ -216,11 +233,17 @@ void ProtectingSecondary::ReceiveLoop() {
       } else if (msg.type() == replication::kHandover) {
         // The primary paused its VM with everything acknowledged: replay the rest,
         // then take the VM (GoLive).
-        const std::optional<uint64_t> at = replication::DecodeHeartbeat(msg.payload());
-        log::info("secondary.handover", {{"primary_position", at.value_or(0)}});
+        const std::optional<replication::Handover> h = replication::DecodeHandover(msg.payload());
+        if (!h) {
+          log::error("secondary.bad_handover", {{"bytes", msg.size()}});
+          continue;
+        }
+        log::info("secondary.handover", {{"primary_position", h->position}});
+        handover_clock_ns_ = h->guest_clock_ns;
         handing_over_ = true;
         stream_->finish("the primary handed the VM over");
-        return;
+        // Heartbeats go on: the primary waits, paused, for HandoverDone, and must
+        // not mistake the time this replica needs to get there for a loss.
       } else if (msg.type() == replication::kBye) {
         primary_said_bye_ = true;
         stream_->finish("the primary ended its log");
@@ -235,11 +258,14 @@ void ProtectingSecondary::ReceiveLoop() {
         return;
       }
     } else {
-      if (stopping_) return;
+      // After a handover, the primary hangs up once this replica runs the VM.
+      if (stopping_ || handing_over_) return;
       PrimaryLost(r.message);
       return;
     }
-    if (options_.handover && handover_requested_ns_ == 0 && caught_up_.load(std::memory_order_acquire)) {
+    // A secondary that started with the VM asks once it has caught up (one joining a
+    // running VM asked in its hello reply).
+    if (options_.handover && !live_copy_ && handover_requested_ns_ == 0 && caught_up_.load(std::memory_order_acquire)) {
       handover_requested_ns_ = clock_.monotonic_ns();
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -305,8 +331,11 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
       if (stopping_) return false;
     }
   }
+  // The guest's clock goes on from the last value it read, or from where the primary
+  // that handed the VM over left it, whichever is later: never backwards.
+  const uint64_t clock_ns = std::max(replayer_->last_monotonic_ns(), handover_clock_ns_.load());
   if (options_.listen.empty()) {
-    m.go_live(vmm::ExecutionMode::kLive, nullptr, replayer_->last_monotonic_ns(), options_.tap);
+    m.go_live(vmm::ExecutionMode::kLive, nullptr, clock_ns, options_.tap);
   } else {
     // This host is the primary now, ready to be protected again: record from here
     // on, and take a new secondary whenever one connects.
@@ -325,7 +354,7 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
     if (was.checkpoint_after_ns() != 0) po.recorder.checkpoint_after_ns = was.checkpoint_after_ns();
     auto recorder = std::make_unique<primary::Recorder>(m, po.recorder);
     primary::Recorder* hooks = recorder.get();
-    m.go_live(vmm::ExecutionMode::kRecord, hooks, replayer_->last_monotonic_ns(), options_.tap);
+    m.go_live(vmm::ExecutionMode::kRecord, hooks, clock_ns, options_.tap);
     takeover_ = std::make_unique<primary::ProtectedPrimary>(m, std::move(recorder), next, po, clock_);
     takeover_->serve_reprotection();
   }

@@ -75,6 +75,10 @@ class Replayer final : public vmm::ExecutionHooks {
   const ReplayStats& stats() const { return stats_; }
   // The last clock values the log gave the guest (0: none), for a replica going
   // live: its clock must go on from there, never back.
+  // The digest of the replica's memory as it is now, kept by whoever wrote it (a
+  // live copy): a log that opens with a checkpoint then rehashes only the pages the
+  // checkpoint changes instead of all of memory. Before the machine runs.
+  void adopt_memory_digest(std::unique_ptr<vmm::MemoryDigest> digest);
   uint64_t last_monotonic_ns() const { return last_clock_[0]; }
   uint64_t last_wall_ns() const { return last_clock_[1]; }
   // The replica's progress, for acknowledgements (any thread): log bytes consumed,

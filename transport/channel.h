@@ -174,7 +174,9 @@ class Listener {
   // "tcp:127.0.0.1:41522", "shm:/run/ftvm/vm1.sock".
   virtual std::string address() const = 0;
   // Waits up to `timeout` for a peer and completes the handshake. Returns nullptr on
-  // timeout. A peer that fails the handshake (not an ftvm channel, wrong version, gone
+  // timeout. A peer that connected in time gets the whole handshake limit (10 s) to
+  // send its hello, even past `timeout`: a short accept timeout (polling for stop
+  // requests) must not turn away a slow but sound peer. A peer that fails the handshake (not an ftvm channel, wrong version, gone
   // half way) is logged and dropped, and waiting goes on. Throws ftvm::Error when the
   // listening socket itself fails.
   virtual std::unique_ptr<Channel> accept(std::chrono::nanoseconds timeout) = 0;

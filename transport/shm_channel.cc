@@ -678,7 +678,7 @@ std::unique_ptr<Channel> ShmListener::accept(std::chrono::nanoseconds timeout) {
       err = std::string("sending the setup message: ") + std::strerror(errno);
     } else {
       std::array<uint8_t, kHelloBytes> ack{};
-      err = detail::RecvAll(conn.get(), ack, deadline.capped(kHandshakeTimeout));
+      err = detail::RecvAll(conn.get(), ack, Deadline(kHandshakeTimeout));
       if (!err.empty()) {
         err = "waiting for the peer's hello: " + err;
       } else {

@@ -424,7 +424,7 @@ std::unique_ptr<Channel> TcpListener::accept(std::chrono::nanoseconds timeout) {
     const std::string peer = "tcp:" + SockaddrText(ss);
     SetNoDelay(conn.get(), what);
     SetBuffers(conn.get(), options_, what);
-    std::string err = detail::ExchangeHello(conn.get(), HelloKind::kTcp, deadline.capped(kHandshakeTimeout));
+    std::string err = detail::ExchangeHello(conn.get(), HelloKind::kTcp, Deadline(kHandshakeTimeout));
     if (!err.empty()) {
       log::warn("channel_handshake_failed", {{"listener", address()}, {"peer", peer}, {"error", err}});
       if (deadline.expired()) return nullptr;

@@ -597,6 +597,8 @@ bool Machine::should_stop() {
 }
 
 
+uint64_t Machine::guest_clock_ns() const { return clock_dev_->now_ns(); }
+
 void Machine::track_disk_writes(PageBitmap* blocks) {
   if (blk_ != nullptr) static_cast<VirtioBlk&>(blk_->backend()).track_writes(blocks);
 }

@@ -121,6 +121,9 @@ class Machine final : private ExitHandler, private DeviceIo {
   // Thread-safe: writes one Ethernet frame to the VM's tap (a frame the output rule
   // held and has now released). False when there is no tap or it refused.
   bool send_frame(std::span<const uint8_t> frame);
+  // The guest's monotonic clock now (live or recording): where a VM handed over to
+  // another host continues its clock from.
+  uint64_t guest_clock_ns() const;
   // Marks every 4 KiB block of the disk image that guest writes reach from now on
   // in `blocks` (null: stop); no-op without a disk. vCPU thread (a boundary task).
   void track_disk_writes(PageBitmap* blocks);

@@ -228,7 +228,10 @@ TEST(Pair, LiveCopyThatCannotConvergeLeavesTheVmRunning) {
 
 // ftvm migrate: a VM moves to another VMM while it runs (memory and disk copied
 // live, then a handover), and its results are those of a run that never moved.
-void MigrateAndCompare(const std::vector<std::string>& app) {
+// `from_start`: the destination joins as the source's first secondary instead (it
+// boots from the image with a copy of the initial disk, replays, and asks for the
+// VM once it has caught up).
+void MigrateAndCompare(const std::vector<std::string>& app, bool from_start = false) {
   const std::string arbiter = ScratchPath("arbiter");
   ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
   const std::string sock = ScratchPath("mig.sock");
@@ -241,12 +244,16 @@ void MigrateAndCompare(const std::vector<std::string>& app) {
   ASSERT_FALSE(baseline.out.empty());
 
   std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
-                                   "--wait-secondary-s", "0", "--guest", GuestImage(), "--disk", disk};
+                                   "--guest", GuestImage(), "--disk", disk};
+  if (!from_start) argv.insert(argv.end(), {"--wait-secondary-s", "0"});
   argv.insert(argv.end(), app.begin(), app.end());
-  Process p = Process::Start(argv, "mig-source");
-  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
-  usleep(300000);  // the VM has been running for a while
   const std::string console = ScratchPath("mig.console"), moved_disk = ScratchPath("mig-dest.img");
+  if (from_start) MakeBlankDisk(moved_disk, 16 << 20);  // a copy of the source's initial disk
+  Process p = Process::Start(argv, "mig-source");
+  if (!from_start) {
+    ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
+    usleep(300000);  // the VM has been running for a while
+  }
   ProcessResult m = RunProcess({FtvmBinary(), "migrate", "--from", "shm:" + sock, "--arbiter", arbiter, "--disk",
                                 moved_disk, "--console", console},
                                seconds(180), "mig-dest");
@@ -266,6 +273,9 @@ TEST(Pair, MigrateAVmWritingMemory) {
 }
 TEST(Pair, MigrateAVmWritingItsDisk) {
   MigrateAndCompare({"--app", "disk", "--arg", "ops=3000", "--arg", "seed=5"});
+}
+TEST(Pair, MigrateByReplayingFromTheStart) {
+  MigrateAndCompare({"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg", "seconds=2"}, true);
 }
 
 // A primary whose would-be secondary misbehaves keeps its VM, unprotected.

@@ -15,6 +15,8 @@ class ClockDevice final : public Device {
   // A replica going live: its guest last read `monotonic_ns` (from the log); from
   // now on the host clock drives it, continuing from there, never going back.
   void continue_from(uint64_t monotonic_ns) { start_ns_ = clock_.monotonic_ns() - monotonic_ns; }
+  // What the guest's monotonic clock reads now on a live or recording VM.
+  uint64_t now_ns() const { return clock_.monotonic_ns() - start_ns_; }
   uint64_t mmio_read(uint64_t offset, unsigned size) override;
   void mmio_write(uint64_t, unsigned, uint64_t) override {}
 
