@@ -912,8 +912,8 @@ void PairThroughput(std::vector<Row>& rows, bool quick, const Channels& ch) {
 }
 
 // `ftvm migrate` of a 1 GiB VM whose guest writes 64 MiB/s (the `dirty` app over
-// 512 MiB), over shm on this host: the two pauses (the last copy round with the
-// opening checkpoint, then the handover), the whole move's time against RAM size
+// 512 MiB), over shm on this host: the pause (the last copy round, the opening
+// checkpoint, the destination taking over), the whole move's time against RAM size
 // over the channel's streaming bandwidth, and what went over the channel. The
 // moved VM must finish its run on the destination, or the bench stops.
 void Migration(std::vector<Row>& rows, bool quick, const Channels& ch) {
@@ -949,15 +949,17 @@ void Migration(std::vector<Row>& rows, bool quick, const Channels& ch) {
       Die("the migration source did not log " + event, sr);
     return std::stod(m[1]) * 3600 + std::stod(m[2]) * 60 + std::stod(m[3]);
   };
-  const double copy_pause = field("primary.reprotected", "paused_ms");
-  const double handover_pause = field("primary.handed_over", "paused_ms");
-  const double sent_mib = field("primary.reprotected", "sent_mib");
+  const double pause = field("primary.handed_over", "paused_ms");
+  const double last_round = field("primary.handed_over", "of_which_last_round_ms");
+  const double checkpoint = field("primary.handed_over", "of_which_checkpoint_ms");
+  const double sent_mib = field("primary.handed_over", "sent_mib");
   const double total_s = at("primary.handed_over") - at("primary.copying_state");
   const double ram_over_channel_s = double(1u << 30) / (ch.shm.gbps * 1e9);
-  const std::string pre = "migrate: 1 GiB VM, dirty 64 MiB/s, shm: ";
-  rows.push_back({pre + "pause, last round", copy_pause, "ms", "goal 10 ms", 10});
-  rows.push_back({pre + "pause, handover", handover_pause, "ms", "goal 10 ms", 10});
-  rows.push_back({pre + "downtime (both pauses)", copy_pause + handover_pause, "ms", "goal 10 ms", 10});
+  const std::string pre = "migrate 1 GiB, dirty 64 MiB/s, shm: ";
+  // The VM pauses once: the last round, the opening checkpoint, then the
+  // destination applies it, claims the arbiter and runs the VM.
+  rows.push_back({pre + "downtime", pause, "ms", "goal 10 ms", 10});
+  rows.push_back({pre + "source side of it", last_round + checkpoint, "ms", "downtime", pause});
   rows.push_back({pre + "total time", total_s, "s", "RAM / channel x 1.5", 1.5 * ram_over_channel_s});
   rows.push_back({pre + "data sent", sent_mib, "MiB", "RAM", 1024});
   std::error_code ec;

@@ -287,7 +287,10 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     if (handed_over_) {
       log::info("primary.handed_over", {{"position", position},
                                         {"paused_ms", double(pause_ns) / 1e6},
+                                        {"of_which_last_round_ms", double(final_copy_ns) / 1e6},
+                                        {"of_which_checkpoint_ms", double(snapshot_ns) / 1e6},
                                         {"copy_rounds", sender->stats().rounds},
+                                        {"sent_mib", double(sender->stats().bytes_sent) / double(1u << 20)},
                                         {"total_ms", (clock_.monotonic_ns() - t0) / 1000000}});
     } else {
       log::error("primary.handover_failed", {{"reason", why}});
