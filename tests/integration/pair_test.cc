@@ -274,6 +274,10 @@ TEST(Pair, MigrateAVmWritingMemory) {
 TEST(Pair, MigrateAVmWritingItsDisk) {
   MigrateAndCompare({"--app", "disk", "--arg", "ops=3000", "--arg", "seed=5"});
 }
+// The mail store moves to host B while clients deliver mail: every acknowledged
+// message is there exactly once afterwards, and only host B runs the VM.
+TEST(Pair, MailStoreMigratesUnderLoadLosingNothing) { Drill({"--fault", "migrate"}, 2); }
+
 TEST(Pair, MigrateByReplayingFromTheStart) {
   MigrateAndCompare({"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg", "seconds=2"}, true);
 }

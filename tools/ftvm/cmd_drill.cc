@@ -44,7 +44,7 @@ int DrillMain(int argc, char** argv) {
       ("help,h", "show this help")
       ("guest", po::value(&o.guest)->required(), "guest-kit image (build/guest/ftvm-guest.elf)")
       ("rounds", po::value(&o.rounds)->default_value(o.rounds), "how many times to pull the plug")
-      ("fault", po::value(&fault)->default_value(fault), "kill-primary, kill-secondary or cut-link")
+      ("fault", po::value(&fault)->default_value(fault), "kill-primary, kill-secondary, cut-link, or migrate (a live move to host B under load)")
       ("channel", po::value(&o.channel)->default_value(o.channel), "logging channel between the hosts: tcp or shm")
       ("rate", po::value(&o.rate)->default_value(o.rate), "client requests per second")
       ("workers", po::value(&o.workers)->default_value(o.workers), "client workers")

@@ -377,18 +377,30 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
                                     "10.0.0.2/24", "--console", dir + "/primary.console", "--witness",
                                     DrillNet::kWitness};
   for (const std::string& a : Split(o.extra_primary_args)) pargs.push_back(a);
+  if (o.fault == Fault::kMigrate) pargs.insert(pargs.end(), {"--wait-secondary-s", "0"});  // runs alone
   Child primary(pargs, dir + "/primary.out", dir + "/primary.err");
   const std::string reprotect_address = "tcp:" + DrillNet::host_ip(2) + ":7001";
-  Child secondary({"ip", "netns", "exec", net.ns("b"), o.ftvm, "secondary", "--connect", address, "--arbiter", arbiter,
-                   "--name", "hostB", "--disk", dir + "/diskB.img", "--tap", "vmtap", "--console",
-                   dir + "/secondary.console", "--witness", DrillNet::kWitness, "--listen", reprotect_address},
-                  dir + "/secondary.out", dir + "/secondary.err");
+  // Host B: a secondary from the start; for a migration, `ftvm migrate` at the fault.
+  const bool migrate = o.fault == Fault::kMigrate;
+  auto start_b = [&] {
+    return std::make_unique<Child>(
+        std::vector<std::string>{"ip", "netns", "exec", net.ns("b"), o.ftvm, migrate ? "migrate" : "secondary",
+                                 migrate ? "--from" : "--connect", address, "--arbiter", arbiter, "--name", "hostB",
+                                 "--disk", dir + "/diskB.img", "--tap", "vmtap", "--console",
+                                 dir + "/secondary.console", "--witness", DrillNet::kWitness, "--listen",
+                                 reprotect_address},
+        dir + "/secondary.out", dir + "/secondary.err");
+  };
+  std::unique_ptr<Child> secondary = migrate ? nullptr : start_b();
   std::unique_ptr<Child> third;  // --reprotect: host A back, as the survivor's new secondary
   auto fail = [&](const std::string& why) {
     r.problem = why;
     return r;
   };
-  if (!WaitFor([&] { return ReadAll(dir + "/primary.err").find("primary.protected") != std::string::npos; }, 60000))
+  if (!WaitFor([&] {
+        return ReadAll(dir + "/primary.err").find(migrate ? "primary.unprotected" : "primary.protected") !=
+               std::string::npos;
+      }, 60000))
     return fail("the pair did not form: " + ReadAll(dir + "/primary.err") + ReadAll(dir + "/secondary.err"));
   if (!WaitFor([&] { return ReadAll(dir + "/primary.console").find("mailstore: ready") != std::string::npos; }, 60000))
     return fail("the mail store did not start");
@@ -401,12 +413,18 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   usleep(unsigned(r.fault_at_s * 1e6));
   switch (o.fault) {
     case Fault::kKillPrimary: primary.signal(SIGKILL); break;
-    case Fault::kKillSecondary: secondary.signal(SIGKILL); break;
+    case Fault::kKillSecondary: secondary->signal(SIGKILL); break;
     case Fault::kCutPrimaryLink: net.CutLink("a"); break;  // takes an `ip` command: ~10 ms
+    case Fault::kMigrate: secondary = start_b(); break;   // the VM moves to host B, under load
   }
   // The fault has happened once the call returned: count from here.
   const uint64_t fault_ns = NowNs();
   r.in_flight = load.fault(fault_ns);
+  // A migration is done when the source has handed the VM over and stopped.
+  if (migrate && !primary.wait(60000)) {
+    load.stop();
+    return fail("the VM did not move: " + ReadAll(dir + "/primary.err") + ReadAll(dir + "/secondary.err"));
+  }
   usleep(unsigned(o.after_s * 1e6));
   if (uint64_t first = load.first_reply_after_fault_ns(); first != 0) r.recovery_ms = double(first - fault_ns) / 1e6;
   if (o.reprotect && o.fault == Fault::kKillPrimary) {
@@ -427,7 +445,7 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
     usleep(unsigned(o.after_s * 1e6));
     const uint64_t second_fault = NowNs();
     load.fault(second_fault);
-    secondary.signal(SIGKILL);
+    secondary->signal(SIGKILL);
     usleep(unsigned(o.after_s * 1e6));
     if (uint64_t first = load.first_reply_after_fault_ns(); first != 0)
       r.recovery2_ms = double(first - second_fault) / 1e6;
@@ -444,22 +462,29 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
     case Fault::kKillPrimary:
       if (third) {
         r.survivor = "host A again";
-        r.one_live = !primary.running() && !secondary.running() && third->running() &&
+        r.one_live = !primary.running() && !secondary->running() && third->running() &&
                      ReadAll(dir + "/third.err").find("secondary.LIVE") != std::string::npos;
       } else {
         r.survivor = "secondary";
-        r.one_live = !primary.running() && secondary.running() && serr.find("secondary.LIVE") != std::string::npos;
+        r.one_live = !primary.running() && secondary->running() && serr.find("secondary.LIVE") != std::string::npos;
       }
       break;
     case Fault::kKillSecondary:
       r.survivor = "primary";
-      r.one_live = primary.running() && !secondary.running() && perr.find("primary.UNPROTECTED") != std::string::npos;
+      r.one_live = primary.running() && !secondary->running() && perr.find("primary.UNPROTECTED") != std::string::npos;
       break;
+    case Fault::kMigrate: {
+      std::optional<int> code = primary.wait(5000);
+      r.survivor = "host B (migrated)";
+      r.one_live = code == 4 && secondary->running() && perr.find("primary.handed_over") != std::string::npos &&
+                   serr.find("secondary.LIVE") != std::string::npos;
+      break;
+    }
     case Fault::kCutPrimaryLink: {
       // The cut-off primary must give up its VM (it lost the arbiter).
       std::optional<int> code = primary.wait(5000);
       r.survivor = "secondary";
-      r.one_live = code == 4 && secondary.running() &&
+      r.one_live = code == 4 && secondary->running() &&
                    ReadAll(dir + "/secondary.err").find("secondary.LIVE") != std::string::npos;
       break;
     }
@@ -474,10 +499,10 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
     else if (third && r.recovery2_ms < 0) r.problem = "no request was answered after the second fault";
   }
   primary.signal(SIGTERM);
-  secondary.signal(SIGTERM);
+  secondary->signal(SIGTERM);
   if (third) third->signal(SIGTERM);
   primary.wait(10000);
-  secondary.wait(10000);
+  secondary->wait(10000);
   if (third) third->wait(10000);
   if (!o.keep && r.ok()) {
     for (const char* f : {"/diskA.img", "/diskB.img"}) unlink((dir + f).c_str());
@@ -492,12 +517,13 @@ std::string_view FaultName(Fault f) {
     case Fault::kKillPrimary: return "kill-primary";
     case Fault::kKillSecondary: return "kill-secondary";
     case Fault::kCutPrimaryLink: return "cut-link";
+    case Fault::kMigrate: return "migrate";
   }
   return "?";
 }
 
 bool ParseFault(std::string_view text, Fault& out) {
-  for (Fault f : {Fault::kKillPrimary, Fault::kKillSecondary, Fault::kCutPrimaryLink}) {
+  for (Fault f : {Fault::kKillPrimary, Fault::kKillSecondary, Fault::kCutPrimaryLink, Fault::kMigrate}) {
     if (text == FaultName(f)) {
       out = f;
       return true;

@@ -20,7 +20,9 @@
 
 namespace ftvm::drill {
 
-enum class Fault { kKillPrimary, kKillSecondary, kCutPrimaryLink };
+// kMigrate is no fault but a planned move: the VM runs on host A alone, and at the
+// "fault" `ftvm migrate` on host B takes it over live, under the same load and checks.
+enum class Fault { kKillPrimary, kKillSecondary, kCutPrimaryLink, kMigrate };
 std::string_view FaultName(Fault f);
 // "kill-primary", "kill-secondary", "cut-link".
 bool ParseFault(std::string_view text, Fault& out);
