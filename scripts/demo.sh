@@ -3,10 +3,11 @@
 # drill: host A, host B and a client as network namespaces on this machine, a
 # protected mail store (primary on A, secondary on B, each with its own disk copy),
 # client workers delivering mail with exactly-once retries; then the primary is
-# killed with SIGKILL at a random moment under load, its network link is cut, and
-# finally the survivor is protected again and killed in turn. Each round reports the
-# time from the fault to the first request the survivor answered, and checks every
-# acknowledged message is there exactly once with exactly one live VM.
+# killed with SIGKILL at a random moment under load, its network link is cut, the
+# survivor is protected again and killed in turn, and the mail store is migrated
+# live to host B under load. Each round reports the time from the fault to the first
+# request answered afterwards, and checks every acknowledged message is there
+# exactly once with exactly one live VM.
 # Needs root (namespaces, taps). Extra arguments go to every drill (e.g. --channel shm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +35,8 @@ drill lose --rounds 1 --fault kill-secondary "$@"
 
 say "restart-safe: host A comes back as the survivor's new secondary, then the survivor dies too"
 drill again --rounds 2 --fault kill-primary --reprotect "$@"
+
+say "move it: the mail store migrates live to host B while clients keep delivering"
+drill move --rounds 2 --fault migrate "$@"
 
 say "done: no acknowledged message lost, none duplicated, one live VM every time"
