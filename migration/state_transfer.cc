@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -52,6 +53,77 @@ vmm::PageBitmap DataPages(int fd, uint64_t bytes) {
 
 }  // namespace
 
+uint64_t BlockHash(std::span<const uint8_t> block) { return XXH3_64bits(block.data(), block.size()); }
+
+std::vector<uint64_t> DiskBlockHashes(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) throw SysError("disk image " + path);
+  const off_t end = lseek(fd.get(), 0, SEEK_END);
+  if (end < 0) throw SysError("sizing disk image " + path);
+  const uint64_t bytes = uint64_t(end);
+  std::vector<uint64_t> out((bytes + kPage - 1) / kPage);
+  const std::vector<uint8_t> zeros(kPage, 0);
+  for (uint64_t b = 0; b < out.size(); ++b) out[b] = BlockHash({zeros.data(), size_t(std::min(kPage, bytes - b * kPage))});
+  const vmm::PageBitmap data = DataPages(fd.get(), bytes);
+  std::vector<uint8_t> buf(kPage);
+  std::string error;
+  data.for_each([&](uint64_t b) {
+    if (!error.empty()) return;
+    const size_t len = size_t(std::min(kPage, bytes - b * kPage));
+    ssize_t n;
+    do n = pread(fd.get(), buf.data(), len, off_t(b * kPage));
+    while (n < 0 && errno == EINTR);
+    if (n != ssize_t(len)) {
+      error = "reading disk image " + path + ": " + (n < 0 ? strerror(errno) : "short read");
+      return;
+    }
+    out[b] = BlockHash({buf.data(), len});
+  });
+  if (!error.empty()) throw Error(error);
+  return out;
+}
+
+namespace {
+constexpr size_t kHashesPerMessage = 1u << 20;  // 8 MiB: 4 GiB of disk
+}  // namespace
+
+std::string SendDiskHashes(transport::Channel& channel, std::span<const uint64_t> hashes,
+                           std::chrono::nanoseconds timeout) {
+  std::vector<uint8_t> buf;
+  for (size_t first = 0; first < hashes.size(); first += kHashesPerMessage) {
+    const size_t n = std::min(kHashesPerMessage, hashes.size() - first);
+    buf.resize(8 + 8 * n);
+    eventlog::PutLe64(buf.data(), first);
+    for (size_t i = 0; i < n; ++i) eventlog::PutLe64(buf.data() + 8 + 8 * i, hashes[first + i]);
+    if (transport::SendResult s = channel.send(kMsgDiskHashes, buf, timeout); !s.ok())
+      return "sending the disk's block hashes: " + s.message;
+  }
+  return "";
+}
+
+std::vector<uint64_t> ReceiveDiskHashes(transport::Channel& channel, uint64_t blocks,
+                                        std::chrono::nanoseconds timeout) {
+  std::vector<uint64_t> out;
+  out.reserve(blocks);
+  transport::Message msg;
+  while (out.size() < blocks) {
+    transport::RecvResult r = channel.recv(msg, timeout);
+    if (!r.is_message())
+      throw Error("receiving the disk's block hashes from " + channel.peer() + ": " +
+                  (r.timed_out() ? std::string("timed out") : r.message));
+    if (msg.type() != kMsgDiskHashes || msg.size() < 8 || (msg.size() - 8) % 8 != 0)
+      throw Error("the peer at " + channel.peer() + " sent message type " + std::to_string(msg.type()) + " of " +
+                  std::to_string(msg.size()) + " bytes instead of its disk's block hashes");
+    const uint64_t first = eventlog::GetLe64(msg.payload().data());
+    const uint64_t n = (msg.size() - 8) / 8;
+    if (first != out.size() || n > blocks - out.size())
+      throw Error("disk block hashes for blocks " + std::to_string(first) + "+" + std::to_string(n) + ", expected " +
+                  std::to_string(out.size()) + " of " + std::to_string(blocks));
+    for (uint64_t i = 0; i < n; ++i) out.push_back(eventlog::GetLe64(msg.payload().data() + 8 + 8 * i));
+  }
+  return out;
+}
+
 // ---- Sender ---------------------------------------------------------------------------
 
 PrecopySender::PrecopySender(RunningVm& vm, transport::Channel& channel, Clock& clock, PrecopyOptions options)
@@ -85,7 +157,7 @@ std::string PrecopySender::copy_while_running() {
   // Round 0: everything that holds data. Holes are zeros on both sides.
   const uint64_t memory_bytes = vm_.memory().size();
   std::string why = SendPages(DataPages(vm_.memory().fd(), memory_bytes));
-  if (why.empty() && disk_fd_) why = SendDiskExtents();
+  if (why.empty() && disk_fd_) why = receiver_disk_.empty() ? SendDiskExtents() : SendDiskDifferences();
   if (!why.empty()) {
     Release();
     return why;
@@ -248,6 +320,36 @@ std::string PrecopySender::SendDisk(uint64_t offset, uint64_t bytes) {
 }
 
 std::string PrecopySender::SendDiskExtents() { return SendDiskBlocks(DataPages(disk_fd_.get(), disk_bytes_)); }
+
+std::string PrecopySender::SendDiskDifferences() {
+  const uint64_t blocks = (disk_bytes_ + kPage - 1) / kPage;
+  if (receiver_disk_.size() != blocks)
+    return "the receiver's disk has " + std::to_string(receiver_disk_.size()) + " blocks, this one " +
+           std::to_string(blocks);
+  // Holes are zeros here: compare the receiver's hash with that of zeros, unread.
+  const vmm::PageBitmap data = DataPages(disk_fd_.get(), disk_bytes_);
+  const std::vector<uint8_t> zeros(kPage, 0);
+  const uint64_t zero_hash = BlockHash(zeros);
+  vmm::PageBitmap differ(blocks);
+  std::vector<uint8_t> buf(kPage);
+  for (uint64_t b = 0; b < blocks; ++b) {
+    const size_t len = size_t(std::min(kPage, disk_bytes_ - b * kPage));
+    uint64_t h = len == kPage ? zero_hash : BlockHash({zeros.data(), len});
+    if (data.test(b)) {
+      ssize_t n;
+      do n = pread(disk_fd_.get(), buf.data(), len, off_t(b * kPage));
+      while (n < 0 && errno == EINTR);
+      if (n != ssize_t(len)) return "reading the disk " + vm_.disk_path() + ": " + (n < 0 ? strerror(errno) : "short read");
+      h = BlockHash({buf.data(), len});
+    }
+    if (h != receiver_disk_[b]) differ.set(b);
+  }
+  stats_.disk_blocks_compared = blocks;
+  stats_.disk_blocks_resynced = differ.count();
+  log::info("migration.disk_resync", {{"blocks", blocks}, {"differ", stats_.disk_blocks_resynced}});
+  // A block written while this compared is marked for the next round anyway.
+  return SendDiskBlocks(differ);
+}
 
 std::string PrecopySender::SendDiskBlocks(const vmm::PageBitmap& blocks) {
   // Runs of adjacent blocks go as one read.

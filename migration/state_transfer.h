@@ -32,7 +32,9 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "common/clock.h"
 #include "common/unique_fd.h"
@@ -47,6 +49,24 @@ namespace ftvm::migration {
 inline constexpr uint8_t kMsgDiskData = 7;
 inline constexpr uint8_t kMsgMemoryPages = 9;
 inline constexpr uint8_t kMsgStateManifest = 10;
+// Receiver -> sender, before the copy, when the receiver already has a disk image of
+// the right size (a secondary coming back after an outage): u64 first block, then
+// u64 hashes (BlockHash) of consecutive 4 KiB blocks. The first round then sends
+// only the blocks whose contents differ.
+inline constexpr uint8_t kMsgDiskHashes = 14;
+
+// The hash a resync compares a disk block by (XXH3-64 of its 4 KiB; a short last
+// block is hashed as it is).
+uint64_t BlockHash(std::span<const uint8_t> block);
+// The hashes of every 4 KiB block of the image at `path` (holes hash as zeros,
+// without being read). Throws ftvm::Error naming the file.
+std::vector<uint64_t> DiskBlockHashes(const std::string& path);
+// Sends them (several messages for a large disk). "" or why not.
+std::string SendDiskHashes(transport::Channel& channel, std::span<const uint64_t> hashes,
+                           std::chrono::nanoseconds timeout);
+// Receives `blocks` hashes sent by SendDiskHashes. Throws ftvm::Error.
+std::vector<uint64_t> ReceiveDiskHashes(transport::Channel& channel, uint64_t blocks,
+                                        std::chrono::nanoseconds timeout);
 
 // Bump on any change a receiver of the old format would misread.
 inline constexpr uint32_t kStateFormatVersion = 1;
@@ -98,12 +118,21 @@ struct PrecopyStats {
   uint64_t final_pages = 0;          // memory pages left for the pause
   uint64_t final_disk_bytes = 0;     // disk bytes copied in the pause
   uint64_t copy_ns = 0;              // rounds, the VM running
+  // A resync (set_receiver_disk): blocks compared in the first round, and of those
+  // the ones that differed and were sent.
+  uint64_t disk_blocks_compared = 0;
+  uint64_t disk_blocks_resynced = 0;
 };
 
 class PrecopySender {
  public:
   PrecopySender(RunningVm& vm, transport::Channel& channel, Clock& clock, PrecopyOptions options = {});
   ~PrecopySender();
+
+  // The receiver already has a disk whose blocks hash to `hashes`: the first round
+  // sends only blocks that differ (see stats().disk_blocks_resynced). Before
+  // copy_while_running().
+  void set_receiver_disk(std::vector<uint64_t> hashes) { receiver_disk_ = std::move(hashes); }
 
   // Copies rounds until what is left fits the downtime (then returns ""), or gives
   // up (returns why; tracking is stopped and the guest unthrottled). The VM runs.
@@ -122,6 +151,7 @@ class PrecopySender {
   std::string SendPages(const vmm::PageBitmap& pages);
   std::string SendDiskBlocks(const vmm::PageBitmap& blocks);
   std::string SendDiskExtents();
+  std::string SendDiskDifferences();
   std::string SendDisk(uint64_t offset, uint64_t bytes);
   void Release();
 
@@ -135,6 +165,7 @@ class PrecopySender {
   // Found by the round that decided to stop: they go in the pause.
   vmm::PageBitmap pending_pages_;
   vmm::PageBitmap pending_blocks_;
+  std::vector<uint64_t> receiver_disk_;  // block hashes of the receiver's disk, if it has one
   bool tracking_ = false;
   PrecopyStats stats_;
 };

@@ -109,8 +109,9 @@ bool ProtectedPrimary::accept_secondary() {
   if (!channel_) return unprotected("no secondary connected in time");
 
   const std::vector<uint8_t> header = eventlog::EncodeFileHeader(recorder_->header());
-  std::string name;
-  if (std::string why = Handshake(*channel_, header, false, &name); !why.empty()) return unprotected(why);
+  replication::HelloReply reply;
+  if (std::string why = Handshake(*channel_, header, false, reply); !why.empty()) return unprotected(why);
+  const std::string& name = reply.secondary_name();
   auto streamer = std::make_unique<LogStreamer>(*channel_, header.size(), clock_, options_.streamer);
   recorder_->attach(streamer.get());
   std::unique_ptr<transport::Channel> ch = std::move(channel_);
@@ -119,7 +120,7 @@ bool ProtectedPrimary::accept_secondary() {
 }
 
 std::string ProtectedPrimary::Handshake(transport::Channel& channel, const std::vector<uint8_t>& header, bool snapshot,
-                                        std::string* secondary_name, bool* take_over) {
+                                        replication::HelloReply& hr) {
   replication::Hello hello;
   hello.set_protocol_version(replication::kProtocolVersion);
   hello.set_ftvm_version(FTVM_VERSION);
@@ -138,15 +139,12 @@ std::string ProtectedPrimary::Handshake(transport::Channel& channel, const std::
   transport::RecvResult r = channel.recv(reply, options_.handshake_timeout);
   if (r.timed_out()) return "the secondary at " + channel.peer() + " did not answer the hello";
   if (!r.is_message()) return "handshake with " + channel.peer() + ": " + r.message;
-  replication::HelloReply hr;
   if (reply.type() != replication::kHelloReply || !hr.ParseFromArray(reply.payload().data(), int(reply.size())))
     return "the peer at " + channel.peer() + " does not speak the ftvm replication protocol";
   if (hr.protocol_version() != replication::kProtocolVersion)
     return "the secondary speaks replication protocol " + std::to_string(hr.protocol_version()) + ", this primary " +
            std::to_string(replication::kProtocolVersion);
   if (!hr.accepted()) return "the secondary refused: " + hr.reason();
-  *secondary_name = hr.secondary_name();
-  if (take_over != nullptr) *take_over = hr.take_over();
   return "";
 }
 
@@ -239,9 +237,16 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     // with the state, from the pause.
     eventlog::LogHeader described = recorder_->header();
     *described.mutable_vm() = DescribeVm(m_->config(), m_->backend_name(), false);
-    if (why = Handshake(*channel, eventlog::EncodeFileHeader(described), true, &name, &take_over); !why.empty())
+    replication::HelloReply reply;
+    if (why = Handshake(*channel, eventlog::EncodeFileHeader(described), true, reply); !why.empty())
       return failed(why);
+    name = reply.secondary_name();
+    take_over = reply.take_over();
     sender.emplace(vm, *channel, clock_, options_.precopy);
+    // A secondary back with its old disk: send only what differs.
+    if (reply.disk_hash_blocks() != 0)
+      sender->set_receiver_disk(
+          migration::ReceiveDiskHashes(*channel, reply.disk_hash_blocks(), options_.handshake_timeout));
     log::info("primary.copying_state", {{"secondary", name}, {"peer", peer}});
     if (why = sender->copy_while_running(); !why.empty()) return failed(why);
   } catch (const Error& e) {
@@ -313,6 +318,8 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
                                     {"sent_mib", double(st.bytes_sent) / double(1u << 20)},
                                     {"final_pages", st.final_pages},
                                     {"final_disk_kib", st.final_disk_bytes >> 10},
+                                    {"disk_blocks_resynced", st.disk_blocks_resynced},
+                                    {"of_blocks", st.disk_blocks_compared},
                                     {"paused_ms", double(pause_ns) / 1e6},
                                     {"of_which_last_round_ms", double(final_copy_ns) / 1e6},
                                     {"of_which_checkpoint_ms", double(snapshot_ns) / 1e6},

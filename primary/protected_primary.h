@@ -30,6 +30,7 @@
 #include "failover/liveness.h"
 #include "migration/state_transfer.h"
 #include "primary/log_streamer.h"
+#include "primary/protocol.pb.h"
 #include "primary/output_gate.h"
 #include "primary/recorder.h"
 #include "transport/channel.h"
@@ -104,7 +105,7 @@ class ProtectedPrimary {
   bool AttachLive(std::unique_ptr<transport::Channel> channel);
   // Sends the hello and checks the reply; "" or why it failed.
   std::string Handshake(transport::Channel& channel, const std::vector<uint8_t>& header, bool snapshot,
-                        std::string* secondary_name, bool* take_over = nullptr);
+                        replication::HelloReply& reply);
   // In the pause (vCPU thread, VM paused): tells the secondary to take the VM at
   // `position` once it has the log up to here, and waits for it to say it runs the
   // VM. True: it does, and this VM stops. False: it failed or was lost, and the

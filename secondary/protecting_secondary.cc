@@ -1,5 +1,6 @@
 #include "secondary/protecting_secondary.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -99,11 +100,25 @@ void ProtectingSecondary::connect() {
   reply.set_accepted(true);
   reply.set_secondary_name(options_.name);
   reply.set_take_over(options_.handover);
+  // Back after an outage with a disk image of the right size: only what differs
+  // need come (the primary compares block hashes).
+  if (hello.snapshot() && !config.disk.empty()) {
+    struct stat st {};
+    const uint64_t bytes = source_->header().vm().disk_bytes();
+    resync_disk_ = stat(config.disk.c_str(), &st) == 0 && S_ISREG(st.st_mode) && uint64_t(st.st_size) == bytes;
+    if (resync_disk_) reply.set_disk_hash_blocks((bytes + vmm::kPageSize - 1) / vmm::kPageSize);
+  }
   const std::string bytes = reply.SerializeAsString();
   transport::SendResult s = channel_->send(replication::kHelloReply,
                                            {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()},
                                            std::chrono::seconds(5));
   if (!s.ok()) throw Error("answering the primary at " + channel_->peer() + ": " + s.message);
+  if (resync_disk_) {
+    const std::vector<uint64_t> hashes = migration::DiskBlockHashes(config.disk);
+    if (std::string why = migration::SendDiskHashes(*channel_, hashes, std::chrono::seconds(60)); !why.empty())
+      throw Error(why);
+    log::info("secondary.disk_resync", {{"path", config.disk}, {"blocks", hashes.size()}});
+  }
   live_copy_ = hello.snapshot();
   if (options_.handover) {  // the reply asked for the VM
     std::lock_guard<std::mutex> lock(mu_);
@@ -153,7 +168,7 @@ void ProtectingSecondary::ReceiveLiveState(const vmm::VmConfig& config) {
   // the pause, whose opening checkpoint completes the state.
   const eventlog::LogHeader described = source_->header();  // by the hello
   const uint64_t disk_bytes = config.disk.empty() ? 0 : described.vm().disk_bytes();
-  if (!config.disk.empty()) migration::CreateSparseDisk(config.disk, disk_bytes);
+  if (!config.disk.empty() && !resync_disk_) migration::CreateSparseDisk(config.disk, disk_bytes);
   machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
   const uint64_t t0 = clock_.monotonic_ns();
   // The memory digest the replica checks is kept as pages arrive, not computed over

@@ -118,6 +118,7 @@ class ProtectingSecondary {
   std::atomic<bool> primary_said_bye_{false};
   std::atomic<bool> lost_{false};
   bool live_copy_ = false;                 // the VM was running when this replica joined
+  bool resync_disk_ = false;               // ... and this host kept a disk to bring up to date
   std::atomic<bool> caught_up_{false};     // the replica has replayed all that arrived, once
   std::atomic<bool> handing_over_{false};  // the primary said Handover
   std::atomic<uint64_t> handover_clock_ns_{0};  // the guest's clock there

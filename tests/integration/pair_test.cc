@@ -226,6 +226,50 @@ TEST(Pair, LiveCopyThatCannotConvergeLeavesTheVmRunning) {
   EXPECT_NE(r.secondary.err.find("live copy from"), std::string::npos) << r.secondary.err;
 }
 
+// A secondary that comes back after an outage with the disk it had: only the blocks
+// that changed meanwhile are sent (the primary compares block hashes), and the
+// replica still ends identical, disk included.
+TEST(Pair, SecondaryBackAfterAnOutageGetsOnlyTheBlocksThatChanged) {
+  const std::string arbiter = ScratchPath("arbiter");
+  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string sock = ScratchPath("resync.sock");
+  const std::string disk = ScratchPath("resync-primary.img"), replica = ScratchPath("resync-replica.img");
+  MakeBlankDisk(disk, 16 << 20);
+  Process p = Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
+                              "--wait-secondary-s", "0", "--guest", GuestImage(), "--disk", disk, "--app", "disk",
+                              "--arg", "ops=8000", "--arg", "seed=3"},
+                             "resync-primary");
+  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
+  auto secondary = [&](const char* tag) {
+    return Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter, "--disk",
+                           replica, "--console", ScratchPath(std::string(tag) + ".console")},
+                          tag);
+  };
+  {
+    Process first = secondary("resync-first");
+    ASSERT_TRUE(WaitForFileContains(first.stderr_path(), "secondary.replicating", seconds(30)))
+        << ReadFile(first.stderr_path());
+    usleep(500000);
+    first.Signal(SIGKILL);  // the outage; the VM goes on writing its disk
+    first.Wait(seconds(10));
+  }
+  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.UNPROTECTED", seconds(30))) << ReadFile(p.stderr_path());
+  usleep(300000);
+  Process second = secondary("resync-second");
+  ProcessResult pr = p.Wait(seconds(180));
+  ProcessResult sr = second.Wait(seconds(60));
+  ASSERT_EQ(pr.exit_code, 0) << pr.err;
+  ASSERT_EQ(sr.exit_code, 0) << sr.err;
+  EXPECT_NE(sr.err.find("replica identical"), std::string::npos) << sr.err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(pr.err, m, std::regex("disk resync: (\\d+) of (\\d+) blocks differed"))) << pr.err;
+  const unsigned long differ = std::stoul(m[1]), blocks = std::stoul(m[2]);
+  EXPECT_EQ(blocks, 4096u);
+  EXPECT_GT(differ, 0u) << "the VM wrote its disk during the outage";
+  EXPECT_LT(differ, blocks / 2) << "a resync sends what changed, not the disk";
+  EXPECT_TRUE(ReadFile(disk) == ReadFile(replica)) << "the replica's disk differs";
+}
+
 // ftvm migrate: a VM moves to another VMM while it runs (memory and disk copied
 // live, then a handover), and its results are those of a run that never moved.
 // `from_start`: the destination joins as the source's first secondary instead (it

@@ -150,6 +150,10 @@ int PrimaryMain(int argc, char** argv) {
                    a.rounds, double(a.bytes_sent) / double(1u << 20), double(a.bandwidth_bytes_per_s) / double(1u << 20),
                    static_cast<unsigned long long>(a.final_pages),
                    static_cast<unsigned long long>(a.final_disk_bytes >> 10), double(r.last_attach_pause_ns) / 1e6);
+    if (const migration::PrecopyStats& a = r.last_attach; a.disk_blocks_compared != 0)
+      std::fprintf(stderr, "primary: disk resync: %llu of %llu blocks differed and were sent\n",
+                   static_cast<unsigned long long>(a.disk_blocks_resynced),
+                   static_cast<unsigned long long>(a.disk_blocks_compared));
     if (r.protection == primary::Protection::kStoppedForPeer) return kExitStoppedForPeer;
     return guest < 0 ? 0 : guest;
   } catch (const Error& e) {

@@ -428,12 +428,13 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   usleep(unsigned(o.after_s * 1e6));
   if (uint64_t first = load.first_reply_after_fault_ns(); first != 0) r.recovery_ms = double(first - fault_ns) / 1e6;
   if (o.reprotect && o.fault == Fault::kKillPrimary) {
-    // Host A comes back empty and joins the running VM on B as its secondary.
+    // Host A comes back and joins the running VM on B as its secondary, with the
+    // disk it had: only the blocks that differ from B's travel.
     const uint64_t t1 = NowNs();
     third = std::make_unique<Child>(
         std::vector<std::string>{"ip", "netns", "exec", net.ns("a"), o.ftvm, "secondary", "--connect",
                                  reprotect_address, "--arbiter", arbiter, "--name", "hostA2", "--disk",
-                                 dir + "/diskA2.img", "--tap", "vmtap", "--console", dir + "/third.console",
+                                 dir + "/diskA.img", "--tap", "vmtap", "--console", dir + "/third.console",
                                  "--witness", DrillNet::kWitness, "--listen", "tcp:" + DrillNet::host_ip(1) + ":7002"},
         dir + "/third.out", dir + "/third.err");
     if (!WaitFor([&] { return ReadAll(dir + "/secondary.err").find("primary.reprotected") != std::string::npos; },
