@@ -4,7 +4,8 @@
 // writes the way a VM's dirty tracking does; "boundaries" pause it. What must hold:
 // after the pause the receiver has exactly the sender's memory and disk, however
 // the writes raced the copy; a VM that writes faster than allowed makes the copy
-// give up cleanly (tracking stopped, nothing throttled); a receiver refuses a
+// give up cleanly (tracking stopped, nothing throttled); a receiver that already
+// has a disk gets only the blocks that differ; a receiver refuses a
 // manifest of another format or for another VM, a stream cut short, and data
 // outside its memory or disk, each with a message naming the problem.
 #include <gtest/gtest.h>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "common/clock.h"
@@ -278,6 +280,74 @@ TEST(StateTransfer, ThrottlesAVmThatOutrunsTheCopy) {
   // Rounds 2 and 3 found as much left as the round before: 30%, then 60% (the cap).
   EXPECT_EQ(throttle_seen, 60u);
   EXPECT_EQ(vm.throttle(), 0u) << "the sender must unthrottle when it is done";
+}
+
+// A receiver that already has a disk (back after an outage) gets only the blocks
+// that differ, holes on the sender's side included, and ends with the same disk.
+TEST(StateTransfer, ResyncSendsOnlyTheBlocksThatDiffer) {
+  auto clock = MakeSystemClock();
+  auto pair = MakePair(Kind::kTcp);
+  WritingVm vm(0, 0, 13);  // 300 random blocks written, none while the copy runs
+  const std::string replica_disk = TempFile("replica");
+  {
+    const std::vector<uint8_t> source = ReadAll(vm.disk_path());
+    UniqueFd fd(open(replica_disk.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(write(fd.get(), source.data(), source.size()), ssize_t(source.size()));
+    // The outage: 7 blocks written differently here, and one where the source has
+    // nothing (a hole), which must come back as zeros.
+    const std::vector<uint8_t> junk(vmm::kPageSize, 0x77);
+    std::set<uint64_t> changed;
+    for (uint64_t b = 0; changed.size() < 7; b += 97) {
+      ASSERT_EQ(pwrite(fd.get(), junk.data(), junk.size(), off_t(b * vmm::kPageSize)), ssize_t(junk.size()));
+      changed.insert(b);
+    }
+    const auto hashes = DiskBlockHashes(vm.disk_path());
+    const uint64_t zero_hash = BlockHash(std::vector<uint8_t>(vmm::kPageSize, 0));
+    uint64_t hole = 1;
+    while (hashes[hole] != zero_hash || changed.count(hole)) ++hole;
+    ASSERT_EQ(pwrite(fd.get(), junk.data(), junk.size(), off_t(hole * vmm::kPageSize)), ssize_t(junk.size()));
+  }
+  auto replica = vmm::GuestMemory::Create(kMemBytes);
+  std::string receive_error;
+  std::thread rx([&] {
+    try {
+      ASSERT_EQ(SendDiskHashes(*pair.b, DiskBlockHashes(replica_disk), 10s), "");
+      StateReceiver receiver(replica, replica_disk, kDiskBytes);
+      receiver.receive(*pair.b, 30s);
+    } catch (const Error& e) {
+      receive_error = e.what();
+    }
+  });
+  PrecopySender sender(vm, *pair.a, *clock, {});
+  sender.set_receiver_disk(ReceiveDiskHashes(*pair.a, kDiskBytes / vmm::kPageSize, 10s));
+  ASSERT_EQ(sender.copy_while_running(), "");
+  vmm::PageBitmap final_pages;
+  std::string why;
+  ASSERT_TRUE(vm.at_boundary([&] {
+    why = sender.finish_at_boundary(final_pages);
+    if (why.empty()) why = sender.send_manifest({});
+  }));
+  ASSERT_EQ(why, "");
+  rx.join();
+  ASSERT_EQ(receive_error, "");
+  EXPECT_EQ(sender.stats().disk_blocks_compared, kDiskBytes / vmm::kPageSize);
+  EXPECT_EQ(sender.stats().disk_blocks_resynced, 8u);
+  EXPECT_EQ(sender.stats().disk_bytes_sent, 8 * vmm::kPageSize);
+  EXPECT_TRUE(ReadAll(replica_disk) == ReadAll(vm.disk_path())) << "the resynced disk differs";
+  unlink(replica_disk.c_str());
+}
+
+TEST(StateTransfer, DiskHashesOfAnotherLengthAreRefused) {
+  auto pair = MakePair(Kind::kTcp);
+  const std::vector<uint64_t> hashes(10, 1);
+  ASSERT_EQ(SendDiskHashes(*pair.a, hashes, 5s), "");
+  try {
+    ReceiveDiskHashes(*pair.b, 5, 5s);
+    ADD_FAILURE() << "accepted 10 hashes for 5 blocks";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected 0 of 5"), std::string::npos) << e.what();
+  }
 }
 
 // A raw peer sends `messages` then (unless it sent a manifest) hangs up; the
