@@ -20,6 +20,7 @@ namespace {
 constexpr uint64_t kPage = vmm::kPageSize;
 constexpr size_t kPagesPerMessage = 256;         // 1 MiB of page data
 constexpr size_t kDiskChunkBytes = 1u << 20;
+constexpr uint64_t kProgressBytes = 64u << 20;  // a receiver logs progress this often
 
 bool IsZeroPage(const uint8_t* p) {
   const auto* w = reinterpret_cast<const uint64_t*>(p);
@@ -406,6 +407,14 @@ StateManifest StateReceiver::receive(transport::Channel& channel, std::chrono::n
                   (r.timed_out() ? std::string("nothing arrived for ") + std::to_string(timeout.count() / 1'000'000) +
                                        " ms"
                                  : r.message));
+    received_bytes_ += msg.size();
+    if (received_bytes_ - last_progress_ >= kProgressBytes) {  // long copies show progress
+      last_progress_ = received_bytes_;
+      log::info("migration.receiving", {{"from", channel.peer()},
+                                        {"mib", received_bytes_ >> 20},
+                                        {"pages", pages_},
+                                        {"disk_mib", disk_received_ >> 20}});
+    }
     switch (msg.type()) {
       case kMsgMemoryPages: ApplyPages(msg.payload()); break;
       case kMsgDiskData: ApplyDisk(msg.payload()); break;

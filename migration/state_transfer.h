@@ -205,6 +205,8 @@ class StateReceiver {
   UniqueFd disk_fd_;
   uint64_t pages_ = 0;
   uint64_t disk_received_ = 0;
+  uint64_t received_bytes_ = 0;  // everything, for progress
+  uint64_t last_progress_ = 0;
 };
 
 }  // namespace ftvm::migration
