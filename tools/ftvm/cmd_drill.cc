@@ -54,6 +54,8 @@ int DrillMain(int argc, char** argv) {
       ("workdir", po::value(&o.workdir), "scratch directory (disks, logs, consoles)")
       ("json", po::value(&json), "also write the rounds as JSON lines to FILE")
       ("keep", po::bool_switch(&o.keep), "keep the files of passing rounds too")
+      ("standby", po::bool_switch(&o.standby),
+       "with --reprotect: host A's new secondary waits as a standby from the start and joins the survivor by itself")
       ("reprotect", po::bool_switch(&o.reprotect),
        "kill-primary: then host A rejoins as the survivor's new secondary, and the survivor is killed too");
   if (auto code = ParseCommandLine(argc, argv, desc, "drill",

@@ -393,6 +393,17 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   };
   std::unique_ptr<Child> secondary = migrate ? nullptr : start_b();
   std::unique_ptr<Child> third;  // --reprotect: host A back, as the survivor's new secondary
+  auto start_third = [&] {
+    // A standby gets a disk of its own (host A's VM still runs on diskA.img until
+    // the fault); host A coming back brings the disk it had.
+    return std::make_unique<Child>(
+        std::vector<std::string>{"ip", "netns", "exec", net.ns("a"), o.ftvm, "secondary", "--connect",
+                                 reprotect_address, "--arbiter", arbiter, "--name", "hostA2", "--disk",
+                                 dir + (o.standby ? "/diskA2.img" : "/diskA.img"), "--tap", "vmtap", "--console",
+                                 dir + "/third.console", "--witness", DrillNet::kWitness, "--listen",
+                                 "tcp:" + DrillNet::host_ip(1) + ":7002", "--connect-timeout-s", "600"},
+        dir + "/third.out", dir + "/third.err");
+  };
   auto fail = [&](const std::string& why) {
     r.problem = why;
     return r;
@@ -407,6 +418,7 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
 
   Load load(net.ns("c"), round, o.workers, o.rate, rng());
   const uint64_t t0 = NowNs();
+  if (o.reprotect && o.standby) third = start_third();  // waits for a survivor to join
   load.start();
   std::uniform_real_distribution<double> when(o.min_before_s, o.max_before_s);
   r.fault_at_s = when(rng);
@@ -429,14 +441,10 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   if (uint64_t first = load.first_reply_after_fault_ns(); first != 0) r.recovery_ms = double(first - fault_ns) / 1e6;
   if (o.reprotect && o.fault == Fault::kKillPrimary) {
     // Host A comes back and joins the running VM on B as its secondary, with the
-    // disk it had: only the blocks that differ from B's travel.
-    const uint64_t t1 = NowNs();
-    third = std::make_unique<Child>(
-        std::vector<std::string>{"ip", "netns", "exec", net.ns("a"), o.ftvm, "secondary", "--connect",
-                                 reprotect_address, "--arbiter", arbiter, "--name", "hostA2", "--disk",
-                                 dir + "/diskA.img", "--tap", "vmtap", "--console", dir + "/third.console",
-                                 "--witness", DrillNet::kWitness, "--listen", "tcp:" + DrillNet::host_ip(1) + ":7002"},
-        dir + "/third.out", dir + "/third.err");
+    // disk it had: only the blocks that differ from B's travel. (A standby has been
+    // waiting since before the fault, and joins by itself.)
+    const uint64_t t1 = o.standby ? fault_ns : NowNs();
+    if (!third) third = start_third();
     if (!WaitFor([&] { return ReadAll(dir + "/secondary.err").find("primary.reprotected") != std::string::npos; },
                  60000)) {
       load.stop();

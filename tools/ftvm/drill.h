@@ -44,6 +44,9 @@ struct DrillOptions {
   // kill-primary only: then bring host A back as a new secondary of the survivor
   // (re-protection of the running VM), and pull the plug on the survivor too.
   bool reprotect = false;
+  // With reprotect: host A's new secondary starts before the fault, as a standby
+  // that keeps trying the survivor's address and joins by itself once it listens.
+  bool standby = false;
 };
 
 struct RoundReport {
@@ -51,7 +54,7 @@ struct RoundReport {
   Fault fault = Fault::kKillPrimary;
   double fault_at_s = 0;          // after the load started
   double recovery_ms = -1;        // fault -> first request answered afterwards (-1: none)
-  double reprotect_ms = -1;       // --reprotect: new secondary started -> protected again
+  double reprotect_ms = -1;       // --reprotect: new secondary started (--standby: the fault) -> protected again
   double recovery2_ms = -1;       // --reprotect: second fault -> first request answered
   uint64_t in_flight = 0;         // requests outstanding at the fault
   uint64_t requests = 0;          // completed during the round
