@@ -127,6 +127,10 @@ TEST(Pair, StrictOutputsAreCheckedOneByOne) {
 // on B as its secondary (disk and a checkpoint of the running VM), and when B dies
 // too, A has every message again.
 TEST(Pair, SurvivorIsProtectedAgainAndSurvivesASecondFailover) { Drill({"--fault", "kill-primary", "--reprotect"}, 2); }
+// A standby that waits from the start re-protects the survivor by itself.
+TEST(Pair, StandbyReprotectsTheSurvivorByItself) {
+  Drill({"--fault", "kill-primary", "--reprotect", "--standby"}, 1);
+}
 
 // Flow control: a replica that falls behind (its process stopped for a while, less
 // than the failure timeout) slows the primary down; nothing is dropped, nobody fails
