@@ -160,9 +160,9 @@ class Channel {
 
   // Closes this end: every send/recv blocked in this process returns kClosed now, as
   // do later calls; the peer receives what was already sent, then kClosed. The peer's
-  // sends see kClosed at once on shm, and on TCP once this end is destroyed (TCP has no
-  // way to say "stop sending" short of a reset). Idempotent. Resources are released by
-  // the destructor, which calls close().
+  // sends see kClosed at once on shm and RDMA, and on TCP once this end is destroyed
+  // (TCP has no way to say "stop sending" short of a reset). Idempotent. Resources are
+  // released by the destructor, which calls close().
   virtual void close() = 0;
 
   virtual ChannelStats stats() const = 0;

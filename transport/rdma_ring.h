@@ -34,8 +34,8 @@
 // immediate, so the sender wakes and re-reads the ack area, which is now current), and
 // remembers that the sender waits: its next ack, whatever triggers it, carries
 // kCreditProgress. The sender asks again only after having seen a kCreditProgress, so
-// at most one request is unanswered and at most three immediates travel towards a
-// sender: no queue ever overflows. A receiver that stops reading answers nothing, and
+// at most one request is unanswered and at most a reply, a progress and a kClose
+// travel towards a sender: no queue ever overflows. A receiver that stops reading answers nothing, and
 // the sender times out (kTimeout), as flow control says.
 //
 // Close: close() rings kClose on both links (after whatever was written: the peer's

@@ -257,6 +257,42 @@ TEST(RdmaShm, MessagesLargerThanTheRingAreStreamed) {
   EXPECT_EQ(child.wait(), 0);
 }
 
+// The doorbell carries only the low 31 bits of the stream position: past 2 GiB the
+// receiver must rebuild the full position from what it knows. 2.2 GB go one way; every
+// message carries its number at both ends (the CRC guards the bytes in between).
+TEST(RdmaShm, StreamPastTwoGiBRebuildsPositionsFromTheDoorbell) {
+  testutil::TestListener listener(Kind::kRdmaShm, Ring(1 << 20));
+  const std::string address = listener.address();
+  constexpr size_t kSize = 256 << 10;
+  constexpr uint64_t kCount = ((uint64_t{1} << 31) / kSize) + 64;
+  Child child([&] {
+    auto ch = Connect(address, 10s);
+    std::vector<uint8_t> data(kSize, 0x5a);
+    for (uint64_t i = 0; i < kCount; ++i) {
+      PutU64(data.data(), i);
+      PutU64(data.data() + kSize - 8, ~i);
+      if (!ch->send(2, data, 20s).ok()) return 2;
+    }
+    Message m;
+    return ch->recv(m, 20s).closed() ? 0 : 3;
+  });
+  auto ch = listener->accept(10s);
+  ASSERT_NE(ch, nullptr);
+  Message m;
+  uint64_t bad = 0;
+  for (uint64_t i = 0; i < kCount; ++i) {
+    RecvResult r = ch->recv(m, 20s);
+    ASSERT_TRUE(r.is_message()) << "message " << i << ": " << r.message;
+    if (m.size() != kSize || GetU64(m.payload().data()) != i || GetU64(m.payload().data() + kSize - 8) != ~i) {
+      if (bad++ == 0) ADD_FAILURE() << "message " << i << " out of order or damaged";
+    }
+  }
+  EXPECT_EQ(bad, 0u);
+  EXPECT_GT(test_hooks::RdmaIncomingRing(*ch).head, uint64_t{1} << 31);
+  ch->close();
+  EXPECT_EQ(child.wait(), 0);
+}
+
 // SIGKILL of the peer wakes both a receive and a send blocked with no timeout (the
 // send on a full ring), with kClosed; what was whole before is delivered first.
 TEST(RdmaShm, PeerKilledWakesBlockedSendAndRecvWithClosed) {
