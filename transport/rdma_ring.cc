@@ -75,6 +75,7 @@ class RingChannel final : public Channel, public test_hooks::RdmaRingAccess {
     std::lock_guard lock(recv_mutex_);
     return {in_->exposed().first(cap_), head_};
   }
+  std::span<uint8_t> outgoing_ack_area() override { return out_->exposed().first(kAckBytes); }
 
  private:
   enum PeerState : int { kAlive = 0, kHungUp = 1 };
@@ -583,6 +584,12 @@ RdmaRingView RdmaIncomingRing(Channel& channel) {
   auto* access = dynamic_cast<RdmaRingAccess*>(&channel);
   if (access == nullptr) throw Error("RdmaIncomingRing: " + channel.peer() + " is not an RDMA channel");
   return access->incoming_ring();
+}
+
+std::span<uint8_t> RdmaOutgoingAckArea(Channel& channel) {
+  auto* access = dynamic_cast<RdmaRingAccess*>(&channel);
+  if (access == nullptr) throw Error("RdmaOutgoingAckArea: " + channel.peer() + " is not an RDMA channel");
+  return access->outgoing_ack_area();
 }
 
 }  // namespace ftvm::transport::test_hooks

@@ -1,5 +1,6 @@
-// Test-only access to an RDMA channel's incoming ring, so tests can damage the bytes
-// the peer wrote (a flipped bit) and check that recv() reports it.
+// Test-only access to the memory an RDMA channel's peer writes into (its incoming ring
+// and the acknowledgement area of its outgoing direction), so tests can damage what the
+// peer wrote and check that the channel reports it.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,7 @@ struct RdmaRingView {
 class RdmaRingAccess {
  public:
   virtual RdmaRingView incoming_ring() = 0;
+  virtual std::span<uint8_t> outgoing_ack_area() = 0;
 
  protected:
   ~RdmaRingAccess() = default;
@@ -24,5 +26,8 @@ class RdmaRingAccess {
 
 // The ring `channel` receives into. Throws ftvm::Error when it is not an RDMA channel.
 RdmaRingView RdmaIncomingRing(Channel& channel);
+// Where the receiver of what `channel` sends writes its acknowledgements: u64 consumed
+// position at +0, u64 doorbells taken at +8.
+std::span<uint8_t> RdmaOutgoingAckArea(Channel& channel);
 
 }  // namespace ftvm::transport::test_hooks

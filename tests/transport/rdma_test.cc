@@ -382,6 +382,25 @@ TEST(RdmaShm, CorruptedRingByteGivesErrorNamingTheOffset) {
   EXPECT_EQ(child.wait(), 0);
 }
 
+// The acknowledgement area is memory the peer writes into: a consumed position beyond
+// what was sent is refused (kError, for good), never taken as credit to overwrite
+// unread bytes.
+TEST(RdmaShm, ImpossibleAcknowledgementIsAnError) {
+  auto p = testutil::MakePair(Kind::kRdmaShm, Ring(64 << 10));
+  ASSERT_TRUE(p.a->send(1, Pattern(100, 1), 1s).ok());
+  auto ack = test_hooks::RdmaOutgoingAckArea(*p.a);
+  PutU64(ack.data(), uint64_t{1} << 40);
+  SendResult s = p.a->send(1, Pattern(100, 2), 1s);
+  ASSERT_TRUE(s.error()) << SendCodeName(s.code) << ": " << s.message;
+  EXPECT_THAT(s.message, HasSubstr("acknowledgement area corrupted (consumed position 1099511627776 of 112 "
+                                   "bytes written"));
+  EXPECT_TRUE(p.a->send(1, Pattern(100, 3), 1s).error()) << "sticky";
+  Message m;
+  RecvResult r = p.b->recv(m, 1s);
+  ASSERT_TRUE(r.is_message()) << r.message;  // what was sent before is intact
+  EXPECT_TRUE(Equal(m.payload(), Pattern(100, 1)));
+}
+
 // Timing out in the middle of a message larger than the ring ends the stream.
 TEST(RdmaShm, TimeoutInTheMiddleOfAStreamedMessageClosesTheChannel) {
   auto p = testutil::MakePair(Kind::kRdmaShm, Ring(64 << 10));
