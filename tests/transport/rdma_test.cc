@@ -1,10 +1,11 @@
 // The RDMA channel's ring and credit protocol (transport/rdma_ring.h), run over its
 // shared-memory implementation of one-sided writes between fork()ed processes: echo
 // across a small ring's wraparound, ordering, byte credit and doorbell credit running
-// out (the sender times out, nothing is lost, sending resumes), a message larger than
-// the ring, a peer killed with SIGKILL, a damaged ring byte; and, on hosts without an
-// RDMA device, that the verbs transport says so plainly. The behaviour every transport
-// shares runs over "rdma+shm" too, in channel_test.cc.
+// out (the sender times out, nothing is lost, sending resumes), messages larger than
+// the ring, stream positions past the doorbell's 31 bits, a peer killed with SIGKILL, a
+// damaged ring byte, a forged acknowledgement; and, on hosts without an RDMA device,
+// that the verbs transport says so plainly. The behaviour every transport shares runs
+// over "rdma+shm" too, in channel_test.cc (and over "rdma" where a device exists).
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
