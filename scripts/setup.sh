@@ -9,6 +9,7 @@ packages=(
   libboost-dev libboost-program-options-dev
   iproute2 iputils-ping
   libprotobuf-dev protobuf-compiler libzstd-dev   # event log: header protobuf, checkpoint compression
+  libibverbs-dev            # RDMA logging channel (always built; runs where a device exists)
   clang libclang-rt-dev     # libFuzzer build of the event-log reader (fuzz/)
   qemu-system-x86 linux-image-amd64 busybox-static cpio   # tests/kvm: real KVM, nested under QEMU TCG
 )

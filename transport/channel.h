@@ -2,11 +2,16 @@
 // between two processes, over which the primary streams its event log to the
 // secondary and the secondary answers (acknowledgements, heartbeats).
 //
-// Two transports share one interface and one framing (transport/frame.h):
+// Three transports share one interface and one framing (transport/frame.h):
 //   - TCP, between hosts (or over loopback);
 //   - shared memory, on one host: a memfd holding one single-producer/single-consumer
 //     byte ring per direction, set up over a Unix domain socket that stays open so
-//     that either side's death is seen by the other.
+//     that either side's death is seen by the other;
+//   - RDMA verbs, between hosts: frames written into a ring registered on the
+//     receiving side with one-sided RDMA writes, immediate data as the doorbell, and
+//     acknowledgements written back (transport/rdma_ring.h). Its ring protocol also
+//     runs over a shared-memory emulation of one-sided writes ("rdma+shm:"), which is
+//     how it is tested and measured on hosts without an RDMA device.
 //
 // Threading: one thread may send while another receives on the same channel. Sends
 // from several threads are serialized by the channel (whole messages never
@@ -29,6 +34,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/unique_fd.h"
 
@@ -126,7 +132,7 @@ class Channel {
   Channel(const Channel&) = delete;
   Channel& operator=(const Channel&) = delete;
 
-  // "tcp" or "shm".
+  // "tcp", "shm", "rdma" or "rdma+shm".
   virtual std::string_view kind() const = 0;
   // The other end, as an address-like text for messages: "tcp:10.0.0.2:41522",
   // "shm:/run/ftvm/vm1.sock".
@@ -154,9 +160,9 @@ class Channel {
 
   // Closes this end: every send/recv blocked in this process returns kClosed now, as
   // do later calls; the peer receives what was already sent, then kClosed. The peer's
-  // sends see kClosed at once on shm, and on TCP once this end is destroyed (TCP has no
-  // way to say "stop sending" short of a reset). Idempotent. Resources are released by
-  // the destructor, which calls close().
+  // sends see kClosed at once on shm and RDMA, and on TCP once this end is destroyed
+  // (TCP has no way to say "stop sending" short of a reset). Idempotent. Resources are
+  // released by the destructor, which calls close().
   virtual void close() = 0;
 
   virtual ChannelStats stats() const = 0;
@@ -260,17 +266,62 @@ class ShmListener final : public Listener {
 std::unique_ptr<Channel> ShmConnect(const std::string& socket_path, std::chrono::nanoseconds timeout,
                                     const ShmOptions& options = {});
 
+// --- RDMA --------------------------------------------------------------------------
+
+struct RdmaOptions {
+  // Bytes of each of the two receive rings (one per direction): a power of two, 4 KiB..
+  // 1 GiB. Chosen by the listener; a connector's value is ignored. A message larger
+  // than the ring still goes through, streamed piece by piece.
+  size_t ring_bytes = 8u << 20;
+  // How long send/recv poll for a doorbell or for credit before sleeping on the
+  // completion channel (or, emulated, an eventfd). Same trade-off as ShmOptions::spin.
+  std::chrono::nanoseconds spin = std::chrono::microseconds(10);
+  // Verbs only: the device ("mlx5_0"; empty: the first one found), its port, and the
+  // GID table index used for addressing (RoCE needs a GID; InfiniBand uses the LID).
+  std::string device;
+  uint8_t port = 1;
+  int gid_index = 0;
+};
+
+// The RDMA devices libibverbs finds. Empty when there is none; then *why says what
+// ibv_get_device_list() reported ("no RDMA device (ibv_get_device_list found none:
+// Function not implemented)").
+std::vector<std::string> RdmaDevices(std::string* why);
+
+// Listens for RDMA channels on a TCP side channel (HOST as for TCP; port 0: an
+// ephemeral one): the queue pairs' numbers, addresses and keys are exchanged over it,
+// and it stays open so that the peer's death is seen at once. Throws ftvm::Error when
+// no RDMA device exists ("no RDMA device (ibv_get_device_list found none)") or the
+// device, the memory registration or the socket fails.
+std::unique_ptr<Listener> RdmaListen(const std::string& bind_address, uint16_t port,
+                                     const RdmaOptions& options = {});
+// Connects to an RdmaListener and brings both queue pairs up within `timeout`. Throws
+// ftvm::Error naming host:port and the cause (no device included).
+std::unique_ptr<Channel> RdmaConnect(const std::string& host, uint16_t port, std::chrono::nanoseconds timeout,
+                                     const RdmaOptions& options = {});
+
+// The emulation: the same RDMA channel (ring protocol, doorbells, credits, close and
+// peer death) over a shared-memory implementation of one-sided writes between two
+// processes on one host, set up over a Unix socket. For tests and measurements on
+// hosts without an RDMA device; production on one host uses "shm:".
+std::unique_ptr<Listener> RdmaShmListen(const std::string& socket_path, const RdmaOptions& options = {});
+std::unique_ptr<Channel> RdmaShmConnect(const std::string& socket_path, std::chrono::nanoseconds timeout,
+                                        const RdmaOptions& options = {});
+
 // --- Addresses -------------------------------------------------------------------
 
 // A channel address as the command line takes it:
 //   tcp:HOST:PORT       HOST a name, an IPv4 address or a bracketed IPv6 one ([::1])
 //   shm:/path/to.sock   the Unix socket of a shared-memory listener
+//   rdma:HOST:PORT      RDMA verbs; HOST:PORT is the TCP side channel, as for tcp:
+//   rdma+shm:/path.sock the RDMA ring protocol over its shared-memory emulation
+//                       (tests and measurements on hosts without an RDMA device)
 struct ChannelAddress {
-  enum class Kind : uint8_t { kTcp, kShm };
+  enum class Kind : uint8_t { kTcp, kShm, kRdma, kRdmaShm };
   Kind kind = Kind::kTcp;
-  std::string host;  // tcp
-  uint16_t port = 0;  // tcp
-  std::string path;  // shm
+  std::string host;  // tcp, rdma
+  uint16_t port = 0;  // tcp, rdma
+  std::string path;  // shm, rdma+shm
 };
 // Throws ftvm::Error quoting the address for an unknown scheme or a malformed one.
 ChannelAddress ParseChannelAddress(std::string_view address);
@@ -278,6 +329,7 @@ ChannelAddress ParseChannelAddress(std::string_view address);
 struct ChannelOptions {
   TcpOptions tcp;
   ShmOptions shm;
+  RdmaOptions rdma;  // rdma: and rdma+shm:
 };
 // Listens on / connects to `address` with the transport its scheme names. Port 0
 // listens on an ephemeral port (Listener::address() tells which); Connect needs a

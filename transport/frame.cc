@@ -36,6 +36,8 @@ std::string_view HelloKindName(uint8_t kind) {
   switch (kind) {
     case static_cast<uint8_t>(HelloKind::kTcp): return "tcp";
     case static_cast<uint8_t>(HelloKind::kShm): return "shm";
+    case static_cast<uint8_t>(HelloKind::kRdma): return "rdma";
+    case static_cast<uint8_t>(HelloKind::kRdmaShm): return "rdma+shm";
   }
   return "unknown";
 }

@@ -57,12 +57,19 @@
 #include "transport/frame.h"
 #include "transport/io.h"
 #include "transport/shm_testing.h"
+#include "transport/shm_util.h"
+#include "transport/sockets.h"
 
 namespace ftvm::transport {
 
 using detail::Counters;
 using detail::Deadline;
+using detail::DrainEventfd;
+using detail::Mapping;
+using detail::MapShared;
 using detail::PollUntil;
+using detail::SignalEventfd;
+using detail::SpinUntil;
 using eventlog::GetLe64;
 using eventlog::PutLe64;
 
@@ -113,81 +120,8 @@ static_assert(sizeof(ShmControl) <= kControlBytes);
 // Atomics shared between processes must not be implemented with a process-local lock.
 static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free);
 
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
-// Busy-waits for `ready()` for at most `spin` (and never past the deadline).
-template <typename Ready>
-bool SpinUntil(std::chrono::nanoseconds spin, const Deadline& deadline, Ready ready) {
-  auto limit = std::min(spin, deadline.remaining());
-  if (limit <= std::chrono::nanoseconds::zero()) return false;
-  const auto until = std::chrono::steady_clock::now() + limit;
-  do {
-    // Look every pause (~20 ns), read the clock (~27 ns) every 16 looks.
-    for (int i = 0; i < 16; ++i) {
-      if (ready()) return true;
-      CpuRelax();
-    }
-  } while (std::chrono::steady_clock::now() < until);
-  return ready();
-}
-
-void Signal(int efd) {
-  uint64_t one = 1;
-  // Cannot fail short of a counter overflow after 2^64 wake-ups; a lost signal to a
-  // dead peer does not matter.
-  [[maybe_unused]] ssize_t w = ::write(efd, &one, sizeof one);
-}
-
-void Drain(int efd) {
-  uint64_t v;
-  [[maybe_unused]] ssize_t r = ::read(efd, &v, sizeof v);
-}
-
 bool ValidRingBytes(uint64_t n) {
   return n >= kMinRingBytes && n <= kMaxRingBytes && (n & (n - 1)) == 0;
-}
-
-// An mmap()ed region, unmapped on destruction.
-class Mapping {
- public:
-  Mapping() = default;
-  Mapping(void* addr, size_t size) : addr_(addr), size_(size) {}
-  Mapping(Mapping&& o) noexcept : addr_(std::exchange(o.addr_, nullptr)), size_(o.size_) {}
-  Mapping& operator=(Mapping&&) = delete;
-  ~Mapping() {
-    if (addr_ != nullptr) ::munmap(addr_, size_);
-  }
-  uint8_t* data() const { return static_cast<uint8_t*>(addr_); }
-  size_t size() const { return size_; }
-
- private:
-  void* addr_ = nullptr;
-  size_t size_ = 0;
-};
-
-Mapping MapShared(int fd, size_t size, const std::string& what) {
-  // MAP_POPULATE: fault the rings in now rather than on the first pass over them, so
-  // the first megabytes sent do not pay thousands of page faults.
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-  if (p == MAP_FAILED) throw SysError(what + ": mmap of " + std::to_string(size) + " bytes");
-  return Mapping(p, size);
-}
-
-sockaddr_un UnixAddress(const std::string& path, const std::string& what) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof addr.sun_path) {
-    throw Error(what + ": a Unix socket path must be 1 to " + std::to_string(sizeof addr.sun_path - 1) +
-                " bytes long");
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  return addr;
 }
 
 struct RingEnd {
@@ -281,7 +215,7 @@ class ShmChannel final : public Channel {
   void publish_tail() {
     out_.ctl->producer.tail.store(tail_, std::memory_order_release);
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (out_.ctl->consumer.waiting.load(std::memory_order_relaxed) != 0) Signal(out_.data_efd.get());
+    if (out_.ctl->consumer.waiting.load(std::memory_order_relaxed) != 0) SignalEventfd(out_.data_efd.get());
   }
   SendResult wait_failed(Wait w, bool mid_message, size_t length, std::chrono::nanoseconds timeout);
 
@@ -291,7 +225,7 @@ class ShmChannel final : public Channel {
   void publish_head() {
     in_.ctl->consumer.head.store(head_, std::memory_order_release);
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (in_.ctl->producer.waiting.load(std::memory_order_relaxed) != 0) Signal(in_.space_efd.get());
+    if (in_.ctl->producer.waiting.load(std::memory_order_relaxed) != 0) SignalEventfd(in_.space_efd.get());
   }
   RecvResult end_recv(RecvCode code, std::string message) {
     recv_end_ = RecvResult{code, std::move(message)};
@@ -351,7 +285,7 @@ Wait ShmChannel::sleep_until(Ready ready, std::atomic<uint32_t>& waiting, int ef
     if (r < 0) return Wait::kFailed;
     if (fds[2].revents != 0) return Wait::kClosedHere;
     if (fds[1].revents != 0) socket_hung_up();
-    if (fds[0].revents != 0) Drain(efd);
+    if (fds[0].revents != 0) DrainEventfd(efd);
     if (r == 0) {
       waiting.store(0, std::memory_order_relaxed);
       return ready() ? Wait::kReady : Wait::kTimeout;
@@ -553,11 +487,11 @@ RecvResult ShmChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
 void ShmChannel::close() {
   if (closed_.exchange(true, std::memory_order_acq_rel)) return;
   ctl_->sides[side_].closed.store(1, std::memory_order_release);
-  Signal(wake_.get());
+  SignalEventfd(wake_.get());
   // Wake the peer wherever it may sleep: its recv on our outgoing ring, its send on
   // our incoming one. It sees the flag and ends with kClosed.
-  Signal(out_.data_efd.get());
-  Signal(in_.space_efd.get());
+  SignalEventfd(out_.data_efd.get());
+  SignalEventfd(in_.space_efd.get());
   ::shutdown(sock_.get(), SHUT_RDWR);
 }
 
@@ -594,55 +528,17 @@ ShmListener::ShmListener(std::string socket_path, const ShmOptions& options)
     throw Error(what + ": ring size " + std::to_string(options_.ring_bytes) +
                 " is not a power of two between 4096 and " + std::to_string(kMaxRingBytes));
   }
-  const sockaddr_un addr = UnixAddress(path_, what);
-  fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd_) throw SysError(what + ": socket");
-  if (::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) < 0) {
-    if (errno != EADDRINUSE) throw SysError(what + ": bind");
-    // The file exists. A listener that died (or was killed) leaves its socket file
-    // behind; replace it, but never a live listener's, nor a file that is no socket.
-    struct stat st {};
-    if (::lstat(path_.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
-      throw Error(what + ": the path exists and is not a socket");
-    }
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (!probe) throw SysError(what + ": socket");
-    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 ||
-        errno == EAGAIN) {
-      throw Error(what + ": another listener is live on this socket");
-    }
-    if (errno != ECONNREFUSED) throw SysError(what + ": probing the existing socket file");
-    log::info("channel_stale_socket_replaced", {{"path", path_}});
-    ::unlink(path_.c_str());
-    if (::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) < 0) {
-      throw SysError(what + ": bind");
-    }
-  }
-  struct stat st {};
-  if (::stat(path_.c_str(), &st) == 0) inode_ = st.st_ino;
-  if (::listen(fd_.get(), 16) < 0) throw SysError(what + ": listen");
+  fd_ = detail::ListenUnix(path_, what, &inode_);
 }
 
-ShmListener::~ShmListener() {
-  struct stat st {};
-  if (::stat(path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == inode_) {
-    ::unlink(path_.c_str());
-  }
-}
+ShmListener::~ShmListener() { detail::UnlinkUnixIfOurs(path_, inode_); }
 
 std::unique_ptr<Channel> ShmListener::accept(std::chrono::nanoseconds timeout) {
   const Deadline deadline(timeout);
   const std::string what = "shm accept on " + path_;
   for (;;) {
-    pollfd p{fd_.get(), POLLIN, 0};
-    int r = PollUntil({&p, 1}, deadline);
-    if (r < 0) throw SysError(what + ": poll");
-    if (r == 0) return nullptr;
-    UniqueFd conn(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-    if (!conn) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) continue;
-      throw SysError(what);
-    }
+    UniqueFd conn = detail::AcceptUnix(fd_.get(), deadline, what);
+    if (!conn) return nullptr;
 
     // Local resources: failures here are ours and throw.
     UniqueFd memfd;
@@ -659,23 +555,10 @@ std::unique_ptr<Channel> ShmListener::accept(std::chrono::nanoseconds timeout) {
     std::memcpy(setup, hello.data(), hello.size());
     PutLe64(setup + kHelloBytes, options_.ring_bytes);
     PutLe64(setup + kHelloBytes + 8, map.size());
-    iovec iov{setup, sizeof setup};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kSetupFds)] = {};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf;
-    m.msg_controllen = sizeof cbuf;
-    cmsghdr* c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * kSetupFds);
-    int fds[kSetupFds] = {memfd.get(), efds[0].get(), efds[1].get(), efds[2].get(), efds[3].get()};
-    std::memcpy(CMSG_DATA(c), fds, sizeof fds);
-    std::string err;
-    // A fresh socket's buffer always takes 32 bytes: no partial write to handle.
-    if (::sendmsg(conn.get(), &m, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof setup)) {
-      err = std::string("sending the setup message: ") + std::strerror(errno);
+    const int fds[kSetupFds] = {memfd.get(), efds[0].get(), efds[1].get(), efds[2].get(), efds[3].get()};
+    std::string err = detail::SendWithFds(conn.get(), setup, fds);
+    if (!err.empty()) {
+      err = "sending the setup message: " + err;
     } else {
       std::array<uint8_t, kHelloBytes> ack{};
       err = detail::RecvAll(conn.get(), ack, Deadline(kHandshakeTimeout));
@@ -702,50 +585,16 @@ std::unique_ptr<Channel> ShmConnect(const std::string& socket_path, std::chrono:
                                     const ShmOptions& options) {
   const std::string what = "shm connect to " + socket_path;
   const Deadline deadline(timeout);
-  const sockaddr_un addr = UnixAddress(socket_path, what);
-  UniqueFd sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!sock) throw SysError(what + ": socket");
-  if (::connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) < 0) {
-    throw SysError(what, errno);
-  }
+  UniqueFd sock = detail::ConnectUnix(socket_path, what);
 
-  // The setup message and its descriptors. They arrive with its first byte; the rest
-  // of the 32 bytes is read without ancillary data if it comes separately.
+  // The setup message and the descriptors that come with it.
   uint8_t setup[kSetupBytes];
-  size_t got = 0;
   std::vector<UniqueFd> fds;
   bool truncated = false;
-  while (got < kSetupBytes) {
-    iovec iov{setup + got, kSetupBytes - got};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kSetupFds)] = {};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf;
-    m.msg_controllen = sizeof cbuf;
-    ssize_t n = ::recvmsg(sock.get(), &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-    if (n > 0) {
-      for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < count; ++i) {
-          int fd;
-          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-          fds.emplace_back(fd);
-        }
-      }
-      if (m.msg_flags & MSG_CTRUNC) truncated = true;
-      got += static_cast<size_t>(n);
-      continue;
-    }
-    if (n == 0) throw Error(what + ": the listener closed the connection during setup");
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) throw SysError(what + ": receiving the setup message");
-    pollfd p{sock.get(), POLLIN, 0};
-    int r = PollUntil({&p, 1}, deadline);
-    if (r < 0) throw SysError(what + ": poll");
-    if (r == 0) throw Error(what + ": no setup message within " + detail::DescribeTimeout(timeout));
-  }
+  std::string failed = detail::RecvWithFds(sock.get(), setup, fds, &truncated, deadline);
+  if (failed == "closed the connection") throw Error(what + ": the listener closed the connection during setup");
+  if (failed == "timed out") throw Error(what + ": no setup message within " + detail::DescribeTimeout(timeout));
+  if (!failed.empty()) throw Error(what + ": receiving the setup message: " + failed);
   std::string bad = CheckHello(std::span<const uint8_t, kHelloBytes>(setup, kHelloBytes), HelloKind::kShm);
   if (!bad.empty()) throw Error(what + ": " + bad);
   const uint64_t ring_bytes = GetLe64(setup + kHelloBytes);

@@ -34,11 +34,13 @@
 #include "transport/channel.h"
 #include "transport/frame.h"
 #include "transport/io.h"
+#include "transport/sockets.h"
 
 namespace ftvm::transport {
 
 using detail::Counters;
 using detail::Deadline;
+using detail::HostPort;
 using detail::PollUntil;
 
 namespace {
@@ -47,64 +49,6 @@ constexpr size_t kReadBufferBytes = 256u << 10;
 // A handshake is 16 bytes each way; a peer that takes longer than this is not a live
 // ftvm channel, and must not hold up an accept() that has no timeout.
 constexpr std::chrono::seconds kHandshakeTimeout{10};
-
-std::string HostPort(const std::string& host, uint16_t port) {
-  bool v6 = host.find(':') != std::string::npos;
-  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
-}
-
-std::string SockaddrText(const sockaddr_storage& ss) {
-  char buf[INET6_ADDRSTRLEN] = "?";
-  if (ss.ss_family == AF_INET) {
-    auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
-    ::inet_ntop(AF_INET, &a->sin_addr, buf, sizeof buf);
-    return HostPort(buf, ntohs(a->sin_port));
-  }
-  if (ss.ss_family == AF_INET6) {
-    auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
-    ::inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof buf);
-    return HostPort(buf, ntohs(a->sin6_port));
-  }
-  return "?";
-}
-
-struct AddrInfoDeleter {
-  void operator()(addrinfo* ai) const { ::freeaddrinfo(ai); }
-};
-using AddrInfoPtr = std::unique_ptr<addrinfo, AddrInfoDeleter>;
-
-AddrInfoPtr Resolve(const std::string& host, uint16_t port, bool passive, const std::string& what) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-  addrinfo* res = nullptr;
-  std::string service = std::to_string(port);
-  int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
-  if (rc != 0) {
-    throw Error(what + ": cannot resolve '" + host + "': " +
-                (rc == EAI_SYSTEM ? std::strerror(errno) : ::gai_strerror(rc)));
-  }
-  return AddrInfoPtr(res);
-}
-
-void SetIntOption(int fd, int level, int name, int value, const std::string& what, const char* opt) {
-  if (::setsockopt(fd, level, name, &value, sizeof value) < 0) throw SysError(what + ": " + opt);
-}
-
-// Buffer sizes go on before listen()/connect() so the window scale negotiated in the
-// SYN can use them.
-void SetBuffers(int fd, const TcpOptions& options, const std::string& what) {
-  if (options.socket_buffer_bytes <= 0) return;
-  SetIntOption(fd, SOL_SOCKET, SO_SNDBUF, options.socket_buffer_bytes, what, "SO_SNDBUF");
-  SetIntOption(fd, SOL_SOCKET, SO_RCVBUF, options.socket_buffer_bytes, what, "SO_RCVBUF");
-}
-
-// Small messages (an acknowledgement, a clock read) must leave at once, not wait for
-// more data to fill a segment.
-void SetNoDelay(int fd, const std::string& what) {
-  SetIntOption(fd, IPPROTO_TCP, TCP_NODELAY, 1, what, "TCP_NODELAY");
-}
 
 class TcpChannel final : public Channel {
  public:
@@ -360,41 +304,8 @@ void TcpChannel::close() {
 
 TcpListener::TcpListener(const std::string& bind_address, uint16_t port, const TcpOptions& options)
     : host_(bind_address), options_(options) {
-  const std::string what = "tcp listen on " + HostPort(bind_address, port);
-  AddrInfoPtr addrs = Resolve(bind_address, port, /*passive=*/true, what);
-  int last_err = 0;
-  const char* failed_call = "socket";
-  for (addrinfo* ai = addrs.get(); ai != nullptr; ai = ai->ai_next) {
-    UniqueFd fd(::socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (!fd) {
-      last_err = errno;
-      failed_call = "socket";
-      continue;
-    }
-    // A restarted primary must be able to listen again at once, not after TIME_WAIT.
-    SetIntOption(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1, what, "SO_REUSEADDR");
-    SetBuffers(fd.get(), options_, what);
-    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) < 0) {
-      last_err = errno;
-      failed_call = "bind";
-      continue;
-    }
-    if (::listen(fd.get(), 16) < 0) {
-      last_err = errno;
-      failed_call = "listen";
-      continue;
-    }
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) < 0) {
-      throw SysError(what + ": getsockname");
-    }
-    port_ = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
-                                           : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-    fd_ = std::move(fd);
-    return;
-  }
-  throw SysError(what + ": " + failed_call, last_err);
+  fd_ = detail::ListenTcp(bind_address, port, options_.socket_buffer_bytes,
+                          "tcp listen on " + HostPort(bind_address, port), &port_);
 }
 
 TcpListener::~TcpListener() = default;
@@ -405,25 +316,10 @@ std::unique_ptr<Channel> TcpListener::accept(std::chrono::nanoseconds timeout) {
   const Deadline deadline(timeout);
   const std::string what = "tcp accept on " + HostPort(host_, port_);
   for (;;) {
-    pollfd p{fd_.get(), POLLIN, 0};
-    int r = PollUntil({&p, 1}, deadline);
-    if (r < 0) throw SysError(what + ": poll");
-    if (r == 0) return nullptr;
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    UniqueFd conn(::accept4(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len,
-                            SOCK_CLOEXEC | SOCK_NONBLOCK));
-    if (!conn) {
-      // The connection went away between poll and accept: not the listener's fault.
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED ||
-          errno == EPROTO) {
-        continue;
-      }
-      throw SysError(what);
-    }
-    const std::string peer = "tcp:" + SockaddrText(ss);
-    SetNoDelay(conn.get(), what);
-    SetBuffers(conn.get(), options_, what);
+    std::string peer;
+    UniqueFd conn = detail::AcceptTcp(fd_.get(), options_.socket_buffer_bytes, deadline, what, &peer);
+    if (!conn) return nullptr;
+    peer = "tcp:" + peer;
     std::string err = detail::ExchangeHello(conn.get(), HelloKind::kTcp, Deadline(kHandshakeTimeout));
     if (!err.empty()) {
       log::warn("channel_handshake_failed", {{"listener", address()}, {"peer", peer}, {"error", err}});
@@ -440,38 +336,10 @@ std::unique_ptr<Channel> TcpConnect(const std::string& host, uint16_t port, std:
   const std::string target = HostPort(host, port);
   const std::string what = "tcp connect to " + target;
   const Deadline deadline(timeout);
-  AddrInfoPtr addrs = Resolve(host, port, /*passive=*/false, what);
-  int last_err = ECONNREFUSED;
-  for (addrinfo* ai = addrs.get(); ai != nullptr; ai = ai->ai_next) {
-    UniqueFd fd(::socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (!fd) {
-      last_err = errno;
-      continue;
-    }
-    SetBuffers(fd.get(), options, what);
-    SetNoDelay(fd.get(), what);
-    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) < 0) {
-      if (errno != EINPROGRESS) {
-        last_err = errno;
-        continue;
-      }
-      pollfd p{fd.get(), POLLOUT, 0};
-      int r = PollUntil({&p, 1}, deadline);
-      if (r < 0) throw SysError(what + ": poll");
-      if (r == 0) throw Error(what + ": timed out after " + detail::DescribeTimeout(timeout));
-      int err = 0;
-      socklen_t len = sizeof err;
-      if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
-      if (err != 0) {
-        last_err = err;
-        continue;
-      }
-    }
-    std::string err = detail::ExchangeHello(fd.get(), HelloKind::kTcp, deadline);
-    if (!err.empty()) throw Error(what + ": handshake: " + err);
-    return std::make_unique<TcpChannel>(std::move(fd), "tcp:" + target);
-  }
-  throw SysError(what, last_err);
+  UniqueFd fd = detail::ConnectTcp(host, port, options.socket_buffer_bytes, deadline, timeout, what);
+  std::string err = detail::ExchangeHello(fd.get(), HelloKind::kTcp, deadline);
+  if (!err.empty()) throw Error(what + ": handshake: " + err);
+  return std::make_unique<TcpChannel>(std::move(fd), "tcp:" + target);
 }
 
 }  // namespace ftvm::transport

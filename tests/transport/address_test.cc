@@ -28,10 +28,28 @@ TEST(Address, ParsesTcpAndShm) {
   EXPECT_EQ(a.path, "/run/ftvm/vm1.sock");
 }
 
+TEST(Address, ParsesRdmaAndItsEmulation) {
+  ChannelAddress a = ParseChannelAddress("rdma:10.0.0.2:7000");
+  EXPECT_EQ(a.kind, ChannelAddress::Kind::kRdma);
+  EXPECT_EQ(a.host, "10.0.0.2");
+  EXPECT_EQ(a.port, 7000);
+  a = ParseChannelAddress("rdma:[fe80::1]:0");
+  EXPECT_EQ(a.kind, ChannelAddress::Kind::kRdma);
+  EXPECT_EQ(a.host, "fe80::1");
+  EXPECT_EQ(a.port, 0);
+  a = ParseChannelAddress("rdma+shm:/run/ftvm/vm1.sock");
+  EXPECT_EQ(a.kind, ChannelAddress::Kind::kRdmaShm);
+  EXPECT_EQ(a.path, "/run/ftvm/vm1.sock");
+}
+
 TEST(Address, RejectsWhatItCannotUse) {
   const std::pair<const char*, const char*> bad[] = {
       {"udp:1.2.3.4:5", "unknown scheme 'udp'"},
-      {"rdma:host:1", "unknown scheme 'rdma'"},
+      {"rdmx:host:1", "unknown scheme 'rdmx'"},
+      {"rdma:host", "no port"},
+      {"rdma:host:70000", "bad port '70000'"},
+      {"rdma:::1:7000", "IPv6 host must be in brackets, as in rdma:[::1]:7000"},
+      {"rdma+shm:", "empty socket path"},
       {"/run/x.sock", "no scheme"},
       {"tcp:host", "no port"},
       {"tcp:host:", "bad port ''"},
@@ -48,18 +66,19 @@ TEST(Address, RejectsWhatItCannotUse) {
         << text;
   }
   EXPECT_THAT([] { Connect("tcp:127.0.0.1:0", 1s); }, ThrowsMessage<Error>(HasSubstr("port 0")));
+  EXPECT_THAT([] { Connect("rdma:127.0.0.1:0", 1s); }, ThrowsMessage<Error>(HasSubstr("port 0")));
   EXPECT_THAT([] { Listen("bogus:thing"); }, ThrowsMessage<Error>(HasSubstr("unknown scheme 'bogus'")));
 }
 
 TEST(Address, ListenReportsTheRealAddressAndConnectUsesIt) {
-  for (auto kind : {testutil::Kind::kTcp, testutil::Kind::kShm}) {
+  for (auto kind : {testutil::Kind::kTcp, testutil::Kind::kShm, testutil::Kind::kRdmaShm}) {
     auto p = testutil::MakePair(kind);  // Listen(...) + Connect(listener->address())
     std::string address = p.listener->address();
     if (kind == testutil::Kind::kTcp) {
       EXPECT_THAT(address, ::testing::StartsWith("tcp:127.0.0.1:"));
       EXPECT_NE(address, "tcp:127.0.0.1:0");
     } else {
-      EXPECT_THAT(address, ::testing::StartsWith("shm:/"));
+      EXPECT_THAT(address, ::testing::StartsWith(testutil::KindName(kind) + ":/"));
     }
     ASSERT_TRUE(p.b->send(1, testutil::Pattern(3, 3), 1s).ok());
     Message m;

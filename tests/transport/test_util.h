@@ -24,9 +24,21 @@ namespace ftvm::transport::testutil {
 
 using namespace std::chrono_literals;
 
-enum class Kind { kTcp, kShm };
+// kRdmaShm: the RDMA channel over its shared-memory emulation of one-sided writes;
+// kRdma: over real verbs (only where an RDMA device exists).
+enum class Kind { kTcp, kShm, kRdmaShm, kRdma };
 
-inline std::string KindName(Kind k) { return k == Kind::kTcp ? "tcp" : "shm"; }
+inline std::string KindName(Kind k) {
+  switch (k) {
+    case Kind::kTcp: return "tcp";
+    case Kind::kShm: return "shm";
+    case Kind::kRdmaShm: return "rdma+shm";
+    case Kind::kRdma: return "rdma";
+  }
+  return "?";
+}
+// For test names, which allow letters, digits and '_' only.
+inline std::string KindTestName(Kind k) { return k == Kind::kRdmaShm ? "rdma_shm" : KindName(k); }
 
 // A socket path unique to this process and call, removed again on destruction.
 class SocketPath {
@@ -52,7 +64,12 @@ class SocketPath {
 class TestListener {
  public:
   explicit TestListener(Kind kind, const ChannelOptions& options = {}) : path_("pair") {
-    listener_ = Listen(kind == Kind::kTcp ? "tcp:127.0.0.1:0" : "shm:" + path_.str(), options);
+    switch (kind) {
+      case Kind::kTcp: listener_ = Listen("tcp:127.0.0.1:0", options); break;
+      case Kind::kShm: listener_ = Listen("shm:" + path_.str(), options); break;
+      case Kind::kRdmaShm: listener_ = Listen("rdma+shm:" + path_.str(), options); break;
+      case Kind::kRdma: listener_ = Listen("rdma:127.0.0.1:0", options); break;
+    }
   }
   Listener& operator*() { return *listener_; }
   Listener* operator->() { return listener_.get(); }

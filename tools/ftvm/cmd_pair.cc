@@ -61,7 +61,7 @@ int PrimaryMain(int argc, char** argv) {
   po::options_description desc("ftvm primary options");
   desc.add_options()
       ("help,h", "show this help")
-      ("listen", po::value(&opts.listen)->required(), "channel address for the secondary: tcp:HOST:PORT or shm:/path.sock")
+      ("listen", po::value(&opts.listen)->required(), "channel address for the secondary: tcp:HOST:PORT, shm:/path.sock, rdma:HOST:PORT (RDMA verbs) or rdma+shm:/path.sock (the RDMA protocol emulated over shared memory, for tests)")
       ("arbiter", po::value(&opts.arbiter_dir)->required(), "arbiter directory, shared with the secondary")
       ("witness", po::value(&opts.witness), "IPv4 address on the clients' side: a host that cannot reach it when "
                                              "the pair loses contact knows it is the cut-off one")
