@@ -96,6 +96,10 @@ TEST(Pair, SharedMemoryChannelStrictOutputs) {
   Drill({"--fault", "kill-primary", "--channel", "shm", "--primary-args", "--strict"}, 2);
 }
 
+// The RDMA channel's ring and credit protocol (over its shared-memory stand-in:
+// there is no RDMA device here) carries a pair through a failover too.
+TEST(Pair, RdmaRingProtocolChannelSurvivesAFailover) { Drill({"--fault", "kill-primary", "--channel", "rdma+shm"}, 2); }
+
 // Strict mode end to end without a fault: every disk write the guest is told about
 // was first reproduced by the replica (an OutputCheck it passed), and both disks
 // end identical.

@@ -369,8 +369,10 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
     if (!fd || ftruncate(fd.get(), 32 << 20) != 0) throw SysError("drill: disk image in " + dir);
   }
   DrillNet net("fdr" + std::to_string(getpid() % 100000));
-  const std::string address = o.channel == "shm" ? "shm:" + dir + "/channel.sock"
-                                                 : "tcp:" + DrillNet::host_ip(1) + ":7000";
+  // tcp runs over the hosts' LAN; the others are set up through a Unix socket, which
+  // both "hosts" (namespaces of this machine) see.
+  const std::string address = o.channel == "tcp" ? "tcp:" + DrillNet::host_ip(1) + ":7000"
+                                                 : o.channel + ":" + dir + "/channel.sock";
   std::vector<std::string> pargs = {"ip", "netns", "exec", net.ns("a"), o.ftvm, "primary", "--listen", address,
                                     "--arbiter", arbiter, "--name", "hostA", "--guest", o.guest, "--app",
                                     "mailstore", "--disk", dir + "/diskA.img", "--tap", "vmtap", "--ip",
