@@ -11,8 +11,16 @@
 // The shared-memory transport runs with its default spin (10 us), with 5 us, and with
 // ShmOptions::spin = 0 (always sleep): the baseline that shows what the spin buys.
 //
-// Usage: channel_bench [--quick]
+// DPDK (when built with it): the channel over net_memif between two processes, and, as
+// root, over net_af_packet on a veth pair; each next to a bare ping-pong of raw frames
+// on the same kind of device (no protocol: send a frame, busy-poll for the echo), the
+// floor the channel's round trip is compared with (goal: within 2x). Every DPDK end
+// runs in a child process of its own (the EAL initializes once per process and cannot
+// be used across a fork); the measuring child sends its figures back through a pipe.
+//
+// Usage: channel_bench [--quick] [--dpdk-only]
 // Figures vary run to run on a noisy 2-core machine; compare rows of the same run.
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,13 +28,16 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
 #include "eventlog/format.h"
 #include "transport/channel.h"
+#include "transport/dpdk_testing.h"
 
 namespace {
 
@@ -178,10 +189,155 @@ Row Measure(const std::string& name, const std::string& address, const ChannelOp
   return row;
 }
 
+// Runs `measure` in one child and `serve` in another; returns what `measure` wrote
+// into the pipe (a trivially copyable T).
+template <typename T, typename Measure, typename ServeFn>
+T InTwoChildren(const std::string& name, Measure measure, ServeFn serve) {
+  int fds[2];
+  if (::pipe(fds) != 0) Die("pipe failed");
+  std::fflush(nullptr);
+  pid_t server = ::fork();
+  if (server < 0) Die("fork failed");
+  if (server == 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    int rc = 1;
+    try {
+      rc = serve();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "peer: %s\n", e.what());
+    }
+    ::_exit(rc);
+  }
+  pid_t measurer = ::fork();
+  if (measurer < 0) Die("fork failed");
+  if (measurer == 0) {
+    ::close(fds[0]);
+    int rc = 1;
+    try {
+      T result = measure();
+      rc = ::write(fds[1], &result, sizeof result) == static_cast<ssize_t>(sizeof result) ? 0 : 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s: %s\n", name.c_str(), e.what());
+    }
+    ::_exit(rc);
+  }
+  ::close(fds[1]);
+  T result{};
+  const bool got = ::read(fds[0], &result, sizeof result) == static_cast<ssize_t>(sizeof result);
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(measurer, &status, 0);
+  const bool measured = got && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  if (!measured) ::kill(server, SIGKILL);
+  ::waitpid(server, &status, 0);
+  if (!measured) Die(name + ": measurement failed");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) Die(name + ": peer process failed");
+  return result;
+}
+
+struct DpdkRow {
+  Latency small, page;
+  Throughput stream;
+};
+
+DpdkRow MeasureDpdk(const std::string& name, const std::string& listen_at, const std::string& connect_to,
+                    const ChannelOptions& options, int iterations, std::chrono::milliseconds stream_time) {
+  return InTwoChildren<DpdkRow>(
+      name,
+      [&] {
+        auto listener = Listen(listen_at, options);
+        auto ch = listener->accept(std::chrono::seconds(20));
+        if (!ch) throw ftvm::Error("no peer connected to " + listen_at);
+        DpdkRow row;
+        row.small = RoundTrips(*ch, 64, iterations);
+        row.page = RoundTrips(*ch, 4096, iterations);
+        row.stream = Stream(*ch, stream_time);
+        (void)ch->send(kQuit, std::span<const uint8_t>(), std::chrono::seconds(1));
+        return row;
+      },
+      [&] { return Serve(connect_to, options); });
+}
+
+// A bare ping-pong of raw Ethernet frames: `size` bytes of payload after a broadcast
+// header with an EtherType of its own; the echo side sends back what it got.
+constexpr uint16_t kBareEtherType = 0x88B6;
+
+std::vector<uint8_t> BareFrame(size_t size, uint8_t tag) {
+  std::vector<uint8_t> f(14 + size, tag);
+  std::memset(f.data(), 0xff, 12);
+  f[12] = kBareEtherType >> 8;
+  f[13] = kBareEtherType & 0xff;
+  return f;
+}
+
+int BareEcho(const DpdkAddress& address) {
+  test_hooks::DpdkRawPort port(address, /*listening=*/false, std::chrono::seconds(20));
+  std::vector<uint8_t> buf(16384);
+  for (;;) {
+    size_t n = port.poll(buf);
+    if (n < 15 || buf[12] != (kBareEtherType >> 8) || buf[13] != (kBareEtherType & 0xff)) continue;
+    if (buf[14] == 0xff) return 0;  // quit
+    while (!port.send({buf.data(), n})) {
+    }
+  }
+}
+
+Latency BareRoundTrips(test_hooks::DpdkRawPort& port, size_t size, int iterations) {
+  auto frame = BareFrame(size, 1);
+  std::vector<uint8_t> buf(16384);
+  std::vector<double> us;
+  const int warmup = std::max(100, iterations / 10);
+  for (int i = 0; i < warmup + iterations; ++i) {
+    auto t0 = Clock::now();
+    while (!port.send(frame)) {
+    }
+    for (;;) {
+      size_t n = port.poll(buf);
+      if (n == frame.size() && buf[12] == (kBareEtherType >> 8) && buf[13] == (kBareEtherType & 0xff)) break;
+      if (Clock::now() - t0 > std::chrono::seconds(1)) {
+        // A lost frame (af_packet under pressure): send again, do not count it.
+        t0 = Clock::now();
+        while (!port.send(frame)) {
+        }
+      }
+    }
+    auto t1 = Clock::now();
+    if (i >= warmup) us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+  }
+  std::sort(us.begin(), us.end());
+  Latency l;
+  l.p50_us = us[us.size() / 2];
+  l.p99_us = us[std::min(us.size() - 1, us.size() * 99 / 100)];
+  return l;
+}
+
+DpdkRow MeasureBare(const std::string& name, const std::string& listen_at, const std::string& connect_to,
+                    int iterations) {
+  const DpdkAddress l = ParseChannelAddress(listen_at).dpdk;
+  const DpdkAddress c = ParseChannelAddress(connect_to).dpdk;
+  return InTwoChildren<DpdkRow>(
+      name,
+      [&] {
+        test_hooks::DpdkRawPort port(l, /*listening=*/true, std::chrono::seconds(20));
+        DpdkRow row;
+        row.small = BareRoundTrips(port, 64, iterations);
+        row.page = BareRoundTrips(port, 4096, iterations);
+        auto quit = BareFrame(64, 0xff);
+        for (int i = 0; i < 10; ++i) (void)port.send(quit);
+        return row;
+      },
+      [&] { return BareEcho(c); });
+}
+
+int Sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  bool dpdk_only = false;
+  for (int i = 1; i < argc; ++i) dpdk_only |= std::strcmp(argv[i], "--dpdk-only") == 0;
   const int fast_iters = quick ? 2000 : 50000;
   const int slow_iters = quick ? 500 : 5000;  // transports that sleep ~40 us per wake-up
   const auto stream_time = std::chrono::milliseconds(quick ? 300 : 1500);
@@ -189,6 +345,7 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   try {
+    if (dpdk_only) throw std::runtime_error("");
     ChannelOptions tcp;
     rows.push_back(Measure("tcp loopback", "tcp:127.0.0.1:0", tcp, slow_iters, stream_time));
     ChannelOptions shm;
@@ -200,16 +357,74 @@ int main(int argc, char** argv) {
     nospin.shm.spin = std::chrono::nanoseconds::zero();
     rows.push_back(Measure("shm, no spin", "shm:" + sock, nospin, slow_iters, stream_time));
   } catch (const std::exception& e) {
-    Die(e.what());
+    if (!dpdk_only) Die(e.what());
+  }
+
+  // DPDK: the channel and the bare ping-pong on the same kind of device, side by side.
+  struct DpdkCase {
+    std::string name;
+    std::string listen_at, connect_to;
+  };
+  std::vector<DpdkCase> dpdk_cases;
+  std::string veth_a, veth_b;
+  if (DpdkAvailable()) {
+    const std::string memif = "dpdk:memif:/ftvm-bench-" + std::to_string(::getpid());
+    dpdk_cases.push_back({"memif", memif, memif});
+    if (::geteuid() == 0) {
+      veth_a = "ftvmba" + std::to_string(::getpid() % 100000);
+      veth_b = "ftvmbb" + std::to_string(::getpid() % 100000);
+      if (Sh("ip link add " + veth_a + " mtu 9000 type veth peer name " + veth_b + " mtu 9000") == 0 &&
+          Sh("ip link set " + veth_a + " up") == 0 && Sh("ip link set " + veth_b + " up") == 0) {
+        dpdk_cases.push_back({"af_packet", "dpdk:af_packet:" + veth_a, "dpdk:af_packet:" + veth_b});
+      }
+    }
+  }
+  struct DpdkResult {
+    std::string name;
+    DpdkRow channel, bare;
+  };
+  std::vector<DpdkResult> dpdk_rows;
+  for (const auto& c : dpdk_cases) {
+    ChannelOptions o;
+    DpdkResult r;
+    r.name = c.name;
+    r.bare = MeasureBare(c.name + " bare", c.listen_at, c.connect_to, fast_iters);
+    r.channel = MeasureDpdk(c.name + " channel", c.listen_at, c.connect_to, o, fast_iters, stream_time);
+    dpdk_rows.push_back(r);
+  }
+  if (!veth_a.empty()) Sh("ip link del " + veth_a);
+  for (const auto& d : dpdk_rows) {
+    Row channel;
+    channel.name = "dpdk " + d.name;
+    channel.small = d.channel.small;
+    channel.page = d.channel.page;
+    channel.stream = d.channel.stream;
+    rows.push_back(channel);
+    Row bare;
+    bare.name = d.name + " bare ping";
+    bare.small = d.bare.small;
+    bare.page = d.bare.page;
+    rows.push_back(bare);
   }
 
   std::printf("| transport        | RTT 64 B p50 | p99      | RTT 4 KiB p50 | p99      | slept | 1 MiB stream | CPU per GB |\n");
   std::printf("|------------------|--------------|----------|---------------|----------|-------|--------------|------------|\n");
   for (const Row& r : rows) {
-    std::printf("| %-16s | %9.2f us | %5.1f us | %10.2f us | %5.1f us | %4.0f%% | %7.2f GB/s | %7.3f s  |\n",
-                r.name.c_str(), r.small.p50_us, r.small.p99_us, r.page.p50_us, r.page.p99_us,
-                100.0 * (r.small.slept + r.page.slept) / 2, r.stream.gb_per_s, r.stream.cpu_s_per_gb);
+    std::printf("| %-16s | %9.2f us | %5.1f us | %10.2f us | %5.1f us | %4.0f%% |", r.name.c_str(), r.small.p50_us,
+                r.small.p99_us, r.page.p50_us, r.page.p99_us, 100.0 * (r.small.slept + r.page.slept) / 2);
+    if (r.stream.gb > 0) {
+      std::printf(" %7.2f GB/s | %7.3f s  |\n", r.stream.gb_per_s, r.stream.cpu_s_per_gb);
+    } else {
+      std::printf("            - |          - |\n");
+    }
   }
+  for (const auto& d : dpdk_rows) {
+    std::printf("\ndpdk %s: channel round trip / bare ping-pong on the same device: 64 B %.2fx, 4 KiB %.2fx "
+                "(p50; goal <= 2x)",
+                d.name.c_str(), d.channel.small.p50_us / d.bare.small.p50_us,
+                d.channel.page.p50_us / d.bare.page.p50_us);
+  }
+  if (!dpdk_rows.empty()) std::printf("\n");
   std::printf("\nslept: share of round trips whose reply receive slept in the kernel instead of\n"
               "catching the reply while spinning. CPU per GB: sender + receiver CPU time per GB\n"
               "of payload streamed. Goals: shm round trip < 5 us, shm stream >= 1 GB/s.\n");

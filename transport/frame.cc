@@ -36,6 +36,7 @@ std::string_view HelloKindName(uint8_t kind) {
   switch (kind) {
     case static_cast<uint8_t>(HelloKind::kTcp): return "tcp";
     case static_cast<uint8_t>(HelloKind::kShm): return "shm";
+    case static_cast<uint8_t>(HelloKind::kDpdk): return "dpdk";
   }
   return "unknown";
 }

@@ -19,7 +19,8 @@
 // never delivered. It covers the header too, so every flipped bit is caught.
 //
 // Before the first frame, each side of a TCP channel sends a 16-byte hello (below);
-// a shared-memory channel exchanges it over its setup socket. Stream offsets in error
+// a shared-memory channel exchanges it over its setup socket, a DPDK channel in its
+// handshake segments. Stream offsets in error
 // messages count frame bytes in one direction from the first frame (hello excluded).
 #pragma once
 
@@ -50,7 +51,7 @@ std::vector<uint8_t> EncodeFrame(uint8_t type, std::span<const uint8_t> payload)
 //
 //   +0   8 bytes "FTVMCHAN"
 //   +8   u16  protocol version (kProtocolVersion)
-//   +10  u8   transport: 1 TCP, 2 shared memory
+//   +10  u8   transport: 1 TCP, 2 shared memory, 3 DPDK
 //   +11  u8   0
 //   +12  u32  0 (reserved)
 //
@@ -59,7 +60,7 @@ std::vector<uint8_t> EncodeFrame(uint8_t type, std::span<const uint8_t> payload)
 // rather than with a bad CRC on the first message.
 inline constexpr size_t kHelloBytes = 16;
 inline constexpr uint16_t kProtocolVersion = 1;
-enum class HelloKind : uint8_t { kTcp = 1, kShm = 2 };
+enum class HelloKind : uint8_t { kTcp = 1, kShm = 2, kDpdk = 3 };
 
 std::array<uint8_t, kHelloBytes> EncodeHello(HelloKind kind);
 // Empty when `hello` is a valid hello of `kind`; otherwise what is wrong with it.
