@@ -20,6 +20,8 @@
 //
 // Usage: channel_bench [--quick] [--dpdk-only]
 // Figures vary run to run on a noisy 2-core machine; compare rows of the same run.
+#include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -231,8 +233,8 @@ T InTwoChildren(const std::string& name, Measure measure, ServeFn serve) {
   const bool measured = got && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   if (!measured) ::kill(server, SIGKILL);
   ::waitpid(server, &status, 0);
-  if (!measured) Die(name + ": measurement failed");
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) Die(name + ": peer process failed");
+  if (!measured) throw std::runtime_error(name + ": measurement failed");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(name + ": peer process failed");
   return result;
 }
 
@@ -241,11 +243,26 @@ struct DpdkRow {
   Throughput stream;
 };
 
+// Moves this (child) process into a network namespace, before its EAL starts. Each
+// end of the veth pair lives in a namespace of its own: net_af_packet names its
+// PACKET_FANOUT group after pid ^ ifindex, which two processes on the two ends of a
+// pair in one namespace can share by chance (consecutive pids and ifindexes), and
+// then the second one fails with EINVAL.
+void EnterNamespace(const std::string& ns) {
+  if (ns.empty()) return;
+  const std::string path = "/var/run/netns/" + ns;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::setns(fd, CLONE_NEWNET) != 0) throw ftvm::Error("cannot enter network namespace " + ns);
+  ::close(fd);
+}
+
 DpdkRow MeasureDpdk(const std::string& name, const std::string& listen_at, const std::string& connect_to,
-                    const ChannelOptions& options, int iterations, std::chrono::milliseconds stream_time) {
+                    const std::string& listen_ns, const std::string& connect_ns, const ChannelOptions& options,
+                    int iterations, std::chrono::milliseconds stream_time) {
   return InTwoChildren<DpdkRow>(
       name,
       [&] {
+        EnterNamespace(listen_ns);
         auto listener = Listen(listen_at, options);
         auto ch = listener->accept(std::chrono::seconds(20));
         if (!ch) throw ftvm::Error("no peer connected to " + listen_at);
@@ -256,7 +273,10 @@ DpdkRow MeasureDpdk(const std::string& name, const std::string& listen_at, const
         (void)ch->send(kQuit, std::span<const uint8_t>(), std::chrono::seconds(1));
         return row;
       },
-      [&] { return Serve(connect_to, options); });
+      [&] {
+        EnterNamespace(connect_ns);
+        return Serve(connect_to, options);
+      });
 }
 
 // A bare ping-pong of raw Ethernet frames: `size` bytes of payload after a broadcast
@@ -313,12 +333,13 @@ Latency BareRoundTrips(test_hooks::DpdkRawPort& port, size_t size, int iteration
 }
 
 DpdkRow MeasureBare(const std::string& name, const std::string& listen_at, const std::string& connect_to,
-                    int iterations) {
+                    const std::string& listen_ns, const std::string& connect_ns, int iterations) {
   const DpdkAddress l = ParseChannelAddress(listen_at).dpdk;
   const DpdkAddress c = ParseChannelAddress(connect_to).dpdk;
   return InTwoChildren<DpdkRow>(
       name,
       [&] {
+        EnterNamespace(listen_ns);
         test_hooks::DpdkRawPort port(l, /*listening=*/true, std::chrono::seconds(20));
         DpdkRow row;
         row.small = BareRoundTrips(port, 64, iterations);
@@ -327,7 +348,10 @@ DpdkRow MeasureBare(const std::string& name, const std::string& listen_at, const
         for (int i = 0; i < 10; ++i) (void)port.send(quit);
         return row;
       },
-      [&] { return BareEcho(c); });
+      [&] {
+        EnterNamespace(connect_ns);
+        return BareEcho(c);
+      });
 }
 
 int Sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
@@ -364,35 +388,55 @@ int main(int argc, char** argv) {
   struct DpdkCase {
     std::string name;
     std::string listen_at, connect_to;
+    std::string listen_ns, connect_ns;
   };
   std::vector<DpdkCase> dpdk_cases;
-  std::string veth_a, veth_b;
+  std::string ns_a, ns_b;
   if (DpdkAvailable()) {
     const std::string memif = "dpdk:memif:/ftvm-bench-" + std::to_string(::getpid());
-    dpdk_cases.push_back({"memif", memif, memif});
+    dpdk_cases.push_back({"memif", memif, memif, "", ""});
     if (::geteuid() == 0) {
-      veth_a = "ftvmba" + std::to_string(::getpid() % 100000);
-      veth_b = "ftvmbb" + std::to_string(::getpid() % 100000);
-      if (Sh("ip link add " + veth_a + " mtu 9000 type veth peer name " + veth_b + " mtu 9000") == 0 &&
-          Sh("ip link set " + veth_a + " up") == 0 && Sh("ip link set " + veth_b + " up") == 0) {
-        dpdk_cases.push_back({"af_packet", "dpdk:af_packet:" + veth_a, "dpdk:af_packet:" + veth_b});
+      const std::string id = std::to_string(::getpid() % 100000);
+      ns_a = "ftvm-bench-a-" + id;
+      ns_b = "ftvm-bench-b-" + id;
+      const std::string va = "ftvmba" + id, vb = "ftvmbb" + id;
+      if (Sh("ip netns add " + ns_a) == 0 && Sh("ip netns add " + ns_b) == 0 &&
+          Sh("ip link add " + va + " mtu 9000 type veth peer name " + vb + " mtu 9000") == 0 &&
+          Sh("ip link set " + va + " netns " + ns_a) == 0 && Sh("ip link set " + vb + " netns " + ns_b) == 0 &&
+          Sh("ip -n " + ns_a + " link set " + va + " up") == 0 && Sh("ip -n " + ns_b + " link set " + vb + " up") == 0) {
+        dpdk_cases.push_back({"af_packet", "dpdk:af_packet:" + va, "dpdk:af_packet:" + vb, ns_a, ns_b});
       }
     }
   }
+  // Deletes the namespaces (and the veth pair in them) however the run ends.
+  struct Cleanup {
+    std::string a, b;
+    ~Cleanup() {
+      if (!a.empty()) Sh("ip netns del " + a);
+      if (!b.empty()) Sh("ip netns del " + b);
+    }
+  } cleanup{ns_a, ns_b};
   struct DpdkResult {
     std::string name;
     DpdkRow channel, bare;
   };
   std::vector<DpdkResult> dpdk_rows;
+  int rc = 0;
   for (const auto& c : dpdk_cases) {
     ChannelOptions o;
     DpdkResult r;
     r.name = c.name;
-    r.bare = MeasureBare(c.name + " bare", c.listen_at, c.connect_to, fast_iters);
-    r.channel = MeasureDpdk(c.name + " channel", c.listen_at, c.connect_to, o, fast_iters, stream_time);
+    try {
+      r.bare = MeasureBare(c.name + " bare", c.listen_at, c.connect_to, c.listen_ns, c.connect_ns, fast_iters);
+      r.channel = MeasureDpdk(c.name + " channel", c.listen_at, c.connect_to, c.listen_ns, c.connect_ns, o,
+                              fast_iters, stream_time);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "channel_bench: %s\n", e.what());
+      rc = 1;
+      continue;
+    }
     dpdk_rows.push_back(r);
   }
-  if (!veth_a.empty()) Sh("ip link del " + veth_a);
   for (const auto& d : dpdk_rows) {
     Row channel;
     channel.name = "dpdk " + d.name;
@@ -428,5 +472,5 @@ int main(int argc, char** argv) {
   std::printf("\nslept: share of round trips whose reply receive slept in the kernel instead of\n"
               "catching the reply while spinning. CPU per GB: sender + receiver CPU time per GB\n"
               "of payload streamed. Goals: shm round trip < 5 us, shm stream >= 1 GB/s.\n");
-  return 0;
+  return rc;
 }
