@@ -813,10 +813,11 @@ class DpdkChannel final : public Channel {
     Backoff backoff(options_.spin, options_.max_sleep);
     for (;;) {
       {
+        // close() here wins over everything, even a message that is there.
+        if (closed_.load(std::memory_order_acquire)) return Wait::kClosedHere;
         std::lock_guard lock(mu_);
         pump(SteadyClock::now());
         if (ready()) return Wait::kReady;
-        if (closed_.load(std::memory_order_acquire)) return Wait::kClosedHere;
         if (dead_ || peer_fin_) return Wait::kPeerGone;
       }
       if (deadline.expired()) return Wait::kTimeout;
