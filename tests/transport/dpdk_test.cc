@@ -379,6 +379,42 @@ TEST(DpdkMemif, PeerKilledGivesClosed) {
   EXPECT_EQ(listener.wait(), 0);
 }
 
+// A listener serves one channel at a time on its port, and accepts again once that
+// channel is gone (a primary taking a new secondary after losing one).
+TEST(DpdkMemif, ListenerAcceptsAgainAfterAChannelEnds) {
+  const std::string address = MemifAddress("again");
+  Child listener([&] {
+    ChannelOptions co;
+    co.dpdk = QuickOptions();
+    auto l = Listen(address, co);
+    for (uint8_t round = 1; round <= 2; ++round) {
+      auto ch = l->accept(15s);
+      Require(ch != nullptr, "accept " + std::to_string(round));
+      Message m;
+      RecvResult r = ch->recv(m, 10s);
+      Require(r.is_message() && m.type() == round, "round " + std::to_string(round) + ": " + r.message);
+      Require(ch->send(round, m.payload(), 5s).ok(), "echo");
+      r = ch->recv(m, 10s);
+      Require(r.closed(), "round " + std::to_string(round) + " end: " + r.message);
+      // A second accept() while this channel lives waits for the port.
+      if (round == 1) Require(l->accept(20ms) == nullptr, "a second channel on a busy port");
+    }
+    return 0;
+  });
+  for (uint8_t round = 1; round <= 2; ++round) {
+    Child connector([&] {
+      auto ch = ConnectTo(address, QuickOptions());
+      Require(ch->send(round, Pattern(100, round), 5s).ok(), "send");
+      Message m;
+      RecvResult r = ch->recv(m, 10s);
+      Require(r.is_message() && Equal(m.payload(), Pattern(100, round)), "echo: " + r.message);
+      return 0;
+    });
+    EXPECT_EQ(connector.wait(), 0) << "round " << int(round);
+  }
+  EXPECT_EQ(listener.wait(), 0);
+}
+
 TEST(DpdkMemif, ConnectWithoutListenerFailsClearly) {
   const std::string address = MemifAddress("nobody");
   Child c([&] {
