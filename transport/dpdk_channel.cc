@@ -810,6 +810,12 @@ class DpdkChannel final : public Channel {
   // here, the peer is gone, or the deadline passes.
   template <typename Ready>
   Wait wait(Ready ready, const Deadline& deadline, std::atomic<uint64_t>& wait_count) {
+    // While a caller polls, the keeper need not (see keep()).
+    waiters_.fetch_add(1, std::memory_order_relaxed);
+    struct Leave {
+      std::atomic<int>& n;
+      ~Leave() { n.fetch_sub(1, std::memory_order_relaxed); }
+    } leave{waiters_};
     Backoff backoff(options_.spin, options_.max_sleep);
     for (;;) {
       {
@@ -832,6 +838,7 @@ class DpdkChannel final : public Channel {
   const DpdkOptions options_;
   const Established est_;
   std::atomic<bool> closed_{false};
+  std::atomic<int> waiters_{0};  // threads in wait()
   Counters counters_;
 
   std::mutex mu_;  // the protocol state and the port's queues
@@ -882,9 +889,15 @@ void DpdkChannel::keep(std::stop_token st) {
   std::mutex m;
   std::condition_variable_any cv;
   while (!st.stop_requested()) {
+    // A send or recv that waits pumps at least every max_sleep: then the keeper only
+    // stands by (each wake-up costs CPU on an idle channel), in case that caller
+    // leaves.
+    const auto period = waiters_.load(std::memory_order_relaxed) > 0
+                            ? std::max<std::chrono::nanoseconds>(options_.tick, options_.keepalive_interval / 4)
+                            : options_.tick;
     {
       std::unique_lock l(m);
-      cv.wait_for(l, st, options_.tick, [] { return false; });
+      cv.wait_for(l, st, period, [] { return false; });
     }
     if (st.stop_requested()) return;
     std::unique_lock lock(mu_, std::try_to_lock);
