@@ -277,8 +277,11 @@ std::unique_ptr<Channel> ShmConnect(const std::string& socket_path, std::chrono:
 //
 // Waiting: send/recv poll the port themselves, busy for `spin`, then sleeping in
 // steps growing up to `max_sleep` (there are two cores: a poller must not starve a
-// vCPU). A background thread per channel wakes every `tick` to answer the peer
-// (acknowledgements, keepalives, retransmissions) while nobody is in send/recv.
+// vCPU; the virtual devices have no receive interrupt to block on). A keeper thread
+// per channel pumps every `tick` while no send or recv is waiting, to answer the
+// peer (acknowledgements, keepalives, retransmissions). close() sends a FIN after
+// what was sent; destroying the channel waits (up to peer_timeout) until the peer
+// has acknowledged all of it, as a socket's close would.
 
 // Test hook: faults injected into this side's transmitted segments (every kind:
 // handshake, data, acknowledgements), deterministic for a seed. Rates are 0..1.
@@ -357,9 +360,11 @@ bool DpdkAvailable();
 //                                   address for a real NIC ("0000:03:00.0")
 // followed by options, each after a ';':
 //   eal=ARGS   the EAL arguments, separated by spaces, instead of the defaults
-//              ("--no-huge --no-pci -m 256 --no-shconf --no-telemetry
-//              --file-prefix=ftvm-PID" for virtual devices, the same without
-//              --no-huge --no-pci but with "-a DEVICE" for a PCI device)
+//              ("-l CPU --no-shconf --no-telemetry --file-prefix=ftvm-PID
+//              --log-level=warning --no-huge --no-pci -m 256" for virtual devices,
+//              with CPU the first this process may run on (the calling thread's
+//              affinity is given back after the EAL pinned it); for a PCI device
+//              "-a DEVICE" instead of the last four, hugepages being needed then)
 //   mtu=N      the largest Ethernet payload to send (both sides use the smaller of
 //              their two); default 9000 on net_memif, the interface's MTU on
 //              net_af_packet, 1500 otherwise

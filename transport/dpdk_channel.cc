@@ -417,6 +417,8 @@ class Port {
   // Starts the port. A memif client's start connects to the server's socket and
   // fails while there is none yet: retried until the deadline.
   void start(const Deadline& deadline) {
+    // Every failed try makes memif log an error: try again at a growing interval.
+    std::chrono::nanoseconds pause = 20ms;
     for (;;) {
       const int rc = rte_eth_dev_start(id_);
       if (rc == 0) {
@@ -428,7 +430,8 @@ class Port {
         throw Error(what_ + ": cannot start port " + spec_.devargs + (rc == -1 ? "" : ": " + RteError(rc)) +
                     (spec_.memif ? " (no memif server on the socket: is the listener up?)" : ""));
       }
-      std::this_thread::sleep_for(std::min<std::chrono::nanoseconds>(20ms, deadline.remaining()));
+      std::this_thread::sleep_for(std::min(pause, deadline.remaining()));
+      pause = std::min<std::chrono::nanoseconds>(pause * 2, 250ms);
     }
   }
 
