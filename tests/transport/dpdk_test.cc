@@ -415,6 +415,61 @@ TEST(DpdkMemif, ListenerAcceptsAgainAfterAChannelEnds) {
   EXPECT_EQ(listener.wait(), 0);
 }
 
+// A peer speaking another protocol version is refused at the handshake with a
+// reason it can show (REJECT), and the listener keeps waiting. The peer here is a bare
+// port sending a hand-made HELLO (layout in transport/dpdk_channel.cc).
+TEST(DpdkMemif, HelloOfAnotherVersionIsRejectedWithTheReason) {
+  const std::string address = MemifAddress("version");
+  Child listener([&] {
+    ChannelOptions co;
+    auto l = Listen(address, co);
+    Require(l->accept(2s) == nullptr, "accepted a peer of another protocol version");
+    return 0;
+  });
+  Child peer([&] {
+    test_hooks::DpdkRawPort port(ParseChannelAddress(address).dpdk, /*listening=*/false, 10s);
+    std::vector<uint8_t> hello(14 + 40 + 24, 0);
+    std::memset(hello.data(), 0xff, 6);
+    hello[6] = 0x02;
+    hello[12] = 0x88;
+    hello[13] = 0xb5;
+    uint8_t* seg = hello.data() + 14;
+    seg[0] = 'F';
+    seg[1] = 'D';
+    seg[2] = 1;                      // HELLO
+    seg[4] = 0x34;                   // sender's connection id 0x1234
+    seg[5] = 0x12;
+    seg[12] = 24;                    // payload length
+    seg[34] = 1;                     // window 65536
+    uint8_t* p = seg + 40;
+    std::memcpy(p, "FTVMCHAN", 8);
+    p[8] = 2;                        // protocol version 2
+    p[10] = 3;                       // DPDK
+    p[17] = 0x05;                    // MTU 1280
+    p[22] = 1;                       // window 65536
+    std::vector<uint8_t> in(16384);
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    auto next = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() < until) {
+      if (std::chrono::steady_clock::now() >= next) {
+        (void)port.send(hello);
+        next += 50ms;
+      }
+      const size_t n = port.poll(in);
+      if (n < 54 || in[12] != 0x88 || in[13] != 0xb5 || in[16] != 3) continue;  // not a REJECT
+      Require(in[22] == 0x34 && in[23] == 0x12, "REJECT for another connection");
+      const std::string why(reinterpret_cast<const char*>(in.data() + 54), n - 54);
+      Require(why.find("protocol version 2") != std::string::npos, "reason: " + why);
+      std::fprintf(stderr, "[          ] rejected: %s\n", why.c_str());
+      return 0;
+    }
+    Require(false, "no REJECT");
+    return 1;
+  });
+  EXPECT_EQ(peer.wait(), 0);
+  EXPECT_EQ(listener.wait(), 0);
+}
+
 TEST(DpdkMemif, ConnectWithoutListenerFailsClearly) {
   const std::string address = MemifAddress("nobody");
   Child c([&] {
