@@ -303,6 +303,10 @@ struct DpdkOptions {
   // the latency of a message that arrives on an idle channel and costs an idle
   // waiter one wake-up per `max_sleep` (~1-2% of a core at 1 ms on our hosts).
   std::chrono::nanoseconds spin = std::chrono::microseconds(20);
+  // A receive spins up to twice as long as the last one took, when that was more than
+  // `spin` and at most `max_spin` (adaptive polling: a peer that answers in 50 us is
+  // caught spinning, not after a sleep), and `spin` again after a longer wait.
+  std::chrono::nanoseconds max_spin = std::chrono::microseconds(200);
   std::chrono::nanoseconds max_sleep = std::chrono::milliseconds(1);
   // How often the keeper thread pumps while no send or recv is waiting.
   std::chrono::nanoseconds tick = std::chrono::milliseconds(1);

@@ -17,6 +17,7 @@ struct DpdkCounters {
   uint64_t segments_sent = 0;       // every kind, retransmissions included
   uint64_t segments_received = 0;   // valid segments of this channel
   uint64_t retransmits = 0;         // data or FIN segments sent again
+  uint64_t acks_sent = 0;           // acknowledgements sent alone (not on data)
   uint64_t duplicates_received = 0;   // data segments entirely received before
   uint64_t out_of_order_received = 0;  // data segments beyond a gap
   // What the fault injector (DpdkOptions::faults) did to this side's segments.
