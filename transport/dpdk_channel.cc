@@ -1407,10 +1407,6 @@ RecvResult DpdkChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
     recv_end_ = RecvResult{RecvCode::kError, decoder_.error()};
     return *recv_end_;
   }
-  if (rcv_read_ != rcv_nxt_ && !dead_) {
-    // The FIN came in order, so this cannot happen; keep the stream honest anyway.
-    return {RecvCode::kTimeout, peer_ + ": no message within " + detail::DescribeTimeout(timeout)};
-  }
   const std::string partial = decoder_.mid_frame() ? " " + decoder_.describe_partial() : "";
   recv_end_ = RecvResult{RecvCode::kClosed, (dead_ ? *dead_ : peer_ + ": peer closed the channel") + partial};
   return *recv_end_;
