@@ -19,10 +19,13 @@
 //
 // Handshake: the connector broadcasts HELLO (the 16-byte channel hello of kind DPDK,
 // its largest Ethernet payload, its window) every 20 ms until the listener answers
-// HELLO_ACK (the same, plus its connection id) or REJECT (why, as text: wrong
-// protocol version, port busy). Later segments go to the MAC address learned there
-// and carry both connection ids, so stale segments of an earlier channel on the same
-// link are ignored (and answered with RST, which ends a channel whose peer forgot it).
+// HELLO_ACK (the same, plus its connection id) or REJECT (why, as text: another
+// protocol version, a malformed hello). A listener whose port is in use by a channel
+// leaves other connectors' HELLOs unanswered, so they keep asking until that channel
+// ends (a new secondary after a failover) or their timeout. Later segments go to the
+// MAC address learned in the handshake and carry both connection ids, so stale
+// segments of an earlier channel on the same link are ignored and answered with RST,
+// which ends a channel whose peer no longer knows it.
 //
 // Reliability: a segment's payload is a piece of the byte stream; the receiver places
 // it at its offset in a receive ring (so out-of-order pieces wait there for the gap to
@@ -47,9 +50,10 @@
 //
 // Threads: all protocol state and the port's queues are guarded by one mutex; send()
 // and recv() run the protocol ("pump": receive, acknowledge, transmit, timers)
-// themselves while they wait, busy for DpdkOptions::spin and then sleeping in growing
-// steps; a keeper thread pumps every `tick` when nobody else did, so a peer is
-// answered while this side's application is busy elsewhere.
+// themselves while they wait, busy for DpdkOptions::spin (a receive adapts it up to
+// max_spin to how late the last answer came) and then sleeping in growing steps; a
+// keeper thread pumps every `tick` while nobody else waits, so a peer is answered
+// while this side's application is busy elsewhere.
 #include <net/if.h>
 #include <pthread.h>
 #include <sched.h>
@@ -1286,52 +1290,71 @@ SendResult DpdkChannel::send(uint8_t type, std::span<const std::span<const uint8
                                   "continue, channel closed"};
   };
 
-  if (whole) {
-    Wait w = wait([&] { return send_room() >= frame; }, deadline, counters_.send_waits, options_.spin);
-    if (w != Wait::kReady) return failed(w);
-  }
-
-  // Appends bytes, waiting for room piece by piece when the frame is streamed.
-  auto put = [&](const uint8_t* src, size_t n) -> std::optional<SendResult> {
-    while (n > 0) {
-      {
-        std::lock_guard lock(mu_);
-        if (closed_.load(std::memory_order_acquire)) return SendResult{SendCode::kClosed, peer_ + ": channel closed"};
-        const size_t k = std::min(n, send_room());
-        if (k > 0) {
-          append(src, k);
-          src += k;
-          n -= k;
-          written += k;
-          if (!whole) push(SteadyClock::now());
-          continue;
-        }
-      }
-      Wait w = wait([&] { return send_room() >= std::min(n, cap_ / 4); }, deadline, counters_.send_waits,
-                    options_.spin);
-      if (w != Wait::kReady) return failed(w);
-    }
-    return std::nullopt;
-  };
-
   const auto header = EncodeFrameHeader(type, static_cast<uint32_t>(length));
-  uint32_t crc = eventlog::Crc32c(header);
-  if (auto f = put(header.data(), header.size())) return *f;
   constexpr size_t kPiece = 64u << 10;  // CRC what the copy just brought into cache
-  for (auto part : parts) {
-    for (size_t done = 0; done < part.size();) {
-      const size_t piece = std::min(kPiece, part.size() - done);
-      crc = eventlog::Crc32c(part.subspan(done, piece), crc);
-      if (auto f = put(part.data() + done, piece)) return *f;
-      done += piece;
+  if (whole) {
+    // The frame goes into the send buffer in one pass under the lock, once there is
+    // room for all of it (at once, in the common case: no pump first).
+    std::unique_lock lock(mu_);
+    if (send_room() < frame) {
+      lock.unlock();
+      Wait w = wait([&] { return send_room() >= frame; }, deadline, counters_.send_waits, options_.spin);
+      if (w != Wait::kReady) return failed(w);
+      lock.lock();
     }
-  }
-  uint8_t trailer[kFrameTrailerBytes];
-  PutLe32(trailer, crc);
-  if (auto f = put(trailer, sizeof trailer)) return *f;
-  {
-    std::lock_guard lock(mu_);
+    if (closed_.load(std::memory_order_acquire)) return {SendCode::kClosed, peer_ + ": channel closed"};
+    uint32_t crc = eventlog::Crc32c(header);
+    append(header.data(), header.size());
+    for (auto part : parts) {
+      for (size_t done = 0; done < part.size();) {
+        const size_t piece = std::min(kPiece, part.size() - done);
+        crc = eventlog::Crc32c(part.subspan(done, piece), crc);
+        append(part.data() + done, piece);
+        done += piece;
+      }
+    }
+    uint8_t trailer[kFrameTrailerBytes];
+    PutLe32(trailer, crc);
+    append(trailer, sizeof trailer);
     push(SteadyClock::now());
+  } else {
+    // Larger than the send buffer: streamed, waiting for room piece by piece.
+    auto put = [&](const uint8_t* src, size_t n) -> std::optional<SendResult> {
+      while (n > 0) {
+        {
+          std::lock_guard lock(mu_);
+          if (closed_.load(std::memory_order_acquire)) {
+            return SendResult{SendCode::kClosed, peer_ + ": channel closed"};
+          }
+          const size_t k = std::min(n, send_room());
+          if (k > 0) {
+            append(src, k);
+            src += k;
+            n -= k;
+            written += k;
+            push(SteadyClock::now());
+            continue;
+          }
+        }
+        Wait w = wait([&] { return send_room() >= std::min(n, cap_ / 4); }, deadline, counters_.send_waits,
+                      options_.spin);
+        if (w != Wait::kReady) return failed(w);
+      }
+      return std::nullopt;
+    };
+    uint32_t crc = eventlog::Crc32c(header);
+    if (auto f = put(header.data(), header.size())) return *f;
+    for (auto part : parts) {
+      for (size_t done = 0; done < part.size();) {
+        const size_t piece = std::min(kPiece, part.size() - done);
+        crc = eventlog::Crc32c(part.subspan(done, piece), crc);
+        if (auto f = put(part.data() + done, piece)) return *f;
+        done += piece;
+      }
+    }
+    uint8_t trailer[kFrameTrailerBytes];
+    PutLe32(trailer, crc);
+    if (auto f = put(trailer, sizeof trailer)) return *f;
   }
   Counters::add(counters_.messages_sent, 1);
   Counters::add(counters_.bytes_sent, length);
