@@ -20,6 +20,7 @@
 //
 // Usage: channel_bench [--quick] [--dpdk-only]
 // Figures vary run to run on a noisy 2-core machine; compare rows of the same run.
+#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -30,6 +31,7 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -364,6 +366,22 @@ DpdkRow MeasureBare(const std::string& name, const std::string& listen_at, const
 
 int Sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
 
+// Deletes the namespaces of earlier runs that were killed before they could clean up
+// (named PREFIX-PID, for a PID that no longer runs).
+void DeleteStaleNamespaces(const std::string& prefix) {
+  DIR* dir = ::opendir("/var/run/netns");
+  if (dir == nullptr) return;
+  std::vector<std::string> stale;
+  while (const dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (!name.starts_with(prefix)) continue;
+    const pid_t pid = static_cast<pid_t>(std::atol(name.substr(name.rfind('-') + 1).c_str()));
+    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(name);
+  }
+  ::closedir(dir);
+  for (const auto& n : stale) Sh("ip netns del " + n);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -404,7 +422,8 @@ int main(int argc, char** argv) {
     const std::string memif = "dpdk:memif:/ftvm-bench-" + std::to_string(::getpid());
     dpdk_cases.push_back({"memif", memif, memif, "", ""});
     if (::geteuid() == 0) {
-      const std::string id = std::to_string(::getpid() % 100000);
+      DeleteStaleNamespaces("ftvm-bench-");
+      const std::string id = std::to_string(::getpid());
       ns_a = "ftvm-bench-a-" + id;
       ns_b = "ftvm-bench-b-" + id;
       const std::string va = "ftvmba" + id, vb = "ftvmbb" + id;

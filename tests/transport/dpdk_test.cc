@@ -7,12 +7,14 @@
 // a process that forked after initializing it cannot use it in the child, so this
 // test process itself never touches DPDK. Children report failures on stderr and in
 // their exit code; the parent asserts the exit codes.
+#include <dirent.h>
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sched.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <stdexcept>
 #include <thread>
@@ -492,10 +494,27 @@ TEST(DpdkMemif, ConnectWithoutListenerFailsClearly) {
 
 int Run(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
 
+// Deletes the namespaces of earlier runs that were killed before they could clean up
+// (named PREFIX-PID, for a PID that no longer runs).
+void DeleteStaleNamespaces(const std::string& prefix) {
+  DIR* dir = ::opendir("/var/run/netns");
+  if (dir == nullptr) return;
+  std::vector<std::string> stale;
+  while (const dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (!name.starts_with(prefix)) continue;
+    const pid_t pid = static_cast<pid_t>(std::atol(name.substr(name.rfind('-') + 1).c_str()));
+    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(name);
+  }
+  ::closedir(dir);
+  for (const auto& n : stale) Run("ip netns del " + n);
+}
+
 // Two network namespaces joined by a veth pair; deleted (with the pair) on destruction.
 class VethPair {
  public:
   VethPair() {
+    DeleteStaleNamespaces("ftvm-dpdk-");
     const std::string id = std::to_string(::getpid());
     ns_a_ = "ftvm-dpdk-a-" + id;
     ns_b_ = "ftvm-dpdk-b-" + id;
