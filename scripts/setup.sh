@@ -11,6 +11,7 @@ packages=(
   libprotobuf-dev protobuf-compiler libzstd-dev   # event log: header protobuf, checkpoint compression
   libibverbs-dev            # RDMA logging channel (always built; runs where a device exists)
   clang libclang-rt-dev     # libFuzzer build of the event-log reader (fuzz/)
+  libdpdk-dev               # DPDK logging channel (transport/dpdk_channel.cc; virtual devices in tests)
   qemu-system-x86 linux-image-amd64 busybox-static cpio   # tests/kvm: real KVM, nested under QEMU TCG
 )
 missing=()

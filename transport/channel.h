@@ -12,6 +12,10 @@
 //     acknowledgements written back (transport/rdma_ring.h). Its ring protocol also
 //     runs over a shared-memory emulation of one-sided writes ("rdma+shm:"), which is
 //     how it is tested and measured on hosts without an RDMA device.
+//   - DPDK, between hosts over raw Ethernet frames on a DPDK port (a real NIC, or the
+//     virtual devices net_memif, net_af_packet, net_tap), with its own sequence
+//     numbers, acknowledgements, retransmission and flow control, since frames can be
+//     lost (transport/dpdk_channel.cc).
 //
 // Threading: one thread may send while another receives on the same channel. Sends
 // from several threads are serialized by the channel (whole messages never
@@ -132,10 +136,10 @@ class Channel {
   Channel(const Channel&) = delete;
   Channel& operator=(const Channel&) = delete;
 
-  // "tcp", "shm", "rdma" or "rdma+shm".
+  // "tcp", "shm", "rdma", "rdma+shm" or "dpdk".
   virtual std::string_view kind() const = 0;
   // The other end, as an address-like text for messages: "tcp:10.0.0.2:41522",
-  // "shm:/run/ftvm/vm1.sock".
+  // "shm:/run/ftvm/vm1.sock", "dpdk:memif:/run/ftvm/vm1.sock (peer 02:...)".
   virtual const std::string& peer() const = 0;
 
   // Sends one message of `type` (1..255) whose payload is the concatenation of
@@ -308,7 +312,124 @@ std::unique_ptr<Listener> RdmaShmListen(const std::string& socket_path, const Rd
 std::unique_ptr<Channel> RdmaShmConnect(const std::string& socket_path, std::chrono::nanoseconds timeout,
                                         const RdmaOptions& options = {});
 
+// --- DPDK ----------------------------------------------------------------------
+//
+// A DPDK channel owns one DPDK port (one Ethernet link: a NIC, or a virtual device)
+// with one receive and one transmit queue, and carries the byte stream of frames in
+// sequence-numbered segments of at most the link's MTU, acknowledged cumulatively,
+// retransmitted when lost, reassembled in order, with a receive window that bounds
+// what the sender may have in flight. Peer death is seen by a keepalive timeout (and
+// at once on net_memif, whose link goes down when the peer's process goes away).
+// The Environment Abstraction Layer (EAL) can be initialized once per process: the
+// first DPDK channel or listener does it with the EAL arguments of its address (or
+// the defaults, see DpdkAddress), and later ones must ask for the same or none.
+//
+// Waiting: send/recv poll the port themselves, busy for `spin`, then sleeping in
+// steps growing up to `max_sleep` (there are two cores: a poller must not starve a
+// vCPU; the virtual devices have no receive interrupt to block on). A keeper thread
+// per channel pumps every `tick` while no send or recv is waiting, to answer the
+// peer (acknowledgements, keepalives, retransmissions). close() sends a FIN after
+// what was sent; destroying the channel waits (up to peer_timeout) until the peer
+// has acknowledged all of it, as a socket's close would.
+
+// Test hook: faults injected into this side's transmitted segments (every kind:
+// handshake, data, acknowledgements), deterministic for a seed. Rates are 0..1.
+struct DpdkFaults {
+  double loss = 0;       // the segment is dropped
+  double duplicate = 0;  // the segment is sent twice
+  double reorder = 0;    // the segment is held back and sent after the next one
+  uint64_t seed = 1;
+};
+
+struct DpdkOptions {
+  // Bytes of the send buffer (data not yet acknowledged) and of the receive window
+  // (data received, in order or not, that recv() has not consumed): a power of two,
+  // 64 KiB..256 MiB. A message larger than the send buffer is streamed.
+  size_t window_bytes = 4u << 20;
+  // Busy polling before sleeping: long enough to catch a reply on a fast link
+  // (a round trip on net_memif is a few microseconds), short enough not to starve a
+  // vCPU on a two-core host. Sleeps then grow from 10 us to `max_sleep`, which bounds
+  // the latency of a message that arrives on an idle channel and costs an idle
+  // waiter one wake-up per `max_sleep` (~1-2% of a core at 1 ms on our hosts).
+  std::chrono::nanoseconds spin = std::chrono::microseconds(20);
+  // A receive spins up to twice as long as the last one took, when that was more than
+  // `spin` and at most `max_spin` (adaptive polling: a peer that answers in 50 us is
+  // caught spinning, not after a sleep), and `spin` again after a longer wait.
+  std::chrono::nanoseconds max_spin = std::chrono::microseconds(200);
+  std::chrono::nanoseconds max_sleep = std::chrono::milliseconds(1);
+  // How often the keeper thread pumps while no send or recv is waiting.
+  std::chrono::nanoseconds tick = std::chrono::milliseconds(1);
+  // First retransmission timeout; doubled on each retry of the same data, up to 64x.
+  std::chrono::nanoseconds retransmit_timeout = std::chrono::milliseconds(5);
+  // A segment is sent at least this often, and a peer silent for `peer_timeout` is
+  // presumed dead (kClosed).
+  std::chrono::nanoseconds keepalive_interval = std::chrono::milliseconds(100);
+  std::chrono::nanoseconds peer_timeout = std::chrono::seconds(2);
+  DpdkFaults faults;
+};
+
+struct DpdkAddress;
+
+class DpdkListener final : public Listener {
+ public:
+  // Initializes the EAL if this is the first DPDK use in the process, brings up the
+  // port (for net_memif: the server end, which creates the control socket) and
+  // waits for hellos in accept(). One channel at a time uses the port: accept()
+  // waits while a channel it returned is alive. Throws ftvm::Error naming the
+  // address and the cause.
+  DpdkListener(const DpdkAddress& address, const DpdkOptions& options = {});
+  ~DpdkListener() override;
+
+  std::string address() const override;
+  std::unique_ptr<Channel> accept(std::chrono::nanoseconds timeout) override;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Brings up the port (net_memif: the client end, retried until the listener's
+// socket exists or the timeout passes) and completes the handshake within `timeout`.
+std::unique_ptr<Channel> DpdkConnect(const DpdkAddress& address, std::chrono::nanoseconds timeout,
+                                     const DpdkOptions& options = {});
+
+// True when this build has the DPDK transport (libdpdk was found at build time).
+bool DpdkAvailable();
+
 // --- Addresses -------------------------------------------------------------------
+
+// A DPDK port and the EAL arguments, as a dpdk: address gives them:
+//   dpdk:memif:/run/ftvm/vm1.sock   net_memif over that control socket (an abstract
+//                                   Unix socket name, as memif uses by default); the
+//                                   listener is the memif server, the connector the
+//                                   client, so both sides use the same address
+//   dpdk:af_packet:IFACE            net_af_packet on a kernel interface (a veth end,
+//                                   a NIC the kernel drives); needs CAP_NET_RAW. Each
+//                                   side names its own interface
+//   dpdk:tap:IFACE                  net_tap, a tap interface it creates
+//   dpdk:dev=DEVARGS                any device as the EAL's --vdev or -a take it:
+//                                   "net_memif0,socket=/x.sock,role=server", or a PCI
+//                                   address for a real NIC ("0000:03:00.0")
+// followed by options, each after a ';':
+//   eal=ARGS   the EAL arguments, separated by spaces, instead of the defaults
+//              ("-l CPU --no-shconf --no-telemetry --file-prefix=ftvm-PID
+//              --log-level=warning --no-huge --no-pci -m 256" for virtual devices,
+//              with CPU the first this process may run on (the calling thread's
+//              affinity is given back after the EAL pinned it); for a PCI device
+//              "-a DEVICE" instead of the last four, hugepages being needed then)
+//   mtu=N      the largest Ethernet payload to send (both sides use the smaller of
+//              their two); default 9000 on net_memif, the interface's MTU on
+//              net_af_packet, 1500 otherwise
+// Example: "dpdk:af_packet:veth0;mtu=1500;eal=-l 1 --no-huge --no-pci --no-shconf".
+struct DpdkAddress {
+  enum class Device : uint8_t { kMemif, kAfPacket, kTap, kDevargs };
+  Device device = Device::kMemif;
+  std::string target;             // memif: socket path; af_packet, tap: interface; devargs
+  std::vector<std::string> eal;   // empty: the defaults
+  uint32_t mtu = 0;               // 0: the device's default
+  std::string text;               // the address as given
+};
 
 // A channel address as the command line takes it:
 //   tcp:HOST:PORT       HOST a name, an IPv4 address or a bracketed IPv6 one ([::1])
@@ -316,12 +437,14 @@ std::unique_ptr<Channel> RdmaShmConnect(const std::string& socket_path, std::chr
 //   rdma:HOST:PORT      RDMA verbs; HOST:PORT is the TCP side channel, as for tcp:
 //   rdma+shm:/path.sock the RDMA ring protocol over its shared-memory emulation
 //                       (tests and measurements on hosts without an RDMA device)
+//   dpdk:...            a DPDK port, see DpdkAddress
 struct ChannelAddress {
-  enum class Kind : uint8_t { kTcp, kShm, kRdma, kRdmaShm };
+  enum class Kind : uint8_t { kTcp, kShm, kRdma, kRdmaShm, kDpdk };
   Kind kind = Kind::kTcp;
   std::string host;  // tcp, rdma
   uint16_t port = 0;  // tcp, rdma
   std::string path;  // shm, rdma+shm
+  DpdkAddress dpdk;  // dpdk
 };
 // Throws ftvm::Error quoting the address for an unknown scheme or a malformed one.
 ChannelAddress ParseChannelAddress(std::string_view address);
@@ -330,6 +453,7 @@ struct ChannelOptions {
   TcpOptions tcp;
   ShmOptions shm;
   RdmaOptions rdma;  // rdma: and rdma+shm:
+  DpdkOptions dpdk;
 };
 // Listens on / connects to `address` with the transport its scheme names. Port 0
 // listens on an ephemeral port (Listener::address() tells which); Connect needs a

@@ -16,8 +16,19 @@
 // doorbells and acknowledgements), not an RDMA fabric. Over real verbs ("rdma") it runs
 // only where an RDMA device exists.
 //
-// Usage: channel_bench [--quick]
+// DPDK (when built with it): the channel over net_memif between two processes, and, as
+// root, over net_af_packet on a veth pair; each next to a bare ping-pong of raw frames
+// on the same kind of device (no protocol: send a frame, busy-poll for the echo), the
+// floor the channel's round trip is compared with (goal: within 2x). Every DPDK end
+// runs in a child process of its own (the EAL initializes once per process and cannot
+// be used across a fork); the measuring child sends its figures back through a pipe.
+//
+// Usage: channel_bench [--quick] [--dpdk-only]
 // Figures vary run to run on a noisy 2-core machine; compare rows of the same run.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,13 +36,17 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
 #include "eventlog/format.h"
 #include "transport/channel.h"
+#include "transport/dpdk_testing.h"
 
 namespace {
 
@@ -183,10 +198,201 @@ Row Measure(const std::string& name, const std::string& address, const ChannelOp
   return row;
 }
 
+// Runs `measure` in one child and `serve` in another; returns what `measure` wrote
+// into the pipe (a trivially copyable T).
+template <typename T, typename Measure, typename ServeFn>
+T InTwoChildren(const std::string& name, Measure measure, ServeFn serve) {
+  std::fprintf(stderr, "channel_bench: %s...\n", name.c_str());
+  int fds[2];
+  if (::pipe(fds) != 0) Die("pipe failed");
+  std::fflush(nullptr);
+  pid_t server = ::fork();
+  if (server < 0) Die("fork failed");
+  if (server == 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    int rc = 1;
+    try {
+      rc = serve();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "peer: %s\n", e.what());
+    }
+    ::_exit(rc);
+  }
+  pid_t measurer = ::fork();
+  if (measurer < 0) Die("fork failed");
+  if (measurer == 0) {
+    ::close(fds[0]);
+    int rc = 1;
+    try {
+      T result = measure();
+      rc = ::write(fds[1], &result, sizeof result) == static_cast<ssize_t>(sizeof result) ? 0 : 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s: %s\n", name.c_str(), e.what());
+    }
+    ::_exit(rc);
+  }
+  ::close(fds[1]);
+  T result{};
+  const bool got = ::read(fds[0], &result, sizeof result) == static_cast<ssize_t>(sizeof result);
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(measurer, &status, 0);
+  const bool measured = got && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  if (!measured) ::kill(server, SIGKILL);
+  // The server ends when told to; one that missed it (a lost quit frame on a bare
+  // port) is not waited for beyond a few seconds.
+  for (int i = 0; i < 500 && ::waitpid(server, &status, WNOHANG) == 0; ++i) ::usleep(10000);
+  if (::waitpid(server, &status, WNOHANG) == 0) {
+    ::kill(server, SIGKILL);
+    ::waitpid(server, &status, 0);
+    status = 0;  // it did its part: the measurement is complete
+  }
+  if (!measured) throw std::runtime_error(name + ": measurement failed");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(name + ": peer process failed");
+  return result;
+}
+
+struct DpdkRow {
+  Latency small, page;
+  Throughput stream;
+};
+
+// Moves this (child) process into a network namespace, before its EAL starts. Each
+// end of the veth pair lives in a namespace of its own: net_af_packet names its
+// PACKET_FANOUT group after pid ^ ifindex, which two processes on the two ends of a
+// pair in one namespace can share by chance (consecutive pids and ifindexes), and
+// then the second one fails with EINVAL.
+void EnterNamespace(const std::string& ns) {
+  if (ns.empty()) return;
+  const std::string path = "/var/run/netns/" + ns;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::setns(fd, CLONE_NEWNET) != 0) throw ftvm::Error("cannot enter network namespace " + ns);
+  ::close(fd);
+}
+
+DpdkRow MeasureDpdk(const std::string& name, const std::string& listen_at, const std::string& connect_to,
+                    const std::string& listen_ns, const std::string& connect_ns, const ChannelOptions& options,
+                    int iterations, std::chrono::milliseconds stream_time) {
+  return InTwoChildren<DpdkRow>(
+      name,
+      [&] {
+        EnterNamespace(listen_ns);
+        auto listener = Listen(listen_at, options);
+        auto ch = listener->accept(std::chrono::seconds(20));
+        if (!ch) throw ftvm::Error("no peer connected to " + listen_at);
+        DpdkRow row;
+        row.small = RoundTrips(*ch, 64, iterations);
+        row.page = RoundTrips(*ch, 4096, iterations);
+        row.stream = Stream(*ch, stream_time);
+        (void)ch->send(kQuit, std::span<const uint8_t>(), std::chrono::seconds(1));
+        return row;
+      },
+      [&] {
+        EnterNamespace(connect_ns);
+        return Serve(connect_to, options);
+      });
+}
+
+// A bare ping-pong of raw Ethernet frames: `size` bytes of payload after a broadcast
+// header with an EtherType of its own; the echo side sends back what it got.
+constexpr uint16_t kBareEtherType = 0x88B6;
+
+std::vector<uint8_t> BareFrame(size_t size, uint8_t tag) {
+  std::vector<uint8_t> f(14 + size, tag);
+  std::memset(f.data(), 0xff, 12);
+  f[12] = kBareEtherType >> 8;
+  f[13] = kBareEtherType & 0xff;
+  return f;
+}
+
+int BareEcho(const DpdkAddress& address) {
+  test_hooks::DpdkRawPort port(address, /*listening=*/false, std::chrono::seconds(20));
+  std::vector<uint8_t> buf(16384);
+  for (;;) {
+    size_t n = port.poll(buf);
+    if (n < 15 || buf[12] != (kBareEtherType >> 8) || buf[13] != (kBareEtherType & 0xff)) continue;
+    if (buf[14] == 0xff) return 0;  // quit
+    while (!port.send({buf.data(), n})) {
+    }
+  }
+}
+
+Latency BareRoundTrips(test_hooks::DpdkRawPort& port, size_t size, int iterations) {
+  auto frame = BareFrame(size, 1);
+  std::vector<uint8_t> buf(16384);
+  std::vector<double> us;
+  const int warmup = std::max(100, iterations / 10);
+  for (int i = 0; i < warmup + iterations; ++i) {
+    auto t0 = Clock::now();
+    while (!port.send(frame)) {
+    }
+    for (;;) {
+      size_t n = port.poll(buf);
+      if (n == frame.size() && buf[12] == (kBareEtherType >> 8) && buf[13] == (kBareEtherType & 0xff)) break;
+      if (Clock::now() - t0 > std::chrono::seconds(1)) {
+        // A lost frame (af_packet under pressure): send again, do not count it.
+        t0 = Clock::now();
+        while (!port.send(frame)) {
+        }
+      }
+    }
+    auto t1 = Clock::now();
+    if (i >= warmup) us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+  }
+  std::sort(us.begin(), us.end());
+  Latency l;
+  l.p50_us = us[us.size() / 2];
+  l.p99_us = us[std::min(us.size() - 1, us.size() * 99 / 100)];
+  return l;
+}
+
+DpdkRow MeasureBare(const std::string& name, const std::string& listen_at, const std::string& connect_to,
+                    const std::string& listen_ns, const std::string& connect_ns, int iterations) {
+  const DpdkAddress l = ParseChannelAddress(listen_at).dpdk;
+  const DpdkAddress c = ParseChannelAddress(connect_to).dpdk;
+  return InTwoChildren<DpdkRow>(
+      name,
+      [&] {
+        EnterNamespace(listen_ns);
+        test_hooks::DpdkRawPort port(l, /*listening=*/true, std::chrono::seconds(20));
+        DpdkRow row;
+        row.small = BareRoundTrips(port, 64, iterations);
+        row.page = BareRoundTrips(port, 4096, iterations);
+        auto quit = BareFrame(64, 0xff);
+        for (int i = 0; i < 10; ++i) (void)port.send(quit);
+        return row;
+      },
+      [&] {
+        EnterNamespace(connect_ns);
+        return BareEcho(c);
+      });
+}
+
+int Sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
+
+// Deletes the namespaces of earlier runs that were killed before they could clean up
+// (named PREFIX-PID, for a PID that no longer runs).
+void DeleteStaleNamespaces(const std::string& prefix) {
+  DIR* dir = ::opendir("/var/run/netns");
+  if (dir == nullptr) return;
+  std::vector<std::string> stale;
+  while (const dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (!name.starts_with(prefix)) continue;
+    const pid_t pid = static_cast<pid_t>(std::atol(name.substr(name.rfind('-') + 1).c_str()));
+    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(name);
+  }
+  ::closedir(dir);
+  for (const auto& n : stale) Sh("ip netns del " + n);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  bool dpdk_only = false;
+  for (int i = 1; i < argc; ++i) dpdk_only |= std::strcmp(argv[i], "--dpdk-only") == 0;
   const int fast_iters = quick ? 2000 : 50000;
   const int slow_iters = quick ? 500 : 5000;  // transports that sleep ~40 us per wake-up
   const auto stream_time = std::chrono::milliseconds(quick ? 300 : 1500);
@@ -194,6 +400,7 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   try {
+    if (dpdk_only) throw std::runtime_error("");
     ChannelOptions tcp;
     rows.push_back(Measure("tcp loopback", "tcp:127.0.0.1:0", tcp, slow_iters, stream_time));
     ChannelOptions shm;
@@ -216,20 +423,122 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "channel_bench: rdma verbs row skipped: %s\n", why.c_str());
     }
   } catch (const std::exception& e) {
-    Die(e.what());
+    if (!dpdk_only) Die(e.what());
   }
 
-  std::printf("| transport             | RTT 64 B p50 | p99      | RTT 4 KiB p50 | p99      | slept | 1 MiB stream | CPU per GB |\n");
-  std::printf("|-----------------------|--------------|----------|---------------|----------|-------|--------------|------------|\n");
-  for (const Row& r : rows) {
-    std::printf("| %-21s | %9.2f us | %5.1f us | %10.2f us | %5.1f us | %4.0f%% | %7.2f GB/s | %7.3f s  |\n",
-                r.name.c_str(), r.small.p50_us, r.small.p99_us, r.page.p50_us, r.page.p99_us,
-                100.0 * (r.small.slept + r.page.slept) / 2, r.stream.gb_per_s, r.stream.cpu_s_per_gb);
+  // DPDK: the channel and the bare ping-pong on the same kind of device, side by side.
+  struct DpdkCase {
+    std::string name;
+    std::string listen_at, connect_to;
+    std::string listen_ns, connect_ns;
+  };
+  std::vector<DpdkCase> dpdk_cases;
+  std::string ns_a, ns_b;
+  if (DpdkAvailable()) {
+    const std::string memif = "dpdk:memif:/ftvm-bench-" + std::to_string(::getpid());
+    dpdk_cases.push_back({"memif", memif, memif, "", ""});
+    if (::geteuid() == 0) {
+      DeleteStaleNamespaces("ftvm-bench-");
+      const std::string id = std::to_string(::getpid());
+      ns_a = "ftvm-bench-a-" + id;
+      ns_b = "ftvm-bench-b-" + id;
+      const std::string va = "ftvmba" + id, vb = "ftvmbb" + id;
+      if (Sh("ip netns add " + ns_a) == 0 && Sh("ip netns add " + ns_b) == 0 &&
+          Sh("ip link add " + va + " mtu 9000 type veth peer name " + vb + " mtu 9000") == 0 &&
+          Sh("ip link set " + va + " netns " + ns_a) == 0 && Sh("ip link set " + vb + " netns " + ns_b) == 0 &&
+          Sh("ip -n " + ns_a + " link set " + va + " up") == 0 && Sh("ip -n " + ns_b + " link set " + vb + " up") == 0) {
+        dpdk_cases.push_back({"af_packet", "dpdk:af_packet:" + va, "dpdk:af_packet:" + vb, ns_a, ns_b});
+      }
+    }
   }
+  // Deletes the namespaces (and the veth pair in them) however the run ends.
+  struct Cleanup {
+    std::string a, b;
+    ~Cleanup() {
+      if (!a.empty()) Sh("ip netns del " + a);
+      if (!b.empty()) Sh("ip netns del " + b);
+    }
+  } cleanup{ns_a, ns_b};
+  struct DpdkResult {
+    std::string name;
+    DpdkRow channel, bare, long_spin;
+  };
+  std::vector<DpdkResult> dpdk_rows;
+  int rc = 0;
+  for (const auto& c : dpdk_cases) {
+    ChannelOptions o;
+    DpdkResult r;
+    r.name = c.name;
+    // A control socket of its own for each measurement (memif): a server still going
+    // away must not meet the next one.
+    static int run = 0;
+    auto fresh = [&](const std::string& a) {
+      return a.starts_with("dpdk:memif:") ? a + "-" + std::to_string(run++) : a;
+    };
+    const std::string bare_l = fresh(c.listen_at), bare_c = c.listen_at == c.connect_to ? bare_l : c.connect_to;
+    const std::string chan_l = fresh(c.listen_at), chan_c = c.listen_at == c.connect_to ? chan_l : c.connect_to;
+    const std::string busy_l = fresh(c.listen_at), busy_c = c.listen_at == c.connect_to ? busy_l : c.connect_to;
+    try {
+      r.bare = MeasureBare(c.name + " bare", bare_l, bare_c, c.listen_ns, c.connect_ns, fast_iters);
+      r.channel = MeasureDpdk(c.name + " channel", chan_l, chan_c, c.listen_ns, c.connect_ns, o, fast_iters,
+                              stream_time);
+      // The same polling without ever sleeping, as the bare ping-pong does: the cost of
+      // the protocol itself, apart from the waiting policy (which sleeps once the peer
+      // is off the CPU for longer than the spin: on a busy host, often).
+      ChannelOptions busy = o;
+      busy.dpdk.spin = busy.dpdk.max_spin = std::chrono::seconds(1);
+      r.long_spin = MeasureDpdk(c.name + " channel, busy poll", busy_l, busy_c, c.listen_ns, c.connect_ns, busy,
+                                fast_iters, stream_time);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "channel_bench: %s\n", e.what());
+      rc = 1;
+      continue;
+    }
+    dpdk_rows.push_back(r);
+  }
+  for (const auto& d : dpdk_rows) {
+    Row channel;
+    channel.name = "dpdk " + d.name;
+    channel.small = d.channel.small;
+    channel.page = d.channel.page;
+    channel.stream = d.channel.stream;
+    rows.push_back(channel);
+    Row spin;
+    spin.name = "dpdk " + d.name + ", busy poll";
+    spin.small = d.long_spin.small;
+    spin.page = d.long_spin.page;
+    spin.stream = d.long_spin.stream;
+    rows.push_back(spin);
+    Row bare;
+    bare.name = d.name + " bare ping";
+    bare.small = d.bare.small;
+    bare.page = d.bare.page;
+    rows.push_back(bare);
+  }
+
+  std::printf("| transport              | RTT 64 B p50 | p99      | RTT 4 KiB p50 | p99      | slept | 1 MiB stream | CPU per GB |\n");
+  std::printf("|------------------------|--------------|----------|---------------|----------|-------|--------------|------------|\n");
+  for (const Row& r : rows) {
+    std::printf("| %-22s | %9.2f us | %5.1f us | %10.2f us | %5.1f us | %4.0f%% |", r.name.c_str(), r.small.p50_us,
+                r.small.p99_us, r.page.p50_us, r.page.p99_us, 100.0 * (r.small.slept + r.page.slept) / 2);
+    if (r.stream.gb > 0) {
+      std::printf(" %7.2f GB/s | %7.3f s  |\n", r.stream.gb_per_s, r.stream.cpu_s_per_gb);
+    } else {
+      std::printf("            - |          - |\n");
+    }
+  }
+  for (const auto& d : dpdk_rows) {
+    std::printf("\ndpdk %s: channel round trip / bare ping-pong on the same device (p50; goal <= 2x): 64 B %.2fx, "
+                "4 KiB %.2fx; busy polling: 64 B %.2fx, 4 KiB %.2fx",
+                d.name.c_str(), d.channel.small.p50_us / d.bare.small.p50_us,
+                d.channel.page.p50_us / d.bare.page.p50_us, d.long_spin.small.p50_us / d.bare.small.p50_us,
+                d.long_spin.page.p50_us / d.bare.page.p50_us);
+  }
+  if (!dpdk_rows.empty()) std::printf("\n");
   std::printf("\nslept: share of round trips whose reply receive slept in the kernel instead of\n"
               "catching the reply while spinning. CPU per GB: sender + receiver CPU time per GB\n"
               "of payload streamed. Goals: shm round trip < 5 us, shm stream >= 1 GB/s.\n"
               "rdma+shm rows: the RDMA ring protocol over its shared-memory emulation of one-sided\n"
               "writes (a test transport): protocol cost on this host, not RDMA hardware figures.\n");
-  return 0;
+  return rc;
 }

@@ -38,6 +38,7 @@ std::string_view HelloKindName(uint8_t kind) {
     case static_cast<uint8_t>(HelloKind::kShm): return "shm";
     case static_cast<uint8_t>(HelloKind::kRdma): return "rdma";
     case static_cast<uint8_t>(HelloKind::kRdmaShm): return "rdma+shm";
+    case static_cast<uint8_t>(HelloKind::kDpdk): return "dpdk";
   }
   return "unknown";
 }

@@ -19,9 +19,9 @@
 // never delivered. It covers the header too, so every flipped bit is caught.
 //
 // Before the first frame, each side of a TCP channel sends a 16-byte hello (below);
-// a shared-memory or RDMA channel exchanges it over its setup socket. Stream offsets
-// in error messages count frame bytes in one direction from the first frame (hello
-// excluded).
+// a shared-memory or RDMA channel exchanges it over its setup socket, a DPDK channel
+// in its handshake segments. Stream offsets in error messages count frame bytes in
+// one direction from the first frame (hello excluded).
 #pragma once
 
 #include <array>
@@ -53,7 +53,7 @@ std::vector<uint8_t> EncodeFrame(uint8_t type, std::span<const uint8_t> payload)
 //   +8   u16  protocol version (kProtocolVersion)
 //   +10  u8   transport: 1 TCP, 2 shared memory, 3 RDMA verbs (on the TCP side
 //             channel that sets up the queue pairs), 4 the RDMA ring protocol over its
-//             shared-memory emulation of one-sided writes
+//             shared-memory emulation of one-sided writes, 5 DPDK
 //   +11  u8   0
 //   +12  u32  0 (reserved)
 //
@@ -62,7 +62,7 @@ std::vector<uint8_t> EncodeFrame(uint8_t type, std::span<const uint8_t> payload)
 // rather than with a bad CRC on the first message.
 inline constexpr size_t kHelloBytes = 16;
 inline constexpr uint16_t kProtocolVersion = 1;
-enum class HelloKind : uint8_t { kTcp = 1, kShm = 2, kRdma = 3, kRdmaShm = 4 };
+enum class HelloKind : uint8_t { kTcp = 1, kShm = 2, kRdma = 3, kRdmaShm = 4, kDpdk = 5 };
 
 std::array<uint8_t, kHelloBytes> EncodeHello(HelloKind kind);
 // Empty when `hello` is a valid hello of `kind`; otherwise what is wrong with it.

@@ -42,6 +42,28 @@ TEST(Address, ParsesRdmaAndItsEmulation) {
   EXPECT_EQ(a.path, "/run/ftvm/vm1.sock");
 }
 
+TEST(Address, ParsesDpdk) {
+  ChannelAddress a = ParseChannelAddress("dpdk:memif:/run/ftvm/vm1.sock");
+  EXPECT_EQ(a.kind, ChannelAddress::Kind::kDpdk);
+  EXPECT_EQ(a.dpdk.device, DpdkAddress::Device::kMemif);
+  EXPECT_EQ(a.dpdk.target, "/run/ftvm/vm1.sock");
+  EXPECT_TRUE(a.dpdk.eal.empty());
+  EXPECT_EQ(a.dpdk.mtu, 0u);
+  EXPECT_EQ(a.dpdk.text, "dpdk:memif:/run/ftvm/vm1.sock");
+  a = ParseChannelAddress("dpdk:af_packet:veth0;mtu=1500;eal=-l 1  --no-huge --no-pci");
+  EXPECT_EQ(a.dpdk.device, DpdkAddress::Device::kAfPacket);
+  EXPECT_EQ(a.dpdk.target, "veth0");
+  EXPECT_EQ(a.dpdk.mtu, 1500u);
+  EXPECT_EQ(a.dpdk.eal, (std::vector<std::string>{"-l", "1", "--no-huge", "--no-pci"}));
+  a = ParseChannelAddress("dpdk:tap:ftvm0");
+  EXPECT_EQ(a.dpdk.device, DpdkAddress::Device::kTap);
+  a = ParseChannelAddress("dpdk:dev=net_memif0,socket=/x.sock,role=server;eal=--no-huge");
+  EXPECT_EQ(a.dpdk.device, DpdkAddress::Device::kDevargs);
+  EXPECT_EQ(a.dpdk.target, "net_memif0,socket=/x.sock,role=server");
+  a = ParseChannelAddress("dpdk:dev=0000:03:00.0");
+  EXPECT_EQ(a.dpdk.target, "0000:03:00.0");
+}
+
 TEST(Address, RejectsWhatItCannotUse) {
   const std::pair<const char*, const char*> bad[] = {
       {"udp:1.2.3.4:5", "unknown scheme 'udp'"},
@@ -58,6 +80,16 @@ TEST(Address, RejectsWhatItCannotUse) {
       {"tcp::7000", "empty host"},
       {"tcp:::1:7000", "IPv6 host must be in brackets"},
       {"shm:", "empty socket path"},
+      {"dpdk:", "unknown DPDK device ''"},
+      {"dpdk:pcap:x", "unknown DPDK device 'pcap:x'"},
+      {"dpdk:memif:", "empty DPDK device"},
+      {"dpdk:memif:/x,role=client", "give driver arguments with dpdk:dev=DEVARGS"},
+      {"dpdk:af_packet:a-very-long-interface", "longer than 15 bytes"},
+      {"dpdk:memif:/x;mtu=12", "bad mtu '12'"},
+      {"dpdk:memif:/x;mtu=", "bad mtu ''"},
+      {"dpdk:memif:/x;eal=", "eal= with no arguments"},
+      {"dpdk:memif:/x;eal=-l 0;eal=-l 1", "eal= given twice"},
+      {"dpdk:memif:/x;speed=fast", "unknown DPDK option 'speed=fast'"},
   };
   for (auto [text, why] : bad) {
     EXPECT_THAT([&] { ParseChannelAddress(text); },
