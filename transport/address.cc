@@ -17,7 +17,7 @@ constexpr const char* kSyntax =
   throw Error("channel address '" + std::string(address) + "': " + why + " (" + kSyntax + ")");
 }
 
-// dpdk:DEVICE[;eal=ARG ARG...][;mtu=N] (see DpdkAddress in channel.h).
+// dpdk:DEVICE[;eal=ARG ARG...][;mtu=N][;abstract=no] (see DpdkAddress in channel.h).
 DpdkAddress ParseDpdk(std::string_view address, std::string_view rest) {
   DpdkAddress out;
   out.text = std::string(address);
@@ -74,6 +74,9 @@ DpdkAddress ParseDpdk(std::string_view address, std::string_view rest) {
         Bad(address, "bad mtu '" + std::string(v) + "' (256..65000)");
       }
       out.mtu = value;
+    } else if (option == "abstract=no" || option == "abstract=yes") {
+      if (out.device != DpdkAddress::Device::kMemif) Bad(address, "abstract= applies to memif only");
+      out.abstract_socket = option == "abstract=yes";
     } else {
       Bad(address, "unknown DPDK option '" + std::string(option) + "'");
     }

@@ -421,6 +421,8 @@ bool DpdkAvailable();
 //   mtu=N      the largest Ethernet payload to send (both sides use the smaller of
 //              their two); default 9000 on net_memif, the interface's MTU on
 //              net_af_packet, 1500 otherwise
+//   abstract=no  memif: a socket file instead of an abstract socket name, so that
+//              processes in different network namespaces of one host meet
 // Example: "dpdk:af_packet:veth0;mtu=1500;eal=-l 1 --no-huge --no-pci --no-shconf".
 struct DpdkAddress {
   enum class Device : uint8_t { kMemif, kAfPacket, kTap, kDevargs };
@@ -428,6 +430,10 @@ struct DpdkAddress {
   std::string target;             // memif: socket path; af_packet, tap: interface; devargs
   std::vector<std::string> eal;   // empty: the defaults
   uint32_t mtu = 0;               // 0: the device's default
+  // memif: an abstract socket name (memif's default; per network namespace), or,
+  // with ;abstract=no, a socket file, which processes in other network namespaces
+  // of the host see too.
+  bool abstract_socket = true;
   std::string text;               // the address as given
 };
 

@@ -295,7 +295,7 @@ PortSpec MakeSpec(const DpdkAddress& a, bool listening, EalRuntime& eal, const s
       const uint32_t bsize = std::max<uint32_t>(2048, RoundUp(s.mtu + kEthBytes, 1024));
       s.name = "net_memif_ftvm" + n;
       s.devargs = s.name + ",role=" + (listening ? "server" : "client") + ",socket=" + a.target +
-                  ",bsize=" + std::to_string(bsize);
+                  ",bsize=" + std::to_string(bsize) + (a.abstract_socket ? "" : ",socket-abstract=no");
       s.memif = true;
       s.rx_room = bsize;
       break;

@@ -99,6 +99,8 @@ TEST(Pair, SharedMemoryChannelStrictOutputs) {
 // The RDMA channel's ring and credit protocol (over its shared-memory stand-in:
 // there is no RDMA device here) carries a pair through a failover too.
 TEST(Pair, RdmaRingProtocolChannelSurvivesAFailover) { Drill({"--fault", "kill-primary", "--channel", "rdma+shm"}, 2); }
+// And over DPDK: raw Ethernet frames on net_memif between the hosts' namespaces.
+TEST(Pair, DpdkChannelSurvivesAFailover) { Drill({"--fault", "kill-primary", "--channel", "dpdk"}, 2); }
 
 // Strict mode end to end without a fault: every disk write the guest is told about
 // was first reproduced by the replica (an OutputCheck it passed), and both disks

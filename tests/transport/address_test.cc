@@ -55,6 +55,10 @@ TEST(Address, ParsesDpdk) {
   EXPECT_EQ(a.dpdk.target, "veth0");
   EXPECT_EQ(a.dpdk.mtu, 1500u);
   EXPECT_EQ(a.dpdk.eal, (std::vector<std::string>{"-l", "1", "--no-huge", "--no-pci"}));
+  EXPECT_TRUE(a.dpdk.abstract_socket);
+  a = ParseChannelAddress("dpdk:memif:/run/x.sock;abstract=no");
+  EXPECT_FALSE(a.dpdk.abstract_socket);
+  EXPECT_THROW(ParseChannelAddress("dpdk:tap:ftvm0;abstract=no"), Error);
   a = ParseChannelAddress("dpdk:tap:ftvm0");
   EXPECT_EQ(a.dpdk.device, DpdkAddress::Device::kTap);
   a = ParseChannelAddress("dpdk:dev=net_memif0,socket=/x.sock,role=server;eal=--no-huge");

@@ -45,7 +45,8 @@ int DrillMain(int argc, char** argv) {
       ("guest", po::value(&o.guest)->required(), "guest-kit image (build/guest/ftvm-guest.elf)")
       ("rounds", po::value(&o.rounds)->default_value(o.rounds), "how many times to pull the plug")
       ("fault", po::value(&fault)->default_value(fault), "kill-primary, kill-secondary, cut-link, or migrate (a live move to host B under load)")
-      ("channel", po::value(&o.channel)->default_value(o.channel), "logging channel between the hosts: tcp, shm, or rdma+shm (the RDMA ring protocol over shared memory)")
+      ("channel", po::value(&o.channel)->default_value(o.channel), "logging channel between the hosts: tcp, shm, dpdk (net_memif), or rdma+shm (the RDMA ring protocol over "
+       "shared memory)")
       ("rate", po::value(&o.rate)->default_value(o.rate), "client requests per second")
       ("workers", po::value(&o.workers)->default_value(o.workers), "client workers")
       ("seed", po::value(&o.seed)->default_value(0), "random seed (0: from the clock; printed)")
@@ -65,8 +66,8 @@ int DrillMain(int argc, char** argv) {
     std::cerr << "ftvm drill: --fault '" << fault << "' is not kill-primary, kill-secondary or cut-link\n";
     return kExitUsage;
   }
-  if (o.channel != "tcp" && o.channel != "shm" && o.channel != "rdma+shm") {
-    std::cerr << "ftvm drill: --channel must be tcp, shm or rdma+shm\n";
+  if (o.channel != "tcp" && o.channel != "shm" && o.channel != "rdma+shm" && o.channel != "dpdk") {
+    std::cerr << "ftvm drill: --channel must be tcp, shm, dpdk or rdma+shm\n";
     return kExitUsage;
   }
   if (o.rounds < 1 || o.workers < 1 || o.rate <= 0) {

@@ -370,9 +370,10 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   }
   DrillNet net("fdr" + std::to_string(getpid() % 100000));
   // tcp runs over the hosts' LAN; the others are set up through a Unix socket, which
-  // both "hosts" (namespaces of this machine) see.
-  const std::string address = o.channel == "tcp" ? "tcp:" + DrillNet::host_ip(1) + ":7000"
-                                                 : o.channel + ":" + dir + "/channel.sock";
+  // both "hosts" (namespaces of this machine) see (dpdk: net_memif's control socket).
+  const std::string address = o.channel == "tcp"    ? "tcp:" + DrillNet::host_ip(1) + ":7000"
+                              : o.channel == "dpdk" ? "dpdk:memif:" + dir + "/channel.sock;abstract=no"
+                                                    : o.channel + ":" + dir + "/channel.sock";
   std::vector<std::string> pargs = {"ip", "netns", "exec", net.ns("a"), o.ftvm, "primary", "--listen", address,
                                     "--arbiter", arbiter, "--name", "hostA", "--guest", o.guest, "--app",
                                     "mailstore", "--disk", dir + "/diskA.img", "--tap", "vmtap", "--ip",
