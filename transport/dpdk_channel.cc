@@ -90,6 +90,7 @@
 #include "transport/dpdk_testing.h"
 #include "transport/frame.h"
 #include "transport/io.h"
+#include "transport/shm_util.h"  // CpuRelax
 
 namespace ftvm::transport {
 
@@ -142,13 +143,7 @@ std::string MacText(const rte_ether_addr& a) {
   return buf;
 }
 
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
+using detail::CpuRelax;
 
 bool IsVirtual(const DpdkAddress& a) {
   if (a.device != DpdkAddress::Device::kDevargs) return true;
