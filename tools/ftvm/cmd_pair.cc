@@ -61,7 +61,10 @@ int PrimaryMain(int argc, char** argv) {
   po::options_description desc("ftvm primary options");
   desc.add_options()
       ("help,h", "show this help")
-      ("listen", po::value(&opts.listen)->required(), "channel address for the secondary: tcp:HOST:PORT, shm:/path.sock, rdma:HOST:PORT (RDMA verbs) or rdma+shm:/path.sock (the RDMA protocol emulated over shared memory, for tests)")
+      ("listen", po::value(&opts.listen)->required(),
+       "channel address for the secondary: tcp:HOST:PORT, shm:/path.sock, rdma:HOST:PORT (RDMA verbs), "
+       "rdma+shm:/path.sock (the RDMA protocol emulated over shared memory, for tests) or dpdk:... (a DPDK port: "
+       "dpdk:memif:/path, dpdk:af_packet:IFACE, dpdk:tap:IFACE, dpdk:dev=DEVARGS)")
       ("arbiter", po::value(&opts.arbiter_dir)->required(), "arbiter directory, shared with the secondary")
       ("witness", po::value(&opts.witness), "IPv4 address on the clients' side: a host that cannot reach it when "
                                              "the pair loses contact knows it is the cut-off one")
@@ -276,7 +279,8 @@ int ProtectMain(int argc, char** argv) {
   desc.add_options()
       ("help,h", "show this help")
       ("workdir", po::value(&workdir)->default_value(workdir), "where the replica's disk, the arbiter and logs go")
-      ("channel", po::value(&channel)->default_value(channel), "logging channel: shm or tcp (loopback)")
+      ("channel", po::value(&channel)->default_value(channel),
+       "logging channel: shm, tcp (loopback), dpdk (net_memif) or rdma+shm (the RDMA ring protocol over shared memory)")
       ("strict", po::bool_switch(&opts.strict_outputs),
        "release an output only once the replica produced the same one");
   desc.add(vm.describe());
@@ -287,15 +291,17 @@ int ProtectMain(int argc, char** argv) {
     std::cerr << "ftvm protect: " << bad << "\n";
     return kExitUsage;
   }
-  if (channel != "shm" && channel != "tcp") {
-    std::cerr << "ftvm protect: --channel must be shm or tcp\n";
+  if (channel != "shm" && channel != "tcp" && channel != "dpdk" && channel != "rdma+shm") {
+    std::cerr << "ftvm protect: --channel must be shm, tcp, dpdk or rdma+shm\n";
     return kExitUsage;
   }
   try {
     mkdir(workdir.c_str(), 0755);
     const std::string arbiter = workdir + "/arbiter";
     mkdir(arbiter.c_str(), 0755);
-    opts.listen = channel == "shm" ? "shm:" + workdir + "/channel.sock" : "tcp:127.0.0.1:0";
+    opts.listen = channel == "tcp"    ? "tcp:127.0.0.1:0"
+                  : channel == "dpdk" ? "dpdk:memif:" + workdir + "/channel.sock;abstract=no"
+                                      : channel + ":" + workdir + "/channel.sock";
     opts.arbiter_dir = arbiter;
     opts.name = "primary";
     auto clock = MakeSystemClock();
