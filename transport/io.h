@@ -101,4 +101,9 @@ struct Counters {
 inline SendResult SendFailure(SendCode code, std::string message) { return {code, std::move(message)}; }
 inline RecvResult RecvFailure(RecvCode code, std::string message) { return {code, std::move(message)}; }
 
+// How long a peer that connected may take over its hello (and, for RDMA, its
+// queue-pair exchange), whatever the caller's own timeout: every transport's accept
+// and connect bound their handshake by it (channel.h).
+inline constexpr std::chrono::seconds kHandshakeTimeout{10};
+
 }  // namespace ftvm::transport::detail

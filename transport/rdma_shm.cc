@@ -57,7 +57,7 @@ namespace {
 
 constexpr uint8_t kMagic[8] = {'F', 'T', 'V', 'M', 'R', 'D', 'M', 'A'};
 constexpr uint32_t kLayoutVersion = 1;
-constexpr std::chrono::seconds kHandshakeTimeout{10};
+using detail::kHandshakeTimeout;
 constexpr size_t kSetupBytes = kHelloBytes + 16;  // hello, ring size, memory size
 constexpr int kSetupFds = 5;                       // the memfd, four eventfds
 constexpr size_t kLine = 128;  // see shm_channel.cc: lines are prefetched in pairs

@@ -60,7 +60,7 @@ using eventlog::PutLe64;
 
 namespace {
 
-constexpr std::chrono::seconds kHandshakeTimeout{10};
+using detail::kHandshakeTimeout;
 constexpr uint32_t kSendQueueDepth = 256;
 constexpr uint32_t kSignalEvery = 32;
 constexpr uint32_t kWantInline = 64;

@@ -83,7 +83,7 @@ constexpr size_t kMaxRingBytes = size_t{1} << 30;
 // Streaming granularity for frames larger than the ring, and how often a consumer
 // copying a large payload hands space back to the producer.
 constexpr size_t kPublishEvery = 256u << 10;
-constexpr std::chrono::seconds kHandshakeTimeout{10};
+using detail::kHandshakeTimeout;
 // Setup message: a hello, the ring size and the memfd size; with it, SCM_RIGHTS
 // passes the memfd and the four eventfds.
 constexpr size_t kSetupBytes = kHelloBytes + 16;

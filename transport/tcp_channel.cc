@@ -48,7 +48,7 @@ namespace {
 constexpr size_t kReadBufferBytes = 256u << 10;
 // A handshake is 16 bytes each way; a peer that takes longer than this is not a live
 // ftvm channel, and must not hold up an accept() that has no timeout.
-constexpr std::chrono::seconds kHandshakeTimeout{10};
+using detail::kHandshakeTimeout;
 
 class TcpChannel final : public Channel {
  public:
