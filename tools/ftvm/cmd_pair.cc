@@ -190,7 +190,10 @@ int RunSecondary(int argc, char** argv, bool migrate) {
       ("arbiter", po::value(&opts.arbiter_dir)->required(), "arbiter directory, shared with the primary")
       ("witness", po::value(&opts.witness), "IPv4 address on the clients' side (see ftvm primary --help)")
       ("name", po::value(&opts.name)->default_value(opts.name), "this host's name")
-      ("disk", po::value(&opts.disk), "this host's copy of the VM's disk (as it was when the primary started)")
+      ("disk", po::value(&opts.disk),
+       "this host's copy of the VM's disk: joining a VM that already runs, where its disk is copied live (an "
+       "existing file of the right size gets only the blocks that differ); otherwise a copy of the primary's disk "
+       "as it was when the primary started")
       ("tap", po::value(&opts.tap), "tap interface the VM uses on this host after a takeover")
       ("listen", po::value(&opts.listen), "after a takeover, accept a new secondary on this address (re-protection)")
       ("guest", po::value(&opts.guest_image), "guest image (default: the primary's path)")
