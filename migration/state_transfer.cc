@@ -31,48 +31,25 @@ bool IsZeroPage(const uint8_t* p) {
 
 double Mib(uint64_t bytes) { return double(bytes) / double(1u << 20); }
 
-// Pages of `fd` (a memfd or an image file of `bytes`) that hold data: the rest are
-// holes, zeros on both sides.
-vmm::PageBitmap DataPages(int fd, uint64_t bytes) {
-  vmm::PageBitmap pages((bytes + kPage - 1) / kPage);
-  off_t at = 0;
-  while (uint64_t(at) < bytes) {
-    off_t data = lseek(fd, at, SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) break;  // only a hole is left
-      // No SEEK_DATA here: count everything as data.
-      pages.set_range(0, bytes);
-      break;
-    }
-    off_t hole = lseek(fd, data, SEEK_HOLE);
-    if (hole < 0 || uint64_t(hole) > bytes) hole = off_t(bytes);
-    pages.set_range(uint64_t(data), uint64_t(hole - data));
-    at = hole;
-  }
-  return pages;
-}
-
 }  // namespace
 
 uint64_t BlockHash(std::span<const uint8_t> block) { return XXH3_64bits(block.data(), block.size()); }
 
-std::vector<uint64_t> DiskBlockHashes(const std::string& path) {
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) throw SysError("disk image " + path);
-  const off_t end = lseek(fd.get(), 0, SEEK_END);
-  if (end < 0) throw SysError("sizing disk image " + path);
-  const uint64_t bytes = uint64_t(end);
-  std::vector<uint64_t> out((bytes + kPage - 1) / kPage);
+namespace {
+
+// The hashes of every block of the open image `fd` of `bytes` (named `path` in
+// errors). Holes are hashed as zeros without being read. Throws ftvm::Error.
+std::vector<uint64_t> BlockHashesOf(int fd, uint64_t bytes, const std::string& path) {
   const std::vector<uint8_t> zeros(kPage, 0);
-  for (uint64_t b = 0; b < out.size(); ++b) out[b] = BlockHash({zeros.data(), size_t(std::min(kPage, bytes - b * kPage))});
-  const vmm::PageBitmap data = DataPages(fd.get(), bytes);
+  std::vector<uint64_t> out((bytes + kPage - 1) / kPage, BlockHash(zeros));
+  if (bytes % kPage != 0) out.back() = BlockHash({zeros.data(), size_t(bytes % kPage)});
   std::vector<uint8_t> buf(kPage);
   std::string error;
-  data.for_each([&](uint64_t b) {
+  vmm::FileDataPages(fd, bytes).for_each([&](uint64_t b) {
     if (!error.empty()) return;
     const size_t len = size_t(std::min(kPage, bytes - b * kPage));
     ssize_t n;
-    do n = pread(fd.get(), buf.data(), len, off_t(b * kPage));
+    do n = pread(fd, buf.data(), len, off_t(b * kPage));
     while (n < 0 && errno == EINTR);
     if (n != ssize_t(len)) {
       error = "reading disk image " + path + ": " + (n < 0 ? strerror(errno) : "short read");
@@ -82,6 +59,16 @@ std::vector<uint64_t> DiskBlockHashes(const std::string& path) {
   });
   if (!error.empty()) throw Error(error);
   return out;
+}
+
+}  // namespace
+
+std::vector<uint64_t> DiskBlockHashes(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) throw SysError("disk image " + path);
+  const off_t end = lseek(fd.get(), 0, SEEK_END);
+  if (end < 0) throw SysError("sizing disk image " + path);
+  return BlockHashesOf(fd.get(), uint64_t(end), path);
 }
 
 namespace {
@@ -157,7 +144,7 @@ std::string PrecopySender::copy_while_running() {
   tracking_ = true;
   // Round 0: everything that holds data. Holes are zeros on both sides.
   const uint64_t memory_bytes = vm_.memory().size();
-  std::string why = SendPages(DataPages(vm_.memory().fd(), memory_bytes));
+  std::string why = SendPages(vmm::FileDataPages(vm_.memory().fd(), memory_bytes));
   if (why.empty() && disk_fd_) why = receiver_disk_.empty() ? SendDiskExtents() : SendDiskDifferences();
   if (!why.empty()) {
     Release();
@@ -320,31 +307,22 @@ std::string PrecopySender::SendDisk(uint64_t offset, uint64_t bytes) {
   return "";
 }
 
-std::string PrecopySender::SendDiskExtents() { return SendDiskBlocks(DataPages(disk_fd_.get(), disk_bytes_)); }
+std::string PrecopySender::SendDiskExtents() { return SendDiskBlocks(vmm::FileDataPages(disk_fd_.get(), disk_bytes_)); }
 
 std::string PrecopySender::SendDiskDifferences() {
   const uint64_t blocks = (disk_bytes_ + kPage - 1) / kPage;
   if (receiver_disk_.size() != blocks)
     return "the receiver's disk has " + std::to_string(receiver_disk_.size()) + " blocks, this one " +
            std::to_string(blocks);
-  // Holes are zeros here: compare the receiver's hash with that of zeros, unread.
-  const vmm::PageBitmap data = DataPages(disk_fd_.get(), disk_bytes_);
-  const std::vector<uint8_t> zeros(kPage, 0);
-  const uint64_t zero_hash = BlockHash(zeros);
-  vmm::PageBitmap differ(blocks);
-  std::vector<uint8_t> buf(kPage);
-  for (uint64_t b = 0; b < blocks; ++b) {
-    const size_t len = size_t(std::min(kPage, disk_bytes_ - b * kPage));
-    uint64_t h = len == kPage ? zero_hash : BlockHash({zeros.data(), len});
-    if (data.test(b)) {
-      ssize_t n;
-      do n = pread(disk_fd_.get(), buf.data(), len, off_t(b * kPage));
-      while (n < 0 && errno == EINTR);
-      if (n != ssize_t(len)) return "reading the disk " + vm_.disk_path() + ": " + (n < 0 ? strerror(errno) : "short read");
-      h = BlockHash({buf.data(), len});
-    }
-    if (h != receiver_disk_[b]) differ.set(b);
+  std::vector<uint64_t> mine;
+  try {
+    mine = BlockHashesOf(disk_fd_.get(), disk_bytes_, vm_.disk_path());
+  } catch (const Error& e) {
+    return e.what();
   }
+  vmm::PageBitmap differ(blocks);
+  for (uint64_t b = 0; b < blocks; ++b)
+    if (mine[b] != receiver_disk_[b]) differ.set(b);
   stats_.disk_blocks_compared = blocks;
   stats_.disk_blocks_resynced = differ.count();
   log::info("migration.disk_resync", {{"blocks", blocks}, {"differ", stats_.disk_blocks_resynced}});

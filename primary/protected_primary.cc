@@ -359,44 +359,35 @@ bool ProtectedPrimary::HandOverNow(uint64_t position, std::string* why) {
     SecondaryLost("handover: " + reason, false);
     return false;
   };
+  // Waits for `done`. A secondary that joined in this very pause has no monitor
+  // reading its messages yet: read them here.
+  auto wait_until = [&](const auto& done, const char* late) {
+    while (!done() && !lost_) {
+      if (!monitor_.joinable()) {
+        transport::Message msg;
+        transport::RecvResult r = channel_->recv(msg, std::chrono::milliseconds(10));
+        if (r.is_message()) {
+          HandleMessage(msg);
+        } else if (!r.timed_out()) {
+          return give_up("the secondary went away: " + r.message);
+        }
+      } else {
+        usleep(200);
+      }
+      if (!done() && clock_.monotonic_ns() - start > limit) return give_up(late);
+    }
+    return !lost_;
+  };
   if (eventlog::Status s = streamer_->flush(); !s.ok()) return give_up("flushing the log: " + s.message());
   // Everything acknowledged: every held output has gone out.
   const uint64_t end = streamer_->size();
-  while (acked_offset_.load(std::memory_order_acquire) < end && !lost_ && !monitor_.joinable()) {
-    // No monitor yet (the secondary joined in this pause): read its acks here.
-    transport::Message msg;
-    transport::RecvResult r = channel_->recv(msg, std::chrono::milliseconds(10));
-    if (r.is_message() && msg.type() == replication::kAck) {
-      if (std::optional<replication::Ack> a = replication::DecodeAck(msg.payload())) {
-        gate_->acknowledged(options_.strict_outputs ? a->replayed_offset : a->received_offset);
-        acked_offset_.store(options_.strict_outputs ? a->replayed_offset : a->received_offset);
-      }
-    } else if (!r.is_message() && !r.timed_out()) {
-      return give_up("the secondary went away: " + r.message);
-    }
-    if (clock_.monotonic_ns() - start > limit) return give_up("the secondary did not acknowledge the log in time");
-  }
-  while (acked_offset_.load(std::memory_order_acquire) < end && !lost_) {
-    if (clock_.monotonic_ns() - start > limit) return give_up("the secondary did not acknowledge the log in time");
-    usleep(200);
-  }
-  if (lost_) return false;
+  if (!wait_until([&] { return acked_offset_.load(std::memory_order_acquire) >= end; },
+                  "the secondary did not acknowledge the log in time"))
+    return false;
   auto at = replication::EncodeHandover({position, m_->guest_clock_ns()});
   if (transport::SendResult s = channel_->send(replication::kHandover, at, std::chrono::seconds(1)); !s.ok())
     return give_up("sending the handover: " + s.message);
-  while (!handed_over_ && !lost_) {
-    if (!monitor_.joinable()) {
-      transport::Message msg;
-      transport::RecvResult r = channel_->recv(msg, std::chrono::milliseconds(10));
-      if (r.is_message() && msg.type() == replication::kHandoverDone) handed_over_ = true;
-      else if (!r.is_message() && !r.timed_out()) return give_up("the secondary went away: " + r.message);
-    } else {
-      usleep(200);
-    }
-    if (!handed_over_ && clock_.monotonic_ns() - start > limit)
-      return give_up("the secondary did not confirm it runs the VM");
-  }
-  if (!handed_over_) return false;
+  if (!wait_until([&] { return handed_over_.load(); }, "the secondary did not confirm it runs the VM")) return false;
   SetProtection(Protection::kStoppedForPeer, "handed the VM over to the secondary at " + channel_->peer());
   // Nothing this VM does from here on counts: log nothing more, wait for nobody.
   streamer_->abandon("the VM was handed over");
@@ -430,6 +421,23 @@ void ProtectedPrimary::HandOver() {
   }
 }
 
+void ProtectedPrimary::HandleMessage(const transport::Message& msg) {
+  if (msg.type() == replication::kAck) {
+    if (std::optional<replication::Ack> a = replication::DecodeAck(msg.payload())) {
+      streamer_->acknowledged(a->received_offset, a->replayed_offset);
+      const uint64_t acked = options_.strict_outputs ? a->replayed_offset : a->received_offset;
+      gate_->acknowledged(acked);
+      acked_offset_.store(acked, std::memory_order_release);
+    }
+  } else if (msg.type() == replication::kHandoverRequest) {
+    if (!handover_.joinable()) handover_ = std::thread([this] { HandOver(); });
+  } else if (msg.type() == replication::kHandoverDone) {
+    handed_over_ = true;
+  } else if (msg.type() != replication::kHeartbeat) {
+    log::warn("primary.unexpected_message", {{"type", int(msg.type())}});
+  }
+}
+
 void ProtectedPrimary::MonitorLoop() {
   transport::Message msg;
   const auto interval = std::chrono::nanoseconds(options_.liveness.heartbeat_interval_ns);
@@ -445,20 +453,7 @@ void ProtectedPrimary::MonitorLoop() {
         liveness_->restart();
       else
         liveness_->heard();
-      if (msg.type() == replication::kAck) {
-        if (std::optional<replication::Ack> a = replication::DecodeAck(msg.payload())) {
-          streamer_->acknowledged(a->received_offset, a->replayed_offset);
-          const uint64_t acked = options_.strict_outputs ? a->replayed_offset : a->received_offset;
-          gate_->acknowledged(acked);
-          acked_offset_.store(acked, std::memory_order_release);
-        }
-      } else if (msg.type() == replication::kHandoverRequest) {
-        if (!handover_.joinable()) handover_ = std::thread([this] { HandOver(); });
-      } else if (msg.type() == replication::kHandoverDone) {
-        handed_over_ = true;
-      } else if (msg.type() != replication::kHeartbeat) {
-        log::warn("primary.unexpected_message", {{"type", int(msg.type())}});
-      }
+      HandleMessage(msg);
     } else if (r.timed_out()) {
       const bool silent = ready ? liveness_->expired()
                                 : liveness_->silent_ns() > uint64_t(options_.handshake_timeout.count());

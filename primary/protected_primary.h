@@ -99,6 +99,9 @@ class ProtectedPrimary {
 
  private:
   void MonitorLoop();
+  // What the secondary says (acknowledgements, handover), from the monitor or, before
+  // it runs, from a handover in the pause.
+  void HandleMessage(const transport::Message& msg);
   void AcceptLoop();
   // Brings the secondary on `channel` in with a live copy of the VM; false (logged)
   // if it refused or failed, and the VM runs on as it was.

@@ -2,7 +2,10 @@
 // checkpoints and verification digests walk.
 #pragma once
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -60,5 +63,31 @@ class PageBitmap {
   uint64_t pages_ = 0;
   std::vector<uint64_t> words_;
 };
+
+// The pages of the file `fd` (`bytes` long: a memfd of guest RAM, a disk image)
+// that hold data; the rest are holes, which read as zeros and which reading through
+// a mapping would allocate. All of them when there is no file (fd < 0) or it cannot
+// tell (no SEEK_DATA). SEEK_DATA counts swapped-out pages as data, so a hole is
+// truly zeros.
+inline PageBitmap FileDataPages(int fd, uint64_t bytes) {
+  PageBitmap pages((bytes + kPageSize - 1) / kPageSize);
+  if (fd < 0) {
+    pages.set_range(0, bytes);
+    return pages;
+  }
+  off_t at = 0;
+  while (uint64_t(at) < bytes) {
+    const off_t data = lseek(fd, at, SEEK_DATA);
+    if (data < 0) {
+      if (errno != ENXIO) pages.set_range(uint64_t(at), bytes - uint64_t(at));  // ENXIO: only a hole is left
+      break;
+    }
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0 || uint64_t(hole) > bytes) hole = off_t(bytes);
+    pages.set_range(uint64_t(data), uint64_t(hole - data));
+    at = hole;
+  }
+  return pages;
+}
 
 }  // namespace ftvm::vmm

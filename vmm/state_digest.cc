@@ -18,26 +18,10 @@ MemoryDigest::MemoryDigest(const GuestMemory& memory)
   // Pages the guest never touched are holes in the memfd: they read as zeros, and
   // reading them through the mapping would allocate every one (all of guest RAM
   // resident, ~0.25 s per 64 MiB here). Their hash comes from a zero page instead.
-  // (SEEK_DATA counts swapped-out pages as data, so a hole is truly zeros.)
   static const std::array<uint8_t, kPageSize> kZeroPage{};
-  const uint64_t pages = hashes_.size();
-  uint64_t data_from = 0, data_to = pages;  // the current run of pages with data
-  auto next_data = [&](uint64_t from) {
-    data_from = data_to = pages;
-    if (memory_.fd() < 0) {
-      data_from = from;
-      return;
-    }
-    const off_t d = lseek(memory_.fd(), off_t(from * kPageSize), SEEK_DATA);
-    if (d < 0) return;  // ENXIO: only holes from here on
-    const off_t h = lseek(memory_.fd(), d, SEEK_HOLE);
-    data_from = uint64_t(d) / kPageSize;
-    data_to = h < 0 ? pages : std::min(pages, (uint64_t(h) + kPageSize - 1) / kPageSize);
-  };
-  next_data(0);
-  for (uint64_t p = 0; p < pages; ++p) {
-    if (p >= data_to) next_data(p);
-    if (p >= data_from && p < data_to) {
+  const PageBitmap data = FileDataPages(memory_.fd(), memory_.size());
+  for (uint64_t p = 0; p < hashes_.size(); ++p) {
+    if (data.test(p)) {
       hashes_[p] = hash_page(p);
     } else {
       XXH128_hash_t h = XXH3_128bits_withSeed(kZeroPage.data(), kPageSize, p);
