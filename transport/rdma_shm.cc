@@ -213,17 +213,7 @@ std::unique_ptr<Channel> MakeChannel(std::string peer, int side, Mapping mapping
 }
 
 Mapping CreateSharedMemory(size_t ring_bytes, UniqueFd& memfd, const std::string& what) {
-  const size_t total = kControlBytes + 2 * ring_bytes;
-  memfd.reset(::memfd_create("ftvm-rdma-emulation", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!memfd) throw SysError(what + ": memfd_create");
-  if (::ftruncate(memfd.get(), static_cast<off_t>(total)) < 0) {
-    throw SysError(what + ": ftruncate to " + std::to_string(total) + " bytes");
-  }
-  // Sealed: neither side can shrink the memory under the other's mapping.
-  if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
-    throw SysError(what + ": sealing the memfd");
-  }
-  Mapping map = detail::MapShared(memfd.get(), total, what);
+  Mapping map = detail::CreateSealedMemory(kControlBytes + 2 * ring_bytes, "ftvm-rdma-emulation", memfd, what);
   auto* ctl = new (map.data()) Control();
   std::memcpy(ctl->magic, kMagic, sizeof kMagic);
   ctl->version = kLayoutVersion;

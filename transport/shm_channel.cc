@@ -497,18 +497,7 @@ void ShmChannel::close() {
 
 // Builds the memfd (control block zeroed, then filled in) and maps it here.
 Mapping CreateSharedMemory(size_t ring_bytes, UniqueFd& memfd, const std::string& what) {
-  const size_t total = kControlBytes + 2 * ring_bytes;
-  memfd.reset(::memfd_create("ftvm-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!memfd) throw SysError(what + ": memfd_create");
-  if (::ftruncate(memfd.get(), static_cast<off_t>(total)) < 0) {
-    throw SysError(what + ": ftruncate to " + std::to_string(total) + " bytes");
-  }
-  // The peer gets this descriptor: sealed, neither side can shrink the memory under the
-  // other's mapping (which would turn its next access into SIGBUS).
-  if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
-    throw SysError(what + ": sealing the memfd");
-  }
-  Mapping map = MapShared(memfd.get(), total, what);
+  Mapping map = detail::CreateSealedMemory(kControlBytes + 2 * ring_bytes, "ftvm-channel", memfd, what);
   auto* ctl = new (map.data()) ShmControl();
   std::memcpy(ctl->magic, kShmMagic, sizeof kShmMagic);
   ctl->version = kShmLayoutVersion;

@@ -3,6 +3,7 @@
 // bounded busy-waiting, and eventfd wake-ups.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "transport/io.h"
 
 namespace ftvm::transport::detail {
@@ -88,6 +90,21 @@ inline Mapping MapShared(int fd, size_t size, const std::string& what) {
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (p == MAP_FAILED) throw SysError(what + ": mmap of " + std::to_string(size) + " bytes");
   return Mapping(p, size);
+}
+
+// A memfd of `total` bytes named `name`, sealed so that neither side can shrink the
+// memory under the other's mapping (which would turn its next access into SIGBUS),
+// mapped here. The caller lays out its control block.
+inline Mapping CreateSealedMemory(size_t total, const char* name, UniqueFd& memfd, const std::string& what) {
+  memfd.reset(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!memfd) throw SysError(what + ": memfd_create");
+  if (::ftruncate(memfd.get(), static_cast<off_t>(total)) < 0) {
+    throw SysError(what + ": ftruncate to " + std::to_string(total) + " bytes");
+  }
+  if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+    throw SysError(what + ": sealing the memfd");
+  }
+  return MapShared(memfd.get(), total, what);
 }
 
 // Private zeroed memory, page aligned (what RDMA registers), faulted in at once.
