@@ -968,8 +968,10 @@ void PairThroughput(std::vector<Row>& rows, bool quick, const Channels& ch) {
 // checkpoint, the destination taking over), the whole move's time against RAM size
 // over the channel's streaming bandwidth, and what went over the channel. The
 // moved VM must finish its run on the destination, or the bench stops.
-void Migration(std::vector<Row>& rows, bool quick, const Channels& ch) {
-  const std::string dir = itest::ScratchPath("bench-migrate");
+// `postcopy`: ftvm migrate --postcopy instead: the VM runs on the destination after
+// a pause without memory, which follows while it runs.
+void Migration(std::vector<Row>& rows, bool quick, const Channels& ch, bool postcopy) {
+  const std::string dir = itest::ScratchPath(postcopy ? "bench-postcopy" : "bench-migrate");
   std::filesystem::create_directories(dir + "/arbiter");
   const std::string sock = dir + "/s.sock", console = dir + "/dest.console";
   const std::string seconds_arg = quick ? "seconds=6" : "seconds=8";
@@ -980,9 +982,10 @@ void Migration(std::vector<Row>& rows, bool quick, const Channels& ch) {
   if (!itest::WaitForFileContains(src.stderr_path(), "primary.unprotected", seconds(60)))
     Die("the migration source never started", src.Wait(seconds(1)));
   usleep(1500000);  // the guest writes its memory for a while first
-  ProcessResult dst = RunProcess({g_ftvm, "migrate", "--from", "shm:" + sock, "--arbiter", dir + "/arbiter",
-                                  "--console", console},
-                                 seconds(300), "bench-migrate-dst");
+  std::vector<std::string> migrate = {g_ftvm, "migrate", "--from", "shm:" + sock, "--arbiter", dir + "/arbiter",
+                                      "--console", console};
+  if (postcopy) migrate.push_back("--postcopy");
+  ProcessResult dst = RunProcess(migrate, seconds(300), "bench-migrate-dst");
   ProcessResult sr = src.Wait(seconds(60));
   if (dst.exit_code != 0 || sr.exit_code != 4 || itest::ReadFile(console).find("dirty: mib=512") == std::string::npos)
     Die("ftvm migrate did not move the VM (source exit " + std::to_string(sr.exit_code) + ", source log:\n" +
@@ -1004,9 +1007,26 @@ void Migration(std::vector<Row>& rows, bool quick, const Channels& ch) {
   const double pause = field("primary.handed_over", "paused_ms");
   const double last_round = field("primary.handed_over", "of_which_last_round_ms");
   const double checkpoint = field("primary.handed_over", "of_which_checkpoint_ms");
+  const double ram_over_channel_s = double(1u << 30) / (ch.shm.gbps * 1e9);
+  if (postcopy) {
+    // The destination says how post-copy went.
+    std::smatch m;
+    if (!std::regex_search(dst.err, m, std::regex(R"(post-copy: (\d+) of (\d+) pages arrived, (\d+) fetched on demand \(waits p50 ([0-9.]+) ms, p99 ([0-9.]+) ms\), in ([0-9.]+) ms)")))
+      Die("the post-copy destination did not report its post-copy", dst);
+    const double pages = std::stod(m[2]), faults = std::stod(m[3]);
+    const std::string pre = "post-copy 1 GiB, dirty 64 MiB/s, shm: ";
+    rows.push_back({pre + "VM runs on the destination after", pause, "ms", "goal 20 ms", 20});
+    rows.push_back({pre + "all memory there after", std::stod(m[6]) / 1e3, "s", "RAM / channel x 1.5",
+                    1.5 * ram_over_channel_s});
+    rows.push_back({pre + "pages fetched on demand", faults, "pages", "all pages", pages});
+    rows.push_back({pre + "wait for a page p50", std::stod(m[4]), "ms", "downtime (pre-copy)", 10});
+    rows.push_back({pre + "wait for a page p99", std::stod(m[5]), "ms", "downtime (pre-copy)", 10});
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    return;
+  }
   const double sent_mib = field("primary.handed_over", "sent_mib");
   const double total_s = at("primary.handed_over") - at("primary.copying_state");
-  const double ram_over_channel_s = double(1u << 30) / (ch.shm.gbps * 1e9);
   const std::string pre = "migrate 1 GiB, dirty 64 MiB/s, shm: ";
   // The VM pauses once: the last round, the opening checkpoint, then the
   // destination applies it, claims the arbiter and runs the VM.
@@ -1125,7 +1145,9 @@ int Main(int argc, char** argv) {
             [&] { PairThroughput(pair_rows, quick, channels); });
     section("failover: ftvm drill --fault kill-primary", [&] { Failover(pair_rows, quick); });
   }
-  section("migrate: a 1 GiB VM writing 64 MiB/s, over shm", [&] { Migration(pair_rows, quick, channels); });
+  section("migrate: a 1 GiB VM writing 64 MiB/s, over shm", [&] { Migration(pair_rows, quick, channels, false); });
+  section("post-copy: the same VM, running on the destination before its memory",
+          [&] { Migration(pair_rows, quick, channels, true); });
   pair_rows.push_back({"host: CPU other processes took during the pair rows", pair_noise.other_cores(), "cores",
                        "cores of this host", cores});
   Progress("done");

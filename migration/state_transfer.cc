@@ -13,21 +13,14 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "eventlog/format.h"
+#include "migration/page_messages.h"
 
 namespace ftvm::migration {
 namespace {
 
 constexpr uint64_t kPage = vmm::kPageSize;
-constexpr size_t kPagesPerMessage = 256;         // 1 MiB of page data
 constexpr size_t kDiskChunkBytes = 1u << 20;
 constexpr uint64_t kProgressBytes = 64u << 20;  // a receiver logs progress this often
-
-bool IsZeroPage(const uint8_t* p) {
-  const auto* w = reinterpret_cast<const uint64_t*>(p);
-  for (size_t i = 0; i < kPage / 8; ++i)
-    if (w[i] != 0) return false;
-  return true;
-}
 
 double Mib(uint64_t bytes) { return double(bytes) / double(1u << 20); }
 
@@ -144,7 +137,12 @@ std::string PrecopySender::copy_while_running() {
   tracking_ = true;
   // Round 0: everything that holds data. Holes are zeros on both sides.
   const uint64_t memory_bytes = vm_.memory().size();
-  std::string why = SendPages(vmm::FileDataPages(vm_.memory().fd(), memory_bytes));
+  std::string why;
+  if (options_.copy_memory) {
+    why = SendPages(vmm::FileDataPages(vm_.memory().fd(), memory_bytes));
+  } else {
+    pending_pages_ = vmm::PageBitmap(memory_bytes / kPage);  // collects the working set
+  }
   if (why.empty() && disk_fd_) why = receiver_disk_.empty() ? SendDiskExtents() : SendDiskDifferences();
   if (!why.empty()) {
     Release();
@@ -166,6 +164,10 @@ std::string PrecopySender::copy_while_running() {
       return "the VM ended during its copy";
     }
     const uint64_t now = clock_.monotonic_ns();
+    if (!options_.copy_memory) {
+      pending_pages_.merge(pages);
+      pages.clear();
+    }
     const uint64_t left = (pages.count() + blocks.count()) * kPage;
     const uint64_t elapsed = std::max<uint64_t>(now - t0, 1);
     stats_.bandwidth_bytes_per_s = std::max<uint64_t>(stats_.bytes_sent * 1'000'000'000 / elapsed, 1);
@@ -197,7 +199,7 @@ std::string PrecopySender::copy_while_running() {
         log::warn("migration.over_target", {{"expected_pause_ms", double(stats_.expected_downtime_ns) / 1e6},
                                             {"target_ms", double(options_.downtime_target.count()) / 1e6}});
       // What this round found goes in the pause, with what the VM writes until then.
-      pending_pages_ = std::move(pages);
+      if (options_.copy_memory) pending_pages_ = std::move(pages);
       pending_blocks_ = std::move(blocks);
       stats_.copy_ns = clock_.monotonic_ns() - t0;
       return "";
@@ -253,38 +255,16 @@ std::string PrecopySender::send_manifest(StateManifest manifest) {
 }
 
 std::string PrecopySender::SendPages(const vmm::PageBitmap& pages) {
-  vmm::GuestMemory& mem = vm_.memory();
-  std::vector<uint32_t> data, zero;
-  std::vector<uint8_t> head, copy;
-  auto flush = [&]() -> std::string {
-    if (data.empty() && zero.empty()) return "";
-    head.resize(8 + 4 * (data.size() + zero.size()));
-    eventlog::PutLe32(head.data(), uint32_t(data.size()));
-    eventlog::PutLe32(head.data() + 4, uint32_t(zero.size()));
-    size_t at = 8;
-    for (uint32_t p : data) eventlog::PutLe32(head.data() + at, p), at += 4;
-    for (uint32_t p : zero) eventlog::PutLe32(head.data() + at, p), at += 4;
-    // Copied out of guest RAM first: the guest may be writing these pages, and the
-    // frame's CRC must cover exactly the bytes that go out.
-    copy.resize(data.size() * kPage);
-    for (size_t i = 0; i < data.size(); ++i) std::memcpy(&copy[i * kPage], mem.ptr(uint64_t(data[i]) * kPage, kPage), kPage);
-    const std::span<const uint8_t> parts[] = {{head.data(), head.size()}, {copy.data(), copy.size()}};
-    transport::SendResult s = channel_.send(kMsgMemoryPages, parts, options_.send_timeout);
-    if (!s.ok()) return "sending memory pages: " + s.message;
-    stats_.memory_pages_sent += data.size() + zero.size();
-    stats_.zero_pages_sent += zero.size();
-    stats_.bytes_sent += head.size() + data.size() * kPage;
-    data.clear();
-    zero.clear();
-    return "";
-  };
+  PageSender out(vm_.memory(), channel_, options_.send_timeout);
   std::string why;
   pages.for_each([&](uint64_t page) {
-    if (!why.empty()) return;
-    (IsZeroPage(mem.ptr(page * kPage, kPage)) ? zero : data).push_back(uint32_t(page));
-    if (data.size() + zero.size() == kPagesPerMessage) why = flush();
+    if (why.empty()) why = out.add(page);
   });
-  return why.empty() ? flush() : why;
+  if (why.empty()) why = out.flush();
+  stats_.memory_pages_sent += out.counters().pages;
+  stats_.zero_pages_sent += out.counters().zero_pages;
+  stats_.bytes_sent += out.counters().bytes;
+  return why;
 }
 
 std::string PrecopySender::SendDisk(uint64_t offset, uint64_t bytes) {
@@ -420,29 +400,18 @@ StateManifest StateReceiver::receive(transport::Channel& channel, std::chrono::n
 }
 
 void StateReceiver::ApplyPages(std::span<const uint8_t> payload) {
-  if (payload.size() < 8) throw Error("a memory-pages message of " + std::to_string(payload.size()) + " bytes");
-  const uint64_t n_data = eventlog::GetLe32(payload.data());
-  const uint64_t n_zero = eventlog::GetLe32(payload.data() + 4);
-  const uint64_t want = 8 + 4 * (n_data + n_zero) + n_data * kPage;
-  if (payload.size() != want)
-    throw Error("a memory-pages message for " + std::to_string(n_data) + "+" + std::to_string(n_zero) +
-                " pages has " + std::to_string(payload.size()) + " bytes, not " + std::to_string(want));
-  const uint64_t limit = memory_.size() / kPage;
-  const uint8_t* data = payload.data() + 8 + 4 * (n_data + n_zero);
-  for (uint64_t i = 0; i < n_data + n_zero; ++i) {
-    const uint64_t page = eventlog::GetLe32(payload.data() + 8 + 4 * i);
-    if (page >= limit)
-      throw Error("memory page " + std::to_string(page) + " is beyond the replica's " +
-                  std::to_string(memory_.size() >> 20) + " MiB");
+  const PagesMessage msg(payload, memory_.size() / kPage);
+  for (uint64_t i = 0; i < msg.size(); ++i) {
+    const uint64_t page = msg.page(i);
     uint8_t* dst = memory_.ptr(page * kPage, kPage);
     if (digest_ != nullptr) applied_.set(page);
-    if (i < n_data) {
-      std::memcpy(dst, data + i * kPage, kPage);
+    if (i < msg.data_pages()) {
+      std::memcpy(dst, msg.data(i).data(), kPage);
     } else if (!IsZeroPage(dst)) {  // reading a hole allocates nothing; writing would
       std::memset(dst, 0, kPage);
     }
   }
-  pages_ += n_data + n_zero;
+  pages_ += msg.size();
   if (digest_ != nullptr) {
     digest_->update(applied_);
     applied_.clear();

@@ -102,6 +102,10 @@ struct PrecopyOptions {
   unsigned max_throttle = 80;
   // A send that makes no progress this long ends the copy (the receiver is stuck).
   std::chrono::nanoseconds send_timeout = std::chrono::seconds(60);
+  // false: post-copy (migration/postcopy.h): memory goes after the switch, the rounds
+  // copy the disk only, and the pages the VM writes meanwhile are its working set,
+  // which finish_at_boundary() hands back to be sent first.
+  bool copy_memory = true;
 };
 
 struct PrecopyStats {

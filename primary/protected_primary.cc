@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "failover/witness.h"
+#include "migration/postcopy.h"
 #include "eventlog/format.h"
 #include "primary/log_header.h"
 #include "primary/protocol.h"
@@ -131,6 +132,10 @@ std::string ProtectedPrimary::Handshake(transport::Channel& channel, const std::
   hello.set_primary_name(options_.name);
   hello.set_strict_outputs(options_.strict_outputs);
   hello.set_snapshot(snapshot);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (protected_) hello.set_protected_by(secondary_name_);
+  }
   const std::string bytes = hello.SerializeAsString();
   transport::SendResult s = channel.send(
       replication::kHello, {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, options_.handshake_timeout);
@@ -161,6 +166,10 @@ void ProtectedPrimary::StartProtection(std::unique_ptr<transport::Channel> chann
   lost_ = false;
   protected_ = true;
   SetProtection(Protection::kProtected, "secondary " + name + " at " + channel_->peer());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    secondary_name_ = name;
+  }
   log::info("primary.protected", {{"secondary", name},
                                   {"peer", channel_->peer()},
                                   {"channel", channel_->kind()},
@@ -174,7 +183,9 @@ void ProtectedPrimary::serve_reprotection() {
 
 void ProtectedPrimary::AcceptLoop() {
   while (!stopping_) {
-    if (protected_ || (lost_ && report().protection == Protection::kStoppedForPeer)) {
+    // A protected VM still hears newcomers: one that would move the VM may (the hello
+    // tells the others it is protected, and they decline).
+    if (lost_ && report().protection == Protection::kStoppedForPeer) {
       usleep(50000);
       continue;
     }
@@ -200,8 +211,7 @@ class RecordingVm final : public migration::RunningVm {
   vmm::GuestMemory& memory() override { return m_.memory(); }
   const std::string& disk_path() const override { return m_.config().disk; }
   bool at_boundary(const std::function<void()>& task) override {
-    m_.notify_host_event();  // a VM idle in WAIT reaches a boundary now
-    return r_.run_at_boundary(task);
+    return m_.run_at_boundary(task);
   }
   void start_write_tracking(vmm::PageBitmap* disk_blocks) override {
     r_.start_write_tracking();
@@ -229,7 +239,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     return false;
   };
   std::string why, name;
-  bool take_over = false;
+  bool take_over = false, postcopy = false;
   RecordingVm vm(*m_, *recorder_);
   std::optional<migration::PrecopySender> sender;
   try {
@@ -242,7 +252,13 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
       return failed(why);
     name = reply.secondary_name();
     take_over = reply.take_over();
-    sender.emplace(vm, *channel, clock_, options_.precopy);
+    // Post-copy: the VM moves first and its memory after (migration/postcopy.h);
+    // only a VM that moves can run ahead of its memory.
+    postcopy = reply.postcopy();
+    if (postcopy && !take_over) return failed("the secondary asked for post-copy without taking the VM over");
+    migration::PrecopyOptions precopy = options_.precopy;
+    precopy.copy_memory = !postcopy;
+    sender.emplace(vm, *channel, clock_, precopy);
     // A secondary back with its old disk: send only what differs.
     if (reply.disk_hash_blocks() != 0)
       sender->set_receiver_disk(
@@ -261,12 +277,27 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     if (why = sender->finish_at_boundary(final_pages); !why.empty()) return;
     const uint64_t p1 = clock_.monotonic_ns();
     final_copy_ns = p1 - p0;
-    Recorder::SnapshotStart snap = recorder_->snapshot_start(&final_pages);
+    // Post-copy: the checkpoint carries no memory; the pages the VM wrote while the
+    // disk was copied go first after the switch.
+    const vmm::PageBitmap none(final_pages.pages());
+    // A protected VM that moves: its secondary goes first (this snapshot starts a new
+    // log, which the old one's stream cannot follow).
+    if (take_over && protected_ && !ReleaseSecondary("the VM moves to " + name + " at " + peer)) {
+      why = "the old secondary took the VM over first";
+      return;
+    }
+    Recorder::SnapshotStart snap = recorder_->snapshot_start(postcopy ? &none : &final_pages);
+    // From here memory stays as it is: the destination may ask for pages already
+    // while it sets up (HandleMessage answers them in the pause).
+    if (postcopy)
+      postcopy_ = std::make_unique<migration::PostcopySender>(m_->memory(), *channel, clock_, std::move(final_pages));
     snapshot_ns = clock_.monotonic_ns() - p1;
     position = snap.header.start_position();
     const std::vector<uint8_t> header = eventlog::EncodeFileHeader(snap.header);
     migration::StateManifest manifest;
     manifest.set_log_header(header.data(), header.size());
+    manifest.set_postcopy(postcopy);
+    manifest.set_generation(generation_);
     if (why = sender->send_manifest(std::move(manifest)); !why.empty()) return;
     auto streamer = std::make_unique<LogStreamer>(*channel, header.size(), clock_, options_.streamer);
     for (const std::string& part : snap.checkpoint_parts) {
@@ -286,8 +317,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     if (take_over && !HandOverNow(position, &why) && why.empty()) why = "the secondary was lost";
     pause_ns = clock_.monotonic_ns() - p0;
   };
-  m_->notify_host_event();
-  if (!recorder_->run_at_boundary(task)) return false;
+  if (!m_->run_at_boundary(task)) return false;
   if (take_over) {
     if (handed_over_) {
       log::info("primary.handed_over", {{"position", position},
@@ -300,6 +330,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     } else {
       log::error("primary.handover_failed", {{"reason", why}});
     }
+    if (handed_over_ && postcopy) ServePostcopy();
     return handed_over_;
   }
   if (!why.empty()) {
@@ -325,6 +356,38 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
                                     {"of_which_checkpoint_ms", double(snapshot_ns) / 1e6},
                                     {"total_ms", (clock_.monotonic_ns() - t0) / 1000000}});
   return true;
+}
+
+bool ProtectedPrimary::ReleaseSecondary(const std::string& why) {
+  // All of the log first, then the reason: it replays to here and stops instead of
+  // taking over.
+  streamer_->flush().ok();
+  channel_->send(replication::kBye, {reinterpret_cast<const uint8_t*>(why.data()), why.size()},
+                 std::chrono::milliseconds(100)).ok();
+  log::info("primary.releasing_secondary", {{"reason", why}});
+  SecondaryLost("released: " + why, false);
+  return report().protection == Protection::kUnprotected;
+}
+
+void ProtectedPrimary::ServePostcopy() {
+  // The VM runs on the destination now; its memory is here, paused for good.
+  migration::PostcopySender& sender = *postcopy_;
+  log::info("primary.postcopy", {{"pages", sender.stats().pages}, {"peer", channel_->peer()}});
+  const std::string why =
+      sender.serve(std::max<std::chrono::nanoseconds>(std::chrono::nanoseconds(options_.liveness.failure_timeout_ns),
+                                                      std::chrono::seconds(1)));
+  const migration::PostcopySenderStats& st = sender.stats();
+  if (!why.empty()) {
+    SetProtection(Protection::kStoppedForPeer, "post-copy failed, the VM is lost: " + why);
+    log::error("primary.postcopy_failed", {{"reason", why}, {"the_vm", "lost"}});
+    return;
+  }
+  log::info("primary.postcopy_done", {{"pages", st.pages},
+                                      {"requested", st.requested_pages},
+                                      {"zero", st.zero_pages},
+                                      {"sent_mib", double(st.bytes_sent) / double(1u << 20)},
+                                      {"ms", double(st.ns) / 1e6},
+                                      {"vm_ended_first", st.ended_early}});
 }
 
 int ProtectedPrimary::run() {
@@ -410,7 +473,7 @@ void ProtectedPrimary::HandOver() {
     paused_at = clock_.monotonic_ns();
     HandOverNow(m_->position(), &failed);
   };
-  if (!recorder_->run_at_boundary(task)) return;
+  if (!m_->run_at_boundary(task)) return;
   streamer_->set_max_lag_ns(options_.streamer.max_lag_ns);
   if (handed_over_) {
     log::info("primary.handed_over", {{"position", m_->position()},
@@ -433,6 +496,10 @@ void ProtectedPrimary::HandleMessage(const transport::Message& msg) {
     if (!handover_.joinable()) handover_ = std::thread([this] { HandOver(); });
   } else if (msg.type() == replication::kHandoverDone) {
     handed_over_ = true;
+  } else if (msg.type() == replication::kPageRequest && postcopy_) {
+    // In the pause of a post-copy handover: the destination's replica is setting up.
+    if (std::string why = postcopy_->answer(msg); !why.empty())
+      log::error("primary.postcopy_request_failed", {{"reason", why}});
   } else if (msg.type() != replication::kHeartbeat) {
     log::warn("primary.unexpected_message", {{"type", int(msg.type())}});
   }
@@ -446,7 +513,7 @@ void ProtectedPrimary::MonitorLoop() {
   // joining live takes a while after the state arrived (the whole-memory digest,
   // write protection of all of it): until then, only the handshake's limit counts.
   bool ready = false;
-  while (!stopping_) {
+  while (!stopping_ && !lost_) {  // lost_: declared lost or released elsewhere
     transport::RecvResult r = channel_->recv(msg, interval);
     if (r.is_message()) {
       if (!std::exchange(ready, true))

@@ -28,6 +28,7 @@
 #include "common/clock.h"
 #include "failover/arbiter.h"
 #include "failover/liveness.h"
+#include "migration/postcopy.h"
 #include "migration/state_transfer.h"
 #include "primary/log_streamer.h"
 #include "primary/protocol.pb.h"
@@ -122,6 +123,13 @@ class ProtectedPrimary {
   void SetProtection(Protection p, const std::string& event);
   // A planned handover the secondary asked for (handover thread).
   void HandOver();
+  // After a post-copy handover: sends the paused VM's memory to where it runs now,
+  // the working set first. Failure means the VM is lost; it is logged as such.
+  void ServePostcopy();
+  // A protected VM that moves (vCPU thread, in the pause): tells its secondary why it
+  // is no longer needed, then fences it off with the arbiter like a lost one. False
+  // when the secondary had claimed the VM first (this VM then stops).
+  bool ReleaseSecondary(const std::string& why);
 
   PrimaryOptions options_;
   Clock& clock_;
@@ -144,6 +152,9 @@ class ProtectedPrimary {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> lost_{false};
   std::atomic<bool> protected_{false};
+  std::string secondary_name_;  // the current secondary's (under mu_)
+  // Post-copy: from the pause on, the moved VM's memory goes out through this.
+  std::unique_ptr<migration::PostcopySender> postcopy_;
   std::unique_ptr<transport::Channel> old_channel_;  // kept until its monitor is joined
   mutable std::mutex mu_;
   PrimaryReport report_;

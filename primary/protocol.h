@@ -36,13 +36,14 @@
 #include <span>
 #include <vector>
 
+#include "migration/postcopy.h"
 #include "migration/state_transfer.h"
 #include "primary/protocol.pb.h"
 
 namespace ftvm::replication {
 
 // Bump on any incompatible change; both sides refuse another version by name.
-inline constexpr uint32_t kProtocolVersion = 2;
+inline constexpr uint32_t kProtocolVersion = 3;
 
 enum MsgType : uint8_t {
   kHello = 1,
@@ -60,6 +61,10 @@ enum MsgType : uint8_t {
   kHandover = 12,         // primary: my VM is paused, the log is complete and acknowledged
                           // (u64 position, u64 the guest's monotonic clock); take the VM
   kHandoverDone = 13,     // secondary: I hold the next arbiter generation and run the VM
+  kDiskHashes = migration::kMsgDiskHashes,
+  // After a post-copy handover (migration/postcopy.h):
+  kPageRequest = migration::kMsgPageRequest,
+  kPostcopyDone = migration::kMsgPostcopyDone,
 };
 
 struct LogDataHeader {

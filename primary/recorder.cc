@@ -134,17 +134,6 @@ bool Recorder::transmit_frame(std::span<const iovec> frame, uint64_t stream_hash
   return false;
 }
 
-bool Recorder::run_at_boundary(const std::function<void()>& task) {
-  std::unique_lock<std::mutex> lock(task_mu_);
-  if (finished_) return false;
-  task_ = &task;
-  task_done_ = false;
-  task_cv_.wait(lock, [&] { return task_done_ || finished_; });
-  const bool ran = task_done_;
-  task_ = nullptr;
-  return ran;
-}
-
 Recorder::SnapshotStart Recorder::snapshot_start(const vmm::PageBitmap* pages) {
   CollectDirty();
   memory_digest_->update(since_verify_);
@@ -194,14 +183,6 @@ bool Recorder::boundary(vmm::Machine& m, bool exact) {
     }
   } else {
     throttle_mark_ns_ = 0;
-  }
-  {
-    std::lock_guard<std::mutex> lock(task_mu_);
-    if (task_ != nullptr && !task_done_) {
-      (*task_)();
-      task_done_ = true;
-      task_cv_.notify_all();
-    }
   }
   if (exact) {
     // Verification only at the first boundary after an exit: the replica finds that
@@ -289,11 +270,6 @@ void Recorder::WriteCheckpoint() {
 }
 
 void Recorder::finished(vmm::Machine& m, bool exact, bool completed) {
-  {
-    std::lock_guard<std::mutex> lock(task_mu_);
-    finished_ = true;
-    task_cv_.notify_all();
-  }
   stats_.final_position = m.position();
   if (completed && error_.empty()) {
     // A stop the replica cannot find by position (a signal while the guest

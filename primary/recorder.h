@@ -91,13 +91,8 @@ class Recorder final : public vmm::ExecutionHooks {
   // Why recording stopped early (the log could not be written), or "".
   const std::string& error() const { return error_; }
 
-  // Runs `task` on the vCPU thread at the next boundary (the VM paused there) and
-  // waits for it; false when the VM ended first. Any thread but the vCPU's; the
-  // caller must make the VM reach a boundary soon (Machine::notify_host_event).
-  bool run_at_boundary(const std::function<void()>& task);
-
   // The start of a log for a secondary joining the running VM (call from a task at
-  // a boundary): a header whose initial state is the VM's now, at its current
+  // a boundary: Machine::run_at_boundary): a header whose initial state is the VM's now, at its current
   // position, and a checkpoint of everything (serialized snapshot parts) to send
   // first. Starts a new verification interval.
   struct SnapshotStart {
@@ -163,12 +158,6 @@ class Recorder final : public vmm::ExecutionHooks {
   RecorderStats stats_;
   std::optional<vmm::Sha256Digest> final_digest_;
   std::string error_;
-  // run_at_boundary
-  std::mutex task_mu_;
-  std::condition_variable task_cv_;
-  const std::function<void()>* task_ = nullptr;
-  bool task_done_ = false;
-  bool finished_ = false;
   std::atomic<bool> log_ended_{false};
 };
 

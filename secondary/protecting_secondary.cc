@@ -26,6 +26,8 @@ std::string_view SecondaryOutcomeName(SecondaryOutcome o) {
     case SecondaryOutcome::kStoppedForPeer: return "stopped (the primary kept the VM)";
     case SecondaryOutcome::kDiverged: return "diverged";
     case SecondaryOutcome::kFailed: return "failed";
+    case SecondaryOutcome::kVmLost: return "THE VM IS LOST";
+    case SecondaryOutcome::kReleased: return "released by the primary";
   }
   return "?";
 }
@@ -75,6 +77,8 @@ void ProtectingSecondary::connect() {
                    std::chrono::seconds(5)).ok();
     return Error(why);
   };
+  if (!hello.protected_by().empty() && !options_.handover)
+    throw refuse("the VM is protected by " + hello.protected_by() + " already: it has one secondary at a time");
   if (hello.protocol_version() != replication::kProtocolVersion)
     throw refuse("the primary speaks replication protocol " + std::to_string(hello.protocol_version()) +
                  " (ftvm " + hello.ftvm_version() + "), this secondary " +
@@ -100,6 +104,11 @@ void ProtectingSecondary::connect() {
   reply.set_accepted(true);
   reply.set_secondary_name(options_.name);
   reply.set_take_over(options_.handover);
+  // Post-copy needs a VM that runs already; one that starts with its secondary is
+  // replayed from its start instead.
+  const bool postcopy = options_.handover && options_.postcopy && hello.snapshot();
+  if (options_.postcopy && !postcopy) log::warn("secondary.no_postcopy", {{"reason", "the VM is replayed from its start"}});
+  reply.set_postcopy(postcopy);
   // Back after an outage with a disk image of the right size: only what differs
   // need come (the primary compares block hashes).
   if (hello.snapshot() && !config.disk.empty()) {
@@ -107,6 +116,15 @@ void ProtectingSecondary::connect() {
     const uint64_t bytes = source_->header().vm().disk_bytes();
     resync_disk_ = stat(config.disk.c_str(), &st) == 0 && S_ISREG(st.st_mode) && uint64_t(st.st_size) == bytes;
     if (resync_disk_) reply.set_disk_hash_blocks((bytes + vmm::kPageSize - 1) / vmm::kPageSize);
+  }
+  // Ready to receive before saying yes: a primary with little to copy pauses its VM
+  // right after the reply, and would wait for this.
+  if (hello.snapshot()) {
+    try {
+      PrepareLiveState(config, postcopy);
+    } catch (const Error& e) {
+      throw refuse(std::string("cannot receive this VM here: ") + e.what());
+    }
   }
   const std::string bytes = reply.SerializeAsString();
   transport::SendResult s = channel_->send(replication::kHelloReply,
@@ -149,6 +167,7 @@ void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
   // joining a running VM) never replays: it needs no dirty tracking.
   ro.verify = options_.verify && !(options_.handover && live_copy_);
   ro.go_live = [this](vmm::Machine& m) { return GoLive(m); };
+  ro.memory_arrives_later = postcopy_ != nullptr;
   replayer_ = std::make_unique<Replayer>(*machine_, *source_, ro);
   machine_->set_hooks(replayer_.get());
   // Caught up with the stream: say so now rather than with the next batch's
@@ -162,20 +181,34 @@ void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
   });
 }
 
-void ProtectingSecondary::ReceiveLiveState(const vmm::VmConfig& config) {
+void ProtectingSecondary::PrepareLiveState(const vmm::VmConfig& config, bool postcopy) {
   // The VM already runs: its memory and disk arrive while it runs, into a replica
   // booted from the same image; then the header of the log that continues it from
   // the pause, whose opening checkpoint completes the state.
-  const eventlog::LogHeader described = source_->header();  // by the hello
-  const uint64_t disk_bytes = config.disk.empty() ? 0 : described.vm().disk_bytes();
+  const uint64_t disk_bytes = config.disk.empty() ? 0 : source_->header().vm().disk_bytes();
   if (!config.disk.empty() && !resync_disk_) migration::CreateSparseDisk(config.disk, disk_bytes);
   machine_ = std::make_unique<vmm::Machine>(config, clock_, random_);
+  // Post-copy: memory arrives after the switch, into memory emptied now.
+  if (postcopy) {
+    postcopy_ = std::make_unique<migration::PostcopyReceiver>(machine_->memory(), clock_);
+  } else {
+    // The memory digest the replica checks is kept as pages arrive, not computed
+    // over all of memory in the pause.
+    live_digest_ = std::make_unique<vmm::MemoryDigest>(machine_->memory());
+  }
+}
+
+void ProtectingSecondary::ReceiveLiveState(const vmm::VmConfig& config) {
+  const eventlog::LogHeader described = source_->header();  // by the hello
+  const uint64_t disk_bytes = config.disk.empty() ? 0 : described.vm().disk_bytes();
   const uint64_t t0 = clock_.monotonic_ns();
-  // The memory digest the replica checks is kept as pages arrive, not computed over
-  // all of memory in the pause.
-  auto digest = std::make_unique<vmm::MemoryDigest>(machine_->memory());
+  std::unique_ptr<vmm::MemoryDigest> digest = std::move(live_digest_);
   migration::StateReceiver receiver(machine_->memory(), config.disk, disk_bytes, digest.get());
   const migration::StateManifest manifest = receiver.receive(*channel_, std::chrono::seconds(60));
+  if (manifest.generation() != 0) generation_ = manifest.generation();
+  if (manifest.postcopy() != (postcopy_ != nullptr))
+    throw Error(postcopy_ ? "this host asked for post-copy, but the primary sent the VM's memory ahead"
+                          : "the primary sent no memory (post-copy), which this host did not ask for");
   if (receiver.pages_received() != manifest.memory_pages_sent() ||
       receiver.disk_bytes_received() != manifest.disk_bytes_sent())
     throw Error("the live copy is incomplete: " + std::to_string(receiver.pages_received()) + " pages and " +
@@ -189,7 +222,10 @@ void ProtectingSecondary::ReceiveLiveState(const vmm::VmConfig& config) {
       source_->header().vm().SerializeAsString() != described.vm().SerializeAsString())
     throw Error("the state manifest's log header describes another VM than the primary's hello");
   BuildReplica(config);
-  replayer_->adopt_memory_digest(std::move(digest));
+  if (digest) replayer_->adopt_memory_digest(std::move(digest));
+  // Post-copy: whatever faults from here on (the replica setting up its devices, then
+  // the VM) asks the primary for its page.
+  if (postcopy_) postcopy_->start_requests(*channel_);
   log::info("secondary.state_received", {{"rounds", manifest.rounds()},
                                          {"pages", receiver.pages_received()},
                                          {"disk_kib", receiver.disk_bytes_received() >> 10},
@@ -245,6 +281,14 @@ void ProtectingSecondary::ReceiveLoop() {
         stream_->set_complete_below(h->complete_below);
         SendAck();
         last_ack = clock_.monotonic_ns();
+      } else if (msg.type() == replication::kMemoryPages && postcopy_) {
+        // Pages the replica asked for while it sets up (post-copy).
+        if (std::string why = postcopy_->deliver(msg.payload()); !why.empty()) {
+          log::error("secondary.bad_pages", {{"detail", why}});
+          primary_said_bye_ = true;  // no takeover with memory that cannot be trusted
+          stream_->finish(why);
+          return;
+        }
       } else if (msg.type() == replication::kHandover) {
         // The primary paused its VM with everything acknowledged: replay the rest,
         // then take the VM (GoLive).
@@ -257,11 +301,21 @@ void ProtectingSecondary::ReceiveLoop() {
         handover_clock_ns_ = h->guest_clock_ns;
         handing_over_ = true;
         stream_->finish("the primary handed the VM over");
+        // Post-copy: what comes next (memory) is the post-copy receiver's, from now
+        // on: the replica may wait for a page already, setting up its devices.
+        if (postcopy_) {
+          postcopy_->start(std::max<std::chrono::nanoseconds>(
+                               std::chrono::nanoseconds(liveness_->options().failure_timeout_ns), std::chrono::seconds(1)),
+                           [this](const std::string& why, const vmm::MemorySum& memory) { PostcopyEnded(why, memory); });
+          return;
+        }
         // Heartbeats go on: the primary waits, paused, for HandoverDone, and must
         // not mistake the time this replica needs to get there for a loss.
       } else if (msg.type() == replication::kBye) {
         primary_said_bye_ = true;
-        stream_->finish("the primary ended its log");
+        // With a reason: the VM goes on elsewhere, and this replica is not needed.
+        released_.assign(reinterpret_cast<const char*>(msg.payload().data()), msg.size());
+        stream_->finish(released_.empty() ? "the primary ended its log" : "released: " + released_);
         SendAck();
         return;
       } else if (msg.type() != replication::kHeartbeat) {
@@ -311,6 +365,15 @@ void ProtectingSecondary::PrimaryLost(const std::string& why) {
 
 bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   if (primary_said_bye_) return false;  // a deliberate end (or a broken stream): no takeover
+  if (postcopy_ && !handing_over_) {
+    // Lost before it handed the VM over: this replica has none of its memory.
+    std::lock_guard<std::mutex> lock(mu_);
+    report_.outcome = SecondaryOutcome::kFailed;
+    report_.detail = "the primary was lost before it handed the VM over, whose memory (post-copy) is not here: "
+                     "this replica cannot take over";
+    log::error("secondary.not_taking_over", {{"detail", report_.detail}});
+    return false;
+  }
   // A handover is no failure: the primary is alive and waits for us.
   if (!options_.witness.empty() && !handing_over_) {
     bool reachable = false;
@@ -349,31 +412,26 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   // The guest's clock goes on from the last value it read, or from where the primary
   // that handed the VM over left it, whichever is later: never backwards.
   const uint64_t clock_ns = std::max(replayer_->last_monotonic_ns(), handover_clock_ns_.load());
-  if (options_.listen.empty()) {
+  if (postcopy_ && handing_over_) {
+    // The primary stops its VM and serves its memory once it hears this; this VM
+    // runs now, each page it touches first fetched on the way. Before go_live: the
+    // devices it wakes may read memory already. It is protected once all is here.
+    channel_->send(replication::kHandoverDone, std::span<const uint8_t>(), std::chrono::seconds(1)).ok();
+    postcopy_live_ = true;
+    m.go_live(vmm::ExecutionMode::kLive, nullptr, clock_ns, options_.tap);
+  } else if (options_.listen.empty()) {
     m.go_live(vmm::ExecutionMode::kLive, nullptr, clock_ns, options_.tap);
   } else {
     // This host is the primary now, ready to be protected again: record from here
     // on, and take a new secondary whenever one connects.
-    // It protects the VM the way the pair did: the same verification, checkpoint,
-    // output-rule and failure-detection settings.
-    const eventlog::LogHeader& was = source_->header();
-    primary::PrimaryOptions po;
-    po.listen = options_.listen;
-    po.arbiter_dir = options_.arbiter_dir;
-    po.name = options_.name;
-    po.witness = options_.witness;
-    po.liveness = liveness_->options();
-    po.strict_outputs = was.output_checks();
-    po.recorder.output_checks = was.output_checks();
-    if (was.verify_interval_ns() != 0) po.recorder.verify_interval_ns = was.verify_interval_ns();
-    if (was.checkpoint_after_ns() != 0) po.recorder.checkpoint_after_ns = was.checkpoint_after_ns();
+    primary::PrimaryOptions po = ProtectionHere();
     auto recorder = std::make_unique<primary::Recorder>(m, po.recorder);
     primary::Recorder* hooks = recorder.get();
     m.go_live(vmm::ExecutionMode::kRecord, hooks, clock_ns, options_.tap);
     takeover_ = std::make_unique<primary::ProtectedPrimary>(m, std::move(recorder), next, po, clock_);
     takeover_->serve_reprotection();
   }
-  if (handing_over_) {
+  if (handing_over_ && !postcopy_) {
     // The primary keeps its VM paused until it hears this; then it stops it.
     channel_->send(replication::kHandoverDone, std::span<const uint8_t>(), std::chrono::seconds(1)).ok();
   }
@@ -381,7 +439,7 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   generation_ = next;
   report_.generation = next;
   report_.live_at_ns = clock_.monotonic_ns();
-  report_.outcome = SecondaryOutcome::kWentLive;
+  if (report_.outcome != SecondaryOutcome::kVmLost) report_.outcome = SecondaryOutcome::kWentLive;
   report_.detail = std::string(handing_over_ ? "the primary handed the VM over; runs here from position "
                                              : "took over at position ") +
                    std::to_string(m.position()) + " in arbiter generation " + std::to_string(next);
@@ -389,12 +447,93 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   return true;
 }
 
+primary::PrimaryOptions ProtectingSecondary::ProtectionHere() const {
+  // The same verification, checkpoint, output-rule and failure-detection settings
+  // as the pair had.
+  const eventlog::LogHeader& was = source_->header();
+  primary::PrimaryOptions po;
+  po.listen = options_.listen;
+  po.arbiter_dir = options_.arbiter_dir;
+  po.name = options_.name;
+  po.witness = options_.witness;
+  po.liveness = liveness_->options();
+  po.strict_outputs = was.output_checks();
+  po.recorder.output_checks = was.output_checks();
+  if (was.verify_interval_ns() != 0) po.recorder.verify_interval_ns = was.verify_interval_ns();
+  if (was.checkpoint_after_ns() != 0) po.recorder.checkpoint_after_ns = was.checkpoint_after_ns();
+  return po;
+}
+
+void ProtectingSecondary::PostcopyEnded(const std::string& failed, const vmm::MemorySum& memory) {
+  std::string why = failed.empty() ? replayer_->check_initial_memory(memory) : failed;
+  const migration::PostcopyReceiverStats st = postcopy_->stats();
+  if (!why.empty() && !postcopy_live_) {
+    // The VM never ran here: it is still the primary's.
+    log::error("secondary.postcopy_failed", {{"reason", why}, {"the_vm", "stays with the primary"}});
+    machine_->stop();
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    report_.postcopy = st;
+    if (!why.empty()) {
+      report_.outcome = SecondaryOutcome::kVmLost;
+      report_.detail = "post-copy did not complete: " + why;
+    }
+  }
+  if (!why.empty()) {
+    // Never run on with memory that is not the VM's.
+    log::error("secondary.VM_LOST", {{"reason", why}});
+    machine_->abort("the VM is lost: " + why);
+    return;
+  }
+  log::info("migration.postcopy_complete", {{"pages", st.pages},
+                                            {"faults", st.faults},
+                                            {"zero_pages", st.zero_pages},
+                                            {"fault_wait_p50_us", st.fault_wait_p50_ns / 1000},
+                                            {"fault_wait_p99_us", st.fault_wait_p99_ns / 1000},
+                                            {"ms", st.complete_ns / 1'000'000},
+                                            {"memory", "verified"}});
+  if (options_.listen.empty()) return;
+  // All of it here: this host protects the VM from now on, like after a takeover.
+  try {
+    machine_->run_at_boundary([&] {
+    primary::PrimaryOptions po = ProtectionHere();
+    auto recorder = std::make_unique<primary::Recorder>(*machine_, po.recorder);
+    machine_->record_from_here(recorder.get());
+    uint64_t generation;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      generation = generation_;
+    }
+    takeover_ = std::make_unique<primary::ProtectedPrimary>(*machine_, std::move(recorder), generation, po, clock_);
+    takeover_->serve_reprotection();
+    });
+  } catch (const Error& e) {
+    // The VM runs on here, but nothing can protect it.
+    log::error("secondary.cannot_protect", {{"error", e.what()}});
+  }
+}
+
 int ProtectingSecondary::run() {
-  int code = machine_->run();
+  int code = 0;
+  try {
+    code = machine_->run();
+  } catch (const Error&) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (report_.outcome != SecondaryOutcome::kVmLost) throw;  // already said why
+  }
+  // A VM that ended before all its memory arrived needs no more of it.
+  if (postcopy_) postcopy_->stop();
   stopping_ = true;
   if (channel_) channel_->close();
   if (receiver_.joinable()) receiver_.join();
   std::lock_guard<std::mutex> lock(mu_);
+  if (report_.outcome == SecondaryOutcome::kRunning && !released_.empty() &&
+      replayer_->outcome() != ReplayOutcome::kDiverged) {
+    report_.outcome = SecondaryOutcome::kReleased;
+    report_.detail = released_;
+  }
   if (report_.outcome == SecondaryOutcome::kRunning) {
     switch (replayer_->outcome()) {
       case ReplayOutcome::kIdentical:

@@ -21,6 +21,7 @@
 #include "eventlog/stream.h"
 #include "failover/arbiter.h"
 #include "failover/liveness.h"
+#include "migration/postcopy.h"
 #include "primary/protected_primary.h"
 #include "secondary/record_source.h"
 #include "secondary/replayer.h"
@@ -45,6 +46,10 @@ struct SecondaryOptions {
   // ftvm migrate: once caught up, ask the primary to hand the VM over, and run it
   // here (a planned move, not a failover).
   bool handover = false;
+  // With handover, joining a VM that already runs: post-copy. The VM runs here as
+  // soon as its registers, devices and disk have arrived; its memory follows while
+  // it runs (migration/postcopy.h).
+  bool postcopy = false;
   std::chrono::nanoseconds connect_timeout = std::chrono::seconds(60);
 };
 
@@ -55,6 +60,8 @@ enum class SecondaryOutcome {
   kStoppedForPeer,  // the primary was lost, but it (or another) won the arbiter
   kDiverged,        // the replica left the recorded execution: it must not take over
   kFailed,          // the log or channel broke in a way that proves nothing
+  kVmLost,          // post-copy: the VM ran here, and its memory could not be completed
+  kReleased,        // the primary released this secondary (its VM moved to another host)
 };
 std::string_view SecondaryOutcomeName(SecondaryOutcome o);
 
@@ -65,6 +72,7 @@ struct SecondaryReport {
   uint64_t primary_lost_at_ns = 0;  // monotonic, when the primary was declared lost
   uint64_t live_at_ns = 0;          // when this replica went live
   uint64_t handover_requested_at_ns = 0;  // ftvm migrate: when it asked for the VM
+  migration::PostcopyReceiverStats postcopy;  // post-copy: once complete (or failed)
   uint64_t max_silence_ns = 0;
   ReplayStats replay;
 };
@@ -93,11 +101,16 @@ class ProtectingSecondary {
   void SendAck(std::chrono::nanoseconds timeout = std::chrono::milliseconds(100));
   // A secondary joining a running VM: the disk's contents come first.
   // A VM that already runs: its state copied live (migration/), then the replica.
+  void PrepareLiveState(const vmm::VmConfig& config, bool postcopy);
   void ReceiveLiveState(const vmm::VmConfig& config);
   // Throws ftvm::Error when this host cannot give the VM `mem_mib` of memory.
   static void CheckHostMemory(uint64_t mem_mib);
   // Builds the replica (unless the live copy already did) and its replayer.
   void BuildReplica(const vmm::VmConfig& config);
+  // How this host protects the VM once it runs it: as the pair did.
+  primary::PrimaryOptions ProtectionHere() const;
+  // Post-copy ended (a thread of the receiver): every page here, or the VM lost.
+  void PostcopyEnded(const std::string& why, const vmm::MemorySum& memory);
 
   SecondaryOptions options_;
   Clock& clock_;
@@ -116,8 +129,10 @@ class ProtectingSecondary {
   std::thread receiver_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> primary_said_bye_{false};
+  std::string released_;  // why the primary released this secondary (receive thread, then run())
   std::atomic<bool> lost_{false};
   bool live_copy_ = false;                 // the VM was running when this replica joined
+  std::unique_ptr<vmm::MemoryDigest> live_digest_;  // of the replica's memory as the live copy fills it
   bool resync_disk_ = false;               // ... and this host kept a disk to bring up to date
   std::atomic<bool> caught_up_{false};     // the replica has replayed all that arrived, once
   std::atomic<bool> handing_over_{false};  // the primary said Handover
@@ -125,6 +140,9 @@ class ProtectingSecondary {
   uint64_t handover_requested_ns_ = 0;     // receive thread
   mutable std::mutex mu_;
   SecondaryReport report_;
+  // Last: its threads use the members above.
+  std::atomic<bool> postcopy_live_{false};  // the VM runs here, memory or not
+  std::unique_ptr<migration::PostcopyReceiver> postcopy_;
 };
 
 }  // namespace ftvm::secondary

@@ -1,5 +1,7 @@
 #include "secondary/replayer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <unordered_set>
@@ -249,6 +251,22 @@ void Replayer::started(vmm::Machine& m) {
     }
     if (stopped_) return;
     ++stats_.checkpoints;
+    if (options_.memory_arrives_later) {
+      // Nothing may read memory now: it is not here yet.
+      initial_position_ = m.position();
+      initial_regs_ = m.backend().regs().encode();
+      initial_devices_ = vmm::DeviceStateBytes(m);
+      // Nor may the replica run a single instruction: it waits here for the log's
+      // end (the handover, or the primary lost), and then goes live or stops.
+      while (!stopped_ && !log_done_) {
+        if (const Record* h = Peek(); h != nullptr) {
+          Fail(ReplayOutcome::kBadLog, "a post-copy log holds nothing after its opening checkpoint, not " + Describe(*h));
+          return;
+        }
+        usleep(100);
+      }
+      return;
+    }
     const uint64_t t0 = m.clock().monotonic_ns();
     // The pages the checkpoint rewrote.
     if (tracker_) {
@@ -280,6 +298,17 @@ void Replayer::started(vmm::Machine& m) {
                                      vmm::DigestHex({reinterpret_cast<const uint8_t*>(logged.data()), logged.size()}) +
                                      "): another guest image, configuration or ftvm build?");
   }
+}
+
+std::string Replayer::check_initial_memory(const vmm::MemorySum& memory) const {
+  const vmm::Sha256Digest initial = vmm::StateDigest(
+      initial_position_, initial_regs_,
+      {reinterpret_cast<const uint8_t*>(initial_devices_.data()), initial_devices_.size()}, memory);
+  const std::string& logged = source_.header().initial_state_digest();
+  if (logged.size() == initial.size() && std::memcmp(logged.data(), initial.data(), initial.size()) == 0) return "";
+  return "the VM's state as it arrived (digest " + vmm::DigestHex(initial) + ", memory " + vmm::DigestHex(memory) +
+         ") is not the state it left (" +
+         vmm::DigestHex({reinterpret_cast<const uint8_t*>(logged.data()), logged.size()}) + ")";
 }
 
 void Replayer::after_exit(vmm::Machine& m, bool guest_caused) {

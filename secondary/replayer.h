@@ -36,6 +36,10 @@ struct ReplayOptions {
   // (Machine::go_live) and returns true; false stops the replica. Unset (replaying a
   // file): the replay stops as kIncomplete.
   std::function<bool(vmm::Machine&)> go_live;
+  // Post-copy (migration/postcopy.h): the memory of a log that opens with a
+  // checkpoint arrives after the replica has gone live. The initial state is then
+  // checked by check_initial_memory() once it has, not when the replica starts.
+  bool memory_arrives_later = false;
 };
 
 enum class ReplayOutcome {
@@ -79,6 +83,10 @@ class Replayer final : public vmm::ExecutionHooks {
   // live copy): a log that opens with a checkpoint then rehashes only the pages the
   // checkpoint changes instead of all of memory. Before the machine runs.
   void adopt_memory_digest(std::unique_ptr<vmm::MemoryDigest> digest);
+  // memory_arrives_later: "" when the initial state (the registers and devices as
+  // the opening checkpoint left them, and `memory`, the digest of the memory that
+  // arrived) is the one the log's header names, or what differs. Any thread.
+  std::string check_initial_memory(const vmm::MemorySum& memory) const;
   uint64_t last_monotonic_ns() const { return last_clock_[0]; }
   uint64_t last_wall_ns() const { return last_clock_[1]; }
   // The replica's progress, for acknowledgements (any thread): log bytes consumed,
@@ -139,6 +147,10 @@ class Replayer final : public vmm::ExecutionHooks {
   bool log_done_ = false;  // the reader has nothing more (clean end or error)
   std::unique_ptr<vmm::DirtyTracker> tracker_;
   std::unique_ptr<vmm::MemoryDigest> memory_digest_;
+  // memory_arrives_later: the state check_initial_memory() completes.
+  uint64_t initial_position_ = 0;
+  std::vector<uint8_t> initial_regs_;
+  std::string initial_devices_;
   vmm::PageBitmap since_verify_;
   vmm::CheckpointLoader checkpoints_;
   bool exit_boundary_ = false;

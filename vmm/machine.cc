@@ -199,11 +199,25 @@ int Machine::run() {
   if ((config_.mode == ExecutionMode::kLive) != (hooks_ == nullptr))
     throw Error("internal: a machine recording or replaying needs its hooks, a live one none");
   start_ns_ = clock_.monotonic_ns();
+  // However run() ends, nobody waits for a boundary any more.
+  struct Finished {
+    Machine& m;
+    ~Finished() {
+      std::lock_guard<std::mutex> lock(m.task_mu_);
+      m.finished_ = true;
+      m.task_cv_.notify_all();
+    }
+  } finished{*this};
   if (hooks_ != nullptr) hooks_->started(*this);
   ServiceDevices();
   event_thread_ = std::thread([this] { EventThread(); });
   RunResult result = backend_->run(*this);
   stats_.run_ns = clock_.monotonic_ns() - start_ns_;
+  {
+    std::lock_guard<std::mutex> lock(task_mu_);
+    finished_ = true;
+    task_cv_.notify_all();
+  }
   stop();
   event_thread_.join();
   if (hooks_ != nullptr) {
@@ -232,6 +246,18 @@ int Machine::run() {
                 result.detail);
   }
   return power_->exit_code().value_or(-1);
+}
+
+void Machine::abort(const std::string& reason) {
+  aborted_.store(true, std::memory_order_release);
+  Fail(reason);
+}
+
+bool Machine::Aborted(bool is_write, uint8_t* data, unsigned len) {
+  if (!aborted_.load(std::memory_order_acquire)) return false;
+  // Whatever the guest does after an abort is not the VM's: no device sees it.
+  if (!is_write) std::memset(data, 0xff, len);
+  return true;
 }
 
 void Machine::Fail(const std::string& reason) {
@@ -408,6 +434,7 @@ bool Machine::WaitForHostEvent() {
 }
 
 void Machine::mmio(uint64_t gpa, bool is_write, uint8_t* data, unsigned len) {
+  if (Aborted(is_write, data, len)) return;
   ++position_;
   ++stats_.mmio_exits;
   uint64_t slot = (gpa - FTVM_MMIO_BASE) / FTVM_MMIO_SLOT_SIZE;
@@ -438,6 +465,7 @@ void Machine::mmio(uint64_t gpa, bool is_write, uint8_t* data, unsigned len) {
 }
 
 void Machine::pio(uint16_t port, bool is_write, uint8_t* data, unsigned len) {
+  if (Aborted(is_write, data, len)) return;
   ++position_;
   ++stats_.pio_exits;
   for (auto& [p, dev] : ports_) {
@@ -474,8 +502,54 @@ void Machine::after_exit(bool guest_caused) {
   if (hooks_ != nullptr) hooks_->after_exit(*this, guest_caused);
 }
 
+bool Machine::run_at_boundary(const std::function<void()>& task) {
+  std::unique_lock<std::mutex> lock(task_mu_);
+  task_cv_.wait(lock, [&] { return task_ == nullptr || finished_; });  // one task at a time
+  if (finished_) return false;
+  task_ = &task;
+  task_done_ = false;
+  task_pending_.store(true, std::memory_order_release);
+  lock.unlock();
+  notify_host_event();  // a guest computing or halted reaches a boundary now
+  lock.lock();
+  task_cv_.wait(lock, [&] { return task_done_ || finished_; });
+  const bool ran = task_done_;
+  task_ = nullptr;
+  task_pending_.store(false, std::memory_order_release);
+  task_cv_.notify_all();
+  if (std::exception_ptr e = std::exchange(task_error_, nullptr)) std::rethrow_exception(e);
+  return ran;
+}
+
+void Machine::RunBoundaryTask() {
+  std::lock_guard<std::mutex> lock(task_mu_);
+  if (task_ == nullptr || task_done_) return;
+  // The task's failure is its caller's to handle, not the VM's.
+  try {
+    (*task_)();
+  } catch (...) {
+    task_error_ = std::current_exception();
+  }
+  task_done_ = true;
+  task_cv_.notify_all();
+}
+
+void Machine::record_from_here(ExecutionHooks* hooks) {
+  if (config_.mode != ExecutionMode::kLive || hooks == nullptr)
+    throw Error("internal: only a live VM starts recording, and it needs its recorder");
+  config_.mode = ExecutionMode::kRecord;
+  hooks_ = hooks;
+  log::info("vm.recording", {{"position", position_}});
+}
+
 void Machine::boundary(bool exact) {
   exact_now_ = exact;
+  if (task_pending_.load(std::memory_order_acquire)) {
+    RunBoundaryTask();
+    // A task that stopped the VM (a handover) leaves it exactly as it was: its
+    // memory may still be read as the VM's (post-copy), so no device may run again.
+    if (stop_requested_.load(std::memory_order_acquire)) return;
+  }
   // A checkpoint taken or applied makes this point exact; after the devices are
   // serviced, offer it again: a replica may have the next checkpoint to apply
   // before the guest runs on (the primary took two with no exit between).

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -88,6 +90,14 @@ class Machine final : private ExitHandler, private DeviceIo {
   int run();
   // Thread-safe.
   void stop();
+  // Thread-safe: ends the VM as a host-side failure; run() throws with `reason`.
+  // For a VM whose state can no longer be trusted: from here on no device sees
+  // anything the guest does, so nothing it does after this gets out.
+  void abort(const std::string& reason);
+  // Runs `task` on the vCPU thread at the next boundary, the VM paused there, and
+  // waits for it; false when the VM ended first. Any thread but the vCPU's. What the
+  // task throws is rethrown here.
+  bool run_at_boundary(const std::function<void()>& task);
 
   MachineStats stats() const;
   std::string_view backend_name() const { return backend_->name(); }
@@ -138,6 +148,9 @@ class Machine final : private ExitHandler, private DeviceIo {
   // or kRecord with a recorder, ready for a new secondary. Throws ftvm::Error (a tap
   // that cannot be opened).
   void go_live(ExecutionMode mode, ExecutionHooks* hooks, uint64_t last_monotonic_ns, const std::string& tap);
+  // A live VM starts recording with `hooks` from here (a boundary task): a VM that
+  // went live before it could be protected (post-copy migration) becomes a primary.
+  void record_from_here(ExecutionHooks* hooks);
 
  private:
   struct FdWatch {
@@ -185,6 +198,8 @@ class Machine final : private ExitHandler, private DeviceIo {
   void Announce();
   // A host-side failure that ends the VM: run() throws with `reason`.
   void Fail(const std::string& reason);
+  // After abort(): true, and the access goes nowhere.
+  bool Aborted(bool is_write, uint8_t* data, unsigned len);
 
   VmConfig config_;
   Clock& clock_;
@@ -219,6 +234,7 @@ class Machine final : private ExitHandler, private DeviceIo {
   std::atomic<unsigned> announcements_{0};
   std::atomic<uint64_t> next_announce_ns_{0};  // 0: none due
   std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> aborted_{false};
   std::atomic<bool> in_wait_{false};
   std::mutex wait_mu_;
   std::condition_variable wait_cv_;
@@ -227,6 +243,16 @@ class Machine final : private ExitHandler, private DeviceIo {
 
   MachineStats stats_;
   uint64_t start_ns_ = 0;
+
+  // run_at_boundary
+  void RunBoundaryTask();
+  std::atomic<bool> task_pending_{false};
+  std::mutex task_mu_;
+  std::condition_variable task_cv_;
+  const std::function<void()>* task_ = nullptr;
+  bool task_done_ = false;
+  std::exception_ptr task_error_;
+  bool finished_ = false;
 };
 
 }  // namespace ftvm::vmm

@@ -21,31 +21,37 @@ MemoryDigest::MemoryDigest(const GuestMemory& memory)
   static const std::array<uint8_t, kPageSize> kZeroPage{};
   const PageBitmap data = FileDataPages(memory_.fd(), memory_.size());
   for (uint64_t p = 0; p < hashes_.size(); ++p) {
-    if (data.test(p)) {
-      hashes_[p] = hash_page(p);
-    } else {
-      XXH128_hash_t h = XXH3_128bits_withSeed(kZeroPage.data(), kPageSize, p);
-      hashes_[p] = {h.low64, h.high64};
-    }
+    hashes_[p] = data.test(p) ? hash_page(p) : HashBytes(p, kZeroPage.data());
     sum_lo_ += hashes_[p][0];
     sum_hi_ += hashes_[p][1];
   }
 }
 
-std::array<uint64_t, 2> MemoryDigest::hash_page(uint64_t page) const {
-  XXH128_hash_t h = XXH3_128bits_withSeed(memory_.host_base() + page * kPageSize, kPageSize, page);
+std::array<uint64_t, 2> MemoryDigest::HashBytes(uint64_t page, const uint8_t* contents) {
+  XXH128_hash_t h = XXH3_128bits_withSeed(contents, kPageSize, page);
   return {h.low64, h.high64};
+}
+
+std::array<uint64_t, 2> MemoryDigest::hash_page(uint64_t page) const {
+  return HashBytes(page, memory_.host_base() + page * kPageSize);
+}
+
+void MemoryDigest::set_page(uint64_t page, std::span<const uint8_t, kPageSize> contents) {
+  if (page >= hashes_.size()) return;
+  Replace(page, HashBytes(page, contents.data()));
+}
+
+void MemoryDigest::Replace(uint64_t page, const std::array<uint64_t, 2>& h) {
+  sum_lo_ += h[0] - hashes_[page][0];
+  sum_hi_ += h[1] - hashes_[page][1];
+  hashes_[page] = h;
 }
 
 uint32_t MemoryDigest::current_hash32(uint64_t page) const { return uint32_t(hash_page(page)[0]); }
 
 void MemoryDigest::update(const PageBitmap& pages) {
   pages.for_each([&](uint64_t p) {
-    if (p >= hashes_.size()) return;
-    std::array<uint64_t, 2> h = hash_page(p);
-    sum_lo_ += h[0] - hashes_[p][0];
-    sum_hi_ += h[1] - hashes_[p][1];
-    hashes_[p] = h;
+    if (p < hashes_.size()) Replace(p, hash_page(p));
   });
 }
 

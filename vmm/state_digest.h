@@ -29,6 +29,9 @@ class MemoryDigest {
 
   // Rehashes these pages (any superset of the pages that changed).
   void update(const PageBitmap& pages);
+  // Page `page` holds `contents` (not read from memory: a post-copy receiver digests
+  // pages as they arrive, before the guest can change them).
+  void set_page(uint64_t page, std::span<const uint8_t, kPageSize> contents);
   MemorySum value() const;
   // Low 32 bits of a page's hash, as logged in Verify records.
   uint32_t page_hash32(uint64_t page) const { return uint32_t(hashes_[page][0]); }
@@ -37,7 +40,9 @@ class MemoryDigest {
   uint32_t current_hash32(uint64_t page) const;
 
  private:
+  static std::array<uint64_t, 2> HashBytes(uint64_t page, const uint8_t* contents);
   std::array<uint64_t, 2> hash_page(uint64_t page) const;
+  void Replace(uint64_t page, const std::array<uint64_t, 2>& h);
 
   const GuestMemory& memory_;
   std::vector<std::array<uint64_t, 2>> hashes_;

@@ -284,8 +284,11 @@ TEST(Pair, SecondaryBackAfterAnOutageGetsOnlyTheBlocksThatChanged) {
 // live, then a handover), and its results are those of a run that never moved.
 // `from_start`: the destination joins as the source's first secondary instead (it
 // boots from the image with a copy of the initial disk, replays, and asks for the
-// VM once it has caught up).
-void MigrateAndCompare(const std::vector<std::string>& app, bool from_start = false) {
+// VM once it has caught up). `postcopy`: the VM moves before its memory, which
+// follows while it runs on the destination.
+enum class Move { kLive, kFromStart, kPostcopy };
+void MigrateAndCompare(const std::vector<std::string>& app, Move how = Move::kLive) {
+  const bool from_start = how == Move::kFromStart;
   const std::string arbiter = ScratchPath("arbiter");
   ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
   const std::string sock = ScratchPath("mig.sock");
@@ -308,23 +311,46 @@ void MigrateAndCompare(const std::vector<std::string>& app, bool from_start = fa
     ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
     usleep(300000);  // the VM has been running for a while
   }
-  ProcessResult m = RunProcess({FtvmBinary(), "migrate", "--from", "shm:" + sock, "--arbiter", arbiter, "--disk",
-                                moved_disk, "--console", console},
-                               seconds(180), "mig-dest");
+  std::vector<std::string> migrate = {FtvmBinary(), "migrate", "--from", "shm:" + sock, "--arbiter", arbiter,
+                                      "--disk", moved_disk, "--console", console};
+  if (how == Move::kPostcopy) migrate.push_back("--postcopy");
+  ProcessResult m = RunProcess(migrate, seconds(180), "mig-dest");
   ProcessResult pr = p.Wait(seconds(60));
   EXPECT_EQ(pr.exit_code, 4) << "the source stops once the VM runs elsewhere: " << pr.err;
   EXPECT_NE(pr.err.find("handed the VM over"), std::string::npos) << pr.err;
   ASSERT_EQ(m.exit_code, 0) << m.err;
   EXPECT_NE(m.err.find("migrate: the VM ran here"), std::string::npos) << m.err;
+  if (how == Move::kPostcopy) {
+    // Every page arrived after the switch, and what arrived is the memory the VM left.
+    std::smatch pc;
+    ASSERT_TRUE(std::regex_search(m.err, pc, std::regex("post-copy: (\\d+) of (\\d+) pages arrived"))) << m.err;
+    EXPECT_EQ(pc[1], pc[2]);
+    EXPECT_EQ(std::stoul(pc[2]), 64u << 8) << "64 MiB of 4 KiB pages";
+    EXPECT_NE(m.err.find("memory=verified"), std::string::npos) << m.err;
+    EXPECT_NE(pr.err.find("primary.postcopy_done"), std::string::npos) << pr.err;
+  }
   // The source printed its part before the move, the destination the rest: the
   // result line comes from the destination and equals the unmoved run's.
   EXPECT_EQ(ReadFile(console), baseline.out) << "source printed: " << pr.out;
   EXPECT_TRUE(ReadFile(moved_disk) == ReadFile(baseline_disk)) << "the moved VM's disk differs from the unmoved run's";
 }
 
-TEST(Pair, MigrateAVmWritingMemory) {
-  MigrateAndCompare({"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg", "seconds=2"});
+// The same move while the guest writes its memory slowly, about as fast as the
+// copy goes, and faster (the copy throttles it), by pre-copy and by post-copy.
+class MigrateAtDirtyRate : public testing::TestWithParam<std::tuple<int, Move>> {};
+TEST_P(MigrateAtDirtyRate, ResultsEqualAnUnmovedRun) {
+  const auto [rate, how] = GetParam();
+  MigrateAndCompare({"--app", "dirty", "--arg", "mib=32", "--arg", "mib_per_s=" + std::to_string(rate), "--arg",
+                     "seconds=2"},
+                    how);
 }
+INSTANTIATE_TEST_SUITE_P(Pair, MigrateAtDirtyRate,
+                         testing::Combine(testing::Values(4, 64, 512), testing::Values(Move::kLive, Move::kPostcopy)),
+                         [](const testing::TestParamInfo<std::tuple<int, Move>>& info) {
+                           return std::to_string(std::get<0>(info.param)) + "MiBps" +
+                                  (std::get<1>(info.param) == Move::kPostcopy ? "Postcopy" : "Precopy");
+                         });
+
 TEST(Pair, MigrateAVmWritingItsDisk) {
   MigrateAndCompare({"--app", "disk", "--arg", "ops=3000", "--arg", "seed=5"});
 }
@@ -333,7 +359,83 @@ TEST(Pair, MigrateAVmWritingItsDisk) {
 TEST(Pair, MailStoreMigratesUnderLoadLosingNothing) { Drill({"--fault", "migrate"}, 2); }
 
 TEST(Pair, MigrateByReplayingFromTheStart) {
-  MigrateAndCompare({"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg", "seconds=2"}, true);
+  MigrateAndCompare({"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg", "seconds=2"},
+                    Move::kFromStart);
+}
+
+// Post-copy: the VM runs on the destination first, fetching each page it touches
+// from the source, which pushes the rest meanwhile; its disk went before.
+TEST(Pair, PostcopyMigrateAVmWritingItsDisk) {
+  MigrateAndCompare({"--app", "disk", "--arg", "ops=3000", "--arg", "seed=5"}, Move::kPostcopy);
+}
+// A protected VM moves too: its secondary is released (it stops, saying why), the
+// VM runs on at the destination with the results of a run that never moved, and a
+// plain secondary that comes meanwhile is told the VM has one already.
+TEST(Pair, MigrateAProtectedVm) {
+  const std::string arbiter = ScratchPath("arbiter");
+  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string sock = ScratchPath("prot.sock"), console = ScratchPath("prot.console");
+  const std::vector<std::string> app = {"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg",
+                                        "seconds=3"};
+  std::vector<std::string> run = {FtvmBinary(), "run", "--guest", GuestImage()};
+  run.insert(run.end(), app.begin(), app.end());
+  ProcessResult baseline = RunProcess(run, seconds(120), "prot-baseline");
+  ASSERT_EQ(baseline.exit_code, 0) << baseline.err;
+  std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
+                                   "--guest", GuestImage()};
+  argv.insert(argv.end(), app.begin(), app.end());
+  Process p = Process::Start(argv, "prot-primary");
+  Process s = Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter, "--console",
+                              ScratchPath("prot-secondary.console")},
+                             "prot-secondary");
+  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.protected", seconds(30))) << ReadFile(p.stderr_path());
+  usleep(300000);
+  ProcessResult other = RunProcess({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter},
+                                   seconds(60), "prot-other");
+  EXPECT_NE(other.exit_code, 0);
+  EXPECT_NE(other.err.find("protected by secondary already"), std::string::npos) << other.err;
+  ProcessResult m = RunProcess({FtvmBinary(), "migrate", "--from", "shm:" + sock, "--arbiter", arbiter, "--console",
+                                console},
+                               seconds(180), "prot-dest");
+  ProcessResult pr = p.Wait(seconds(60));
+  ProcessResult sr = s.Wait(seconds(60));
+  ASSERT_EQ(m.exit_code, 0) << m.err << "\nsource:\n" << pr.err << "\nold secondary:\n" << sr.err;
+  EXPECT_EQ(ReadFile(console), baseline.out);
+  EXPECT_EQ(pr.exit_code, 4) << pr.err;
+  EXPECT_NE(pr.err.find("primary.releasing_secondary"), std::string::npos) << pr.err;
+  EXPECT_EQ(sr.exit_code, 0) << sr.err;
+  EXPECT_NE(sr.err.find("released by the primary: the VM moves to"), std::string::npos) << sr.err;
+}
+
+// The mail store moves by post-copy under load, and the destination protects it
+// again once all its memory has arrived (the drill's host B listens for a secondary).
+TEST(Pair, MailStorePostcopyUnderLoadLosingNothing) { Drill({"--fault", "migrate", "--postcopy"}, 1); }
+
+// The source dies while the destination still misses pages: the VM is lost, and the
+// destination says so (exit 5) instead of running on with memory it never got.
+TEST(Pair, PostcopyWithTheSourceLostIsTheVmLostNotCorrupted) {
+  const std::string arbiter = ScratchPath("arbiter");
+  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string sock = ScratchPath("pc.sock"), console = ScratchPath("pc.console");
+  // 192 MiB written by the guest: post-copy takes a while to push it.
+  Process p = Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
+                              "--wait-secondary-s", "0", "--guest", GuestImage(), "--mem", "256", "--app", "dirty",
+                              "--arg", "mib=192", "--arg", "mib_per_s=400", "--arg", "seconds=30"},
+                             "pc-source");
+  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
+  usleep(1000000);  // the guest has written its memory
+  Process m = Process::Start({FtvmBinary(), "migrate", "--from", "shm:" + sock, "--arbiter", arbiter, "--console",
+                              console, "--postcopy"},
+                             "pc-dest");
+  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.postcopy ", seconds(60))) << ReadFile(p.stderr_path());
+  p.Signal(SIGKILL);
+  p.Wait(seconds(10));
+  ProcessResult r = m.Wait(seconds(60));
+  ASSERT_FALSE(r.timed_out) << "a destination missing pages must not hang: " << r.err;
+  EXPECT_EQ(r.exit_code, 5) << r.err;
+  EXPECT_NE(r.err.find("THE VM IS LOST"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("pages missing"), std::string::npos) << r.err;
+  EXPECT_EQ(ReadFile(console).find("dirty: mib=192"), std::string::npos) << "the lost VM must not finish its run";
 }
 
 // A primary whose would-be secondary misbehaves keeps its VM, unprotected.

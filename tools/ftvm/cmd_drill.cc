@@ -55,6 +55,7 @@ int DrillMain(int argc, char** argv) {
       ("workdir", po::value(&o.workdir), "scratch directory (disks, logs, consoles)")
       ("json", po::value(&json), "also write the rounds as JSON lines to FILE")
       ("keep", po::bool_switch(&o.keep), "keep the files of passing rounds too")
+      ("postcopy", po::bool_switch(&o.postcopy), "with --fault migrate: ftvm migrate --postcopy")
       ("standby", po::bool_switch(&o.standby),
        "with --reprotect: host A's new secondary waits as a standby from the start and joins the survivor by itself")
       ("reprotect", po::bool_switch(&o.reprotect),

@@ -31,6 +31,7 @@ namespace po = boost::program_options;
 namespace {
 
 constexpr int kExitStoppedForPeer = 4;
+constexpr int kExitVmLost = 5;  // post-copy could not complete: no host has the VM
 
 std::string Percentiles(std::vector<uint64_t> ns) {
   if (ns.empty()) return "-";
@@ -200,6 +201,11 @@ int RunSecondary(int argc, char** argv, bool migrate) {
       ("console", po::value(&opts.console_path), "write the replica's console output to FILE")
       ("no-verify", po::bool_switch(&no_verify), "do not check the primary's state digests")
       ("connect-timeout-s", po::value(&connect_s)->default_value(connect_s), "keep trying to reach the primary this long");
+  if (migrate)
+    desc.add_options()("postcopy", po::bool_switch(&opts.postcopy),
+                       "run the VM here as soon as its registers, devices and disk are here, and fetch its memory "
+                       "while it runs (pages it touches first); the source is needed until all has arrived: if it is "
+                       "lost before, so is the VM (exit 5)");
   if (auto code = ParseCommandLine(argc, argv, desc, cmd,
                                    migrate ? "usage: ftvm migrate --from ADDR --arbiter DIR [--disk F] [--tap T] "
                                              "[--listen ADDR]\n"
@@ -227,15 +233,24 @@ int RunSecondary(int argc, char** argv, bool migrate) {
     if (migrate && r.outcome == secondary::SecondaryOutcome::kWentLive && r.handover_requested_at_ns != 0)
       std::fprintf(stderr, "migrate: the VM ran here %.1f ms after this host asked for it\n",
                    double(r.live_at_ns - r.handover_requested_at_ns) / 1e6);
+    if (r.postcopy.pages != 0)
+      std::fprintf(stderr, "migrate: post-copy: %llu of %llu pages arrived, %llu fetched on demand (waits p50 %.2f ms, "
+                   "p99 %.2f ms), in %.1f ms\n",
+                   static_cast<unsigned long long>(r.postcopy.received_pages),
+                   static_cast<unsigned long long>(r.postcopy.pages), static_cast<unsigned long long>(r.postcopy.faults),
+                   double(r.postcopy.fault_wait_p50_ns) / 1e6, double(r.postcopy.fault_wait_p99_ns) / 1e6,
+                   double(r.postcopy.complete_ns) / 1e6);
     if (migrate && r.outcome != secondary::SecondaryOutcome::kWentLive) {
       std::fprintf(stderr, "ftvm migrate: the VM did not move here\n");
       if (r.outcome == secondary::SecondaryOutcome::kPrimaryEnded) return kExitVmmError;
     }
     switch (r.outcome) {
       case secondary::SecondaryOutcome::kPrimaryEnded: return 0;
+      case secondary::SecondaryOutcome::kReleased: return 0;
       case secondary::SecondaryOutcome::kWentLive: return guest;
       case secondary::SecondaryOutcome::kStoppedForPeer: return kExitStoppedForPeer;
       case secondary::SecondaryOutcome::kDiverged: return 1;
+      case secondary::SecondaryOutcome::kVmLost: return kExitVmLost;
       default: return kExitVmmError;
     }
   } catch (const Error& e) {

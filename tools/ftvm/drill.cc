@@ -386,13 +386,13 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   // Host B: a secondary from the start; for a migration, `ftvm migrate` at the fault.
   const bool migrate = o.fault == Fault::kMigrate;
   auto start_b = [&] {
-    return std::make_unique<Child>(
-        std::vector<std::string>{"ip", "netns", "exec", net.ns("b"), o.ftvm, migrate ? "migrate" : "secondary",
-                                 migrate ? "--from" : "--connect", address, "--arbiter", arbiter, "--name", "hostB",
-                                 "--disk", dir + "/diskB.img", "--tap", "vmtap", "--console",
-                                 dir + "/secondary.console", "--witness", DrillNet::kWitness, "--listen",
-                                 reprotect_address},
-        dir + "/secondary.out", dir + "/secondary.err");
+    std::vector<std::string> args = {"ip", "netns", "exec", net.ns("b"), o.ftvm, migrate ? "migrate" : "secondary",
+                                     migrate ? "--from" : "--connect", address, "--arbiter", arbiter, "--name", "hostB",
+                                     "--disk", dir + "/diskB.img", "--tap", "vmtap", "--console",
+                                     dir + "/secondary.console", "--witness", DrillNet::kWitness, "--listen",
+                                     reprotect_address};
+    if (migrate && o.postcopy) args.push_back("--postcopy");
+    return std::make_unique<Child>(args, dir + "/secondary.out", dir + "/secondary.err");
   };
   std::unique_ptr<Child> secondary = migrate ? nullptr : start_b();
   std::unique_ptr<Child> third;  // --reprotect: host A back, as the survivor's new secondary

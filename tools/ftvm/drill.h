@@ -47,6 +47,8 @@ struct DrillOptions {
   // With reprotect: host A's new secondary starts before the fault, as a standby
   // that keeps trying the survivor's address and joins by itself once it listens.
   bool standby = false;
+  // With fault migrate: ftvm migrate --postcopy (the VM moves before its memory).
+  bool postcopy = false;
 };
 
 struct RoundReport {
