@@ -366,6 +366,9 @@ bool ProtectedPrimary::ReleaseSecondary(const std::string& why) {
                  std::chrono::milliseconds(100)).ok();
   log::info("primary.releasing_secondary", {{"reason", why}});
   SecondaryLost("released: " + why, false);
+  // The monitor may have found it gone first and be claiming the arbiter right now:
+  // wait for whichever claim settles it.
+  for (int i = 0; i < 5000 && report().protection == Protection::kProtected; ++i) usleep(1000);
   return report().protection == Protection::kUnprotected;
 }
 

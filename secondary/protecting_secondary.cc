@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
+#include <optional>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -232,21 +234,88 @@ void ProtectingSecondary::ReceiveLiveState(const vmm::VmConfig& config) {
                                          {"ms", (clock_.monotonic_ns() - t0) / 1000000}});
 }
 
-void ProtectingSecondary::CheckHostMemory(uint64_t mem_mib) {
-  // MemAvailable: what the kernel can give without swapping.
+namespace {
+
+// A "Key: N kB" line of /proc/meminfo, in KiB.
+std::optional<uint64_t> ReadMeminfo(const char* key) {
   std::FILE* f = std::fopen("/proc/meminfo", "re");
-  if (f == nullptr) return;  // not Linux-like enough to tell: let the mapping fail later
+  if (f == nullptr) return std::nullopt;
   std::unique_ptr<std::FILE, decltype(&std::fclose)> guard(f, &std::fclose);
   char line[256];
+  const size_t n = std::strlen(key);
   while (std::fgets(line, sizeof line, f) != nullptr) {
     unsigned long long kib = 0;
-    if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) {
-      if (kib / 1024 < mem_mib)
-        throw Error("this host has " + std::to_string(kib / 1024) + " MiB of memory available, the VM needs " +
-                    std::to_string(mem_mib) + " MiB");
-      return;
+    if (std::strncmp(line, key, n) == 0 && std::sscanf(line + n, " %llu kB", &kib) == 1) return uint64_t(kib);
+  }
+  return std::nullopt;
+}
+
+// A number read from a one-line file; nullopt when absent or "max".
+std::optional<uint64_t> ReadNumber(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "re");
+  if (f == nullptr) return std::nullopt;
+  std::unique_ptr<std::FILE, decltype(&std::fclose)> guard(f, &std::fclose);
+  unsigned long long v = 0;
+  if (std::fscanf(f, "%llu", &v) != 1) return std::nullopt;
+  return uint64_t(v);
+}
+
+// What a memory cgroup this process is in (or one above it) still allows, in bytes,
+// and which; nullopt when no limit applies. cgroup v2 (memory.max) and v1
+// (memory.limit_in_bytes).
+std::optional<uint64_t> CgroupMemoryLeft(std::string* which) {
+  std::FILE* f = std::fopen("/proc/self/cgroup", "re");
+  if (f == nullptr) return std::nullopt;
+  std::unique_ptr<std::FILE, decltype(&std::fclose)> guard(f, &std::fclose);
+  std::optional<uint64_t> left;
+  char line[1024];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    std::string l(line);
+    if (!l.empty() && l.back() == '\n') l.pop_back();
+    const size_t a = l.find(':'), b = l.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    const std::string controllers = l.substr(a + 1, b - a - 1);
+    std::string path = l.substr(b + 1);
+    const bool v2 = l.substr(0, a) == "0" && controllers.empty();
+    if (!v2 && controllers != "memory") continue;
+    const std::string root = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
+    const std::string limit_file = v2 ? "memory.max" : "memory.limit_in_bytes";
+    const std::string usage_file = v2 ? "memory.current" : "memory.usage_in_bytes";
+    for (;;) {
+      const std::string dir = root + (path == "/" ? "" : path);
+      const std::optional<uint64_t> limit = ReadNumber(dir + "/" + limit_file);
+      const std::optional<uint64_t> usage = ReadNumber(dir + "/" + usage_file);
+      if (limit && usage && *limit < (uint64_t(1) << 60)) {
+        const uint64_t l2 = *limit > *usage ? *limit - *usage : 0;
+        if (!left || l2 < *left) {
+          left = l2;
+          *which = dir + "/" + limit_file;
+        }
+      }
+      if (path.empty() || path == "/") break;
+      path = path.substr(0, path.rfind('/'));
+      if (path.empty()) path = "/";
     }
   }
+  return left;
+}
+
+}  // namespace
+
+void ProtectingSecondary::CheckHostMemory(uint64_t mem_mib) {
+  // MemAvailable: what the kernel can give without swapping; less under a memory
+  // cgroup's limit (a container).
+  std::optional<uint64_t> available_mib;
+  if (std::optional<uint64_t> kib = ReadMeminfo("MemAvailable:")) available_mib = *kib / 1024;
+  std::string cgroup;
+  if (std::optional<uint64_t> left = CgroupMemoryLeft(&cgroup); left && (!available_mib || *left >> 20 < *available_mib))
+    available_mib = *left >> 20;
+  else
+    cgroup.clear();
+  if (available_mib && *available_mib < mem_mib)
+    throw Error("this host has " + std::to_string(*available_mib) + " MiB of memory available" +
+                (cgroup.empty() ? std::string() : " (under the limit in " + cgroup + ")") + ", the VM needs " +
+                std::to_string(mem_mib) + " MiB");
 }
 
 void ProtectingSecondary::SendAck(std::chrono::nanoseconds timeout) {

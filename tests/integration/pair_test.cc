@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -234,6 +235,44 @@ TEST(Pair, LiveCopyThatCannotConvergeLeavesTheVmRunning) {
   EXPECT_EQ(r.primary.err.find("primary: protected"), std::string::npos) << r.primary.err;
   EXPECT_NE(r.secondary.exit_code, 0) << r.secondary.err;
   EXPECT_NE(r.secondary.err.find("live copy from"), std::string::npos) << r.secondary.err;
+}
+
+// A destination that cannot give the VM its memory (here: a memory cgroup that
+// allows it less) says so before anything is copied, and the source runs on.
+TEST(Pair, DestinationWithTooLittleMemoryRefusesAndTheVmRunsOn) {
+  std::string own;
+  {
+    std::istringstream in(ReadFile("/proc/self/cgroup"));
+    for (std::string line; std::getline(in, line);)
+      if (line.find(":memory:") != std::string::npos) own = line.substr(line.find(":memory:") + 8);
+  }
+  std::string cgroup = "/sys/fs/cgroup/memory" + (own == "/" ? "" : own) + "/ftvm-test-" + std::to_string(getpid());
+  if (own.empty()) cgroup = "/sys/fs/cgroup/ftvm-test-" + std::to_string(getpid());  // cgroup v2
+  ASSERT_EQ(mkdir(cgroup.c_str(), 0755), 0) << cgroup << ": " << strerror(errno);
+  const bool v2 = own.empty();
+  {
+    std::ofstream limit(cgroup + (v2 ? "/memory.max" : "/memory.limit_in_bytes"));
+    limit << (128 << 20);
+  }
+  const std::string arbiter = ScratchPath("arbiter");
+  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string sock = ScratchPath("small.sock");
+  Process p = Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
+                              "--wait-secondary-s", "0", "--guest", GuestImage(), "--mem", "512", "--app", "dirty",
+                              "--arg", "mib=8", "--arg", "mib_per_s=8", "--arg", "seconds=2"},
+                             "small-source");
+  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
+  ProcessResult m = RunProcess({"sh", "-c", "echo $$ > " + cgroup + "/cgroup.procs && exec \"$0\" \"$@\"",
+                                FtvmBinary(), "migrate", "--from", "shm:" + sock, "--arbiter", arbiter},
+                               seconds(60), "small-dest");
+  ProcessResult pr = p.Wait(seconds(60));
+  rmdir(cgroup.c_str());
+  EXPECT_EQ(m.exit_code, 125) << m.err;
+  EXPECT_NE(m.err.find("MiB of memory available (under the limit in " + cgroup), std::string::npos) << m.err;
+  EXPECT_NE(m.err.find("the VM needs 512 MiB"), std::string::npos) << m.err;
+  EXPECT_EQ(pr.exit_code, 0) << pr.err;
+  EXPECT_NE(pr.out.find("dirty: mib=8"), std::string::npos) << "the source ran its VM to the end: " << pr.out;
+  EXPECT_NE(pr.err.find("the secondary refused"), std::string::npos) << pr.err;
 }
 
 // A secondary that comes back after an outage with the disk it had: only the blocks
