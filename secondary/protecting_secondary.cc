@@ -79,6 +79,9 @@ void ProtectingSecondary::connect() {
                    std::chrono::seconds(5)).ok();
     return Error(why);
   };
+  if (options_.require_running && !hello.snapshot())
+    throw refuse("the VM at " + channel_->peer() + " has not started yet: it waits for its first secondary, which "
+                 "`ftvm secondary` is");
   if (!hello.protected_by().empty() && !options_.handover)
     throw refuse("the VM is protected by " + hello.protected_by() + " already: it has one secondary at a time");
   if (hello.protocol_version() != replication::kProtocolVersion)

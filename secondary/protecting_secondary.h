@@ -50,6 +50,8 @@ struct SecondaryOptions {
   // soon as its registers, devices and disk have arrived; its memory follows while
   // it runs (migration/postcopy.h).
   bool postcopy = false;
+  // ftvm protect --attach: only a VM that runs already (joined by a live copy).
+  bool require_running = false;
   std::chrono::nanoseconds connect_timeout = std::chrono::seconds(60);
 };
 

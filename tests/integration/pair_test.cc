@@ -204,7 +204,8 @@ LiveAttach AttachToARunningVm(const std::vector<std::string>& primary_args) {
   // The VM runs unprotected for a while, then a secondary arrives.
   EXPECT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
   usleep(500000);
-  Process s = Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter, "--disk",
+  // ftvm protect --attach: a secondary for a VM that runs already.
+  Process s = Process::Start({FtvmBinary(), "protect", "--attach", "shm:" + sock, "--arbiter", arbiter, "--disk",
                               ScratchPath("live-replica.img"), "--console", ScratchPath("live.console")},
                              "live-secondary");
   LiveAttach r;
@@ -523,6 +524,17 @@ TEST_F(PrimaryWithBadPeer, PeerThatNeverAnswersTheHandshake) {
   EXPECT_EQ(hello.type(), replication::kHello);
   // ... and say nothing.
   ExpectUnprotectedRun(p, "did not answer the hello");
+}
+
+// ftvm protect --attach is for a VM that runs already; one that waits for its first
+// secondary gets a plain `ftvm secondary`.
+TEST_F(PrimaryWithBadPeer, AttachToAVmThatHasNotStartedIsRefused) {
+  Process p = StartPrimary();
+  ProcessResult a = RunProcess({FtvmBinary(), "protect", "--attach", "shm:" + sock_, "--arbiter", arbiter_},
+                               seconds(60), "attach");
+  EXPECT_EQ(a.exit_code, 125) << a.err;
+  EXPECT_NE(a.err.find("has not started yet"), std::string::npos) << a.err;
+  ExpectUnprotectedRun(p, "has not started yet");
 }
 
 TEST_F(PrimaryWithBadPeer, SecondaryOfAnotherProtocolVersion) {

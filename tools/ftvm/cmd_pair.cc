@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 
@@ -171,13 +172,16 @@ int PrimaryMain(int argc, char** argv) {
 
 namespace {
 
-// `ftvm secondary`, and `ftvm migrate` (`migrate`: a secondary that asks for the VM
-// once it has caught up).
-int RunSecondary(int argc, char** argv, bool migrate) {
+// `ftvm secondary`, `ftvm migrate` (a secondary that asks for the VM once it has
+// caught up) and `ftvm protect --attach` (a secondary for a VM that runs already).
+enum class Joiner { kSecondary, kMigrate, kAttach };
+int RunSecondary(int argc, char** argv, Joiner as) {
   BlockStopSignals();
-  const char* cmd = migrate ? "migrate" : "secondary";
+  const bool migrate = as == Joiner::kMigrate;
+  const char* cmd = migrate ? "migrate" : as == Joiner::kAttach ? "protect --attach" : "secondary";
   secondary::SecondaryOptions opts;
   opts.handover = migrate;
+  opts.require_running = as == Joiner::kAttach;
   bool no_verify = false;
   double connect_s = double(opts.connect_timeout.count()) / 1e9;
   po::options_description desc(std::string("ftvm ") + cmd + " options");
@@ -185,6 +189,10 @@ int RunSecondary(int argc, char** argv, bool migrate) {
   if (migrate)
     desc.add_options()("from", po::value(&opts.connect)->required(),
                        "the channel address of the primary (ftvm primary --listen) whose VM moves here");
+  else if (as == Joiner::kAttach)
+    desc.add_options()("attach", po::value(&opts.connect)->required(),
+                       "the channel address of the running VM's primary (ftvm primary --listen): this host becomes "
+                       "its secondary, by a live copy of its memory and disk, then replay");
   else
     desc.add_options()("connect", po::value(&opts.connect)->required(), "the primary's channel address");
   desc.add_options()
@@ -209,7 +217,9 @@ int RunSecondary(int argc, char** argv, bool migrate) {
   if (auto code = ParseCommandLine(argc, argv, desc, cmd,
                                    migrate ? "usage: ftvm migrate --from ADDR --arbiter DIR [--disk F] [--tap T] "
                                              "[--listen ADDR]\n"
-                                           : "usage: ftvm secondary --connect ADDR --arbiter DIR [--disk F] [--tap T]\n"))
+                                   : as == Joiner::kAttach
+                                       ? "usage: ftvm protect --attach ADDR --arbiter DIR [--disk F] [--tap T]\n"
+                                       : "usage: ftvm secondary --connect ADDR --arbiter DIR [--disk F] [--tap T]\n"))
     return *code;
   opts.verify = !no_verify;
   opts.connect_timeout = std::chrono::nanoseconds(int64_t(connect_s * 1e9));
@@ -264,8 +274,8 @@ int RunSecondary(int argc, char** argv, bool migrate) {
 
 }  // namespace
 
-int SecondaryMain(int argc, char** argv) { return RunSecondary(argc, argv, false); }
-int MigrateMain(int argc, char** argv) { return RunSecondary(argc, argv, true); }
+int SecondaryMain(int argc, char** argv) { return RunSecondary(argc, argv, Joiner::kSecondary); }
+int MigrateMain(int argc, char** argv) { return RunSecondary(argc, argv, Joiner::kMigrate); }
 
 namespace {
 
@@ -288,6 +298,9 @@ void CopyFileOrThrow(const std::string& from, const std::string& to) {
 // `ftvm protect`: a protected pair on this one host, for demos: the secondary runs as
 // a child process over a shared-memory channel, with its own copy of the disk.
 int ProtectMain(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::strcmp(argv[i], "--attach") == 0 || std::strncmp(argv[i], "--attach=", 9) == 0)
+      return RunSecondary(argc, argv, Joiner::kAttach);
   BlockStopSignals();
   VmOptions vm;
   primary::PrimaryOptions opts;
