@@ -144,6 +144,7 @@ std::string PrecopySender::copy_while_running() {
     pending_pages_ = vmm::PageBitmap(memory_bytes / kPage);  // collects the working set
   }
   if (why.empty() && disk_fd_) why = receiver_disk_.empty() ? SendDiskExtents() : SendDiskDifferences();
+  if (why.empty()) why = WaitForReceiver();
   if (!why.empty()) {
     Release();
     return why;
@@ -215,6 +216,7 @@ std::string PrecopySender::copy_while_running() {
     round_start = now;
     why = SendPages(pages);
     if (why.empty() && disk_fd_) why = SendDiskBlocks(blocks);
+    if (why.empty()) why = WaitForReceiver();
     if (!why.empty()) {
       Release();
       return why;
@@ -232,11 +234,28 @@ std::string PrecopySender::finish_at_boundary(vmm::PageBitmap& final_pages) {
     why = SendDiskBlocks(disk_written_);
     stats_.final_disk_bytes = stats_.disk_bytes_sent - before;
   }
+  if (why.empty() && options_.copy_memory) why = SendPages(final_pages);
   vm_.stop_write_tracking();
   tracking_ = false;
   vm_.set_throttle_percent(0);
   stats_.final_pages = final_pages.count();
   return why;
+}
+
+std::string PrecopySender::WaitForReceiver() {
+  const uint64_t deadline = clock_.monotonic_ns() + uint64_t(options_.send_timeout.count());
+  transport::Message msg;
+  while (applied_bytes_ < stats_.bytes_sent) {
+    const uint64_t now = clock_.monotonic_ns();
+    if (now >= deadline) return "the receiver applied nothing for " + std::to_string(options_.send_timeout.count() / 1'000'000'000) + " s";
+    transport::RecvResult r = channel_.recv(msg, std::chrono::nanoseconds(deadline - now));
+    if (r.timed_out()) continue;
+    if (!r.is_message()) return "the receiver went away during the live copy: " + r.message;
+    if (msg.type() != kMsgCopyProgress || msg.size() != 8)
+      return "the receiver sent message type " + std::to_string(msg.type()) + " during the live copy";
+    applied_bytes_ = std::max(applied_bytes_, eventlog::GetLe64(msg.payload().data()));
+  }
+  return "";
 }
 
 std::string PrecopySender::send_manifest(StateManifest manifest) {
@@ -373,9 +392,15 @@ StateManifest StateReceiver::receive(transport::Channel& channel, std::chrono::n
                                         {"pages", pages_},
                                         {"disk_mib", disk_received_ >> 20}});
     }
+    // How far it got, so that the sender's rounds follow what is applied here.
+    auto progress = [&] {
+      uint8_t applied[8];
+      eventlog::PutLe64(applied, applied_bytes_ += msg.size());
+      channel.send(kMsgCopyProgress, applied, std::chrono::seconds(1)).ok();  // a lost sender shows in recv
+    };
     switch (msg.type()) {
-      case kMsgMemoryPages: ApplyPages(msg.payload()); break;
-      case kMsgDiskData: ApplyDisk(msg.payload()); break;
+      case kMsgMemoryPages: ApplyPages(msg.payload()); progress(); break;
+      case kMsgDiskData: ApplyDisk(msg.payload()); progress(); break;
       case kMsgStateManifest: {
         StateManifest m;
         if (!m.ParseFromArray(msg.payload().data(), int(msg.size())))

@@ -54,6 +54,11 @@ inline constexpr uint8_t kMsgStateManifest = 10;
 // u64 hashes (BlockHash) of consecutive 4 KiB blocks. The first round then sends
 // only the blocks whose contents differ.
 inline constexpr uint8_t kMsgDiskHashes = 14;
+// Receiver -> sender, after each MemoryPages or DiskData message it has applied: u64
+// bytes applied so far. A round ends when everything sent has been applied, so the
+// rates the sender measures are end to end, and no round is still queued in the
+// channel when the VM pauses.
+inline constexpr uint8_t kMsgCopyProgress = 17;
 
 // The hash a resync compares a disk block by (XXH3-64 of its 4 KiB; a short last
 // block is hashed as it is).
@@ -142,8 +147,9 @@ class PrecopySender {
   // up (returns why; tracking is stopped and the guest unthrottled). The VM runs.
   std::string copy_while_running();
   // At a boundary, after copy_while_running() succeeded: sends the disk blocks the
-  // VM wrote since the last round and stops tracking. `final_pages` gets the memory
-  // pages written since the last round: the opening checkpoint must carry them.
+  // VM wrote since the last round, then the memory pages (straight from guest
+  // memory: the pause costs a copy, not a checkpoint's compression), and stops
+  // tracking. `final_pages` gets those pages (post-copy: the working set, not sent).
   // Returns "" or why it failed.
   std::string finish_at_boundary(vmm::PageBitmap& final_pages);
   // Sends the manifest that ends the state stream.
@@ -157,6 +163,8 @@ class PrecopySender {
   std::string SendDiskExtents();
   std::string SendDiskDifferences();
   std::string SendDisk(uint64_t offset, uint64_t bytes);
+  // Waits until the receiver has applied everything sent so far. "" or why not.
+  std::string WaitForReceiver();
   void Release();
 
   RunningVm& vm_;
@@ -171,6 +179,7 @@ class PrecopySender {
   vmm::PageBitmap pending_blocks_;
   std::vector<uint64_t> receiver_disk_;  // block hashes of the receiver's disk, if it has one
   bool tracking_ = false;
+  uint64_t applied_bytes_ = 0;  // by the receiver (kMsgCopyProgress)
   PrecopyStats stats_;
 };
 
@@ -210,6 +219,7 @@ class StateReceiver {
   uint64_t pages_ = 0;
   uint64_t disk_received_ = 0;
   uint64_t received_bytes_ = 0;  // everything, for progress
+  uint64_t applied_bytes_ = 0;   // of memory pages and disk data: what the sender counts
   uint64_t last_progress_ = 0;
 };
 

@@ -277,8 +277,9 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     if (why = sender->finish_at_boundary(final_pages); !why.empty()) return;
     const uint64_t p1 = clock_.monotonic_ns();
     final_copy_ns = p1 - p0;
-    // Post-copy: the checkpoint carries no memory; the pages the VM wrote while the
-    // disk was copied go first after the switch.
+    // The checkpoint carries no memory: the last pages went with the state, and
+    // post-copy sends them (the pages the VM wrote while the disk was copied) first
+    // after the switch.
     const vmm::PageBitmap none(final_pages.pages());
     // A protected VM that moves: its secondary goes first (this snapshot starts a new
     // log, which the old one's stream cannot follow).
@@ -286,7 +287,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
       why = "the old secondary took the VM over first";
       return;
     }
-    Recorder::SnapshotStart snap = recorder_->snapshot_start(postcopy ? &none : &final_pages);
+    Recorder::SnapshotStart snap = recorder_->snapshot_start(&none);
     // From here memory stays as it is: the destination may ask for pages already
     // while it sets up (HandleMessage answers them in the pause).
     if (postcopy)
@@ -499,6 +500,8 @@ void ProtectedPrimary::HandleMessage(const transport::Message& msg) {
     if (!handover_.joinable()) handover_ = std::thread([this] { HandOver(); });
   } else if (msg.type() == replication::kHandoverDone) {
     handed_over_ = true;
+  } else if (msg.type() == migration::kMsgCopyProgress) {
+    // The live copy's last progress reports, from the pause.
   } else if (msg.type() == replication::kPageRequest && postcopy_) {
     // In the pause of a post-copy handover: the destination's replica is setting up.
     if (std::string why = postcopy_->answer(msg); !why.empty())

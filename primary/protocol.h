@@ -65,6 +65,7 @@ enum MsgType : uint8_t {
   // After a post-copy handover (migration/postcopy.h):
   kPageRequest = migration::kMsgPageRequest,
   kPostcopyDone = migration::kMsgPostcopyDone,
+  kCopyProgress = migration::kMsgCopyProgress,  // during a live copy
 };
 
 struct LogDataHeader {

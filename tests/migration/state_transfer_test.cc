@@ -255,8 +255,10 @@ TEST(StateTransfer, ThrottlesAVmThatOutrunsTheCopy) {
   auto pair = MakePair(Kind::kTcp);
   WritingVm vm(0, 64, 11);  // the same amount left after every round
   auto replica = vmm::GuestMemory::Create(kMemBytes);
+  const std::string replica_disk = TempFile("replica");
+  CreateSparseDisk(replica_disk, kDiskBytes);
   std::thread rx([&] {
-    StateReceiver receiver(replica, "", 0);
+    StateReceiver receiver(replica, replica_disk, kDiskBytes);
     try {
       receiver.receive(*pair.b, 30s);
     } catch (const Error&) {
@@ -277,6 +279,7 @@ TEST(StateTransfer, ThrottlesAVmThatOutrunsTheCopy) {
   }
   pair.a->close();
   rx.join();
+  unlink(replica_disk.c_str());
   // Rounds 2 and 3 found as much left as the round before: 30%, then 60% (the cap).
   EXPECT_EQ(throttle_seen, 60u);
   EXPECT_EQ(vm.throttle(), 0u) << "the sender must unthrottle when it is done";
