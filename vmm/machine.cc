@@ -204,6 +204,12 @@ int Machine::run() {
   event_thread_ = std::thread([this] { EventThread(); });
   RunResult result = backend_->run(*this);
   stats_.run_ns = clock_.monotonic_ns() - start_ns_;
+  {
+    // A task asked for now waits for nothing: the VM is gone.
+    std::lock_guard<std::mutex> lock(task_mu_);
+    tasks_closed_ = true;
+  }
+  task_cv_.notify_all();
   stop();
   event_thread_.join();
   if (hooks_ != nullptr) {
@@ -363,6 +369,7 @@ void Machine::EventThread() {
 }
 
 void Machine::ServiceDevices() {
+  if (task_waiting_.load(std::memory_order_acquire)) RunVcpuTask();
   // Cleared before the bits are taken: an event landing in between sets it again.
   host_events_since_ns_.store(0, std::memory_order_release);
   uint64_t fired = host_events_.exchange(0, std::memory_order_acq_rel);
@@ -601,6 +608,47 @@ uint64_t Machine::guest_clock_ns() const { return clock_dev_->now_ns(); }
 
 void Machine::track_disk_writes(PageBitmap* blocks) {
   if (blk_ != nullptr) static_cast<VirtioBlk&>(blk_->backend()).track_writes(blocks);
+}
+
+void Machine::set_disk_observer(DiskWriteObserver* observer) {
+  if (blk_ != nullptr) static_cast<VirtioBlk&>(blk_->backend()).set_write_observer(observer);
+}
+
+void Machine::switch_disk(const std::string& path) {
+  if (blk_ == nullptr) throw Error("this VM has no disk to switch");
+  static_cast<VirtioBlk&>(blk_->backend()).switch_image(path);
+  config_.disk = path;
+}
+
+std::string Machine::disk_path() const {
+  return blk_ != nullptr ? static_cast<const VirtioBlk&>(blk_->backend()).path() : std::string();
+}
+
+bool Machine::run_on_vcpu(const std::function<void()>& task) {
+  std::unique_lock<std::mutex> lock(task_mu_);
+  task_cv_.wait(lock, [&] { return task_ == nullptr || tasks_closed_; });
+  if (tasks_closed_) return false;
+  task_ = &task;
+  task_done_ = false;
+  task_waiting_.store(true, std::memory_order_release);
+  lock.unlock();
+  notify_host_event();  // a VM idle in WAIT services its devices now
+  lock.lock();
+  task_cv_.wait(lock, [&] { return task_done_ || tasks_closed_; });
+  const bool done = task_done_;
+  if (task_ == &task) task_ = nullptr;
+  task_waiting_.store(false, std::memory_order_release);
+  task_cv_.notify_all();
+  return done;
+}
+
+void Machine::RunVcpuTask() {
+  std::lock_guard<std::mutex> lock(task_mu_);
+  if (task_ == nullptr || task_done_) return;
+  (*task_)();
+  task_done_ = true;
+  task_waiting_.store(false, std::memory_order_release);
+  task_cv_.notify_all();
 }
 
 }  // namespace ftvm::vmm

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -19,6 +20,7 @@
 #include "vmm/cpu_backend.h"
 #include "vmm/devices/device.h"
 #include "vmm/devices/device_io.h"
+#include "vmm/devices/disk_observer.h"
 #include "vmm/execution.h"
 #include "vmm/guest_memory.h"
 #include "vmm/page_bitmap.h"
@@ -127,6 +129,18 @@ class Machine final : private ExitHandler, private DeviceIo {
   // Marks every 4 KiB block of the disk image that guest writes reach from now on
   // in `blocks` (null: stop); no-op without a disk. vCPU thread (a boundary task).
   void track_disk_writes(PageBitmap* blocks);
+  // Tells `observer` every write and flush the disk completes from now on, in
+  // completion order (null: stop); no-op without a disk. Before run(), or on the
+  // vCPU thread (run_on_vcpu).
+  void set_disk_observer(DiskWriteObserver* observer);
+  // Carries on with the disk image at `path` (same size) instead of the current one;
+  // vCPU thread (run_on_vcpu). Throws ftvm::Error; the old image stays then.
+  void switch_disk(const std::string& path);
+  // The disk image the VM uses now ("" without a disk).
+  std::string disk_path() const;
+  // Thread-safe (not from the vCPU thread): runs `task` on the vCPU thread the next
+  // time it services devices (between guest exits: no device request is half done) and waits for it. False when the VM ended first.
+  bool run_on_vcpu(const std::function<void()>& task);
   // Recording: kick the vCPU when host events have waited this long (0: never).
   void set_forced_exit_after_ns(uint64_t ns) { forced_exit_ns_.store(ns, std::memory_order_release); }
 
@@ -227,6 +241,15 @@ class Machine final : private ExitHandler, private DeviceIo {
 
   MachineStats stats_;
   uint64_t start_ns_ = 0;
+
+  // run_on_vcpu: one task at a time, guarded by task_mu_.
+  void RunVcpuTask();
+  std::mutex task_mu_;
+  std::condition_variable task_cv_;
+  const std::function<void()>* task_ = nullptr;
+  bool task_done_ = false;
+  bool tasks_closed_ = false;  // the run loop ended
+  std::atomic<bool> task_waiting_{false};
 };
 
 }  // namespace ftvm::vmm

@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "tools/ftvm/commands.h"
 #include "tools/ftvm/vm_runner.h"
+#include "tools/ftvm/vm_storage.h"
 
 namespace ftvm::cli {
 namespace po = boost::program_options;
@@ -12,13 +13,15 @@ namespace po = boost::program_options;
 int RunMain(int argc, char** argv) {
   BlockStopSignals();
   VmOptions vm;
+  StorageCliOptions st;
   po::options_description desc("ftvm run options");
   desc.add_options()("help,h", "show this help");
   desc.add(vm.describe());
+  desc.add(st.describe());
   if (auto code = ParseCommandLine(argc, argv, desc, "run",
                                    "usage: ftvm run --guest IMAGE --app NAME [options]\n"))
     return *code;
-  if (std::string bad = vm.apply(); !bad.empty()) {
+  if (std::string bad = vm.apply() + st.check(); !bad.empty()) {
     std::cerr << "ftvm run: " << bad << "\n";
     return kExitUsage;
   }
@@ -26,7 +29,9 @@ int RunMain(int argc, char** argv) {
     auto clock = MakeSystemClock();
     auto random = MakeSystemRandom();
     vmm::Machine machine(vm.config, *clock, *random);
+    VmStorage storage(st, machine, *clock);
     int code = RunUntilDone(machine);
+    storage.final_report();
     return code < 0 ? 0 : code;
   } catch (const Error& e) {
     std::cerr << "ftvm run: " << e.what() << "\n";
