@@ -542,11 +542,11 @@ void DiskMirror::SenderLoop() {
   }
 }
 
-bool DiskMirror::wait_synced(std::chrono::nanoseconds timeout) {
+bool DiskMirror::wait_synced(std::chrono::nanoseconds timeout, uint64_t max_behind) {
   const uint64_t deadline = clock_.monotonic_ns() + uint64_t(timeout.count());
   for (;;) {
     MirrorStatus s = status();
-    if (s.state == MirrorState::kStreaming && s.target_consistent && s.durable_seq == s.head_seq) return true;
+    if (s.state == MirrorState::kStreaming && s.target_consistent && s.durable_seq + max_behind >= s.head_seq) return true;
     if (clock_.monotonic_ns() >= deadline) return false;
     usleep(20000);
   }

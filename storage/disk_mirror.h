@@ -130,8 +130,9 @@ class DiskMirror final : public vmm::DiskWriteObserver {
   void disk_flushed() override;
 
   MirrorStatus status() const;
-  // Waits until the target is streaming with nothing left to send, or `timeout`.
-  bool wait_synced(std::chrono::nanoseconds timeout);
+  // Waits until the target is streaming, consistent, and durably holds all but at
+  // most `max_behind` of the guest's writes and flushes, or `timeout`.
+  bool wait_synced(std::chrono::nanoseconds timeout, uint64_t max_behind = 0);
   // With the guest's writes stopped (on the vCPU thread, or with no VM writing):
   // sends what is queued and waits until the target holds all of it durably. "" or
   // why not (not streaming, a failed link). A disk move's switch.
