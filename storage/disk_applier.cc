@@ -12,6 +12,10 @@
 
 namespace ftvm::storage {
 
+namespace {
+constexpr uint64_t kCatchupSyncBytes = 8u << 20;
+}  // namespace
+
 DiskApplier::DiskApplier(const std::string& path, uint64_t disk_bytes) : path_(path), disk_bytes_(disk_bytes) {
   fd_.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
   if (!fd_) throw SysError("replica disk " + path);
@@ -96,6 +100,14 @@ std::string DiskApplier::apply(const DecodedBatch& batch) {
         if (std::string e = Write(r.a, r.data); !e.empty()) return e;
         if (state_.stopped) return "";
         unsynced_blocks_ = true;
+        // A copy of a whole disk left to one fsync at its end makes a backlog of
+        // dirty pages that stalls every other fsync on the filesystem for hundreds
+        // of ms (the guest's flushes on the source image among them): write it back
+        // as it goes.
+        unsynced_block_bytes_ += r.b;
+        if (unsynced_block_bytes_ >= kCatchupSyncBytes) {
+          if (std::string e = sync(); !e.empty()) return "";
+        }
         break;
       case RecordKind::kCatchupEnd:
         if (state_.consistent) return "the end of a catch-up that did not begin";
@@ -132,6 +144,7 @@ std::string DiskApplier::sync() {
   }
   ++state_.syncs;
   unsynced_blocks_ = false;
+  unsynced_block_bytes_ = 0;
   if (!state_.consistent) return "";  // durable, but not a moment of the source's disk
   state_.durable_seq = state_.applied_seq;
   state_.durable_bytes = state_.applied_bytes;

@@ -71,6 +71,7 @@ class DiskApplier {
   uint64_t disk_bytes_ = 0;
   ApplierState state_;
   bool unsynced_blocks_ = false;   // catch-up blocks written since the last sync
+  uint64_t unsynced_block_bytes_ = 0;
   uint64_t applied_wall_ns_ = 0;   // source time of the last record applied
 };
 

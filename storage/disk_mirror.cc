@@ -21,6 +21,14 @@ using vmm::kPageSize;
 constexpr uint64_t kCopyBatchBytes = 4u << 20;  // catch-up blocks per message
 constexpr auto kLinkTimeout = std::chrono::seconds(30);
 
+// True when every hash is that of a block of zeros (a blank or sparse image).
+bool AllZeroBlocks(const std::vector<uint64_t>& hashes) {
+  static const uint64_t zero = migration::BlockHash(std::vector<uint8_t>(kPageSize, 0));
+  for (uint64_t h : hashes)
+    if (h != zero) return false;
+  return true;
+}
+
 uint64_t Micros(uint64_t from_ns, uint64_t to_ns) {
   return to_ns > from_ns ? std::min<uint64_t>((to_ns - from_ns) / 1000, UINT32_MAX) : 0;
 }
@@ -385,6 +393,8 @@ std::string DiskMirror::CatchUp(MirrorLink& link, vmm::PageBitmap blocks) {
     return "";
   };
   start_batch();
+  const uint64_t copy_t0 = clock_.monotonic_ns();
+  uint64_t copied = 0;
   for (unsigned round = 0;; ++round) {
     // A guest that writes faster than the copy goes would never leave the catch-up:
     // after a few rounds the last round may be larger (a longer wait for the vCPU).
@@ -428,6 +438,13 @@ std::string DiskMirror::CatchUp(MirrorLink& link, vmm::PageBitmap blocks) {
       if (err.empty() && batch.size() >= kCopyBatchBytes) {
         const uint64_t n = in_batch;
         err = seal_and_send(BatchHeader{records, 0, 0, clock_.wall_ns(), 0, 0, 0});
+        copied += batch.size();
+        if (options_.copy_rate != 0) {
+          // Sleep until the copy is back under its rate.
+          const uint64_t due = copy_t0 + copied * 1000000000ull / options_.copy_rate;
+          const uint64_t now = clock_.monotonic_ns();
+          if (due > now) usleep(useconds_t((due - now) / 1000));
+        }
         std::lock_guard<std::mutex> lock(mu_);
         counters_.blocks_copied += n;
         start_batch();
@@ -454,12 +471,19 @@ std::string DiskMirror::Serve(MirrorLink& link) {
     unacked_.clear();
     last_ack_ = Ack{};
   }
-  const std::vector<uint64_t> mine = migration::DiskBlockHashes(options_.disk_path);
   const std::vector<uint64_t>& theirs = link.target_hashes();
-  vmm::PageBitmap differ(mine.size());
-  for (size_t i = 0; i < mine.size(); ++i)
-    if (i >= theirs.size() || mine[i] != theirs[i]) differ.set(i);
-  log::info("dr.catch_up", {{"target", target_->describe()}, {"blocks", differ.count()}, {"of", uint64_t(mine.size())}});
+  vmm::PageBitmap differ;
+  if (AllZeroBlocks(theirs)) {
+    // A blank target (a new replica, a move's new image) lacks exactly our data
+    // blocks: no need to read and hash all of this disk to find them.
+    differ = vmm::FileDataPages(image_.get(), disk_bytes_);
+  } else {
+    const std::vector<uint64_t> mine = migration::DiskBlockHashes(options_.disk_path);
+    differ = vmm::PageBitmap(mine.size());
+    for (size_t i = 0; i < mine.size(); ++i)
+      if (i >= theirs.size() || mine[i] != theirs[i]) differ.set(i);
+  }
+  log::info("dr.catch_up", {{"target", target_->describe()}, {"blocks", differ.count()}, {"of", differ.pages()}});
   if (std::string e = CatchUp(link, std::move(differ)); !e.empty()) return e;
   uint64_t last_send = clock_.monotonic_ns();
   for (;;) {

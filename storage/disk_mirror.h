@@ -77,6 +77,9 @@ struct MirrorOptions {
   // A catch-up round with at most this many blocks left ends the catch-up (read while
   // the vCPU's writes wait: bounded).
   uint64_t final_round_blocks = 256;
+  // Catch-up copies go at most this fast (bytes/s; 0: as fast as they can), so that
+  // a copy does not crowd out the guest's own I/O and vCPU on a busy host.
+  uint64_t copy_rate = 0;
 };
 
 enum class MirrorState : uint8_t { kConnecting, kCatchingUp, kStreaming, kStopped };

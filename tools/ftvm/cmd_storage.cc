@@ -117,12 +117,15 @@ int DrStartMain(int argc, char** argv) {
 int MoveDiskMain(int argc, char** argv) {
   std::string control, to;
   bool keep_old = false;
+  double rate_mib = 0;
   po::options_description desc("ftvm move-disk options");
   desc.add_options()
       ("help,h", "show this help")
       ("control", po::value(&control)->required(), "the VMM's control socket (its --control PATH)")
       ("to", po::value(&to)->required(), "the new image path (must not exist)")
-      ("keep-old", po::bool_switch(&keep_old), "keep the old image after the switch (default: remove it)");
+      ("keep-old", po::bool_switch(&keep_old), "keep the old image after the switch (default: remove it)")
+      ("rate-mib", po::value(&rate_mib)->default_value(rate_mib),
+       "copy at most this many MiB/s, sparing the guest's own I/O (0: as fast as it goes)");
   if (auto code = ParseCommandLine(argc, argv, desc, "move-disk",
                                    "usage: ftvm move-disk --control PATH --to NEW_IMAGE [--keep-old]\n"))
     return *code;
@@ -130,6 +133,7 @@ int MoveDiskMain(int argc, char** argv) {
     control::Request req;
     req.mutable_move_disk()->set_new_path(to);
     req.mutable_move_disk()->set_keep_old(keep_old);
+    req.mutable_move_disk()->set_rate_mib(rate_mib);
     control::Reply r = control::Call(control, req, [](const std::string& line) {
       std::fprintf(stderr, "move-disk: %s\n", line.c_str());
     });

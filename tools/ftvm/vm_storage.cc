@@ -109,6 +109,7 @@ control::Reply VmStorage::MoveDisk(const control::Request& req, control::Respond
   mo.vm_name = machine_.config().app;
   mo.report = std::chrono::nanoseconds(0);
   mo.heartbeat = std::chrono::milliseconds(20);
+  mo.copy_rate = uint64_t(std::max(0.0, req.move_disk().rate_mib()) * double(1u << 20));
   auto mirror = std::make_unique<storage::DiskMirror>(storage::MakeLocalTarget(new_path), mo, clock_);
   auto detach = [&] { (void)machine_.run_on_vcpu([&] { taps_.remove(mirror.get()); }); };
   if (!machine_.run_on_vcpu([&] { taps_.add(mirror.get()); })) throw Error("the VM stopped");
