@@ -88,9 +88,9 @@ std::string DiskApplier::apply(const DecodedBatch& batch) {
         state_.applied_bytes = bytes;
         applied_wall_ns_ = wall;
         ++seq;
-        if (r.kind == RecordKind::kFlush) {
-          if (std::string e = sync(); !e.empty()) return "";  // stopped, said so
-        }
+        // A flush barrier: the caller fsyncs after the batches that arrived together
+        // (group commit; see disk_applier.h).
+        if (r.kind == RecordKind::kFlush) flush_pending_ = true;
         break;
       case RecordKind::kCatchupBegin:
         state_.consistent = false;
@@ -120,7 +120,7 @@ std::string DiskApplier::apply(const DecodedBatch& batch) {
         // exactly this at that moment.
         applied_wall_ns_ = wall;
         unsynced_blocks_ = true;
-        if (std::string e = sync(); !e.empty()) return "";
+        flush_pending_ = true;  // consistent again: worth making durable at once
         break;
     }
     ++state_.records;
@@ -144,6 +144,7 @@ std::string DiskApplier::sync() {
   }
   ++state_.syncs;
   unsynced_blocks_ = false;
+  flush_pending_ = false;
   unsynced_block_bytes_ = 0;
   if (!state_.consistent) return "";  // durable, but not a moment of the source's disk
   state_.durable_seq = state_.applied_seq;

@@ -164,7 +164,10 @@ DiskMirror::DiskMirror(std::unique_ptr<MirrorTarget> target, MirrorOptions optio
   reopen_image(options_.disk_path);
   dirty_ = vmm::PageBitmap((disk_bytes_ + kPageSize - 1) / kPageSize);
   ResetOpen();
-  thread_ = std::thread([this] { SenderLoop(); });
+}
+
+void DiskMirror::start() {
+  if (!thread_.joinable()) thread_ = std::thread([this] { SenderLoop(); });
 }
 
 DiskMirror::~DiskMirror() { stop(); }

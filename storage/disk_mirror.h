@@ -121,9 +121,13 @@ class DiskTaps final : public vmm::DiskWriteObserver {
 
 class DiskMirror final : public vmm::DiskWriteObserver {
  public:
-  // Starts the sender thread, which connects in the background. Throws ftvm::Error
-  // when the image cannot be opened.
+  // Throws ftvm::Error when the image cannot be opened. Nothing is sent before
+  // start().
   DiskMirror(std::unique_ptr<MirrorTarget> target, MirrorOptions options, Clock& clock);
+  // Starts the sender thread, which connects in the background. Call it only once
+  // the mirror observes the device: the first copy reads the image, and a write
+  // that reached it before the mirror saw writes, after that read, would be lost.
+  void start();
   ~DiskMirror() override;
   DiskMirror(const DiskMirror&) = delete;
   DiskMirror& operator=(const DiskMirror&) = delete;

@@ -64,6 +64,7 @@ TEST(DiskMirror, LocalTargetEndsEqualWithWritesRacingTheCopy) {
   }
   DiskMirror m(MakeLocalTarget(dst), Options(src), *clock);
   FakeDisk disk(src, m);
+  m.start();
   WriteRandom(disk, rng, 500);  // races the copy
   ASSERT_TRUE(m.wait_synced(20s)) << m.status().last_error;
   WriteRandom(disk, rng, 300);  // streamed
@@ -112,6 +113,7 @@ TEST(DiskMirror, OverflowFallsBackToCatchUpAndIsReportedInconsistent) {
   o.queue_bytes = 64u << 10;  // 15 writes
   DiskMirror m(std::make_unique<SlowTarget>(MakeLocalTarget(dst), delay), o, *clock);
   FakeDisk disk(src, m);
+  m.start();
   ASSERT_TRUE(m.wait_synced(20s)) << m.status().last_error;
   delay = 200;
   std::mt19937_64 rng(2);
@@ -159,6 +161,7 @@ TEST(DrReplica, KeepsAnEqualCopyAndReportsItsRecoveryPoint) {
   MirrorOptions o = Options(src);
   DiskMirror m(MakeChannelTarget(r.replica->address()), o, *clock);
   FakeDisk disk(src, m);
+  m.start();
   std::mt19937_64 rng(3);
   WriteRandom(disk, rng, 400);
   const uint64_t before_last = clock->wall_ns();

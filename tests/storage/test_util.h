@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "tests/support/harness.h"
 #include "vmm/devices/disk_observer.h"
 
 namespace ftvm::storage::testutil {
@@ -24,13 +25,10 @@ inline std::string ScratchDir(const std::string& tag) {
   return t;
 }
 
+// A whole file as bytes.
 inline std::vector<uint8_t> ReadAll(const std::string& path) {
-  std::vector<uint8_t> out;
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) throw SysError(path);
-  uint8_t buf[65536];
-  for (ssize_t n; (n = read(fd.get(), buf, sizeof buf)) > 0;) out.insert(out.end(), buf, buf + n);
-  return out;
+  const std::string s = itest::ReadFile(path);
+  return std::vector<uint8_t>(s.begin(), s.end());
 }
 
 inline void MakeImage(const std::string& path, uint64_t bytes) {

@@ -103,54 +103,60 @@ TEST(WriteStream, AckRoundTripAndVersion) {
   EXPECT_NE(DecodeAck(e, b).find("format 9"), std::string::npos);
 }
 
+// Decoded records point into their batch: `keep` holds it while they are used.
 TEST(DiskApplier, AppliesInOrderAndRefusesGaps) {
+  std::vector<uint8_t> keep;
   const std::string dir = ScratchDir("apply");
   const std::string img = dir + "/disk.img";
   DiskApplier ap(img, 64 * 1024);
   DecodedBatch d;
-  ASSERT_EQ(DecodeBatch(Builder().write(0, Bytes(4096, 1)).write(4096, Bytes(4096, 2)).seal(1, 2), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().write(0, Bytes(4096, 1)).write(4096, Bytes(4096, 2)).seal(1, 2), d), "");
   ASSERT_EQ(ap.apply(d), "");
   EXPECT_EQ(ap.state().applied_seq, 2u);
   EXPECT_EQ(ap.state().durable_seq, 0u);  // no flush yet
   // A gap: write 4 before 3 would reorder the guest's writes.
-  ASSERT_EQ(DecodeBatch(Builder().write(0, Bytes(4096, 9)).seal(4), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().write(0, Bytes(4096, 9)).seal(4), d), "");
   EXPECT_NE(ap.apply(d).find("applied up to 2"), std::string::npos);
   // A repeat is refused too.
-  ASSERT_EQ(DecodeBatch(Builder().write(0, Bytes(4096, 9)).seal(2), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().write(0, Bytes(4096, 9)).seal(2), d), "");
   EXPECT_NE(ap.apply(d), "");
   std::vector<uint8_t> img_bytes = ReadAll(img);
   EXPECT_EQ(img_bytes[0], 1);
   EXPECT_EQ(img_bytes[4096], 2);
   // A flush makes it durable, and the recovery point is the source's time then.
-  ASSERT_EQ(DecodeBatch(Builder().write(8192, Bytes(4096, 3)).mark(RecordKind::kFlush).seal(3, 4), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().write(8192, Bytes(4096, 3)).mark(RecordKind::kFlush).seal(3, 4), d), "");
   ASSERT_EQ(ap.apply(d), "");
+  EXPECT_TRUE(ap.flush_pending());
+  ASSERT_EQ(ap.sync(), "");
   EXPECT_EQ(ap.state().durable_seq, 4u);
   EXPECT_EQ(ap.state().durable_bytes, 4096u);  // batch byte positions start at 0 in this test
   EXPECT_EQ(ap.state().recovery_point_wall_ns, 2000000u);  // caught up with the head
   // Outside the disk: refused.
-  ASSERT_EQ(DecodeBatch(Builder().write(64 * 1024 - 100, Bytes(4096, 3)).seal(5), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().write(64 * 1024 - 100, Bytes(4096, 3)).seal(5), d), "");
   EXPECT_NE(ap.apply(d).find("outside"), std::string::npos);
 }
 
 TEST(DiskApplier, CatchUpIsInconsistentUntilItsEnd) {
+  std::vector<uint8_t> keep;
   const std::string dir = ScratchDir("catchup");
   DiskApplier ap(dir + "/disk.img", 64 * 1024);
   DecodedBatch d;
-  ASSERT_EQ(DecodeBatch(Builder().mark(RecordKind::kCatchupBegin).block(0, Bytes(4096, 5)).seal(0), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().mark(RecordKind::kCatchupBegin).block(0, Bytes(4096, 5)).seal(0), d), "");
   ASSERT_EQ(ap.apply(d), "");
   EXPECT_FALSE(ap.state().consistent);
   ASSERT_EQ(ap.sync(), "");
   EXPECT_EQ(ap.state().durable_seq, 0u);  // durable, but no moment of the source's disk
   // A guest write inside a catch-up is a protocol error.
-  ASSERT_EQ(DecodeBatch(Builder().write(0, Bytes(10, 1)).seal(1), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().write(0, Bytes(10, 1)).seal(1), d), "");
   EXPECT_NE(ap.apply(d), "");
-  ASSERT_EQ(DecodeBatch(Builder().block(4096, Bytes(4096, 6)).mark(RecordKind::kCatchupEnd, 41, 9999).seal(0, 41), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().block(4096, Bytes(4096, 6)).mark(RecordKind::kCatchupEnd, 41, 9999).seal(0, 41), d), "");
   ASSERT_EQ(ap.apply(d), "");
   EXPECT_TRUE(ap.state().consistent);
+  ASSERT_EQ(ap.sync(), "");
   EXPECT_EQ(ap.state().durable_seq, 41u);
   EXPECT_EQ(ap.state().durable_bytes, 9999u);
   // The stream continues right after the catch-up's sequence number.
-  ASSERT_EQ(DecodeBatch(Builder().write(0, Bytes(10, 1)).seal(42), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().write(0, Bytes(10, 1)).seal(42), d), "");
   EXPECT_EQ(ap.apply(d), "");
 }
 
@@ -163,6 +169,7 @@ TEST(DiskApplier, RefusesAnImageOfAnotherSize) {
 // A full filesystem under the replica: it stops applying, says why, and keeps the
 // prefix it had made durable. Needs root (a small tmpfs).
 TEST(DiskApplier, DiskFullStopsAndKeepsThePrefix) {
+  std::vector<uint8_t> keep;
   const std::string dir = ScratchDir("full");
   if (mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=256k") != 0) GTEST_SKIP() << "cannot mount a tmpfs: " << std::strerror(errno);
   struct Unmount {
@@ -171,13 +178,15 @@ TEST(DiskApplier, DiskFullStopsAndKeepsThePrefix) {
   } unmount{dir};
   DiskApplier ap(dir + "/disk.img", 4u << 20);  // sparse: 4 MiB on a 256 KiB filesystem
   DecodedBatch d;
-  ASSERT_EQ(DecodeBatch(Builder().write(0, Bytes(4096, 1)).mark(RecordKind::kFlush).seal(1, 2), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().write(0, Bytes(4096, 1)).mark(RecordKind::kFlush).seal(1, 2), d), "");
   ASSERT_EQ(ap.apply(d), "");
+  ASSERT_EQ(ap.sync(), "");
   ASSERT_EQ(ap.state().durable_seq, 2u);
   uint64_t seq = 3;
   for (int i = 1; i < 200 && !ap.state().stopped; ++i) {
-    ASSERT_EQ(DecodeBatch(Builder().write(uint64_t(i) * 16384, Bytes(16384, 2)).mark(RecordKind::kFlush).seal(seq), d), "");
+    ASSERT_EQ(DecodeBatch(keep = Builder().write(uint64_t(i) * 16384, Bytes(16384, 2)).mark(RecordKind::kFlush).seal(seq), d), "");
     ASSERT_EQ(ap.apply(d), "");
+    (void)ap.sync();
     if (!ap.state().stopped) seq += 2;
   }
   ASSERT_TRUE(ap.state().stopped);
@@ -185,7 +194,7 @@ TEST(DiskApplier, DiskFullStopsAndKeepsThePrefix) {
   EXPECT_EQ(ap.state().durable_seq, seq - 1);  // everything before the refused write
   EXPECT_TRUE(ap.state().consistent);
   // Later batches are ignored, not applied out of order.
-  ASSERT_EQ(DecodeBatch(Builder().write(0, Bytes(4096, 7)).seal(seq + 5), d), "");
+  ASSERT_EQ(DecodeBatch(keep = Builder().write(0, Bytes(4096, 7)).seal(seq + 5), d), "");
   EXPECT_EQ(ap.apply(d), "");
   EXPECT_EQ(ReadAll(dir + "/disk.img")[0], 1);
 }

@@ -10,6 +10,24 @@
 namespace ftvm::cli {
 namespace po = boost::program_options;
 
+int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options) {
+  try {
+    auto clock = MakeSystemClock();
+    auto random = MakeSystemRandom();
+    vmm::Machine machine(config, *clock, *random);
+    VmStorage storage(storage_options, machine, *clock);
+    int code = RunUntilDone(machine);
+    storage.final_report();
+    return code < 0 ? 0 : code;
+  } catch (const Error& e) {
+    std::cerr << "ftvm " << cmd << ": " << e.what() << "\n";
+    return kExitVmmError;
+  } catch (const std::exception& e) {
+    std::cerr << "ftvm " << cmd << ": internal error: " << e.what() << "\n";
+    return kExitVmmError;
+  }
+}
+
 int RunMain(int argc, char** argv) {
   BlockStopSignals();
   VmOptions vm;
@@ -25,21 +43,7 @@ int RunMain(int argc, char** argv) {
     std::cerr << "ftvm run: " << bad << "\n";
     return kExitUsage;
   }
-  try {
-    auto clock = MakeSystemClock();
-    auto random = MakeSystemRandom();
-    vmm::Machine machine(vm.config, *clock, *random);
-    VmStorage storage(st, machine, *clock);
-    int code = RunUntilDone(machine);
-    storage.final_report();
-    return code < 0 ? 0 : code;
-  } catch (const Error& e) {
-    std::cerr << "ftvm run: " << e.what() << "\n";
-    return kExitVmmError;
-  } catch (const std::exception& e) {
-    std::cerr << "ftvm run: internal error: " << e.what() << "\n";
-    return kExitVmmError;
-  }
+  return RunVm("run", vm.config, st);
 }
 
 }  // namespace ftvm::cli

@@ -76,7 +76,7 @@ int DrStartMain(int argc, char** argv) {
   if (auto code = ParseCommandLine(argc, argv, desc, "dr-start",
                                    "usage: ftvm dr-start --dir DIR --guest IMAGE --app NAME [VM options]\n"))
     return *code;
-  if (std::string bad = vm.apply(); !bad.empty()) {
+  if (std::string bad = vm.apply() + st.check(); !bad.empty()) {
     std::cerr << "ftvm dr-start: " << bad << "\n";
     return kExitUsage;
   }
@@ -98,20 +98,11 @@ int DrStartMain(int argc, char** argv) {
       return kExitVmmError;
     }
     vm.config.disk = storage::DiskImagePath(dir);
-    auto clock = MakeSystemClock();
-    auto random = MakeSystemRandom();
-    vmm::Machine machine(vm.config, *clock, *random);
-    VmStorage storage(st, machine, *clock);
-    int code = RunUntilDone(machine);
-    storage.final_report();
-    return code < 0 ? 0 : code;
   } catch (const Error& e) {
     std::cerr << "ftvm dr-start: " << e.what() << "\n";
     return kExitVmmError;
-  } catch (const std::exception& e) {
-    std::cerr << "ftvm dr-start: internal error: " << e.what() << "\n";
-    return kExitVmmError;
   }
+  return RunVm("dr-start", vm.config, st);
 }
 
 int MoveDiskMain(int argc, char** argv) {

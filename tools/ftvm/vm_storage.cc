@@ -42,6 +42,7 @@ VmStorage::VmStorage(const StorageCliOptions& options, vmm::Machine& machine, Cl
     taps_.add(dr_.get());
   }
   machine_.set_disk_observer(&taps_);
+  if (dr_) dr_->start();  // observing from here on
   if (!options_.control.empty()) {
     control_ = std::make_unique<control::Server>(options_.control);
     control_->on(control::Request::kMoveDisk,
@@ -113,6 +114,7 @@ control::Reply VmStorage::MoveDisk(const control::Request& req, control::Respond
   auto mirror = std::make_unique<storage::DiskMirror>(storage::MakeLocalTarget(new_path), mo, clock_);
   auto detach = [&] { (void)machine_.run_on_vcpu([&] { taps_.remove(mirror.get()); }); };
   if (!machine_.run_on_vcpu([&] { taps_.add(mirror.get()); })) throw Error("the VM stopped");
+  mirror->start();  // only now: every write from here on is seen
   // Copy: the mirror catches up (all data blocks of the old image), then streams.
   uint64_t last_line = 0;
   for (;;) {

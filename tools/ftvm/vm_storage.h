@@ -48,4 +48,8 @@ class VmStorage {
   std::unique_ptr<control::Server> control_;
 };
 
+// Runs a VM (no recording) with its mirror and control socket until it powers off or
+// a signal; returns the exit code of `ftvm <cmd>` (errors on stderr). cmd_run.cc.
+int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options);
+
 }  // namespace ftvm::cli
