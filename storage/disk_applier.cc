@@ -31,6 +31,8 @@ DiskApplier::DiskApplier(const std::string& path, uint64_t disk_bytes) : path_(p
 
 void DiskApplier::resume(const ApplierState& saved) {
   state_ = saved;
+  state_.stopped = false;  // a new source connection tries again
+  state_.stop_reason.clear();
   state_.applied_seq = saved.durable_seq;  // what was not fsynced may be gone
   state_.applied_bytes = saved.durable_bytes;
 }

@@ -140,9 +140,12 @@ std::string DrReplica::Serve(transport::Channel& ch) {
                   std::to_string(kMirrorProtocolVersion) + ")");
   try {
     if (!applier_ || applier_->disk_bytes() != hello.disk_bytes() || applier_->state().stopped) {
+      // What it held so far (a stopped applier's, or the state file's at start).
+      std::optional<ApplierState> held = saved_;
+      if (applier_ && applier_->disk_bytes() == hello.disk_bytes()) held = applier_->state();
       applier_.reset();
       applier_ = std::make_unique<DiskApplier>(DiskImagePath(options_.dir), hello.disk_bytes());
-      if (saved_) applier_->resume(*saved_);
+      if (held) applier_->resume(*held);
     }
   } catch (const Error& e) {
     return refuse(e.what());

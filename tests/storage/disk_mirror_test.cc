@@ -8,7 +8,11 @@
 // and drops a stream with a damaged batch, keeping what it had.
 #include <gtest/gtest.h>
 
+#include <sys/mount.h>
+#include <sys/stat.h>
+
 #include <atomic>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -177,6 +181,52 @@ TEST(DrReplica, KeepsAnEqualCopyAndReportsItsRecoveryPoint) {
   EXPECT_EQ(st["behind_bytes"], "0");
   EXPECT_GE(std::stoull(st["recovery_point_wall_ns"]), before_last);
   EXPECT_EQ(ReadAll(src), ReadAll(DiskImagePath(dir + "/replica")));
+}
+
+// The replica's filesystem fills up: it stops applying and says so; the source is
+// told, keeps taking the guest's writes without blocking, and reports the replica
+// stopped (not consistent with the head). Needs root (a small tmpfs).
+TEST(DrReplica, DiskFullStopsTheReplicaNotTheSource) {
+  const std::string dir = ScratchDir("drfull");
+  const std::string src = dir + "/src.img", rdir = dir + "/replica";
+  MakeImage(src, kDisk);
+  ASSERT_EQ(mkdir(rdir.c_str(), 0755), 0);
+  if (mount("tmpfs", rdir.c_str(), "tmpfs", 0, "size=1m") != 0) GTEST_SKIP() << "cannot mount a tmpfs";
+  struct Unmount {
+    std::string d;
+    ~Unmount() { umount2(d.c_str(), MNT_DETACH); }
+  } unmount{rdir};
+  auto clock = MakeSystemClock();
+  std::optional<ReplicaThread> r(std::in_place, rdir);
+  MirrorOptions o = Options(src);
+  o.retry = 10s;  // no reconnect during the test
+  DiskMirror m(MakeChannelTarget(r->replica->address()), o, *clock);
+  FakeDisk disk(src, m);
+  m.start();
+  ASSERT_TRUE(m.wait_synced(20s)) << m.status().last_error;
+  // 2 MiB of distinct blocks: more than the replica's 1 MiB filesystem holds.
+  for (uint64_t b = 0; b < 512; ++b) {
+    disk.write(b * 4096, std::vector<uint8_t>(4096, uint8_t(b | 1)));
+    if (b % 16 == 15) disk.flush();
+  }
+  MirrorStatus s;
+  for (int i = 0; i < 400; ++i) {
+    s = m.status();
+    if (s.state == MirrorState::kStopped) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(s.state, MirrorState::kStopped);
+  EXPECT_NE(s.last_error.find("No space left"), std::string::npos) << s.last_error;
+  EXPECT_FALSE(s.target_consistent);
+  EXPECT_EQ(s.head_seq, 512u + 32);  // every write was taken
+  disk.write(0, std::vector<uint8_t>(4096, 7));  // and the source goes on
+  EXPECT_EQ(m.status().head_seq, 512u + 33);
+  m.stop();
+  r.reset();
+  std::map<std::string, std::string> st = ReadReplicaState(rdir);
+  EXPECT_EQ(st["state"], "stopped");
+  EXPECT_NE(st["reason"].find("No space left"), std::string::npos) << st["reason"];
+  EXPECT_EQ(st["consistent"], "yes");  // what it made durable is a moment of the source's disk
 }
 
 TEST(DrReplica, RefusesAnotherProtocolVersion) {
