@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -109,6 +110,10 @@ void Server::Loop() {
     if (n <= 0) continue;
     UniqueFd c(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!c) continue;
+    // A client that connects and says nothing must not hold the server (and the
+    // VMM's shutdown) forever.
+    timeval limit{5, 0};
+    ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
     Serve(c.get());
   }
 }

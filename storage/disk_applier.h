@@ -28,8 +28,10 @@ struct ApplierState {
   bool consistent = true;       // false between kCatchupBegin and kCatchupEnd
   bool stopped = false;         // a write failed (disk full): nothing more is applied
   std::string stop_reason;
-  // The source's wall time at which its disk held exactly what this image durably
-  // holds: every write the source completed before it is here (0: unknown).
+  // A source wall time such that every write the source had reported done to its
+  // guest by then is in this image durably (0: unknown). It is the time the source
+  // saw the last write held here (or, holding the source's head, the time it read
+  // the head); writes after it may have been in flight on the source's disk then.
   uint64_t recovery_point_wall_ns = 0;
   // The source's head as the last batch told it.
   uint64_t head_seq = 0;
