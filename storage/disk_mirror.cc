@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -19,6 +20,7 @@ namespace {
 
 using vmm::kPageSize;
 constexpr uint64_t kCopyBatchBytes = 4u << 20;  // catch-up blocks per message
+constexpr uint64_t kRunBlocks = 256;            // adjacent blocks per catch-up record (1 MiB)
 constexpr auto kLinkTimeout = std::chrono::seconds(30);
 
 // True when every hash is that of a block of zeros (a blank or sparse image).
@@ -381,19 +383,34 @@ std::string DiskMirror::CatchUp(MirrorLink& link, vmm::PageBitmap blocks) {
     counters_.bytes_sent += batch.size();
     return "";
   };
-  auto add_block = [&](uint64_t block) -> std::string {
-    const uint64_t offset = block * kPageSize;
-    const uint64_t n = std::min<uint64_t>(kPageSize, disk_bytes_ - offset);
+  // A run of adjacent blocks, read with one pread into one record.
+  auto add_run = [&](uint64_t first, uint64_t count) -> std::string {
+    const uint64_t offset = first * kPageSize;
+    const uint64_t n = std::min<uint64_t>(count * kPageSize, disk_bytes_ - offset);
     const size_t at = batch.size();
     AppendRecord(batch, RecordKind::kBlock, 0, offset, n);
     batch.resize(at + kRecordHeaderBytes + n);
     const ssize_t got = ::pread(image_.get(), batch.data() + at + kRecordHeaderBytes, n, off_t(offset));
     if (got != ssize_t(n))
-      return "reading block " + std::to_string(block) + " of " + options_.disk_path + ": " +
-             (got < 0 ? std::strerror(errno) : "short read");
-    ++in_batch;
+      return "reading blocks " + std::to_string(first) + "+" + std::to_string(count) + " of " + options_.disk_path +
+             ": " + (got < 0 ? std::strerror(errno) : "short read");
+    in_batch += count;
     ++records;
     return "";
+  };
+  // Calls f(first, count) for the runs of set blocks, at most kRunBlocks each.
+  auto for_each_run = [](const vmm::PageBitmap& bits, const std::function<void(uint64_t, uint64_t)>& f) {
+    uint64_t first = 0, count = 0;
+    bits.for_each([&](uint64_t b) {
+      if (count != 0 && b == first + count && count < kRunBlocks) {
+        ++count;
+        return;
+      }
+      if (count != 0) f(first, count);
+      first = b;
+      count = 1;
+    });
+    if (count != 0) f(first, count);
   };
   start_batch();
   const uint64_t copy_t0 = clock_.monotonic_ns();
@@ -412,8 +429,8 @@ std::string DiskMirror::CatchUp(MirrorLink& link, vmm::PageBitmap blocks) {
         // The last round, read while no write can complete (disk_written waits for
         // mu_): the target then holds exactly this disk after write head_seq_.
         std::string err;
-        blocks.for_each([&](uint64_t b) {
-          if (err.empty()) err = add_block(b);
+        for_each_run(blocks, [&](uint64_t first, uint64_t count) {
+          if (err.empty()) err = add_run(first, count);
         });
         if (!err.empty()) return err;
         const uint64_t now = clock_.wall_ns();
@@ -435,9 +452,9 @@ std::string DiskMirror::CatchUp(MirrorLink& link, vmm::PageBitmap blocks) {
     }
     // A round while the guest runs: torn reads are fine, their blocks are in dirty_.
     std::string err;
-    blocks.for_each([&](uint64_t b) {
+    for_each_run(blocks, [&](uint64_t first, uint64_t count) {
       if (!err.empty()) return;
-      err = add_block(b);
+      err = add_run(first, count);
       if (err.empty() && batch.size() >= kCopyBatchBytes) {
         const uint64_t n = in_batch;
         err = seal_and_send(BatchHeader{records, 0, 0, clock_.wall_ns(), 0, 0, 0});

@@ -1,14 +1,17 @@
 #include "storage/dr_replica.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/unique_fd.h"
 #include "migration/state_transfer.h"
 #include "storage/storage.pb.h"
 
@@ -78,18 +81,27 @@ void DrReplica::WriteState(const std::string& state_name, const std::string& sou
     << "batches=" << s.batches << "\n"
     << "syncs=" << s.syncs << "\n"
     << "reason=" << (s.stopped ? s.stop_reason : last_error_) << "\n";
+  // The state file lives beside the image, so it must be writable when the image's
+  // filesystem is full (that is when it matters most): the next state is written
+  // into a file whose block was reserved right after the previous rename, in place.
   const std::string path = StatePath(options_.dir);
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << o.str();
-    if (!out) {
-      log::error("dr.state_write_failed", {{"path", tmp}});
-      return;
-    }
+  const std::string text = o.str();
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+  const bool written = fd && ::pwrite(fd.get(), text.data(), text.size(), 0) == ssize_t(text.size()) &&
+                       ::ftruncate(fd.get(), off_t(text.size())) == 0;
+  if (!written) {
+    // The previous state file stays, still true as far as it goes.
+    log::error("dr.state_write_failed", {{"path", tmp}, {"error", std::strerror(errno)}});
+    return;
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+  fd.reset();
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     log::error("dr.state_write_failed", {{"path", path}, {"error", std::strerror(errno)}});
+    return;
+  }
+  UniqueFd next(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+  if (next) (void)::fallocate(next.get(), 0, 0, 4096);
 }
 
 int DrReplica::run() {
