@@ -17,10 +17,11 @@
 // "failover:" the kill-primary drill against the issue's goals; "migrate:" a live
 // move of a 1 GiB VM to another VMM (ftvm migrate).
 //
-//   build/bench/ftvm_bench [--quick] [--pair-only | --migrate-only]
+//   build/bench/ftvm_bench [--quick] [--pair-only | --migrate-only | --storage-only]
 //
 // --pair-only skips everything before the protected pair rows (boot time stays, for
-// the backend); --migrate-only runs just the channel and migration rows. Environment: FTVM_BIN, FTVM_GUEST, FTVM_RING0_GUEST and
+// the backend); --migrate-only runs just the channel and migration rows;
+// --storage-only just the DR replica and move-disk rows. Environment: FTVM_BIN, FTVM_GUEST, FTVM_RING0_GUEST and
 // FTVM_CHANNEL_BENCH (build/transport/channel_bench); meson sets them.
 #include <signal.h>
 #include <sys/resource.h>
@@ -28,6 +29,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -39,6 +41,7 @@
 #include <optional>
 #include <regex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -1077,8 +1080,175 @@ void Failover(std::vector<Row>& rows, bool quick) {
   rows.push_back({pre + "failed rounds", double(failed), "rounds", "rounds (goal 0)", double(rounds)});
 }
 
+// ---- Disk mirroring: the DR replica's recovery point, a live disk move -------------
+//
+// "dr:" runs the mail store at 500 req/s with --dr-target to an `ftvm dr-replica`
+// (both in the namespace, tcp on its loopback) and samples how far behind the
+// replica is: from its state file every 20 ms (bytes and ms, as the replica reports
+// them) and from the source's dr.lag lines every 100 ms. Baselines: the same load on
+// a plain `ftvm run` right before (latency) and the replica's sync interval (lag).
+// "move-disk:" moves a 256 MiB image filled with data while the store serves 500
+// req/s: the move's time against a plain copy of the file on this host (read, write,
+// fsync), and the load's p99 during the move against a run of the same load without
+// one.
+
+constexpr off_t kMoveDiskBytes = 256 << 20;
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, size_t(q * double(v.size())))];
+}
+
+// A file of `bytes` with data in every block (nothing sparse for a copy to skip),
+// but zeros in the first MiB: the mail store formats only a disk that starts blank.
+void MakeFullDisk(const std::string& path, off_t bytes) {
+  std::vector<char> buf(1 << 20);
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) throw Fatal{};
+  std::fwrite(buf.data(), 1, buf.size(), f);
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = char(i * 131 + 7);
+  for (off_t at = off_t(buf.size()); at < bytes; at += off_t(buf.size())) std::fwrite(buf.data(), 1, buf.size(), f);
+  std::fclose(f);
+}
+
+// What a plain copy of the file takes here: the baseline for a move.
+double CopyFileMs(const std::string& from, const std::string& to) {
+  const auto t0 = std::chrono::steady_clock::now();
+  FILE* in = std::fopen(from.c_str(), "r");
+  FILE* out = std::fopen(to.c_str(), "w");
+  if (in == nullptr || out == nullptr) throw Fatal{};
+  std::vector<char> buf(1 << 20);
+  for (size_t n; (n = std::fread(buf.data(), 1, buf.size(), in)) > 0;) std::fwrite(buf.data(), 1, n, out);
+  std::fflush(out);
+  fsync(fileno(out));
+  std::fclose(in);
+  std::fclose(out);
+  return MsSince(t0);
+}
+
+mail::LoadReport MailLoad(const itest::NetNamespace& ns, double rate, double duration) {
+  char r[32], d[32];
+  std::snprintf(r, sizeof r, "%.0f", rate);
+  std::snprintf(d, sizeof d, "%.1f", duration);
+  ProcessResult p = RunProcess(ns.Wrap({g_ftvm, "mail", "load", "--to", "10.0.0.2", "--rate", r, "--duration", d,
+                                        "--window", "32", "--timeout-ms", "2000"}),
+                               seconds(600), "bench-load");
+  return ParseLoad(p.out);
+}
+
+void Storage(std::vector<Row>& rows, bool quick) {
+  const double duration = quick ? 3 : 8;
+  itest::NetNamespace ns("bench-st");
+  ns.AddTap("ftvmb0", "10.0.0.1/24");
+  auto boot = [&](const std::vector<std::string>& extra, const std::string& disk) {
+    const std::string console = itest::ScratchPath("bench-st-console.txt");
+    std::vector<std::string> argv = {g_ftvm, "run", "--guest", g_guest, "--app", "mailstore", "--disk", disk,
+                                     "--tap", "ftvmb0", "--ip", "10.0.0.2/24", "--console", console};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Process vm = Process::Start(ns.Wrap(argv), "bench-st-vm");
+    if (!itest::WaitForFileContains(console, "mailstore: ready", seconds(120))) {
+      std::fprintf(stderr, "bench: mail store did not come up\n%s", vm.Stderr().c_str());
+      throw Fatal{};
+    }
+    return vm;
+  };
+
+  // DR: plain first, then with a replica.
+  const std::string disk = itest::ScratchPath("bench-st.img");
+  MakeZeroDisk(disk, kMailDiskBytes);
+  mail::LoadReport plain;
+  {
+    Process vm = boot({}, disk);
+    plain = MailLoad(ns, 500, duration);
+    vm.Signal(SIGTERM);
+    vm.Wait(seconds(60));
+  }
+  MakeZeroDisk(disk, kMailDiskBytes);
+  const std::string dir = itest::ScratchPath("bench-st-replica");
+  Process replica = Process::Start(ns.Wrap({g_ftvm, "dr-replica", "--listen", "tcp:127.0.0.1:7390", "--dir", dir}),
+                                   "bench-st-replica");
+  itest::WaitForFileContains(replica.stderr_path(), "listening", seconds(10));
+  Process vm = boot({"--dr-target", "tcp:127.0.0.1:7390", "--dr-report-s", "0.1"}, disk);
+  itest::WaitForFileContains(vm.stderr_path(), "dr.caught_up", seconds(30));
+  std::vector<double> rep_ms, rep_bytes;
+  std::atomic<bool> sampling{true};
+  std::thread sampler([&] {
+    while (sampling) {
+      const std::string st = itest::ReadFile(dir + "/state");
+      const double ms = Field(st, "behind_ms"), bytes = Field(st, "behind_bytes");
+      if (ms >= 0 && bytes >= 0) {
+        rep_ms.push_back(ms);
+        rep_bytes.push_back(bytes);
+      }
+      usleep(20000);
+    }
+  });
+  mail::LoadReport with_dr = MailLoad(ns, 500, duration);
+  sampling = false;
+  sampler.join();
+  vm.Signal(SIGTERM);
+  ProcessResult v = vm.Wait(seconds(60));
+  replica.Signal(SIGTERM);
+  replica.Wait(seconds(10));
+  std::vector<double> src_ms, src_bytes;
+  static const std::regex lag_re(R"(dr\.lag .*behind_bytes=([0-9]+) behind_ms=([0-9.]+))");
+  for (std::sregex_iterator it(v.err.begin(), v.err.end(), lag_re), end; it != end; ++it) {
+    src_bytes.push_back(std::stod((*it)[1]));
+    src_ms.push_back(std::stod((*it)[2]));
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  const std::string pre = "dr: mail 500 req/s, tcp: ";
+  rows.push_back({pre + "replica behind p50 (replica)", Percentile(rep_ms, 0.5), "ms", "replica sync interval", 50});
+  rows.push_back({pre + "replica behind p99 (replica)", Percentile(rep_ms, 0.99), "ms", "replica sync interval", 50});
+  rows.push_back({pre + "replica behind p99 (replica)", Percentile(rep_bytes, 0.99) / 1024, "KiB", "", 0});
+  rows.push_back({pre + "replica behind p99 (source)", Percentile(src_ms, 0.99), "ms", "replica sync interval", 50});
+  rows.push_back({pre + "replica behind p99 (source)", Percentile(src_bytes, 0.99) / 1024, "KiB", "", 0});
+  rows.push_back({pre + "p99 latency", double(with_dr.p99_us), "us", "ftvm run", double(plain.p99_us)});
+  rows.push_back({pre + "p50 latency", double(with_dr.p50_us), "us", "ftvm run", double(plain.p50_us)});
+
+  // move-disk: a full 256 MiB image, moved under load.
+  std::string big = itest::ScratchPath("bench-st-big.img"), copy = itest::ScratchPath("bench-st-copy.img");
+  MakeFullDisk(big, kMoveDiskBytes);
+  const double copy_ms = CopyFileMs(big, copy);
+  unlink(copy.c_str());
+  const std::string control = itest::ScratchPath("bench-st.control");
+  Process vm2 = boot({"--control", control}, big);
+  mail::LoadReport no_move = MailLoad(ns, 500, 4);
+  // Unlimited, then at 64 MiB/s, each under the same load.
+  for (const char* rate : {"0", "64"}) {
+    ProcessResult mv;
+    std::thread mover([&] {
+      usleep(1000000);
+      mv = RunProcess({g_ftvm, "move-disk", "--control", control, "--to", copy, "--rate-mib", rate}, seconds(300),
+                      "bench-move");
+    });
+    mail::LoadReport moving = MailLoad(ns, 500, rate[0] == '0' ? 4 : 6);
+    mover.join();
+    std::smatch m;
+    static const std::regex moved_re(R"(in ([0-9.]+) s \(([0-9]+) blocks copied, vCPU waited ([0-9.]+) ms)");
+    if (mv.exit_code != 0 || !std::regex_search(mv.out, m, moved_re)) {
+      std::fprintf(stderr, "bench: move-disk failed (%d): %s%s\n", mv.exit_code, mv.out.c_str(), mv.err.c_str());
+      g_failure += "ftvm move-disk failed; ";
+      break;
+    }
+    std::fprintf(stderr, "%s%s", mv.out.c_str(), mv.err.c_str());
+    const std::string pre = std::string("move-disk 256 MiB, ") + (rate[0] == '0' ? "unlimited" : "64 MiB/s") + ": ";
+    rows.push_back({pre + "time", std::stod(m[1]) * 1000, "ms", "plain copy (cp + fsync)", copy_ms});
+    rows.push_back({pre + "vCPU wait at the switch", std::stod(m[3]), "ms", "", 0});
+    rows.push_back({pre + "mail 500 req/s p99 during it", double(moving.p99_us), "us", "same load, no move",
+                    double(no_move.p99_us)});
+    std::swap(big, copy);  // move it back next time
+  }
+  vm2.Signal(SIGTERM);
+  vm2.Wait(seconds(60));
+  unlink(copy.c_str());
+  unlink(big.c_str());
+}
+
 int Main(int argc, char** argv) {
-  bool quick = false, pair_only = false, migrate_only = false;
+  bool quick = false, pair_only = false, migrate_only = false, storage_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
@@ -1086,8 +1256,10 @@ int Main(int argc, char** argv) {
       pair_only = true;
     } else if (std::strcmp(argv[i], "--migrate-only") == 0) {
       pair_only = migrate_only = true;
+    } else if (std::strcmp(argv[i], "--storage-only") == 0) {
+      storage_only = true;
     } else {
-      std::fprintf(stderr, "usage: ftvm_bench [--quick] [--pair-only | --migrate-only]\n");
+      std::fprintf(stderr, "usage: ftvm_bench [--quick] [--pair-only | --migrate-only | --storage-only]\n");
       return 2;
     }
   }
@@ -1108,6 +1280,7 @@ int Main(int argc, char** argv) {
   std::string backend;
   Progress("boot, exits, compute");
   BootTime(rows, backend);
+  if (storage_only) pair_only = true;
   std::vector<Row> mail_rr;
   if (!pair_only) {
     ExitCosts(rows, quick);
@@ -1137,17 +1310,22 @@ int Main(int argc, char** argv) {
                  noise.other_cores(), cores);
   };
   Channels channels;
-  section("pair: logging channels (channel_bench)", [&] { channels = ChannelBench(pair_rows); });
-  if (!migrate_only) {
+  if (!storage_only) section("pair: logging channels (channel_bench)", [&] { channels = ChannelBench(pair_rows); });
+  if (!migrate_only && !storage_only) {
     section("pair: mail store at 500 req/s: ftvm run, ftvm record, protected over shm and tcp",
             [&] { PairLatency(pair_rows, quick, channels); });
     section("pair: mail store flooded: ftvm run, protected over shm and tcp",
             [&] { PairThroughput(pair_rows, quick, channels); });
     section("failover: ftvm drill --fault kill-primary", [&] { Failover(pair_rows, quick); });
   }
-  section("migrate: a 1 GiB VM writing 64 MiB/s, over shm", [&] { Migration(pair_rows, quick, channels, false); });
-  section("post-copy: the same VM, running on the destination before its memory",
-          [&] { Migration(pair_rows, quick, channels, true); });
+  if (!storage_only) {
+    section("migrate: a 1 GiB VM writing 64 MiB/s, over shm", [&] { Migration(pair_rows, quick, channels, false); });
+    section("post-copy: the same VM, running on the destination before its memory",
+            [&] { Migration(pair_rows, quick, channels, true); });
+  }
+  if (!migrate_only)
+    section("dr and move-disk: mail store at 500 req/s with a DR replica; a 256 MiB disk moved under load",
+            [&] { Storage(pair_rows, quick); });
   pair_rows.push_back({"host: CPU other processes took during the pair rows", pair_noise.other_cores(), "cores",
                        "cores of this host", cores});
   Progress("done");

@@ -677,4 +677,19 @@ void Machine::track_disk_writes(PageBitmap* blocks) {
   if (blk_ != nullptr) static_cast<VirtioBlk&>(blk_->backend()).track_writes(blocks);
 }
 
+void Machine::set_disk_observer(DiskWriteObserver* observer) {
+  if (blk_ != nullptr) static_cast<VirtioBlk&>(blk_->backend()).set_write_observer(observer);
+}
+
+void Machine::switch_disk(const std::string& path) {
+  if (blk_ == nullptr) throw Error("this VM has no disk to switch");
+  static_cast<VirtioBlk&>(blk_->backend()).switch_image(path);
+  config_.disk = path;
+}
+
+std::string Machine::disk_path() const {
+  return blk_ != nullptr ? static_cast<const VirtioBlk&>(blk_->backend()).path() : std::string();
+}
+
+
 }  // namespace ftvm::vmm

@@ -21,6 +21,7 @@
 #include "vmm/cpu_backend.h"
 #include "vmm/devices/device.h"
 #include "vmm/devices/device_io.h"
+#include "vmm/devices/disk_observer.h"
 #include "vmm/execution.h"
 #include "vmm/guest_memory.h"
 #include "vmm/page_bitmap.h"
@@ -137,6 +138,15 @@ class Machine final : private ExitHandler, private DeviceIo {
   // Marks every 4 KiB block of the disk image that guest writes reach from now on
   // in `blocks` (null: stop); no-op without a disk. vCPU thread (a boundary task).
   void track_disk_writes(PageBitmap* blocks);
+  // Tells `observer` every write and flush the disk completes from now on, in
+  // completion order (null: stop); no-op without a disk. Before run(), or on the
+  // vCPU thread (run_at_boundary).
+  void set_disk_observer(DiskWriteObserver* observer);
+  // Carries on with the disk image at `path` (same size) instead of the current one;
+  // vCPU thread (run_at_boundary). Throws ftvm::Error; the old image stays then.
+  void switch_disk(const std::string& path);
+  // The disk image the VM uses now ("" without a disk).
+  std::string disk_path() const;
   // Recording: kick the vCPU when host events have waited this long (0: never).
   void set_forced_exit_after_ns(uint64_t ns) { forced_exit_ns_.store(ns, std::memory_order_release); }
 

@@ -25,6 +25,7 @@
 #include "secondary/protecting_secondary.h"
 #include "tools/ftvm/commands.h"
 #include "tools/ftvm/vm_runner.h"
+#include "tools/ftvm/vm_storage.h"
 
 namespace ftvm::cli {
 namespace po = boost::program_options;
@@ -98,10 +99,12 @@ int PrimaryMain(int argc, char** argv) {
       ("max-throttle", po::value(&opts.precopy.max_throttle)->default_value(opts.precopy.max_throttle),
        "slow down a VM that writes memory faster than the copy carries it, up to this percent (0: never)");
   desc.add(vm.describe());
+  StorageCliOptions st;
+  desc.add(st.describe());
   if (auto code = ParseCommandLine(argc, argv, desc, "primary",
                                    "usage: ftvm primary --listen ADDR --arbiter DIR --guest IMAGE --app NAME [options]\n"))
     return *code;
-  if (std::string bad = vm.apply(); !bad.empty()) {
+  if (std::string bad = vm.apply() + st.check(); !bad.empty()) {
     std::cerr << "ftvm primary: " << bad << "\n";
     return kExitUsage;
   }
@@ -135,10 +138,12 @@ int PrimaryMain(int argc, char** argv) {
     auto clock = MakeSystemClock();
     auto random = MakeSystemRandom();
     primary::ProtectedPrimary p(vm.config, opts, *clock, *random);
+    VmStorage storage(st, p.machine(), *clock);
     std::fprintf(stderr, "primary: listening on %s\n", p.listen_address().c_str());
     p.accept_secondary();
     p.serve_reprotection();  // a later secondary joins the running VM
     int guest = RunUntilDone([&] { return p.run(); }, [&] { p.stop(); });
+    storage.final_report();
     primary::PrimaryReport r = p.report();
     std::fprintf(stderr, "primary: %s%s%s\n", std::string(primary::ProtectionName(r.protection)).c_str(),
                  r.event.empty() ? "" : ": ", r.event.c_str());

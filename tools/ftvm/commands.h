@@ -17,5 +17,9 @@ int SecondaryMain(int argc, char** argv);
 int MigrateMain(int argc, char** argv);
 int DrillMain(int argc, char** argv);
 int ProtectMain(int argc, char** argv);
+// The DR target, a VM started from it, and a live disk move (cmd_storage.cc).
+int DrReplicaMain(int argc, char** argv);
+int DrStartMain(int argc, char** argv);
+int MoveDiskMain(int argc, char** argv);
 
 }  // namespace ftvm::cli

@@ -19,6 +19,9 @@ void Usage(std::ostream& out) {
          "  drill      pull the plug on a protected mail store and report (ftvm drill --help)\n"
          "  secondary  keep a replica of a primary's VM and take over when it dies (ftvm secondary --help)\n"
          "  migrate    move a running VM from its primary to this host, live (ftvm migrate --help)\n"
+         "  dr-replica keep a crash-consistent copy of a VM's disk, fed by --dr-target (ftvm dr-replica --help)\n"
+         "  dr-start   start a VM from a DR replica's disk (ftvm dr-start --help)\n"
+         "  move-disk  move a running VM's disk image to a new path (ftvm move-disk --help)\n"
          "  mail    talk to the mail-store guest (ftvm mail --help)\n"
          "  version\n";
 }
@@ -39,6 +42,9 @@ int main(int argc, char** argv) {
   if (std::strcmp(cmd, "drill") == 0) return ftvm::cli::DrillMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "secondary") == 0) return ftvm::cli::SecondaryMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "migrate") == 0) return ftvm::cli::MigrateMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "dr-replica") == 0) return ftvm::cli::DrReplicaMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "dr-start") == 0) return ftvm::cli::DrStartMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "move-disk") == 0) return ftvm::cli::MoveDiskMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "log") == 0) return ftvm::cli::LogMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "mail") == 0) return ftvm::MailMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "version") == 0) {

@@ -57,16 +57,37 @@ void VirtioBlk::restore(const snapshot::Virtio& in) {
     done_.push_back(Done{uint16_t(p.head()), p.status_gpa(), uint8_t(p.status()), p.used_len(), 0});
 }
 
-VirtioBlk::VirtioBlk(std::string path, std::string serial, DeviceIo& io) : path_(std::move(path)), io_(io) {
-  fd_.reset(::open(path_.c_str(), O_RDWR | O_CLOEXEC));
-  if (!fd_) throw SysError("disk image " + path_);
+namespace {
+
+// Opens a disk image read-write and returns it with its size in bytes.
+std::pair<UniqueFd, uint64_t> OpenImage(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd) throw SysError("disk image " + path);
   struct stat st {};
-  if (::fstat(fd_.get(), &st) != 0) throw SysError("disk image " + path_ + ": fstat");
+  if (::fstat(fd.get(), &st) != 0) throw SysError("disk image " + path + ": fstat");
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-    throw Error("disk image " + path_ + ": not a regular file or block device");
+    throw Error("disk image " + path + ": not a regular file or block device");
   // lseek gives the size of regular files and block devices alike.
-  const off_t end = ::lseek(fd_.get(), 0, SEEK_END);
-  if (end < 0) throw SysError("disk image " + path_ + ": seeking to the end");
+  const off_t end = ::lseek(fd.get(), 0, SEEK_END);
+  if (end < 0) throw SysError("disk image " + path + ": seeking to the end");
+  return {std::move(fd), uint64_t(end)};
+}
+
+}  // namespace
+
+void VirtioBlk::switch_image(const std::string& path) {
+  auto [fd, bytes] = OpenImage(path);
+  if (bytes / kSector != capacity_)
+    throw Error("disk image " + path + ": " + std::to_string(bytes) + " bytes, but the VM's disk has " +
+                std::to_string(capacity_ * kSector));
+  fd_ = std::move(fd);
+  path_ = path;
+  log::info("virtio_blk.switched_image", {{"path", path_}});
+}
+
+VirtioBlk::VirtioBlk(std::string path, std::string serial, DeviceIo& io) : path_(std::move(path)), io_(io) {
+  auto [fd, end] = OpenImage(path_);
+  fd_ = std::move(fd);
   capacity_ = uint64_t(end) / kSector;
   if (uint64_t(end) % kSector != 0)
     log::warn("disk image size is not a multiple of 512; the tail is not visible to the guest",
@@ -196,6 +217,7 @@ void VirtioBlk::handle(Virtqueue& vq, const DescChain& chain) {
         return;
       }
       ++counters_.flushes;
+      if (observer_ != nullptr) observer_->disk_flushed();
       complete(vq, chain.head, status, VIRTIO_BLK_S_OK, 1, true);
       return;
     }
@@ -266,6 +288,8 @@ void VirtioBlk::flush_batch(Virtqueue& vq) {
       write_hash_ = OutputHash(write_hash_, sector);
       for (const iovec& v : std::span(batch_iov_).subspan(p.iov_begin, p.iov_count))
         write_hash_ = OutputHash(write_hash_, {static_cast<const uint8_t*>(v.iov_base), v.iov_len});
+      if (observer_ != nullptr)
+        observer_->disk_written(p.sector * kSector, std::span(batch_iov_).subspan(p.iov_begin, p.iov_count));
     } else {
       ++counters_.reads;
       counters_.bytes_read += p.bytes;

@@ -20,6 +20,7 @@
 
 #include "common/unique_fd.h"
 #include "vmm/devices/device_io.h"
+#include "vmm/devices/disk_observer.h"
 #include "vmm/devices/virtio_mmio.h"
 #include "vmm/page_bitmap.h"
 #include "vmm/devices/virtqueue.h"
@@ -69,6 +70,14 @@ class VirtioBlk : public VirtioBackend {
   // block a write reaches from now on, successful or not; null stops. A live copy
   // of the disk (migration/) sends those blocks again. vCPU thread.
   void track_writes(PageBitmap* blocks) { written_blocks_ = blocks; }
+  // Tells `observer` every successful write and flush from now on, in completion
+  // order (null: stop). vCPU thread, between requests.
+  void set_write_observer(DiskWriteObserver* observer) { observer_ = observer; }
+  // Carries on with the image at `path` instead (a disk move's switch: the new image
+  // already holds what the old one does). Between requests, on the vCPU thread.
+  // Throws ftvm::Error when it cannot be opened or its size differs; the device then
+  // keeps the old image.
+  void switch_image(const std::string& path);
   // The serial GET_ID reports: the file's base name unless the config named one.
   static std::string DefaultSerial(const std::string& path);
 
@@ -124,6 +133,7 @@ class VirtioBlk : public VirtioBackend {
   std::vector<Pending> batch_;
   bool batch_write_ = false;
   PageBitmap* written_blocks_ = nullptr;
+  DiskWriteObserver* observer_ = nullptr;
 };
 
 }  // namespace ftvm::vmm

@@ -1,0 +1,232 @@
+#include "storage/dr_replica.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/unique_fd.h"
+#include "migration/state_transfer.h"
+#include "storage/storage.pb.h"
+
+namespace ftvm::storage {
+
+namespace {
+
+constexpr auto kHelloTimeout = std::chrono::seconds(10);
+constexpr int kGroupBatches = 256;  // batches applied before one fdatasync at most
+
+uint64_t U64(const std::map<std::string, std::string>& m, const std::string& key) {
+  auto it = m.find(key);
+  return it == m.end() ? 0 : std::stoull(it->second);
+}
+
+}  // namespace
+
+std::string DiskImagePath(const std::string& dir) { return dir + "/disk.img"; }
+std::string StatePath(const std::string& dir) { return dir + "/state"; }
+
+std::map<std::string, std::string> ReadReplicaState(const std::string& dir) {
+  std::ifstream in(StatePath(dir));
+  if (!in) throw SysError("DR replica state " + StatePath(dir));
+  std::map<std::string, std::string> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t eq = line.find('=');
+    if (eq != std::string::npos) out[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return out;
+}
+
+DrReplica::DrReplica(ReplicaOptions options, Clock& clock) : options_(std::move(options)), clock_(clock) {
+  if (::mkdir(options_.dir.c_str(), 0755) != 0 && errno != EEXIST) throw SysError("DR replica directory " + options_.dir);
+  // A replica restarted over its directory resumes from what it had made durable.
+  if (::access(StatePath(options_.dir).c_str(), F_OK) == 0) {
+    std::map<std::string, std::string> m = ReadReplicaState(options_.dir);
+    ApplierState s;
+    s.durable_seq = U64(m, "durable_seq");
+    s.durable_bytes = U64(m, "durable_bytes");
+    s.recovery_point_wall_ns = U64(m, "recovery_point_wall_ns");
+    s.consistent = m["consistent"] == "yes";
+    saved_ = s;
+  }
+  listener_ = transport::Listen(options_.listen);
+  log::info("dr.replica_listening", {{"address", listener_->address()}, {"dir", options_.dir}});
+}
+
+DrReplica::~DrReplica() = default;
+
+void DrReplica::WriteState(const std::string& state_name, const std::string& source, uint64_t now_wall) {
+  ApplierState s = applier_ ? applier_->state() : saved_.value_or(ApplierState{});
+  std::ostringstream o;
+  o << "state=" << (s.stopped ? "stopped" : state_name) << "\n"
+    << "source=" << source << "\n"
+    << "consistent=" << (s.consistent ? "yes" : "no") << "\n"
+    << "applied_seq=" << s.applied_seq << "\n"
+    << "durable_seq=" << s.durable_seq << "\n"
+    << "durable_bytes=" << s.durable_bytes << "\n"
+    << "head_seq=" << s.head_seq << "\n"
+    << "head_bytes=" << s.head_bytes << "\n"
+    << "head_wall_ns=" << s.head_wall_ns << "\n"
+    << "recovery_point_wall_ns=" << s.recovery_point_wall_ns << "\n"
+    << "behind_bytes=" << s.lag_bytes() << "\n"
+    << "behind_ms=" << double(s.lag_ns()) / 1e6 << "\n"
+    << "updated_wall_ns=" << now_wall << "\n"
+    << "batches=" << s.batches << "\n"
+    << "syncs=" << s.syncs << "\n"
+    << "reason=" << (s.stopped ? s.stop_reason : last_error_) << "\n";
+  // The state file lives beside the image, so it must be writable when the image's
+  // filesystem is full (that is when it matters most): the next state is written
+  // into a file whose block was reserved right after the previous rename, in place.
+  const std::string path = StatePath(options_.dir);
+  const std::string tmp = path + ".tmp";
+  const std::string text = o.str();
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+  const bool written = fd && ::pwrite(fd.get(), text.data(), text.size(), 0) == ssize_t(text.size()) &&
+                       ::ftruncate(fd.get(), off_t(text.size())) == 0;
+  if (!written) {
+    // The previous state file stays, still true as far as it goes.
+    log::error("dr.state_write_failed", {{"path", tmp}, {"error", std::strerror(errno)}});
+    return;
+  }
+  fd.reset();
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    log::error("dr.state_write_failed", {{"path", path}, {"error", std::strerror(errno)}});
+    return;
+  }
+  UniqueFd next(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+  if (next) (void)::fallocate(next.get(), 0, 0, 4096);
+}
+
+int DrReplica::run() {
+  WriteState("waiting", "", clock_.wall_ns());
+  while (!stopping_) {
+    std::unique_ptr<transport::Channel> ch = listener_->accept(std::chrono::milliseconds(200));
+    if (!ch) continue;
+    const std::string peer = ch->peer();
+    log::info("dr.source_connected", {{"peer", peer}});
+    std::string why;
+    try {
+      why = Serve(*ch);
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    if (applier_) {
+      // Whatever was applied in order is a prefix: make it durable before waiting.
+      (void)applier_->sync();
+    }
+    if (!why.empty()) {
+      last_error_ = why;
+      log::warn("dr.source_dropped", {{"peer", peer}, {"reason", why},
+                                        {"durable_seq", applier_ ? applier_->state().durable_seq : 0},
+                                        {"consistent", applier_ && applier_->state().consistent ? "yes" : "no"}});
+    }
+    WriteState(why.empty() ? "stopped" : "disconnected", peer, clock_.wall_ns());
+  }
+  return 0;
+}
+
+std::string DrReplica::Serve(transport::Channel& ch) {
+  transport::Message msg;
+  transport::RecvResult r = ch.recv(msg, kHelloTimeout);
+  if (!r.is_message()) return "no hello: " + (r.timed_out() ? std::string("timed out") : r.message);
+  MirrorHello hello;
+  MirrorHelloReply reply;
+  reply.set_protocol_version(kMirrorProtocolVersion);
+  auto refuse = [&](const std::string& why) {
+    reply.set_error(why);
+    const std::string bytes = reply.SerializeAsString();
+    (void)ch.send(kMsgHelloReply, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), kHelloTimeout);
+    return "refused the source: " + why;
+  };
+  if (msg.type() != kMsgHello || !hello.ParseFromArray(msg.payload().data(), int(msg.size())))
+    return refuse("expected a mirror hello, got message type " + std::to_string(msg.type()));
+  if (hello.protocol_version() != kMirrorProtocolVersion)
+    return refuse("mirror protocol version " + std::to_string(hello.protocol_version()) + " is not spoken here (this replica speaks " +
+                  std::to_string(kMirrorProtocolVersion) + ")");
+  try {
+    if (!applier_ || applier_->disk_bytes() != hello.disk_bytes() || applier_->state().stopped) {
+      // What it held so far (a stopped applier's, or the state file's at start).
+      std::optional<ApplierState> held = saved_;
+      if (applier_ && applier_->disk_bytes() == hello.disk_bytes()) held = applier_->state();
+      applier_.reset();
+      applier_ = std::make_unique<DiskApplier>(DiskImagePath(options_.dir), hello.disk_bytes());
+      if (held) applier_->resume(*held);
+    }
+  } catch (const Error& e) {
+    return refuse(e.what());
+  }
+  reply.set_durable_seq(applier_->state().durable_seq);
+  reply.set_consistent(applier_->state().consistent);
+  const std::string bytes = reply.SerializeAsString();
+  if (transport::SendResult s = ch.send(kMsgHelloReply, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), kHelloTimeout);
+      !s.ok())
+    return "answering the hello: " + s.message;
+  log::info("dr.source_hello", {{"vm", hello.vm_name()}, {"source_disk", hello.source_path()},
+                                {"disk_bytes", hello.disk_bytes()}, {"durable_seq", applier_->state().durable_seq}});
+  // Our block hashes: the source sends what differs, as a catch-up.
+  if (std::string e = migration::SendDiskHashes(ch, migration::DiskBlockHashes(DiskImagePath(options_.dir)), kHelloTimeout);
+      !e.empty())
+    return e;
+
+  const std::string source = hello.vm_name() + "@" + ch.peer();
+  DecodedBatch batch;
+  uint64_t last_sync = clock_.monotonic_ns();
+  uint64_t last_state = 0;
+  uint64_t last_report = 0;
+  Ack::State last_sent_state = Ack::State::kStreaming;
+  bool told_stop = false;
+  while (!stopping_) {
+    // Everything that has arrived, then one fdatasync for all of it (group commit).
+    bool applied = false;
+    for (int n = 0; n < kGroupBatches; ++n) {
+      r = ch.recv(msg, n == 0 ? std::chrono::nanoseconds(std::chrono::milliseconds(20)) : std::chrono::nanoseconds(0));
+      if (r.closed()) return "the source closed the stream: " + r.message;
+      if (r.error()) return "damaged stream: " + r.message;
+      if (!r.is_message()) break;
+      if (msg.type() != kMsgWrites) return "unexpected message type " + std::to_string(msg.type()) + " in the write stream";
+      if (std::string e = DecodeBatch(msg.payload(), batch); !e.empty()) return e;
+      if (std::string e = applier_->apply(batch); !e.empty()) return e;
+      applied = true;
+    }
+    const uint64_t now = clock_.monotonic_ns();
+    if (applier_->needs_sync() &&
+        (applier_->flush_pending() || now - last_sync >= uint64_t(options_.sync_interval.count()))) {
+      (void)applier_->sync();  // a failure stops the applier, which says so
+      last_sync = now;
+    }
+    const ApplierState& s = applier_->state();
+    const Ack::State st = s.stopped ? Ack::State::kStopped : s.consistent ? Ack::State::kStreaming : Ack::State::kCatchingUp;
+    if (applied || st != last_sent_state) {
+      if (!(s.stopped && told_stop)) {
+        Ack ack{s.applied_seq, s.durable_seq, s.durable_bytes, st, s.stop_reason};
+        const std::vector<uint8_t> a = EncodeAck(ack);
+        if (transport::SendResult sr = ch.send(kMsgAck, a, std::chrono::seconds(10)); !sr.ok())
+          return "acknowledging: " + sr.message;
+        told_stop = s.stopped;
+      }
+      last_sent_state = st;
+    }
+    if (now - last_state >= uint64_t(options_.state_interval.count()) || (applied && s.syncs == 0)) {
+      WriteState(s.consistent ? "streaming" : "catching-up", source, clock_.wall_ns());
+      last_state = now;
+    }
+    if (options_.report.count() != 0 && now - last_report >= uint64_t(options_.report.count())) {
+      log::info("dr.replica", {{"consistent", s.consistent ? "yes" : "no"},
+                               {"durable_seq", s.durable_seq},
+                               {"behind_bytes", s.lag_bytes()},
+                               {"behind_ms", double(s.lag_ns()) / 1e6},
+                               {"state", s.stopped ? "stopped" : "applying"}});
+      last_report = now;
+    }
+  }
+  return "";
+}
+
+}  // namespace ftvm::storage

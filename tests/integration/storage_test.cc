@@ -1,0 +1,229 @@
+// Disk mirroring with real processes: the mail store in a network namespace with a
+// client that delivers mail one message at a time and keeps a ledger of what was
+// acknowledged and when.
+//   - DR: the store runs with --dr-target to an `ftvm dr-replica`; the store is
+//     killed with SIGKILL under load; `ftvm dr-start` boots it from the replica's
+//     disk. The replica must hold a prefix of the deliveries that includes every one
+//     acknowledged before the recovery point it reports.
+//   - move-disk: the store's disk moves to a new path under load; nothing
+//     acknowledged is lost, the old image is gone, and the VM writes the new one
+//     (a restart from the new image alone has every message).
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+#include "common/error.h"
+#include "common/unique_fd.h"
+#include "tests/support/harness.h"
+#include "tools/ftvm/mail_client.h"
+
+namespace ftvm::itest {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr const char* kTap = "ftvmdr0";
+constexpr const char* kGuestIp = "10.0.0.2";
+
+uint64_t WallNs() {
+  timespec t{};
+  clock_gettime(CLOCK_REALTIME, &t);
+  return uint64_t(t.tv_sec) * 1000000000ull + uint64_t(t.tv_nsec);
+}
+
+void MakeBlankDisk(const std::string& path, off_t bytes) {
+  int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0) << path;
+  ASSERT_EQ(ftruncate(fd, bytes), 0) << path;
+  close(fd);
+}
+
+// One client delivering "m<i>" with body "body-<i>" to mailbox "dr", in order, each
+// after the previous one was acknowledged: the store's journal then holds them in
+// that order, so what survives is a prefix m0..m<count-1>.
+class Deliverer {
+ public:
+  explicit Deliverer(std::string netns) : netns_(std::move(netns)) {}
+  ~Deliverer() { stop(); }
+  void start() {
+    thread_ = std::thread([this] { Run(); });
+  }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  // Acknowledgement wall times, by index.
+  std::vector<uint64_t> acked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return acked_;
+  }
+  uint64_t attempted() const { return attempted_; }
+  std::string error() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return error_;
+  }
+
+ private:
+  void Run() {
+    try {
+      UniqueFd fd(open(("/var/run/netns/" + netns_).c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd || setns(fd.get(), CLONE_NEWNET) != 0) throw SysError("setns " + netns_);
+      mail::ClientOptions co;
+      co.timeout_ms = 50;
+      co.retries = 60;
+      mail::MailClient client(mail::ParseEndpoint(kGuestIp), co);
+      for (uint64_t i = 0; !stop_; ++i) {
+        attempted_ = i + 1;
+        mail::MailResult r = client.deliver("m" + std::to_string(i), "dr", "body-" + std::to_string(i));
+        if (r.status != mail::MailStatus::kOk && r.status != mail::MailStatus::kDuplicate) break;  // the VM is gone
+        const uint64_t t = WallNs();
+        std::lock_guard<std::mutex> lock(mu_);
+        acked_.push_back(t);
+      }
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(mu_);
+      error_ = e.what();
+    }
+  }
+
+  std::string netns_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> attempted_{0};
+  std::mutex mu_;
+  std::vector<uint64_t> acked_;
+  std::string error_;
+};
+
+class StorageTest : public testing::Test {
+ protected:
+  void SetUp() override { ns_.AddTap(kTap, "10.0.0.1/24"); }
+
+  Process StartVm(const std::vector<std::string>& head, const std::vector<std::string>& extra, const std::string& console) {
+    std::vector<std::string> argv = head;
+    argv.insert(argv.end(), {"--guest", GuestImage(), "--app", "mailstore", "--tap", kTap, "--ip",
+                             std::string(kGuestIp) + "/24", "--console", console});
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Process p = Process::Start(ns_.Wrap(argv), "vm");
+    EXPECT_TRUE(WaitForFileContains(console, "mailstore: ready", seconds(90)))
+        << ReadFile(console) << "\nstderr:\n" << p.Stderr();
+    return p;
+  }
+
+  ProcessResult Mail(std::vector<std::string> args) {
+    std::vector<std::string> argv = {FtvmBinary(), "mail"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.insert(argv.end(), {"--to", kGuestIp, "--timeout-ms", "2000", "--retries", "5"});
+    return RunProcess(ns_.Wrap(argv), seconds(60), "mail");
+  }
+
+  uint64_t Count() {
+    ProcessResult r = Mail({"count", "--mailbox", "dr"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0 ? std::stoull(r.out) : 0;
+  }
+
+  // Every stored message is the one delivered at its index (a prefix, in order).
+  void ExpectPrefix(uint64_t count) {
+    for (uint64_t i : {uint64_t(0), count / 2, count - 1}) {
+      if (count == 0) break;
+      ProcessResult r = Mail({"fetch", "--mailbox", "dr", "--index", std::to_string(i)});
+      EXPECT_EQ(r.out, "body-" + std::to_string(i)) << "message " << i << " of " << count;
+    }
+  }
+
+  NetNamespace ns_{"storage"};
+};
+
+TEST_F(StorageTest, DrReplicaHoldsAPrefixOfAcknowledgedMailAfterTheSourceIsKilled) {
+  const std::string disk = ScratchPath("dr-src.img"), dir = ScratchPath("dr-replica");
+  MakeBlankDisk(disk, 32 << 20);
+  const std::string addr = "tcp:127.0.0.1:" + std::to_string(20000 + getpid() % 20000);
+  Process replica = Process::Start(ns_.Wrap({FtvmBinary(), "dr-replica", "--listen", addr, "--dir", dir}), "replica");
+  ASSERT_TRUE(WaitForFileContains(replica.stderr_path(), "listening", seconds(10))) << replica.Stderr();
+  Process vm = StartVm({FtvmBinary(), "run"}, {"--disk", disk, "--dr-target", addr, "--dr-report-s", "0.5"},
+                       ScratchPath("dr-console.txt"));
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "dr.caught_up", seconds(30))) << vm.Stderr();
+
+  Deliverer load(ns_.name());
+  load.start();
+  std::this_thread::sleep_for(seconds(3));
+  vm.Signal(SIGKILL);  // the source's host dies: no goodbye to the replica
+  vm.Wait(seconds(10));
+  load.stop();
+  const std::vector<uint64_t> acked = load.acked();
+  ASSERT_GT(acked.size(), 20u) << load.error() << "\n" << vm.Stderr();
+  std::this_thread::sleep_for(milliseconds(300));  // the replica sees the stream end
+  replica.Signal(SIGTERM);
+  ProcessResult rr = replica.Wait(seconds(10));
+  EXPECT_EQ(rr.exit_code, 0) << rr.err;
+  EXPECT_NE(vm.Stderr().find("dr.lag"), std::string::npos) << "the source reports how far behind the replica is";
+
+  ProcessResult st = RunProcess({FtvmBinary(), "dr-replica", "--status", "--dir", dir}, seconds(10), "status");
+  ASSERT_EQ(st.exit_code, 0) << st.err;
+  auto field = [&](const std::string& key) {
+    const size_t at = st.out.find("\n" + key + "=");
+    return at == std::string::npos ? std::string() : st.out.substr(at + key.size() + 2, st.out.find('\n', at + 1) - at - key.size() - 2);
+  };
+  EXPECT_EQ(field("consistent"), "yes") << st.out;
+  const uint64_t recovery_point = std::stoull(field("recovery_point_wall_ns"));
+  uint64_t acked_before = 0;  // messages acknowledged before the recovery point
+  while (acked_before < acked.size() && acked[acked_before] < recovery_point) ++acked_before;
+  ASSERT_GT(acked_before, 0u) << st.out;
+
+  Process vm2 = StartVm({FtvmBinary(), "dr-start", "--dir", dir}, {}, ScratchPath("dr-console2.txt"));
+  EXPECT_NE(vm2.Stderr().find("crash-consistent"), std::string::npos) << vm2.Stderr();
+  const uint64_t count = Count();
+  std::printf("dr: %zu acknowledged, %llu before the recovery point, %llu on the replica, %llu attempted\n",
+              acked.size(), static_cast<unsigned long long>(acked_before), static_cast<unsigned long long>(count),
+              static_cast<unsigned long long>(load.attempted()));
+  EXPECT_GE(count, acked_before) << "a message acknowledged before the reported recovery point is missing";
+  EXPECT_LE(count, load.attempted()) << "the replica holds a message never sent";
+  ExpectPrefix(count);
+  vm2.Signal(SIGTERM);
+  EXPECT_EQ(vm2.Wait(seconds(30)).exit_code, 0);
+}
+
+TEST_F(StorageTest, MoveDiskUnderLoadLosesNothingAndTheVmWritesTheNewImage) {
+  const std::string disk = ScratchPath("move-old.img"), moved = ScratchPath("move-new.img");
+  const std::string control = ScratchPath("vm.control");
+  MakeBlankDisk(disk, 32 << 20);
+  Process vm = StartVm({FtvmBinary(), "run"}, {"--disk", disk, "--control", control}, ScratchPath("move-console.txt"));
+  Deliverer load(ns_.name());
+  load.start();
+  std::this_thread::sleep_for(seconds(1));
+  ProcessResult mv = RunProcess({FtvmBinary(), "move-disk", "--control", control, "--to", moved}, seconds(60), "move");
+  const size_t acked_at_switch = load.acked().size();
+  std::this_thread::sleep_for(seconds(1));
+  load.stop();
+  ASSERT_EQ(mv.exit_code, 0) << mv.out << mv.err;
+  std::printf("move-disk: %s%s", mv.out.c_str(), mv.err.c_str());
+  EXPECT_NE(mv.err.find("copying"), std::string::npos) << "progress lines";
+  EXPECT_NE(mv.out.find("old image removed"), std::string::npos);
+  EXPECT_NE(access(disk.c_str(), F_OK), 0) << "the old image is removed";
+  const std::vector<uint64_t> acked = load.acked();
+  ASSERT_GT(acked.size(), acked_at_switch) << "the store served after the switch: " << load.error();
+  EXPECT_GE(Count(), acked.size());
+  vm.Signal(SIGTERM);
+  EXPECT_EQ(vm.Wait(seconds(30)).exit_code, 0);
+  // The new image alone holds every acknowledged message, those after the switch too.
+  Process vm2 = StartVm({FtvmBinary(), "run"}, {"--disk", moved}, ScratchPath("move-console2.txt"));
+  const uint64_t count = Count();
+  EXPECT_GE(count, acked.size());
+  EXPECT_LE(count, load.attempted());
+  ExpectPrefix(count);
+  vm2.Signal(SIGTERM);
+  EXPECT_EQ(vm2.Wait(seconds(30)).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace ftvm::itest

@@ -1,0 +1,187 @@
+#include "tools/ftvm/vm_storage.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "common/error.h"
+#include "common/log.h"
+
+namespace ftvm::cli {
+namespace po = boost::program_options;
+
+po::options_description StorageCliOptions::describe() {
+  po::options_description d("disk mirroring and control");
+  d.add_options()
+      ("dr-target", po::value(&dr_target),
+       "keep a crash-consistent copy of the disk at an ftvm dr-replica on this channel address (tcp:HOST:PORT, "
+       "shm:/path.sock)")
+      ("dr-queue-mib", po::value(&dr_queue_mib)->default_value(dr_queue_mib),
+       "writes queued for the DR target before falling back to a block bitmap and catching up (1..48)")
+      ("dr-report-s", po::value(&dr_report_s)->default_value(dr_report_s), "log how far behind the DR target is this often (0: never)")
+      ("control", po::value(&control), "control socket for this VMM (ftvm move-disk --control PATH)");
+  return d;
+}
+
+std::string StorageCliOptions::check() const {
+  if (!(dr_queue_mib >= 0.0625 && dr_queue_mib <= 48)) return "--dr-queue-mib must be 0.0625..48";
+  if (!(dr_report_s >= 0)) return "--dr-report-s must be >= 0";
+  return "";
+}
+
+VmStorage::VmStorage(const StorageCliOptions& options, vmm::Machine& machine, Clock& clock)
+    : options_(options), machine_(machine), clock_(clock) {
+  if (!options_.dr_target.empty()) {
+    if (machine_.disk_path().empty()) throw Error("--dr-target needs a VM with a disk (--disk)");
+    storage::MirrorOptions mo;
+    mo.disk_path = machine_.disk_path();
+    mo.vm_name = machine_.config().app;
+    mo.queue_bytes = size_t(options_.dr_queue_mib * double(1u << 20));
+    mo.report = std::chrono::nanoseconds(int64_t(options_.dr_report_s * 1e9));
+    dr_ = std::make_unique<storage::DiskMirror>(storage::MakeChannelTarget(options_.dr_target), mo, clock_);
+    taps_.add(dr_.get());
+  }
+  machine_.set_disk_observer(&taps_);
+  if (dr_) dr_->start();  // observing from here on
+  if (!options_.control.empty()) {
+    control_ = std::make_unique<control::Server>(options_.control);
+    control_->on(control::Request::kMoveDisk,
+                 [this](const control::Request& r, control::Responder& out) { return MoveDisk(r, out); });
+    control_->on(control::Request::kStatus,
+                 [this](const control::Request& r, control::Responder& out) { return Status(r, out); });
+    control_->start();
+    log::info("control.listening", {{"path", options_.control}});
+  }
+}
+
+VmStorage::~VmStorage() {
+  control_.reset();  // no request runs past here
+  if (dr_) dr_->stop();
+}
+
+void VmStorage::final_report() {
+  if (!dr_) return;
+  // A VM that stopped cleanly leaves its last writes with the target if it can take
+  // them soon; one that cannot is reported behind.
+  (void)dr_->wait_synced(std::chrono::seconds(5));
+  storage::MirrorStatus s = dr_->status();
+  log::info("dr.final", {{"target", options_.dr_target},
+                         {"state", storage::MirrorStateName(s.state)},
+                         {"consistent", s.target_consistent ? "yes" : "no"},
+                         {"behind_bytes", s.lag_bytes},
+                         {"behind_ms", double(s.lag_ns) / 1e6},
+                         {"head_seq", s.head_seq},
+                         {"durable_seq", s.durable_seq}});
+}
+
+control::Reply VmStorage::Status(const control::Request&, control::Responder&) {
+  control::Reply reply;
+  control::StatusReply* s = reply.mutable_status();
+  s->set_disk(machine_.disk_path());
+  if (dr_) {
+    storage::MirrorStatus m = dr_->status();
+    s->set_dr_target(options_.dr_target);
+    s->set_dr_state(std::string(storage::MirrorStateName(m.state)));
+    s->set_dr_consistent(m.target_consistent);
+    s->set_dr_behind_bytes(m.lag_bytes);
+    s->set_dr_behind_ms(double(m.lag_ns) / 1e6);
+  }
+  return reply;
+}
+
+control::Reply VmStorage::MoveDisk(const control::Request& req, control::Responder& out) {
+  control::Reply reply;
+  std::unique_lock<std::mutex> one(move_mu_, std::try_to_lock);
+  if (!one.owns_lock()) {
+    reply.set_error("a disk move is already running");
+    return reply;
+  }
+  const std::string old_path = machine_.disk_path();
+  const std::string new_path = req.move_disk().new_path();
+  if (old_path.empty()) throw Error("this VM has no disk");
+  if (new_path.empty()) throw Error("no new path given");
+  if (::access(new_path.c_str(), F_OK) == 0) throw Error(new_path + " already exists (a move never overwrites a file)");
+  const uint64_t t0 = clock_.monotonic_ns();
+  log::info("move_disk.start", {{"from", old_path}, {"to", new_path}});
+  out.progress("moving " + old_path + " to " + new_path + ": copying while the VM runs");
+
+  storage::MirrorOptions mo;
+  mo.disk_path = old_path;
+  mo.vm_name = machine_.config().app;
+  mo.report = std::chrono::nanoseconds(0);
+  mo.heartbeat = std::chrono::milliseconds(20);
+  mo.copy_rate = uint64_t(std::max(0.0, req.move_disk().rate_mib()) * double(1u << 20));
+  auto mirror = std::make_unique<storage::DiskMirror>(storage::MakeLocalTarget(new_path), mo, clock_);
+  auto detach = [&] { (void)machine_.run_at_boundary([&] { taps_.remove(mirror.get()); }); };
+  if (!machine_.run_at_boundary([&] { taps_.add(mirror.get()); })) throw Error("the VM stopped");
+  mirror->start();  // only now: every write from here on is seen
+  // Copy: the mirror catches up (all data blocks of the old image), then streams.
+  uint64_t last_line = 0;
+  for (;;) {
+    storage::MirrorStatus s = mirror->status();
+    if (s.state == storage::MirrorState::kStopped || (s.state == storage::MirrorState::kConnecting && !s.last_error.empty())) {
+      detach();
+      mirror.reset();
+      ::unlink(new_path.c_str());
+      throw Error("copying to " + new_path + ": " + s.last_error);
+    }
+    // Close enough: the switch sends the rest with the vCPU waiting.
+    if (mirror->wait_synced(std::chrono::milliseconds(200), 256)) break;
+    const uint64_t now = clock_.monotonic_ns();
+    if (now - last_line >= 500'000'000) {
+      s = mirror->status();
+      char line[200];
+      std::snprintf(line, sizeof line, "copied %.1f MiB, %s, %.1f MiB behind", double(s.blocks_copied) * 4096 / 1048576.0,
+                    std::string(storage::MirrorStateName(s.state)).c_str(), double(s.lag_bytes) / 1048576.0);
+      out.progress(line);
+      log::info("move_disk.progress", {{"copied_mib", double(s.blocks_copied) * 4096 / 1048576.0},
+                                       {"state", storage::MirrorStateName(s.state)},
+                                       {"behind_bytes", s.lag_bytes}});
+      last_line = now;
+    }
+  }
+  out.progress("copied; switching the VM to " + new_path);
+  // The switch: on the vCPU thread, between requests, so no write is half done:
+  // send the last queued writes, wait until the new image holds them durably, and
+  // carry on with it.
+  std::string why;
+  uint64_t switch_ns = 0;
+  const bool ran = machine_.run_at_boundary([&] {
+    const uint64_t s0 = clock_.monotonic_ns();
+    why = mirror->drain(std::chrono::seconds(10));
+    if (why.empty()) {
+      try {
+        machine_.switch_disk(new_path);
+        if (dr_) dr_->reopen_image(new_path);
+      } catch (const Error& e) {
+        why = e.what();
+      }
+    }
+    taps_.remove(mirror.get());
+    switch_ns = clock_.monotonic_ns() - s0;
+  });
+  const storage::MirrorStatus final_status = mirror->status();
+  mirror.reset();
+  if (!ran || !why.empty()) {
+    ::unlink(new_path.c_str());
+    throw Error("switching to " + new_path + ": " + (ran ? why : "the VM stopped"));
+  }
+  bool removed = false;
+  if (!req.move_disk().keep_old()) {
+    removed = ::unlink(old_path.c_str()) == 0;
+    if (!removed) log::warn("move_disk.old_kept", {{"path", old_path}, {"error", std::strerror(errno)}});
+  }
+  const double secs = double(clock_.monotonic_ns() - t0) / 1e9;
+  log::info("move_disk.done", {{"from", old_path}, {"to", new_path}, {"seconds", secs},
+                               {"switch_ms", double(switch_ns) / 1e6}, {"old_removed", removed ? "yes" : "no"}});
+  control::MoveDiskResult* r = reply.mutable_move_disk();
+  r->set_old_path(old_path);
+  r->set_new_path(new_path);
+  r->set_old_removed(removed);
+  r->set_seconds(secs);
+  r->set_blocks_copied(final_status.blocks_copied);
+  r->set_switch_ms(double(switch_ns) / 1e6);
+  return reply;
+}
+
+}  // namespace ftvm::cli
