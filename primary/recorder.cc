@@ -144,6 +144,7 @@ Recorder::SnapshotStart Recorder::snapshot_start(const vmm::PageBitmap* pages) {
   // The disk as it is now (a disk copied live was checked by its transfer).
   *s.header.mutable_vm() = DescribeVm(m_.config(), m_.backend_name(), pages == nullptr);
   s.header.set_start_position(m_.position());
+  s.header.set_continues(true);
   s.header.set_created_unix_ns(0);
   s.header.clear_ftvm_version();
   const std::vector<uint8_t> regs = m_.backend().regs().encode();

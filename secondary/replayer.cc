@@ -13,6 +13,11 @@
 
 namespace ftvm::secondary {
 
+namespace {
+// A log of a VM that was already running when it started.
+bool OpensWithCheckpoint(const eventlog::LogHeader& h) { return h.continues() || h.start_position() != 0; }
+}  // namespace
+
 using eventlog::Record;
 using eventlog::RecordType;
 
@@ -39,7 +44,7 @@ Replayer::Replayer(vmm::Machine& machine, RecordSource& source, ReplayOptions op
     since_verify_.clear();
   }
   // A log that opens with a checkpoint rewrites memory first and hashes it then.
-  if (source_.header().start_position() == 0) memory_digest_ = std::make_unique<vmm::MemoryDigest>(m_.memory());
+  if (!OpensWithCheckpoint(source_.header())) memory_digest_ = std::make_unique<vmm::MemoryDigest>(m_.memory());
 }
 
 Replayer::~Replayer() = default;
@@ -228,7 +233,8 @@ void Replayer::MatchOutputChecks() {
 // ---- The run loop -------------------------------------------------------------------
 
 void Replayer::started(vmm::Machine& m) {
-  if (const uint64_t start = source_.header().start_position(); start != 0) {
+  if (OpensWithCheckpoint(source_.header())) {
+    const uint64_t start = source_.header().start_position();
     // A log of a VM that was already running: it opens with a checkpoint of all of
     // it, which this replica (booted from the image) takes on before it runs.
     m.set_position(start);

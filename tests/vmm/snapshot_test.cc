@@ -4,6 +4,7 @@
 // devices run over real rings in real guest RAM (a memfd) with the test driver of
 // tests/vmm/devices, and a real image file.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -195,6 +196,21 @@ TEST(DeviceSnapshot, TimerRoundTrip) {
   EXPECT_FALSE(c.expire());
   EXPECT_EQ(c.fired(), 1u);
   ExpectRejectsForeignStates(c, snapshot::Device::kTimer);
+}
+
+// A VM that goes live from a snapshot (a replica joined live taking over, a
+// migration) re-arms its host timer with the interval the guest armed it with.
+TEST(DeviceSnapshot, RestoredArmedTimerGoesLiveWithTheGuestsInterval) {
+  RecordingSink sink_a, sink_b;
+  Timer a(sink_a, live_io);
+  a.mmio_write(FTVM_TIMER_ARM_NS, 8, 20'000'000);
+  const snapshot::Device armed = SavedMessage(a);
+  EXPECT_EQ(armed.timer().interval_ns(), 20'000'000u);
+  Timer b(sink_b, live_io);
+  b.restore(armed);
+  b.go_live();
+  pollfd p{b.host_fds().at(0), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 2000), 1) << "the host timer must run";
 }
 
 // ---- Console -------------------------------------------------------------------

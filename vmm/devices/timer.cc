@@ -69,6 +69,7 @@ bool Timer::save(snapshot::Device& out) const {
   auto* s = out.mutable_timer();
   s->set_armed(armed_);
   s->set_fired(fired_);
+  s->set_interval_ns(interval_ns_);
   return true;
 }
 
@@ -76,6 +77,7 @@ void Timer::restore(const snapshot::Device& in) {
   if (!in.has_timer()) throw Error("snapshot for device 'timer' holds another device's state");
   armed_ = in.timer().armed();
   fired_ = in.timer().fired();
+  interval_ns_ = in.timer().interval_ns();
   expired_ = false;
 }
 
