@@ -352,6 +352,16 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   if (options_.listen.empty()) {
     m.go_live(vmm::ExecutionMode::kLive, nullptr, clock_ns, options_.tap);
   } else {
+    // The channel to the old primary goes before this host listens for a new
+    // secondary: both may need the same device (a DPDK port on one NIC serves one
+    // channel at a time, and a second net_af_packet port on an interface would share
+    // its frames with the first). A lost primary's channel is abandoned: nobody is
+    // left to receive anything on it, so it is not waited for. A primary that handed
+    // the VM over hears HandoverDone first (its VM stays paused until then, so it is
+    // sent before this replica runs the VM), and the channel's close delivers what
+    // was sent before it goes.
+    if (handing_over_) SendHandoverDone();
+    ReleaseChannel(/*peer_alive=*/handing_over_);
     // This host is the primary now, ready to be protected again: record from here
     // on, and take a new secondary whenever one connects.
     // It protects the VM the way the pair did: the same verification, checkpoint,
@@ -373,10 +383,7 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
     takeover_ = std::make_unique<primary::ProtectedPrimary>(m, std::move(recorder), next, po, clock_);
     takeover_->serve_reprotection();
   }
-  if (handing_over_) {
-    // The primary keeps its VM paused until it hears this; then it stops it.
-    channel_->send(replication::kHandoverDone, std::span<const uint8_t>(), std::chrono::seconds(1)).ok();
-  }
+  if (handing_over_ && channel_) SendHandoverDone();
   std::lock_guard<std::mutex> lock(mu_);
   generation_ = next;
   report_.generation = next;
@@ -387,6 +394,18 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
                    std::to_string(m.position()) + " in arbiter generation " + std::to_string(next);
   log::error("secondary.LIVE", {{"detail", report_.detail}, {"tap", options_.tap}});
   return true;
+}
+
+void ProtectingSecondary::SendHandoverDone() {
+  // The primary keeps its VM paused until it hears this; then it stops it.
+  channel_->send(replication::kHandoverDone, std::span<const uint8_t>(), std::chrono::seconds(1)).ok();
+}
+
+void ProtectingSecondary::ReleaseChannel(bool peer_alive) {
+  if (channel_ && peer_alive) channel_->close();
+  if (channel_ && !peer_alive) channel_->abandon();
+  if (receiver_.joinable()) receiver_.join();
+  channel_.reset();
 }
 
 int ProtectingSecondary::run() {

@@ -25,9 +25,7 @@
 //
 // Usage: channel_bench [--quick] [--dpdk-only]
 // Figures vary run to run on a noisy 2-core machine; compare rows of the same run.
-#include <dirent.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -39,11 +37,13 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
+#include "common/netns.h"
 #include "eventlog/format.h"
 #include "transport/channel.h"
 #include "transport/dpdk_testing.h"
@@ -264,11 +264,7 @@ struct DpdkRow {
 // pair in one namespace can share by chance (consecutive pids and ifindexes), and
 // then the second one fails with EINVAL.
 void EnterNamespace(const std::string& ns) {
-  if (ns.empty()) return;
-  const std::string path = "/var/run/netns/" + ns;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || ::setns(fd, CLONE_NEWNET) != 0) throw ftvm::Error("cannot enter network namespace " + ns);
-  ::close(fd);
+  if (!ns.empty()) ftvm::netns::Enter(ns);
 }
 
 DpdkRow MeasureDpdk(const std::string& name, const std::string& listen_at, const std::string& connect_to,
@@ -369,24 +365,6 @@ DpdkRow MeasureBare(const std::string& name, const std::string& listen_at, const
       });
 }
 
-int Sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
-
-// Deletes the namespaces of earlier runs that were killed before they could clean up
-// (named PREFIX-PID, for a PID that no longer runs).
-void DeleteStaleNamespaces(const std::string& prefix) {
-  DIR* dir = ::opendir("/var/run/netns");
-  if (dir == nullptr) return;
-  std::vector<std::string> stale;
-  while (const dirent* e = ::readdir(dir)) {
-    const std::string name = e->d_name;
-    if (!name.starts_with(prefix)) continue;
-    const pid_t pid = static_cast<pid_t>(std::atol(name.substr(name.rfind('-') + 1).c_str()));
-    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(name);
-  }
-  ::closedir(dir);
-  for (const auto& n : stale) Sh("ip netns del " + n);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -433,32 +411,26 @@ int main(int argc, char** argv) {
     std::string listen_ns, connect_ns;
   };
   std::vector<DpdkCase> dpdk_cases;
-  std::string ns_a, ns_b;
+  // As root, net_af_packet on a veth pair between two namespaces (deleted, with the
+  // pair, however the run ends).
+  std::unique_ptr<ftvm::netns::Namespace> ns_a, ns_b;
+  std::unique_ptr<ftvm::netns::VethPair> veth;
   if (DpdkAvailable()) {
     const std::string memif = "dpdk:memif:/ftvm-bench-" + std::to_string(::getpid());
     dpdk_cases.push_back({"memif", memif, memif, "", ""});
     if (::geteuid() == 0) {
-      DeleteStaleNamespaces("ftvm-bench-");
-      const std::string id = std::to_string(::getpid());
-      ns_a = "ftvm-bench-a-" + id;
-      ns_b = "ftvm-bench-b-" + id;
-      const std::string va = "ftvmba" + id, vb = "ftvmbb" + id;
-      if (Sh("ip netns add " + ns_a) == 0 && Sh("ip netns add " + ns_b) == 0 &&
-          Sh("ip link add " + va + " mtu 9000 type veth peer name " + vb + " mtu 9000") == 0 &&
-          Sh("ip link set " + va + " netns " + ns_a) == 0 && Sh("ip link set " + vb + " netns " + ns_b) == 0 &&
-          Sh("ip -n " + ns_a + " link set " + va + " up") == 0 && Sh("ip -n " + ns_b + " link set " + vb + " up") == 0) {
-        dpdk_cases.push_back({"af_packet", "dpdk:af_packet:" + va, "dpdk:af_packet:" + vb, ns_a, ns_b});
+      try {
+        ns_a = std::make_unique<ftvm::netns::Namespace>("ftvm-bench-a");
+        ns_b = std::make_unique<ftvm::netns::Namespace>("ftvm-bench-b");
+        veth = std::make_unique<ftvm::netns::VethPair>(ftvm::netns::VethPair::End{ns_a->name(), "ftvmb0", ""},
+                                                       ftvm::netns::VethPair::End{ns_b->name(), "ftvmb0", ""});
+        dpdk_cases.push_back({"af_packet", "dpdk:af_packet:ftvmb0", "dpdk:af_packet:ftvmb0", ns_a->name(),
+                              ns_b->name()});
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "channel_bench: no af_packet rows: %s\n", e.what());
       }
     }
   }
-  // Deletes the namespaces (and the veth pair in them) however the run ends.
-  struct Cleanup {
-    std::string a, b;
-    ~Cleanup() {
-      if (!a.empty()) Sh("ip netns del " + a);
-      if (!b.empty()) Sh("ip netns del " + b);
-    }
-  } cleanup{ns_a, ns_b};
   struct DpdkResult {
     std::string name;
     DpdkRow channel, bare, long_spin;

@@ -465,21 +465,25 @@ class Port {
   std::atomic<bool> in_use_{false};  // a channel holds the port
 };
 
-// Holds a port for one channel; gives it back on destruction.
+// Holds a port for one channel; gives it back on release() or destruction, but keeps
+// it alive (its pool holds the channel's mbufs) until destroyed.
 class PortLease {
  public:
   PortLease() = default;
-  explicit PortLease(std::shared_ptr<Port> port) : port_(std::move(port)) {}
-  PortLease(PortLease&& o) noexcept = default;
+  explicit PortLease(std::shared_ptr<Port> port) : port_(std::move(port)), held_(port_ != nullptr) {}
+  PortLease(PortLease&& o) noexcept : port_(std::move(o.port_)), held_(std::exchange(o.held_, false)) {}
   PortLease& operator=(PortLease&&) = delete;
-  ~PortLease() {
-    if (port_) port_->in_use().store(false, std::memory_order_release);
+  ~PortLease() { release(); }
+  // From now on the holder does not touch the port's queues: another channel may.
+  void release() {
+    if (std::exchange(held_, false)) port_->in_use().store(false, std::memory_order_release);
   }
   Port& operator*() const { return *port_; }
   Port* operator->() const { return port_.get(); }
 
  private:
   std::shared_ptr<Port> port_;
+  bool held_ = false;
 };
 
 struct MbufFree {
@@ -682,6 +686,10 @@ class Wire {
     for (uint16_t i = sent; i < count; ++i) rte_pktmbuf_free(out[i]);
     return n;
   }
+  void discard_held() {
+    if (held_ != nullptr) rte_pktmbuf_free(held_);
+    held_ = nullptr;
+  }
   // A segment held back with nothing sent after it goes out after a while anyway.
   void flush(SteadyClock::time_point now) {
     if (held_ != nullptr && now - held_at_ > 1ms) {
@@ -750,6 +758,11 @@ class DpdkChannel final : public Channel {
                   std::chrono::nanoseconds timeout) override;
   RecvResult recv(Message& out, std::chrono::nanoseconds timeout) override;
   void close() override;
+  void abandon() override {
+    close();
+    std::lock_guard lock(mu_);
+    die("abandoned by this end (the peer was declared gone)");
+  }
   ChannelStats stats() const override { return counters_.snapshot(); }
 
   test_hooks::DpdkCounters counters() {
@@ -770,6 +783,7 @@ class DpdkChannel final : public Channel {
  private:
   // The listener's HELLO_ACK, sent again when the connector repeats its HELLO.
   void send_hello_ack() {
+    if (released_) return;
     uint8_t p[kHelloPayload];
     PutHello(p, port_->spec().mtu, static_cast<uint32_t>(cap_));
     SegHeader h;
@@ -798,8 +812,16 @@ class DpdkChannel final : public Channel {
   void send_ack(SteadyClock::time_point now, uint8_t flags = 0);
   void send_fin(SteadyClock::time_point now);
   void timers(SteadyClock::time_point now);
+  // The peer is gone for good: nothing more can be exchanged with it, so the port is
+  // given back at once. The channel itself may live on for a while (its owner still
+  // holds it, to read what arrived before the end), and a listener must not wait for
+  // that to take its next channel (a new secondary after the old one died).
   void die(std::string why) {
-    if (!dead_) dead_ = peer_ + ": " + std::move(why);
+    if (dead_) return;
+    dead_ = peer_ + ": " + std::move(why);
+    wire_.discard_held();
+    port_.release();
+    released_ = true;
   }
   uint32_t window() const { return static_cast<uint32_t>(cap_ - (rcv_nxt_ - rcv_read_)); }
   std::chrono::nanoseconds rto() const { return options_.retransmit_timeout * (1 << backoff_); }
@@ -856,6 +878,7 @@ class DpdkChannel final : public Channel {
   test_hooks::DpdkCounters proto_;
   SteadyClock::time_point last_rx_, last_tx_, last_pump_;
   std::optional<std::string> dead_;  // why the peer is gone
+  bool released_ = false;             // the port went back with dead_: never touch it again
 
   // Sending: bytes [snd_una_, snd_end_) are kept in sbuf_; [snd_una_, snd_nxt_) were
   // sent and await their acknowledgement.
@@ -918,6 +941,7 @@ void DpdkChannel::keep(std::stop_token st) {
 
 void DpdkChannel::pump(SteadyClock::time_point now) {
   last_pump_ = now;
+  if (released_) return;
   rte_mbuf* pkts[kBurst];
   for (int round = 0; round < 8; ++round) {
     const uint16_t n = port_->rx(pkts, kBurst);
@@ -925,15 +949,16 @@ void DpdkChannel::pump(SteadyClock::time_point now) {
       handle(pkts[i], now);
       rte_pktmbuf_free(pkts[i]);
     }
-    if (n < kBurst) break;
+    if (n < kBurst || released_) break;
   }
   push(now);
   timers(now);
   if (ack_now_ || (ack_due_since_ && now - *ack_due_since_ >= kAckDelay)) send_ack(now);
-  wire_.flush(now);
+  if (!released_) wire_.flush(now);
 }
 
 void DpdkChannel::handle(const rte_mbuf* m, SteadyClock::time_point now) {
+  if (released_) return;
   SegHeader h;
   rte_ether_addr src_mac;
   if (!ParseSegment(m, h, src_mac)) return;
@@ -1056,6 +1081,7 @@ void DpdkChannel::on_data(const rte_mbuf* m, const SegHeader& h, SteadyClock::ti
 }
 
 bool DpdkChannel::transmit(uint64_t seq, uint32_t len, SteadyClock::time_point now) {
+  if (released_) return false;
   SegHeader h;
   h.type = kData;
   h.flags = peer_fin_ ? kFlagFinSeen : 0;
@@ -1087,6 +1113,7 @@ bool DpdkChannel::transmit(uint64_t seq, uint32_t len, SteadyClock::time_point n
 
 // Sends new data as far as the peer's window allows, in bursts.
 void DpdkChannel::push(SteadyClock::time_point now) {
+  if (released_) return;
   const uint64_t right = snd_una_ + peer_wnd_;
   while (snd_nxt_ < snd_end_ && snd_nxt_ < right) {
     if (snd_una_ == snd_nxt_) rto_at_ = now + rto();  // the timer starts with the oldest byte out
@@ -1137,6 +1164,7 @@ void DpdkChannel::push(SteadyClock::time_point now) {
 }
 
 void DpdkChannel::send_fin(SteadyClock::time_point now) {
+  if (released_) return;
   SegHeader h;
   h.type = kFin;
   h.flags = peer_fin_ ? kFlagFinSeen : 0;
@@ -1156,6 +1184,7 @@ void DpdkChannel::send_fin(SteadyClock::time_point now) {
 }
 
 void DpdkChannel::send_ack(SteadyClock::time_point now, uint8_t flags) {
+  if (released_) return;
   SegHeader h;
   h.type = kAck;
   h.flags = static_cast<uint8_t>(flags | (peer_fin_ ? kFlagFinSeen : 0));
