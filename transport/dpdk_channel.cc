@@ -55,6 +55,7 @@
 // keeper thread pumps every `tick` while nobody else waits, so a peer is answered
 // while this side's application is busy elsewhere.
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -144,6 +145,15 @@ std::string MacText(const rte_ether_addr& a) {
 }
 
 using detail::CpuRelax;
+
+// A random locally administered unicast MAC address.
+rte_ether_addr RandomMac() {
+  std::random_device rd;
+  rte_ether_addr a{};
+  for (auto& b : a.addr_bytes) b = static_cast<uint8_t>(rd());
+  a.addr_bytes[0] = static_cast<uint8_t>((a.addr_bytes[0] & 0xfe) | 0x02);
+  return a;
+}
 
 bool IsVirtual(const DpdkAddress& a) {
   if (a.device != DpdkAddress::Device::kDevargs) return true;
@@ -259,6 +269,7 @@ struct PortSpec {
   std::string devargs;  // for rte_dev_probe
   std::string name;     // the device (and port) name
   bool memif = false;
+  std::string tap_iface;    // net_tap: the kernel's side of the tap
   uint32_t mtu = 1500;      // the largest Ethernet payload this side sends and takes
   uint32_t rx_room = 2048;  // mbuf data room for one received frame
 };
@@ -311,7 +322,10 @@ PortSpec MakeSpec(const DpdkAddress& a, bool listening, EalRuntime& eal, const s
     case DpdkAddress::Device::kTap:
       s.mtu = a.mtu ? a.mtu : 1500;
       s.name = "net_tap_ftvm" + n;
-      s.devargs = s.name + ",iface=" + a.target;
+      // The port's MAC address from a real source of randomness: net_tap's own comes
+      // from rte_rand(), whose state processes fork()ed from one parent share.
+      s.devargs = s.name + ",iface=" + a.target + ",mac=" + MacText(RandomMac());
+      s.tap_iface = a.target;
       s.rx_room = std::max<uint32_t>(2048, RoundUp(s.mtu + kEthBytes + 4, 1024));
       break;
     case DpdkAddress::Device::kDevargs: {
@@ -319,6 +333,10 @@ PortSpec MakeSpec(const DpdkAddress& a, bool listening, EalRuntime& eal, const s
       s.name = a.target.substr(0, a.target.find(','));
       s.mtu = a.mtu ? a.mtu : 1500;
       s.memif = s.name.starts_with("net_memif");
+      if (s.name.starts_with("net_tap")) {
+        const size_t at = a.target.find("iface=");
+        if (at != std::string::npos) s.tap_iface = a.target.substr(at + 6, a.target.find(',', at) - at - 6);
+      }
       s.rx_room = std::max<uint32_t>(2048, RoundUp(s.mtu + kEthBytes + 4, 1024));
       if (s.name.starts_with("net_af_packet") || s.name.starts_with("eth_af_packet")) {
         const size_t at = a.target.find("framesz=");
@@ -422,6 +440,7 @@ class Port {
       const int rc = rte_eth_dev_start(id_);
       if (rc == 0) {
         started_ = true;
+        if (!spec_.tap_iface.empty()) separate_tap_mac();
         return;
       }
       if (deadline.expired()) {
@@ -440,6 +459,29 @@ class Port {
   void restart() {
     if (started_) rte_eth_dev_stop(id_);
     started_ = rte_eth_dev_start(id_) == 0;
+  }
+
+  // net_tap gives the kernel's side of its tap the port's own MAC address (and again
+  // at every start). On a bridge, which is how a tap reaches anything, that makes the
+  // port's address the bridge's own: a frame sent to the port is handed to the host's
+  // stack instead of out through the tap, so whatever the peer sends to this port is
+  // lost (the handshake's HELLO_ACK first, while broadcast HELLOs still go through).
+  // The kernel's side gets an address of its own instead.
+  void separate_tap_mac() {
+    rte_ether_addr kernel{};
+    do {
+      kernel = RandomMac();
+    } while (rte_is_same_ether_addr(&kernel, &mac_));
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, spec_.tap_iface.c_str(), IFNAMSIZ - 1);
+    ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+    std::memcpy(ifr.ifr_hwaddr.sa_data, kernel.addr_bytes, RTE_ETHER_ADDR_LEN);
+    UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!s || ::ioctl(s.get(), SIOCSIFHWADDR, &ifr) != 0) {
+      throw SysError(what_ + ": cannot give the kernel's side of tap " + spec_.tap_iface +
+                     " a MAC address other than the port's " + MacText(mac_) +
+                     " (with the same one, a bridge keeps every frame sent to the port)");
+    }
   }
 
   bool link_up() const {

@@ -85,10 +85,12 @@ const ChannelCase kChannels[] = {
     // The RDMA channel's ring and credit protocol over its shared-memory stand-in for
     // one-sided writes (there is no RDMA device here).
     {"rdma_shm", "rdma+shm", "rdma+shm", false, 2},
-    // DPDK, raw Ethernet frames: net_memif between the hosts' processes, and
-    // net_af_packet on a link of its own between the hosts.
+    // DPDK, raw Ethernet frames: net_memif between the hosts' processes,
+    // net_af_packet on a link of its own between the hosts, and net_tap on a tap on
+    // each host's bridge (over the LAN, in the drill).
     {"dpdk_memif", "dpdk", "dpdk", false, 2},
     {"dpdk_af_packet", "dpdk-af_packet", "dpdk", true, 2},
+    {"dpdk_tap", "dpdk-tap", "dpdk", true, 2},
 };
 
 std::string ChannelTestName(const testing::TestParamInfo<ChannelCase>& info) { return info.param.test_name; }
@@ -98,6 +100,7 @@ void PrintTo(const ChannelCase& c, std::ostream* os) { *os << c.drill; }
 // Host A and host B of one test: two network namespaces joined by a veth pair
 // (10.77.0.1 and 10.77.0.2, interface ftlink0 on both), and the channel between
 // them: the primary listens on A, the secondary (or `ftvm migrate`) connects from B.
+// For net_tap each host also has a tap, ftlog0, on a bridge with its end of the link.
 class TwoHosts {
  public:
   explicit TwoHosts(const ChannelCase& c)
@@ -110,6 +113,15 @@ class TwoHosts {
       address_ = "dpdk:memif:" + sock + ";abstract=no";  // a socket file: both namespaces see it
     } else if (channel == "dpdk-af_packet") {
       address_ = "dpdk:af_packet:ftlink0";  // each side names its own end
+    } else if (channel == "dpdk-tap") {
+      for (const netns::Namespace* host : {&a_, &b_}) {
+        const std::string& ns = host->name();
+        netns::Ip({"-n", ns, "link", "add", "br0", "type", "bridge"});
+        netns::Ip({"-n", ns, "tuntap", "add", "dev", "ftlog0", "mode", "tap", "multi_queue"});
+        for (const char* port : {"ftlink0", "ftlog0"}) netns::Ip({"-n", ns, "link", "set", port, "master", "br0"});
+        for (const char* dev : {"br0", "ftlog0"}) netns::Ip({"-n", ns, "link", "set", dev, "up"});
+      }
+      address_ = "dpdk:tap:ftlog0";
     } else {
       address_ = channel + ":" + sock;
     }

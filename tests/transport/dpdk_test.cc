@@ -1,7 +1,7 @@
 // The DPDK channel over real virtual devices between real processes: net_memif
 // between two processes (no root needed), net_af_packet on a veth pair between two
-// network namespaces (root), and the protocol under injected loss, reordering and
-// duplication.
+// network namespaces and net_tap on two taps joined by a bridge (root), and the
+// protocol under injected loss, reordering and duplication.
 //
 // Every DPDK end runs in a fork()ed child: the EAL initializes once per process, and
 // a process that forked after initializing it cannot use it in the child, so this
@@ -659,6 +659,51 @@ TEST(DpdkAfPacket, ChannelAcrossNamespacesOnAVethPair) {
   ASSERT_TRUE(echoed.wait());
   connector.kill(SIGKILL);
   EXPECT_EQ(connector.wait(), 128 + SIGKILL);
+  EXPECT_EQ(listener.wait(), 0);
+}
+
+// --- net_tap: two taps on a bridge ---------------------------------------------------
+
+// net_tap on two taps joined by a bridge (how a tap reaches a NIC, or another tap):
+// messages go both ways, small and large. The taps are persistent ones made
+// beforehand and put on the bridge (net_tap attaches to an existing tap of its name).
+// net_tap gives the kernel's side of a tap the port's own MAC address, which makes it
+// the bridge's own: unless the channel changes it, the bridge keeps every frame sent to
+// the port, and the connector never hears the listener's answer.
+TEST(DpdkTap, ChannelBetweenTwoTapsOnABridge) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, taps)";
+  std::unique_ptr<netns::Namespace> ns;
+  try {
+    ns = std::make_unique<netns::Namespace>("ftvm-dpdk-tap");
+    netns::Ip({"-n", ns->name(), "link", "add", "br0", "type", "bridge"});
+    netns::Ip({"-n", ns->name(), "link", "set", "br0", "up"});
+    for (const char* tap : {"fdta", "fdtb"}) {
+      netns::Ip({"-n", ns->name(), "tuntap", "add", "dev", tap, "mode", "tap", "multi_queue"});
+      netns::Ip({"-n", ns->name(), "link", "set", tap, "master", "br0"});
+      netns::Ip({"-n", ns->name(), "link", "set", tap, "up"});
+    }
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "cannot make a namespace with taps on a bridge here: " << e.what();
+  }
+  Child listener([&] {
+    EnterNamespace(ns->name());
+    auto ch = AcceptOne("dpdk:tap:fdta", QuickOptions());
+    return EchoUntilClosed(*ch);
+  });
+  Child connector([&] {
+    EnterNamespace(ns->name());
+    auto ch = ConnectTo("dpdk:tap:fdtb", QuickOptions());
+    Message m;
+    for (size_t size : {size_t{1}, size_t{1400}, size_t{100000}}) {
+      auto data = Pattern(size, static_cast<uint32_t>(size) + 3);
+      Require(ch->send(5, data, 10s).ok(), "send of " + std::to_string(size));
+      RecvResult r = ch->recv(m, 10s);
+      Require(r.is_message() && Equal(m.payload(), data), "echo of " + std::to_string(size) + ": " + r.message);
+    }
+    ch->close();
+    return 0;
+  });
+  EXPECT_EQ(connector.wait(), 0);
   EXPECT_EQ(listener.wait(), 0);
 }
 

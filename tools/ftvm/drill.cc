@@ -116,12 +116,15 @@ void MustRun(const std::vector<std::string>& argv) {
   }
 }
 
-// Host A, host B, the client and the LAN that joins them (see drill.h); with
-// `logging_link`, also a cable of its own between A and B for the logging channel
-// (interface ftlog0 on each, MTU 9000), as VMware FT has a NIC of its own for it.
+// Host A, host B, the client and the LAN that joins them (see drill.h). For the
+// dpdk-af_packet channel also a cable of its own between A and B for the logging
+// channel (interface ftlog0 on each, MTU 9000), as VMware FT has a NIC of its own for
+// it; for dpdk-tap, taps ftlog0..2 on each host's bridge, so that the channel crosses
+// the LAN (one tap per channel: a second process on a multi-queue tap would get a
+// share of the first one's frames).
 class DrillNet {
  public:
-  DrillNet(std::string prefix, bool logging_link) : p_(std::move(prefix)) {
+  DrillNet(std::string prefix, const std::string& channel) : p_(std::move(prefix)) {
     Down();
     for (const char* n : {"lan", "a", "b", "c"}) {
       MustRun({"ip", "netns", "add", ns(n)});
@@ -149,8 +152,16 @@ class DrillNet {
     // The witness both hosts check before taking the VM (failover/witness.h).
     MustRun({"ip", "-n", ns("c"), "addr", "add", kWitness + std::string("/24"), "dev", "lan0"});
     MustRun({"ip", "-n", ns("c"), "link", "set", "lan0", "up"});
-    if (logging_link) {
+    if (channel == "dpdk-af_packet") {
       log_link_.emplace(netns::VethPair::End{ns("a"), kLoggingLink, ""}, netns::VethPair::End{ns("b"), kLoggingLink, ""});
+    }
+    for (const char* h : {"a", "b"}) {
+      for (int i = 0; channel == "dpdk-tap" && i < 3; ++i) {
+        const std::string tap = LoggingTap(i);
+        MustRun({"ip", "-n", ns(h), "tuntap", "add", "dev", tap, "mode", "tap", "multi_queue"});
+        MustRun({"ip", "-n", ns(h), "link", "set", tap, "master", "brh"});
+        MustRun({"ip", "-n", ns(h), "link", "set", tap, "up"});
+      }
     }
   }
   ~DrillNet() {
@@ -162,6 +173,7 @@ class DrillNet {
   static std::string host_ip(int i) { return "192.168.77." + std::to_string(i); }
   static constexpr const char* kWitness = "192.168.77.100";
   static constexpr const char* kLoggingLink = "ftlog0";
+  static std::string LoggingTap(int number) { return "ftlog" + std::to_string(number); }
   // Pulls the host's cables: its LAN link and its logging link.
   void CutLink(const char* host) {
     MustRun({"ip", "-n", ns(host), "link", "set", "lan0", "down"});
@@ -365,16 +377,17 @@ std::vector<std::string> Split(const std::string& s) {
 
 // Where host `host` (1: A, 2: B) listens for the logging channel, and where the
 // other host connects: the pair's channel is number 0, re-protection's 1 and 2. tcp
-// runs over the hosts' LAN; dpdk-af_packet over their logging link, where one
-// interface serves one channel at a time (host B listens for its new secondary after
-// its channel to the dead primary is gone); the others are set up through a Unix
-// socket, which both "hosts" (namespaces of this machine) see (dpdk: net_memif's
-// control socket).
+// runs over the hosts' LAN, and so does dpdk-tap (a tap per channel on each host's
+// bridge); dpdk-af_packet over their logging link, where one interface serves one
+// channel at a time (host B listens for its new secondary after its channel to the
+// dead primary is gone); the others are set up through a Unix socket, which both
+// "hosts" (namespaces of this machine) see (dpdk: net_memif's control socket).
 std::string ChannelAddress(const std::string& channel, const std::string& dir, int host, int number) {
   const std::string sock = dir + "/channel" + std::to_string(number) + ".sock";
   if (channel == "tcp") return "tcp:" + DrillNet::host_ip(host) + ":" + std::to_string(7000 + number);
   if (channel == "dpdk") return "dpdk:memif:" + sock + ";abstract=no";
   if (channel == "dpdk-af_packet") return std::string("dpdk:af_packet:") + DrillNet::kLoggingLink;
+  if (channel == "dpdk-tap") return "dpdk:tap:" + DrillNet::LoggingTap(number);
   return channel + ":" + sock;
 }
 
@@ -390,7 +403,7 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
     UniqueFd fd(open((dir + d).c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644));
     if (!fd || ftruncate(fd.get(), 32 << 20) != 0) throw SysError("drill: disk image in " + dir);
   }
-  DrillNet net("fdr" + std::to_string(getpid() % 100000), o.channel == "dpdk-af_packet");
+  DrillNet net("fdr" + std::to_string(getpid() % 100000), o.channel);
   const std::string address = ChannelAddress(o.channel, dir, 1, 0);
   std::vector<std::string> pargs = {"ip", "netns", "exec", net.ns("a"), o.ftvm, "primary", "--listen", address,
                                     "--arbiter", arbiter, "--name", "hostA", "--guest", o.guest, "--app",

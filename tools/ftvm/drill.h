@@ -32,8 +32,9 @@ struct DrillOptions {
   std::string guest;         // guest-kit image
   std::string workdir;       // scratch (disks, logs, arbiter); created if missing
   // The logging channel between the hosts: tcp (over the LAN), shm or rdma+shm (a Unix
-  // socket both hosts see), dpdk (net_memif, through a socket file both see), or
-  // dpdk-af_packet (net_af_packet on a link of its own between A and B).
+  // socket both hosts see), dpdk (net_memif, through a socket file both see),
+  // dpdk-af_packet (net_af_packet on a link of its own between A and B), or dpdk-tap
+  // (net_tap on taps on the hosts' bridges: over the LAN).
   std::string channel = "tcp";
   Fault fault = Fault::kKillPrimary;
   int rounds = 1;
