@@ -213,8 +213,12 @@ PostcopyReceiver::PostcopyReceiver(vmm::GuestMemory& memory, Clock& clock)
 
 PostcopyReceiver::~PostcopyReceiver() {
   stop();
+  join();
+}
+
+void PostcopyReceiver::join() {
   StopFaultThread();
-  if (receiver_.joinable()) receiver_.join();
+  if (receiver_.joinable() && receiver_.get_id() != std::this_thread::get_id()) receiver_.join();
 }
 
 void PostcopyReceiver::StopFaultThread() {

@@ -133,6 +133,8 @@ class PostcopyReceiver {
   // The VM ended: no more pages are needed, and `done` is not called. Before the
   // channel closes (it tells the source).
   void stop();
+  // Waits until its threads have ended (after stop(), `done` has returned if it ran).
+  void join();
 
   PostcopyReceiverStats stats() const;
 

@@ -488,12 +488,22 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
     // The primary stops its VM and serves its memory once it hears this; this VM
     // runs now, each page it touches first fetched on the way. Before go_live: the
     // devices it wakes may read memory already. It is protected once all is here.
-    channel_->send(replication::kHandoverDone, std::span<const uint8_t>(), std::chrono::seconds(1)).ok();
+    SendHandoverDone();
     postcopy_live_ = true;
     m.go_live(vmm::ExecutionMode::kLive, nullptr, clock_ns, options_.tap);
   } else if (options_.listen.empty()) {
     m.go_live(vmm::ExecutionMode::kLive, nullptr, clock_ns, options_.tap);
   } else {
+    // The channel to the old primary goes before this host listens for a new
+    // secondary: both may need the same device (a DPDK port on one NIC serves one
+    // channel at a time, and a second net_af_packet port on an interface would share
+    // its frames with the first). A lost primary's channel is abandoned: nobody is
+    // left to receive anything on it, so it is not waited for. A primary that handed
+    // the VM over hears HandoverDone first (its VM stays paused until then, so it is
+    // sent before this replica runs the VM), and the channel's close delivers what
+    // was sent before it goes.
+    if (handing_over_) SendHandoverDone();
+    ReleaseChannel(/*peer_alive=*/handing_over_);
     // This host is the primary now, ready to be protected again: record from here
     // on, and take a new secondary whenever one connects.
     primary::PrimaryOptions po = ProtectionHere();
@@ -503,10 +513,7 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
     takeover_ = std::make_unique<primary::ProtectedPrimary>(m, std::move(recorder), next, po, clock_);
     takeover_->serve_reprotection();
   }
-  if (handing_over_ && !postcopy_) {
-    // The primary keeps its VM paused until it hears this; then it stops it.
-    channel_->send(replication::kHandoverDone, std::span<const uint8_t>(), std::chrono::seconds(1)).ok();
-  }
+  if (handing_over_ && channel_ && !postcopy_) SendHandoverDone();
   std::lock_guard<std::mutex> lock(mu_);
   generation_ = next;
   report_.generation = next;
@@ -517,6 +524,18 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
                    std::to_string(m.position()) + " in arbiter generation " + std::to_string(next);
   log::error("secondary.LIVE", {{"detail", report_.detail}, {"tap", options_.tap}});
   return true;
+}
+
+void ProtectingSecondary::SendHandoverDone() {
+  // The primary keeps its VM paused until it hears this; then it stops it.
+  channel_->send(replication::kHandoverDone, std::span<const uint8_t>(), std::chrono::seconds(1)).ok();
+}
+
+void ProtectingSecondary::ReleaseChannel(bool peer_alive) {
+  if (channel_ && peer_alive) channel_->close();
+  if (channel_ && !peer_alive) channel_->abandon();
+  if (receiver_.joinable()) receiver_.join();
+  channel_.reset();
 }
 
 primary::PrimaryOptions ProtectingSecondary::ProtectionHere() const {
@@ -567,6 +586,9 @@ void ProtectingSecondary::PostcopyEnded(const std::string& failed, const vmm::Me
                                             {"ms", st.complete_ns / 1'000'000},
                                             {"memory", "verified"}});
   if (options_.listen.empty()) return;
+  // The old primary's channel goes first (its device may be the one a new secondary
+  // needs); nothing more comes on it.
+  ReleaseChannel(/*peer_alive=*/true);
   // All of it here: this host protects the VM from now on, like after a takeover.
   try {
     machine_->run_at_boundary([&] {
@@ -595,8 +617,13 @@ int ProtectingSecondary::run() {
     std::lock_guard<std::mutex> lock(mu_);
     if (report_.outcome != SecondaryOutcome::kVmLost) throw;  // already said why
   }
-  // A VM that ended before all its memory arrived needs no more of it.
-  if (postcopy_) postcopy_->stop();
+  // A VM that ended before all its memory arrived needs no more of it; and the
+  // receiver's threads (which may be releasing the channel) are done before the
+  // channel is touched here.
+  if (postcopy_) {
+    postcopy_->stop();
+    postcopy_->join();
+  }
   stopping_ = true;
   if (channel_) channel_->close();
   if (receiver_.joinable()) receiver_.join();

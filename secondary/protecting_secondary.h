@@ -101,6 +101,10 @@ class ProtectingSecondary {
   void PrimaryLost(const std::string& why);
   bool GoLive(vmm::Machine& m);
   void SendAck(std::chrono::nanoseconds timeout = std::chrono::milliseconds(100));
+  void SendHandoverDone();
+  // Closes the channel to the primary (after what was sent on it arrived, when the
+  // primary is alive), ends the receive loop and frees the channel's device.
+  void ReleaseChannel(bool peer_alive);
   // A secondary joining a running VM: the disk's contents come first.
   // A VM that already runs: its state copied live (migration/), then the replica.
   void PrepareLiveState(const vmm::VmConfig& config, bool postcopy);

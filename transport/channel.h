@@ -169,6 +169,13 @@ class Channel {
   // released by the destructor, which calls close().
   virtual void close() = 0;
 
+  // Closes this end of a channel whose peer the caller has declared gone (by its own
+  // failure detection): like close(), but nothing more is done for the peer, so the
+  // destructor releases everything at once. Only DPDK differs from close(): there a
+  // destroyed channel otherwise lingers until the peer acknowledged what was sent
+  // (up to DpdkOptions::peer_timeout), and until then keeps its port.
+  virtual void abandon() { close(); }
+
   virtual ChannelStats stats() const = 0;
 };
 

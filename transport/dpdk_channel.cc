@@ -55,6 +55,7 @@
 // keeper thread pumps every `tick` while nobody else waits, so a peer is answered
 // while this side's application is busy elsewhere.
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -144,6 +145,15 @@ std::string MacText(const rte_ether_addr& a) {
 }
 
 using detail::CpuRelax;
+
+// A random locally administered unicast MAC address.
+rte_ether_addr RandomMac() {
+  std::random_device rd;
+  rte_ether_addr a{};
+  for (auto& b : a.addr_bytes) b = static_cast<uint8_t>(rd());
+  a.addr_bytes[0] = static_cast<uint8_t>((a.addr_bytes[0] & 0xfe) | 0x02);
+  return a;
+}
 
 bool IsVirtual(const DpdkAddress& a) {
   if (a.device != DpdkAddress::Device::kDevargs) return true;
@@ -259,6 +269,7 @@ struct PortSpec {
   std::string devargs;  // for rte_dev_probe
   std::string name;     // the device (and port) name
   bool memif = false;
+  std::string tap_iface;    // net_tap: the kernel's side of the tap
   uint32_t mtu = 1500;      // the largest Ethernet payload this side sends and takes
   uint32_t rx_room = 2048;  // mbuf data room for one received frame
 };
@@ -311,7 +322,10 @@ PortSpec MakeSpec(const DpdkAddress& a, bool listening, EalRuntime& eal, const s
     case DpdkAddress::Device::kTap:
       s.mtu = a.mtu ? a.mtu : 1500;
       s.name = "net_tap_ftvm" + n;
-      s.devargs = s.name + ",iface=" + a.target;
+      // The port's MAC address from a real source of randomness: net_tap's own comes
+      // from rte_rand(), whose state processes fork()ed from one parent share.
+      s.devargs = s.name + ",iface=" + a.target + ",mac=" + MacText(RandomMac());
+      s.tap_iface = a.target;
       s.rx_room = std::max<uint32_t>(2048, RoundUp(s.mtu + kEthBytes + 4, 1024));
       break;
     case DpdkAddress::Device::kDevargs: {
@@ -319,6 +333,10 @@ PortSpec MakeSpec(const DpdkAddress& a, bool listening, EalRuntime& eal, const s
       s.name = a.target.substr(0, a.target.find(','));
       s.mtu = a.mtu ? a.mtu : 1500;
       s.memif = s.name.starts_with("net_memif");
+      if (s.name.starts_with("net_tap")) {
+        const size_t at = a.target.find("iface=");
+        if (at != std::string::npos) s.tap_iface = a.target.substr(at + 6, a.target.find(',', at) - at - 6);
+      }
       s.rx_room = std::max<uint32_t>(2048, RoundUp(s.mtu + kEthBytes + 4, 1024));
       if (s.name.starts_with("net_af_packet") || s.name.starts_with("eth_af_packet")) {
         const size_t at = a.target.find("framesz=");
@@ -422,6 +440,7 @@ class Port {
       const int rc = rte_eth_dev_start(id_);
       if (rc == 0) {
         started_ = true;
+        if (!spec_.tap_iface.empty()) separate_tap_mac();
         return;
       }
       if (deadline.expired()) {
@@ -440,6 +459,29 @@ class Port {
   void restart() {
     if (started_) rte_eth_dev_stop(id_);
     started_ = rte_eth_dev_start(id_) == 0;
+  }
+
+  // net_tap gives the kernel's side of its tap the port's own MAC address (and again
+  // at every start). On a bridge, which is how a tap reaches anything, that makes the
+  // port's address the bridge's own: a frame sent to the port is handed to the host's
+  // stack instead of out through the tap, so whatever the peer sends to this port is
+  // lost (the handshake's HELLO_ACK first, while broadcast HELLOs still go through).
+  // The kernel's side gets an address of its own instead.
+  void separate_tap_mac() {
+    rte_ether_addr kernel{};
+    do {
+      kernel = RandomMac();
+    } while (rte_is_same_ether_addr(&kernel, &mac_));
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, spec_.tap_iface.c_str(), IFNAMSIZ - 1);
+    ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+    std::memcpy(ifr.ifr_hwaddr.sa_data, kernel.addr_bytes, RTE_ETHER_ADDR_LEN);
+    UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!s || ::ioctl(s.get(), SIOCSIFHWADDR, &ifr) != 0) {
+      throw SysError(what_ + ": cannot give the kernel's side of tap " + spec_.tap_iface +
+                     " a MAC address other than the port's " + MacText(mac_) +
+                     " (with the same one, a bridge keeps every frame sent to the port)");
+    }
   }
 
   bool link_up() const {
@@ -465,21 +507,25 @@ class Port {
   std::atomic<bool> in_use_{false};  // a channel holds the port
 };
 
-// Holds a port for one channel; gives it back on destruction.
+// Holds a port for one channel; gives it back on release() or destruction, but keeps
+// it alive (its pool holds the channel's mbufs) until destroyed.
 class PortLease {
  public:
   PortLease() = default;
-  explicit PortLease(std::shared_ptr<Port> port) : port_(std::move(port)) {}
-  PortLease(PortLease&& o) noexcept = default;
+  explicit PortLease(std::shared_ptr<Port> port) : port_(std::move(port)), held_(port_ != nullptr) {}
+  PortLease(PortLease&& o) noexcept : port_(std::move(o.port_)), held_(std::exchange(o.held_, false)) {}
   PortLease& operator=(PortLease&&) = delete;
-  ~PortLease() {
-    if (port_) port_->in_use().store(false, std::memory_order_release);
+  ~PortLease() { release(); }
+  // From now on the holder does not touch the port's queues: another channel may.
+  void release() {
+    if (std::exchange(held_, false)) port_->in_use().store(false, std::memory_order_release);
   }
   Port& operator*() const { return *port_; }
   Port* operator->() const { return port_.get(); }
 
  private:
   std::shared_ptr<Port> port_;
+  bool held_ = false;
 };
 
 struct MbufFree {
@@ -682,6 +728,10 @@ class Wire {
     for (uint16_t i = sent; i < count; ++i) rte_pktmbuf_free(out[i]);
     return n;
   }
+  void discard_held() {
+    if (held_ != nullptr) rte_pktmbuf_free(held_);
+    held_ = nullptr;
+  }
   // A segment held back with nothing sent after it goes out after a while anyway.
   void flush(SteadyClock::time_point now) {
     if (held_ != nullptr && now - held_at_ > 1ms) {
@@ -750,6 +800,11 @@ class DpdkChannel final : public Channel {
                   std::chrono::nanoseconds timeout) override;
   RecvResult recv(Message& out, std::chrono::nanoseconds timeout) override;
   void close() override;
+  void abandon() override {
+    close();
+    std::lock_guard lock(mu_);
+    die("abandoned by this end (the peer was declared gone)");
+  }
   ChannelStats stats() const override { return counters_.snapshot(); }
 
   test_hooks::DpdkCounters counters() {
@@ -770,6 +825,7 @@ class DpdkChannel final : public Channel {
  private:
   // The listener's HELLO_ACK, sent again when the connector repeats its HELLO.
   void send_hello_ack() {
+    if (released_) return;
     uint8_t p[kHelloPayload];
     PutHello(p, port_->spec().mtu, static_cast<uint32_t>(cap_));
     SegHeader h;
@@ -798,8 +854,16 @@ class DpdkChannel final : public Channel {
   void send_ack(SteadyClock::time_point now, uint8_t flags = 0);
   void send_fin(SteadyClock::time_point now);
   void timers(SteadyClock::time_point now);
+  // The peer is gone for good: nothing more can be exchanged with it, so the port is
+  // given back at once. The channel itself may live on for a while (its owner still
+  // holds it, to read what arrived before the end), and a listener must not wait for
+  // that to take its next channel (a new secondary after the old one died).
   void die(std::string why) {
-    if (!dead_) dead_ = peer_ + ": " + std::move(why);
+    if (dead_) return;
+    dead_ = peer_ + ": " + std::move(why);
+    wire_.discard_held();
+    port_.release();
+    released_ = true;
   }
   uint32_t window() const { return static_cast<uint32_t>(cap_ - (rcv_nxt_ - rcv_read_)); }
   std::chrono::nanoseconds rto() const { return options_.retransmit_timeout * (1 << backoff_); }
@@ -856,6 +920,7 @@ class DpdkChannel final : public Channel {
   test_hooks::DpdkCounters proto_;
   SteadyClock::time_point last_rx_, last_tx_, last_pump_;
   std::optional<std::string> dead_;  // why the peer is gone
+  bool released_ = false;             // the port went back with dead_: never touch it again
 
   // Sending: bytes [snd_una_, snd_end_) are kept in sbuf_; [snd_una_, snd_nxt_) were
   // sent and await their acknowledgement.
@@ -918,6 +983,7 @@ void DpdkChannel::keep(std::stop_token st) {
 
 void DpdkChannel::pump(SteadyClock::time_point now) {
   last_pump_ = now;
+  if (released_) return;
   rte_mbuf* pkts[kBurst];
   for (int round = 0; round < 8; ++round) {
     const uint16_t n = port_->rx(pkts, kBurst);
@@ -925,15 +991,16 @@ void DpdkChannel::pump(SteadyClock::time_point now) {
       handle(pkts[i], now);
       rte_pktmbuf_free(pkts[i]);
     }
-    if (n < kBurst) break;
+    if (n < kBurst || released_) break;
   }
   push(now);
   timers(now);
   if (ack_now_ || (ack_due_since_ && now - *ack_due_since_ >= kAckDelay)) send_ack(now);
-  wire_.flush(now);
+  if (!released_) wire_.flush(now);
 }
 
 void DpdkChannel::handle(const rte_mbuf* m, SteadyClock::time_point now) {
+  if (released_) return;
   SegHeader h;
   rte_ether_addr src_mac;
   if (!ParseSegment(m, h, src_mac)) return;
@@ -1056,6 +1123,7 @@ void DpdkChannel::on_data(const rte_mbuf* m, const SegHeader& h, SteadyClock::ti
 }
 
 bool DpdkChannel::transmit(uint64_t seq, uint32_t len, SteadyClock::time_point now) {
+  if (released_) return false;
   SegHeader h;
   h.type = kData;
   h.flags = peer_fin_ ? kFlagFinSeen : 0;
@@ -1087,6 +1155,7 @@ bool DpdkChannel::transmit(uint64_t seq, uint32_t len, SteadyClock::time_point n
 
 // Sends new data as far as the peer's window allows, in bursts.
 void DpdkChannel::push(SteadyClock::time_point now) {
+  if (released_) return;
   const uint64_t right = snd_una_ + peer_wnd_;
   while (snd_nxt_ < snd_end_ && snd_nxt_ < right) {
     if (snd_una_ == snd_nxt_) rto_at_ = now + rto();  // the timer starts with the oldest byte out
@@ -1137,6 +1206,7 @@ void DpdkChannel::push(SteadyClock::time_point now) {
 }
 
 void DpdkChannel::send_fin(SteadyClock::time_point now) {
+  if (released_) return;
   SegHeader h;
   h.type = kFin;
   h.flags = peer_fin_ ? kFlagFinSeen : 0;
@@ -1156,6 +1226,7 @@ void DpdkChannel::send_fin(SteadyClock::time_point now) {
 }
 
 void DpdkChannel::send_ack(SteadyClock::time_point now, uint8_t flags) {
+  if (released_) return;
   SegHeader h;
   h.type = kAck;
   h.flags = static_cast<uint8_t>(flags | (peer_fin_ ? kFlagFinSeen : 0));

@@ -1,9 +1,11 @@
 // The protected pair end to end, with real processes, namespaces, taps and channels:
-// the pull-the-plug drill (SIGKILL of the primary at random moments under load,
-// ten times), the secondary killed instead, the primary's link cut, the pair over
-// shared memory; and what a pair does with bad peers: one that never answers the
-// handshake, one that speaks another protocol version, a log stream with a damaged
-// record.
+// the pull-the-plug drill (SIGKILL of the primary at random moments under load),
+// the secondary killed instead, the primary's link cut, strict outputs, a slow
+// replica, a secondary joining a running VM, migration and re-protection, each over
+// every logging channel that runs here (TCP, shared memory, the RDMA ring protocol
+// over shared memory, DPDK on net_memif and on net_af_packet); and what a pair does
+// with bad peers: one that never answers the handshake, one that speaks another
+// protocol version, a log stream with a damaged record.
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -15,6 +17,7 @@
 #include <regex>
 #include <sstream>
 
+#include "common/netns.h"
 #include "eventlog/reader.h"
 #include "primary/protocol.h"
 #include "tests/support/harness.h"
@@ -61,62 +64,164 @@ void MakeBlankDisk(const std::string& path, off_t bytes) {
   close(fd);
 }
 
-// Runs `ftvm drill` and checks every round kept every acknowledged message exactly
-// once with exactly one live VM.
-void Drill(const std::vector<std::string>& args, int rounds) {
-  const std::string json = ScratchPath("drill.json");
-  std::vector<std::string> argv = {FtvmBinary(), "drill", "--guest", GuestImage(), "--rounds", std::to_string(rounds),
-                                   "--json", json, "--workdir", ScratchPath("drill")};
-  argv.insert(argv.end(), args.begin(), args.end());
-  ProcessResult r = RunProcess(argv, seconds(120 + 30 * rounds), "drill");
-  ASSERT_FALSE(r.timed_out);
-  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-  std::vector<Round> got = ReadRounds(json);
-  ASSERT_EQ(got.size(), size_t(rounds)) << r.out;
-  for (size_t i = 0; i < got.size(); ++i) {
-    SCOPED_TRACE("round " + std::to_string(i + 1) + "\n" + r.out);
-    EXPECT_TRUE(got[i].ok);
-    EXPECT_EQ(got[i].lost, 0);
-    EXPECT_EQ(got[i].duplicates, 0);
-    EXPECT_TRUE(got[i].contents_match);
-    EXPECT_TRUE(got[i].one_live);
-    EXPECT_GT(got[i].acked, 0) << "the clients must have stored mail before the fault";
-    EXPECT_GE(got[i].recovery_ms, 0) << "some request must be answered after the fault";
+// The logging channels a pair can use on this machine; every lockstep test below
+// runs over each of them. `drill` is the channel as `ftvm drill --channel` names it,
+// `kind` as the channel reports itself (Channel::kind(), in the secondary's
+// "secondary.replicating" line).
+struct ChannelCase {
+  const char* test_name;  // the test's name suffix
+  const char* drill;
+  const char* kind;
+  // Its frames travel over the link between the hosts, so a cut link cuts the
+  // channel. Shared memory and net_memif join two processes of one machine: cutting
+  // host A's cables leaves them up (see CutLinkLeavesExactlyOneLiveVm).
+  bool over_the_link;
+  int kill_primary_rounds;
+};
+
+const ChannelCase kChannels[] = {
+    // TCP, the default channel, gets the ten-round pull-the-plug soak; the others two.
+    {"tcp", "tcp", "tcp", true, 10},
+    {"shm", "shm", "shm", false, 2},
+    // The RDMA channel's ring and credit protocol over its shared-memory stand-in for
+    // one-sided writes (there is no RDMA device here).
+    {"rdma_shm", "rdma+shm", "rdma+shm", false, 2},
+    // DPDK, raw Ethernet frames: net_memif between the hosts' processes,
+    // net_af_packet on a link of its own between the hosts, and net_tap on a tap on
+    // each host's bridge (over the LAN, in the drill).
+    {"dpdk_memif", "dpdk", "dpdk", false, 2},
+    {"dpdk_af_packet", "dpdk-af_packet", "dpdk", true, 2},
+    {"dpdk_tap", "dpdk-tap", "dpdk", true, 2},
+};
+
+std::string ChannelTestName(const testing::TestParamInfo<ChannelCase>& info) { return info.param.test_name; }
+// How gtest names the parameter in a failure.
+void PrintTo(const ChannelCase& c, std::ostream* os) { *os << c.drill; }
+
+// Host A and host B of one test: two network namespaces joined by a veth pair
+// (10.77.0.1 and 10.77.0.2, interface ftlink0 on both), and the channel between
+// them: the primary listens on A, the secondary (or `ftvm migrate`) connects from B.
+// For net_tap each host also has a tap, ftlog0, on a bridge with its end of the link.
+class TwoHosts {
+ public:
+  explicit TwoHosts(const ChannelCase& c)
+      : a_("ftvm-pair-a"), b_("ftvm-pair-b"),
+        link_({a_.name(), "ftlink0", "10.77.0.1/24"}, {b_.name(), "ftlink0", "10.77.0.2/24"}) {
+    const std::string channel = c.drill, sock = ScratchPath("channel.sock");
+    if (channel == "tcp") {
+      address_ = "tcp:10.77.0.1:7000";
+    } else if (channel == "dpdk") {
+      address_ = "dpdk:memif:" + sock + ";abstract=no";  // a socket file: both namespaces see it
+    } else if (channel == "dpdk-af_packet") {
+      address_ = "dpdk:af_packet:ftlink0";  // each side names its own end
+    } else if (channel == "dpdk-tap") {
+      for (const netns::Namespace* host : {&a_, &b_}) {
+        const std::string& ns = host->name();
+        netns::Ip({"-n", ns, "link", "add", "br0", "type", "bridge"});
+        netns::Ip({"-n", ns, "tuntap", "add", "dev", "ftlog0", "mode", "tap", "multi_queue"});
+        for (const char* port : {"ftlink0", "ftlog0"}) netns::Ip({"-n", ns, "link", "set", port, "master", "br0"});
+        for (const char* dev : {"br0", "ftlog0"}) netns::Ip({"-n", ns, "link", "set", dev, "up"});
+      }
+      address_ = "dpdk:tap:ftlog0";
+    } else {
+      address_ = channel + ":" + sock;
+    }
   }
+  // Where the primary listens and the secondary connects (the same text on both).
+  const std::string& address() const { return address_; }
+  std::vector<std::string> on_a(const std::vector<std::string>& argv) const { return a_.wrap(argv); }
+  std::vector<std::string> on_b(const std::vector<std::string>& argv) const { return b_.wrap(argv); }
+
+ private:
+  netns::Namespace a_, b_;
+  netns::VethPair link_;
+  std::string address_;
+};
+
+class PairOverChannel : public testing::TestWithParam<ChannelCase> {
+ protected:
+  // The secondary (or migration target) said it replicates over this channel.
+  void ExpectChannel(const std::string& secondary_err) {
+    EXPECT_NE(secondary_err.find(std::string("channel=") + GetParam().kind), std::string::npos)
+        << "not over " << GetParam().kind << ": " << secondary_err;
+  }
+
+  // Runs `ftvm drill` over this channel and checks every round kept every
+  // acknowledged message exactly once with exactly one live VM, over this channel.
+  void Drill(const std::vector<std::string>& args, int rounds) {
+    const std::string json = ScratchPath("drill.json"), workdir = ScratchPath("drill");
+    std::vector<std::string> argv = {FtvmBinary(), "drill", "--guest", GuestImage(), "--rounds", std::to_string(rounds),
+                                     "--json", json, "--workdir", workdir, "--channel", GetParam().drill};
+    argv.insert(argv.end(), args.begin(), args.end());
+    ProcessResult r = RunProcess(argv, seconds(120 + 30 * rounds), "drill");
+    ASSERT_FALSE(r.timed_out);
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    std::vector<Round> got = ReadRounds(json);
+    ASSERT_EQ(got.size(), size_t(rounds)) << r.out;
+    for (size_t i = 0; i < got.size(); ++i) {
+      SCOPED_TRACE("round " + std::to_string(i + 1) + "\n" + r.out);
+      EXPECT_TRUE(got[i].ok);
+      EXPECT_EQ(got[i].lost, 0);
+      EXPECT_EQ(got[i].duplicates, 0);
+      EXPECT_TRUE(got[i].contents_match);
+      EXPECT_TRUE(got[i].one_live);
+      EXPECT_GT(got[i].acked, 0) << "the clients must have stored mail before the fault";
+      EXPECT_GE(got[i].recovery_ms, 0) << "some request must be answered after the fault";
+      ExpectChannel(ReadFile(workdir + "/round" + std::to_string(i + 1) + "/secondary.err"));
+    }
+  }
+};
+
+TEST_P(PairOverChannel, PrimaryKilledUnderLoad) {
+  Drill({"--fault", "kill-primary"}, GetParam().kill_primary_rounds);
 }
 
-TEST(Pair, PrimaryKilledTenTimesUnderLoad) { Drill({"--fault", "kill-primary"}, 10); }
-
-TEST(Pair, SecondaryKilledThePrimaryKeepsServing) { Drill({"--fault", "kill-secondary"}, 2); }
-
-TEST(Pair, CutLinkLeavesExactlyOneLiveVm) { Drill({"--fault", "cut-link"}, 2); }
+TEST_P(PairOverChannel, SecondaryKilledThePrimaryKeepsServing) { Drill({"--fault", "kill-secondary"}, 2); }
 
 // Also in strict output mode: frames and disk reports wait until the replica has
 // replayed to them and produced the same output.
-TEST(Pair, SharedMemoryChannelStrictOutputs) {
-  Drill({"--fault", "kill-primary", "--channel", "shm", "--primary-args", "--strict"}, 2);
+TEST_P(PairOverChannel, PrimaryKilledWithStrictOutputs) {
+  Drill({"--fault", "kill-primary", "--primary-args", "--strict"}, 2);
 }
 
-// The RDMA channel's ring and credit protocol (over its shared-memory stand-in:
-// there is no RDMA device here) carries a pair through a failover too.
-TEST(Pair, RdmaRingProtocolChannelSurvivesAFailover) { Drill({"--fault", "kill-primary", "--channel", "rdma+shm"}, 2); }
-// And over DPDK: raw Ethernet frames on net_memif between the hosts' namespaces.
-TEST(Pair, DpdkChannelSurvivesAFailover) { Drill({"--fault", "kill-primary", "--channel", "dpdk"}, 2); }
+// Restart-safe: after a failover host A comes back empty, joins the VM that now runs
+// on B as its secondary (disk and a checkpoint of the running VM), and when B dies
+// too, A has every message again. Re-protection uses the same kind of channel.
+TEST_P(PairOverChannel, SurvivorIsProtectedAgainAndSurvivesASecondFailover) {
+  Drill({"--fault", "kill-primary", "--reprotect"}, 2);
+}
+// A standby that waits from the start re-protects the survivor by itself.
+TEST_P(PairOverChannel, StandbyReprotectsTheSurvivorByItself) {
+  Drill({"--fault", "kill-primary", "--reprotect", "--standby"}, 1);
+}
+
+// The mail store moves to host B while clients deliver mail: every acknowledged
+// message is there exactly once afterwards, and only host B runs the VM.
+TEST_P(PairOverChannel, MailStoreMigratesUnderLoadLosingNothing) { Drill({"--fault", "migrate"}, 2); }
+
+// Host A's cables cut (its LAN link, and its logging link where it has one): the
+// secondary takes over, the cut-off primary gives the VM up. Only for channels that
+// go over a link: over shared memory or net_memif (two processes of one machine) the
+// channel would stay up, so nobody would take over the VM cut off from its clients
+// (`ftvm drill` refuses that combination).
+class PairOverLinkChannel : public PairOverChannel {};
+TEST_P(PairOverLinkChannel, CutLinkLeavesExactlyOneLiveVm) { Drill({"--fault", "cut-link"}, 2); }
 
 // Strict mode end to end without a fault: every disk write the guest is told about
 // was first reproduced by the replica (an OutputCheck it passed), and both disks
 // end identical.
-TEST(Pair, StrictOutputsAreCheckedOneByOne) {
+TEST_P(PairOverChannel, StrictOutputsAreCheckedOneByOne) {
+  TwoHosts hosts(GetParam());
   const std::string arbiter = ScratchPath("arbiter");
   ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
-  const std::string sock = ScratchPath("strict.sock");
   const std::string disk = ScratchPath("strict-primary.img"), replica = ScratchPath("strict-replica.img");
   for (const std::string& f : {disk, replica}) MakeBlankDisk(f, 16 << 20);
-  Process p = Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter, "--strict",
-                              "--guest", GuestImage(), "--app", "disk", "--disk", disk, "--arg", "ops=80"},
+  Process p = Process::Start(hosts.on_a({FtvmBinary(), "primary", "--listen", hosts.address(), "--arbiter", arbiter,
+                                         "--strict", "--guest", GuestImage(), "--app", "disk", "--disk", disk, "--arg",
+                                         "ops=80"}),
                              "strict-primary");
-  Process s = Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter, "--disk",
-                              replica, "--console", ScratchPath("strict.console")},
+  Process s = Process::Start(hosts.on_b({FtvmBinary(), "secondary", "--connect", hosts.address(), "--arbiter", arbiter,
+                                         "--disk", replica, "--console", ScratchPath("strict.console")}),
                              "strict-secondary");
   ProcessResult pr = p.Wait(seconds(120));
   ProcessResult sr = s.Wait(seconds(60));
@@ -124,98 +229,98 @@ TEST(Pair, StrictOutputsAreCheckedOneByOne) {
   EXPECT_NE(pr.err.find("primary: protected"), std::string::npos) << pr.err;
   EXPECT_EQ(sr.exit_code, 0) << sr.err;
   EXPECT_NE(sr.err.find("replica identical"), std::string::npos) << sr.err;
+  ExpectChannel(sr.err);
   std::smatch m;
   ASSERT_TRUE(std::regex_search(sr.err, m, std::regex("(\\d+) output checks"))) << sr.err;
   EXPECT_GE(std::stoul(m[1]), 30u) << sr.err;
   EXPECT_TRUE(ReadFile(disk) == ReadFile(replica)) << "the replica's disk differs";
 }
 
-// Restart-safe: after a failover host A comes back empty, joins the VM that now runs
-// on B as its secondary (disk and a checkpoint of the running VM), and when B dies
-// too, A has every message again.
-TEST(Pair, SurvivorIsProtectedAgainAndSurvivesASecondFailover) { Drill({"--fault", "kill-primary", "--reprotect"}, 2); }
-// A standby that waits from the start re-protects the survivor by itself.
-TEST(Pair, StandbyReprotectsTheSurvivorByItself) {
-  Drill({"--fault", "kill-primary", "--reprotect", "--standby"}, 1);
-}
-
 // Flow control: a replica that falls behind (its process stopped for a while, less
 // than the failure timeout) slows the primary down; nothing is dropped, nobody fails
-// over, and the replica still ends identical.
-void SlowReplica(const std::vector<std::string>& bound) {
-  const std::string arbiter = ScratchPath("arbiter");
-  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
-  const std::string sock = ScratchPath("fc.sock");
-  std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter};
-  argv.insert(argv.end(), bound.begin(), bound.end());
-  for (const char* a : {"--failure-timeout-ms", "2000", "--app", "timers", "--arg", "ticks=600", "--arg",
-                        "period_us=2000"})
-    argv.push_back(a);
-  argv.insert(argv.end(), {"--guest", GuestImage()});
-  Process p = Process::Start(argv, "fc-primary");
-  Process s = Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter,
-                              "--console", ScratchPath("fc.console")},
-                             "fc-secondary");
-  // Stop the replica three times for 300 ms while the primary runs.
-  usleep(800000);
-  for (int i = 0; i < 3 && p.Running(); ++i) {
-    s.Signal(SIGSTOP);
+// over, and the replica still ends identical. By the unreplayed log's size, and by its
+// age (what bounds a failover's catch-up).
+class SlowReplica : public PairOverChannel {
+ protected:
+  void Run(const std::vector<std::string>& bound) {
+    TwoHosts hosts(GetParam());
+    const std::string arbiter = ScratchPath("arbiter");
+    ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+    std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", hosts.address(), "--arbiter", arbiter};
+    argv.insert(argv.end(), bound.begin(), bound.end());
+    for (const char* a : {"--failure-timeout-ms", "2000", "--app", "timers", "--arg", "ticks=600", "--arg",
+                          "period_us=2000"})
+      argv.push_back(a);
+    argv.insert(argv.end(), {"--guest", GuestImage()});
+    Process p = Process::Start(hosts.on_a(argv), "fc-primary");
+    Process s = Process::Start(hosts.on_b({FtvmBinary(), "secondary", "--connect", hosts.address(), "--arbiter",
+                                           arbiter, "--console", ScratchPath("fc.console")}),
+                               "fc-secondary");
+    // Stop the replica three times for 300 ms while the primary runs.
+    ASSERT_TRUE(WaitForFileContains(s.stderr_path(), "secondary.replicating", seconds(30))) << s.Stderr();
     usleep(300000);
-    s.Signal(SIGCONT);
-    usleep(200000);
+    for (int i = 0; i < 3 && p.Running(); ++i) {
+      s.Signal(SIGSTOP);
+      usleep(300000);
+      s.Signal(SIGCONT);
+      usleep(200000);
+    }
+    ProcessResult pr = p.Wait(seconds(120));
+    ProcessResult sr = s.Wait(seconds(60));
+    ASSERT_EQ(pr.exit_code, 0) << pr.err;
+    EXPECT_NE(pr.err.find("primary: protected"), std::string::npos) << "no failover may happen: " << pr.err;
+    const std::string waits = [&] {
+      std::smatch m;
+      return std::regex_search(pr.err, m, std::regex("flow-control waits (\\d+)")) ? std::string(m[1]) : "";
+    }();
+    ASSERT_FALSE(waits.empty()) << pr.err;
+    EXPECT_GT(std::stoul(waits), 0u) << "the primary must have waited for the stopped replica";
+    EXPECT_EQ(sr.exit_code, 0) << sr.err;
+    EXPECT_NE(sr.err.find("replica identical"), std::string::npos) << sr.err;
+    ExpectChannel(sr.err);
   }
-  ProcessResult pr = p.Wait(seconds(120));
-  ProcessResult sr = s.Wait(seconds(60));
-  ASSERT_EQ(pr.exit_code, 0) << pr.err;
-  EXPECT_NE(pr.err.find("primary: protected"), std::string::npos) << "no failover may happen: " << pr.err;
-  const std::string waits = [&] {
-    std::smatch m;
-    return std::regex_search(pr.err, m, std::regex("flow-control waits (\\d+)")) ? std::string(m[1]) : "";
-  }();
-  ASSERT_FALSE(waits.empty()) << pr.err;
-  EXPECT_GT(std::stoul(waits), 0u) << "the primary must have waited for the stopped replica";
-  EXPECT_EQ(sr.exit_code, 0) << sr.err;
-  EXPECT_NE(sr.err.find("replica identical"), std::string::npos) << sr.err;
-}
-
-// By the unreplayed log's size, and by its age (what bounds a failover's catch-up).
-TEST(Pair, SlowReplicaSlowsThePrimaryDownAndLosesNothing) { SlowReplica({"--max-lag-kib", "4", "--max-lag-ms", "0"}); }
-TEST(Pair, ReplicaLagInTimeIsBoundedToo) { SlowReplica({"--max-lag-ms", "50"}); }
+};
+TEST_P(SlowReplica, SlowsThePrimaryDownAndLosesNothing) { Run({"--max-lag-kib", "4", "--max-lag-ms", "0"}); }
+TEST_P(SlowReplica, LagInTimeIsBoundedToo) { Run({"--max-lag-ms", "50"}); }
 
 // A secondary that joins a VM already running gets its memory (and disk) copied
 // live: the VM keeps writing memory during the copy, pauses only for the pages it
 // wrote in the last round, and the replica then replays to the end identical.
 // `primary_args` may make the copy impossible to converge: then the VM runs on,
 // unprotected and undisturbed, and the secondary reports why it got no VM.
-struct LiveAttach {
-  ProcessResult primary, secondary;
+class LiveAttach : public PairOverChannel {
+ protected:
+  struct Result {
+    ProcessResult primary, secondary;
+  };
+  Result AttachToARunningVm(const std::vector<std::string>& primary_args) {
+    TwoHosts hosts(GetParam());
+    const std::string arbiter = ScratchPath("arbiter");
+    EXPECT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+    const std::string disk = ScratchPath("live-primary.img");
+    MakeBlankDisk(disk, 16 << 20);
+    std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", hosts.address(), "--arbiter", arbiter,
+                                     "--wait-secondary-s", "0", "--guest", GuestImage(), "--disk", disk, "--app",
+                                     "dirty", "--arg", "mib=8", "--arg", "mib_per_s=8", "--arg", "seconds=3"};
+    argv.insert(argv.end(), primary_args.begin(), primary_args.end());
+    Process p = Process::Start(hosts.on_a(argv), "live-primary");
+    // The VM runs unprotected for a while, then a secondary arrives.
+    EXPECT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << p.Stderr();
+    usleep(500000);
+    // ftvm protect --attach: a secondary for a VM that runs already.
+    Process s = Process::Start(hosts.on_b({FtvmBinary(), "protect", "--attach", hosts.address(), "--arbiter", arbiter,
+                                           "--disk", ScratchPath("live-replica.img"), "--console",
+                                           ScratchPath("live.console")}),
+                               "live-secondary");
+    Result r;
+    r.primary = p.Wait(seconds(180));
+    r.secondary = s.Wait(seconds(60));
+    return r;
+  }
 };
-LiveAttach AttachToARunningVm(const std::vector<std::string>& primary_args) {
-  const std::string arbiter = ScratchPath("arbiter");
-  EXPECT_EQ(mkdir(arbiter.c_str(), 0755), 0);
-  const std::string sock = ScratchPath("live.sock");
-  const std::string disk = ScratchPath("live-primary.img");
-  MakeBlankDisk(disk, 16 << 20);
-  std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
-                                   "--wait-secondary-s", "0", "--guest", GuestImage(), "--disk", disk, "--app", "dirty",
-                                   "--arg", "mib=8", "--arg", "mib_per_s=8", "--arg", "seconds=3"};
-  argv.insert(argv.end(), primary_args.begin(), primary_args.end());
-  Process p = Process::Start(argv, "live-primary");
-  // The VM runs unprotected for a while, then a secondary arrives.
-  EXPECT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
-  usleep(500000);
-  // ftvm protect --attach: a secondary for a VM that runs already.
-  Process s = Process::Start({FtvmBinary(), "protect", "--attach", "shm:" + sock, "--arbiter", arbiter, "--disk",
-                              ScratchPath("live-replica.img"), "--console", ScratchPath("live.console")},
-                             "live-secondary");
-  LiveAttach r;
-  r.primary = p.Wait(seconds(180));
-  r.secondary = s.Wait(seconds(60));
-  return r;
-}
 
-TEST(Pair, SecondaryJoinsARunningVmByALiveCopy) {
-  LiveAttach r = AttachToARunningVm({});
+TEST_P(LiveAttach, SecondaryJoinsARunningVmByALiveCopy) {
+  Result r = AttachToARunningVm({});
   ASSERT_EQ(r.primary.exit_code, 0) << r.primary.err;
   EXPECT_NE(r.primary.out.find("dirty: mib=8"), std::string::npos) << r.primary.out;
   std::smatch m;
@@ -225,10 +330,11 @@ TEST(Pair, SecondaryJoinsARunningVmByALiveCopy) {
   EXPECT_EQ(r.secondary.exit_code, 0) << r.secondary.err;
   EXPECT_NE(r.secondary.err.find("secondary.state_received"), std::string::npos) << r.secondary.err;
   EXPECT_NE(r.secondary.err.find("replica identical"), std::string::npos) << r.secondary.err;
+  ExpectChannel(r.secondary.err);
 }
 
-TEST(Pair, LiveCopyThatCannotConvergeLeavesTheVmRunning) {
-  LiveAttach r = AttachToARunningVm(
+TEST_P(LiveAttach, CopyThatCannotConvergeLeavesTheVmRunning) {
+  Result r = AttachToARunningVm(
       {"--pause-target-ms", "0", "--max-pause-ms", "0", "--max-rounds", "2", "--max-throttle", "0"});
   ASSERT_EQ(r.primary.exit_code, 0) << r.primary.err;
   EXPECT_NE(r.primary.out.find("dirty: mib=8"), std::string::npos) << r.primary.out;
@@ -279,31 +385,30 @@ TEST(Pair, DestinationWithTooLittleMemoryRefusesAndTheVmRunsOn) {
 // A secondary that comes back after an outage with the disk it had: only the blocks
 // that changed meanwhile are sent (the primary compares block hashes), and the
 // replica still ends identical, disk included.
-TEST(Pair, SecondaryBackAfterAnOutageGetsOnlyTheBlocksThatChanged) {
+TEST_P(PairOverChannel, SecondaryBackAfterAnOutageGetsOnlyTheBlocksThatChanged) {
+  TwoHosts hosts(GetParam());
   const std::string arbiter = ScratchPath("arbiter");
   ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
-  const std::string sock = ScratchPath("resync.sock");
   const std::string disk = ScratchPath("resync-primary.img"), replica = ScratchPath("resync-replica.img");
   MakeBlankDisk(disk, 16 << 20);
-  Process p = Process::Start({FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
-                              "--wait-secondary-s", "0", "--guest", GuestImage(), "--disk", disk, "--app", "disk",
-                              "--arg", "ops=8000", "--arg", "seed=3"},
+  Process p = Process::Start(hosts.on_a({FtvmBinary(), "primary", "--listen", hosts.address(), "--arbiter", arbiter,
+                                         "--wait-secondary-s", "0", "--guest", GuestImage(), "--disk", disk, "--app",
+                                         "disk", "--arg", "ops=8000", "--arg", "seed=3"}),
                              "resync-primary");
-  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
+  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << p.Stderr();
   auto secondary = [&](const char* tag) {
-    return Process::Start({FtvmBinary(), "secondary", "--connect", "shm:" + sock, "--arbiter", arbiter, "--disk",
-                           replica, "--console", ScratchPath(std::string(tag) + ".console")},
+    return Process::Start(hosts.on_b({FtvmBinary(), "secondary", "--connect", hosts.address(), "--arbiter", arbiter,
+                                      "--disk", replica, "--console", ScratchPath(std::string(tag) + ".console")}),
                           tag);
   };
   {
     Process first = secondary("resync-first");
-    ASSERT_TRUE(WaitForFileContains(first.stderr_path(), "secondary.replicating", seconds(30)))
-        << ReadFile(first.stderr_path());
+    ASSERT_TRUE(WaitForFileContains(first.stderr_path(), "secondary.replicating", seconds(30))) << first.Stderr();
     usleep(500000);
     first.Signal(SIGKILL);  // the outage; the VM goes on writing its disk
     first.Wait(seconds(10));
   }
-  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.UNPROTECTED", seconds(30))) << ReadFile(p.stderr_path());
+  ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.UNPROTECTED", seconds(30))) << p.Stderr();
   usleep(300000);
   Process second = secondary("resync-second");
   ProcessResult pr = p.Wait(seconds(180));
@@ -311,6 +416,7 @@ TEST(Pair, SecondaryBackAfterAnOutageGetsOnlyTheBlocksThatChanged) {
   ASSERT_EQ(pr.exit_code, 0) << pr.err;
   ASSERT_EQ(sr.exit_code, 0) << sr.err;
   EXPECT_NE(sr.err.find("replica identical"), std::string::npos) << sr.err;
+  ExpectChannel(sr.err);
   std::smatch m;
   ASSERT_TRUE(std::regex_search(pr.err, m, std::regex("disk resync: (\\d+) of (\\d+) blocks differed"))) << pr.err;
   const unsigned long differ = std::stoul(m[1]), blocks = std::stoul(m[2]);
@@ -325,15 +431,15 @@ TEST(Pair, SecondaryBackAfterAnOutageGetsOnlyTheBlocksThatChanged) {
 // `from_start`: the destination joins as the source's first secondary instead (it
 // boots from the image with a copy of the initial disk, replays, and asks for the
 // VM once it has caught up). `postcopy`: the VM moves before its memory, which
-// follows while it runs on the destination.
+// follows while it runs on the destination. `timing_from`: the result line's words
+// from this one on depend on timing (the `timers` app counts work done between
+// ticks), and are not compared.
 enum class Move { kLive, kFromStart, kPostcopy };
-// `timing_from`: the result line's words from this one on depend on timing (the
-// `timers` app counts work done between ticks), and are not compared.
-void MigrateAndCompare(const std::vector<std::string>& app, Move how = Move::kLive, const std::string& timing_from = "") {
+void MigrateAndCompare(const ChannelCase& channel, const std::vector<std::string>& app, Move how = Move::kLive,
+                       const std::string& timing_from = "") {
   const bool from_start = how == Move::kFromStart;
   const std::string arbiter = ScratchPath("arbiter");
   ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
-  const std::string sock = ScratchPath("mig.sock");
   const std::string disk = ScratchPath("mig-source.img"), baseline_disk = ScratchPath("mig-baseline.img");
   for (const std::string& f : {disk, baseline_disk}) MakeBlankDisk(f, 16 << 20);
   std::vector<std::string> run = {FtvmBinary(), "run", "--guest", GuestImage(), "--disk", baseline_disk};
@@ -342,26 +448,28 @@ void MigrateAndCompare(const std::vector<std::string>& app, Move how = Move::kLi
   ASSERT_EQ(baseline.exit_code, 0) << baseline.err;
   ASSERT_FALSE(baseline.out.empty());
 
-  std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", "shm:" + sock, "--arbiter", arbiter,
+  TwoHosts hosts(channel);
+  std::vector<std::string> argv = {FtvmBinary(), "primary", "--listen", hosts.address(), "--arbiter", arbiter,
                                    "--guest", GuestImage(), "--disk", disk};
   if (!from_start) argv.insert(argv.end(), {"--wait-secondary-s", "0"});
   argv.insert(argv.end(), app.begin(), app.end());
   const std::string console = ScratchPath("mig.console"), moved_disk = ScratchPath("mig-dest.img");
   if (from_start) MakeBlankDisk(moved_disk, 16 << 20);  // a copy of the source's initial disk
-  Process p = Process::Start(argv, "mig-source");
+  Process p = Process::Start(hosts.on_a(argv), "mig-source");
   if (!from_start) {
-    ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << ReadFile(p.stderr_path());
+    ASSERT_TRUE(WaitForFileContains(p.stderr_path(), "primary.unprotected", seconds(30))) << p.Stderr();
     usleep(300000);  // the VM has been running for a while
   }
-  std::vector<std::string> migrate = {FtvmBinary(), "migrate", "--from", "shm:" + sock, "--arbiter", arbiter,
+  std::vector<std::string> migrate = {FtvmBinary(), "migrate", "--from", hosts.address(), "--arbiter", arbiter,
                                       "--disk", moved_disk, "--console", console};
   if (how == Move::kPostcopy) migrate.push_back("--postcopy");
-  ProcessResult m = RunProcess(migrate, seconds(180), "mig-dest");
+  ProcessResult m = RunProcess(hosts.on_b(migrate), seconds(180), "mig-dest");
   ProcessResult pr = p.Wait(seconds(60));
   EXPECT_EQ(pr.exit_code, 4) << "the source stops once the VM runs elsewhere: " << pr.err;
   EXPECT_NE(pr.err.find("handed the VM over"), std::string::npos) << pr.err;
   ASSERT_EQ(m.exit_code, 0) << m.err;
   EXPECT_NE(m.err.find("migrate: the VM ran here"), std::string::npos) << m.err;
+  EXPECT_NE(m.err.find(std::string("channel=") + channel.kind), std::string::npos) << m.err;
   if (how == Move::kPostcopy) {
     // Every page arrived after the switch, and what arrived is the memory the VM left.
     std::smatch pc;
@@ -381,13 +489,38 @@ void MigrateAndCompare(const std::vector<std::string>& app, Move how = Move::kLi
   EXPECT_TRUE(ReadFile(moved_disk) == ReadFile(baseline_disk)) << "the moved VM's disk differs from the unmoved run's";
 }
 
-// The same move while the guest writes its memory slowly, about as fast as the
-// copy goes, and faster (the copy throttles it), by pre-copy and by post-copy.
+class Migrate : public PairOverChannel {};
+
+TEST_P(Migrate, AVmWritingMemory) {
+  MigrateAndCompare(GetParam(), {"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg", "seconds=2"});
+}
+TEST_P(Migrate, AVmWritingItsDisk) {
+  MigrateAndCompare(GetParam(), {"--app", "disk", "--arg", "ops=3000", "--arg", "seed=5"});
+}
+TEST_P(Migrate, ByReplayingFromTheStart) {
+  MigrateAndCompare(GetParam(), {"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg", "seconds=2"},
+                    Move::kFromStart);
+}
+// Post-copy: the VM runs on the destination first, fetching each page it touches
+// from the source, which pushes the rest meanwhile; its disk went before.
+TEST_P(Migrate, AVmWritingItsDiskByPostcopy) {
+  MigrateAndCompare(GetParam(), {"--app", "disk", "--arg", "ops=3000", "--arg", "seed=5"}, Move::kPostcopy);
+}
+// The mail store moves by post-copy under load, and the destination protects it
+// again once all its memory has arrived (the drill's host B listens for a secondary).
+TEST_P(PairOverChannel, MailStoreMovesByPostcopyUnderLoadLosingNothing) {
+  Drill({"--fault", "migrate", "--postcopy"}, 1);
+}
+
+// Over one channel (shared memory), the same move while the guest writes its memory
+// slowly, about as fast as the copy goes, and faster (the copy throttles it), by
+// pre-copy and by post-copy.
+const ChannelCase& Shm() { return kChannels[1]; }
 class MigrateAtDirtyRate : public testing::TestWithParam<std::tuple<int, Move>> {};
 TEST_P(MigrateAtDirtyRate, ResultsEqualAnUnmovedRun) {
   const auto [rate, how] = GetParam();
-  MigrateAndCompare({"--app", "dirty", "--arg", "mib=32", "--arg", "mib_per_s=" + std::to_string(rate), "--arg",
-                     "seconds=2"},
+  MigrateAndCompare(Shm(), {"--app", "dirty", "--arg", "mib=32", "--arg", "mib_per_s=" + std::to_string(rate), "--arg",
+                            "seconds=2"},
                     how);
 }
 INSTANTIATE_TEST_SUITE_P(Pair, MigrateAtDirtyRate,
@@ -408,7 +541,7 @@ struct AppMove {
 };
 class MigrateEachApp : public testing::TestWithParam<AppMove> {};
 TEST_P(MigrateEachApp, ResultsEqualAnUnmovedRun) {
-  MigrateAndCompare(GetParam().args, GetParam().how, GetParam().timing_from);
+  MigrateAndCompare(Shm(), GetParam().args, GetParam().how, GetParam().timing_from);
 }
 INSTANTIATE_TEST_SUITE_P(
     Pair, MigrateEachApp,
@@ -417,23 +550,6 @@ INSTANTIATE_TEST_SUITE_P(
                             Move::kPostcopy, " chunks="}),
     [](const testing::TestParamInfo<AppMove>& info) { return std::string(info.param.name); });
 
-TEST(Pair, MigrateAVmWritingItsDisk) {
-  MigrateAndCompare({"--app", "disk", "--arg", "ops=3000", "--arg", "seed=5"});
-}
-// The mail store moves to host B while clients deliver mail: every acknowledged
-// message is there exactly once afterwards, and only host B runs the VM.
-TEST(Pair, MailStoreMigratesUnderLoadLosingNothing) { Drill({"--fault", "migrate"}, 2); }
-
-TEST(Pair, MigrateByReplayingFromTheStart) {
-  MigrateAndCompare({"--app", "dirty", "--arg", "mib=16", "--arg", "mib_per_s=16", "--arg", "seconds=2"},
-                    Move::kFromStart);
-}
-
-// Post-copy: the VM runs on the destination first, fetching each page it touches
-// from the source, which pushes the rest meanwhile; its disk went before.
-TEST(Pair, PostcopyMigrateAVmWritingItsDisk) {
-  MigrateAndCompare({"--app", "disk", "--arg", "ops=3000", "--arg", "seed=5"}, Move::kPostcopy);
-}
 // A protected VM moves too: its secondary is released (it stops, saying why), the
 // VM runs on at the destination with the results of a run that never moved, and a
 // plain secondary that comes meanwhile is told the VM has one already.
@@ -473,10 +589,6 @@ TEST(Pair, MigrateAProtectedVm) {
   EXPECT_NE(sr.err.find("released by the primary: the VM moves to"), std::string::npos) << sr.err;
 }
 
-// The mail store moves by post-copy under load, and the destination protects it
-// again once all its memory has arrived (the drill's host B listens for a secondary).
-TEST(Pair, MailStorePostcopyUnderLoadLosingNothing) { Drill({"--fault", "migrate", "--postcopy"}, 1); }
-
 // The source dies while the destination still misses pages: the VM is lost, and the
 // destination says so (exit 5) instead of running on with memory it never got.
 TEST(Pair, PostcopyWithTheSourceLostIsTheVmLostNotCorrupted) {
@@ -503,6 +615,19 @@ TEST(Pair, PostcopyWithTheSourceLostIsTheVmLostNotCorrupted) {
   EXPECT_NE(r.err.find("pages missing"), std::string::npos) << r.err;
   EXPECT_EQ(ReadFile(console).find("dirty: mib=192"), std::string::npos) << "the lost VM must not finish its run";
 }
+
+INSTANTIATE_TEST_SUITE_P(Channels, PairOverChannel, testing::ValuesIn(kChannels), ChannelTestName);
+INSTANTIATE_TEST_SUITE_P(Channels, SlowReplica, testing::ValuesIn(kChannels), ChannelTestName);
+INSTANTIATE_TEST_SUITE_P(Channels, LiveAttach, testing::ValuesIn(kChannels), ChannelTestName);
+INSTANTIATE_TEST_SUITE_P(Channels, Migrate, testing::ValuesIn(kChannels), ChannelTestName);
+INSTANTIATE_TEST_SUITE_P(LinkChannels, PairOverLinkChannel,
+                         testing::ValuesIn([] {
+                           std::vector<ChannelCase> v;
+                           for (const ChannelCase& c : kChannels)
+                             if (c.over_the_link) v.push_back(c);
+                           return v;
+                         }()),
+                         ChannelTestName);
 
 // A primary whose would-be secondary misbehaves keeps its VM, unprotected.
 class PrimaryWithBadPeer : public testing::Test {

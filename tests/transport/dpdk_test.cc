@@ -1,17 +1,15 @@
 // The DPDK channel over real virtual devices between real processes: net_memif
 // between two processes (no root needed), net_af_packet on a veth pair between two
-// network namespaces (root), and the protocol under injected loss, reordering and
-// duplication.
+// network namespaces and net_tap on two taps joined by a bridge (root), and the
+// protocol under injected loss, reordering and duplication.
 //
 // Every DPDK end runs in a fork()ed child: the EAL initializes once per process, and
 // a process that forked after initializing it cannot use it in the child, so this
 // test process itself never touches DPDK. Children report failures on stderr and in
 // their exit code; the parent asserts the exit codes.
-#include <dirent.h>
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sched.h>
 
 #include <atomic>
 #include <cerrno>
@@ -19,6 +17,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "common/netns.h"
 #include "transport/dpdk_testing.h"
 #include "tests/transport/test_util.h"
 
@@ -417,6 +416,101 @@ TEST(DpdkMemif, ListenerAcceptsAgainAfterAChannelEnds) {
   EXPECT_EQ(listener.wait(), 0);
 }
 
+// A channel whose peer died gives its port back at once, though its owner still holds
+// it (a primary keeps its lost secondary's channel until a new one takes over): the
+// listener accepts the next peer meanwhile instead of leaving its hello unanswered.
+TEST(DpdkMemif, DeadPeersChannelGivesThePortBackBeforeItIsDestroyed) {
+  const std::string address = MemifAddress("dead");
+  Signal up;  // written by the first connector only
+  Child listener([&] {
+    up.close_write();
+    ChannelOptions co;
+    co.dpdk = QuickOptions();
+    co.dpdk.peer_timeout = 10s;  // the link's going down says it, not a keepalive timeout
+    auto l = Listen(address, co);
+    auto first = l->accept(15s);
+    Require(first != nullptr, "first accept");
+    Message m;
+    RecvResult r = first->recv(m, 20s);
+    Require(r.closed(), "after the first peer's death: " + r.message);
+    auto second = l->accept(5s);  // while `first` still exists
+    Require(second != nullptr, "no second channel while the dead one is held");
+    r = second->recv(m, 10s);
+    Require(r.is_message() && second->send(m.type(), m.payload(), 5s).ok(), "echo: " + r.message);
+    return 0;
+  });
+  {
+    Child first([&] {
+      auto ch = ConnectTo(address, QuickOptions());
+      up.raise();
+      Message m;
+      (void)ch->recv(m, kNoTimeout);  // until killed
+      return 4;
+    });
+    up.close_write();
+    ASSERT_TRUE(up.wait());
+    first.kill(SIGKILL);
+    EXPECT_EQ(first.wait(), 128 + SIGKILL);
+  }
+  Child second([&] {
+    auto ch = ConnectTo(address, QuickOptions());
+    Require(ch->send(7, Pattern(64, 7), 5s).ok(), "send");
+    Message m;
+    RecvResult r = ch->recv(m, 10s);
+    Require(r.is_message() && Equal(m.payload(), Pattern(64, 7)), "echo: " + r.message);
+    return 0;
+  });
+  EXPECT_EQ(second.wait(), 0);
+  EXPECT_EQ(listener.wait(), 0);
+}
+
+// abandon(): a peer its owner declared gone (here it is stopped, so it acknowledges
+// nothing and its link stays up) is not waited for: the channel is closed and
+// destroyed at once, where a closed one lingers until the peer acknowledged what was
+// sent, up to peer_timeout.
+TEST(DpdkMemif, AbandonedChannelIsReleasedWithoutWaitingForThePeer) {
+  const std::string address = MemifAddress("abandon");
+  DpdkOptions o = QuickOptions();
+  o.peer_timeout = 5s;
+  Signal talked;   // written by the connector only
+  Signal stopped;  // written by this process only
+  Child listener([&] {
+    talked.close_write();
+    stopped.close_write();
+    auto ch = AcceptOne(address, o);
+    Message m;
+    for (;;) {
+      RecvResult r = ch->recv(m, 30s);
+      if (!r.is_message()) return 0;
+      Require(ch->send(m.type(), m.payload(), 5s).ok(), "echo");
+    }
+  });
+  Child connector([&] {
+    stopped.close_write();
+    auto ch = ConnectTo(address, o);
+    Message m;
+    Require(ch->send(1, Pattern(100, 1), 5s).ok() && ch->recv(m, 10s).is_message(), "first exchange");
+    talked.raise();
+    Require(stopped.wait(), "stopped");
+    Require(ch->send(2, Pattern(100, 2), 5s).ok(), "send to the stopped peer");  // never acknowledged
+    const auto t0 = std::chrono::steady_clock::now();
+    ch->abandon();
+    Require(ch->recv(m, 1s).closed(), "recv after abandon()");
+    ch.reset();
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    std::fprintf(stderr, "[          ] abandon() and destruction took %lld ms\n", static_cast<long long>(ms.count()));
+    Require(ms < 500ms, "destroying an abandoned channel took " + std::to_string(ms.count()) + " ms");
+    return 0;
+  });
+  talked.close_write();
+  ASSERT_TRUE(talked.wait());
+  listener.kill(SIGSTOP);
+  stopped.raise();
+  EXPECT_EQ(connector.wait(), 0);
+  listener.kill(SIGKILL);
+  EXPECT_EQ(listener.wait(), 128 + SIGKILL);
+}
+
 // A peer speaking another protocol version is refused at the handshake with a
 // reason it can show (REJECT), and the listener keeps waiting. The peer here is a bare
 // port sending a hand-made HELLO (layout in transport/dpdk_channel.cc).
@@ -492,75 +586,43 @@ TEST(DpdkMemif, ConnectWithoutListenerFailsClearly) {
 
 // --- net_af_packet on a veth pair between two network namespaces --------------------
 
-int Run(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
-
-// Deletes the namespaces of earlier runs that were killed before they could clean up
-// (named PREFIX-PID, for a PID that no longer runs).
-void DeleteStaleNamespaces(const std::string& prefix) {
-  DIR* dir = ::opendir("/var/run/netns");
-  if (dir == nullptr) return;
-  std::vector<std::string> stale;
-  while (const dirent* e = ::readdir(dir)) {
-    const std::string name = e->d_name;
-    if (!name.starts_with(prefix)) continue;
-    const pid_t pid = static_cast<pid_t>(std::atol(name.substr(name.rfind('-') + 1).c_str()));
-    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(name);
-  }
-  ::closedir(dir);
-  for (const auto& n : stale) Run("ip netns del " + n);
-}
-
-// Two network namespaces joined by a veth pair; deleted (with the pair) on destruction.
-class VethPair {
- public:
-  VethPair() {
-    DeleteStaleNamespaces("ftvm-dpdk-");
-    const std::string id = std::to_string(::getpid());
-    ns_a_ = "ftvm-dpdk-a-" + id;
-    ns_b_ = "ftvm-dpdk-b-" + id;
-    if_a_ = "fdva" + id.substr(0, 8);
-    if_b_ = "fdvb" + id.substr(0, 8);
-    ok_ = Run("ip netns add " + ns_a_) == 0 && Run("ip netns add " + ns_b_) == 0 &&
-          Run("ip link add " + if_a_ + " mtu 9000 type veth peer name " + if_b_ + " mtu 9000") == 0 &&
-          Run("ip link set " + if_a_ + " netns " + ns_a_) == 0 && Run("ip link set " + if_b_ + " netns " + ns_b_) == 0 &&
-          Run("ip -n " + ns_a_ + " link set " + if_a_ + " up") == 0 &&
-          Run("ip -n " + ns_b_ + " link set " + if_b_ + " up") == 0;
-  }
-  ~VethPair() {
-    Run("ip netns del " + ns_a_);
-    Run("ip netns del " + ns_b_);
-    Run("ip link del " + if_a_);
-  }
-  bool ok() const { return ok_; }
-  const std::string& ns_a() const { return ns_a_; }
-  const std::string& ns_b() const { return ns_b_; }
-  const std::string& if_a() const { return if_a_; }
-  const std::string& if_b() const { return if_b_; }
-
- private:
-  bool ok_ = false;
-  std::string ns_a_, ns_b_, if_a_, if_b_;
+// Two network namespaces (stand-in hosts) joined by a veth pair of MTU 9000; nullopt
+// (and the reason on stderr) when they cannot be made here.
+struct VethHosts {
+  netns::Namespace a{"ftvm-dpdk-a"}, b{"ftvm-dpdk-b"};
+  netns::VethPair link{{a.name(), "fdv0", ""}, {b.name(), "fdv0", ""}};
 };
+std::unique_ptr<VethHosts> MakeVethHosts() {
+  try {
+    return std::make_unique<VethHosts>();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "[          ] %s\n", e.what());
+    return nullptr;
+  }
+}
 
 // In a child, before the EAL: move this process into a network namespace.
 void EnterNamespace(const std::string& ns) {
-  UniqueFd fd(::open(("/var/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC));
-  Require(fd.valid(), "open netns " + ns);
-  Require(::setns(fd.get(), CLONE_NEWNET) == 0, "setns " + ns);
+  try {
+    netns::Enter(ns);
+  } catch (const std::exception& e) {
+    Require(false, e.what());
+  }
 }
 
 TEST(DpdkAfPacket, ChannelAcrossNamespacesOnAVethPair) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, AF_PACKET)";
-  VethPair veth;
-  if (!veth.ok()) GTEST_SKIP() << "cannot create network namespaces and a veth pair here";
+  auto veth = MakeVethHosts();
+  if (!veth) GTEST_SKIP() << "cannot create network namespaces and a veth pair here";
   DpdkOptions o = QuickOptions();
   o.peer_timeout = 500ms;
   Signal echoed;  // written by the connector only
-  const std::string a = "dpdk:af_packet:" + veth.if_a();
-  const std::string b = "dpdk:af_packet:" + veth.if_b();
+  // Each end names its own interface; both are called fdv0, in their own namespace.
+  const std::string a = "dpdk:af_packet:fdv0";
+  const std::string b = a;
   Child listener([&] {
     echoed.close_write();
-    EnterNamespace(veth.ns_a());
+    EnterNamespace(veth->a.name());
     auto ch = AcceptOne(a, o);
     Message m;
     // Echo until the first empty message, then wait for the peer's death.
@@ -577,7 +639,7 @@ TEST(DpdkAfPacket, ChannelAcrossNamespacesOnAVethPair) {
     return 0;
   });
   Child connector([&] {
-    EnterNamespace(veth.ns_b());
+    EnterNamespace(veth->b.name());
     auto ch = ConnectTo(b, o);
     Message m;
     for (size_t size : {size_t{1}, size_t{4096}, size_t{8950}, size_t{1} << 20, size_t{6} << 20, size_t{0}}) {
@@ -597,6 +659,51 @@ TEST(DpdkAfPacket, ChannelAcrossNamespacesOnAVethPair) {
   ASSERT_TRUE(echoed.wait());
   connector.kill(SIGKILL);
   EXPECT_EQ(connector.wait(), 128 + SIGKILL);
+  EXPECT_EQ(listener.wait(), 0);
+}
+
+// --- net_tap: two taps on a bridge ---------------------------------------------------
+
+// net_tap on two taps joined by a bridge (how a tap reaches a NIC, or another tap):
+// messages go both ways, small and large. The taps are persistent ones made
+// beforehand and put on the bridge (net_tap attaches to an existing tap of its name).
+// net_tap gives the kernel's side of a tap the port's own MAC address, which makes it
+// the bridge's own: unless the channel changes it, the bridge keeps every frame sent to
+// the port, and the connector never hears the listener's answer.
+TEST(DpdkTap, ChannelBetweenTwoTapsOnABridge) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, taps)";
+  std::unique_ptr<netns::Namespace> ns;
+  try {
+    ns = std::make_unique<netns::Namespace>("ftvm-dpdk-tap");
+    netns::Ip({"-n", ns->name(), "link", "add", "br0", "type", "bridge"});
+    netns::Ip({"-n", ns->name(), "link", "set", "br0", "up"});
+    for (const char* tap : {"fdta", "fdtb"}) {
+      netns::Ip({"-n", ns->name(), "tuntap", "add", "dev", tap, "mode", "tap", "multi_queue"});
+      netns::Ip({"-n", ns->name(), "link", "set", tap, "master", "br0"});
+      netns::Ip({"-n", ns->name(), "link", "set", tap, "up"});
+    }
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "cannot make a namespace with taps on a bridge here: " << e.what();
+  }
+  Child listener([&] {
+    EnterNamespace(ns->name());
+    auto ch = AcceptOne("dpdk:tap:fdta", QuickOptions());
+    return EchoUntilClosed(*ch);
+  });
+  Child connector([&] {
+    EnterNamespace(ns->name());
+    auto ch = ConnectTo("dpdk:tap:fdtb", QuickOptions());
+    Message m;
+    for (size_t size : {size_t{1}, size_t{1400}, size_t{100000}}) {
+      auto data = Pattern(size, static_cast<uint32_t>(size) + 3);
+      Require(ch->send(5, data, 10s).ok(), "send of " + std::to_string(size));
+      RecvResult r = ch->recv(m, 10s);
+      Require(r.is_message() && Equal(m.payload(), data), "echo of " + std::to_string(size) + ": " + r.message);
+    }
+    ch->close();
+    return 0;
+  });
+  EXPECT_EQ(connector.wait(), 0);
   EXPECT_EQ(listener.wait(), 0);
 }
 

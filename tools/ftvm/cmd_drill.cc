@@ -45,8 +45,9 @@ int DrillMain(int argc, char** argv) {
       ("guest", po::value(&o.guest)->required(), "guest-kit image (build/guest/ftvm-guest.elf)")
       ("rounds", po::value(&o.rounds)->default_value(o.rounds), "how many times to pull the plug")
       ("fault", po::value(&fault)->default_value(fault), "kill-primary, kill-secondary, cut-link, or migrate (a live move to host B under load)")
-      ("channel", po::value(&o.channel)->default_value(o.channel), "logging channel between the hosts: tcp, shm, dpdk (net_memif), or rdma+shm (the RDMA ring protocol over "
-       "shared memory)")
+      ("channel", po::value(&o.channel)->default_value(o.channel), "logging channel between the hosts: tcp (over the LAN), shm, dpdk (net_memif), dpdk-af_packet "
+       "(net_af_packet on a link of its own between the hosts), dpdk-tap (net_tap on the hosts' bridges, over the LAN), "
+       "or rdma+shm (the RDMA ring protocol over shared memory)")
       ("rate", po::value(&o.rate)->default_value(o.rate), "client requests per second")
       ("workers", po::value(&o.workers)->default_value(o.workers), "client workers")
       ("seed", po::value(&o.seed)->default_value(0), "random seed (0: from the clock; printed)")
@@ -67,8 +68,17 @@ int DrillMain(int argc, char** argv) {
     std::cerr << "ftvm drill: --fault '" << fault << "' is not kill-primary, kill-secondary or cut-link\n";
     return kExitUsage;
   }
-  if (o.channel != "tcp" && o.channel != "shm" && o.channel != "rdma+shm" && o.channel != "dpdk") {
-    std::cerr << "ftvm drill: --channel must be tcp, shm, dpdk or rdma+shm\n";
+  if (o.channel != "tcp" && o.channel != "shm" && o.channel != "rdma+shm" && o.channel != "dpdk" &&
+      o.channel != "dpdk-af_packet" && o.channel != "dpdk-tap") {
+    std::cerr << "ftvm drill: --channel must be tcp, shm, dpdk, dpdk-af_packet, dpdk-tap or rdma+shm\n";
+    return kExitUsage;
+  }
+  if (o.fault == drill::Fault::kCutPrimaryLink && o.channel != "tcp" && o.channel != "dpdk-af_packet" &&
+      o.channel != "dpdk-tap") {
+    // Shared memory and net_memif join two processes of this machine, not two hosts
+    // over a link: cutting host A's cables would leave the pair's channel up, and
+    // the VM cut off from its clients with nobody to take it over.
+    std::cerr << "ftvm drill: --fault cut-link needs a channel over a link that can be cut: tcp, dpdk-af_packet or dpdk-tap\n";
     return kExitUsage;
   }
   if (o.rounds < 1 || o.workers < 1 || o.rate <= 0) {

@@ -1,7 +1,6 @@
 #include "tools/ftvm/drill.h"
 
 #include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -25,6 +24,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/netns.h"
 #include "common/unique_fd.h"
 #include "tools/ftvm/mail_client.h"
 
@@ -116,10 +116,15 @@ void MustRun(const std::vector<std::string>& argv) {
   }
 }
 
-// Host A, host B, the client and the LAN that joins them (see drill.h).
+// Host A, host B, the client and the LAN that joins them (see drill.h). For the
+// dpdk-af_packet channel also a cable of its own between A and B for the logging
+// channel (interface ftlog0 on each, MTU 9000), as VMware FT has a NIC of its own for
+// it; for dpdk-tap, taps ftlog0..2 on each host's bridge, so that the channel crosses
+// the LAN (one tap per channel: a second process on a multi-queue tap would get a
+// share of the first one's frames).
 class DrillNet {
  public:
-  explicit DrillNet(std::string prefix) : p_(std::move(prefix)) {
+  DrillNet(std::string prefix, const std::string& channel) : p_(std::move(prefix)) {
     Down();
     for (const char* n : {"lan", "a", "b", "c"}) {
       MustRun({"ip", "netns", "add", ns(n)});
@@ -147,13 +152,33 @@ class DrillNet {
     // The witness both hosts check before taking the VM (failover/witness.h).
     MustRun({"ip", "-n", ns("c"), "addr", "add", kWitness + std::string("/24"), "dev", "lan0"});
     MustRun({"ip", "-n", ns("c"), "link", "set", "lan0", "up"});
+    if (channel == "dpdk-af_packet") {
+      log_link_.emplace(netns::VethPair::End{ns("a"), kLoggingLink, ""}, netns::VethPair::End{ns("b"), kLoggingLink, ""});
+    }
+    for (const char* h : {"a", "b"}) {
+      for (int i = 0; channel == "dpdk-tap" && i < 3; ++i) {
+        const std::string tap = LoggingTap(i);
+        MustRun({"ip", "-n", ns(h), "tuntap", "add", "dev", tap, "mode", "tap", "multi_queue"});
+        MustRun({"ip", "-n", ns(h), "link", "set", tap, "master", "brh"});
+        MustRun({"ip", "-n", ns(h), "link", "set", tap, "up"});
+      }
+    }
   }
-  ~DrillNet() { Down(); }
+  ~DrillNet() {
+    log_link_.reset();
+    Down();
+  }
 
   std::string ns(const std::string& n) const { return p_ + "-" + n; }
   static std::string host_ip(int i) { return "192.168.77." + std::to_string(i); }
   static constexpr const char* kWitness = "192.168.77.100";
-  void CutLink(const char* host) { MustRun({"ip", "-n", ns(host), "link", "set", "lan0", "down"}); }
+  static constexpr const char* kLoggingLink = "ftlog0";
+  static std::string LoggingTap(int number) { return "ftlog" + std::to_string(number); }
+  // Pulls the host's cables: its LAN link and its logging link.
+  void CutLink(const char* host) {
+    MustRun({"ip", "-n", ns(host), "link", "set", "lan0", "down"});
+    if (log_link_) MustRun({"ip", "-n", ns(host), "link", "set", kLoggingLink, "down"});
+  }
 
  private:
   void Down() {
@@ -163,14 +188,8 @@ class DrillNet {
     }
   }
   std::string p_;
+  std::optional<netns::VethPair> log_link_;
 };
-
-// Runs the calling thread in network namespace `name` from now on.
-void EnterNetns(const std::string& name) {
-  UniqueFd fd(open(("/var/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) throw SysError("network namespace " + name);
-  if (setns(fd.get(), CLONE_NEWNET) != 0) throw SysError("setns into " + name);
-}
 
 struct Delivery {
   std::string msgid, mailbox, body;
@@ -230,7 +249,7 @@ class Load {
 
   void Worker(size_t w) {
     try {
-      EnterNetns(netns_);
+      netns::Enter(netns_);
       mail::ClientOptions co;
       co.timeout_ms = 30;
       co.retries = 200;  // 6 s: longer than any failover
@@ -298,7 +317,7 @@ void Verify(const std::string& netns, const std::vector<Delivery>& ledger, Round
   std::string problem;
   std::thread t([&] {
     try {
-      EnterNetns(netns);
+      netns::Enter(netns);
       mail::ClientOptions co;
       co.timeout_ms = 100;
       co.retries = 30;
@@ -356,6 +375,22 @@ std::vector<std::string> Split(const std::string& s) {
   return out;
 }
 
+// Where host `host` (1: A, 2: B) listens for the logging channel, and where the
+// other host connects: the pair's channel is number 0, re-protection's 1 and 2. tcp
+// runs over the hosts' LAN, and so does dpdk-tap (a tap per channel on each host's
+// bridge); dpdk-af_packet over their logging link, where one interface serves one
+// channel at a time (host B listens for its new secondary after its channel to the
+// dead primary is gone); the others are set up through a Unix socket, which both
+// "hosts" (namespaces of this machine) see (dpdk: net_memif's control socket).
+std::string ChannelAddress(const std::string& channel, const std::string& dir, int host, int number) {
+  const std::string sock = dir + "/channel" + std::to_string(number) + ".sock";
+  if (channel == "tcp") return "tcp:" + DrillNet::host_ip(host) + ":" + std::to_string(7000 + number);
+  if (channel == "dpdk") return "dpdk:memif:" + sock + ";abstract=no";
+  if (channel == "dpdk-af_packet") return std::string("dpdk:af_packet:") + DrillNet::kLoggingLink;
+  if (channel == "dpdk-tap") return "dpdk:tap:" + DrillNet::LoggingTap(number);
+  return channel + ":" + sock;
+}
+
 RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   RoundReport r;
   r.round = round;
@@ -368,12 +403,8 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
     UniqueFd fd(open((dir + d).c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644));
     if (!fd || ftruncate(fd.get(), 32 << 20) != 0) throw SysError("drill: disk image in " + dir);
   }
-  DrillNet net("fdr" + std::to_string(getpid() % 100000));
-  // tcp runs over the hosts' LAN; the others are set up through a Unix socket, which
-  // both "hosts" (namespaces of this machine) see (dpdk: net_memif's control socket).
-  const std::string address = o.channel == "tcp"    ? "tcp:" + DrillNet::host_ip(1) + ":7000"
-                              : o.channel == "dpdk" ? "dpdk:memif:" + dir + "/channel.sock;abstract=no"
-                                                    : o.channel + ":" + dir + "/channel.sock";
+  DrillNet net("fdr" + std::to_string(getpid() % 100000), o.channel);
+  const std::string address = ChannelAddress(o.channel, dir, 1, 0);
   std::vector<std::string> pargs = {"ip", "netns", "exec", net.ns("a"), o.ftvm, "primary", "--listen", address,
                                     "--arbiter", arbiter, "--name", "hostA", "--guest", o.guest, "--app",
                                     "mailstore", "--disk", dir + "/diskA.img", "--tap", "vmtap", "--ip",
@@ -382,7 +413,7 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   for (const std::string& a : Split(o.extra_primary_args)) pargs.push_back(a);
   if (o.fault == Fault::kMigrate) pargs.insert(pargs.end(), {"--wait-secondary-s", "0"});  // runs alone
   Child primary(pargs, dir + "/primary.out", dir + "/primary.err");
-  const std::string reprotect_address = "tcp:" + DrillNet::host_ip(2) + ":7001";
+  const std::string reprotect_address = ChannelAddress(o.channel, dir, 2, 1);
   // Host B: a secondary from the start; for a migration, `ftvm migrate` at the fault.
   const bool migrate = o.fault == Fault::kMigrate;
   auto start_b = [&] {
@@ -404,7 +435,7 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
                                  reprotect_address, "--arbiter", arbiter, "--name", "hostA2", "--disk",
                                  dir + (o.standby ? "/diskA2.img" : "/diskA.img"), "--tap", "vmtap", "--console",
                                  dir + "/third.console", "--witness", DrillNet::kWitness, "--listen",
-                                 "tcp:" + DrillNet::host_ip(1) + ":7002", "--connect-timeout-s", "600"},
+                                 ChannelAddress(o.channel, dir, 1, 2), "--connect-timeout-s", "600"},
         dir + "/third.out", dir + "/third.err");
   };
   auto fail = [&](const std::string& why) {

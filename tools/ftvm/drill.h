@@ -31,7 +31,11 @@ struct DrillOptions {
   std::string ftvm;          // the ftvm binary to run as primary and secondary
   std::string guest;         // guest-kit image
   std::string workdir;       // scratch (disks, logs, arbiter); created if missing
-  std::string channel = "tcp";  // tcp (over the LAN) or shm (a Unix socket both hosts see)
+  // The logging channel between the hosts: tcp (over the LAN), shm or rdma+shm (a Unix
+  // socket both hosts see), dpdk (net_memif, through a socket file both see),
+  // dpdk-af_packet (net_af_packet on a link of its own between A and B), or dpdk-tap
+  // (net_tap on taps on the hosts' bridges: over the LAN).
+  std::string channel = "tcp";
   Fault fault = Fault::kKillPrimary;
   int rounds = 1;
   uint64_t seed = 0;         // 0: from the clock (printed, for replaying a drill)
