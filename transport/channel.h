@@ -366,6 +366,14 @@ struct DpdkOptions {
   std::chrono::nanoseconds max_sleep = std::chrono::milliseconds(1);
   // How often the keeper thread pumps while no send or recv is waiting.
   std::chrono::nanoseconds tick = std::chrono::milliseconds(1);
+  // At most this many segments in flight (sent, not yet acknowledged), fewer than a
+  // receiving device holds by default while its poller is not reading (net_af_packet's
+  // ring of 512 frames, a NIC's 512 receive descriptors, net_tap's queue of 1000,
+  // net_memif's ring of 1024). The byte window does not bound frames: small messages
+  // travel in small segments, and even full ones number 2870 to a 4 MiB window at MTU
+  // 1500. Frames a device cannot hold are dropped, and repairing a burst of losses
+  // costs a round trip per lost segment (a stream over net_tap crawled at 8 MiB/s).
+  uint32_t max_segments_in_flight = 256;
   // First retransmission timeout; doubled on each retry of the same data, up to 64x.
   std::chrono::nanoseconds retransmit_timeout = std::chrono::milliseconds(5);
   // A segment is sent at least this often, and a peer silent for `peer_timeout` is

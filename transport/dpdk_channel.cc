@@ -75,6 +75,7 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <deque>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -926,6 +927,7 @@ class DpdkChannel final : public Channel {
   // sent and await their acknowledgement.
   std::unique_ptr<uint8_t[]> sbuf_;
   uint64_t snd_una_ = 0, snd_nxt_ = 0, snd_end_ = 0;
+  std::deque<uint64_t> in_flight_;  // the end of each segment sent beyond snd_una_
   uint32_t peer_wnd_ = 0;
   int backoff_ = 0;
   SteadyClock::time_point rto_at_{};
@@ -943,6 +945,7 @@ class DpdkChannel final : public Channel {
   uint64_t rcv_read_ = 0, rcv_nxt_ = 0;
   std::map<uint64_t, uint64_t> ooo_;
   uint64_t acked_upto_ = 0;
+  uint32_t segments_unacked_ = 0;  // received in order since our last ack
   uint32_t wnd_advertised_ = 0;
   std::optional<SteadyClock::time_point> ack_due_since_;
   bool ack_now_ = false;
@@ -1059,6 +1062,7 @@ void DpdkChannel::on_ack(const SegHeader& h, SteadyClock::time_point now) {
   if ((h.flags & kFlagFinSeen) && fin_sent_ && h.ack == fin_seq_) fin_acked_ = true;
   if (h.ack > snd_una_) {
     snd_una_ = h.ack;
+    while (!in_flight_.empty() && in_flight_.front() <= snd_una_) in_flight_.pop_front();
     backoff_ = 0;
     dupacks_ = 0;
     rto_at_ = now + rto();
@@ -1109,7 +1113,10 @@ void DpdkChannel::on_data(const rte_mbuf* m, const SegHeader& h, SteadyClock::ti
       rcv_nxt_ = std::max(rcv_nxt_, ooo_.begin()->second);
       ooo_.erase(ooo_.begin());
     }
-    if (filled_gap || rcv_nxt_ - acked_upto_ >= cap_ / 4) {
+    // The sender may send no more than max_segments_in_flight before an ack: ack well
+    // before that, whatever the segments' size.
+    if (filled_gap || rcv_nxt_ - acked_upto_ >= cap_ / 4 ||
+        ++segments_unacked_ >= std::max<uint32_t>(1, options_.max_segments_in_flight / 4)) {
       ack_now_ = true;
     } else if (!ack_due_since_) {
       ack_due_since_ = now;
@@ -1146,6 +1153,7 @@ bool DpdkChannel::transmit(uint64_t seq, uint32_t len, SteadyClock::time_point n
   }
   ++proto_.segments_sent;
   acked_upto_ = rcv_nxt_;
+  segments_unacked_ = 0;
   wnd_advertised_ = h.window;
   ack_due_since_.reset();
   ack_now_ = false;
@@ -1157,13 +1165,14 @@ bool DpdkChannel::transmit(uint64_t seq, uint32_t len, SteadyClock::time_point n
 void DpdkChannel::push(SteadyClock::time_point now) {
   if (released_) return;
   const uint64_t right = snd_una_ + peer_wnd_;
-  while (snd_nxt_ < snd_end_ && snd_nxt_ < right) {
+  const size_t max_in_flight = options_.max_segments_in_flight;
+  while (snd_nxt_ < snd_end_ && snd_nxt_ < right && in_flight_.size() < max_in_flight) {
     if (snd_una_ == snd_nxt_) rto_at_ = now + rto();  // the timer starts with the oldest byte out
     rte_mbuf* pkts[kBurst];
     uint64_t seqs[kBurst];
     uint16_t n = 0;
     uint64_t at = snd_nxt_;
-    while (n < kBurst && at < snd_end_ && at < right) {
+    while (n < kBurst && at < snd_end_ && at < right && in_flight_.size() + n < max_in_flight) {
       const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>({seg_payload_, snd_end_ - at, right - at}));
       SegHeader h;
       h.type = kData;
@@ -1190,8 +1199,10 @@ void DpdkChannel::push(SteadyClock::time_point now) {
     for (uint16_t i = sent; i < n; ++i) rte_pktmbuf_free(pkts[i]);
     if (sent == 0) break;  // the transmit ring is full: later
     snd_nxt_ = sent < n ? seqs[sent] : at;
+    for (uint16_t i = 0; i < sent; ++i) in_flight_.push_back(i + 1 < n ? seqs[i + 1] : at);
     proto_.segments_sent += sent;
     acked_upto_ = rcv_nxt_;
+    segments_unacked_ = 0;
     wnd_advertised_ = window();
     ack_due_since_.reset();
     ack_now_ = false;
@@ -1244,6 +1255,7 @@ void DpdkChannel::send_ack(SteadyClock::time_point now, uint8_t flags) {
   ++proto_.segments_sent;
   ++proto_.acks_sent;
   acked_upto_ = rcv_nxt_;
+  segments_unacked_ = 0;
   wnd_advertised_ = h.window;
   ack_due_since_.reset();
   ack_now_ = false;
@@ -1509,6 +1521,7 @@ void CheckOptions(const DpdkOptions& o, const std::string& what) {
                 std::to_string(kMinWindow) + " and " + std::to_string(kMaxWindow));
   }
   if (o.max_spin < o.spin) throw Error(what + ": max_spin must not be shorter than spin");
+  if (o.max_segments_in_flight == 0) throw Error(what + ": max_segments_in_flight must be at least 1");
   if (o.tick <= 0ns || o.retransmit_timeout <= 0ns || o.keepalive_interval <= 0ns ||
       o.peer_timeout <= o.keepalive_interval) {
     throw Error(what + ": tick, retransmit timeout and keepalive interval must be positive, and the peer timeout "
