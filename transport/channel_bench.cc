@@ -273,9 +273,10 @@ void EnterNamespace(const std::string& ns) {
   if (!ns.empty()) ftvm::netns::Enter(ns);
 }
 
+// `idle_iterations`: round trips after a 2 ms pause each (0: none).
 DpdkRow MeasureDpdk(const std::string& name, const std::string& listen_at, const std::string& connect_to,
                     const std::string& listen_ns, const std::string& connect_ns, const ChannelOptions& options,
-                    int iterations, std::chrono::milliseconds stream_time) {
+                    int iterations, std::chrono::milliseconds stream_time, int idle_iterations) {
   return InTwoChildren<DpdkRow>(
       name,
       [&] {
@@ -287,7 +288,7 @@ DpdkRow MeasureDpdk(const std::string& name, const std::string& listen_at, const
         row.small = RoundTrips(*ch, 64, iterations);
         row.page = RoundTrips(*ch, 4096, iterations);
         row.stream = Stream(*ch, stream_time);
-        row.idle = RoundTrips(*ch, 64, std::max(100, iterations / 20), std::chrono::milliseconds(2));
+        if (idle_iterations > 0) row.idle = RoundTrips(*ch, 64, idle_iterations, std::chrono::milliseconds(2));
         (void)ch->send(kQuit, std::span<const uint8_t>(), std::chrono::seconds(1));
         return row;
       },
@@ -426,6 +427,7 @@ int main(int argc, char** argv) {
     std::string listen_at, connect_to;
     std::string listen_ns, connect_ns;
     bool bare_page = true;  // the device carries a 4 KiB frame (the bare 4 KiB ping)
+    bool slow = false;      // ~100 us round trips: fewer of them
   };
   std::vector<DpdkCase> dpdk_cases;
   // As root, net_af_packet on a veth pair between two namespaces, and net_tap on two
@@ -457,7 +459,7 @@ int main(int argc, char** argv) {
           ftvm::netns::Ip({"-n", ns_t->name(), "link", "set", tap, "up"});
         }
         // net_tap sets its tap's MTU to 1500 and takes no more: no bare 4 KiB frame.
-        dpdk_cases.push_back({"tap", "dpdk:tap:ftvmta", "dpdk:tap:ftvmtb", ns_t->name(), ns_t->name(), false});
+        dpdk_cases.push_back({"tap", "dpdk:tap:ftvmta", "dpdk:tap:ftvmtb", ns_t->name(), ns_t->name(), false, true});
       } catch (const std::exception& e) {
         std::fprintf(stderr, "channel_bench: no tap rows: %s\n", e.what());
       }
@@ -482,17 +484,18 @@ int main(int argc, char** argv) {
     const std::string bare_l = fresh(c.listen_at), bare_c = c.listen_at == c.connect_to ? bare_l : c.connect_to;
     const std::string chan_l = fresh(c.listen_at), chan_c = c.listen_at == c.connect_to ? chan_l : c.connect_to;
     const std::string busy_l = fresh(c.listen_at), busy_c = c.listen_at == c.connect_to ? busy_l : c.connect_to;
+    const int iters = c.slow ? slow_iters : fast_iters;
     try {
-      r.bare = MeasureBare(c.name + " bare", bare_l, bare_c, c.listen_ns, c.connect_ns, fast_iters, c.bare_page);
-      r.channel = MeasureDpdk(c.name + " channel", chan_l, chan_c, c.listen_ns, c.connect_ns, o, fast_iters,
-                              stream_time);
+      r.bare = MeasureBare(c.name + " bare", bare_l, bare_c, c.listen_ns, c.connect_ns, iters, c.bare_page);
+      r.channel = MeasureDpdk(c.name + " channel", chan_l, chan_c, c.listen_ns, c.connect_ns, o, iters, stream_time,
+                              quick ? 100 : 300);
       // The same polling without ever sleeping, as the bare ping-pong does: the cost of
       // the protocol itself, apart from the waiting policy (which sleeps once the peer
       // is off the CPU for longer than the spin: on a busy host, often).
       ChannelOptions busy = o;
       busy.dpdk.spin = busy.dpdk.max_spin = std::chrono::seconds(1);
       r.long_spin = MeasureDpdk(c.name + " channel, busy poll", busy_l, busy_c, c.listen_ns, c.connect_ns, busy,
-                                fast_iters, stream_time);
+                                iters, stream_time, 0);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "channel_bench: %s\n", e.what());
       rc = 1;

@@ -124,6 +124,22 @@ class Signal {
   UniqueFd read_, write_;
 };
 
+// In a child: says so through `ready`, then waits on the channel until killed.
+int SignalAndWaitToBeKilled(Channel& ch, Signal& ready) {
+  ready.raise();
+  Message m;
+  (void)ch.recv(m, kNoTimeout);
+  return 4;
+}
+
+// In this process: once `child` raised `ready`, SIGKILL it.
+void KillOnceReady(Child& child, Signal& ready) {
+  ready.close_write();
+  ASSERT_TRUE(ready.wait());
+  child.kill(SIGKILL);
+  EXPECT_EQ(child.wait(), 128 + SIGKILL);
+}
+
 TEST(DpdkAvailable, BuiltWithDpdk) { EXPECT_TRUE(DpdkAvailable()); }
 
 // Every size class both ways across two processes, then a long run of small messages
@@ -487,15 +503,9 @@ TEST(DpdkMemif, DeadPeersChannelGivesThePortBackBeforeItIsDestroyed) {
   {
     Child first([&] {
       auto ch = ConnectTo(address, QuickOptions());
-      up.raise();
-      Message m;
-      (void)ch->recv(m, kNoTimeout);  // until killed
-      return 4;
+      return SignalAndWaitToBeKilled(*ch, up);
     });
-    up.close_write();
-    ASSERT_TRUE(up.wait());
-    first.kill(SIGKILL);
-    EXPECT_EQ(first.wait(), 128 + SIGKILL);
+    KillOnceReady(first, up);
   }
   Child second([&] {
     auto ch = ConnectTo(address, QuickOptions());
@@ -699,14 +709,9 @@ TEST(DpdkAfPacket, ChannelAcrossNamespacesOnAVethPair) {
     // A sleeping end is woken by a packet socket of its own that sees the frame arrive.
     RoundTripsAfterAPauseWakeTheSleepers(*ch);
     Require(ch->send(3, std::span<const uint8_t>(), 5s).ok() && ch->recv(m, 5s).is_message(), "last echo");
-    echoed.raise();
-    (void)ch->recv(m, kNoTimeout);  // until killed
-    return 4;
+    return SignalAndWaitToBeKilled(*ch, echoed);
   });
-  echoed.close_write();
-  ASSERT_TRUE(echoed.wait());
-  connector.kill(SIGKILL);
-  EXPECT_EQ(connector.wait(), 128 + SIGKILL);
+  KillOnceReady(connector, echoed);
   EXPECT_EQ(listener.wait(), 0);
 }
 
