@@ -7,7 +7,8 @@
 //
 //   +0   u8[2] "FD"
 //   +2   u8   type: HELLO, HELLO_ACK, REJECT, DATA, ACK, FIN, RST
-//   +3   u8   flags: 1 = answer with an ACK at once (a probe), 2 = FIN received
+//   +3   u8   flags: 1 = answer with an ACK at once (a probe), 2 = FIN received,
+//             4 = a thread of the sender sleeps on its doorbell (net_memif: ring it)
 //   +4   u32  sender's connection id (random per channel end, never 0)
 //   +8   u32  receiver's connection id (0 in a HELLO)
 //   +12  u16  payload length
@@ -51,9 +52,14 @@
 // Threads: all protocol state and the port's queues are guarded by one mutex; send()
 // and recv() run the protocol ("pump": receive, acknowledge, transmit, timers)
 // themselves while they wait, busy for DpdkOptions::spin (a receive adapts it up to
-// max_spin to how late the last answer came) and then sleeping in growing steps; a
-// keeper thread pumps every `tick` while nobody else waits, so a peer is answered
-// while this side's application is busy elsewhere.
+// max_spin to how late the last answer came) and then asleep until a frame may have
+// arrived (RxWaker) or max_sleep passed; a keeper thread pumps every `tick` while
+// nobody else waits, so a peer is answered while this side's application is busy
+// elsewhere.
+//
+// Segments in flight are capped (DpdkOptions::max_segments_in_flight) below what a
+// receiving device buffers while its poller sleeps: the byte window alone would let
+// thousands of small or MTU-1500 segments out, and a device drops what it cannot hold.
 #include <arpa/inet.h>
 #include <linux/filter.h>
 #include <linux/if_ether.h>

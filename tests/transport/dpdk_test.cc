@@ -670,7 +670,7 @@ TEST(DpdkAfPacket, ChannelAcrossNamespacesOnAVethPair) {
   auto veth = MakeVethHosts();
   if (!veth) GTEST_SKIP() << "cannot create network namespaces and a veth pair here";
   DpdkOptions o = QuickOptions();
-  o.peer_timeout = 500ms;
+  o.peer_timeout = 1500ms;  // not shorter: on a host busy with other work, 500 ms of silence happened
   Signal echoed;  // written by the connector only
   // Each end names its own interface; both are called fdv0, in their own namespace.
   const std::string a = "dpdk:af_packet:fdv0";
