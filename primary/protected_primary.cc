@@ -560,6 +560,11 @@ void ProtectedPrimary::SecondaryLost(const std::string& why, bool silent) {
     report_.lost_at_ns = clock_.monotonic_ns();
   }
   streamer_->abandon(why);
+  // Nothing more goes to it. Its channel is kept until a new secondary replaces it,
+  // but lets go of what it holds now: a DPDK channel would otherwise keep the port
+  // that the next secondary is accepted on until its own keepalive gave up on the
+  // peer (2 s), and a VM that ends meanwhile never gets its new secondary.
+  channel_->abandon();
   log::error("primary.secondary_lost", {{"reason", why}, {"by", silent ? "silence" : "channel closed"}});
   if (silent) {
     // Silence does not say who was cut off. With a witness, find out; without one,

@@ -331,9 +331,13 @@ std::unique_ptr<Channel> RdmaShmConnect(const std::string& socket_path, std::chr
 // first DPDK channel or listener does it with the EAL arguments of its address (or
 // the defaults, see DpdkAddress), and later ones must ask for the same or none.
 //
-// Waiting: send/recv poll the port themselves, busy for `spin`, then sleeping in
-// steps growing up to `max_sleep` (there are two cores: a poller must not starve a
-// vCPU; the virtual devices have no receive interrupt to block on). A keeper thread
+// Waiting: send/recv poll the port themselves, busy for `spin` (there are two cores:
+// a poller must not starve a vCPU), then asleep until a frame arrives, at most
+// `max_sleep` at a time. None of the virtual devices has a receive interrupt the
+// channel uses, so it makes its own: a packet socket of its own that sees the frames
+// arrive (net_af_packet, net_tap), or a doorbell the peer rings after it sends to an
+// end that said it sleeps (net_memif). On other devices (a NIC) a poller sleeps in
+// steps growing from 10 us to `max_sleep` instead. A keeper thread
 // per channel pumps every `tick` while no send or recv is waiting, to answer the
 // peer (acknowledgements, keepalives, retransmissions). close() sends a FIN after
 // what was sent; destroying the channel waits (up to peer_timeout) until the peer
@@ -355,8 +359,9 @@ struct DpdkOptions {
   size_t window_bytes = 4u << 20;
   // Busy polling before sleeping: long enough to catch a reply on a fast link
   // (a round trip on net_memif is a few microseconds), short enough not to starve a
-  // vCPU on a two-core host. Sleeps then grow from 10 us to `max_sleep`, which bounds
-  // the latency of a message that arrives on an idle channel and costs an idle
+  // vCPU on a two-core host. A sleeper wakes when a frame arrives (see above) or
+  // after `max_sleep`, which keeps the timers it runs going (and, where nothing
+  // wakes it, bounds the latency of a message to an idle channel) and costs an idle
   // waiter one wake-up per `max_sleep` (~1-2% of a core at 1 ms on our hosts).
   std::chrono::nanoseconds spin = std::chrono::microseconds(20);
   // A receive spins up to twice as long as the last one took, when that was more than

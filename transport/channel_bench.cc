@@ -40,6 +40,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/error.h"
@@ -104,7 +105,11 @@ struct Latency {
   double slept = 0;  // fraction of receives that slept in the kernel
 };
 
-Latency RoundTrips(Channel& ch, size_t size, int iterations) {
+// `gap`: a pause before each ping, long enough for both sides' pollers to have gone
+// to sleep, as between a protected VM's outputs at a moderate rate: the latency of
+// the first message after a pause.
+Latency RoundTrips(Channel& ch, size_t size, int iterations,
+                   std::chrono::microseconds gap = std::chrono::microseconds::zero()) {
   std::vector<uint8_t> payload(size, 0x5a);
   Message m;
   std::vector<double> us;
@@ -113,6 +118,7 @@ Latency RoundTrips(Channel& ch, size_t size, int iterations) {
   uint64_t waits_before = 0;
   for (int i = 0; i < warmup + iterations; ++i) {
     if (i == warmup) waits_before = ch.stats().recv_waits;
+    if (gap.count() > 0) std::this_thread::sleep_for(gap);
     auto t0 = Clock::now();
     auto s = ch.send(kPing, payload, std::chrono::seconds(10));
     if (!s.ok()) Die(s.message);
@@ -254,7 +260,7 @@ T InTwoChildren(const std::string& name, Measure measure, ServeFn serve) {
 }
 
 struct DpdkRow {
-  Latency small, page;
+  Latency small, page, idle;
   Throughput stream;
 };
 
@@ -267,9 +273,10 @@ void EnterNamespace(const std::string& ns) {
   if (!ns.empty()) ftvm::netns::Enter(ns);
 }
 
+// `idle_iterations`: round trips after a 2 ms pause each (0: none).
 DpdkRow MeasureDpdk(const std::string& name, const std::string& listen_at, const std::string& connect_to,
                     const std::string& listen_ns, const std::string& connect_ns, const ChannelOptions& options,
-                    int iterations, std::chrono::milliseconds stream_time) {
+                    int iterations, std::chrono::milliseconds stream_time, int idle_iterations) {
   return InTwoChildren<DpdkRow>(
       name,
       [&] {
@@ -281,6 +288,7 @@ DpdkRow MeasureDpdk(const std::string& name, const std::string& listen_at, const
         row.small = RoundTrips(*ch, 64, iterations);
         row.page = RoundTrips(*ch, 4096, iterations);
         row.stream = Stream(*ch, stream_time);
+        if (idle_iterations > 0) row.idle = RoundTrips(*ch, 64, idle_iterations, std::chrono::milliseconds(2));
         (void)ch->send(kQuit, std::span<const uint8_t>(), std::chrono::seconds(1));
         return row;
       },
@@ -419,6 +427,7 @@ int main(int argc, char** argv) {
     std::string listen_at, connect_to;
     std::string listen_ns, connect_ns;
     bool bare_page = true;  // the device carries a 4 KiB frame (the bare 4 KiB ping)
+    bool slow = false;      // ~100 us round trips: fewer of them
   };
   std::vector<DpdkCase> dpdk_cases;
   // As root, net_af_packet on a veth pair between two namespaces, and net_tap on two
@@ -450,7 +459,7 @@ int main(int argc, char** argv) {
           ftvm::netns::Ip({"-n", ns_t->name(), "link", "set", tap, "up"});
         }
         // net_tap sets its tap's MTU to 1500 and takes no more: no bare 4 KiB frame.
-        dpdk_cases.push_back({"tap", "dpdk:tap:ftvmta", "dpdk:tap:ftvmtb", ns_t->name(), ns_t->name(), false});
+        dpdk_cases.push_back({"tap", "dpdk:tap:ftvmta", "dpdk:tap:ftvmtb", ns_t->name(), ns_t->name(), false, true});
       } catch (const std::exception& e) {
         std::fprintf(stderr, "channel_bench: no tap rows: %s\n", e.what());
       }
@@ -475,17 +484,18 @@ int main(int argc, char** argv) {
     const std::string bare_l = fresh(c.listen_at), bare_c = c.listen_at == c.connect_to ? bare_l : c.connect_to;
     const std::string chan_l = fresh(c.listen_at), chan_c = c.listen_at == c.connect_to ? chan_l : c.connect_to;
     const std::string busy_l = fresh(c.listen_at), busy_c = c.listen_at == c.connect_to ? busy_l : c.connect_to;
+    const int iters = c.slow ? slow_iters : fast_iters;
     try {
-      r.bare = MeasureBare(c.name + " bare", bare_l, bare_c, c.listen_ns, c.connect_ns, fast_iters, c.bare_page);
-      r.channel = MeasureDpdk(c.name + " channel", chan_l, chan_c, c.listen_ns, c.connect_ns, o, fast_iters,
-                              stream_time);
+      r.bare = MeasureBare(c.name + " bare", bare_l, bare_c, c.listen_ns, c.connect_ns, iters, c.bare_page);
+      r.channel = MeasureDpdk(c.name + " channel", chan_l, chan_c, c.listen_ns, c.connect_ns, o, iters, stream_time,
+                              quick ? 100 : 300);
       // The same polling without ever sleeping, as the bare ping-pong does: the cost of
       // the protocol itself, apart from the waiting policy (which sleeps once the peer
       // is off the CPU for longer than the spin: on a busy host, often).
       ChannelOptions busy = o;
       busy.dpdk.spin = busy.dpdk.max_spin = std::chrono::seconds(1);
       r.long_spin = MeasureDpdk(c.name + " channel, busy poll", busy_l, busy_c, c.listen_ns, c.connect_ns, busy,
-                                fast_iters, stream_time);
+                                iters, stream_time, 0);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "channel_bench: %s\n", e.what());
       rc = 1;
@@ -530,6 +540,8 @@ int main(int argc, char** argv) {
     if (d.bare.page.p50_us > 0) std::printf(", 4 KiB %.2fx", d.channel.page.p50_us / d.bare.page.p50_us);
     std::printf("; busy polling: 64 B %.2fx", d.long_spin.small.p50_us / d.bare.small.p50_us);
     if (d.bare.page.p50_us > 0) std::printf(", 4 KiB %.2fx", d.long_spin.page.p50_us / d.bare.page.p50_us);
+    std::printf("\ndpdk %s: 64 B round trip after 2 ms idle (both sides asleep): p50 %.1f us, p99 %.1f us",
+                d.name.c_str(), d.channel.idle.p50_us, d.channel.idle.p99_us);
   }
   if (!dpdk_rows.empty()) std::printf("\n");
   std::printf("\nslept: share of round trips whose reply receive slept in the kernel instead of\n"

@@ -7,7 +7,8 @@
 //
 //   +0   u8[2] "FD"
 //   +2   u8   type: HELLO, HELLO_ACK, REJECT, DATA, ACK, FIN, RST
-//   +3   u8   flags: 1 = answer with an ACK at once (a probe), 2 = FIN received
+//   +3   u8   flags: 1 = answer with an ACK at once (a probe), 2 = FIN received,
+//             4 = a thread of the sender sleeps on its doorbell (net_memif: ring it)
 //   +4   u32  sender's connection id (random per channel end, never 0)
 //   +8   u32  receiver's connection id (0 in a HELLO)
 //   +12  u16  payload length
@@ -51,11 +52,22 @@
 // Threads: all protocol state and the port's queues are guarded by one mutex; send()
 // and recv() run the protocol ("pump": receive, acknowledge, transmit, timers)
 // themselves while they wait, busy for DpdkOptions::spin (a receive adapts it up to
-// max_spin to how late the last answer came) and then sleeping in growing steps; a
-// keeper thread pumps every `tick` while nobody else waits, so a peer is answered
-// while this side's application is busy elsewhere.
+// max_spin to how late the last answer came) and then asleep until a frame may have
+// arrived (RxWaker) or max_sleep passed; a keeper thread pumps every `tick` while
+// nobody else waits, so a peer is answered while this side's application is busy
+// elsewhere.
+//
+// Segments in flight are capped (DpdkOptions::max_segments_in_flight) below what a
+// receiving device buffers while its poller sleeps: the byte window alone would let
+// thousands of small or MTU-1500 segments out, and a device drops what it cannot hold.
+#include <arpa/inet.h>
+#include <linux/filter.h>
+#include <linux/if_ether.h>
 #include <net/if.h>
 #include <net/if_arp.h>
+#include <netpacket/packet.h>
+#include <poll.h>
+#include <sys/un.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -116,6 +128,9 @@ constexpr size_t kHeadBytes = kEthBytes + kSegHeaderBytes;
 enum SegType : uint8_t { kHello = 1, kHelloAck = 2, kReject = 3, kData = 4, kAck = 5, kFin = 6, kRst = 7 };
 constexpr uint8_t kFlagAckNow = 1;
 constexpr uint8_t kFlagFinSeen = 2;
+// The sender has a thread asleep on its doorbell (net_memif): ring it when sending it
+// data or an acknowledgement it may be waiting for (see RxWaker).
+constexpr uint8_t kFlagSleeping = 4;
 // HELLO and HELLO_ACK payload: the channel hello, our largest Ethernet payload, our
 // window.
 constexpr size_t kHelloPayload = kHelloBytes + 8;
@@ -270,7 +285,10 @@ struct PortSpec {
   std::string devargs;  // for rte_dev_probe
   std::string name;     // the device (and port) name
   bool memif = false;
+  std::string memif_socket;      // net_memif: its control socket (for the doorbell's address)
+  bool memif_abstract = true;
   std::string tap_iface;    // net_tap: the kernel's side of the tap
+  std::string af_packet_iface;   // net_af_packet: the interface it reads
   uint32_t mtu = 1500;      // the largest Ethernet payload this side sends and takes
   uint32_t rx_room = 2048;  // mbuf data room for one received frame
 };
@@ -304,6 +322,8 @@ PortSpec MakeSpec(const DpdkAddress& a, bool listening, EalRuntime& eal, const s
       s.devargs = s.name + ",role=" + (listening ? "server" : "client") + ",socket=" + a.target +
                   ",bsize=" + std::to_string(bsize) + (a.abstract_socket ? "" : ",socket-abstract=no");
       s.memif = true;
+      s.memif_socket = a.target;
+      s.memif_abstract = a.abstract_socket;
       s.rx_room = bsize;
       break;
     }
@@ -315,6 +335,7 @@ PortSpec MakeSpec(const DpdkAddress& a, bool listening, EalRuntime& eal, const s
       s.name = "net_af_packet_ftvm" + n;
       s.devargs = s.name + ",iface=" + a.target + ",framesz=" + std::to_string(framesz) +
                   ",blocksz=" + std::to_string(std::max<uint32_t>(4096, framesz)) + ",framecnt=512";
+      s.af_packet_iface = a.target;
       // net_af_packet copies a received frame into one mbuf without looking at its
       // size: the mbuf must hold the largest frame a slot can hold.
       s.rx_room = framesz;
@@ -655,12 +676,158 @@ uint32_t NewConnectionId() {
   return id;
 }
 
+// What a waiting thread blocks on once its spin is over, instead of sleeping blindly in
+// growing steps (up to max_sleep, which the first message after a pause then waited
+// for: ~1 ms): a descriptor that becomes readable when a frame for this port may have
+// arrived. None of the virtual devices has a receive interrupt in DPDK 22.11 but
+// net_tap, so the channel makes its own:
+//   - net_af_packet, net_tap: a packet socket of our own on the kernel interface, which
+//     sees our EtherType's frames as the kernel hands them to the port (arriving on the
+//     af_packet interface; sent by the kernel into the tap). A BPF filter keeps one
+//     byte of those and nothing else, and a tiny receive buffer drops the rest of a
+//     burst: it is a signal, not a copy.
+//   - net_memif: both ends are processes of one host, with no kernel between them. Each
+//     end binds a datagram socket (a doorbell) named after the memif socket and its
+//     connection id; a thread about to sleep says so in the flags of the segments its
+//     end sends (kFlagSleeping), and the other end, when it next sends that end data
+//     or an acknowledgement, rings the doorbell once.
+// Waking is a hint: a wake-up missed (a race, a full buffer) costs at most the
+// max_sleep the thread waits anyway, and a spurious one a look at the port.
+class RxWaker {
+ public:
+  // nullptr when the device has no way to wake us (a NIC: no receive interrupts used
+  // yet) or setting it up failed (logged: the channel works without it).
+  static std::unique_ptr<RxWaker> For(const PortSpec& spec, uint32_t local_id) {
+    try {
+      if (!spec.af_packet_iface.empty()) return FrameWatch(spec.af_packet_iface, /*outgoing=*/false);
+      if (!spec.tap_iface.empty()) return FrameWatch(spec.tap_iface, /*outgoing=*/true);
+      if (spec.memif && !spec.memif_socket.empty()) return Doorbell(spec, local_id);
+    } catch (const Error& e) {
+      log::warn("dpdk_no_wakeups", {{"port", spec.name}, {"error", e.what()}});
+    }
+    return nullptr;
+  }
+  ~RxWaker() {
+    if (!bound_path_.empty()) ::unlink(bound_path_.c_str());
+  }
+  RxWaker(const RxWaker&) = delete;
+  RxWaker& operator=(const RxWaker&) = delete;
+
+  // A doorbell the peer rings (memif), rather than frames seen by the kernel.
+  bool is_doorbell() const { return doorbell_; }
+  // Empties the descriptor: done before the last look at the port, so that whatever
+  // arrives after that look makes it readable again.
+  void drain() {
+    char buf[64];
+    for (int i = 0; i < 256 && ::recv(fd_.get(), buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC) >= 0; ++i) {
+    }
+  }
+  // Blocks until the descriptor is readable (true) or `timeout` passed.
+  bool wait(std::chrono::nanoseconds timeout) {
+    pollfd p = {fd_.get(), POLLIN, 0};
+    const timespec ts = {static_cast<time_t>(timeout.count() / 1'000'000'000),
+                         static_cast<long>(timeout.count() % 1'000'000'000)};
+    return ::ppoll(&p, 1, &ts, nullptr) > 0;
+  }
+  // Rings the peer's doorbell (memif).
+  void ring(uint32_t peer_id) {
+    const sockaddr_un a = DoorbellAddress(peer_id);
+    const char one = 1;
+    ::sendto(fd_.get(), &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&a),
+             address_length(a));
+  }
+
+ private:
+  RxWaker(UniqueFd fd, bool doorbell) : fd_(std::move(fd)), doorbell_(doorbell) {}
+
+  static std::unique_ptr<RxWaker> FrameWatch(const std::string& iface, bool outgoing) {
+    // Frames arriving: a socket for our EtherType alone, which the kernel never shows
+    // the frames sent on the interface (a socket for every protocol would cost a clone
+    // of each frame the port sends: a sixth of af_packet's streaming rate). Frames the
+    // kernel sends into a tap: only a socket for every protocol sees those.
+    const uint16_t protocol = outgoing ? ETH_P_ALL : kEtherType;
+    UniqueFd fd(::socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(protocol)));
+    if (!fd) throw SysError("packet socket to watch " + iface);
+    // Our EtherType, in the direction the port reads it: one byte kept, the rest dropped.
+    const uint32_t keep_out = outgoing ? 1 : 0;
+    sock_filter prog[] = {
+        {BPF_LD | BPF_H | BPF_ABS, 0, 0, 12},                                             // EtherType
+        {BPF_JMP | BPF_JEQ | BPF_K, 0, 4, kEtherType},                                    // else -> 6
+        {BPF_LD | BPF_W | BPF_ABS, 0, 0, static_cast<uint32_t>(SKF_AD_OFF + SKF_AD_PKTTYPE)},
+        {BPF_JMP | BPF_JEQ | BPF_K, 0, 1, PACKET_OUTGOING},                               // else -> 5
+        {BPF_RET | BPF_K, 0, 0, keep_out},                                                // sent
+        {BPF_RET | BPF_K, 0, 0, 1 - keep_out},                                            // received
+        {BPF_RET | BPF_K, 0, 0, 0},                                                       // not ours
+    };
+    const sock_fprog fprog = {static_cast<unsigned short>(std::size(prog)), prog};
+    if (::setsockopt(fd.get(), SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof fprog) != 0) {
+      throw SysError("filter on the packet socket watching " + iface);
+    }
+    const int small = 1;  // the kernel's minimum: a few frames
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    sockaddr_ll ll{};
+    ll.sll_family = AF_PACKET;
+    ll.sll_protocol = htons(protocol);
+    ll.sll_ifindex = static_cast<int>(::if_nametoindex(iface.c_str()));
+    if (ll.sll_ifindex == 0) throw SysError("interface " + iface);
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&ll), sizeof ll) != 0) {
+      throw SysError("binding a packet socket to " + iface);
+    }
+    auto w = std::unique_ptr<RxWaker>(new RxWaker(std::move(fd), false));
+    w->drain();  // what the unfiltered socket caught before the filter was attached
+    return w;
+  }
+
+  static std::unique_ptr<RxWaker> Doorbell(const PortSpec& spec, uint32_t local_id) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd) throw SysError("doorbell socket");
+    auto w = std::unique_ptr<RxWaker>(new RxWaker(std::move(fd), true));
+    w->socket_ = spec.memif_socket;
+    w->abstract_ = spec.memif_abstract;
+    const sockaddr_un a = w->DoorbellAddress(local_id);
+    if (!w->abstract_) {
+      ::unlink(a.sun_path);  // a stale one of an earlier channel that had this id
+      w->bound_path_ = a.sun_path;
+    }
+    if (::bind(w->fd_.get(), reinterpret_cast<const sockaddr*>(&a), w->address_length(a)) != 0) {
+      w->bound_path_.clear();
+      throw SysError("binding the doorbell of " + spec.memif_socket);
+    }
+    return w;
+  }
+
+  // Next to the memif socket, in the same namespace of names: an abstract name for an
+  // abstract memif socket, a file beside a memif socket file.
+  sockaddr_un DoorbellAddress(uint32_t id) const {
+    char hex[9];
+    std::snprintf(hex, sizeof hex, "%08x", id);
+    const std::string name = (abstract_ ? "ftvm-doorbell:" : "") + socket_ + ".doorbell-" + hex;
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const size_t at = abstract_ ? 1 : 0;  // an abstract name starts with a NUL byte
+    if (name.size() + at >= sizeof a.sun_path) throw Error("doorbell name " + name + " is too long");
+    std::memcpy(a.sun_path + at, name.data(), name.size());
+    return a;
+  }
+  socklen_t address_length(const sockaddr_un& a) const {
+    const size_t n = abstract_ ? 1 + std::strlen(a.sun_path + 1) : std::strlen(a.sun_path) + 1;
+    return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n);
+  }
+
+  UniqueFd fd_;
+  bool doorbell_ = false;
+  std::string socket_;      // memif
+  bool abstract_ = true;    // memif
+  std::string bound_path_;  // a doorbell file of ours, removed at the end
+};
+
 // Spin for `spin`, then sleep in steps doubling from 10 us up to `max_sleep` (never
 // past the deadline).
 class Backoff {
  public:
   Backoff(std::chrono::nanoseconds spin, std::chrono::nanoseconds max_sleep)
       : spin_until_(SteadyClock::now() + spin), max_sleep_(max_sleep) {}
+  bool spun() const { return SteadyClock::now() >= spin_until_; }
   // Returns true the first time it sleeps.
   bool pause(const Deadline& deadline) {
     if (SteadyClock::now() < spin_until_) {
@@ -791,6 +958,7 @@ class DpdkChannel final : public Channel {
     const auto now = SteadyClock::now();
     last_rx_ = last_tx_ = last_pump_ = now;
     wnd_advertised_ = static_cast<uint32_t>(cap_);
+    waker_ = RxWaker::For(port_->spec(), e.local_id);
     keeper_ = std::jthread([this](std::stop_token st) { keep(st); });
   }
   ~DpdkChannel() override;
@@ -867,6 +1035,35 @@ class DpdkChannel final : public Channel {
     released_ = true;
   }
   uint32_t window() const { return static_cast<uint32_t>(cap_ - (rcv_nxt_ - rcv_read_)); }
+  bool doorbell() const { return waker_ && waker_->is_doorbell(); }
+  // Flags every segment carries: whether we saw the peer's FIN, and whether a thread
+  // of ours sleeps on our doorbell.
+  uint8_t state_flags() const {
+    return static_cast<uint8_t>((peer_fin_ ? kFlagFinSeen : 0) | (sleepers_ > 0 && doorbell() ? kFlagSleeping : 0));
+  }
+  // After sending the peer something it may be waiting for (data, FIN, a new
+  // acknowledgement): ring its doorbell if its last segment said one of its threads
+  // sleeps. Once: its next segment says whether one still does.
+  void kick() {
+    if (!peer_sleeping_ || !doorbell()) return;
+    waker_->ring(est_.peer_id);
+    peer_sleeping_ = false;
+    ++proto_.doorbells_rung;
+  }
+  // A waiting thread past its spin, about to sleep on waker_: say so (doorbell), then
+  // empty the waker, before the last look at the port.
+  void arm() {
+    {
+      std::lock_guard lock(mu_);
+      if (sleepers_++ == 0 && doorbell()) send_ack(SteadyClock::now());
+    }
+    waker_->drain();
+  }
+  void disarm(bool woken = false) {
+    std::lock_guard lock(mu_);
+    --sleepers_;
+    if (woken) ++proto_.wakeups;
+  }
   std::chrono::nanoseconds rto() const { return options_.retransmit_timeout * (1 << backoff_); }
   size_t send_room() const { return cap_ - (snd_end_ - snd_una_); }
   void append(const uint8_t* src, size_t n) {
@@ -889,6 +1086,16 @@ class DpdkChannel final : public Channel {
       ~Leave() { n.fetch_sub(1, std::memory_order_relaxed); }
     } leave{waiters_};
     Backoff backoff(spin, options_.max_sleep);
+    // Past the spin, with a waker: arm it, look at the port once more, then sleep on it
+    // (up to max_sleep, which keeps the timers this thread runs going).
+    struct Armed {
+      DpdkChannel& c;
+      bool on = false;
+      ~Armed() {
+        if (on) c.disarm();
+      }
+    } armed{*this};
+    bool slept = false;
     for (;;) {
       {
         // close() here wins over everything, even a message that is there.
@@ -899,6 +1106,17 @@ class DpdkChannel final : public Channel {
         if (dead_ || peer_fin_) return Wait::kPeerGone;
       }
       if (deadline.expired()) return Wait::kTimeout;
+      if (waker_ && backoff.spun()) {
+        if (!armed.on) {
+          arm();
+          armed.on = true;
+          continue;
+        }
+        disarm(waker_->wait(std::min<std::chrono::nanoseconds>(options_.max_sleep, deadline.remaining())));
+        armed.on = false;
+        if (!std::exchange(slept, true)) Counters::add(wait_count, 1);
+        continue;
+      }
       if (backoff.pause(deadline)) Counters::add(wait_count, 1);
     }
   }
@@ -922,6 +1140,9 @@ class DpdkChannel final : public Channel {
   SteadyClock::time_point last_rx_, last_tx_, last_pump_;
   std::optional<std::string> dead_;  // why the peer is gone
   bool released_ = false;             // the port went back with dead_: never touch it again
+  std::unique_ptr<RxWaker> waker_;    // null: waiting threads sleep in steps
+  int sleepers_ = 0;                  // threads asleep on waker_ (a doorbell: the peer is told)
+  bool peer_sleeping_ = false;        // the peer's last segment said a thread of it sleeps
 
   // Sending: bytes [snd_una_, snd_end_) are kept in sbuf_; [snd_una_, snd_nxt_) were
   // sent and await their acknowledgement.
@@ -1033,6 +1254,14 @@ void DpdkChannel::handle(const rte_mbuf* m, SteadyClock::time_point now) {
   }
   ++proto_.segments_received;
   last_rx_ = now;
+  if (h.flags & kFlagSleeping) {
+    peer_sleeping_ = true;
+    // It took its last look at the port before it said so: data of ours it had not
+    // received by then may have arrived just after that look.
+    if (h.ack < snd_nxt_) kick();
+  } else {
+    peer_sleeping_ = false;
+  }
   switch (h.type) {
     case kReject:
     case kHelloAck:
@@ -1133,7 +1362,7 @@ bool DpdkChannel::transmit(uint64_t seq, uint32_t len, SteadyClock::time_point n
   if (released_) return false;
   SegHeader h;
   h.type = kData;
-  h.flags = peer_fin_ ? kFlagFinSeen : 0;
+  h.flags = state_flags();
   h.src = est_.local_id;
   h.dst = est_.peer_id;
   h.len = static_cast<uint16_t>(len);
@@ -1158,6 +1387,7 @@ bool DpdkChannel::transmit(uint64_t seq, uint32_t len, SteadyClock::time_point n
   ack_due_since_.reset();
   ack_now_ = false;
   last_tx_ = now;
+  kick();
   return true;
 }
 
@@ -1176,7 +1406,7 @@ void DpdkChannel::push(SteadyClock::time_point now) {
       const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>({seg_payload_, snd_end_ - at, right - at}));
       SegHeader h;
       h.type = kData;
-      h.flags = peer_fin_ ? kFlagFinSeen : 0;
+      h.flags = state_flags();
       h.src = est_.local_id;
       h.dst = est_.peer_id;
       h.len = static_cast<uint16_t>(len);
@@ -1207,6 +1437,7 @@ void DpdkChannel::push(SteadyClock::time_point now) {
     ack_due_since_.reset();
     ack_now_ = false;
     last_tx_ = now;
+    kick();
     if (sent < n) break;
   }
   if (fin_queued_ && !fin_sent_ && snd_nxt_ == snd_end_) {
@@ -1220,7 +1451,7 @@ void DpdkChannel::send_fin(SteadyClock::time_point now) {
   if (released_) return;
   SegHeader h;
   h.type = kFin;
-  h.flags = peer_fin_ ? kFlagFinSeen : 0;
+  h.flags = state_flags();
   h.src = est_.local_id;
   h.dst = est_.peer_id;
   h.seq = fin_seq_;
@@ -1234,13 +1465,14 @@ void DpdkChannel::send_fin(SteadyClock::time_point now) {
   }
   ++proto_.segments_sent;
   last_tx_ = now;
+  kick();
 }
 
 void DpdkChannel::send_ack(SteadyClock::time_point now, uint8_t flags) {
   if (released_) return;
   SegHeader h;
   h.type = kAck;
-  h.flags = static_cast<uint8_t>(flags | (peer_fin_ ? kFlagFinSeen : 0));
+  h.flags = static_cast<uint8_t>(flags | state_flags());
   h.src = est_.local_id;
   h.dst = est_.peer_id;
   h.seq = snd_nxt_;
@@ -1254,6 +1486,9 @@ void DpdkChannel::send_ack(SteadyClock::time_point now, uint8_t flags) {
   }
   ++proto_.segments_sent;
   ++proto_.acks_sent;
+  // News the peer may be waiting for (send-buffer room, window), not a keepalive or
+  // a sleep announcement.
+  if (rcv_nxt_ > acked_upto_ || h.window > wnd_advertised_) kick();
   acked_upto_ = rcv_nxt_;
   segments_unacked_ = 0;
   wnd_advertised_ = h.window;

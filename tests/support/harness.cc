@@ -23,15 +23,6 @@ std::string EnvOrDie(const char* name) {
   return v;
 }
 
-void MustRun(const std::vector<std::string>& argv) {
-  ProcessResult r = RunProcess(argv, std::chrono::seconds(30), "setup");
-  if (r.exit_code != 0) {
-    std::string cmd;
-    for (const auto& a : argv) cmd += a + " ";
-    throw std::runtime_error("command failed (" + std::to_string(r.exit_code) + "): " + cmd + ": " + r.err);
-  }
-}
-
 }  // namespace
 
 std::string FtvmBinary() { return EnvOrDie("FTVM_BIN"); }
@@ -139,29 +130,10 @@ bool WaitForFileContains(const std::string& path, const std::string& needle, std
   return ReadFile(path).find(needle) != std::string::npos;
 }
 
-NetNamespace::NetNamespace(const std::string& tag)
-    : name_("ftvm-" + tag + "-" + std::to_string(getpid())) {
-  MustRun({"ip", "netns", "add", name_});
-  try {
-    MustRun({"ip", "-n", name_, "link", "set", "lo", "up"});
-  } catch (...) {
-    RunProcess({"ip", "netns", "del", name_}, std::chrono::seconds(10), "netns-del");
-    throw;
-  }
-}
-
-NetNamespace::~NetNamespace() { RunProcess({"ip", "netns", "del", name_}, std::chrono::seconds(10), "netns-del"); }
-
 void NetNamespace::AddTap(const std::string& ifname, const std::string& cidr) {
-  MustRun({"ip", "-n", name_, "tuntap", "add", "dev", ifname, "mode", "tap"});
-  MustRun({"ip", "-n", name_, "addr", "add", cidr, "dev", ifname});
-  MustRun({"ip", "-n", name_, "link", "set", ifname, "up"});
-}
-
-std::vector<std::string> NetNamespace::Wrap(const std::vector<std::string>& argv) const {
-  std::vector<std::string> out = {"ip", "netns", "exec", name_};
-  out.insert(out.end(), argv.begin(), argv.end());
-  return out;
+  netns::Ip({"-n", name(), "tuntap", "add", "dev", ifname, "mode", "tap"});
+  netns::Ip({"-n", name(), "addr", "add", cidr, "dev", ifname});
+  netns::Ip({"-n", name(), "link", "set", ifname, "up"});
 }
 
 }  // namespace ftvm::itest

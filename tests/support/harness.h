@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "common/netns.h"
+
 namespace ftvm::itest {
 
 // Paths handed in by meson (environment FTVM_BIN, FTVM_GUEST).
@@ -56,22 +58,19 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, std::chrono::mill
 // Polls `path` until it contains `needle` or `timeout` passes.
 bool WaitForFileContains(const std::string& path, const std::string& needle, std::chrono::milliseconds timeout);
 
-// A network namespace ("a host") with a tap device whose host side has an address.
-// Commands run inside it through `ip netns exec`.
+// A network namespace ("a host", common/netns.h) that can hold tap devices whose host
+// side has an address. Commands run inside it through `ip netns exec`.
 class NetNamespace {
  public:
-  explicit NetNamespace(const std::string& tag);
-  ~NetNamespace();
-  NetNamespace(const NetNamespace&) = delete;
-  NetNamespace& operator=(const NetNamespace&) = delete;
+  explicit NetNamespace(const std::string& tag) : ns_("ftvm-" + tag) {}
 
-  const std::string& name() const { return name_; }
+  const std::string& name() const { return ns_.name(); }
   // Creates a persistent tap `ifname` inside the namespace with `cidr` on it, up.
   void AddTap(const std::string& ifname, const std::string& cidr);
-  std::vector<std::string> Wrap(const std::vector<std::string>& argv) const;
+  std::vector<std::string> Wrap(const std::vector<std::string>& argv) const { return ns_.wrap(argv); }
 
  private:
-  std::string name_;
+  netns::Namespace ns_;
 };
 
 }  // namespace ftvm::itest
