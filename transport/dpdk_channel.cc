@@ -70,6 +70,8 @@
 #include <sys/un.h>
 #include <pthread.h>
 #include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -377,9 +379,74 @@ PortSpec MakeSpec(const DpdkAddress& a, bool listening, EalRuntime& eal, const s
 // pool; stopped, and removed if we created the device, on destruction. Its queues are
 // used by one thread at a time: the listener's accept() or the channel that holds
 // the lease.
+// DPDK 22.11's memif driver unmaps a connection's shared memory from the EAL's
+// interrupt thread as soon as the peer's control socket closes (the peer died),
+// with no lock a burst on another thread could take: a burst that passed the
+// driver's "connected" check copies into memory that is gone, and the process dies
+// of SIGSEGV (seen: a secondary killed inside the memif transmit path when its
+// primary was killed, so nobody took the VM over). A burst on a memif port runs
+// under this guard instead: a fault on this thread while it is inside the burst
+// jumps back out of it, and the burst counts as sending or receiving nothing (the
+// link is down by then, which the channel sees). Any other fault goes on to the
+// handler that was there before, or kills the process as usual.
+class MemifFaultGuard {
+ public:
+  // Installs the handler once per process (a signal disposition is process-wide by
+  // nature; what it saves is only read afterwards).
+  static void Install() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+      struct sigaction sa{};
+      sa.sa_sigaction = &OnFault;
+      sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+      sigemptyset(&sa.sa_mask);
+      if (sigaction(SIGSEGV, &sa, &Previous(SIGSEGV)) != 0 || sigaction(SIGBUS, &sa, &Previous(SIGBUS)) != 0)
+        throw SysError("dpdk: installing the memif fault guard");
+    });
+  }
+
+  // Runs burst() and returns what it returned, or nothing if it faulted.
+  template <typename Burst>
+  static std::optional<uint16_t> Run(Burst&& burst) {
+    sigjmp_buf jump;
+    // The mask need not be saved: with SA_NODEFER the handler leaves it as it was.
+    if (sigsetjmp(jump, 0) != 0) {
+      jump_ = nullptr;
+      return std::nullopt;
+    }
+    jump_ = &jump;
+    const uint16_t n = burst();
+    jump_ = nullptr;
+    return n;
+  }
+
+ private:
+  static struct sigaction& Previous(int sig) {
+    static struct sigaction segv{}, bus{};
+    return sig == SIGBUS ? bus : segv;
+  }
+  static void OnFault(int sig, siginfo_t* info, void* context) {
+    if (sigjmp_buf* j = jump_) {
+      jump_ = nullptr;
+      siglongjmp(*j, 1);
+    }
+    const struct sigaction& prev = Previous(sig);
+    if ((prev.sa_flags & SA_SIGINFO) != 0 && prev.sa_sigaction != nullptr) {
+      prev.sa_sigaction(sig, info, context);
+    } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN && prev.sa_handler != nullptr) {
+      prev.sa_handler(sig);
+    } else {
+      // Returning retries the faulting access, which now gets the default action.
+      signal(sig, SIG_DFL);
+    }
+  }
+  static inline thread_local sigjmp_buf* jump_ = nullptr;
+};
+
 class Port {
  public:
   Port(PortSpec spec, EalRuntime& eal, const std::string& what) : spec_(std::move(spec)), what_(what) {
+    if (spec_.memif) MemifFaultGuard::Install();
     try {
       bring_up(eal);
     } catch (...) {
@@ -510,8 +577,22 @@ class Port {
     rte_eth_link link{};
     return rte_eth_link_get_nowait(id_, &link) == 0 && link.link_status == RTE_ETH_LINK_UP;
   }
-  uint16_t rx(rte_mbuf** pkts, uint16_t n) { return rte_eth_rx_burst(id_, 0, pkts, n); }
-  uint16_t tx(rte_mbuf** pkts, uint16_t n) { return rte_eth_tx_burst(id_, 0, pkts, n); }
+  uint16_t rx(rte_mbuf** pkts, uint16_t n) {
+    if (!spec_.memif) return rte_eth_rx_burst(id_, 0, pkts, n);
+    if (auto got = MemifFaultGuard::Run([&] { return rte_eth_rx_burst(id_, 0, pkts, n); })) return *got;
+    burst_faults_.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+  }
+  // A faulted transmit counts as sent: the mbufs it was given stay with the driver
+  // and are lost with the connection's memory (the caller would free them twice).
+  uint16_t tx(rte_mbuf** pkts, uint16_t n) {
+    if (!spec_.memif) return rte_eth_tx_burst(id_, 0, pkts, n);
+    if (auto sent = MemifFaultGuard::Run([&] { return rte_eth_tx_burst(id_, 0, pkts, n); })) return *sent;
+    burst_faults_.fetch_add(1, std::memory_order_relaxed);
+    return n;
+  }
+  // Bursts cut short by the memif driver unmapping their memory (see MemifFaultGuard).
+  uint64_t burst_faults() const { return burst_faults_.load(std::memory_order_relaxed); }
 
   const PortSpec& spec() const { return spec_; }
   const rte_ether_addr& mac() const { return mac_; }
@@ -527,6 +608,7 @@ class Port {
   rte_ether_addr mac_{};
   bool started_ = false;
   std::atomic<bool> in_use_{false};  // a channel holds the port
+  std::atomic<uint64_t> burst_faults_{0};
 };
 
 // Holds a port for one channel; gives it back on release() or destruction, but keeps
@@ -982,6 +1064,7 @@ class DpdkChannel final : public Channel {
     c.injected_losses = wire_.losses;
     c.injected_duplicates = wire_.duplicates;
     c.injected_reorders = wire_.reorders;
+    c.burst_faults = port_->burst_faults();
     return c;
   }
 
@@ -1525,7 +1608,10 @@ void DpdkChannel::timers(SteadyClock::time_point now) {
     die("no segment from the peer for " + detail::DescribeTimeout(options_.peer_timeout) +
         ": presumed dead (no keepalive)");
   } else if (port_->spec().memif && !port_->link_up()) {
-    die("the memif link went down: the peer closed its port or died");
+    const uint64_t faults = port_->burst_faults();
+    die("the memif link went down: the peer closed its port or died" +
+        (faults == 0 ? std::string()
+                     : " (" + std::to_string(faults) + " bursts were cut short as the driver unmapped its memory)"));
   }
 }
 

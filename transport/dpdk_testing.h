@@ -22,6 +22,7 @@ struct DpdkCounters {
   uint64_t out_of_order_received = 0;  // data segments beyond a gap
   uint64_t doorbells_rung = 0;      // memif: the peer said it slept, and was woken
   uint64_t wakeups = 0;             // a sleeping thread woken by a frame's arrival (not its timeout)
+  uint64_t burst_faults = 0;        // memif: bursts cut short as the driver unmapped the peer's memory
   // What the fault injector (DpdkOptions::faults) did to this side's segments.
   uint64_t injected_losses = 0;
   uint64_t injected_duplicates = 0;

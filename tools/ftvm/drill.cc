@@ -106,6 +106,30 @@ class Child {
   std::optional<int> status_;
 };
 
+// For a failed round's message: how a process stands, and the last lines of its
+// stderr, with runs of one repeated line (a DPDK driver retrying) shown once.
+std::string Describe(const std::string& name, Child& child, const std::string& err_path, size_t lines = 8) {
+  std::string state = "running";
+  if (std::optional<int> code = child.wait(0)) {
+    state = *code > 128 ? "killed by signal " + std::to_string(*code - 128) : "exited with " + std::to_string(*code);
+  }
+  std::vector<std::pair<std::string, int>> kept;  // line, times in a row
+  std::istringstream in(ReadAll(err_path));
+  for (std::string line; std::getline(in, line);) {
+    if (!kept.empty() && kept.back().first == line) {
+      ++kept.back().second;
+    } else {
+      kept.emplace_back(line, 1);
+    }
+  }
+  std::string out = "\n  " + name + " (" + state + "), the end of its stderr:";
+  for (size_t i = kept.size() > lines ? kept.size() - lines : 0; i < kept.size(); ++i) {
+    out += "\n    " + kept[i].first.substr(0, 400);
+    if (kept[i].second > 1) out += "  [x" + std::to_string(kept[i].second) + "]";
+  }
+  return out;
+}
+
 void MustRun(const std::vector<std::string>& argv) {
   Child c(argv, "/dev/null", "/tmp/ftvm-drill-cmd.err");
   std::optional<int> code = c.wait(30000);
@@ -359,10 +383,12 @@ void Verify(const std::string& netns, const std::vector<Delivery>& ledger, Round
   if (!problem.empty() && r.problem.empty()) r.problem = problem;
 }
 
-bool WaitFor(const std::function<bool()>& cond, int ms) {
+// Waits up to `ms` for cond(); gives up early once `hopeless()` says it cannot come.
+bool WaitFor(const std::function<bool()>& cond, int ms, const std::function<bool()>& hopeless = {}) {
   const uint64_t deadline = NowNs() + uint64_t(ms) * 1000000;
   while (NowNs() < deadline) {
     if (cond()) return true;
+    if (hopeless && hopeless()) break;
     usleep(10000);
   }
   return cond();
@@ -446,7 +472,8 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
         return ReadAll(dir + "/primary.err").find(migrate ? "primary.unprotected" : "primary.protected") !=
                std::string::npos;
       }, 60000))
-    return fail("the pair did not form: " + ReadAll(dir + "/primary.err") + ReadAll(dir + "/secondary.err"));
+    return fail("the pair did not form:" + Describe("primary", primary, dir + "/primary.err") +
+                (secondary ? Describe("secondary", *secondary, dir + "/secondary.err") : ""));
   if (!WaitFor([&] { return ReadAll(dir + "/primary.console").find("mailstore: ready") != std::string::npos; }, 60000))
     return fail("the mail store did not start");
 
@@ -469,7 +496,8 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   // A migration is done when the source has handed the VM over and stopped.
   if (migrate && !primary.wait(60000)) {
     load.stop();
-    return fail("the VM did not move: " + ReadAll(dir + "/primary.err") + ReadAll(dir + "/secondary.err"));
+    return fail("the VM did not move:" + Describe("source", primary, dir + "/primary.err") +
+                Describe("destination", *secondary, dir + "/secondary.err"));
   }
   usleep(unsigned(o.after_s * 1e6));
   if (uint64_t first = load.first_reply_after_fault_ns(); first != 0) r.recovery_ms = double(first - fault_ns) / 1e6;
@@ -479,10 +507,12 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
     // waiting since before the fault, and joins by itself.)
     const uint64_t t1 = o.standby ? fault_ns : NowNs();
     if (!third) third = start_third();
+    // A survivor that died (it must not) ends the wait at once.
     if (!WaitFor([&] { return ReadAll(dir + "/secondary.err").find("primary.reprotected") != std::string::npos; },
-                 60000)) {
+                 60000, [&] { return !secondary->running(); })) {
       load.stop();
-      return fail("the survivor was not protected again: " + ReadAll(dir + "/third.err"));
+      return fail("the survivor was not protected again:" + Describe("survivor", *secondary, dir + "/secondary.err") +
+                  Describe("newcomer", *third, dir + "/third.err"));
     }
     r.reprotect_ms = double(NowNs() - t1) / 1e6;
     usleep(unsigned(o.after_s * 1e6));
