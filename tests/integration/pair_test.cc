@@ -28,34 +28,6 @@ namespace {
 
 using std::chrono::seconds;
 
-struct Round {
-  bool ok = false, contents_match = false, one_live = false;
-  long lost = -1, duplicates = -1, acked = 0;
-  double recovery_ms = -1;
-};
-
-std::vector<Round> ReadRounds(const std::string& json) {
-  std::vector<Round> rounds;
-  std::istringstream in(ReadFile(json));
-  for (std::string line; std::getline(in, line);) {
-    auto num = [&](const char* key) {
-      std::smatch m;
-      return std::regex_search(line, m, std::regex(std::string("\"") + key + "\":(-?[0-9.]+)")) ? std::stod(m[1]) : -1;
-    };
-    auto flag = [&](const char* key) { return line.find(std::string("\"") + key + "\":true") != std::string::npos; };
-    Round r;
-    r.ok = flag("ok");
-    r.contents_match = flag("contents_match");
-    r.one_live = flag("one_live");
-    r.lost = long(num("lost"));
-    r.duplicates = long(num("duplicates"));
-    r.acked = long(num("acked"));
-    r.recovery_ms = num("recovery_ms");
-    rounds.push_back(r);
-  }
-  return rounds;
-}
-
 // A sparse file of `bytes` (a blank disk image).
 void MakeBlankDisk(const std::string& path, off_t bytes) {
   int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
@@ -156,7 +128,7 @@ class PairOverChannel : public testing::TestWithParam<ChannelCase> {
     ProcessResult r = RunProcess(argv, seconds(120 + 30 * rounds), "drill");
     ASSERT_FALSE(r.timed_out);
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-    std::vector<Round> got = ReadRounds(json);
+    std::vector<DrillRound> got = ReadDrillRounds(json);
     ASSERT_EQ(got.size(), size_t(rounds)) << r.out;
     for (size_t i = 0; i < got.size(); ++i) {
       SCOPED_TRACE("round " + std::to_string(i + 1) + "\n" + r.out);

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -134,6 +135,33 @@ void NetNamespace::AddTap(const std::string& ifname, const std::string& cidr) {
   netns::Ip({"-n", name(), "tuntap", "add", "dev", ifname, "mode", "tap"});
   netns::Ip({"-n", name(), "addr", "add", cidr, "dev", ifname});
   netns::Ip({"-n", name(), "link", "set", ifname, "up"});
+}
+
+std::vector<DrillRound> ReadDrillRounds(const std::string& json_path) {
+  std::vector<DrillRound> rounds;
+  std::istringstream in(ReadFile(json_path));
+  for (std::string line; std::getline(in, line);) {
+    auto num = [&](const char* key) {
+      std::smatch m;
+      return std::regex_search(line, m, std::regex(std::string("\"") + key + "\":(-?[0-9.e+]+)")) ? std::stod(m[1])
+                                                                                                   : -1;
+    };
+    auto flag = [&](const char* key) { return line.find(std::string("\"") + key + "\":true") != std::string::npos; };
+    DrillRound r;
+    std::smatch m;
+    if (std::regex_search(line, m, std::regex("\"fault\":\"([^\"]*)\""))) r.fault = m[1];
+    r.ok = flag("ok");
+    r.contents_match = flag("contents_match");
+    r.one_live = flag("one_live");
+    r.failover = flag("failover");
+    r.lost = long(num("lost"));
+    r.duplicates = long(num("duplicates"));
+    r.acked = long(num("acked"));
+    r.recovery_ms = num("recovery_ms");
+    r.stop_ms = num("stop_ms");
+    rounds.push_back(r);
+  }
+  return rounds;
 }
 
 }  // namespace ftvm::itest

@@ -58,6 +58,15 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, std::chrono::mill
 // Polls `path` until it contains `needle` or `timeout` passes.
 bool WaitForFileContains(const std::string& path, const std::string& needle, std::chrono::milliseconds timeout);
 
+// One round of `ftvm drill --json FILE` (a JSON object per line; missing numbers -1).
+struct DrillRound {
+  std::string fault;  // "kill-primary", ...
+  bool ok = false, contents_match = false, one_live = false, failover = false;
+  long lost = -1, duplicates = -1, acked = 0;
+  double recovery_ms = -1, stop_ms = -1;
+};
+std::vector<DrillRound> ReadDrillRounds(const std::string& json_path);
+
 // A network namespace ("a host", common/netns.h) that can hold tap devices whose host
 // side has an address. Commands run inside it through `ip netns exec`.
 class NetNamespace {

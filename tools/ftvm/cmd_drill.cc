@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 
 #include <boost/program_options.hpp>
 
@@ -32,6 +33,47 @@ double Percentile(std::vector<double> v, double q) {
   return v[std::min(v.size() - 1, size_t(q * double(v.size())))];
 }
 
+// "stop-primary 1200ms": the fault, and how long a stop lasted.
+std::string FaultLabel(const drill::RoundReport& r) {
+  std::string name(drill::FaultName(r.fault));
+  if (r.stop_ms > 0) name += " " + std::to_string(int(r.stop_ms)) + "ms";
+  return name;
+}
+
+// A chaos run's table: per fault type, how many, failovers, recovery p50/p99,
+// acknowledged messages lost, duplicates, and split-brain (rounds that ended with
+// other than exactly one live VM), then the totals.
+void PrintByFault(const drill::DrillReport& report) {
+  struct Row {
+    int faults = 0, failovers = 0, split = 0, failed = 0;
+    uint64_t lost = 0, dups = 0;
+    std::vector<double> recovery;
+  };
+  std::map<std::string, Row> rows;
+  for (const drill::RoundReport& r : report.rounds) {
+    for (Row* row : {&rows[FaultLabel(r)], &rows["all"]}) {
+      ++row->faults;
+      row->failovers += r.failover ? 1 : 0;
+      row->split += r.one_live ? 0 : 1;
+      row->failed += r.ok() ? 0 : 1;
+      row->lost += r.lost;
+      row->dups += r.duplicates;
+      if (r.recovery_ms >= 0) row->recovery.push_back(r.recovery_ms);
+    }
+  }
+  std::printf("%-22s %6s %9s %10s %10s %5s %5s %11s %6s\n", "fault", "count", "failover", "recov_p50", "recov_p99",
+              "lost", "dups", "split_brain", "failed");
+  auto print = [](const std::string& name, const Row& row) {
+    std::printf("%-22s %6d %9d %10.1f %10.1f %5llu %5llu %11d %6d\n", name.c_str(), row.faults, row.failovers,
+                Percentile(row.recovery, 0.5), Percentile(row.recovery, 0.99),
+                static_cast<unsigned long long>(row.lost), static_cast<unsigned long long>(row.dups), row.split,
+                row.failed);
+  };
+  for (const auto& [name, row] : rows)
+    if (name != "all") print(name, row);
+  print("all", rows["all"]);
+}
+
 }  // namespace
 
 int DrillMain(int argc, char** argv) {
@@ -44,7 +86,15 @@ int DrillMain(int argc, char** argv) {
       ("help,h", "show this help")
       ("guest", po::value(&o.guest)->required(), "guest-kit image (build/guest/ftvm-guest.elf)")
       ("rounds", po::value(&o.rounds)->default_value(o.rounds), "how many times to pull the plug")
-      ("fault", po::value(&fault)->default_value(fault), "kill-primary, kill-secondary, cut-link, or migrate (a live move to host B under load)")
+      ("fault", po::value(&fault)->default_value(fault),
+       "kill-primary, kill-secondary, cut-link, stop-primary, stop-secondary (SIGSTOP for --short-stop-s or "
+       "--long-stop-s, then SIGCONT), arbiter-away (the arbiter unreachable for --long-stop-s, the primary killed "
+       "meanwhile), migrate (a live move to host B under load), or random (chaos: each round "
+       "draws one of the faults but migrate, each once per set, stops short and long)")
+      ("short-stop-s", po::value(&o.short_stop_s)->default_value(o.short_stop_s),
+       "a short stop (random): less than the failure timeout")
+      ("long-stop-s", po::value(&o.long_stop_s)->default_value(o.long_stop_s),
+       "a long stop (stop-primary, stop-secondary, random): more than the failure timeout")
       ("channel", po::value(&o.channel)->default_value(o.channel), "logging channel between the hosts: tcp (over the LAN), shm, dpdk (net_memif), dpdk-af_packet "
        "(net_af_packet on a link of its own between the hosts), dpdk-tap (net_tap on the hosts' bridges, over the LAN), "
        "or rdma+shm (the RDMA ring protocol over shared memory)")
@@ -64,8 +114,15 @@ int DrillMain(int argc, char** argv) {
   if (auto code = ParseCommandLine(argc, argv, desc, "drill",
                                    "usage: ftvm drill --guest IMAGE [--rounds N] [--fault F] [options]\n"))
     return *code;
-  if (!drill::ParseFault(fault, o.fault)) {
-    std::cerr << "ftvm drill: --fault '" << fault << "' is not kill-primary, kill-secondary or cut-link\n";
+  o.random_fault = fault == "random";
+  if (!o.random_fault && !drill::ParseFault(fault, o.fault)) {
+    std::cerr << "ftvm drill: --fault '" << fault
+              << "' is not kill-primary, kill-secondary, cut-link, stop-primary, stop-secondary, arbiter-away, migrate "
+                 "or random\n";
+    return kExitUsage;
+  }
+  if (o.random_fault && (o.reprotect || o.postcopy)) {
+    std::cerr << "ftvm drill: --fault random takes neither --reprotect nor --postcopy\n";
     return kExitUsage;
   }
   if (o.channel != "tcp" && o.channel != "shm" && o.channel != "rdma+shm" && o.channel != "dpdk" &&
@@ -73,8 +130,7 @@ int DrillMain(int argc, char** argv) {
     std::cerr << "ftvm drill: --channel must be tcp, shm, dpdk, dpdk-af_packet, dpdk-tap or rdma+shm\n";
     return kExitUsage;
   }
-  if (o.fault == drill::Fault::kCutPrimaryLink && o.channel != "tcp" && o.channel != "dpdk-af_packet" &&
-      o.channel != "dpdk-tap") {
+  if (!o.random_fault && o.fault == drill::Fault::kCutPrimaryLink && !drill::ChannelGoesOverALink(o.channel)) {
     // Shared memory and net_memif join two processes of this machine, not two hosts
     // over a link: cutting host A's cables would leave the pair's channel up, and
     // the VM cut off from its clients with nobody to take it over.
@@ -89,14 +145,15 @@ int DrillMain(int argc, char** argv) {
     drill::DrillReport report = drill::RunDrill(o);
     std::printf("drill: %d rounds of %s over %s, seed %llu, %d workers at %.0f req/s\n", o.rounds, fault.c_str(),
                 o.channel.c_str(), static_cast<unsigned long long>(report.seed), o.workers, o.rate);
-    std::printf("%5s %9s %12s %9s %9s %7s %5s %5s %6s %8s %s\n", "round", "fault_s", "recovery_ms", "in_flight",
+    std::printf("%5s %-22s %9s %12s %9s %9s %7s %5s %5s %6s %8s %s\n", "round", "fault", "fault_s", "recovery_ms", "in_flight",
                 "requests", "acked", "lost", "dups", "match", "one_live", "result");
     std::vector<double> recovery;
     uint64_t lost = 0, dups = 0, failed = 0;
     std::ofstream js;
     if (!json.empty()) js.open(json);
     for (const drill::RoundReport& r : report.rounds) {
-      std::printf("%5d %9.2f %12.1f %9llu %9llu %7llu %5llu %5llu %6s %8s %s\n", r.round, r.fault_at_s, r.recovery_ms,
+      std::printf("%5d %-22s %9.2f %12.1f %9llu %9llu %7llu %5llu %5llu %6s %8s %s\n", r.round, FaultLabel(r).c_str(),
+                  r.fault_at_s, r.recovery_ms,
                   static_cast<unsigned long long>(r.in_flight), static_cast<unsigned long long>(r.requests),
                   static_cast<unsigned long long>(r.acked), static_cast<unsigned long long>(r.lost),
                   static_cast<unsigned long long>(r.duplicates), r.contents_match ? "yes" : "NO",
@@ -107,7 +164,8 @@ int DrillMain(int argc, char** argv) {
       failed += r.ok() ? 0 : 1;
       if (js) {
         js << "{\"round\":" << r.round << ",\"fault\":\"" << drill::FaultName(r.fault) << "\",\"fault_at_s\":"
-           << r.fault_at_s << ",\"recovery_ms\":" << r.recovery_ms << ",\"in_flight\":" << r.in_flight
+           << r.fault_at_s << ",\"stop_ms\":" << r.stop_ms << ",\"failover\":" << (r.failover ? "true" : "false")
+           << ",\"recovery_ms\":" << r.recovery_ms << ",\"in_flight\":" << r.in_flight
            << ",\"requests\":" << r.requests << ",\"acked\":" << r.acked << ",\"lost\":" << r.lost
            << ",\"duplicates\":" << r.duplicates << ",\"unexpected\":" << r.unexpected
            << ",\"reprotect_ms\":" << r.reprotect_ms << ",\"recovery2_ms\":" << r.recovery2_ms
@@ -131,6 +189,7 @@ int DrillMain(int argc, char** argv) {
                   "max %.1f ms\n",
                   Percentile(rp, 0.5), Percentile(r2, 0.5), Percentile(r2, 1.0));
     }
+    if (o.random_fault) PrintByFault(report);
     if (failed > 0) std::printf("files of failed rounds are kept in %s\n", o.workdir.c_str());
     return failed == 0 ? 0 : 1;
   } catch (const Error& e) {

@@ -417,10 +417,11 @@ std::string ChannelAddress(const std::string& channel, const std::string& dir, i
   return channel + ":" + sock;
 }
 
-RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
+RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, std::mt19937_64& rng) {
   RoundReport r;
   r.round = round;
-  r.fault = o.fault;
+  const Fault fault = plan.fault;
+  r.fault = fault;
   const std::string dir = o.workdir + "/round" + std::to_string(round);
   mkdir(dir.c_str(), 0755);
   const std::string arbiter = dir + "/arbiter";
@@ -437,11 +438,11 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
                                     "10.0.0.2/24", "--console", dir + "/primary.console", "--witness",
                                     DrillNet::kWitness};
   for (const std::string& a : Split(o.extra_primary_args)) pargs.push_back(a);
-  if (o.fault == Fault::kMigrate) pargs.insert(pargs.end(), {"--wait-secondary-s", "0"});  // runs alone
+  if (fault == Fault::kMigrate) pargs.insert(pargs.end(), {"--wait-secondary-s", "0"});  // runs alone
   Child primary(pargs, dir + "/primary.out", dir + "/primary.err");
   const std::string reprotect_address = ChannelAddress(o.channel, dir, 2, 1);
   // Host B: a secondary from the start; for a migration, `ftvm migrate` at the fault.
-  const bool migrate = o.fault == Fault::kMigrate;
+  const bool migrate = fault == Fault::kMigrate;
   auto start_b = [&] {
     std::vector<std::string> args = {"ip", "netns", "exec", net.ns("b"), o.ftvm, migrate ? "migrate" : "secondary",
                                      migrate ? "--from" : "--connect", address, "--arbiter", arbiter, "--name", "hostB",
@@ -484,15 +485,31 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   std::uniform_real_distribution<double> when(o.min_before_s, o.max_before_s);
   r.fault_at_s = when(rng);
   usleep(unsigned(r.fault_at_s * 1e6));
-  switch (o.fault) {
+  switch (fault) {
     case Fault::kKillPrimary: primary.signal(SIGKILL); break;
     case Fault::kKillSecondary: secondary->signal(SIGKILL); break;
     case Fault::kCutPrimaryLink: net.CutLink("a"); break;  // takes an `ip` command: ~10 ms
     case Fault::kMigrate: secondary = start_b(); break;   // the VM moves to host B, under load
+    case Fault::kStopPrimary: primary.signal(SIGSTOP); break;
+    case Fault::kStopSecondary: secondary->signal(SIGSTOP); break;
+    case Fault::kArbiterAway:
+      if (rename(arbiter.c_str(), (arbiter + ".away").c_str()) != 0) throw SysError("drill: moving the arbiter away");
+      primary.signal(SIGKILL);
+      break;
   }
   // The fault has happened once the call returned: count from here.
   const uint64_t fault_ns = NowNs();
   r.in_flight = load.fault(fault_ns);
+  if (fault == Fault::kStopPrimary || fault == Fault::kStopSecondary) {
+    r.stop_ms = 1000 * plan.stop_s;
+    usleep(unsigned(r.stop_ms * 1000));
+    (fault == Fault::kStopPrimary ? primary : *secondary).signal(SIGCONT);  // the stalled host is back
+  }
+  if (fault == Fault::kArbiterAway) {
+    r.stop_ms = 1000 * plan.stop_s;
+    usleep(unsigned(r.stop_ms * 1000));
+    if (rename((arbiter + ".away").c_str(), arbiter.c_str()) != 0) throw SysError("drill: bringing the arbiter back");
+  }
   // A migration is done when the source has handed the VM over and stopped.
   if (migrate && !primary.wait(60000)) {
     load.stop();
@@ -501,7 +518,7 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
   }
   usleep(unsigned(o.after_s * 1e6));
   if (uint64_t first = load.first_reply_after_fault_ns(); first != 0) r.recovery_ms = double(first - fault_ns) / 1e6;
-  if (o.reprotect && o.fault == Fault::kKillPrimary) {
+  if (o.reprotect && fault == Fault::kKillPrimary) {
     // Host A comes back and joins the running VM on B as its secondary, with the
     // disk it had: only the blocks that differ from B's travel. (A standby has been
     // waiting since before the fault, and joins by itself.)
@@ -531,7 +548,8 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
 
   // Who serves now: exactly one.
   const std::string perr = ReadAll(dir + "/primary.err"), serr = ReadAll(dir + "/secondary.err");
-  switch (o.fault) {
+  switch (fault) {
+    case Fault::kArbiterAway:
     case Fault::kKillPrimary:
       if (third) {
         r.survivor = "host A again";
@@ -561,7 +579,30 @@ RoundReport RunRound(const DrillOptions& o, int round, std::mt19937_64& rng) {
                    ReadAll(dir + "/secondary.err").find("secondary.LIVE") != std::string::npos;
       break;
     }
+    case Fault::kStopPrimary:
+    case Fault::kStopSecondary: {
+      // Either may serve now (a long stop of the primary is a failover), but exactly
+      // one: a secondary that went live means the primary gave the VM up (exit 4),
+      // and the one that does not serve either replicates still or stood down (exit
+      // 4); nothing else, no crash.
+      const bool secondary_live = serr.find("secondary.LIVE") != std::string::npos;
+      r.failover = secondary_live;
+      Child& live = secondary_live ? *secondary : primary;
+      Child& other = secondary_live ? primary : *secondary;
+      std::optional<int> other_code = other.wait(secondary_live ? 5000 : 0);
+      r.survivor = secondary_live ? "secondary" : "primary";
+      r.one_live = live.running() && (!other_code || *other_code == 4) && (!secondary_live || other_code == 4);
+      if (!r.one_live) {
+        r.problem = "after a " + std::to_string(int(r.stop_ms)) + " ms stop, not exactly one live VM:" +
+                    Describe("primary", primary, dir + "/primary.err") +
+                    Describe("secondary", *secondary, dir + "/secondary.err");
+      }
+      break;
+    }
   }
+  if (fault == Fault::kKillPrimary || fault == Fault::kCutPrimaryLink || fault == Fault::kMigrate ||
+      fault == Fault::kArbiterAway)
+    r.failover = true;
   Verify(net.ns("c"), load.deliveries(), r);
   if (r.problem.empty()) {
     if (!r.one_live) r.problem = "not exactly one live VM after the fault (see " + dir + ")";
@@ -591,18 +632,38 @@ std::string_view FaultName(Fault f) {
     case Fault::kKillSecondary: return "kill-secondary";
     case Fault::kCutPrimaryLink: return "cut-link";
     case Fault::kMigrate: return "migrate";
+    case Fault::kStopPrimary: return "stop-primary";
+    case Fault::kStopSecondary: return "stop-secondary";
+    case Fault::kArbiterAway: return "arbiter-away";
   }
   return "?";
 }
 
 bool ParseFault(std::string_view text, Fault& out) {
-  for (Fault f : {Fault::kKillPrimary, Fault::kKillSecondary, Fault::kCutPrimaryLink, Fault::kMigrate}) {
+  for (Fault f : {Fault::kKillPrimary, Fault::kKillSecondary, Fault::kCutPrimaryLink, Fault::kMigrate,
+                  Fault::kStopPrimary, Fault::kStopSecondary, Fault::kArbiterAway}) {
     if (text == FaultName(f)) {
       out = f;
       return true;
     }
   }
   return false;
+}
+
+bool ChannelGoesOverALink(const std::string& channel) {
+  return channel == "tcp" || channel == "dpdk-af_packet" || channel == "dpdk-tap";
+}
+
+std::vector<FaultPlan> ChaosFaults(const DrillOptions& o) {
+  std::vector<FaultPlan> f = {{Fault::kKillPrimary},
+                              {Fault::kKillSecondary},
+                              {Fault::kStopPrimary, o.short_stop_s},
+                              {Fault::kStopPrimary, o.long_stop_s},
+                              {Fault::kStopSecondary, o.short_stop_s},
+                              {Fault::kStopSecondary, o.long_stop_s},
+                              {Fault::kArbiterAway, o.long_stop_s}};
+  if (ChannelGoesOverALink(o.channel)) f.push_back({Fault::kCutPrimaryLink});
+  return f;
 }
 
 DrillReport RunDrill(const DrillOptions& options) {
@@ -613,8 +674,17 @@ DrillReport RunDrill(const DrillOptions& options) {
   DrillReport report;
   report.seed = options.seed != 0 ? options.seed : NowNs();
   std::mt19937_64 rng(report.seed);
+  const bool stop = options.fault == Fault::kStopPrimary || options.fault == Fault::kStopSecondary;
+  const FaultPlan fixed{options.fault, stop || options.fault == Fault::kArbiterAway ? options.long_stop_s : 0};
+  std::vector<FaultPlan> bag;  // chaos: what is left of the current shuffled set
   for (int i = 1; i <= options.rounds; ++i) {
-    RoundReport r = RunRound(options, i, rng);
+    if (options.random_fault && bag.empty()) {
+      bag = ChaosFaults(options);
+      std::shuffle(bag.begin(), bag.end(), rng);
+    }
+    const FaultPlan plan = options.random_fault ? bag.back() : fixed;
+    if (options.random_fault) bag.pop_back();
+    RoundReport r = RunRound(options, i, plan, rng);
     log::info("drill.round", {{"round", i},
                               {"fault", FaultName(r.fault)},
                               {"recovery_ms", r.recovery_ms},

@@ -22,10 +22,40 @@ namespace ftvm::drill {
 
 // kMigrate is no fault but a planned move: the VM runs on host A alone, and at the
 // "fault" `ftvm migrate` on host B takes it over live, under the same load and checks.
-enum class Fault { kKillPrimary, kKillSecondary, kCutPrimaryLink, kMigrate };
+// kStopPrimary / kStopSecondary: SIGSTOP for a while, then SIGCONT (a stalled host
+// that comes back), for either DrillOptions::short_stop_s (less than the failure
+// timeout: nobody may notice) or long_stop_s (more: the peer takes over or goes on
+// alone, and the stalled one must not come back as a second live VM).
+// kArbiterAway: the arbiter unreachable (its directory moved away) for long_stop_s,
+// and the primary killed meanwhile: the secondary must wait for the arbiter before it
+// takes over, never guess.
+enum class Fault {
+  kKillPrimary,
+  kKillSecondary,
+  kCutPrimaryLink,
+  kMigrate,
+  kStopPrimary,
+  kStopSecondary,
+  kArbiterAway,
+};
 std::string_view FaultName(Fault f);
-// "kill-primary", "kill-secondary", "cut-link".
+// "kill-primary", "kill-secondary", "cut-link", "migrate", "stop-primary",
+// "stop-secondary", "arbiter-away".
 bool ParseFault(std::string_view text, Fault& out);
+// One round's fault; a stop's length (0 for the other faults).
+struct FaultPlan {
+  Fault fault = Fault::kKillPrimary;
+  double stop_s = 0;
+};
+struct DrillOptions;
+// What a chaos run (--fault random) draws from: every fault but the planned move,
+// stops both short and long, and cut-link only where the channel goes over a link.
+// Rounds take them in a random order, each once per len() rounds, so that a short
+// run still sees every kind.
+std::vector<FaultPlan> ChaosFaults(const DrillOptions& options);
+// tcp, dpdk-af_packet and dpdk-tap join the hosts over a link that can be cut; shm,
+// rdma+shm and net_memif join two processes of this machine.
+bool ChannelGoesOverALink(const std::string& channel);
 
 struct DrillOptions {
   std::string ftvm;          // the ftvm binary to run as primary and secondary
@@ -37,6 +67,8 @@ struct DrillOptions {
   // (net_tap on taps on the hosts' bridges: over the LAN).
   std::string channel = "tcp";
   Fault fault = Fault::kKillPrimary;
+  bool random_fault = false;  // chaos: the rounds' faults come from ChaosFaults(*this)
+  double short_stop_s = 0.1, long_stop_s = 1.2;  // stop faults (see Fault); --fault stop-*: long
   int rounds = 1;
   uint64_t seed = 0;         // 0: from the clock (printed, for replaying a drill)
   double rate = 300;         // client requests per second, all workers together
@@ -59,6 +91,8 @@ struct RoundReport {
   int round = 0;
   Fault fault = Fault::kKillPrimary;
   double fault_at_s = 0;          // after the load started
+  double stop_ms = 0;             // stop faults: how long the process was stopped
+  bool failover = false;          // the VM ended up served by the other host
   double recovery_ms = -1;        // fault -> first request answered afterwards (-1: none)
   double reprotect_ms = -1;       // --reprotect: new secondary started (--standby: the fault) -> protected again
   double recovery2_ms = -1;       // --reprotect: second fault -> first request answered
