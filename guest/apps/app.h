@@ -20,6 +20,7 @@ int app_disk(const Args& args);
 int app_mailstore(const Args& args);
 int app_crash(const Args& args);
 int app_exits(const Args& args);
+int app_hostile(const Args& args);
 
 }  // namespace ftvm::guest
 

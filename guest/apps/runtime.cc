@@ -27,6 +27,7 @@ const AppEntry kApps[] = {
     {"mailstore", app_mailstore, "ip=A.B.C.D/N gw=: UDP mail store on a disk journal"},
     {"crash", app_crash, "kind=ud|gp|pf|de|bp: raise a CPU exception"},
     {"exits", app_exits, "n=N: time N MMIO exits from ring 3 (benchmark)"},
+    {"hostile", app_hostile, "misbehaves on purpose: bad virtio descriptors, wild MMIO, an interrupt storm"},
 };
 
 Arena g_arena;

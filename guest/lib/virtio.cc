@@ -153,6 +153,13 @@ bool VirtQueue::add(const VqBuf* bufs, unsigned n, void* token) {
   return true;
 }
 
+void VirtQueue::raw_publish(uint16_t head, uint16_t advance) {
+  avail_[2 + (avail_shadow_ % num_)] = head;
+  avail_shadow_ = static_cast<uint16_t>(avail_shadow_ + advance);
+  compiler_barrier();
+  *avail_idx() = avail_shadow_;
+}
+
 bool VirtQueue::kick() {
   // Our idx store must be visible before we read the device's avail_event.
   full_barrier();

@@ -52,6 +52,12 @@ class VirtQueue {
   unsigned size() const { return num_; }
   unsigned free_descs() const { return num_free_; }
 
+  // A misbehaving driver's reach, for guest/apps/hostile.cc (which shows the VMM
+  // survives it): the descriptor table to fill with anything, and publishing any
+  // head with the avail index moved by any amount (no exit; kick() notifies).
+  virtq_desc* raw_descriptors() { return desc_; }
+  void raw_publish(uint16_t head, uint16_t advance);
+
  private:
   friend class VirtioDevice;
 
@@ -93,6 +99,9 @@ class VirtioDevice {
   uint8_t read_config8(uint32_t offset) const;
   void notify(uint16_t queue);
   unsigned slot() const { return slot_; }
+  // The device's status register (one exit): VIRTIO_STATUS_NEEDS_RESET once it gave
+  // up on what the driver did.
+  uint32_t status() const { return read32(VIRTIO_MMIO_STATUS); }
   const char* error() const { return error_; }
 
  private:

@@ -95,6 +95,44 @@ TEST(GuestApps, PageFaultReportNamesTheAddress) {
   EXPECT_NE(r.out.find("cr2=0x7ffffffff000"), std::string::npos) << r.out;
 }
 
+// A blank sparse disk image of `bytes`.
+std::string BlankDisk(const std::string& tag, off_t bytes) {
+  const std::string path = ScratchPath(tag);
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f != nullptr) std::fclose(f);
+  EXPECT_EQ(truncate(path.c_str(), bytes), 0) << path;
+  return path;
+}
+
+// A guest that misbehaves on purpose (bad virtio descriptors, wild MMIO, an
+// interrupt storm) hurts only itself: the device refuses each bad request with a
+// reason, works again after the guest resets it, and the VMM runs the VM to its end.
+TEST(GuestApps, HostileGuestHurtsOnlyItself) {
+  ProcessResult r =
+      RunProcess(RunArgs("hostile", {"--disk", BlankDisk("hostile.img", 16 << 20)}), seconds(120));
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("hostile: survived 8 attacks, 0 failed"), std::string::npos) << r.out;
+  for (const char* reason : {"is outside guest RAM", "loops back to descriptor", "links to 23 >= queue size 16",
+                             "is 1000 ahead of the device", "avail ring head 19 >= queue size 16"})
+    EXPECT_NE(r.err.find(reason), std::string::npos) << reason << "\n" << r.err;
+}
+
+// The same guest protected: neither VMM suffers, and the replica, which replays
+// the device giving up six times, ends identical.
+TEST(GuestApps, HostileGuestProtectedLeavesBothVmmsStandingAndTheReplicaIdentical) {
+  const std::string workdir = ScratchPath("hostile-pair");
+  ProcessResult r = RunProcess({FtvmBinary(), "protect", "--guest", GuestImage(), "--app", "hostile", "--disk",
+                                BlankDisk("hostile-pair.img", 16 << 20), "--workdir", workdir},
+                               seconds(180));
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("hostile: survived 8 attacks, 0 failed"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("the secondary exited with 0"), std::string::npos) << r.err;
+  EXPECT_NE(ReadFile(workdir + "/secondary.log").find("replica identical"), std::string::npos)
+      << ReadFile(workdir + "/secondary.log");
+}
+
 TEST(GuestApps, BadAppArgumentIsRefusedNotDefaulted) {
   ProcessResult r = RunProcess(RunArgs("mailstore", {"--arg", "max_messages=lots"}), seconds(60));
   ASSERT_FALSE(r.timed_out);
