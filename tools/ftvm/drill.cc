@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -417,6 +419,34 @@ std::string ChannelAddress(const std::string& channel, const std::string& dir, i
   return channel + ":" + sock;
 }
 
+// A file system of its own for host B's disk (a tmpfs of `bytes`), for the disk-full
+// fault: fill() takes all the space left, so that the secondary's next write to a
+// block its image has not held before fails with ENOSPC. Unmounted when destroyed.
+class SmallFilesystem {
+ public:
+  SmallFilesystem(std::string dir, uint64_t bytes) : dir_(std::move(dir)) {
+    mkdir(dir_.c_str(), 0755);
+    const std::string size = "size=" + std::to_string(bytes);
+    if (mount("ftvm-drill", dir_.c_str(), "tmpfs", 0, size.c_str()) != 0)
+      throw SysError("drill: mounting a " + std::to_string(bytes >> 20) + " MiB tmpfs on " + dir_);
+  }
+  ~SmallFilesystem() { umount2(dir_.c_str(), MNT_DETACH); }
+  SmallFilesystem(const SmallFilesystem&) = delete;
+  SmallFilesystem& operator=(const SmallFilesystem&) = delete;
+
+  void fill() {
+    struct statvfs st{};
+    if (statvfs(dir_.c_str(), &st) != 0) throw SysError("drill: statvfs " + dir_);
+    UniqueFd fd(open((dir_ + "/filler").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+    const off_t left = off_t(st.f_bavail) * off_t(st.f_frsize);
+    if (!fd || (left > 0 && posix_fallocate(fd.get(), 0, left) != 0))
+      throw SysError("drill: filling " + dir_);
+  }
+
+ private:
+  std::string dir_;
+};
+
 RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, std::mt19937_64& rng) {
   RoundReport r;
   r.round = round;
@@ -426,15 +456,18 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
   mkdir(dir.c_str(), 0755);
   const std::string arbiter = dir + "/arbiter";
   mkdir(arbiter.c_str(), 0755);
-  for (const char* d : {"/diskA.img", "/diskB.img"}) {
-    UniqueFd fd(open((dir + d).c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644));
-    if (!fd || ftruncate(fd.get(), 32 << 20) != 0) throw SysError("drill: disk image in " + dir);
+  std::optional<SmallFilesystem> host_b_fs;  // disk-full: host B's disk lives there
+  if (fault == Fault::kSecondaryDiskFull) host_b_fs.emplace(dir + "/hostb", 64u << 20);
+  const std::string disk_a = dir + "/diskA.img", disk_b = dir + (host_b_fs ? "/hostb/diskB.img" : "/diskB.img");
+  for (const std::string& d : {disk_a, disk_b}) {
+    UniqueFd fd(open(d.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644));
+    if (!fd || ftruncate(fd.get(), 32 << 20) != 0) throw SysError("drill: disk image " + d);
   }
   DrillNet net("fdr" + std::to_string(getpid() % 100000), o.channel);
   const std::string address = ChannelAddress(o.channel, dir, 1, 0);
   std::vector<std::string> pargs = {"ip", "netns", "exec", net.ns("a"), o.ftvm, "primary", "--listen", address,
                                     "--arbiter", arbiter, "--name", "hostA", "--guest", o.guest, "--app",
-                                    "mailstore", "--disk", dir + "/diskA.img", "--tap", "vmtap", "--ip",
+                                    "mailstore", "--disk", disk_a, "--tap", "vmtap", "--ip",
                                     "10.0.0.2/24", "--console", dir + "/primary.console", "--witness",
                                     DrillNet::kWitness};
   for (const std::string& a : Split(o.extra_primary_args)) pargs.push_back(a);
@@ -446,7 +479,7 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
   auto start_b = [&] {
     std::vector<std::string> args = {"ip", "netns", "exec", net.ns("b"), o.ftvm, migrate ? "migrate" : "secondary",
                                      migrate ? "--from" : "--connect", address, "--arbiter", arbiter, "--name", "hostB",
-                                     "--disk", dir + "/diskB.img", "--tap", "vmtap", "--console",
+                                     "--disk", disk_b, "--tap", "vmtap", "--console",
                                      dir + "/secondary.console", "--witness", DrillNet::kWitness, "--listen",
                                      reprotect_address};
     if (migrate && o.postcopy) args.push_back("--postcopy");
@@ -492,6 +525,7 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
     case Fault::kMigrate: secondary = start_b(); break;   // the VM moves to host B, under load
     case Fault::kStopPrimary: primary.signal(SIGSTOP); break;
     case Fault::kStopSecondary: secondary->signal(SIGSTOP); break;
+    case Fault::kSecondaryDiskFull: host_b_fs->fill(); break;
     case Fault::kArbiterAway:
       if (rename(arbiter.c_str(), (arbiter + ".away").c_str()) != 0) throw SysError("drill: moving the arbiter away");
       primary.signal(SIGKILL);
@@ -579,6 +613,19 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
                    ReadAll(dir + "/secondary.err").find("secondary.LIVE") != std::string::npos;
       break;
     }
+    case Fault::kSecondaryDiskFull: {
+      // The primary goes on alone; the secondary stopped with the reason (no crash,
+      // no takeover).
+      std::optional<int> code = secondary->wait(10000);
+      const std::string why = ReadAll(dir + "/secondary.err");
+      r.survivor = "primary";
+      r.one_live = primary.running() && code && *code < 128 && why.find("secondary.LIVE") == std::string::npos &&
+                   why.find("No space left on device") != std::string::npos;
+      if (!r.one_live)
+        r.problem = "after host B's disk filled up:" + Describe("primary", primary, dir + "/primary.err") +
+                    Describe("secondary", *secondary, dir + "/secondary.err");
+      break;
+    }
     case Fault::kStopPrimary:
     case Fault::kStopSecondary: {
       // Either may serve now (a long stop of the primary is a failover), but exactly
@@ -619,7 +666,7 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
   secondary->wait(10000);
   if (third) third->wait(10000);
   if (!o.keep && r.ok()) {
-    for (const char* f : {"/diskA.img", "/diskB.img"}) unlink((dir + f).c_str());
+    for (const std::string& f : {disk_a, disk_b}) unlink(f.c_str());
   }
   return r;
 }
@@ -635,13 +682,14 @@ std::string_view FaultName(Fault f) {
     case Fault::kStopPrimary: return "stop-primary";
     case Fault::kStopSecondary: return "stop-secondary";
     case Fault::kArbiterAway: return "arbiter-away";
+    case Fault::kSecondaryDiskFull: return "secondary-disk-full";
   }
   return "?";
 }
 
 bool ParseFault(std::string_view text, Fault& out) {
   for (Fault f : {Fault::kKillPrimary, Fault::kKillSecondary, Fault::kCutPrimaryLink, Fault::kMigrate,
-                  Fault::kStopPrimary, Fault::kStopSecondary, Fault::kArbiterAway}) {
+                  Fault::kStopPrimary, Fault::kStopSecondary, Fault::kArbiterAway, Fault::kSecondaryDiskFull}) {
     if (text == FaultName(f)) {
       out = f;
       return true;
@@ -661,7 +709,8 @@ std::vector<FaultPlan> ChaosFaults(const DrillOptions& o) {
                               {Fault::kStopPrimary, o.long_stop_s},
                               {Fault::kStopSecondary, o.short_stop_s},
                               {Fault::kStopSecondary, o.long_stop_s},
-                              {Fault::kArbiterAway, o.long_stop_s}};
+                              {Fault::kArbiterAway, o.long_stop_s},
+                              {Fault::kSecondaryDiskFull}};
   if (ChannelGoesOverALink(o.channel)) f.push_back({Fault::kCutPrimaryLink});
   return f;
 }

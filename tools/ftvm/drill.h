@@ -26,6 +26,8 @@ namespace ftvm::drill {
 // that comes back), for either DrillOptions::short_stop_s (less than the failure
 // timeout: nobody may notice) or long_stop_s (more: the peer takes over or goes on
 // alone, and the stalled one must not come back as a second live VM).
+// kSecondaryDiskFull: host B's disk (a small file system of its own) fills up: the
+// secondary must stop replicating with the reason, and the primary go on alone.
 // kArbiterAway: the arbiter unreachable (its directory moved away) for long_stop_s,
 // and the primary killed meanwhile: the secondary must wait for the arbiter before it
 // takes over, never guess.
@@ -37,10 +39,11 @@ enum class Fault {
   kStopPrimary,
   kStopSecondary,
   kArbiterAway,
+  kSecondaryDiskFull,
 };
 std::string_view FaultName(Fault f);
 // "kill-primary", "kill-secondary", "cut-link", "migrate", "stop-primary",
-// "stop-secondary", "arbiter-away".
+// "stop-secondary", "arbiter-away", "secondary-disk-full".
 bool ParseFault(std::string_view text, Fault& out);
 // One round's fault; a stop's length (0 for the other faults).
 struct FaultPlan {
