@@ -85,10 +85,11 @@ bool KnownToSomeCommand(const std::string& key) {
 }
 
 // Adds `key = node` as an option of `desc` to `out`, or a problem.
-void AddOption(const std::string& key, const toml::node& node, const po::option_description& option,
-               std::vector<po::option>& out, std::vector<Problem>& problems) {
+// `shown` is the key as the file has it (table.key for one in a table).
+void AddOption(const std::string& key, const std::string& shown, const toml::node& node,
+               const po::option_description& option, std::vector<po::option>& out, std::vector<Problem>& problems) {
   const int line = LineOf(node);
-  auto problem = [&](const std::string& what) { problems.push_back({line, key, what}); };
+  auto problem = [&](const std::string& what) { problems.push_back({line, shown, what}); };
   const po::value_semantic& semantic = *option.semantic();
   po::option o;
   o.string_key = key;
@@ -118,6 +119,9 @@ void AddOption(const std::string& key, const toml::node& node, const po::option_
   try {
     boost::any converted;
     semantic.parse(converted, o.value, true);
+  } catch (po::error_with_option_name& e) {
+    e.set_option_name("--" + key);
+    return problem(std::string("bad value: ") + e.what());
   } catch (const po::error& e) {
     return problem(std::string("bad value: ") + e.what());
   }
@@ -151,19 +155,23 @@ std::vector<po::option> Collect(const toml::table& table, const std::string& com
       for (auto&& [sk, snode] : *t) {
         const std::string skey(sk.str());
         if (const po::option_description* o = desc.find_nothrow(skey, false))
-          AddOption(skey, snode, *o, section, problems);
+          AddOption(skey, key + "." + skey, snode, *o, section, problems);
         else
           problems.push_back({LineOf(snode), key + "." + skey, "unknown key: ftvm " + command + " has no --" + skey});
       }
       continue;
     }
     if (const po::option_description* o = desc.find_nothrow(key, false))
-      AddOption(key, node, *o, top, problems);
+      AddOption(key, key, node, *o, top, problems);
     else if (!KnownToSomeCommand(key))
       problems.push_back({LineOf(node), key, "unknown key: no ftvm command has --" + key});
   }
-  // A command's own table overrides the top level: stored first, it wins.
-  section.insert(section.end(), top.begin(), top.end());
+  // A command's own table overrides the top level.
+  for (const po::option& o : top) {
+    const bool overridden = std::any_of(section.begin(), section.end(),
+                                        [&](const po::option& mine) { return mine.string_key == o.string_key; });
+    if (!overridden) section.push_back(o);
+  }
   return section;
 }
 
