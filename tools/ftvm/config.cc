@@ -244,13 +244,15 @@ int ConfigMain(int argc, char** argv) {
       if (table[cmd].is_table()) commands.push_back(cmd);
     if (commands.empty()) commands.push_back("run");
     std::vector<Problem> problems;
-    for (const std::string& cmd : commands) {
+    // Every value is checked by each command that has its key; the commands the file
+    // has a table for are checked whole (required keys, values that go together).
+    for (const std::string& cmd : ConfiguredCommands()) {
       std::unique_ptr<CommandOptions> options = MakeCommandOptions(cmd);
       const po::options_description desc = options->describe();
       const size_t before = problems.size();
       po::parsed_options parsed(&desc);
       parsed.options = Collect(table, cmd, desc, problems);
-      if (problems.size() != before) continue;
+      if (problems.size() != before || std::find(commands.begin(), commands.end(), cmd) == commands.end()) continue;
       // What the command itself would say: a missing required key, values that do
       // not go together.
       std::string why;
