@@ -140,14 +140,9 @@ std::unique_ptr<CommandOptions> MakePrimaryOptions() { return std::make_unique<P
 int PrimaryMain(int argc, char** argv) {
   BlockStopSignals();
   PrimaryCommandOptions o;
-  if (auto code = ParseCommandLine(argc, argv, o.describe(), "primary",
-                                   "usage: ftvm primary --listen ADDR --arbiter DIR --guest IMAGE --app NAME [options]\n",
-                                   "primary"))
+  if (auto code = ParseCommand(argc, argv, o, "primary",
+                               "usage: ftvm primary --listen ADDR --arbiter DIR --guest IMAGE --app NAME [options]\n"))
     return *code;
-  if (std::string bad = o.finish(); !bad.empty()) {
-    std::cerr << "ftvm primary: " << bad << "\n";
-    return kExitUsage;
-  }
   VmOptions& vm = o.vm;
   primary::PrimaryOptions& opts = o.opts;
   StorageCliOptions& st = o.st;
@@ -405,13 +400,8 @@ int ProtectMain(int argc, char** argv) {
       return RunSecondary(argc, argv, Joiner::kAttach);
   BlockStopSignals();
   ProtectCommandOptions o;
-  if (auto code = ParseCommandLine(argc, argv, o.describe(), "protect",
-                                   "usage: ftvm protect --guest IMAGE --app NAME [VM options]\n", "protect"))
+  if (auto code = ParseCommand(argc, argv, o, "protect", "usage: ftvm protect --guest IMAGE --app NAME [VM options]\n"))
     return *code;
-  if (std::string bad = o.finish(); !bad.empty()) {
-    std::cerr << "ftvm protect: " << bad << "\n";
-    return kExitUsage;
-  }
   VmOptions& vm = o.vm;
   primary::PrimaryOptions& opts = o.opts;
   const std::string& workdir = o.workdir;

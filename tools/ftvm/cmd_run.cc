@@ -60,13 +60,8 @@ std::unique_ptr<CommandOptions> MakeRunOptions() { return std::make_unique<RunOp
 int RunMain(int argc, char** argv) {
   BlockStopSignals();
   RunOptions o;
-  if (auto code = ParseCommandLine(argc, argv, o.describe(), "run",
-                                   "usage: ftvm run --guest IMAGE --app NAME [options]\n", "run"))
+  if (auto code = ParseCommand(argc, argv, o, "run", "usage: ftvm run --guest IMAGE --app NAME [options]\n"))
     return *code;
-  if (std::string bad = o.finish(); !bad.empty()) {
-    std::cerr << "ftvm run: " << bad << "\n";
-    return kExitUsage;
-  }
   return RunVm("run", o.vm.config, o.storage, o.ops);
 }
 

@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "tools/ftvm/commands.h"
+#include "tools/ftvm/vm_runner.h"
 #include "transport/channel.h"
 
 namespace ftvm::cli {
@@ -214,6 +215,16 @@ std::unique_ptr<CommandOptions> MakeCommandOptions(const std::string& command) {
   if (command == "secondary") return MakeSecondaryOptions();
   if (command == "protect") return MakeProtectOptions();
   throw Error("no configuration for ftvm " + command);
+}
+
+std::optional<int> ParseCommand(int argc, char** argv, CommandOptions& options, const std::string& command,
+                                const std::string& usage) {
+  if (auto code = ParseCommandLine(argc, argv, options.describe(), command, usage, command)) return code;
+  if (std::string bad = options.finish(); !bad.empty()) {
+    std::cerr << "ftvm " << command << ": " << bad << "\n";
+    return kExitUsage;
+  }
+  return std::nullopt;
 }
 
 po::parsed_options LoadConfig(const std::string& file, const std::string& command, const po::options_description& desc) {

@@ -9,6 +9,7 @@
 
 #include <boost/program_options.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,12 @@ class CommandOptions {
   // After the options are stored: "" or what is wrong, naming the option.
   virtual std::string finish() = 0;
 };
+
+// Parses a command's argv (with --config FILE for `command`, see ParseCommandLine)
+// into `options` and finishes them. Returns nothing when the command should go on,
+// otherwise its exit code (0 for --help; kExitUsage after saying what is wrong).
+std::optional<int> ParseCommand(int argc, char** argv, CommandOptions& options, const std::string& command,
+                                const std::string& usage);
 
 // The commands a configuration file configures (each a table name), and their
 // options (fresh variables each call).
