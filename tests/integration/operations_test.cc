@@ -126,6 +126,36 @@ TEST(Operations, StatusOfAPairAndOfItsSurvivorAndTheEventFile) {
   EXPECT_EQ(secondary.Wait(seconds(60)).exit_code, 0) << secondary.Stderr();
 }
 
+TEST(Operations, APrimaryThatLosesItsSecondarySaysSo) {
+  const std::string arbiter = ScratchPath("arbiter");
+  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string channel = "shm:" + ScratchPath("channel.sock");
+  const std::string control = ScratchPath("primary.control"), events = ScratchPath("events.jsonl");
+  Process primary = Process::Start({FtvmBinary(), "primary", "--listen", channel, "--arbiter", arbiter, "--guest",
+                                    GuestImage(), "--app", "timers", "--arg", "ticks=1000000", "--arg", "period_us=5000",
+                                    "--console", ScratchPath("primary.console"), "--control", control,
+                                    "--event-file", events},
+                                   "lost-primary");
+  Process secondary = Process::Start({FtvmBinary(), "secondary", "--connect", channel, "--arbiter", arbiter,
+                                      "--console", ScratchPath("secondary.console")},
+                                     "lost-secondary");
+  std::string p = WaitForStatus(control, "\"state\":\"protected\"", seconds(60));
+  ASSERT_NE(p.find("\"state\":\"protected\""), std::string::npos) << p << primary.Stderr();
+  secondary.Signal(SIGKILL);
+  p = WaitForStatus(control, "\"state\":\"unprotected\"", seconds(60));
+  ASSERT_NE(p.find("\"state\":\"unprotected\""), std::string::npos) << p << primary.Stderr();
+  EXPECT_EQ(p.find("\"last_failover\":\"\""), std::string::npos) << p;  // says what happened
+  EXPECT_EQ(NumberIn(p, "generation"), 2) << p;  // it claimed the next generation
+  const std::string ev = ReadFile(events);
+  EXPECT_NE(ev.find("\"event\":\"primary.secondary_lost\""), std::string::npos) << ev;
+  EXPECT_NE(ev.find("\"event\":\"primary.UNPROTECTED\""), std::string::npos) << ev;
+  // Text logs (no --log-json) carry the VM's name and the role too.
+  EXPECT_NE(primary.Stderr().find("primary.secondary_lost"), std::string::npos);
+  EXPECT_NE(primary.Stderr().find("vm=timers role=primary"), std::string::npos) << primary.Stderr();
+  primary.Signal(SIGTERM);
+  primary.Wait(seconds(60));
+}
+
 TEST(Operations, AVmFromAConfigFileAndItsStatus) {
   const std::string control = ScratchPath("run.control");
   const std::string config = ScratchPath("vm.toml");
