@@ -149,6 +149,7 @@ void FillSecondaryStatus(const secondary::SecondaryStatus& st, control::StatusRe
     const std::string failover = s.last_failover();
     const double downtime = s.failover_downtime_ms(), takeover = s.failover_takeover_ms();
     const uint64_t generation = s.generation();
+    s.clear_replica_position();  // the replay's, over; the log figures below are the new stream's
     s.MergeFrom(mine);
     if (st.protecting->protection != primary::Protection::kProtected && !st.protecting->syncing) s.set_state("live");
     s.set_last_failover(failover);
