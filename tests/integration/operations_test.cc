@@ -156,6 +156,35 @@ TEST(Operations, APrimaryThatLosesItsSecondarySaysSo) {
   primary.Wait(seconds(60));
 }
 
+TEST(Operations, ASurvivorProtectedAgainShowsItsNewSecondary) {
+  const std::string arbiter = ScratchPath("arbiter");
+  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string first = "shm:" + ScratchPath("first.sock"), second = "shm:" + ScratchPath("second.sock");
+  const std::string control = ScratchPath("survivor.control");
+  Process primary = Process::Start({FtvmBinary(), "primary", "--listen", first, "--arbiter", arbiter, "--name", "a",
+                                    "--guest", GuestImage(), "--app", "timers", "--arg", "ticks=1000000", "--arg",
+                                    "period_us=5000", "--console", ScratchPath("a.console")},
+                                   "re-a");
+  Process survivor = Process::Start({FtvmBinary(), "secondary", "--connect", first, "--arbiter", arbiter, "--name", "b",
+                                     "--listen", second, "--console", ScratchPath("b.console"), "--control", control},
+                                    "re-b");
+  std::string s = WaitForStatus(control, "\"state\":\"protected\"", seconds(60));
+  ASSERT_NE(s.find("\"state\":\"protected\""), std::string::npos) << s << survivor.Stderr();
+  primary.Signal(SIGKILL);
+  s = WaitForStatus(control, "\"state\":\"live\"", seconds(60));
+  ASSERT_NE(s.find("\"state\":\"live\""), std::string::npos) << s << survivor.Stderr();
+  Process third = Process::Start({FtvmBinary(), "secondary", "--connect", second, "--arbiter", arbiter, "--name", "c",
+                                  "--console", ScratchPath("c.console")},
+                                 "re-c");
+  s = WaitForStatus(control, "\"peer\":\"c\"", seconds(60));
+  EXPECT_NE(s.find("\"state\":\"protected\""), std::string::npos) << s << survivor.Stderr();
+  EXPECT_NE(s.find("\"last_failover\":\"took over"), std::string::npos) << s;  // still says what happened
+  EXPECT_GT(NumberIn(s, "failover_downtime_ms"), 0) << s;
+  survivor.Signal(SIGTERM);
+  survivor.Wait(seconds(60));
+  third.Wait(seconds(60));
+}
+
 TEST(Operations, AVmFromAConfigFileAndItsStatus) {
   const std::string control = ScratchPath("run.control");
   const std::string config = ScratchPath("vm.toml");
