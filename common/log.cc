@@ -190,6 +190,19 @@ void write(Level level, std::string_view event, std::initializer_list<Field> fie
   Emit(level, event, fields, false);
 }
 
+void summary(std::string_view line) {
+  while (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+  Sink& sink = TheSink();
+  std::unique_lock<std::mutex> lock(sink.mu);
+  if (!sink.settings.json) {
+    std::fwrite(line.data(), 1, line.size(), stderr);
+    std::fputc('\n', stderr);
+    return;
+  }
+  lock.unlock();
+  Emit(Level::kInfo, "summary", {{"text", line}}, false);
+}
+
 void event(Level level, std::string_view event, std::initializer_list<Field> fields) {
   Emit(level, event, fields, true);
 }

@@ -48,6 +48,10 @@ void write(Level level, std::string_view event, std::initializer_list<Field> fie
 // the event file.
 void event(Level level, std::string_view event, std::initializer_list<Field> fields);
 
+// A line for people (a command's closing summary): written to stderr as it is, or,
+// with JSON lines, as an object with event "summary" and the line as "text".
+void summary(std::string_view line);
+
 // `text` as a JSON string literal, quotes included.
 std::string JsonString(std::string_view text);
 

@@ -95,6 +95,19 @@ TEST_F(LogTest, OperatorEventsGoToTheEventFileAsJsonLines) {
   EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 1) << lines;
 }
 
+TEST_F(LogTest, SummaryLinesArePlainOrJson) {
+  {
+    CapturedStderr err;
+    summary("primary: log 10 bytes\n");
+    EXPECT_EQ(err.Text(), "primary: log 10 bytes\n");
+  }
+  configure({.json = true, .vm = "vm7", .role = "primary", .event_file = ""});
+  CapturedStderr err;
+  summary("primary: log 10 bytes\n");
+  EXPECT_NE(err.Text().find("\"event\":\"summary\",\"vm\":\"vm7\",\"role\":\"primary\",\"text\":\"primary: log 10 bytes\"}\n"),
+            std::string::npos);
+}
+
 TEST_F(LogTest, AnEventFileThatCannotBeOpenedIsAnError) {
   EXPECT_THROW(configure({.json = false, .vm = "", .role = "", .event_file = "/no/such/dir/events"}), Error);
 }

@@ -91,19 +91,22 @@ TEST(Operations, StatusOfAPairAndOfItsSurvivorAndTheEventFile) {
   EXPECT_NE(table.out.find("state                  protected"), std::string::npos) << table.out;
 
   // --log-json: every line of the primary's log is a JSON object with the VM's name
-  // and the role.
+  // and the role, its summary lines ("primary: listening on ...") too.
   {
     std::istringstream lines(primary.Stderr());
     std::string line;
     int json_lines = 0;
     while (std::getline(lines, line)) {
-      if (line.empty() || line.rfind("primary: ", 0) == 0) continue;  // its final report is plain text
+      if (line.empty()) continue;
       EXPECT_EQ(line.front(), '{') << line;
       EXPECT_EQ(line.back(), '}') << line;
       EXPECT_NE(line.find("\"vm\":\"vm7\",\"role\":\"primary\""), std::string::npos) << line;
       ++json_lines;
     }
     EXPECT_GT(json_lines, 3);
+    EXPECT_NE(primary.Stderr().find("\"event\":\"summary\",\"vm\":\"vm7\",\"role\":\"primary\",\"text\":\"primary: "
+                                    "listening on"),
+              std::string::npos) << primary.Stderr();
   }
 
   primary.Signal(SIGKILL);

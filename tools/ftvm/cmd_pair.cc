@@ -159,13 +159,13 @@ int PrimaryMain(int argc, char** argv) {
       FillPrimaryStatus(p.status(), s);
     });
     control.start();
-    std::fprintf(stderr, "primary: listening on %s\n", p.listen_address().c_str());
+    PrintSummary("primary: listening on %s\n", p.listen_address().c_str());
     p.accept_secondary();
     p.serve_reprotection();  // a later secondary joins the running VM
     int guest = RunUntilDone([&] { return p.run(); }, [&] { p.stop(); });
     storage.final_report();
     primary::PrimaryReport r = p.report();
-    std::fprintf(stderr, "primary: %s%s%s\n", std::string(primary::ProtectionName(r.protection)).c_str(),
+    PrintSummary("primary: %s%s%s\n", std::string(primary::ProtectionName(r.protection)).c_str(),
                  r.event.empty() ? "" : ": ", r.event.c_str());
     std::fprintf(stderr,
                  "primary: log %llu bytes in %llu messages; replica lag %s; outputs held %s; "
@@ -181,7 +181,7 @@ int PrimaryMain(int argc, char** argv) {
                    static_cast<unsigned long long>(a.final_pages),
                    static_cast<unsigned long long>(a.final_disk_bytes >> 10), double(r.last_attach_pause_ns) / 1e6);
     if (const migration::PrecopyStats& a = r.last_attach; a.disk_blocks_compared != 0)
-      std::fprintf(stderr, "primary: disk resync: %llu of %llu blocks differed and were sent\n",
+      PrintSummary("primary: disk resync: %llu of %llu blocks differed and were sent\n",
                    static_cast<unsigned long long>(a.disk_blocks_resynced),
                    static_cast<unsigned long long>(a.disk_blocks_compared));
     if (r.protection == primary::Protection::kStoppedForPeer) return kExitStoppedForPeer;
@@ -291,28 +291,28 @@ int RunSecondary(int argc, char** argv, Joiner as) {
     if (o.ops.vm_name.empty()) o.ops.configure_logging(role, s.status().app);
     int guest = RunUntilDone([&] { return s.run(); }, [&] { s.stop(); });
     secondary::SecondaryReport r = s.report();
-    std::fprintf(stderr, "secondary: %s: %s\n", std::string(secondary::SecondaryOutcomeName(r.outcome)).c_str(),
+    PrintSummary("secondary: %s: %s\n", std::string(secondary::SecondaryOutcomeName(r.outcome)).c_str(),
                  r.detail.c_str());
-    std::fprintf(stderr, "secondary: replayed %llu records, %llu checkpoints, %llu verifications, %llu output checks; "
+    PrintSummary("secondary: replayed %llu records, %llu checkpoints, %llu verifications, %llu output checks; "
                  "longest silence of the primary %.1f ms\n",
                  static_cast<unsigned long long>(r.replay.records), static_cast<unsigned long long>(r.replay.checkpoints),
                  static_cast<unsigned long long>(r.replay.verifications),
                  static_cast<unsigned long long>(r.replay.output_checks), double(r.max_silence_ns) / 1e6);
     if (r.outcome == secondary::SecondaryOutcome::kWentLive && r.primary_lost_at_ns != 0)
-      std::fprintf(stderr, "secondary: took over %.1f ms after the primary was declared lost\n",
+      PrintSummary("secondary: took over %.1f ms after the primary was declared lost\n",
                    double(r.live_at_ns - r.primary_lost_at_ns) / 1e6);
     if (migrate && r.outcome == secondary::SecondaryOutcome::kWentLive && r.handover_requested_at_ns != 0)
-      std::fprintf(stderr, "migrate: the VM ran here %.1f ms after this host asked for it\n",
+      PrintSummary("migrate: the VM ran here %.1f ms after this host asked for it\n",
                    double(r.live_at_ns - r.handover_requested_at_ns) / 1e6);
     if (r.postcopy.pages != 0)
-      std::fprintf(stderr, "migrate: post-copy: %llu of %llu pages arrived, %llu fetched on demand (waits p50 %.2f ms, "
+      PrintSummary("migrate: post-copy: %llu of %llu pages arrived, %llu fetched on demand (waits p50 %.2f ms, "
                    "p99 %.2f ms), in %.1f ms\n",
                    static_cast<unsigned long long>(r.postcopy.received_pages),
                    static_cast<unsigned long long>(r.postcopy.pages), static_cast<unsigned long long>(r.postcopy.faults),
                    double(r.postcopy.fault_wait_p50_ns) / 1e6, double(r.postcopy.fault_wait_p99_ns) / 1e6,
                    double(r.postcopy.complete_ns) / 1e6);
     if (migrate && r.outcome != secondary::SecondaryOutcome::kWentLive) {
-      std::fprintf(stderr, "ftvm migrate: the VM did not move here\n");
+      PrintSummary("ftvm migrate: the VM did not move here\n");
       if (r.outcome == secondary::SecondaryOutcome::kPrimaryEnded) return kExitVmmError;
     }
     switch (r.outcome) {
@@ -451,11 +451,11 @@ int ProtectMain(int argc, char** argv) {
       execv(cargs[0], cargs.data());
       _exit(127);
     }
-    std::fprintf(stderr, "protect: secondary pid %d (log %s)\n", int(child), log.c_str());
+    PrintSummary("protect: secondary pid %d (log %s)\n", int(child), log.c_str());
     p.accept_secondary();
     int guest = RunUntilDone([&] { return p.run(); }, [&] { p.stop(); });
     primary::PrimaryReport r = p.report();
-    std::fprintf(stderr, "protect: the primary ended %s; replica lag %s; outputs held %s\n",
+    PrintSummary("protect: the primary ended %s; replica lag %s; outputs held %s\n",
                  std::string(primary::ProtectionName(r.protection)).c_str(), Percentiles(r.streamer.lag_ns).c_str(),
                  Percentiles(r.gate.hold_ns).c_str());
     int status = 0;
@@ -464,7 +464,7 @@ int ProtectMain(int argc, char** argv) {
       kill(child, SIGTERM);
       waitpid(child, &status, 0);
     }
-    std::fprintf(stderr, "protect: the secondary exited with %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    PrintSummary("protect: the secondary exited with %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     return guest < 0 ? 0 : guest;
   } catch (const Error& e) {
     std::cerr << "ftvm protect: " << e.what() << "\n";

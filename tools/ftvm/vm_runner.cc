@@ -3,7 +3,10 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdarg>
+#include <cstdio>
 #include <iostream>
 #include <thread>
 
@@ -70,6 +73,19 @@ std::string VmOptions::apply() {
   config.backend = *kind;
   config.app_args = args;
   return "";
+}
+
+void PrintSummary(const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  va_list again;
+  va_copy(again, args);
+  const int n = std::vsnprintf(nullptr, 0, format, args);
+  va_end(args);
+  std::string line(size_t(std::max(n, 0)), '\0');
+  std::vsnprintf(line.data(), line.size() + 1, format, again);
+  va_end(again);
+  log::summary(line);
 }
 
 void BlockStopSignals() {

@@ -34,6 +34,10 @@ std::optional<int> ParseCommandLine(int argc, char** argv, const boost::program_
                                     const std::string& cmd, const std::string& usage,
                                     const std::string& config_command = "");
 
+// printf to stderr for a command's summary lines: as they are, or as JSON log lines
+// under --log-json (log::summary).
+[[gnu::format(printf, 1, 2)]] void PrintSummary(const char* format, ...);
+
 // Blocks SIGINT and SIGTERM in the calling thread and every thread it creates from
 // now on. Call first thing in a command that will run a VM: a thread started before
 // (a channel's, a log streamer's) would otherwise take the signal and kill the
