@@ -7,20 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include "common/error.h"
+#include "tests/support/harness.h"
 
 namespace ftvm::log {
 namespace {
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // Captures what the logger writes on stderr while it lives.
 class CapturedStderr {
@@ -35,7 +27,7 @@ class CapturedStderr {
   ~CapturedStderr() { Restore(); ::unlink(path_.c_str()); }
   std::string Text() {
     Restore();
-    return ReadAll(path_);
+    return itest::ReadFile(path_);
   }
 
  private:
@@ -88,7 +80,7 @@ TEST_F(LogTest, OperatorEventsGoToTheEventFileAsJsonLines) {
     error("not.an.event");
     EXPECT_NE(err.Text().find("ERROR secondary.LIVE downtime_ms="), std::string::npos);  // logged as usual too
   }
-  const std::string lines = ReadAll(events_);
+  const std::string lines = itest::ReadFile(events_);
   EXPECT_NE(lines.find("\"event\":\"secondary.LIVE\",\"vm\":\"vm7\",\"role\":\"secondary\",\"downtime_ms\":12.5"),
             std::string::npos) << lines;
   EXPECT_EQ(lines.find("not.an.event"), std::string::npos) << lines;

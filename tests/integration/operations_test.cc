@@ -46,23 +46,42 @@ double NumberIn(const std::string& json, const std::string& key) {
   return std::stod(json.substr(from));
 }
 
+// `ftvm primary` on `channel` with a guest that runs until it is stopped (timer
+// ticks, each an epoch checkpoint), then `extra`.
+std::vector<std::string> PrimaryArgs(const std::string& channel, const std::string& arbiter,
+                                     const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {FtvmBinary(), "primary", "--listen", channel, "--arbiter", arbiter,
+                                   "--guest", GuestImage(), "--app", "timers", "--arg", "ticks=1000000",
+                                   "--arg", "period_us=5000", "--console", ScratchPath("primary.console")};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+std::vector<std::string> SecondaryArgs(const std::string& channel, const std::string& arbiter,
+                                       const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {FtvmBinary(), "secondary", "--connect", channel, "--arbiter", arbiter,
+                                   "--console", ScratchPath("secondary.console")};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+std::string NewArbiter() {
+  const std::string dir = ScratchPath("arbiter");
+  EXPECT_EQ(mkdir(dir.c_str(), 0755), 0) << dir;
+  return dir;
+}
+
 TEST(Operations, StatusOfAPairAndOfItsSurvivorAndTheEventFile) {
-  const std::string arbiter = ScratchPath("arbiter");
-  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string arbiter = NewArbiter();
   const std::string channel = "shm:" + ScratchPath("channel.sock");
   const std::string primary_control = ScratchPath("primary.control"), secondary_control = ScratchPath("secondary.control");
   const std::string events = ScratchPath("events.jsonl");
-  // A guest that runs until it is stopped: timer ticks, each an epoch checkpoint.
-  Process primary = Process::Start({FtvmBinary(), "primary", "--listen", channel, "--arbiter", arbiter, "--name", "a",
-                                    "--guest", GuestImage(), "--app", "timers", "--arg", "ticks=1000000", "--arg",
-                                    "period_us=5000", "--console", ScratchPath("primary.console"), "--control",
-                                    primary_control, "--event-file", events, "--log-json", "--vm-name", "vm7"},
+  Process primary = Process::Start(PrimaryArgs(channel, arbiter, {"--name", "a", "--control", primary_control,
+                                                                  "--event-file", events, "--log-json", "--vm-name", "vm7"}),
                                    "ops-primary");
-  Process secondary = Process::Start({FtvmBinary(), "secondary", "--connect", channel, "--arbiter", arbiter, "--name",
-                                      "b", "--console", ScratchPath("secondary.console"), "--control",
-                                      secondary_control, "--event-file", events},
-                                     "ops-secondary");
-
+  Process secondary = Process::Start(
+      SecondaryArgs(channel, arbiter, {"--name", "b", "--control", secondary_control, "--event-file", events}),
+      "ops-secondary");
   std::string p = WaitForStatus(primary_control, "\"state\":\"protected\"", seconds(60));
   ASSERT_NE(p.find("\"state\":\"protected\""), std::string::npos) << p << primary.Stderr();
   EXPECT_NE(p.find("\"role\":\"primary\""), std::string::npos) << p;
@@ -130,18 +149,12 @@ TEST(Operations, StatusOfAPairAndOfItsSurvivorAndTheEventFile) {
 }
 
 TEST(Operations, APrimaryThatLosesItsSecondarySaysSo) {
-  const std::string arbiter = ScratchPath("arbiter");
-  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string arbiter = NewArbiter();
   const std::string channel = "shm:" + ScratchPath("channel.sock");
   const std::string control = ScratchPath("primary.control"), events = ScratchPath("events.jsonl");
-  Process primary = Process::Start({FtvmBinary(), "primary", "--listen", channel, "--arbiter", arbiter, "--guest",
-                                    GuestImage(), "--app", "timers", "--arg", "ticks=1000000", "--arg", "period_us=5000",
-                                    "--console", ScratchPath("primary.console"), "--control", control,
-                                    "--event-file", events},
-                                   "lost-primary");
-  Process secondary = Process::Start({FtvmBinary(), "secondary", "--connect", channel, "--arbiter", arbiter,
-                                      "--console", ScratchPath("secondary.console")},
-                                     "lost-secondary");
+  Process primary =
+      Process::Start(PrimaryArgs(channel, arbiter, {"--control", control, "--event-file", events}), "lost-primary");
+  Process secondary = Process::Start(SecondaryArgs(channel, arbiter, {}), "lost-secondary");
   std::string p = WaitForStatus(control, "\"state\":\"protected\"", seconds(60));
   ASSERT_NE(p.find("\"state\":\"protected\""), std::string::npos) << p << primary.Stderr();
   secondary.Signal(SIGKILL);
@@ -160,25 +173,18 @@ TEST(Operations, APrimaryThatLosesItsSecondarySaysSo) {
 }
 
 TEST(Operations, ASurvivorProtectedAgainShowsItsNewSecondary) {
-  const std::string arbiter = ScratchPath("arbiter");
-  ASSERT_EQ(mkdir(arbiter.c_str(), 0755), 0);
+  const std::string arbiter = NewArbiter();
   const std::string first = "shm:" + ScratchPath("first.sock"), second = "shm:" + ScratchPath("second.sock");
   const std::string control = ScratchPath("survivor.control");
-  Process primary = Process::Start({FtvmBinary(), "primary", "--listen", first, "--arbiter", arbiter, "--name", "a",
-                                    "--guest", GuestImage(), "--app", "timers", "--arg", "ticks=1000000", "--arg",
-                                    "period_us=5000", "--console", ScratchPath("a.console")},
-                                   "re-a");
-  Process survivor = Process::Start({FtvmBinary(), "secondary", "--connect", first, "--arbiter", arbiter, "--name", "b",
-                                     "--listen", second, "--console", ScratchPath("b.console"), "--control", control},
-                                    "re-b");
+  Process primary = Process::Start(PrimaryArgs(first, arbiter, {"--name", "a"}), "re-a");
+  Process survivor = Process::Start(
+      SecondaryArgs(first, arbiter, {"--name", "b", "--listen", second, "--control", control}), "re-b");
   std::string s = WaitForStatus(control, "\"state\":\"protected\"", seconds(60));
   ASSERT_NE(s.find("\"state\":\"protected\""), std::string::npos) << s << survivor.Stderr();
   primary.Signal(SIGKILL);
   s = WaitForStatus(control, "\"state\":\"live\"", seconds(60));
   ASSERT_NE(s.find("\"state\":\"live\""), std::string::npos) << s << survivor.Stderr();
-  Process third = Process::Start({FtvmBinary(), "secondary", "--connect", second, "--arbiter", arbiter, "--name", "c",
-                                  "--console", ScratchPath("c.console")},
-                                 "re-c");
+  Process third = Process::Start(SecondaryArgs(second, arbiter, {"--name", "c"}), "re-c");
   s = WaitForStatus(control, "\"peer\":\"c\"", seconds(60));
   EXPECT_NE(s.find("\"state\":\"protected\""), std::string::npos) << s << survivor.Stderr();
   EXPECT_NE(s.find("\"last_failover\":\"took over"), std::string::npos) << s;  // still says what happened
