@@ -114,10 +114,16 @@ void LogStreamer::abandon(const std::string& why) {
   room_cv_.notify_all();
 }
 
-StreamerStats LogStreamer::stats() const {
+StreamerStats LogStreamer::stats(size_t max_lag_samples) const {
   const uint64_t now = clock_.monotonic_ns();
   std::lock_guard<std::mutex> lock(mu_);
-  StreamerStats s = stats_;
+  StreamerStats s;
+  s.messages = stats_.messages;
+  s.bytes = stats_.bytes;
+  s.flow_control_waits = stats_.flow_control_waits;
+  s.flow_control_ns = stats_.flow_control_ns;
+  const size_t samples = std::min(max_lag_samples, stats_.lag_ns.size());
+  s.lag_ns.assign(stats_.lag_ns.end() - long(samples), stats_.lag_ns.end());
   s.appended_offset = appended_.load(std::memory_order_acquire);
   s.sent_offset = sent_.load(std::memory_order_acquire);
   s.received_offset = received_.load(std::memory_order_relaxed);

@@ -80,7 +80,9 @@ class LogStreamer final : public eventlog::RecordSink {
   void abandon(const std::string& why);
   bool abandoned() const { return abandoned_.load(std::memory_order_acquire); }
   uint64_t sent_offset() const { return sent_.load(std::memory_order_acquire); }
-  StreamerStats stats() const;
+  // With at most `max_lag_samples` of the most recent lag samples kept (ftvm status
+  // asks often, and the copy is made under the lock append() takes).
+  StreamerStats stats(size_t max_lag_samples = SIZE_MAX) const;
 
  private:
   void SenderLoop();

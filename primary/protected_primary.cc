@@ -647,15 +647,18 @@ PrimaryReport ProtectedPrimary::report() const {
 }
 
 PrimaryReport ProtectedPrimary::status() const {
+  // p50/p99 of the most recent samples; a bounded copy under the streamer's and
+  // the gate's locks, which the vCPU thread takes too.
+  constexpr size_t kStatusSamples = 10000;
   PrimaryReport r;
   {
     std::lock_guard<std::mutex> lock(mu_);
     r = report_;
     r.secondary = secondary_name_;
-    if (streamer_) r.streamer = streamer_->stats();
+    if (streamer_) r.streamer = streamer_->stats(kStatusSamples);
     if (liveness_) r.max_silence_ns = liveness_->max_gap_ns();
   }
-  r.gate = gate_->stats();
+  r.gate = gate_->stats(kStatusSamples);
   r.recorder.checkpoints = recorder_->checkpoint_count();
   r.recorder.verifications = recorder_->verification_count();
   r.syncing = syncing_.load();
