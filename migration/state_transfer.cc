@@ -324,7 +324,7 @@ std::string PrecopySender::SendDiskDifferences() {
     if (mine[b] != receiver_disk_[b]) differ.set(b);
   stats_.disk_blocks_compared = blocks;
   stats_.disk_blocks_resynced = differ.count();
-  log::info("migration.disk_resync", {{"blocks", blocks}, {"differ", stats_.disk_blocks_resynced}});
+  log::event(log::Level::kInfo, "migration.disk_resync", {{"blocks", blocks}, {"differ", stats_.disk_blocks_resynced}});
   // A block written while this compared is marked for the next round anyway.
   return SendDiskBlocks(differ);
 }

@@ -1,5 +1,7 @@
 #include "primary/log_streamer.h"
 
+#include <algorithm>
+
 #include "common/log.h"
 #include "primary/protocol.h"
 
@@ -13,7 +15,9 @@ LogStreamer::LogStreamer(transport::Channel& channel, uint64_t start_offset, Clo
       options_(options),
       appended_(start_offset),
       sent_(start_offset),
-      replayed_(start_offset) {
+      replayed_(start_offset),
+      received_(start_offset),
+      started_ns_(clock.monotonic_ns()) {
   sender_ = std::thread([this] { SenderLoop(); });
 }
 
@@ -84,7 +88,8 @@ void LogStreamer::set_max_lag_ns(uint64_t ns) {
 }
 
 void LogStreamer::acknowledged(uint64_t received_offset, uint64_t replayed_offset) {
-  (void)received_offset;
+  if (received_offset > received_.load(std::memory_order_relaxed))
+    received_.store(received_offset, std::memory_order_relaxed);
   uint64_t prev = replayed_.load(std::memory_order_acquire);
   if (replayed_offset <= prev) return;
   replayed_.store(replayed_offset, std::memory_order_release);
@@ -109,9 +114,23 @@ void LogStreamer::abandon(const std::string& why) {
   room_cv_.notify_all();
 }
 
-StreamerStats LogStreamer::stats() const {
+StreamerStats LogStreamer::stats(size_t max_lag_samples) const {
+  const uint64_t now = clock_.monotonic_ns();
   std::lock_guard<std::mutex> lock(mu_);
-  return stats_;
+  StreamerStats s;
+  s.messages = stats_.messages;
+  s.bytes = stats_.bytes;
+  s.flow_control_waits = stats_.flow_control_waits;
+  s.flow_control_ns = stats_.flow_control_ns;
+  const size_t samples = std::min(max_lag_samples, stats_.lag_ns.size());
+  s.lag_ns.assign(stats_.lag_ns.end() - long(samples), stats_.lag_ns.end());
+  s.appended_offset = appended_.load(std::memory_order_acquire);
+  s.sent_offset = sent_.load(std::memory_order_acquire);
+  s.received_offset = received_.load(std::memory_order_relaxed);
+  s.replayed_offset = replayed_.load(std::memory_order_acquire);
+  s.oldest_unreplayed_ns = in_flight_.empty() ? 0 : now - std::min(now, in_flight_.front().first);
+  s.streaming_ns = now - started_ns_;
+  return s;
 }
 
 void LogStreamer::set_position(uint64_t position) {

@@ -43,6 +43,14 @@ struct StreamerStats {
   uint64_t bytes = 0;            // log bytes sent (records)
   uint64_t flow_control_waits = 0;
   uint64_t flow_control_ns = 0;  // time the vCPU spent blocked by flow control
+  // Where the stream stands (log offsets in bytes) and since when it runs, for
+  // ftvm status.
+  uint64_t appended_offset = 0;  // logged by the VM
+  uint64_t sent_offset = 0;      // handed to the channel
+  uint64_t received_offset = 0;  // the secondary has it (its last acknowledgement)
+  uint64_t replayed_offset = 0;  // the replica has replayed it
+  uint64_t oldest_unreplayed_ns = 0;  // how long ago the oldest unreplayed batch went out (0: none)
+  uint64_t streaming_ns = 0;          // how long this stream has run
 };
 
 class LogStreamer final : public eventlog::RecordSink {
@@ -72,7 +80,9 @@ class LogStreamer final : public eventlog::RecordSink {
   void abandon(const std::string& why);
   bool abandoned() const { return abandoned_.load(std::memory_order_acquire); }
   uint64_t sent_offset() const { return sent_.load(std::memory_order_acquire); }
-  StreamerStats stats() const;
+  // With at most `max_lag_samples` of the most recent lag samples kept (ftvm status
+  // asks often, and the copy is made under the lock append() takes).
+  StreamerStats stats(size_t max_lag_samples = SIZE_MAX) const;
 
  private:
   void SenderLoop();
@@ -87,6 +97,8 @@ class LogStreamer final : public eventlog::RecordSink {
   std::atomic<uint64_t> appended_;
   std::atomic<uint64_t> sent_;
   std::atomic<uint64_t> replayed_;
+  std::atomic<uint64_t> received_;
+  const uint64_t started_ns_;
   std::atomic<uint64_t> position_{0};
   std::atomic<bool> abandoned_{false};
   std::atomic<bool> idle_{false};  // the sender sleeps with nothing to send

@@ -85,9 +85,16 @@ void OutputGate::discard() {
   held_.clear();
 }
 
-OutputGateStats OutputGate::stats() const {
+OutputGateStats OutputGate::stats(size_t max_hold_samples) const {
   std::lock_guard<std::mutex> lock(mu_);
-  return stats_;
+  OutputGateStats s;
+  s.frames_held = stats_.frames_held;
+  s.frames_released = stats_.frames_released;
+  s.frames_discarded = stats_.frames_discarded;
+  s.marks = stats_.marks;
+  const size_t samples = std::min(max_hold_samples, stats_.hold_ns.size());
+  s.hold_ns.assign(stats_.hold_ns.end() - long(samples), stats_.hold_ns.end());
+  return s;
 }
 
 }  // namespace ftvm::primary

@@ -63,7 +63,8 @@ class OutputGate {
   // (marks are offsets in its new log stream, which starts at `start_offset`).
   void protect(uint64_t start_offset);
 
-  OutputGateStats stats() const;
+  // With at most `max_hold_samples` of the most recent hold times.
+  OutputGateStats stats(size_t max_hold_samples = SIZE_MAX) const;
 
  private:
   struct Held {

@@ -100,7 +100,7 @@ bool ProtectedPrimary::accept_secondary() {
   log::info("primary.waiting", {{"listen", listener_->address()}});
   channel_ = listener_->accept(options_.wait_for_secondary);
   auto unprotected = [&](const std::string& why) {
-    log::error("primary.unprotected", {{"reason", why}});
+    log::event(log::Level::kError, "primary.unprotected", {{"reason", why}});
     if (channel_) channel_->close();
     channel_.reset();
     gate_->open();
@@ -160,9 +160,13 @@ void ProtectedPrimary::StartProtection(std::unique_ptr<transport::Channel> chann
   if (monitor_.joinable()) monitor_.join();
   old_channel_ = std::move(channel_);
   channel_ = std::move(channel);
-  old_streamer_ = std::move(streamer_);
-  streamer_ = std::move(streamer);
-  liveness_ = std::make_unique<failover::PeerLiveness>(clock_, options_.liveness);
+  {
+    // status() reads these from the control thread.
+    std::lock_guard<std::mutex> lock(mu_);
+    old_streamer_ = std::move(streamer_);
+    streamer_ = std::move(streamer);
+    liveness_ = std::make_unique<failover::PeerLiveness>(clock_, options_.liveness);
+  }
   lost_ = false;
   protected_ = true;
   SetProtection(Protection::kProtected, "secondary " + name + " at " + channel_->peer());
@@ -170,7 +174,7 @@ void ProtectedPrimary::StartProtection(std::unique_ptr<transport::Channel> chann
     std::lock_guard<std::mutex> lock(mu_);
     secondary_name_ = name;
   }
-  log::info("primary.protected", {{"secondary", name},
+  log::event(log::Level::kInfo, "primary.protected", {{"secondary", name},
                                   {"peer", channel_->peer()},
                                   {"channel", channel_->kind()},
                                   {"generation", generation_}});
@@ -234,6 +238,11 @@ class RecordingVm final : public migration::RunningVm {
 bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
   const uint64_t t0 = clock_.monotonic_ns();
   const std::string peer = channel->peer();
+  syncing_ = true;
+  struct SyncingEnds {
+    std::atomic<bool>& flag;
+    ~SyncingEnds() { flag = false; }
+  } syncing_ends{syncing_};
   auto failed = [&](const std::string& why) {
     log::error("primary.reprotection_failed", {{"peer", peer}, {"reason", why}});
     return false;
@@ -321,7 +330,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
   if (!m_->run_at_boundary(task)) return false;
   if (take_over) {
     if (handed_over_) {
-      log::info("primary.handed_over", {{"position", position},
+      log::event(log::Level::kInfo, "primary.handed_over", {{"position", position},
                                         {"paused_ms", double(pause_ns) / 1e6},
                                         {"of_which_last_round_ms", double(final_copy_ns) / 1e6},
                                         {"of_which_checkpoint_ms", double(snapshot_ns) / 1e6},
@@ -329,7 +338,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
                                         {"sent_mib", double(sender->stats().bytes_sent) / double(1u << 20)},
                                         {"total_ms", (clock_.monotonic_ns() - t0) / 1000000}});
     } else {
-      log::error("primary.handover_failed", {{"reason", why}});
+      log::event(log::Level::kError, "primary.handover_failed", {{"reason", why}});
     }
     if (handed_over_ && postcopy) ServePostcopy();
     return handed_over_;
@@ -345,7 +354,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
     report_.last_attach = st;
     report_.last_attach_pause_ns = pause_ns;
   }
-  log::info("primary.reprotected", {{"position", position},
+  log::event(log::Level::kInfo, "primary.reprotected", {{"position", position},
                                     {"rounds", st.rounds},
                                     {"sent_mib", double(st.bytes_sent) / double(1u << 20)},
                                     {"final_pages", st.final_pages},
@@ -365,7 +374,7 @@ bool ProtectedPrimary::ReleaseSecondary(const std::string& why) {
   streamer_->flush().ok();
   channel_->send(replication::kBye, {reinterpret_cast<const uint8_t*>(why.data()), why.size()},
                  std::chrono::milliseconds(100)).ok();
-  log::info("primary.releasing_secondary", {{"reason", why}});
+  log::event(log::Level::kInfo, "primary.releasing_secondary", {{"reason", why}});
   SecondaryLost("released: " + why, false);
   // The monitor may have found it gone first and be claiming the arbiter right now:
   // wait for whichever claim settles it.
@@ -383,10 +392,10 @@ void ProtectedPrimary::ServePostcopy() {
   const migration::PostcopySenderStats& st = sender.stats();
   if (!why.empty()) {
     SetProtection(Protection::kStoppedForPeer, "post-copy failed, the VM is lost: " + why);
-    log::error("primary.postcopy_failed", {{"reason", why}, {"the_vm", "lost"}});
+    log::event(log::Level::kError, "primary.postcopy_failed", {{"reason", why}, {"the_vm", "lost"}});
     return;
   }
-  log::info("primary.postcopy_done", {{"pages", st.pages},
+  log::event(log::Level::kInfo, "primary.postcopy_done", {{"pages", st.pages},
                                       {"requested", st.requested_pages},
                                       {"zero", st.zero_pages},
                                       {"sent_mib", double(st.bytes_sent) / double(1u << 20)},
@@ -465,7 +474,7 @@ bool ProtectedPrimary::HandOverNow(uint64_t position, std::string* why) {
 
 void ProtectedPrimary::HandOver() {
   const uint64_t t0 = clock_.monotonic_ns();
-  log::info("primary.handover_requested", {{"peer", channel_->peer()}});
+  log::event(log::Level::kInfo, "primary.handover_requested", {{"peer", channel_->peer()}});
   // Let the VM run only a little ahead of the replica first, so that the pause
   // below waits for a short catch-up instead of one of up to max_lag_ns.
   streamer_->set_max_lag_ns(kHandoverLagNs);
@@ -480,11 +489,11 @@ void ProtectedPrimary::HandOver() {
   if (!m_->run_at_boundary(task)) return;
   streamer_->set_max_lag_ns(options_.streamer.max_lag_ns);
   if (handed_over_) {
-    log::info("primary.handed_over", {{"position", m_->position()},
+    log::event(log::Level::kInfo, "primary.handed_over", {{"position", m_->position()},
                                       {"paused_ms", double(clock_.monotonic_ns() - paused_at) / 1e6},
                                       {"total_ms", (clock_.monotonic_ns() - t0) / 1000000}});
   } else {
-    log::error("primary.handover_failed", {{"reason", failed.empty() ? "the secondary was lost" : failed}});
+    log::event(log::Level::kError, "primary.handover_failed", {{"reason", failed.empty() ? "the secondary was lost" : failed}});
   }
 }
 
@@ -565,7 +574,7 @@ void ProtectedPrimary::SecondaryLost(const std::string& why, bool silent) {
   // that the next secondary is accepted on until its own keepalive gave up on the
   // peer (2 s), and a VM that ends meanwhile never gets its new secondary.
   channel_->abandon();
-  log::error("primary.secondary_lost", {{"reason", why}, {"by", silent ? "silence" : "channel closed"}});
+  log::event(log::Level::kError, "primary.secondary_lost", {{"reason", why}, {"by", silent ? "silence" : "channel closed"}});
   if (silent) {
     // Silence does not say who was cut off. With a witness, find out; without one,
     // let the secondary claim first: when it is alive it takes over (its host still
@@ -581,7 +590,7 @@ void ProtectedPrimary::SecondaryLost(const std::string& why, bool silent) {
         gate_->discard();
         SetProtection(Protection::kStoppedForPeer, "secondary lost (" + why + ") and the witness " + options_.witness +
                                                        " does not answer: this host is cut off; stopping this VM");
-        log::error("primary.isolated", {{"witness", options_.witness}});
+        log::event(log::Level::kError, "primary.isolated", {{"witness", options_.witness}});
         m_->stop();
         return;
       }
@@ -605,14 +614,14 @@ void ProtectedPrimary::SecondaryLost(const std::string& why, bool silent) {
           report_.generation = next;
         }
         SetProtection(Protection::kUnprotected, event);
-        log::error("primary.UNPROTECTED", {{"detail", event}});
+        log::event(log::Level::kError, "primary.UNPROTECTED", {{"detail", event}});
         return;
       }
       gate_->discard();
       const std::string event = "secondary lost (" + why + "), and " + holder + " holds arbiter generation " +
                                 std::to_string(next) + ": stopping this VM";
       SetProtection(Protection::kStoppedForPeer, event);
-      log::error("primary.stopping", {{"detail", event}});
+      log::event(log::Level::kError, "primary.stopping", {{"detail", event}});
       m_->stop();
       return;
     } catch (const Error& e) {
@@ -634,6 +643,25 @@ PrimaryReport ProtectedPrimary::report() const {
   r.gate = gate_->stats();
   r.recorder = recorder_->stats();
   if (liveness_) r.max_silence_ns = liveness_->max_gap_ns();
+  return r;
+}
+
+PrimaryReport ProtectedPrimary::status() const {
+  // p50/p99 of the most recent samples; a bounded copy under the streamer's and
+  // the gate's locks, which the vCPU thread takes too.
+  constexpr size_t kStatusSamples = 10000;
+  PrimaryReport r;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    r = report_;
+    r.secondary = secondary_name_;
+    if (streamer_) r.streamer = streamer_->stats(kStatusSamples);
+    if (liveness_) r.max_silence_ns = liveness_->max_gap_ns();
+  }
+  r.gate = gate_->stats(kStatusSamples);
+  r.recorder.checkpoints = recorder_->checkpoint_count();
+  r.recorder.verifications = recorder_->verification_count();
+  r.syncing = syncing_.load();
   return r;
 }
 

@@ -70,6 +70,10 @@ struct PrimaryReport {
   RecorderStats recorder;
   migration::PrecopyStats last_attach;  // the last secondary that joined the running VM
   uint64_t last_attach_pause_ns = 0;    // how long the VM paused for it
+  // ftvm status: a secondary is joining the running VM (its live copy runs), and the
+  // current secondary's name.
+  bool syncing = false;
+  std::string secondary;
 };
 
 class ProtectedPrimary {
@@ -96,6 +100,9 @@ class ProtectedPrimary {
 
   vmm::Machine& machine() { return *m_; }
   PrimaryReport report() const;
+  // report() from any thread while the VM runs (ftvm status): the recorder's
+  // counts from what it publishes for other threads, not its own statistics.
+  PrimaryReport status() const;
   std::string listen_address() const { return listener_ ? listener_->address() : ""; }
 
  private:
@@ -152,6 +159,7 @@ class ProtectedPrimary {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> lost_{false};
   std::atomic<bool> protected_{false};
+  std::atomic<bool> syncing_{false};  // AttachLive is copying the VM to a secondary
   std::string secondary_name_;  // the current secondary's (under mu_)
   // Post-copy: from the pause on, the moved VM's memory goes out through this.
   std::unique_ptr<migration::PostcopySender> postcopy_;

@@ -244,6 +244,7 @@ void Recorder::WriteVerify() {
   Append(RecordType::kVerify, eventlog::EncodeVerify(v), /*compress=*/true);
   stats_.verify_pages += v.dirty_pages;
   ++stats_.verifications;
+  verifications_published_.store(stats_.verifications, std::memory_order_relaxed);
   since_verify_.clear();
   since_checkpoint_.clear();
   // A recorder killed outright loses at most one interval of log.
@@ -265,6 +266,7 @@ void Recorder::WriteCheckpoint() {
     Append(RecordType::kCheckpoint, {reinterpret_cast<const uint8_t*>(p.data()), p.size()}, /*compress=*/true);
   stats_.checkpoint_pages += since_checkpoint_.count();
   ++stats_.checkpoints;
+  checkpoints_published_.store(stats_.checkpoints, std::memory_order_relaxed);
   since_checkpoint_.clear();
   stats_.checkpoint_ns += m_.clock().monotonic_ns() - t0;
   log::debug("record.checkpoint", {{"position", m_.position()}, {"parts", parts.size()}});

@@ -82,6 +82,10 @@ class Recorder final : public vmm::ExecutionHooks {
   void set_output_gate(class OutputGate* gate) { gate_ = gate; }
 
   const RecorderStats& stats() const { return stats_; }
+  // Checkpoints taken and verifications written so far, readable from any thread
+  // while the VM runs (stats() is the vCPU thread's).
+  uint64_t checkpoint_count() const { return checkpoints_published_.load(std::memory_order_relaxed); }
+  uint64_t verification_count() const { return verifications_published_.load(std::memory_order_relaxed); }
   // The End record is (about to be) logged (any thread): a secondary that has it
   // may finish and hang up, which is then no loss.
   bool log_ended() const { return log_ended_.load(std::memory_order_acquire); }
@@ -156,6 +160,8 @@ class Recorder final : public vmm::ExecutionHooks {
   uint64_t last_verify_ns_ = 0;
   bool exit_boundary_ = false;        // the next boundary is the first after an exit
   RecorderStats stats_;
+  std::atomic<uint64_t> checkpoints_published_{0};    // stats_.checkpoints, for other threads
+  std::atomic<uint64_t> verifications_published_{0};  // stats_.verifications, for other threads
   std::optional<vmm::Sha256Digest> final_digest_;
   std::string error_;
   std::atomic<bool> log_ended_{false};

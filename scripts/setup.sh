@@ -7,6 +7,7 @@ packages=(
   libunicorn-dev            # software CPU backend for hosts without /dev/kvm
   libgtest-dev libgmock-dev
   libboost-dev libboost-program-options-dev
+  libtomlplusplus-dev       # per-VM configuration files (ftvm --config)
   iproute2 iputils-ping
   libprotobuf-dev protobuf-compiler libzstd-dev   # event log: header protobuf, checkpoint compression
   libibverbs-dev            # RDMA logging channel (always built; runs where a device exists)

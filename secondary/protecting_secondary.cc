@@ -140,7 +140,7 @@ void ProtectingSecondary::connect() {
     const std::vector<uint64_t> hashes = migration::DiskBlockHashes(config.disk);
     if (std::string why = migration::SendDiskHashes(*channel_, hashes, std::chrono::seconds(60)); !why.empty())
       throw Error(why);
-    log::info("secondary.disk_resync", {{"path", config.disk}, {"blocks", hashes.size()}});
+    log::event(log::Level::kInfo, "secondary.disk_resync", {{"path", config.disk}, {"blocks", hashes.size()}});
   }
   live_copy_ = hello.snapshot();
   if (options_.handover) {  // the reply asked for the VM
@@ -163,6 +163,7 @@ void ProtectingSecondary::connect() {
                                       {"generation", generation_},
                                       {"app", source_->header().vm().app()}});
   receiver_ = std::thread([this] { ReceiveLoop(); });
+  replicating_.store(true, std::memory_order_release);
 }
 
 void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
@@ -173,6 +174,10 @@ void ProtectingSecondary::BuildReplica(const vmm::VmConfig& config) {
   ro.verify = options_.verify && !(options_.handover && live_copy_);
   ro.go_live = [this](vmm::Machine& m) { return GoLive(m); };
   ro.memory_arrives_later = postcopy_ != nullptr;
+  ro.on_diverged = [this](const std::string& what) {
+    std::lock_guard<std::mutex> lock(mu_);
+    report_.last_divergence = what;
+  };
   replayer_ = std::make_unique<Replayer>(*machine_, *source_, ro);
   machine_->set_hooks(replayer_.get());
   // Caught up with the stream: say so now rather than with the next batch's
@@ -369,7 +374,7 @@ void ProtectingSecondary::ReceiveLoop() {
           log::error("secondary.bad_handover", {{"bytes", msg.size()}});
           continue;
         }
-        log::info("secondary.handover", {{"primary_position", h->position}});
+        log::event(log::Level::kInfo, "secondary.handover", {{"primary_position", h->position}});
         handover_clock_ns_ = h->guest_clock_ns;
         handing_over_ = true;
         stream_->finish("the primary handed the VM over");
@@ -429,8 +434,9 @@ void ProtectingSecondary::PrimaryLost(const std::string& why) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     report_.primary_lost_at_ns = clock_.monotonic_ns();
+    report_.primary_last_heard_ns = report_.primary_lost_at_ns - liveness_->silent_ns();
   }
-  log::error("secondary.primary_lost", {{"reason", why}});
+  log::event(log::Level::kError, "secondary.primary_lost", {{"reason", why}});
   // The replica consumes what arrived, then asks GoLive.
   stream_->finish("the primary was lost: " + why);
 }
@@ -443,7 +449,7 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
     report_.outcome = SecondaryOutcome::kFailed;
     report_.detail = "the primary was lost before it handed the VM over, whose memory (post-copy) is not here: "
                      "this replica cannot take over";
-    log::error("secondary.not_taking_over", {{"detail", report_.detail}});
+    log::event(log::Level::kError, "secondary.not_taking_over", {{"detail", report_.detail}});
     return false;
   }
   // A handover is no failure: the primary is alive and waits for us.
@@ -458,7 +464,7 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
       std::lock_guard<std::mutex> lock(mu_);
       report_.outcome = SecondaryOutcome::kStoppedForPeer;
       report_.detail = "the witness " + options_.witness + " does not answer: this host is cut off, it does not take over";
-      log::error("secondary.isolated", {{"witness", options_.witness}});
+      log::event(log::Level::kError, "secondary.isolated", {{"witness", options_.witness}});
       return false;
     }
   }
@@ -470,7 +476,7 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
         std::lock_guard<std::mutex> lock(mu_);
         report_.outcome = SecondaryOutcome::kStoppedForPeer;
         report_.detail = holder + " holds arbiter generation " + std::to_string(next) + ": this replica stops";
-        log::error("secondary.not_taking_over", {{"detail", report_.detail}});
+        log::event(log::Level::kError, "secondary.not_taking_over", {{"detail", report_.detail}});
         return false;
       }
       break;
@@ -512,6 +518,7 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
     m.go_live(vmm::ExecutionMode::kRecord, hooks, clock_ns, options_.tap);
     takeover_ = std::make_unique<primary::ProtectedPrimary>(m, std::move(recorder), next, po, clock_);
     takeover_->serve_reprotection();
+    takeover_published_.store(takeover_.get(), std::memory_order_release);
   }
   if (handing_over_ && channel_ && !postcopy_) SendHandoverDone();
   std::lock_guard<std::mutex> lock(mu_);
@@ -522,7 +529,16 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   report_.detail = std::string(handing_over_ ? "the primary handed the VM over; runs here from position "
                                              : "took over at position ") +
                    std::to_string(m.position()) + " in arbiter generation " + std::to_string(next);
-  log::error("secondary.LIVE", {{"detail", report_.detail}, {"tap", options_.tap}});
+  log::event(log::Level::kError, "secondary.LIVE",
+             {{"detail", report_.detail},
+              {"tap", options_.tap},
+              {"handover", handing_over_ ? "yes" : "no"},
+              {"downtime_ms", report_.primary_last_heard_ns == 0
+                                  ? 0.0
+                                  : double(report_.live_at_ns - report_.primary_last_heard_ns) / 1e6},
+              {"takeover_ms", report_.primary_lost_at_ns == 0
+                                  ? 0.0
+                                  : double(report_.live_at_ns - report_.primary_lost_at_ns) / 1e6}});
   return true;
 }
 
@@ -574,11 +590,11 @@ void ProtectingSecondary::PostcopyEnded(const std::string& failed, const vmm::Me
   }
   if (!why.empty()) {
     // Never run on with memory that is not the VM's.
-    log::error("secondary.VM_LOST", {{"reason", why}});
+    log::event(log::Level::kError, "secondary.VM_LOST", {{"reason", why}});
     machine_->abort("the VM is lost: " + why);
     return;
   }
-  log::info("migration.postcopy_complete", {{"pages", st.pages},
+  log::event(log::Level::kInfo, "migration.postcopy_complete", {{"pages", st.pages},
                                             {"faults", st.faults},
                                             {"zero_pages", st.zero_pages},
                                             {"fault_wait_p50_us", st.fault_wait_p50_ns / 1000},
@@ -602,6 +618,7 @@ void ProtectingSecondary::PostcopyEnded(const std::string& failed, const vmm::Me
     }
     takeover_ = std::make_unique<primary::ProtectedPrimary>(*machine_, std::move(recorder), generation, po, clock_);
     takeover_->serve_reprotection();
+    takeover_published_.store(takeover_.get(), std::memory_order_release);
     });
   } catch (const Error& e) {
     // The VM runs on here, but nothing can protect it.
@@ -665,6 +682,26 @@ SecondaryReport ProtectingSecondary::report() const {
   if (replayer_) r.replay = replayer_->stats();
   if (liveness_) r.max_silence_ns = liveness_->max_gap_ns();
   return r;
+}
+
+SecondaryStatus ProtectingSecondary::status() const {
+  SecondaryStatus st;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    st.report = report_;
+  }
+  st.replicating = replicating_.load(std::memory_order_acquire);
+  if (st.replicating) {
+    st.primary = primary_name_;  // set by connect(), before replicating_
+    st.app = source_->header().vm().app();
+    st.received_offset = stream_->size();
+    st.consumed_offset = replayer_->consumed_offset();
+    st.replica_position = replayer_->replayed_position();
+    st.report.replay.checkpoints = replayer_->checkpoint_count();
+    st.report.replay.verifications = replayer_->verification_count();
+  }
+  if (const primary::ProtectedPrimary* p = takeover_published_.load(std::memory_order_acquire)) st.protecting = p->status();
+  return st;
 }
 
 }  // namespace ftvm::secondary

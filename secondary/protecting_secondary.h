@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -77,6 +78,21 @@ struct SecondaryReport {
   migration::PostcopyReceiverStats postcopy;  // post-copy: once complete (or failed)
   uint64_t max_silence_ns = 0;
   ReplayStats replay;
+  uint64_t primary_last_heard_ns = 0;  // monotonic, the lost primary's last message
+  std::string last_divergence;         // what differed, when the replica diverged
+};
+
+// What ftvm status shows of a secondary (any thread, while it runs).
+struct SecondaryStatus {
+  bool replicating = false;  // the replica is built and replays (false: still syncing)
+  SecondaryReport report;    // replay counts from what the replayer publishes
+  std::string primary;       // its name
+  std::string app;           // the guest's app, as the primary's log header names it
+  uint64_t received_offset = 0;   // log bytes that arrived
+  uint64_t consumed_offset = 0;   // log bytes the replica consumed
+  uint64_t replica_position = 0;  // guest exits replayed
+  // After a takeover with --listen: this host protects the VM as its primary.
+  std::optional<primary::PrimaryReport> protecting;
 };
 
 class ProtectingSecondary {
@@ -94,6 +110,7 @@ class ProtectingSecondary {
   void stop();
 
   SecondaryReport report() const;
+  SecondaryStatus status() const;
   vmm::Machine* machine() { return machine_.get(); }
 
  private:
@@ -140,6 +157,8 @@ class ProtectingSecondary {
   bool live_copy_ = false;                 // the VM was running when this replica joined
   std::unique_ptr<vmm::MemoryDigest> live_digest_;  // of the replica's memory as the live copy fills it
   bool resync_disk_ = false;               // ... and this host kept a disk to bring up to date
+  std::atomic<bool> replicating_{false};  // connect() is done: stream_, source_, replayer_ stay
+  std::atomic<primary::ProtectedPrimary*> takeover_published_{nullptr};  // takeover_, once built
   std::atomic<bool> caught_up_{false};     // the replica has replayed all that arrived, once
   std::atomic<bool> handing_over_{false};  // the primary said Handover
   std::atomic<uint64_t> handover_clock_ns_{0};  // the guest's clock there

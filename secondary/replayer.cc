@@ -141,8 +141,16 @@ void Replayer::Fail(ReplayOutcome outcome, const std::string& message) {
   outcome_ = outcome;
   message_ = message;
   stats_.final_position = m_.position();
-  log::error("replay.stopped", {{"outcome", ReplayOutcomeName(outcome)}, {"detail", message}});
+  if (outcome == ReplayOutcome::kDiverged)
+    Diverged();
+  else
+    log::error("replay.stopped", {{"outcome", ReplayOutcomeName(outcome)}, {"detail", message}});
   m_.stop();
+}
+
+void Replayer::Diverged() {
+  log::event(log::Level::kError, "replay.diverged", {{"position", m_.position()}, {"detail", message_}});
+  if (options_.on_diverged) options_.on_diverged(message_);
 }
 
 void Replayer::Diverge(const std::string& what) {
@@ -257,6 +265,7 @@ void Replayer::started(vmm::Machine& m) {
     }
     if (stopped_) return;
     ++stats_.checkpoints;
+    checkpoints_published_.store(stats_.checkpoints, std::memory_order_relaxed);
     if (options_.memory_arrives_later) {
       // Nothing may read memory now: it is not here yet.
       initial_position_ = m.position();
@@ -401,6 +410,7 @@ bool Replayer::boundary(vmm::Machine& m, bool exact) {
         if (checkpoints_.add(m, h->payload)) {
           restored = true;
           ++stats_.checkpoints;
+          checkpoints_published_.store(stats_.checkpoints, std::memory_order_relaxed);
         }
       } catch (const Error& e) {
         Fail(ReplayOutcome::kBadLog, "cannot apply " + Describe(*h) + ": " + e.what());
@@ -479,6 +489,7 @@ void Replayer::Verify(const Record& r) {
   stats_.verify_ns += m_.clock().monotonic_ns() - t0;
   if (mine == v->digest) {
     ++stats_.verifications;
+    verifications_published_.store(stats_.verifications, std::memory_order_relaxed);
     since_verify_.clear();
     return;
   }
@@ -535,6 +546,7 @@ void Replayer::finished(vmm::Machine& m, bool, bool completed) {
     outcome_ = ReplayOutcome::kDiverged;
     message_ = "diverged at position " + std::to_string(m.position()) + ": the replica stopped there, but the log "
                "continues with " + Describe(*h) + "; last replayed: " + last_replayed_;
+    Diverged();
     return;
   }
   std::optional<eventlog::Digest> logged = eventlog::DecodeEnd(h->payload);
@@ -547,6 +559,7 @@ void Replayer::finished(vmm::Machine& m, bool, bool completed) {
     outcome_ = ReplayOutcome::kDiverged;
     message_ = "diverged at position " + std::to_string(m.position()) + ": the final state differs (replica " +
                vmm::DigestHex(*final_digest_) + ", primary " + (logged ? vmm::DigestHex(*logged) : "?") + ")";
+    Diverged();
   }
   // A record after End is refused by the reader itself.
   Peek();

@@ -40,6 +40,8 @@ struct ReplayOptions {
   // checkpoint arrives after the replica has gone live. The initial state is then
   // checked by check_initial_memory() once it has, not when the replica starts.
   bool memory_arrives_later = false;
+  // Called (vCPU thread) when the replica diverges, with what differs and where.
+  std::function<void(const std::string&)> on_diverged;
 };
 
 enum class ReplayOutcome {
@@ -93,6 +95,10 @@ class Replayer final : public vmm::ExecutionHooks {
   // and the position reached.
   uint64_t consumed_offset() const { return consumed_.load(std::memory_order_acquire); }
   uint64_t replayed_position() const { return replayed_position_.load(std::memory_order_acquire); }
+  // Checkpoints jumped to and verifications passed so far, readable from any thread
+  // while the replica runs (stats() is the vCPU thread's).
+  uint64_t checkpoint_count() const { return checkpoints_published_.load(std::memory_order_relaxed); }
+  uint64_t verification_count() const { return verifications_published_.load(std::memory_order_relaxed); }
   // Makes the replica stop at once, even while it waits for log data.
   void interrupt();
 
@@ -127,6 +133,8 @@ class Replayer final : public vmm::ExecutionHooks {
   // Requires the next record to be `type` at the current position; otherwise
   // reports a divergence (doing = what the replica was doing) and returns null.
   const eventlog::Record* Expect(eventlog::RecordType type, const char* doing);
+  // Says so (an operator event) and tells options_.on_diverged; message_ is set.
+  void Diverged();
   void Diverge(const std::string& what);
   void Fail(ReplayOutcome outcome, const std::string& message);
   std::string Describe(const eventlog::Record& r) const;
@@ -158,6 +166,8 @@ class Replayer final : public vmm::ExecutionHooks {
   bool live_ = false;        // went live: the hooks are no longer this replayer
   std::atomic<uint64_t> consumed_{0};
   std::atomic<uint64_t> replayed_position_{0};
+  std::atomic<uint64_t> checkpoints_published_{0};    // stats_.checkpoints, for other threads
+  std::atomic<uint64_t> verifications_published_{0};  // stats_.verifications, for other threads
   uint64_t last_clock_[2] = {0, 0};
   // Outputs the replica produced whose OutputCheck it has not reached yet. Within
   // one position the primary may have logged a device event (a disk report, a frame

@@ -4,18 +4,26 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "tools/ftvm/commands.h"
+#include "tools/ftvm/config.h"
 #include "tools/ftvm/vm_runner.h"
 #include "tools/ftvm/vm_storage.h"
 
 namespace ftvm::cli {
 namespace po = boost::program_options;
 
-int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options) {
+int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options,
+          const OperatorOptions& operator_options) {
   try {
+    operator_options.configure_logging(cmd, config.app);
     auto clock = MakeSystemClock();
     auto random = MakeSystemRandom();
     vmm::Machine machine(config, *clock, *random);
     VmStorage storage(storage_options, machine, *clock);
+    ControlEndpoint control(operator_options, cmd, operator_options.vm_or(config.app));
+    storage.serve(control);
+    // A VM that runs alone is live and unprotected.
+    control.add_status([](control::StatusReply& s) { s.set_state("unprotected"); });
+    control.start();
     int code = RunUntilDone(machine);
     storage.final_report();
     return code < 0 ? 0 : code;
@@ -28,22 +36,33 @@ int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliO
   }
 }
 
+namespace {
+
+struct RunOptions final : CommandOptions {
+  VmOptions vm;
+  StorageCliOptions storage;
+  OperatorOptions ops;
+  po::options_description describe() override {
+    po::options_description desc("ftvm run options");
+    desc.add_options()("help,h", "show this help");
+    desc.add(vm.describe());
+    desc.add(storage.describe());
+    desc.add(ops.describe());
+    return desc;
+  }
+  std::string finish() override { return vm.apply() + storage.check(); }
+};
+
+}  // namespace
+
+std::unique_ptr<CommandOptions> MakeRunOptions() { return std::make_unique<RunOptions>(); }
+
 int RunMain(int argc, char** argv) {
   BlockStopSignals();
-  VmOptions vm;
-  StorageCliOptions st;
-  po::options_description desc("ftvm run options");
-  desc.add_options()("help,h", "show this help");
-  desc.add(vm.describe());
-  desc.add(st.describe());
-  if (auto code = ParseCommandLine(argc, argv, desc, "run",
-                                   "usage: ftvm run --guest IMAGE --app NAME [options]\n"))
+  RunOptions o;
+  if (auto code = ParseCommand(argc, argv, o, "run", "usage: ftvm run --guest IMAGE --app NAME [options]\n"))
     return *code;
-  if (std::string bad = vm.apply() + st.check(); !bad.empty()) {
-    std::cerr << "ftvm run: " << bad << "\n";
-    return kExitUsage;
-  }
-  return RunVm("run", vm.config, st);
+  return RunVm("run", o.vm.config, o.storage, o.ops);
 }
 
 }  // namespace ftvm::cli

@@ -64,6 +64,7 @@ int DrStartMain(int argc, char** argv) {
   BlockStopSignals();
   VmOptions vm;
   StorageCliOptions st;
+  OperatorOptions ops;
   std::string dir;
   bool force = false;
   po::options_description desc("ftvm dr-start options");
@@ -73,6 +74,7 @@ int DrStartMain(int argc, char** argv) {
       ("force", po::bool_switch(&force), "start even though the replica says its image is not crash-consistent");
   desc.add(vm.describe());
   desc.add(st.describe());
+  desc.add(ops.describe());
   if (auto code = ParseCommandLine(argc, argv, desc, "dr-start",
                                    "usage: ftvm dr-start --dir DIR --guest IMAGE --app NAME [VM options]\n"))
     return *code;
@@ -102,7 +104,7 @@ int DrStartMain(int argc, char** argv) {
     std::cerr << "ftvm dr-start: " << e.what() << "\n";
     return kExitVmmError;
   }
-  return RunVm("dr-start", vm.config, st);
+  return RunVm("dr-start", vm.config, st, ops);
 }
 
 int MoveDiskMain(int argc, char** argv) {

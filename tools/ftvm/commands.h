@@ -2,7 +2,11 @@
 // subcommand name and returns the process exit code; none throws.
 #pragma once
 
+#include <memory>
+
 namespace ftvm::cli {
+
+class CommandOptions;  // config.h
 
 constexpr int kExitUsage = 2;      // bad command line
 constexpr int kExitVmmError = 125; // the VMM could not run the guest
@@ -21,5 +25,14 @@ int ProtectMain(int argc, char** argv);
 int DrReplicaMain(int argc, char** argv);
 int DrStartMain(int argc, char** argv);
 int MoveDiskMain(int argc, char** argv);
+// Operating it: `ftvm status` (operations.cc), `ftvm config check` (config.cc).
+int StatusMain(int argc, char** argv);
+int ConfigMain(int argc, char** argv);
+
+// The options of the commands a configuration file configures (config.h).
+std::unique_ptr<CommandOptions> MakeRunOptions();
+std::unique_ptr<CommandOptions> MakePrimaryOptions();
+std::unique_ptr<CommandOptions> MakeSecondaryOptions();
+std::unique_ptr<CommandOptions> MakeProtectOptions();
 
 }  // namespace ftvm::cli

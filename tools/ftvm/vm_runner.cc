@@ -3,32 +3,50 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdarg>
+#include <cstdio>
 #include <iostream>
 #include <thread>
 
+#include "common/error.h"
 #include "common/log.h"
+#include "tools/ftvm/config.h"
 #include "tools/ftvm/commands.h"
 
 namespace ftvm::cli {
 
 std::optional<int> ParseCommandLine(int argc, char** argv, const boost::program_options::options_description& desc,
-                                    const std::string& cmd, const std::string& usage) {
+                                    const std::string& cmd, const std::string& usage,
+                                    const std::string& config_command) {
   namespace po = boost::program_options;
+  std::string config_file;
+  po::options_description all;
+  all.add(desc);
+  if (!config_command.empty())
+    all.add_options()("config", po::value(&config_file),
+                      "read options from this TOML file (ftvm config check FILE); the command line overrides it");
   try {
     po::variables_map vars;
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vars);
+    po::store(po::command_line_parser(argc, argv).options(all).run(), vars);
     if (vars.count("help")) {
-      std::cout << usage << desc;
+      std::cout << usage << all;
       return 0;
     }
+    // Stored second, the file's values give way to the command line's.
+    if (vars.count("config")) po::store(LoadConfig(vars["config"].as<std::string>(), config_command, desc), vars);
     po::notify(vars);
   } catch (const po::error& e) {
     std::cerr << "ftvm " << cmd << ": " << e.what() << " (see ftvm " << cmd << " --help)\n";
     return kExitUsage;
+  } catch (const Error& e) {
+    std::cerr << "ftvm " << cmd << ": " << e.what() << "\n";
+    return kExitUsage;
   }
   return std::nullopt;
 }
+
 namespace po = boost::program_options;
 
 po::options_description VmOptions::describe() {
@@ -55,6 +73,19 @@ std::string VmOptions::apply() {
   config.backend = *kind;
   config.app_args = args;
   return "";
+}
+
+void PrintSummary(const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  va_list again;
+  va_copy(again, args);
+  const int n = std::vsnprintf(nullptr, 0, format, args);
+  va_end(args);
+  std::string line(size_t(std::max(n, 0)), '\0');
+  std::vsnprintf(line.data(), line.size() + 1, format, again);
+  va_end(again);
+  log::summary(line);
 }
 
 void BlockStopSignals() {

@@ -26,9 +26,17 @@ struct VmOptions {
 
 // Parses a subcommand's argv against `desc`. Returns nothing when the command
 // should go on; otherwise its exit code: 0 after printing `usage` and the options
-// for --help, kExitUsage after naming the bad option on stderr.
+// for --help, kExitUsage after naming the bad option on stderr. With
+// `config_command` (one of ConfiguredCommands(), config.h), --config FILE is
+// accepted too, and the file's options for that command fill in what the command
+// line does not give.
 std::optional<int> ParseCommandLine(int argc, char** argv, const boost::program_options::options_description& desc,
-                                    const std::string& cmd, const std::string& usage);
+                                    const std::string& cmd, const std::string& usage,
+                                    const std::string& config_command = "");
+
+// printf to stderr for a command's summary lines: as they are, or as JSON log lines
+// under --log-json (log::summary).
+[[gnu::format(printf, 1, 2)]] void PrintSummary(const char* format, ...);
 
 // Blocks SIGINT and SIGTERM in the calling thread and every thread it creates from
 // now on. Call first thing in a command that will run a VM: a thread started before

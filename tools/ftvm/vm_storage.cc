@@ -11,15 +11,14 @@ namespace ftvm::cli {
 namespace po = boost::program_options;
 
 po::options_description StorageCliOptions::describe() {
-  po::options_description d("disk mirroring and control");
+  po::options_description d("disk mirroring");
   d.add_options()
       ("dr-target", po::value(&dr_target),
        "keep a crash-consistent copy of the disk at an ftvm dr-replica on this channel address (tcp:HOST:PORT, "
        "shm:/path.sock)")
       ("dr-queue-mib", po::value(&dr_queue_mib)->default_value(dr_queue_mib),
        "writes queued for the DR target before falling back to a block bitmap and catching up (1..48)")
-      ("dr-report-s", po::value(&dr_report_s)->default_value(dr_report_s), "log how far behind the DR target is this often (0: never)")
-      ("control", po::value(&control), "control socket for this VMM (ftvm move-disk --control PATH)");
+      ("dr-report-s", po::value(&dr_report_s)->default_value(dr_report_s), "log how far behind the DR target is this often (0: never)");
   return d;
 }
 
@@ -43,19 +42,15 @@ VmStorage::VmStorage(const StorageCliOptions& options, vmm::Machine& machine, Cl
   }
   machine_.set_disk_observer(&taps_);
   if (dr_) dr_->start();  // observing from here on
-  if (!options_.control.empty()) {
-    control_ = std::make_unique<control::Server>(options_.control);
-    control_->on(control::Request::kMoveDisk,
-                 [this](const control::Request& r, control::Responder& out) { return MoveDisk(r, out); });
-    control_->on(control::Request::kStatus,
-                 [this](const control::Request& r, control::Responder& out) { return Status(r, out); });
-    control_->start();
-    log::info("control.listening", {{"path", options_.control}});
-  }
+}
+
+void VmStorage::serve(ControlEndpoint& control) {
+  control.on(control::Request::kMoveDisk,
+             [this](const control::Request& r, control::Responder& out) { return MoveDisk(r, out); });
+  control.add_status([this](control::StatusReply& s) { Status(s); });
 }
 
 VmStorage::~VmStorage() {
-  control_.reset();  // no request runs past here
   if (dr_) dr_->stop();
 }
 
@@ -74,9 +69,8 @@ void VmStorage::final_report() {
                          {"durable_seq", s.durable_seq}});
 }
 
-control::Reply VmStorage::Status(const control::Request&, control::Responder&) {
-  control::Reply reply;
-  control::StatusReply* s = reply.mutable_status();
+void VmStorage::Status(control::StatusReply& status) {
+  control::StatusReply* s = &status;
   s->set_disk(machine_.disk_path());
   if (dr_) {
     storage::MirrorStatus m = dr_->status();
@@ -86,7 +80,6 @@ control::Reply VmStorage::Status(const control::Request&, control::Responder&) {
     s->set_dr_behind_bytes(m.lag_bytes);
     s->set_dr_behind_ms(double(m.lag_ns) / 1e6);
   }
-  return reply;
 }
 
 control::Reply VmStorage::MoveDisk(const control::Request& req, control::Responder& out) {

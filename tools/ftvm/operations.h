@@ -1,0 +1,66 @@
+// What an operator uses to watch a VMM process (run, primary, secondary): its
+// options (--control, --log-json, --event-file, --vm-name), its control endpoint
+// (the control socket with a status answer composed from the parts that know
+// something: the VM's disk and DR mirror, the primary, the secondary), and
+// `ftvm status`, which asks it.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "control/control.h"
+#include "primary/protected_primary.h"
+#include "secondary/protecting_secondary.h"
+
+namespace ftvm::cli {
+
+struct OperatorOptions {
+  std::string control;     // control socket path ("" none)
+  bool log_json = false;   // every log line a JSON object
+  std::string event_file;  // failover, divergence, resync and migration events, as JSON lines
+  std::string vm_name;     // the VM's name in logs and status ("" the guest's app)
+  boost::program_options::options_description describe();
+  // Sets up this process's logging (role and VM name on every line). Throws
+  // ftvm::Error when the event file cannot be opened.
+  void configure_logging(const std::string& role, const std::string& default_vm_name) const;
+  std::string vm_or(const std::string& default_vm_name) const { return vm_name.empty() ? default_vm_name : vm_name; }
+};
+
+// The control socket of one VMM process, when --control asked for one. Build it
+// after what its handlers use (it stops serving first when destroyed), register
+// the handlers, then start().
+class ControlEndpoint {
+ public:
+  using StatusPart = std::function<void(control::StatusReply&)>;
+  ControlEndpoint(const OperatorOptions& options, std::string role, std::string vm_name);
+  ~ControlEndpoint();
+  ControlEndpoint(const ControlEndpoint&) = delete;
+  ControlEndpoint& operator=(const ControlEndpoint&) = delete;
+
+  bool enabled() const { return server_ != nullptr; }
+  // Before start(). A status answer is role and VM name, then every part in order.
+  void add_status(StatusPart part) { status_parts_.push_back(std::move(part)); }
+  void on(control::Request::BodyCase kind, control::Server::Handler handler);
+  void start();
+
+ private:
+  std::string role_;
+  std::string vm_name_;
+  std::vector<StatusPart> status_parts_;
+  std::unique_ptr<control::Server> server_;
+};
+
+// The status parts of a primary and a secondary.
+void FillPrimaryStatus(const primary::PrimaryReport& report, control::StatusReply& status);
+void FillSecondaryStatus(const secondary::SecondaryStatus& secondary, control::StatusReply& status);
+
+// The `q` quantile (0..1) of `samples`, 0 when there are none.
+uint64_t Quantile(std::vector<uint64_t> samples, double q);
+
+// `ftvm status --control PATH [--json]`.
+int StatusMain(int argc, char** argv);
+
+}  // namespace ftvm::cli
