@@ -85,6 +85,8 @@ TEST(BadInput, UsageErrors) {
   ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--backend", "vmware"}, "--backend 'vmware'");
   ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--mem", "lots"}, "mem");
   ExpectCleanFailure({"frobnicate"}, "unknown command 'frobnicate'");
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "hello", "--metrics", "127.0.0.1:99999"},
+                     "metrics address '127.0.0.1:99999' is not HOST:PORT");
 }
 
 }  // namespace

@@ -4,10 +4,14 @@
 // role, and a VM started from a configuration file. No timing is asserted.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -168,6 +172,77 @@ TEST(Operations, APrimaryThatLosesItsSecondarySaysSo) {
   // Text logs (no --log-json) carry the VM's name and the role too.
   EXPECT_NE(primary.Stderr().find("primary.secondary_lost"), std::string::npos);
   EXPECT_NE(primary.Stderr().find("vm=timers role=primary"), std::string::npos) << primary.Stderr();
+  primary.Signal(SIGTERM);
+  primary.Wait(seconds(60));
+}
+
+// GET `path` from the HTTP server at HOST:PORT; the whole response ("" when it
+// cannot connect).
+std::string HttpGet(const std::string& address, const std::string& path) {
+  const size_t colon = address.rfind(':');
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &sa.sin_addr) != 1) return "";
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
+    const std::string req = "GET " + path + " HTTP/1.1\r\nHost: " + address + "\r\nConnection: close\r\n\r\n";
+    if (write(fd, req.data(), req.size()) == ssize_t(req.size())) {
+      char buf[4096];
+      for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+    }
+  }
+  close(fd);
+  return out;
+}
+
+// Prometheus metrics over HTTP (--metrics): the pair's state as one series per state,
+// log counters, and the output-hold histogram, whose buckets only grow; after the
+// secondary is lost the state series moves. Other paths get 404.
+TEST(Operations, MetricsOverHttpFollowThePairsState) {
+  const std::string arbiter = NewArbiter();
+  const std::string channel = "shm:" + ScratchPath("channel.sock");
+  Process primary = Process::Start(PrimaryArgs(channel, arbiter, {"--metrics", "127.0.0.1:0", "--vm-name", "m1"}),
+                                   "metrics-primary");
+  Process secondary = Process::Start(SecondaryArgs(channel, arbiter, {}), "metrics-secondary");
+  ASSERT_TRUE(WaitForFileContains(primary.stderr_path(), "metrics.listening", seconds(60))) << primary.Stderr();
+  std::smatch m;
+  const std::string err = primary.Stderr();
+  ASSERT_TRUE(std::regex_search(err, m, std::regex("metrics.listening address=(\\S+)"))) << err;
+  const std::string address = m[1];
+  const std::string protected_line = "ftvm_state{vm=\"m1\",role=\"primary\",host=\"primary\",state=\"protected\"} 1";
+  std::string page;
+  for (int i = 0; i < 300 && page.find(protected_line) == std::string::npos; ++i) {
+    std::this_thread::sleep_for(milliseconds(200));
+    page = HttpGet(address, "/metrics");
+  }
+  ASSERT_NE(page.find("HTTP/1.1 200"), std::string::npos) << page;
+  ASSERT_NE(page.find(protected_line), std::string::npos) << page;
+  EXPECT_NE(page.find("text/plain; version=0.0.4"), std::string::npos) << page;
+  EXPECT_NE(page.find("# TYPE ftvm_output_hold_seconds histogram"), std::string::npos) << page;
+  EXPECT_NE(page.find("ftvm_output_hold_seconds_bucket{vm=\"m1\",role=\"primary\",host=\"primary\",le=\"+Inf\"}"),
+            std::string::npos) << page;
+  // Cumulative buckets never decrease.
+  double last = -1;
+  std::istringstream lines(page);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("ftvm_output_hold_seconds_bucket", 0) != 0) continue;
+    const double v = std::stod(line.substr(line.rfind(' ') + 1));
+    EXPECT_GE(v, last) << line;
+    last = v;
+  }
+  EXPECT_GE(last, 0);
+  EXPECT_NE(HttpGet(address, "/nothing").find("HTTP/1.1 404"), std::string::npos);
+  secondary.Signal(SIGKILL);
+  const std::string unprotected_line = "state=\"unprotected\"} 1";
+  for (int i = 0; i < 300 && page.find(unprotected_line) == std::string::npos; ++i) {
+    std::this_thread::sleep_for(milliseconds(200));
+    page = HttpGet(address, "/metrics");
+  }
+  EXPECT_NE(page.find(unprotected_line), std::string::npos) << page;
+  EXPECT_NE(page.find("state=\"protected\"} 0"), std::string::npos) << page;
   primary.Signal(SIGTERM);
   primary.Wait(seconds(60));
 }

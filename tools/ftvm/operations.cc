@@ -19,6 +19,7 @@ po::options_description OperatorOptions::describe() {
   po::options_description d("operating it");
   d.add_options()
       ("control", po::value(&control), "control socket for this VMM (ftvm status --control PATH, ftvm move-disk)")
+      ("metrics", po::value(&metrics), "serve Prometheus metrics at http://HOST:PORT/metrics (PORT 0: any free port)")
       ("log-json", po::bool_switch(&log_json), "write every log line as a JSON object (with the VM's name and role)")
       ("event-file", po::value(&event_file),
        "append failover, divergence, resync and migration events to FILE, one JSON object per line")
@@ -36,17 +37,23 @@ void OperatorOptions::configure_logging(const std::string& role, const std::stri
 }
 
 ControlEndpoint::ControlEndpoint(const OperatorOptions& options, std::string role, std::string vm_name)
-    : role_(std::move(role)), vm_name_(std::move(vm_name)) {
+    : role_(std::move(role)), vm_name_(std::move(vm_name)), metrics_address_(options.metrics) {
   if (options.control.empty()) return;
   server_ = std::make_unique<control::Server>(options.control);
   server_->on(control::Request::kStatus, [this](const control::Request&, control::Responder&) {
     control::Reply reply;
-    control::StatusReply* s = reply.mutable_status();
-    s->set_role(role_);
-    s->set_vm(vm_name_);
-    for (const StatusPart& part : status_parts_) part(*s);
+    *reply.mutable_status() = status();
     return reply;
   });
+}
+
+control::StatusReply ControlEndpoint::status() {
+  std::lock_guard lock(status_mu_);
+  control::StatusReply s;
+  s.set_role(role_);
+  s.set_vm(vm_name_);
+  for (const StatusPart& part : status_parts_) part(s);
+  return s;
 }
 
 ControlEndpoint::~ControlEndpoint() = default;
@@ -56,6 +63,10 @@ void ControlEndpoint::on(control::Request::BodyCase kind, control::Server::Handl
 }
 
 void ControlEndpoint::start() {
+  if (!metrics_address_.empty()) {
+    metrics_ = std::make_unique<control::MetricsServer>(metrics_address_,
+                                                        [this] { return control::RenderPrometheus(status()); });
+  }
   if (!server_) return;
   server_->start();
   log::info("control.listening", {{"path", server_->path()}});
@@ -116,6 +127,16 @@ void FillPrimaryStatus(const primary::PrimaryReport& r, control::StatusReply& s)
   s.set_hold_p50_us(double(Quantile(r.gate.hold_ns, 0.5)) / 1e3);
   s.set_hold_p99_us(double(Quantile(r.gate.hold_ns, 0.99)) / 1e3);
   s.set_outputs_held(r.gate.frames_held);
+  uint64_t sum_ns = 0;
+  std::vector<uint64_t> counts(std::size(control::kHoldBucketBoundsUs) + 1, 0);
+  for (uint64_t ns : r.gate.hold_ns) {
+    sum_ns += ns;
+    for (size_t i = 0; i < std::size(control::kHoldBucketBoundsUs); ++i)
+      if (double(ns) <= control::kHoldBucketBoundsUs[i] * 1e3) ++counts[i];
+    ++counts.back();
+  }
+  for (uint64_t c : counts) s.add_hold_buckets(c);
+  s.set_hold_sum_us(double(sum_ns) / 1e3);
   s.set_checkpoints(r.recorder.checkpoints);
   s.set_verifications(r.recorder.verifications);
   // The primary's failover: it lost its secondary (and went on unprotected, or
@@ -208,6 +229,8 @@ int StatusMain(int argc, char** argv) {
     const google::protobuf::Reflection* r = s.GetReflection();
     for (int i = 0; i < d->field_count(); ++i) {
       const google::protobuf::FieldDescriptor* f = d->field(i);
+      // The hold-time histogram is for metrics (its p50/p99 are rows already).
+      if (f->is_repeated()) continue;
       const bool always = f->name() == "role" || f->name() == "state";
       if (!always && !r->HasField(s, f)) continue;
       std::printf("%-22s %s\n", f->name().c_str(), FieldText(s, f).c_str());

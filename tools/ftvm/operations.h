@@ -8,10 +8,12 @@
 #include <boost/program_options.hpp>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "control/control.h"
+#include "control/metrics.h"
 #include "primary/protected_primary.h"
 #include "secondary/protecting_secondary.h"
 
@@ -19,6 +21,7 @@ namespace ftvm::cli {
 
 struct OperatorOptions {
   std::string control;     // control socket path ("" none)
+  std::string metrics;     // HOST:PORT for Prometheus metrics over HTTP ("" none)
   bool log_json = false;   // every log line a JSON object
   std::string event_file;  // failover, divergence, resync and migration events, as JSON lines
   std::string vm_name;     // the VM's name in logs and status ("" the guest's app)
@@ -40,17 +43,23 @@ class ControlEndpoint {
   ControlEndpoint(const ControlEndpoint&) = delete;
   ControlEndpoint& operator=(const ControlEndpoint&) = delete;
 
-  bool enabled() const { return server_ != nullptr; }
+  bool enabled() const { return server_ != nullptr || !metrics_address_.empty(); }
   // Before start(). A status answer is role and VM name, then every part in order.
   void add_status(StatusPart part) { status_parts_.push_back(std::move(part)); }
   void on(control::Request::BodyCase kind, control::Server::Handler handler);
   void start();
+  // The status answer: role and VM name, then every part in order. The parts are
+  // called under one lock (the control socket and the metrics server may ask at once).
+  control::StatusReply status();
 
  private:
   std::string role_;
   std::string vm_name_;
   std::vector<StatusPart> status_parts_;
+  std::mutex status_mu_;
   std::unique_ptr<control::Server> server_;
+  std::string metrics_address_;
+  std::unique_ptr<control::MetricsServer> metrics_;  // last: stops serving first
 };
 
 // The status parts of a primary and a secondary.
