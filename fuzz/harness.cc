@@ -74,14 +74,14 @@ std::vector<uint8_t> ReadFile(const std::filesystem::path& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-// One to three of the edits libFuzzer would make, chosen by `rng`.
+// One to three of the edits libFuzzer would make (and varints), chosen by `rng`.
 void Mutate(std::vector<uint8_t>& v, std::minstd_rand& rng) {
   static constexpr uint64_t kInteresting[] = {0, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000,
                                               0x7fffffff, 0xffffffff, 0x100000000, UINT64_MAX};
   const int edits = 1 + static_cast<int>(rng() % 3);
   for (int e = 0; e < edits && !v.empty(); ++e) {
     const size_t at = rng() % v.size();
-    switch (rng() % 7) {
+    switch (rng() % 8) {
       case 0: v[at] ^= static_cast<uint8_t>(1u << (rng() % 8)); break;
       case 1: v[at] = static_cast<uint8_t>(rng()); break;
       case 2: v.resize(at); break;
@@ -94,6 +94,19 @@ void Mutate(std::vector<uint8_t>& v, std::minstd_rand& rng) {
         const uint64_t value = kInteresting[rng() % std::size(kInteresting)];
         const size_t width = size_t{2} << (rng() % 3);
         for (size_t i = 0; i < width && at + i < v.size(); ++i) v[at + i] = static_cast<uint8_t>(value >> (8 * i));
+        break;
+      }
+      case 7: {  // an interesting integer as a varint (event-log lengths and positions), or an overlong 0
+        const uint64_t value = kInteresting[rng() % std::size(kInteresting)];
+        if (rng() % 4 == 0 && at + 2 <= v.size()) {
+          v[at] = 0x80;
+          v[at + 1] = 0;
+          break;
+        }
+        for (uint64_t rest = value, i = at; i < v.size(); rest >>= 7, ++i) {
+          v[i] = static_cast<uint8_t>((rest & 0x7f) | (rest >= 0x80 ? 0x80 : 0));
+          if (rest < 0x80) break;
+        }
         break;
       }
       case 6: {  // a chunk appended again (a record or message appearing twice)

@@ -10,9 +10,9 @@
 //    mutated inputs get past them to the code behind.
 //  - the regression runner: Target::run over 200 generated inputs and a fixed set of
 //    mutations of each (bit flips, byte stores, truncation, insertion, deletion,
-//    duplication, interesting integers), each with and without repair; then over the
-//    files and directories named on the command line (fuzz/corpus/<target>: inputs
-//    that once found a bug; or a crash input from libFuzzer).
+//    duplication, interesting integers fixed-width and as varints), each with and
+//    without repair; then over the files and directories named on the command line
+//    (fuzz/corpus/<target>: inputs that once found a bug; or a crash input).
 #pragma once
 
 #include <cstdint>

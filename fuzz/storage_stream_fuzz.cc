@@ -78,7 +78,7 @@ void Repair(std::span<uint8_t> input) {
 }
 
 std::vector<uint8_t> Seed(std::minstd_rand& rng) {
-  const uint8_t selector = static_cast<uint8_t>(rng() % 8 < 5 ? kBatch : rng() % kSelectors);
+  const auto selector = static_cast<uint8_t>(rng() % 8 < 5 ? uint32_t{kBatch} : rng() % kSelectors);
   std::vector<uint8_t> out;
   switch (selector) {
     case kBatch: {
