@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target (fuzz/*_fuzz.cc) for N seconds each, one after the
 # other, and prints a line per target: runs, exec/s, corpus growth, and whether it
-# found anything. CI runs each for 15-20 s (meson test --suite fuzz); this is for
+# found anything. CI runs each for 10 s (meson test --suite fuzz); this is for
 # the long runs (the default is 10 minutes each).
 #
 # Usage: scripts/fuzz-long.sh [SECONDS] [TARGET...]
