@@ -5,8 +5,10 @@
 //
 // Input: a 32-byte queue layout (u16 size, u16 max size, u32 descriptor table, u32
 // driver area and u32 device area addresses, a flags byte: event index, which
-// operations to try), then the guest RAM image (64 KiB of RAM: the input's rest at
-// address 0, zeros after it).
+// operations to try; at +22 a u16 length N), then N bytes of a checkpoint's
+// snapshot::Virtqueue which, when N is not 0, sets the queue up instead of the
+// layout (Virtqueue::restore), then the guest RAM image (64 KiB of RAM: the input's
+// rest at address 0, zeros after it).
 // Invariants: every buffer of a chain lies inside guest RAM, readable ones before
 // writable ones, and the byte counts add up; the iovec helpers copy exactly what the
 // chain holds; a queue that broke says why and gives nothing more; a queue saved and
@@ -64,22 +66,34 @@ void Run(std::span<const uint8_t> input) {
   const uint16_t size = GetLe16(input.data());
   const uint16_t max_size = std::max<uint16_t>(1, GetLe16(input.data() + 2));
   const uint8_t flags = input[16];
+  // A checkpoint's queue state (the primary's, so outside input too) may come first.
+  const size_t state_bytes = std::min<size_t>(GetLe16(input.data() + 22), input.size() - kLayoutBytes);
+  const std::span<const uint8_t> state = input.subspan(kLayoutBytes, state_bytes);
+  const std::span<const uint8_t> image = input.subspan(kLayoutBytes + state_bytes);
   GuestMemory mem = GuestMemory::Create(kRamBytes);
-  const std::span<const uint8_t> image = input.subspan(kLayoutBytes);
   mem.write(0, image.data(), std::min<uint64_t>(image.size(), kRamBytes));
 
   Virtqueue q(mem, max_size);
-  q.set_size(size);
-  q.set_desc_gpa(GetLe32(input.data() + 4));
-  q.set_driver_gpa(GetLe32(input.data() + 8));
-  q.set_device_gpa(GetLe32(input.data() + 12));
-  q.set_event_idx(flags & 1);
-  if (!q.activate()) {
-    Require(q.broken() && !q.error().empty() && !q.ready(), "a queue that cannot start says why");
-    return;
+  if (snapshot::Virtqueue checkpoint; state_bytes > 0) {
+    if (!fuzz::ParseProto(state, checkpoint)) return;
+    q.restore(checkpoint);
+    if (!q.ready() || q.broken()) return;
+    Require(q.size() == checkpoint.size() && q.last_avail_idx() == checkpoint.last_avail() &&
+                q.used_idx() == checkpoint.used_idx(),
+            "a restored queue has the checkpoint's size and indices");
+  } else {
+    q.set_size(size);
+    q.set_desc_gpa(GetLe32(input.data() + 4));
+    q.set_driver_gpa(GetLe32(input.data() + 8));
+    q.set_device_gpa(GetLe32(input.data() + 12));
+    q.set_event_idx(flags & 1);
+    if (!q.activate()) {
+      Require(q.broken() && !q.error().empty() && !q.ready(), "a queue that cannot start says why");
+      return;
+    }
+    if (flags & 2) q.restore_indices(GetLe16(input.data() + 18), GetLe16(input.data() + 20));
   }
   Require(q.size() <= max_size && std::has_single_bit(q.size()), "an active queue has a valid size");
-  if (flags & 2) q.restore_indices(GetLe16(input.data() + 18), GetLe16(input.data() + 20));
   DescChain chain;
   for (int n = 0; n < kMaxPops; ++n) {
     if (flags & 4) (n % 2 ? q.enable_notifications() : q.disable_notifications());
@@ -141,6 +155,17 @@ std::vector<uint8_t> Seed(std::minstd_rand& rng) {
     eventlog::PutLe16(ram.data() + driver + 4 + 2 * c, head);
   }
   eventlog::PutLe16(ram.data() + driver + 2, chains);
+  if (rng() % 4 == 0) {  // the same queue as a checkpoint restores it
+    snapshot::Virtqueue state;
+    state.set_size(size);
+    state.set_desc_gpa(desc);
+    state.set_driver_gpa(driver);
+    state.set_device_gpa(device);
+    state.set_ready(true);
+    const std::string bytes = state.SerializeAsString();
+    eventlog::PutLe16(out.data() + 22, uint16_t(bytes.size()));
+    out.insert(out.end(), bytes.begin(), bytes.end());
+  }
   out.insert(out.end(), ram.begin(), ram.end());
   return out;
 }
