@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <vector>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -15,8 +16,6 @@
 namespace ftvm::control {
 
 namespace {
-
-constexpr uint32_t kMaxMessage = 1u << 20;
 
 sockaddr_un Address(const std::string& path) {
   sockaddr_un a{};
@@ -51,25 +50,47 @@ bool ReadAll(int fd, void* p, size_t n) {
 }
 
 bool SendMessage(int fd, const google::protobuf::MessageLite& m) {
-  const std::string body = m.SerializeAsString();
-  uint8_t len[4];
-  eventlog::PutLe32(len, uint32_t(body.size()));
-  return WriteAll(fd, len, 4) && WriteAll(fd, body.data(), body.size());
+  const std::string bytes = EncodeMessage(m);
+  return WriteAll(fd, bytes.data(), bytes.size());
 }
 
 // "" or why not.
 std::string RecvMessage(int fd, google::protobuf::MessageLite& m) {
-  uint8_t len[4];
-  if (!ReadAll(fd, len, 4)) return "the peer closed the control connection";
-  const uint32_t n = eventlog::GetLe32(len);
-  if (n > kMaxMessage) return "control message of " + std::to_string(n) + " bytes (not an ftvm control socket?)";
-  std::string body(n, '\0');
+  uint8_t prefix[kLengthBytes];
+  if (!ReadAll(fd, prefix, kLengthBytes)) return "the peer closed the control connection";
+  uint32_t n = 0;
+  if (std::string e = DecodeLength(prefix, n); !e.empty()) return e;
+  std::vector<uint8_t> body(n);
   if (!ReadAll(fd, body.data(), n)) return "the peer closed the control connection mid-message";
-  if (!m.ParseFromString(body)) return "malformed control message";
-  return "";
+  return DecodeBody(body, m);
 }
 
 }  // namespace
+
+std::string EncodeMessage(const google::protobuf::MessageLite& m) {
+  const std::string body = m.SerializeAsString();
+  std::string out(kLengthBytes, '\0');
+  eventlog::PutLe32(reinterpret_cast<uint8_t*>(out.data()), uint32_t(body.size()));
+  return out + body;
+}
+
+std::string DecodeLength(std::span<const uint8_t, kLengthBytes> prefix, uint32_t& length) {
+  length = eventlog::GetLe32(prefix.data());
+  if (length > kMaxMessageBytes)
+    return "control message of " + std::to_string(length) + " bytes (not an ftvm control socket?)";
+  return "";
+}
+
+std::string DecodeBody(std::span<const uint8_t> body, google::protobuf::MessageLite& m) {
+  if (!m.ParseFromArray(body.data(), int(body.size()))) return "malformed control message";
+  return "";
+}
+
+std::string CheckVersion(const Request& request) {
+  if (request.version() == kControlVersion) return "";
+  return "control protocol version " + std::to_string(request.version()) + " is not spoken by this VMM (it speaks " +
+         std::to_string(kControlVersion) + ")";
+}
 
 void Responder::progress(const std::string& line) {
   Reply r;
@@ -124,9 +145,8 @@ void Server::Serve(int fd) {
   Reply reply;
   if (std::string e = RecvMessage(fd, req); !e.empty()) {
     reply.set_error(e);
-  } else if (req.version() != kControlVersion) {
-    reply.set_error("control protocol version " + std::to_string(req.version()) + " is not spoken by this VMM (it speaks " +
-                    std::to_string(kControlVersion) + ")");
+  } else if (std::string v = CheckVersion(req); !v.empty()) {
+    reply.set_error(v);
   } else if (auto it = handlers_.find(req.body_case()); it == handlers_.end()) {
     reply.set_error("this VMM does not handle that request (kind " + std::to_string(int(req.body_case())) + ")");
   } else {

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <thread>
 
@@ -18,6 +19,19 @@
 namespace ftvm::control {
 
 inline constexpr uint32_t kControlVersion = 1;
+
+// The framing on the socket (both ways): u32 little-endian body length, at most
+// kMaxMessageBytes, then the serialized protobuf. Server and Call() use these; so
+// does fuzz/control_fuzz.cc.
+inline constexpr size_t kLengthBytes = 4;
+inline constexpr uint32_t kMaxMessageBytes = 1u << 20;
+std::string EncodeMessage(const google::protobuf::MessageLite& m);
+// The body length a message announces: "" or why it is refused.
+std::string DecodeLength(std::span<const uint8_t, kLengthBytes> prefix, uint32_t& length);
+// Parses a body into `m`: "" or why not.
+std::string DecodeBody(std::span<const uint8_t> body, google::protobuf::MessageLite& m);
+// What the server answers a request of another protocol version ("" for this one's).
+std::string CheckVersion(const Request& request);
 
 // What a handler answers through. progress() sends a progress reply; the handler
 // returns the final one (done is set for it).

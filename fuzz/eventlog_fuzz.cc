@@ -4,19 +4,13 @@
 // records lie inside the input, errors name the offset where reading stopped, and the
 // prefix recovery keeps reads back cleanly with the same records.
 //
-// Built two ways (fuzz/meson.build):
-//  - with clang -fsanitize=fuzzer: the real libFuzzer binary, plus a custom mutator
-//    that mostly repairs the CRCs after mutating, so inputs get past the CRC checks
-//    to the code behind them (type, flags, sizes, positions, zstd);
-//  - with -DFTVM_FUZZ_STANDALONE and the project's compiler: a deterministic
-//    regression runner over generated logs and a fixed set of mutations (or over
-//    files named on the command line, e.g. a crash input from libFuzzer).
-#include <google/protobuf/stubs/logging.h>
+// Seeds are generated logs (some payloads zstd-compressed); the repair step makes the
+// header and record CRCs right again (and, for half the inputs, the magic and
+// version), so mutated inputs get past the CRC checks to the code behind them (type,
+// flags, sizes, positions, zstd). fuzz/harness.h has the rest.
 #include <zstd.h>
 
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <span>
@@ -27,17 +21,13 @@
 #include "eventlog/format.h"
 #include "eventlog/reader.h"
 #include "eventlog/records.h"
+#include "fuzz/harness.h"
 
 namespace {
 
 using namespace ftvm::eventlog;
 
-void Require(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "eventlog_fuzz: invariant violated: %s\n", what);
-    std::abort();
-  }
-}
+using ftvm::fuzz::Require;
 
 void Exercise(std::span<const uint8_t> data) {
   try {
@@ -192,107 +182,14 @@ std::vector<uint8_t> SeedLog(std::minstd_rand& rng) {
   return log;
 }
 
+// Makes the CRCs right again; the magic and version too for inputs whose last byte
+// is even (half of them: the others keep exercising the header checks).
+void Repair(std::span<uint8_t> data) {
+  if (!data.empty()) FixCrcs(data.data(), data.size(), data.back() % 2 == 0);
+}
+
+std::vector<uint8_t> Seed(std::minstd_rand& rng) { return SeedLog(rng); }
+
 }  // namespace
 
-// Protobuf logs every header whose strings are not UTF-8 before the parse fails (which
-// the reader reports); mutated inputs hit that constantly, so silence it here.
-void QuietProtobuf() { google::protobuf::SetLogHandler(nullptr); }
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  Exercise(std::span<const uint8_t>(data, size));
-  return 0;
-}
-
-#ifndef FTVM_FUZZ_STANDALONE
-
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  QuietProtobuf();
-  return 0;
-}
-
-extern "C" size_t LLVMFuzzerMutate(uint8_t* data, size_t size, size_t max_size);
-
-extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max_size,
-                                          unsigned int seed) {
-  std::minstd_rand rng(seed);
-  // Start from a valid log when the input is too short to be one, and now and then
-  // anyway, so the corpus keeps deep inputs without a seed directory.
-  if (size < kFileFixedHeaderBytes || rng() % 32 == 0) {
-    std::vector<uint8_t> log = SeedLog(rng);
-    if (log.size() <= max_size) {
-      std::memcpy(data, log.data(), log.size());
-      size = log.size();
-      if (rng() % 4 == 0) return size;
-    }
-  }
-  size = LLVMFuzzerMutate(data, size, max_size);
-  if (rng() % 4 != 0) FixCrcs(data, size, rng() % 2 == 0);
-  return size;
-}
-
-#else  // FTVM_FUZZ_STANDALONE
-
-#include <fstream>
-#include <iterator>
-
-// Deterministic mutations of generated logs: bit flips, byte stores, truncation,
-// insertion, deletion and duplication, each tried with and without CRC repair.
-int main(int argc, char** argv) {
-  QuietProtobuf();
-  if (argc > 1) {
-    for (int i = 1; i < argc; ++i) {
-      std::ifstream in(argv[i], std::ios::binary);
-      std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-      Exercise(bytes);
-      std::printf("%s: ok (%zu bytes)\n", argv[i], bytes.size());
-    }
-    return 0;
-  }
-  std::minstd_rand rng(20240601);
-  uint64_t runs = 0;
-  for (int s = 0; s < 300; ++s) {
-    const std::vector<uint8_t> seed = SeedLog(rng);
-    Exercise(seed);
-    ++runs;
-    for (int m = 0; m < 60; ++m) {
-      std::vector<uint8_t> v = seed;
-      const int edits = 1 + static_cast<int>(rng() % 3);
-      for (int e = 0; e < edits && !v.empty(); ++e) {
-        size_t at = rng() % v.size();
-        switch (rng() % 7) {
-          case 0: v[at] ^= static_cast<uint8_t>(1u << (rng() % 8)); break;
-          case 1: v[at] = static_cast<uint8_t>(rng()); break;
-          case 2: v.resize(at); break;
-          case 3: v.insert(v.begin() + static_cast<long>(at), 1 + rng() % 8, static_cast<uint8_t>(rng())); break;
-          case 4: v.erase(v.begin() + static_cast<long>(at), v.begin() + static_cast<long>(std::min(v.size(), at + 1 + rng() % 8))); break;
-          case 5: {  // interesting integers in a length/position field, as varints
-            static constexpr uint64_t kValues[] = {0, 1, 127, 128, 0x7fffffff, 0xffffffff,
-                                                   0x04000000, 0x04000001, UINT64_MAX};
-            const uint64_t value = kValues[rng() % 9];
-            if (rng() % 4 == 0 && at + 2 <= v.size()) {
-              v[at] = 0x80;  // an overlong zero
-              v[at + 1] = 0;
-            } else if (at + VarintBytes(value) <= v.size()) {
-              PutVarint(&v[at], value);
-            }
-            break;
-          }
-          case 6: {  // duplicate a chunk (a record appearing twice)
-            size_t len = std::min<size_t>(v.size() - at, 1 + rng() % 64);
-            std::vector<uint8_t> chunk(v.begin() + static_cast<long>(at), v.begin() + static_cast<long>(at + len));
-            v.insert(v.end(), chunk.begin(), chunk.end());
-            break;
-          }
-        }
-      }
-      Exercise(v);
-      FixCrcs(v.data(), v.size(), rng() % 2 == 0);
-      Exercise(v);
-      runs += 2;
-    }
-  }
-  std::printf("eventlog_fuzz regression: %llu inputs ok\n", static_cast<unsigned long long>(runs));
-  return 0;
-}
-
-#endif
+const ftvm::fuzz::Target ftvm::fuzz::kTarget = {"eventlog", Exercise, Seed, Repair};

@@ -402,18 +402,7 @@ StateManifest StateReceiver::receive(transport::Channel& channel, std::chrono::n
       case kMsgMemoryPages: ApplyPages(msg.payload()); progress(); break;
       case kMsgDiskData: ApplyDisk(msg.payload()); progress(); break;
       case kMsgStateManifest: {
-        StateManifest m;
-        if (!m.ParseFromArray(msg.payload().data(), int(msg.size())))
-          throw Error("the state manifest from " + channel.peer() + " is not a valid protobuf message");
-        if (m.format_version() != kStateFormatVersion)
-          throw Error("the state manifest is format version " + std::to_string(m.format_version()) +
-                      "; this ftvm reads version " + std::to_string(kStateFormatVersion));
-        if (m.memory_bytes() != memory_.size())
-          throw Error("the state manifest describes " + std::to_string(m.memory_bytes() >> 20) +
-                      " MiB of memory, the replica has " + std::to_string(memory_.size() >> 20));
-        if (m.disk_bytes() != disk_bytes_)
-          throw Error("the state manifest describes a disk of " + std::to_string(m.disk_bytes()) +
-                      " bytes, the replica's has " + std::to_string(disk_bytes_));
+        StateManifest m = DecodeStateManifest(msg.payload(), memory_.size(), disk_bytes_, channel.peer());
         if (disk_fd_ && fdatasync(disk_fd_.get()) != 0) throw SysError("syncing the replica's disk " + disk_path_);
         return m;
       }
@@ -445,12 +434,7 @@ void StateReceiver::ApplyPages(std::span<const uint8_t> payload) {
 
 void StateReceiver::ApplyDisk(std::span<const uint8_t> payload) {
   if (!disk_fd_) throw Error("the sender sent disk data, but the VM has no disk");
-  if (payload.size() < 8) throw Error("a disk-data message of " + std::to_string(payload.size()) + " bytes");
-  const uint64_t at = eventlog::GetLe64(payload.data());
-  const auto data = payload.subspan(8);
-  if (at > disk_bytes_ || data.size() > disk_bytes_ - at)
-    throw Error("disk data at " + std::to_string(at) + "+" + std::to_string(data.size()) + " beyond the disk's " +
-                std::to_string(disk_bytes_) + " bytes");
+  const auto [at, data] = DecodeDiskData(payload, disk_bytes_);
   for (size_t done = 0; done < data.size();) {
     ssize_t n = pwrite(disk_fd_.get(), data.data() + done, data.size() - done, off_t(at + done));
     if (n < 0 && errno == EINTR) continue;

@@ -39,6 +39,7 @@
 #include "common/clock.h"
 #include "common/unique_fd.h"
 #include "migration/migration.pb.h"
+#include "migration/state_messages.h"
 #include "transport/channel.h"
 #include "vmm/guest_memory.h"
 #include "vmm/page_bitmap.h"

@@ -46,6 +46,9 @@ std::string DecodeBatch(std::span<const uint8_t> batch, DecodedBatch& out) {
   if (p[0] != kStreamFormatVersion)
     return "write batch in stream format " + std::to_string(p[0]) + "; this build reads format " +
            std::to_string(kStreamFormatVersion);
+  // Byte 1 lies outside the CRC: a value other than 0 is damage (or a format this
+  // build does not know), not something to ignore.
+  if (p[1] != 0) return "write batch with reserved byte " + std::to_string(p[1]) + " (not 0)";
   const uint32_t crc = eventlog::Crc32c(batch.subspan(8));
   if (crc != GetLe32(p + 4)) return "write batch fails its CRC (damaged in transit or on disk)";
   BatchHeader h;

@@ -2,21 +2,7 @@
 // in raw Ethernet frames on a DPDK port, with a small reliable-stream protocol on top,
 // because frames can be lost, duplicated or reordered on the way and the log must not.
 //
-// Segment (after a 14-byte Ethernet header with EtherType 0x88B5, IEEE "local
-// experimental"; integers little-endian; 40 bytes):
-//
-//   +0   u8[2] "FD"
-//   +2   u8   type: HELLO, HELLO_ACK, REJECT, DATA, ACK, FIN, RST
-//   +3   u8   flags: 1 = answer with an ACK at once (a probe), 2 = FIN received,
-//             4 = a thread of the sender sleeps on its doorbell (net_memif: ring it)
-//   +4   u32  sender's connection id (random per channel end, never 0)
-//   +8   u32  receiver's connection id (0 in a HELLO)
-//   +12  u16  payload length
-//   +14  u16  0
-//   +16  u64  seq: stream offset of the first payload byte (DATA), end of stream (FIN)
-//   +24  u64  ack: every stream byte before it was received (cumulative)
-//   +32  u32  window: bytes the receiver takes beyond `ack`
-//   +36  u32  0
+// Segments: transport/dpdk_segment.h has their format (Ethernet, EtherType 0x88B5).
 //
 // Handshake: the connector broadcasts HELLO (the 16-byte channel hello of kind DPDK,
 // its largest Ethernet payload, its window) every 20 ms until the listener answers
@@ -103,6 +89,7 @@
 #include "eventlog/crc32c.h"
 #include "eventlog/format.h"
 #include "transport/channel.h"
+#include "transport/dpdk_segment.h"
 #include "transport/dpdk_testing.h"
 #include "transport/frame.h"
 #include "transport/io.h"
@@ -112,30 +99,13 @@ namespace ftvm::transport {
 
 using detail::Counters;
 using detail::Deadline;
-using eventlog::GetLe16;
-using eventlog::GetLe32;
-using eventlog::GetLe64;
-using eventlog::PutLe16;
 using eventlog::PutLe32;
-using eventlog::PutLe64;
 using namespace std::chrono_literals;
 using SteadyClock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr uint16_t kEtherType = 0x88B5;
-constexpr size_t kEthBytes = RTE_ETHER_HDR_LEN;  // 14
-constexpr size_t kSegHeaderBytes = 40;
-constexpr size_t kHeadBytes = kEthBytes + kSegHeaderBytes;
-enum SegType : uint8_t { kHello = 1, kHelloAck = 2, kReject = 3, kData = 4, kAck = 5, kFin = 6, kRst = 7 };
-constexpr uint8_t kFlagAckNow = 1;
-constexpr uint8_t kFlagFinSeen = 2;
-// The sender has a thread asleep on its doorbell (net_memif): ring it when sending it
-// data or an acknowledgement it may be waiting for (see RxWaker).
-constexpr uint8_t kFlagSleeping = 4;
-// HELLO and HELLO_ACK payload: the channel hello, our largest Ethernet payload, our
-// window.
-constexpr size_t kHelloPayload = kHelloBytes + 8;
+using namespace segment;
 
 constexpr uint16_t kBurst = 32;
 constexpr uint16_t kQueueDescriptors = 512;
@@ -639,16 +609,11 @@ using MbufPtr = std::unique_ptr<rte_mbuf, MbufFree>;
 
 // --- Segments ----------------------------------------------------------------------
 
-struct SegHeader {
-  uint8_t type = 0;
-  uint8_t flags = 0;
-  uint32_t src = 0;
-  uint32_t dst = 0;
-  uint16_t len = 0;
-  uint64_t seq = 0;
-  uint64_t ack = 0;
-  uint32_t window = 0;
-};
+Mac MacOf(const rte_ether_addr& a) {
+  Mac m;
+  std::memcpy(m.data(), a.addr_bytes, 6);
+  return m;
+}
 
 // Allocates a segment with room for `payload` bytes after the headers, fills the
 // headers, and returns it with a pointer to the payload area (nullptr when the pool is
@@ -661,23 +626,7 @@ rte_mbuf* BuildSegment(Port& port, const rte_ether_addr& dst, const SegHeader& h
     rte_pktmbuf_free(m);
     return nullptr;
   }
-  std::memcpy(p, dst.addr_bytes, 6);
-  std::memcpy(p + 6, port.mac().addr_bytes, 6);
-  p[12] = kEtherType >> 8;
-  p[13] = kEtherType & 0xff;
-  uint8_t* s = p + kEthBytes;
-  s[0] = 'F';
-  s[1] = 'D';
-  s[2] = h.type;
-  s[3] = h.flags;
-  PutLe32(s + 4, h.src);
-  PutLe32(s + 8, h.dst);
-  PutLe16(s + 12, h.len);
-  PutLe16(s + 14, 0);
-  PutLe64(s + 16, h.seq);
-  PutLe64(s + 24, h.ack);
-  PutLe32(s + 32, h.window);
-  PutLe32(s + 36, 0);
+  EncodeHead(std::span<uint8_t, kHeadBytes>(p, kHeadBytes), MacOf(dst), MacOf(port.mac()), h);
   if (payload != nullptr) *payload = p + kHeadBytes;
   return m;
 }
@@ -687,19 +636,11 @@ bool ParseSegment(const rte_mbuf* m, SegHeader& h, rte_ether_addr& src_mac) {
   if (rte_pktmbuf_pkt_len(m) < kHeadBytes) return false;
   uint8_t copy[kHeadBytes];
   const auto* p = static_cast<const uint8_t*>(rte_pktmbuf_read(m, 0, kHeadBytes, copy));
-  if (p == nullptr || p[12] != (kEtherType >> 8) || p[13] != (kEtherType & 0xff)) return false;
-  const uint8_t* s = p + kEthBytes;
-  if (s[0] != 'F' || s[1] != 'D') return false;
-  std::memcpy(src_mac.addr_bytes, p + 6, 6);
-  h.type = s[2];
-  h.flags = s[3];
-  h.src = GetLe32(s + 4);
-  h.dst = GetLe32(s + 8);
-  h.len = GetLe16(s + 12);
-  h.seq = GetLe64(s + 16);
-  h.ack = GetLe64(s + 24);
-  h.window = GetLe32(s + 32);
-  return rte_pktmbuf_pkt_len(m) >= kHeadBytes + h.len;
+  if (p == nullptr) return false;
+  Mac src;
+  if (!ParseHead(std::span<const uint8_t, kHeadBytes>(p, kHeadBytes), rte_pktmbuf_pkt_len(m), h, src)) return false;
+  std::memcpy(src_mac.addr_bytes, src.data(), 6);
+  return true;
 }
 
 // Copies `n` payload bytes at `off` of the payload out of a (possibly chained) mbuf.
@@ -708,34 +649,11 @@ void ReadPayload(const rte_mbuf* m, size_t off, uint8_t* dst, size_t n) {
   if (src != dst) std::memcpy(dst, src, n);
 }
 
-struct HelloInfo {
-  std::string problem;  // empty: a valid hello
-  uint32_t mtu = 0;
-  uint32_t window = 0;
-};
-
 HelloInfo ParseHello(const rte_mbuf* m, const SegHeader& h) {
-  HelloInfo info;
-  if (h.len < kHelloPayload) {
-    info.problem = "hello of " + std::to_string(h.len) + " bytes";
-    return info;
-  }
   uint8_t buf[kHelloPayload];
-  ReadPayload(m, 0, buf, sizeof buf);
-  info.problem = CheckHello(std::span<const uint8_t, kHelloBytes>(buf, kHelloBytes), HelloKind::kDpdk);
-  info.mtu = GetLe32(buf + kHelloBytes);
-  info.window = GetLe32(buf + kHelloBytes + 4);
-  if (info.problem.empty() && (info.mtu < 256 || info.window == 0)) {
-    info.problem = "bad hello (MTU " + std::to_string(info.mtu) + ", window " + std::to_string(info.window) + ")";
-  }
-  return info;
-}
-
-void PutHello(uint8_t* p, uint32_t mtu, uint32_t window) {
-  auto hello = EncodeHello(HelloKind::kDpdk);
-  std::memcpy(p, hello.data(), hello.size());
-  PutLe32(p + kHelloBytes, mtu);
-  PutLe32(p + kHelloBytes + 4, window);
+  const bool whole = h.len >= kHelloPayload;
+  if (whole) ReadPayload(m, 0, buf, sizeof buf);
+  return segment::ParseHello(std::span<const uint8_t>(buf, whole ? sizeof buf : 0), h.len);
 }
 
 // Sends one control segment (handshake, reject, reset) with an optional payload.

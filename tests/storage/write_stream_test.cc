@@ -82,6 +82,11 @@ TEST(WriteStream, RefusesDamagedTruncatedAndOtherVersions) {
   other[0] = kStreamFormatVersion + 1;
   EXPECT_NE(DecodeBatch(other, d).find("stream format 2"), std::string::npos) << DecodeBatch(other, d);
 
+  // Byte 1 lies outside the CRC (found by fuzz/storage_stream_fuzz.cc).
+  std::vector<uint8_t> reserved = good;
+  reserved[1] = 0xc1;
+  EXPECT_NE(DecodeBatch(reserved, d).find("reserved byte 193"), std::string::npos) << DecodeBatch(reserved, d);
+
   std::vector<uint8_t> miscount = good;
   SealBatch(miscount, BatchHeader{3, 1, 0, 0, 0, 0, 0});
   EXPECT_NE(DecodeBatch(miscount, d).find("says 3 records"), std::string::npos);

@@ -386,6 +386,21 @@ TEST_F(VirtqueueSnapshotTest, ReadyQueueOutsideRamIsRestoredBroken) {
   EXPECT_EQ(b.pop(c), PopResult::kBroken);
 }
 
+TEST_F(VirtqueueSnapshotTest, SizeBeyond16BitsIsRestoredBroken) {
+  // 65536 + 16 would truncate to the valid size 16 (found by fuzz/virtqueue_fuzz.cc).
+  Virtqueue a(mem, 256);
+  ASSERT_TRUE(testing::ActivateOn(a, ring, false));
+  snapshot::Virtqueue s;
+  a.save(s);
+  s.set_size(65536 + 16);
+  Virtqueue b(mem, 256);
+  b.restore(s);
+  EXPECT_TRUE(b.broken());
+  EXPECT_NE(b.error().find("size 65552 does not fit"), std::string::npos) << b.error();
+  DescChain c;
+  EXPECT_EQ(b.pop(c), PopResult::kBroken);
+}
+
 TEST_F(VirtqueueSnapshotTest, QueueBrokenWhileReadyRoundTrip) {
   // A driver publishes a head past the queue size: the ready queue breaks. It stays
   // "ready" (the guest reads QUEUE_READY=1 until it resets the device), so a

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cstdint>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "vmm/abi/ftvm_abi.h"
@@ -113,6 +115,16 @@ void Virtqueue::save(snapshot::Virtqueue& out) const {
 
 void Virtqueue::restore(const snapshot::Virtqueue& in) {
   reset();
+  // The fields are 32-bit on the wire and 16-bit here: a value that does not fit is
+  // a damaged checkpoint, not one to truncate into a different queue.
+  for (const auto& [what, value] : {std::pair{"size", in.size()}, std::pair{"last avail index", in.last_avail()},
+                                    std::pair{"used index", in.used_idx()},
+                                    std::pair{"signalled used index", in.signalled_used()}}) {
+    if (value > UINT16_MAX) {
+      fail(std::string("checkpoint queue ") + what + " " + std::to_string(value) + " does not fit in 16 bits");
+      return;
+    }
+  }
   size_ = uint16_t(in.size());
   desc_gpa_ = in.desc_gpa();
   driver_gpa_ = in.driver_gpa();
