@@ -227,6 +227,9 @@ class Load {
  public:
   Load(const std::string& netns, int round, int workers, double rate, uint64_t seed)
       : netns_(netns), round_(round), rate_(rate), seed_(seed), workers_(size_t(workers)) {}
+  ~Load() { stop(); }  // a round that ends early (an error) still joins its workers
+  Load(const Load&) = delete;
+  Load& operator=(const Load&) = delete;
 
   void start() {
     for (size_t w = 0; w < workers_.size(); ++w) threads_.emplace_back([this, w] { Worker(w); });
@@ -434,13 +437,26 @@ class SmallFilesystem {
   SmallFilesystem(const SmallFilesystem&) = delete;
   SmallFilesystem& operator=(const SmallFilesystem&) = delete;
 
+  // Takes the space left: at once if the file system lets a file reserve all of it,
+  // else by writing until it is full (ENOSPC is the point).
   void fill() {
     struct statvfs st{};
     if (statvfs(dir_.c_str(), &st) != 0) throw SysError("drill: statvfs " + dir_);
     UniqueFd fd(open((dir_ + "/filler").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+    if (!fd) throw SysError("drill: a filler file in " + dir_);
     const off_t left = off_t(st.f_bavail) * off_t(st.f_frsize);
-    if (!fd || (left > 0 && posix_fallocate(fd.get(), 0, left) != 0))
-      throw SysError("drill: filling " + dir_);
+    if (left > 0 && posix_fallocate(fd.get(), 0, left) == 0) return;
+    const std::vector<char> block(1 << 20, 'x');
+    for (off_t at = 0;;) {
+      const ssize_t n = pwrite(fd.get(), block.data(), block.size(), at);
+      if (n > 0) {
+        at += n;
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno != ENOSPC) throw SysError("drill: filling " + dir_);
+      return;
+    }
   }
 
  private:
@@ -733,7 +749,17 @@ DrillReport RunDrill(const DrillOptions& options) {
     }
     const FaultPlan plan = options.random_fault ? bag.back() : fixed;
     if (options.random_fault) bag.pop_back();
-    RoundReport r = RunRound(options, i, plan, rng);
+    RoundReport r;
+    try {
+      r = RunRound(options, i, plan, rng);
+    } catch (const std::exception& e) {
+      // A round that could not be run (a command or the file system refused) is a
+      // failed round with the reason; the next rounds still run.
+      r = RoundReport{};
+      r.round = i;
+      r.fault = plan.fault;
+      r.problem = std::string("the round could not run: ") + e.what();
+    }
     log::info("drill.round", {{"round", i},
                               {"fault", FaultName(r.fault)},
                               {"recovery_ms", r.recovery_ms},
