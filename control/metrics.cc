@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <thread>
+#include <vector>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -48,6 +49,21 @@ class Writer {
     std::snprintf(num, sizeof num, "%.17g", value);
     out_ += name + "{" + labels_ + (extra.empty() ? "" : "," + extra) + "} " + num + "\n";
   }
+  // A histogram: `cumulative[i]` observations at most `bounds[i]` (seconds), then
+  // the total (the +Inf bucket), and their sum.
+  void histogram(const char* name, const char* help, const std::vector<double>& bounds,
+                 const std::vector<uint64_t>& cumulative, double sum) {
+    head(name, "histogram", help);
+    const std::string n(name);
+    for (size_t i = 0; i < bounds.size(); ++i) {
+      char le[32];
+      std::snprintf(le, sizeof le, "le=\"%g\"", bounds[i]);
+      line(n + "_bucket", le, double(cumulative[i]));
+    }
+    line(n + "_bucket", "le=\"+Inf\"", double(cumulative.back()));
+    line(n + "_sum", "", sum);
+    line(n + "_count", "", double(cumulative.back()));
+  }
   std::string take() { return std::move(out_); }
 
  private:
@@ -82,32 +98,23 @@ std::string RenderPrometheus(const StatusReply& s) {
   w.metric("ftvm_divergences_total", "counter", "replica divergences seen", s.last_divergence().empty() ? 0 : 1);
 
   // Output rule: how long each output was held until the replica had the log up to it.
-  w.head("ftvm_output_hold_seconds", "histogram", "time an output was held by the output rule (primary)");
-  const int buckets = int(sizeof kHoldBucketBoundsUs / sizeof kHoldBucketBoundsUs[0]);
-  const bool have = s.hold_buckets_size() == buckets + 1;
-  for (int i = 0; i < buckets; ++i) {
-    char le[32];
-    std::snprintf(le, sizeof le, "le=\"%g\"", kHoldBucketBoundsUs[i] / 1e6);
-    w.line("ftvm_output_hold_seconds_bucket", le, have ? double(s.hold_buckets(i)) : 0);
-  }
-  const double count = have ? double(s.hold_buckets(buckets)) : 0;
-  w.line("ftvm_output_hold_seconds_bucket", "le=\"+Inf\"", count);
-  w.line("ftvm_output_hold_seconds_sum", "", s.hold_sum_us() / 1e6);
-  w.line("ftvm_output_hold_seconds_count", "", count);
+  std::vector<double> hold_bounds;
+  for (double us : kHoldBucketBoundsUs) hold_bounds.push_back(us / 1e6);
+  std::vector<uint64_t> held(s.hold_buckets().begin(), s.hold_buckets().end());
+  if (held.size() != hold_bounds.size() + 1) held.assign(hold_bounds.size() + 1, 0);  // not a primary
+  w.histogram("ftvm_output_hold_seconds", "time an output was held by the output rule (primary)", hold_bounds, held,
+              s.hold_sum_us() / 1e6);
 
   // Failover downtime: the peer's last message to the VM running here (a secondary
   // that took over; at most one per process).
-  w.head("ftvm_failover_downtime_seconds", "histogram", "from the peer's last message to the VM running here");
+  const std::vector<double> downtime_bounds = {0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0};
   const double downtime = s.failover_downtime_ms() / 1e3;
   const bool failed_over = !s.last_failover().empty() && s.failover_downtime_ms() > 0;
-  for (double le : {0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0}) {
-    char b[32];
-    std::snprintf(b, sizeof b, "le=\"%g\"", le);
-    w.line("ftvm_failover_downtime_seconds_bucket", b, failed_over && downtime <= le ? 1 : 0);
-  }
-  w.line("ftvm_failover_downtime_seconds_bucket", "le=\"+Inf\"", failed_over ? 1 : 0);
-  w.line("ftvm_failover_downtime_seconds_sum", "", failed_over ? downtime : 0);
-  w.line("ftvm_failover_downtime_seconds_count", "", failed_over ? 1 : 0);
+  std::vector<uint64_t> took_over;
+  for (double le : downtime_bounds) took_over.push_back(failed_over && downtime <= le ? 1 : 0);
+  took_over.push_back(failed_over ? 1 : 0);
+  w.histogram("ftvm_failover_downtime_seconds", "from the peer's last message to the VM running here",
+              downtime_bounds, took_over, failed_over ? downtime : 0);
   if (!s.dr_target().empty()) {
     w.metric("ftvm_dr_behind_seconds", "gauge", "how far the DR replica is behind", s.dr_behind_ms() / 1e3);
     w.metric("ftvm_dr_consistent", "gauge", "1 when the DR replica is crash-consistent", s.dr_consistent() ? 1 : 0);
@@ -139,7 +146,7 @@ struct MetricsServer::Impl {
     http::response<http::string_body> res;
     res.version(req.version());
     res.keep_alive(false);
-    if (req.method() == http::verb::get && (req.target() == "/metrics" || req.target() == "/")) {
+    if (req.method() == http::verb::get && req.target() == "/metrics") {
       res.result(http::status::ok);
       res.set(http::field::content_type, "text/plain; version=0.0.4");
       res.body() = render();
@@ -181,10 +188,8 @@ MetricsServer::MetricsServer(const std::string& address, std::function<std::stri
 }
 
 MetricsServer::~MetricsServer() {
-  asio::post(impl_->io, [this] {
-    boost::system::error_code ec;
-    impl_->acceptor.close(ec);
-  });
+  // run() returns once the handler in progress (an answer) is done; the acceptor
+  // closes with Impl.
   impl_->io.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
 }

@@ -345,10 +345,6 @@ PortSpec MakeSpec(const DpdkAddress& a, bool listening, EalRuntime& eal, const s
   return s;
 }
 
-// A DPDK port brought up with one receive and one transmit queue and its own mbuf
-// pool; stopped, and removed if we created the device, on destruction. Its queues are
-// used by one thread at a time: the listener's accept() or the channel that holds
-// the lease.
 // DPDK 22.11's memif driver unmaps a connection's shared memory from the EAL's
 // interrupt thread as soon as the peer's control socket closes (the peer died),
 // with no lock a burst on another thread could take: a burst that passed the
@@ -413,6 +409,10 @@ class MemifFaultGuard {
   static inline thread_local sigjmp_buf* jump_ = nullptr;
 };
 
+// A DPDK port brought up with one receive and one transmit queue and its own mbuf
+// pool; stopped, and removed if we created the device, on destruction. Its queues are
+// used by one thread at a time: the listener's accept() or the channel that holds
+// the lease.
 class Port {
  public:
   Port(PortSpec spec, EalRuntime& eal, const std::string& what) : spec_(std::move(spec)), what_(what) {

@@ -89,8 +89,9 @@ int DrillMain(int argc, char** argv) {
       ("fault", po::value(&fault)->default_value(fault),
        "kill-primary, kill-secondary, cut-link, stop-primary, stop-secondary (SIGSTOP for --short-stop-s or "
        "--long-stop-s, then SIGCONT), arbiter-away (the arbiter unreachable for --long-stop-s, the primary killed "
-       "meanwhile), secondary-disk-full (host B's disk, on a small tmpfs, fills up), migrate (a live move to host B under load), or random (chaos: each round "
-       "draws one of the faults but migrate, each once per set, stops short and long)")
+       "meanwhile), secondary-disk-full (host B's disk, on a small tmpfs, fills up), migrate (a live move to "
+       "host B under load), or random (chaos: each round draws one of the faults but migrate, each once per set, "
+       "stops short and long)")
       ("short-stop-s", po::value(&o.short_stop_s)->default_value(o.short_stop_s),
        "a short stop (random): less than the failure timeout")
       ("long-stop-s", po::value(&o.long_stop_s)->default_value(o.long_stop_s),

@@ -550,15 +550,15 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
   // The fault has happened once the call returned: count from here.
   const uint64_t fault_ns = NowNs();
   r.in_flight = load.fault(fault_ns);
-  if (fault == Fault::kStopPrimary || fault == Fault::kStopSecondary) {
+  // A stop or an outage (plan.stop_s): then the stalled host, or the arbiter, is back.
+  if (plan.stop_s > 0) {
     r.stop_ms = 1000 * plan.stop_s;
     usleep(unsigned(r.stop_ms * 1000));
-    (fault == Fault::kStopPrimary ? primary : *secondary).signal(SIGCONT);  // the stalled host is back
-  }
-  if (fault == Fault::kArbiterAway) {
-    r.stop_ms = 1000 * plan.stop_s;
-    usleep(unsigned(r.stop_ms * 1000));
-    if (rename((arbiter + ".away").c_str(), arbiter.c_str()) != 0) throw SysError("drill: bringing the arbiter back");
+    if (fault == Fault::kArbiterAway) {
+      if (rename((arbiter + ".away").c_str(), arbiter.c_str()) != 0) throw SysError("drill: bringing the arbiter back");
+    } else {
+      (fault == Fault::kStopPrimary ? primary : *secondary).signal(SIGCONT);
+    }
   }
   // A migration is done when the source has handed the VM over and stopped.
   if (migrate && !primary.wait(60000)) {

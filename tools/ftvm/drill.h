@@ -45,7 +45,7 @@ std::string_view FaultName(Fault f);
 // "kill-primary", "kill-secondary", "cut-link", "migrate", "stop-primary",
 // "stop-secondary", "arbiter-away", "secondary-disk-full".
 bool ParseFault(std::string_view text, Fault& out);
-// One round's fault; a stop's length (0 for the other faults).
+// One round's fault; how long a stop or the arbiter's outage lasts (0 for the others).
 struct FaultPlan {
   Fault fault = Fault::kKillPrimary;
   double stop_s = 0;
@@ -53,8 +53,8 @@ struct FaultPlan {
 struct DrillOptions;
 // What a chaos run (--fault random) draws from: every fault but the planned move,
 // stops both short and long, and cut-link only where the channel goes over a link.
-// Rounds take them in a random order, each once per len() rounds, so that a short
-// run still sees every kind.
+// Rounds take them in a random order, each once per set of that many rounds, so
+// that a short run still sees every kind.
 std::vector<FaultPlan> ChaosFaults(const DrillOptions& options);
 // tcp, dpdk-af_packet and dpdk-tap join the hosts over a link that can be cut; shm,
 // rdma+shm and net_memif join two processes of this machine.
