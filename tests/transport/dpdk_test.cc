@@ -539,7 +539,8 @@ TEST(DpdkMemif, DeadPeersChannelGivesThePortBackBeforeItIsDestroyed) {
     Require(first != nullptr, "first accept");
     Message m;
     RecvResult r = first->recv(m, 20s);
-    Require(r.closed(), "after the first peer's death: " + r.message);
+    Require(r.closed(), "after the first peer's death: " + std::string(RecvCodeName(r.code)) + ": " + r.message +
+                            (r.is_message() ? " (a message of type " + std::to_string(m.type()) + ")" : ""));
     auto second = l->accept(5s);  // while `first` still exists
     Require(second != nullptr, "no second channel while the dead one is held");
     r = second->recv(m, 10s);
