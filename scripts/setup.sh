@@ -8,7 +8,7 @@ packages=(
   libgtest-dev libgmock-dev
   libboost-dev libboost-program-options-dev
   libtomlplusplus-dev       # per-VM configuration files (ftvm --config)
-  iproute2 iputils-ping
+  iproute2 iputils-ping nftables
   libprotobuf-dev protobuf-compiler libzstd-dev   # event log: header protobuf, checkpoint compression
   libibverbs-dev            # RDMA logging channel (always built; runs where a device exists)
   clang libclang-rt-dev     # libFuzzer build of the event-log reader (fuzz/)

@@ -406,6 +406,16 @@ void ProtectingSecondary::ReceiveLoop() {
     } else {
       // After a handover, the primary hangs up once this replica runs the VM.
       if (stopping_ || handing_over_) return;
+      if (r.damaged) {
+        // Something on the link broke the stream, and the primary that sent it was
+        // alive a moment ago: taking the VM over would race a running primary for
+        // nothing. The replica stops with what it had checked; the primary, hearing
+        // the channel go, runs on unprotected until a new secondary joins.
+        log::error("secondary.bad_stream", {{"detail", r.message}});
+        primary_said_bye_ = true;
+        stream_->finish("the log stream from the primary is damaged: " + r.message);
+        return;
+      }
       PrimaryLost(r.message);
       return;
     }

@@ -110,10 +110,17 @@ struct [[nodiscard]] RecvResult {
   std::string message;  // why, for everything but kMessage; names the channel and,
                         // for a damaged stream, the byte offset in it
 
+  // kError because the stream failed its own checks (a bad CRC, length or header):
+  // bytes did arrive, so the link or something on it broke them, and the peer
+  // itself may well be alive. A replica must not take that for its primary's death.
+  bool damaged = false;
+
   bool is_message() const { return code == RecvCode::kMessage; }
   bool timed_out() const { return code == RecvCode::kTimeout; }
   bool closed() const { return code == RecvCode::kClosed; }
   bool error() const { return code == RecvCode::kError; }
+
+  static RecvResult Damaged(std::string why) { return {RecvCode::kError, std::move(why), true}; }
 };
 
 // Counters since the channel was set up. Bytes are payload bytes of whole messages

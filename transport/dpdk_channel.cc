@@ -1729,7 +1729,7 @@ RecvResult DpdkChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
     return {};
   }
   if (w == Wait::kReady && status == FrameDecoder::Status::kError) {
-    recv_end_ = RecvResult{RecvCode::kError, decoder_.error()};
+    recv_end_ = RecvResult::Damaged(decoder_.error());
     return *recv_end_;
   }
   if (w == Wait::kClosedHere) return {RecvCode::kClosed, peer_ + ": channel closed"};
@@ -1744,7 +1744,7 @@ RecvResult DpdkChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
     return {};
   }
   if (status == FrameDecoder::Status::kError) {
-    recv_end_ = RecvResult{RecvCode::kError, decoder_.error()};
+    recv_end_ = RecvResult::Damaged(decoder_.error());
     return *recv_end_;
   }
   const std::string partial = decoder_.mid_frame() ? " " + decoder_.describe_partial() : "";

@@ -114,6 +114,10 @@ class RingChannel final : public Channel, public test_hooks::RdmaRingAccess {
     recv_end_ = RecvResult{code, std::move(message)};
     return *recv_end_;
   }
+  RecvResult end_damaged(std::string message) {
+    recv_end_ = RecvResult::Damaged(std::move(message));
+    return *recv_end_;
+  }
 
   const std::string kind_;
   const std::string peer_;
@@ -521,7 +525,7 @@ RecvResult RingChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
       Counters::add(counters_.bytes_received, out.size());
       return {};
     }
-    if (status == FrameDecoder::Status::kError) return end_recv(RecvCode::kError, decoder_.error());
+    if (status == FrameDecoder::Status::kError) return end_damaged(decoder_.error());
     if (!polled || !recv_fault_.empty()) return failed();
     if (peer_closed_recv_ || hung_up()) {
       // Whatever the peer wrote before it went is delivered first: look once more,

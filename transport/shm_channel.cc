@@ -231,6 +231,10 @@ class ShmChannel final : public Channel {
     recv_end_ = RecvResult{code, std::move(message)};
     return *recv_end_;
   }
+  RecvResult end_damaged(std::string message) {
+    recv_end_ = RecvResult::Damaged(std::move(message));
+    return *recv_end_;
+  }
 
   const std::string peer_;
   const int side_;
@@ -449,10 +453,9 @@ RecvResult ShmChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
   for (;;) {
     const uint64_t tail = in_.ctl->producer.tail.load(std::memory_order_acquire);
     if (tail - head_ > cap_) {
-      return end_recv(RecvCode::kError, peer_ + ": shared ring corrupted (producer position " +
-                                            std::to_string(tail) + ", consumer position " +
-                                            std::to_string(head_) + ", ring of " + std::to_string(cap_) +
-                                            " bytes)");
+      return end_damaged(peer_ + ": shared ring corrupted (producer position " + std::to_string(tail) +
+                         ", consumer position " + std::to_string(head_) + ", ring of " + std::to_string(cap_) +
+                         " bytes)");
     }
     auto status = consume(out, tail);
     if (status == FrameDecoder::Status::kMessage) {
@@ -460,7 +463,7 @@ RecvResult ShmChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
       Counters::add(counters_.bytes_received, out.size());
       return {};
     }
-    if (status == FrameDecoder::Status::kError) return end_recv(RecvCode::kError, decoder_.error());
+    if (status == FrameDecoder::Status::kError) return end_damaged(decoder_.error());
     if (peer_gone()) {
       // Whatever the peer published before it went is delivered first: look again,
       // after having seen it gone.

@@ -235,7 +235,7 @@ RecvResult TcpChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
   std::lock_guard lock(recv_mutex_);
   if (closed_.load(std::memory_order_acquire)) return recv_closed_locally();
   if (recv_end_) return *recv_end_;
-  if (decoder_.failed()) return {RecvCode::kError, decoder_.error()};
+  if (decoder_.failed()) return RecvResult::Damaged(decoder_.error());
   for (;;) {
     while (rpos_ < rend_) {
       auto step = decoder_.feed({rbuf_.get() + rpos_, rend_ - rpos_});
@@ -246,7 +246,7 @@ RecvResult TcpChannel::recv(Message& out, std::chrono::nanoseconds timeout) {
         Counters::add(counters_.bytes_received, out.size());
         return {};
       }
-      if (step.status == FrameDecoder::Status::kError) return {RecvCode::kError, decoder_.error()};
+      if (step.status == FrameDecoder::Status::kError) return RecvResult::Damaged(decoder_.error());
     }
     rpos_ = rend_ = 0;
     // The rest of a payload goes straight into the message; whatever follows it lands

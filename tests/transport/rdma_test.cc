@@ -377,6 +377,7 @@ TEST(RdmaShm, CorruptedRingByteGivesErrorNamingTheOffset) {
   ASSERT_TRUE(r.error()) << RecvCodeName(r.code) << ": " << r.message;
   EXPECT_THAT(r.message, HasSubstr("bad CRC in message of 5000 bytes at stream offset 312"));
   EXPECT_THAT(r.message, HasSubstr("rdma+shm:/"));
+  EXPECT_TRUE(r.damaged);
   EXPECT_TRUE(ch->recv(m, 1s).error()) << "sticky: message 3 is never delivered";
   EXPECT_EQ(ch->stats().messages_received, 1u);
   ch->close();

@@ -73,7 +73,9 @@ TEST(Tcp, CorruptedByteGivesBadCrcNamingOffset) {
   ASSERT_TRUE(r.error()) << RecvCodeName(r.code) << ": " << r.message;
   EXPECT_THAT(r.message, HasSubstr("bad CRC in message of 5000 bytes at stream offset 312"));
   EXPECT_THAT(r.message, HasSubstr("tcp:127.0.0.1:"));
-  EXPECT_TRUE(p.ch->recv(m, 5s).error());  // sticky: the stream cannot be trusted
+  EXPECT_TRUE(r.damaged) << "the peer sent it: a broken stream, not a lost peer";
+  r = p.ch->recv(m, 5s);
+  EXPECT_TRUE(r.error() && r.damaged);  // sticky: the stream cannot be trusted
   EXPECT_EQ(p.ch->stats().messages_received, 1u);
 }
 
@@ -86,6 +88,7 @@ TEST(Tcp, CorruptedHeaderIsReportedAtOnce) {
   RecvResult r = p.ch->recv(m, 5s);
   ASSERT_TRUE(r.error()) << r.message;
   EXPECT_THAT(r.message, HasSubstr("bad CRC in message header at stream offset 0"));
+  EXPECT_TRUE(r.damaged);
 }
 
 TEST(Tcp, OversizedLengthGivesError) {
@@ -120,6 +123,7 @@ TEST(Tcp, PeerGoneInTheMiddleOfAMessageGivesClosed) {
   ASSERT_TRUE(p.ch->recv(m, 5s).is_message());
   RecvResult r = p.ch->recv(m, 5s);
   ASSERT_TRUE(r.closed()) << r.message;
+  EXPECT_FALSE(r.damaged) << "a frame cut short by a dying peer is the peer's end, not damage";
   EXPECT_THAT(r.message, HasSubstr("peer closed the connection in the middle of a message (19992 of 50000"));
 }
 

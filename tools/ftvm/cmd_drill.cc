@@ -89,13 +89,20 @@ int DrillMain(int argc, char** argv) {
       ("fault", po::value(&fault)->default_value(fault),
        "kill-primary, kill-secondary, cut-link, stop-primary, stop-secondary (SIGSTOP for --short-stop-s or "
        "--long-stop-s, then SIGCONT), arbiter-away (the arbiter unreachable for --long-stop-s, the primary killed "
-       "meanwhile), secondary-disk-full (host B's disk, on a small tmpfs, fills up), migrate (a live move to "
-       "host B under load), or random (chaos: each round draws one of the faults but migrate, each once per set, "
-       "stops short and long)")
+       "meanwhile), secondary-disk-full (host B's disk, on a small tmpfs, fills up), slow-link (--link-delay-ms "
+       "added each way for --long-stop-s), lossy-link (--link-loss-percent of the logging link's packets dropped "
+       "for --long-stop-s), corrupt-log (one bit of the log stream flipped in flight; the last three over tcp), "
+       "migrate (a live move to host B under load), or random (chaos: each round draws one of the faults but "
+       "migrate, each once per set, stops short and long)")
       ("short-stop-s", po::value(&o.short_stop_s)->default_value(o.short_stop_s),
        "a short stop (random): less than the failure timeout")
       ("long-stop-s", po::value(&o.long_stop_s)->default_value(o.long_stop_s),
-       "a long stop (stop-primary, stop-secondary, random): more than the failure timeout")
+       "a long stop (stop-primary, stop-secondary, random): more than the failure timeout; also how long "
+       "slow-link and lossy-link last")
+      ("link-delay-ms", po::value(&o.link_delay_ms)->default_value(o.link_delay_ms),
+       "slow-link: delay added to the logging link, each way")
+      ("link-loss-percent", po::value(&o.link_loss_percent)->default_value(o.link_loss_percent),
+       "lossy-link: share of the logging link's packets dropped, each way")
       ("channel", po::value(&o.channel)->default_value(o.channel), "logging channel between the hosts: tcp (over the LAN), shm, dpdk (net_memif), dpdk-af_packet "
        "(net_af_packet on a link of its own between the hosts), dpdk-tap (net_tap on the hosts' bridges, over the LAN), "
        "or rdma+shm (the RDMA ring protocol over shared memory)")
@@ -119,7 +126,7 @@ int DrillMain(int argc, char** argv) {
   if (!o.random_fault && !drill::ParseFault(fault, o.fault)) {
     std::cerr << "ftvm drill: --fault '" << fault
               << "' is not kill-primary, kill-secondary, cut-link, stop-primary, stop-secondary, arbiter-away, "
-                 "secondary-disk-full, migrate or random\n";
+                 "secondary-disk-full, slow-link, lossy-link, corrupt-log, migrate or random\n";
     return kExitUsage;
   }
   if (o.random_fault && (o.reprotect || o.postcopy)) {
@@ -136,6 +143,14 @@ int DrillMain(int argc, char** argv) {
     // over a link: cutting host A's cables would leave the pair's channel up, and
     // the VM cut off from its clients with nobody to take it over.
     std::cerr << "ftvm drill: --fault cut-link needs a channel over a link that can be cut: tcp, dpdk-af_packet or dpdk-tap\n";
+    return kExitUsage;
+  }
+  if (!o.random_fault && drill::IsLinkFault(o.fault) && o.channel != "tcp") {
+    std::cerr << "ftvm drill: --fault " << fault << " acts on the tcp channel's connection: it needs --channel tcp\n";
+    return kExitUsage;
+  }
+  if (o.link_delay_ms < 0 || o.link_delay_ms > 10000 || o.link_loss_percent < 0 || o.link_loss_percent > 100) {
+    std::cerr << "ftvm drill: --link-delay-ms must be within 0..10000 and --link-loss-percent within 0..100\n";
     return kExitUsage;
   }
   if (o.rounds < 1 || o.workers < 1 || o.rate <= 0) {

@@ -28,6 +28,7 @@
 #include "common/log.h"
 #include "common/netns.h"
 #include "common/unique_fd.h"
+#include "tools/ftvm/link_relay.h"
 #include "tools/ftvm/mail_client.h"
 
 namespace ftvm::drill {
@@ -463,6 +464,79 @@ class SmallFilesystem {
   std::string dir_;
 };
 
+// Drops `percent` of the logging channel's packets between host `netns` and
+// `peer_ip`:`port` (both ways, chosen at random per packet) while it exists: real
+// loss, which the kernel's TCP then retransmits. nftables rules in that namespace.
+class PacketLoss {
+ public:
+  PacketLoss(std::string netns, const std::string& peer_ip, int port, double percent) : netns_(std::move(netns)) {
+    const int per_mille = int(percent * 10 + 0.5);
+    const std::string p = std::to_string(port), n = std::to_string(per_mille);
+    const std::string rules =
+        "table inet ftvm_drill_loss {\n"
+        "  chain in {\n"
+        "    type filter hook input priority 0; policy accept;\n"
+        "    ip saddr " + peer_ip + " tcp sport " + p + " numgen random mod 1000 < " + n + " counter drop\n"
+        "    ip saddr " + peer_ip + " tcp dport " + p + " numgen random mod 1000 < " + n + " counter drop\n"
+        "  }\n"
+        "  chain out {\n"
+        "    type filter hook output priority 0; policy accept;\n"
+        "    ip daddr " + peer_ip + " tcp dport " + p + " numgen random mod 1000 < " + n + " counter drop\n"
+        "    ip daddr " + peer_ip + " tcp sport " + p + " numgen random mod 1000 < " + n + " counter drop\n"
+        "  }\n"
+        "}\n";
+    const std::string file = "/tmp/ftvm-drill-loss-" + netns_ + ".nft";
+    {
+      std::ofstream f(file);
+      f << rules;
+      if (!f) throw SysError("drill: writing " + file);
+    }
+    Nft({"-f", file});
+    unlink(file.c_str());
+  }
+  ~PacketLoss() {
+    try {
+      Nft({"delete", "table", "inet", "ftvm_drill_loss"});
+    } catch (const std::exception& e) {
+      log::warn("drill.loss_rules_left", {{"netns", netns_}, {"error", e.what()}});
+    }
+  }
+  PacketLoss(const PacketLoss&) = delete;
+  PacketLoss& operator=(const PacketLoss&) = delete;
+
+  // Packets dropped so far, both ways (the rules' counters).
+  uint64_t dropped() {
+    std::istringstream in(Nft({"list", "table", "inet", "ftvm_drill_loss"}));
+    uint64_t total = 0;
+    for (std::string word; in >> word;) {
+      if (word != "packets") continue;
+      uint64_t n = 0;
+      if (in >> n) total += n;
+    }
+    return total;
+  }
+
+ private:
+  // `nft ARGS` in the namespace: what it printed; throws with it when it fails.
+  std::string Nft(const std::vector<std::string>& args) {
+    std::string cmd = "ip netns exec " + netns_ + " nft";
+    for (const std::string& a : args) cmd += " " + a;
+    cmd += " 2>&1";
+    FILE* f = popen(cmd.c_str(), "r");
+    if (f == nullptr) throw SysError("drill: running nft");
+    std::string said;
+    char buf[512];
+    for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) said.append(buf, n);
+    const int st = pclose(f);
+    if (st != 0)
+      throw Error("drill: `" + cmd + "` failed (status " + std::to_string(st) + ")" + (said.empty() ? "" : ": " + said) +
+                  " (is the nftables package installed?)");
+    return said;
+  }
+
+  std::string netns_;
+};
+
 RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, std::mt19937_64& rng) {
   RoundReport r;
   r.round = round;
@@ -481,6 +555,14 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
   }
   DrillNet net("fdr" + std::to_string(getpid() % 100000), o.channel);
   const std::string address = ChannelAddress(o.channel, dir, 1, 0);
+  // slow-link and corrupt-log: host B reaches the primary through a relay on host B
+  // that plays the faulty link.
+  std::unique_ptr<LinkRelay> relay;
+  if (IsLinkFault(fault) && o.channel != "tcp") throw Error(std::string("drill: fault ") + std::string(FaultName(fault)) + " needs --channel tcp");
+  if (fault == Fault::kSlowLink || fault == Fault::kCorruptLog)
+    relay = std::make_unique<LinkRelay>(net.ns("b"), 7100, DrillNet::host_ip(1), 7000);
+  const std::string b_connects_to = relay ? "tcp:127.0.0.1:7100" : address;
+  std::optional<PacketLoss> loss;
   std::vector<std::string> pargs = {"ip", "netns", "exec", net.ns("a"), o.ftvm, "primary", "--listen", address,
                                     "--arbiter", arbiter, "--name", "hostA", "--guest", o.guest, "--app",
                                     "mailstore", "--disk", disk_a, "--tap", "vmtap", "--ip",
@@ -494,7 +576,7 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
   const bool migrate = fault == Fault::kMigrate;
   auto start_b = [&] {
     std::vector<std::string> args = {"ip", "netns", "exec", net.ns("b"), o.ftvm, migrate ? "migrate" : "secondary",
-                                     migrate ? "--from" : "--connect", address, "--arbiter", arbiter, "--name", "hostB",
+                                     migrate ? "--from" : "--connect", b_connects_to, "--arbiter", arbiter, "--name", "hostB",
                                      "--disk", disk_b, "--tap", "vmtap", "--console",
                                      dir + "/secondary.console", "--witness", DrillNet::kWitness, "--listen",
                                      reprotect_address};
@@ -546,6 +628,9 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
       if (rename(arbiter.c_str(), (arbiter + ".away").c_str()) != 0) throw SysError("drill: moving the arbiter away");
       primary.signal(SIGKILL);
       break;
+    case Fault::kSlowLink: relay->set_delay_ms(o.link_delay_ms); break;
+    case Fault::kLossyLink: loss.emplace(net.ns("b"), DrillNet::host_ip(1), 7000, o.link_loss_percent); break;
+    case Fault::kCorruptLog: relay->corrupt_next(rng()); break;
   }
   // The fault has happened once the call returned: count from here.
   const uint64_t fault_ns = NowNs();
@@ -556,6 +641,11 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
     usleep(unsigned(r.stop_ms * 1000));
     if (fault == Fault::kArbiterAway) {
       if (rename((arbiter + ".away").c_str(), arbiter.c_str()) != 0) throw SysError("drill: bringing the arbiter back");
+    } else if (fault == Fault::kSlowLink) {
+      relay->set_delay_ms(0);
+    } else if (fault == Fault::kLossyLink) {
+      log::info("drill.link_loss_ended", {{"dropped_packets", loss->dropped()}, {"ms", r.stop_ms}});
+      loss.reset();
     } else {
       (fault == Fault::kStopPrimary ? primary : *secondary).signal(SIGCONT);
     }
@@ -642,12 +732,30 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
                     Describe("secondary", *secondary, dir + "/secondary.err");
       break;
     }
+    case Fault::kCorruptLog: {
+      // The secondary found the damage and stopped on it, without a takeover; the
+      // primary runs on alone.
+      std::optional<int> code = secondary->wait(10000);
+      r.survivor = "primary";
+      r.one_live = relay->corrupted() && primary.running() && code && *code < 128 &&
+                   serr.find("secondary.LIVE") == std::string::npos &&
+                   ReadAll(dir + "/secondary.err").find("secondary.bad_stream") != std::string::npos &&
+                   ReadAll(dir + "/primary.err").find("primary.UNPROTECTED") != std::string::npos;
+      if (!r.one_live)
+        r.problem = std::string("after a bit flipped in the log stream") + (relay->corrupted() ? "" : " (it never was)") +
+                    ":" + Describe("primary", primary, dir + "/primary.err") +
+                    Describe("secondary", *secondary, dir + "/secondary.err");
+      break;
+    }
     case Fault::kStopPrimary:
-    case Fault::kStopSecondary: {
+    case Fault::kStopSecondary:
+    case Fault::kSlowLink:
+    case Fault::kLossyLink: {
       // Either may serve now (a long stop of the primary is a failover), but exactly
       // one: a secondary that went live means the primary gave the VM up (exit 4),
       // and the one that does not serve either replicates still or stood down (exit
-      // 4); nothing else, no crash.
+      // 4); nothing else, no crash. A slow or lossy link is the same question: it may
+      // look like a stalled peer to either side.
       const bool secondary_live = serr.find("secondary.LIVE") != std::string::npos;
       r.failover = secondary_live;
       Child& live = secondary_live ? *secondary : primary;
@@ -656,7 +764,8 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
       r.survivor = secondary_live ? "secondary" : "primary";
       r.one_live = live.running() && (!other_code || *other_code == 4) && (!secondary_live || other_code == 4);
       if (!r.one_live) {
-        r.problem = "after a " + std::to_string(int(r.stop_ms)) + " ms stop, not exactly one live VM:" +
+        r.problem = "after " + std::string(FaultName(fault)) + " for " + std::to_string(int(r.stop_ms)) +
+                    " ms, not exactly one live VM:" +
                     Describe("primary", primary, dir + "/primary.err") +
                     Describe("secondary", *secondary, dir + "/secondary.err");
       }
@@ -699,13 +808,17 @@ std::string_view FaultName(Fault f) {
     case Fault::kStopSecondary: return "stop-secondary";
     case Fault::kArbiterAway: return "arbiter-away";
     case Fault::kSecondaryDiskFull: return "secondary-disk-full";
+    case Fault::kSlowLink: return "slow-link";
+    case Fault::kLossyLink: return "lossy-link";
+    case Fault::kCorruptLog: return "corrupt-log";
   }
   return "?";
 }
 
 bool ParseFault(std::string_view text, Fault& out) {
   for (Fault f : {Fault::kKillPrimary, Fault::kKillSecondary, Fault::kCutPrimaryLink, Fault::kMigrate,
-                  Fault::kStopPrimary, Fault::kStopSecondary, Fault::kArbiterAway, Fault::kSecondaryDiskFull}) {
+                  Fault::kStopPrimary, Fault::kStopSecondary, Fault::kArbiterAway, Fault::kSecondaryDiskFull,
+                  Fault::kSlowLink, Fault::kLossyLink, Fault::kCorruptLog}) {
     if (text == FaultName(f)) {
       out = f;
       return true;
@@ -713,6 +826,8 @@ bool ParseFault(std::string_view text, Fault& out) {
   }
   return false;
 }
+
+bool IsLinkFault(Fault f) { return f == Fault::kSlowLink || f == Fault::kLossyLink || f == Fault::kCorruptLog; }
 
 bool ChannelGoesOverALink(const std::string& channel) {
   return channel == "tcp" || channel == "dpdk-af_packet" || channel == "dpdk-tap";
@@ -728,6 +843,11 @@ std::vector<FaultPlan> ChaosFaults(const DrillOptions& o) {
                               {Fault::kArbiterAway, o.long_stop_s},
                               {Fault::kSecondaryDiskFull}};
   if (ChannelGoesOverALink(o.channel)) f.push_back({Fault::kCutPrimaryLink});
+  if (o.channel == "tcp") {
+    f.push_back({Fault::kSlowLink, o.long_stop_s});
+    f.push_back({Fault::kLossyLink, o.long_stop_s});
+    f.push_back({Fault::kCorruptLog});
+  }
   return f;
 }
 
@@ -739,7 +859,8 @@ DrillReport RunDrill(const DrillOptions& options) {
   DrillReport report;
   report.seed = options.seed != 0 ? options.seed : NowNs();
   std::mt19937_64 rng(report.seed);
-  const bool stop = options.fault == Fault::kStopPrimary || options.fault == Fault::kStopSecondary;
+  const bool stop = options.fault == Fault::kStopPrimary || options.fault == Fault::kStopSecondary ||
+                    options.fault == Fault::kSlowLink || options.fault == Fault::kLossyLink;
   const FaultPlan fixed{options.fault, stop || options.fault == Fault::kArbiterAway ? options.long_stop_s : 0};
   std::vector<FaultPlan> bag;  // chaos: what is left of the current shuffled set
   for (int i = 1; i <= options.rounds; ++i) {

@@ -31,6 +31,13 @@ namespace ftvm::drill {
 // kArbiterAway: the arbiter unreachable (its directory moved away) for long_stop_s,
 // and the primary killed meanwhile: the secondary must wait for the arbiter before it
 // takes over, never guess.
+// Link faults, over the tcp channel: kSlowLink delays every byte on the logging link
+// by DrillOptions::link_delay_ms for long_stop_s (a congested link: nobody may fail
+// over for it); kLossyLink drops link_loss_percent of its packets for long_stop_s
+// (the kernel's TCP retransmits: stalls of 200 ms and more, which may or may not
+// end in a failover, but never in two live VMs); kCorruptLog flips one bit of the
+// log stream in flight: the secondary must find it, refuse to take over on it, and
+// stop, and the primary run on unprotected.
 enum class Fault {
   kKillPrimary,
   kKillSecondary,
@@ -40,10 +47,14 @@ enum class Fault {
   kStopSecondary,
   kArbiterAway,
   kSecondaryDiskFull,
+  kSlowLink,
+  kLossyLink,
+  kCorruptLog,
 };
 std::string_view FaultName(Fault f);
 // "kill-primary", "kill-secondary", "cut-link", "migrate", "stop-primary",
-// "stop-secondary", "arbiter-away", "secondary-disk-full".
+// "stop-secondary", "arbiter-away", "secondary-disk-full", "slow-link", "lossy-link",
+// "corrupt-log".
 bool ParseFault(std::string_view text, Fault& out);
 // One round's fault; how long a stop or the arbiter's outage lasts (0 for the others).
 struct FaultPlan {
@@ -59,6 +70,9 @@ std::vector<FaultPlan> ChaosFaults(const DrillOptions& options);
 // tcp, dpdk-af_packet and dpdk-tap join the hosts over a link that can be cut; shm,
 // rdma+shm and net_memif join two processes of this machine.
 bool ChannelGoesOverALink(const std::string& channel);
+// The link faults (slow-link, lossy-link, corrupt-log) need the tcp channel: they act
+// on its TCP connection (a relay, packet filter rules).
+bool IsLinkFault(Fault f);
 
 struct DrillOptions {
   std::string ftvm;          // the ftvm binary to run as primary and secondary
@@ -72,6 +86,8 @@ struct DrillOptions {
   Fault fault = Fault::kKillPrimary;
   bool random_fault = false;  // chaos: the rounds' faults come from ChaosFaults(*this)
   double short_stop_s = 0.1, long_stop_s = 1.2;  // stop faults (see Fault); --fault stop-*: long
+  double link_delay_ms = 50;    // slow-link: added each way
+  double link_loss_percent = 3; // lossy-link: packets dropped each way
   int rounds = 1;
   uint64_t seed = 0;         // 0: from the clock (printed, for replaying a drill)
   double rate = 300;         // client requests per second, all workers together
