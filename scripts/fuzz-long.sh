@@ -6,6 +6,8 @@
 #
 # Usage: scripts/fuzz-long.sh [SECONDS] [TARGET...]
 #   FTVM_BUILD_DIR   build directory (default build; built first with ninja)
+#   FTVM_NO_BUILD=1  use the fuzzers already in $FTVM_BUILD_DIR/fuzz as they are (e.g. a
+#                    copy, so that rebuilding the tree does not pull them from under a run)
 #   FTVM_FUZZ_DIR    where corpora and crash inputs go (default $FTVM_BUILD_DIR/fuzz-runs):
 #                    <dir>/<target>/corpus grows across runs; a crash input lands in
 #                    <dir>/<target>/ (replay it with build/fuzz/<target>_fuzz_regression
@@ -17,10 +19,12 @@ seconds=${1:-600}
 shift || true
 builddir=${FTVM_BUILD_DIR:-build}
 rundir=${FTVM_FUZZ_DIR:-$builddir/fuzz-runs}
-if [[ ! -f $builddir/build.ninja ]]; then
-  meson setup "$builddir" >/dev/null || { echo "meson setup failed" >&2; exit 1; }
+if [[ ${FTVM_NO_BUILD:-0} != 1 ]]; then
+  if [[ ! -f $builddir/build.ninja ]]; then
+    meson setup "$builddir" >/dev/null || { echo "meson setup failed" >&2; exit 1; }
+  fi
+  ninja -C "$builddir" >/dev/null || { echo "build failed" >&2; exit 1; }
 fi
-ninja -C "$builddir" >/dev/null || { echo "build failed" >&2; exit 1; }
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
   for f in "$builddir"/fuzz/*_fuzzer; do targets+=("$(basename "$f" _fuzzer)"); done
