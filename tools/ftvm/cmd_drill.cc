@@ -1,9 +1,11 @@
 // `ftvm drill`: pull the plug on a protected mail store, N times, and report what
 // the clients saw (tools/ftvm/drill.h). Exit 0 when every round kept every
 // acknowledged message exactly once with exactly one live VM, 1 otherwise.
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -25,6 +27,30 @@ std::string SelfPath() {
   char buf[4096];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
   return n > 0 ? std::string(buf, size_t(n)) : "ftvm";
+}
+
+// SIGINT/SIGTERM: the drill stops after cleaning up the round under way (its
+// namespaces, mounts and filter rules would outlive a process killed outright). A
+// signal handler can only reach a flag of static storage; this is that flag.
+std::atomic<bool> drill_interrupted{false};
+
+void OnStopSignal(int) {
+  drill_interrupted.store(true);
+  // A second signal kills at once.
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+}
+
+void JsonLine(std::ostream& js, const drill::RoundReport& r) {
+  js << "{\"round\":" << r.round << ",\"fault\":\"" << drill::FaultName(r.fault) << "\",\"fault_at_s\":"
+     << r.fault_at_s << ",\"stop_ms\":" << r.stop_ms << ",\"failover\":" << (r.failover ? "true" : "false")
+     << ",\"recovery_ms\":" << r.recovery_ms << ",\"in_flight\":" << r.in_flight << ",\"requests\":" << r.requests
+     << ",\"acked\":" << r.acked << ",\"lost\":" << r.lost << ",\"duplicates\":" << r.duplicates
+     << ",\"unexpected\":" << r.unexpected << ",\"reprotect_ms\":" << r.reprotect_ms
+     << ",\"recovery2_ms\":" << r.recovery2_ms << ",\"contents_match\":" << (r.contents_match ? "true" : "false")
+     << ",\"one_live\":" << (r.one_live ? "true" : "false") << ",\"survivor\":\"" << r.survivor
+     << "\",\"ok\":" << (r.ok() ? "true" : "false") << "}\n";
+  js.flush();
 }
 
 double Percentile(std::vector<double> v, double q) {
@@ -157,16 +183,31 @@ int DrillMain(int argc, char** argv) {
     std::cerr << "ftvm drill: --rounds, --workers and --rate must be positive\n";
     return kExitUsage;
   }
+  std::ofstream js;
+  if (!json.empty()) {
+    js.open(json);
+    if (!js) {
+      std::cerr << "ftvm drill: cannot write --json " << json << "\n";
+      return kExitUsage;
+    }
+    o.on_round = [&js](const drill::RoundReport& r) { JsonLine(js, r); };
+  }
+  o.interrupted = &drill_interrupted;
+  struct sigaction sa{};
+  sa.sa_handler = OnStopSignal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
   try {
     drill::DrillReport report = drill::RunDrill(o);
-    std::printf("drill: %d rounds of %s over %s, seed %llu, %d workers at %.0f req/s\n", o.rounds, fault.c_str(),
+    if (drill_interrupted.load())
+      std::printf("drill: interrupted after %zu of %d rounds (the last one cleaned up and counted failed)\n",
+                  report.rounds.size(), o.rounds);
+    std::printf("drill: %d rounds of %s over %s, seed %llu, %d workers at %.0f req/s\n", int(report.rounds.size()), fault.c_str(),
                 o.channel.c_str(), static_cast<unsigned long long>(report.seed), o.workers, o.rate);
     std::printf("%5s %-22s %9s %12s %9s %9s %7s %5s %5s %6s %8s %s\n", "round", "fault", "fault_s", "recovery_ms", "in_flight",
                 "requests", "acked", "lost", "dups", "match", "one_live", "result");
     std::vector<double> recovery;
     uint64_t lost = 0, dups = 0, failed = 0;
-    std::ofstream js;
-    if (!json.empty()) js.open(json);
     for (const drill::RoundReport& r : report.rounds) {
       std::printf("%5d %-22s %9.2f %12.1f %9llu %9llu %7llu %5llu %5llu %6s %8s %s\n", r.round, FaultLabel(r).c_str(),
                   r.fault_at_s, r.recovery_ms,
@@ -178,23 +219,12 @@ int DrillMain(int argc, char** argv) {
       lost += r.lost;
       dups += r.duplicates;
       failed += r.ok() ? 0 : 1;
-      if (js) {
-        js << "{\"round\":" << r.round << ",\"fault\":\"" << drill::FaultName(r.fault) << "\",\"fault_at_s\":"
-           << r.fault_at_s << ",\"stop_ms\":" << r.stop_ms << ",\"failover\":" << (r.failover ? "true" : "false")
-           << ",\"recovery_ms\":" << r.recovery_ms << ",\"in_flight\":" << r.in_flight
-           << ",\"requests\":" << r.requests << ",\"acked\":" << r.acked << ",\"lost\":" << r.lost
-           << ",\"duplicates\":" << r.duplicates << ",\"unexpected\":" << r.unexpected
-           << ",\"reprotect_ms\":" << r.reprotect_ms << ",\"recovery2_ms\":" << r.recovery2_ms
-           << ",\"contents_match\":" << (r.contents_match ? "true" : "false")
-           << ",\"one_live\":" << (r.one_live ? "true" : "false") << ",\"survivor\":\"" << r.survivor
-           << "\",\"ok\":" << (r.ok() ? "true" : "false") << "}\n";
-      }
     }
     std::printf("summary: recovery p50 %.1f ms, p99 %.1f ms, max %.1f ms; acknowledged messages lost %llu; "
                 "duplicates %llu; failed rounds %llu of %d\n",
                 Percentile(recovery, 0.5), Percentile(recovery, 0.99), Percentile(recovery, 1.0),
                 static_cast<unsigned long long>(lost), static_cast<unsigned long long>(dups),
-                static_cast<unsigned long long>(failed), o.rounds);
+                static_cast<unsigned long long>(failed), int(report.rounds.size()));
     if (o.reprotect) {
       std::vector<double> rp, r2;
       for (const drill::RoundReport& r : report.rounds) {

@@ -389,6 +389,18 @@ void Verify(const std::string& netns, const std::vector<Delivery>& ledger, Round
   if (!problem.empty() && r.problem.empty()) r.problem = problem;
 }
 
+bool Interrupted(const DrillOptions& o) { return o.interrupted != nullptr && o.interrupted->load(); }
+
+// Sleeps `seconds`, or throws once the drill is interrupted (the round's objects
+// then clean up as they go).
+void Pause(const DrillOptions& o, double seconds) {
+  const uint64_t until = NowNs() + uint64_t(seconds * 1e9);
+  for (uint64_t now = NowNs(); now < until; now = NowNs()) {
+    if (Interrupted(o)) throw Error("the drill was interrupted");
+    usleep(unsigned(std::min<uint64_t>(until - now, 20000000) / 1000));
+  }
+}
+
 // Waits up to `ms` for cond(); gives up early once `hopeless()` says it cannot come.
 bool WaitFor(const std::function<bool()>& cond, int ms, const std::function<bool()>& hopeless = {}) {
   const uint64_t deadline = NowNs() + uint64_t(ms) * 1000000;
@@ -597,16 +609,21 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
         dir + "/third.out", dir + "/third.err");
   };
   auto fail = [&](const std::string& why) {
+    if (Interrupted(o)) throw Error("the drill was interrupted");
     r.problem = why;
     return r;
   };
-  if (!WaitFor([&] {
+  // Gives up at once when the drill is interrupted.
+  auto wait_for = [&](const std::function<bool()>& cond, int ms, const std::function<bool()>& hopeless = {}) {
+    return WaitFor(cond, ms, [&] { return Interrupted(o) || (hopeless && hopeless()); });
+  };
+  if (!wait_for([&] {
         return ReadAll(dir + "/primary.err").find(migrate ? "primary.unprotected" : "primary.protected") !=
                std::string::npos;
       }, 60000))
     return fail("the pair did not form:" + Describe("primary", primary, dir + "/primary.err") +
                 (secondary ? Describe("secondary", *secondary, dir + "/secondary.err") : ""));
-  if (!WaitFor([&] { return ReadAll(dir + "/primary.console").find("mailstore: ready") != std::string::npos; }, 60000))
+  if (!wait_for([&] { return ReadAll(dir + "/primary.console").find("mailstore: ready") != std::string::npos; }, 60000))
     return fail("the mail store did not start");
 
   Load load(net.ns("c"), round, o.workers, o.rate, rng());
@@ -615,7 +632,7 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
   load.start();
   std::uniform_real_distribution<double> when(o.min_before_s, o.max_before_s);
   r.fault_at_s = when(rng);
-  usleep(unsigned(r.fault_at_s * 1e6));
+  Pause(o, r.fault_at_s);
   switch (fault) {
     case Fault::kKillPrimary: primary.signal(SIGKILL); break;
     case Fault::kKillSecondary: secondary->signal(SIGKILL); break;
@@ -638,7 +655,7 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
   // A stop or an outage (plan.stop_s): then the stalled host, or the arbiter, is back.
   if (plan.stop_s > 0) {
     r.stop_ms = 1000 * plan.stop_s;
-    usleep(unsigned(r.stop_ms * 1000));
+    Pause(o, r.stop_ms / 1000);
     if (fault == Fault::kArbiterAway) {
       if (rename((arbiter + ".away").c_str(), arbiter.c_str()) != 0) throw SysError("drill: bringing the arbiter back");
     } else if (fault == Fault::kSlowLink) {
@@ -656,7 +673,7 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
     return fail("the VM did not move:" + Describe("source", primary, dir + "/primary.err") +
                 Describe("destination", *secondary, dir + "/secondary.err"));
   }
-  usleep(unsigned(o.after_s * 1e6));
+  Pause(o, o.after_s);
   if (uint64_t first = load.first_reply_after_fault_ns(); first != 0) r.recovery_ms = double(first - fault_ns) / 1e6;
   if (o.reprotect && fault == Fault::kKillPrimary) {
     // Host A comes back and joins the running VM on B as its secondary, with the
@@ -665,18 +682,18 @@ RoundReport RunRound(const DrillOptions& o, int round, const FaultPlan& plan, st
     const uint64_t t1 = o.standby ? fault_ns : NowNs();
     if (!third) third = start_third();
     // A survivor that died (it must not) ends the wait at once.
-    if (!WaitFor([&] { return ReadAll(dir + "/secondary.err").find("primary.reprotected") != std::string::npos; },
+    if (!wait_for([&] { return ReadAll(dir + "/secondary.err").find("primary.reprotected") != std::string::npos; },
                  60000, [&] { return !secondary->running(); })) {
       load.stop();
       return fail("the survivor was not protected again:" + Describe("survivor", *secondary, dir + "/secondary.err") +
                   Describe("newcomer", *third, dir + "/third.err"));
     }
     r.reprotect_ms = double(NowNs() - t1) / 1e6;
-    usleep(unsigned(o.after_s * 1e6));
+    Pause(o, o.after_s);
     const uint64_t second_fault = NowNs();
     load.fault(second_fault);
     secondary->signal(SIGKILL);
-    usleep(unsigned(o.after_s * 1e6));
+    Pause(o, o.after_s);
     if (uint64_t first = load.first_reply_after_fault_ns(); first != 0)
       r.recovery2_ms = double(first - second_fault) / 1e6;
   }
@@ -863,7 +880,7 @@ DrillReport RunDrill(const DrillOptions& options) {
                     options.fault == Fault::kSlowLink || options.fault == Fault::kLossyLink;
   const FaultPlan fixed{options.fault, stop || options.fault == Fault::kArbiterAway ? options.long_stop_s : 0};
   std::vector<FaultPlan> bag;  // chaos: what is left of the current shuffled set
-  for (int i = 1; i <= options.rounds; ++i) {
+  for (int i = 1; i <= options.rounds && !Interrupted(options); ++i) {
     if (options.random_fault && bag.empty()) {
       bag = ChaosFaults(options);
       std::shuffle(bag.begin(), bag.end(), rng);
@@ -888,6 +905,7 @@ DrillReport RunDrill(const DrillOptions& options) {
                               {"duplicates", r.duplicates},
                               {"ok", r.ok()},
                               {"problem", r.problem.empty() ? "-" : r.problem}});
+    if (options.on_round) options.on_round(r);
     report.rounds.push_back(std::move(r));
   }
   return report;

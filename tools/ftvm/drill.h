@@ -14,7 +14,9 @@
 // exactly one VM stayed live.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -62,6 +64,7 @@ struct FaultPlan {
   double stop_s = 0;
 };
 struct DrillOptions;
+struct RoundReport;
 // What a chaos run (--fault random) draws from: every fault but the planned move,
 // stops both short and long, and cut-link only where the channel goes over a link.
 // Rounds take them in a random order, each once per set of that many rounds, so
@@ -104,6 +107,13 @@ struct DrillOptions {
   bool standby = false;
   // With fault migrate: ftvm migrate --postcopy (the VM moves before its memory).
   bool postcopy = false;
+  // Set (by a signal handler) to end the drill early: the round under way stops,
+  // cleans up (processes, namespaces, mounts, filter rules) and counts as failed;
+  // no further round starts.
+  const std::atomic<bool>* interrupted = nullptr;
+  // Called with each round's report as soon as it is done (a long run keeps what it
+  // found even if it is stopped).
+  std::function<void(const RoundReport&)> on_round;
 };
 
 struct RoundReport {
