@@ -371,7 +371,7 @@ TEST(Operations, ASwitchoverHandsTheVmToTheSecondary) {
   ASSERT_NE(WaitForStatus(pc, "\"state\":\"protected\"", seconds(60)).find("protected"), std::string::npos);
   ProcessResult refused = RunProcess({FtvmBinary(), "switchover", "--control", sc}, seconds(20), "switch-refused");
   EXPECT_EQ(refused.exit_code, 1);
-  EXPECT_NE(refused.err.find("not supported by a 'secondary' VMM"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("not supported by this 'secondary' VMM"), std::string::npos) << refused.err;
   ProcessResult started = RunProcess({FtvmBinary(), "switchover", "--control", pc}, seconds(20), "switch");
   EXPECT_EQ(started.exit_code, 0) << started.err;
   EXPECT_NE(started.out.find("switchover:"), std::string::npos) << started.out;

@@ -58,8 +58,9 @@ ControlEndpoint::ControlEndpoint(const OperatorOptions& options, std::string rol
   on(control::Request::kFailoverTest,
      [this](const control::Request&, control::Responder& out) { return FailoverTest(out); });
   on(control::Request::kSwitchover, [this](const control::Request&, control::Responder&) -> control::Reply {
-    throw Error("a switchover is not supported by a '" + role_ +
-                "' VMM: ask the primary that runs the protected VM (ftvm switchover --control ITS-SOCKET)");
+    throw Error("a switchover is not supported by this '" + role_ +
+                "' VMM: only an ftvm primary whose VM a secondary protects hands it over (ftvm switchover "
+                "--control ITS-SOCKET)");
   });
 }
 
@@ -68,7 +69,7 @@ control::Reply ControlEndpoint::FailoverTest(control::Responder& out) {
   if (!s.runs_vm() || s.state() != "protected")
     throw Error("failover drill: this VMM (" + role_ + ", " + s.state() +
                 ") does not run a protected VM; ask the one that runs it while a secondary protects it");
-  log::event(log::Level::kError, "failover_drill",
+  log::event(log::Level::kError, "control.failover_drill",
              {{"host", s.host()}, {"peer", s.peer()}, {"detail", "this VMM ends now as if its host died"}});
   // After the answer went out: end at once, like a host that dies. No destructor
   // runs: nothing more is released, the channel just goes, and the secondary
