@@ -5,6 +5,8 @@
 #include <boost/beast/http.hpp>
 #include <google/protobuf/util/json_util.h>
 
+#include <poll.h>
+
 #include <cstdio>
 #include <thread>
 #include <vector>
@@ -181,6 +183,8 @@ std::string CheckHttpAddress(const std::string& address) {
   return ParseAddress(address, ep);
 }
 
+constexpr int kFirstByteMs = 1000;
+
 struct MetricsServer::Impl {
   asio::io_context io;
   tcp::acceptor acceptor{io};
@@ -232,6 +236,10 @@ struct MetricsServer::Impl {
   // One request per connection, answered synchronously: scrapes and the
   // dashboard's polls are rare and small.
   void serve(tcp::socket socket) {
+    // A client that connects and says nothing (a browser's speculative preconnect)
+    // must not hold the one serving thread: its request must start within a second.
+    pollfd p{socket.native_handle(), POLLIN, 0};
+    if (::poll(&p, 1, kFirstByteMs) != 1) return;
     boost::system::error_code ec;
     boost::beast::flat_buffer buffer;
     http::request<http::string_body> req;

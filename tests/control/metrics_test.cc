@@ -3,7 +3,11 @@
 // the status JSON with CORS, metrics, 404), actions refused without a handler
 // (403), a refusal as 409 with its reason, and an accepted action whose follow-up
 // runs only once its answer went out. Also the address check and the JSON writer.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -84,6 +88,23 @@ TEST(Metrics, AnActionIsAnsweredBeforeItsFollowUpRuns) {
   EXPECT_EQ(drills, 1);
   EXPECT_EQ(switchovers, 1);
   EXPECT_NE(HttpRequest(server.address(), "OPTIONS", "/api/drill").find("HTTP/1.1 204"), std::string::npos);
+}
+
+// A connection that never sends a request is dropped, and the server answers others.
+TEST(Metrics, ASilentClientDoesNotHoldTheServer) {
+  MetricsServer server("127.0.0.1:0", FakeStatus, nullptr);
+  const std::string a = server.address();
+  const size_t colon = a.rfind(':');
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(std::stoi(a.substr(colon + 1))));
+  ASSERT_EQ(inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr), 1);
+  const int silent = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_EQ(connect(silent, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  EXPECT_NE(HttpRequest(a, "GET", "/api/status").find("HTTP/1.1 200"), std::string::npos);
+  char c;
+  EXPECT_EQ(read(silent, &c, 1), 0);  // closed by the server, unanswered
+  close(silent);
 }
 
 TEST(Metrics, AddressesAreChecked) {
