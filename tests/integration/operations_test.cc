@@ -1,7 +1,9 @@
 // Operating a protected VM with the real `ftvm` binary: `ftvm status` on a primary
 // and a secondary (role, protection state, counters), the secondary's status and the
 // event file after the primary is killed, JSON log lines with the VM's name and
-// role, and a VM started from a configuration file. No timing is asserted.
+// role, a VM started from a configuration file, metrics over HTTP, and the
+// dashboard's HTTP side (its page, /api/status, a drill and a switchover; the page
+// in a browser is dashboard_browser_test.py). No timing is asserted.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
