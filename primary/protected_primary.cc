@@ -477,8 +477,9 @@ bool ProtectedPrimary::HandOverNow(uint64_t position, std::string* why) {
 }
 
 std::string ProtectedPrimary::hand_over() {
-  if (!protected_ || lost_ || stopping_) return "no secondary protects the VM: there is nobody to hand it to";
   std::lock_guard<std::mutex> lock(handover_mu_);
+  // Under the lock: run() sets stopping_ before it joins the handover thread.
+  if (!protected_ || lost_ || stopping_) return "no secondary protects the VM: there is nobody to hand it to";
   if (handover_.joinable()) return "a handover was started already";
   handover_ = std::thread([this] { HandOver(); });
   return "";
