@@ -160,6 +160,7 @@ void Server::Serve(int fd) {
   reply.set_done(true);
   if (!reply.error().empty()) log::warn("control.request_failed", {{"error", reply.error()}});
   out.send(std::move(reply));
+  if (std::function<void()> then = out.take_then()) then();
 }
 
 Reply Call(const std::string& path, Request request, const std::function<void(const std::string&)>& on_progress) {

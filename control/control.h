@@ -38,14 +38,22 @@ std::string CheckVersion(const Request& request);
 class Responder {
  public:
   explicit Responder(int fd) : fd_(fd) {}
+  // A caller that is no socket client (the dashboard's HTTP actions): progress
+  // lines go nowhere.
+  Responder() : fd_(-1), failed_(true) {}
   void progress(const std::string& line);
   bool failed() const { return failed_; }
+  // `f` runs once the final reply has gone out (a drill ends the process: its
+  // answer must reach the client first).
+  void then(std::function<void()> f) { then_ = std::move(f); }
+  std::function<void()> take_then() { return std::move(then_); }
 
  private:
   friend class Server;
   bool send(Reply reply);
   int fd_;
   bool failed_ = false;
+  std::function<void()> then_;
 };
 
 class Server {

@@ -3,6 +3,9 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <google/protobuf/util/json_util.h>
+
+#include <poll.h>
 
 #include <cstdio>
 #include <thread>
@@ -10,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "control/dashboard_html.h"
 
 namespace ftvm::control {
 namespace {
@@ -122,10 +126,70 @@ std::string RenderPrometheus(const StatusReply& s) {
   return w.take();
 }
 
+std::string StatusJson(const StatusReply& s) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.always_print_primitive_fields = true;
+  options.preserve_proto_field_names = true;
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(s, &out, options).ok()) throw Error("status: not printable as JSON");
+  return out;
+}
+
+std::string_view DashboardHtml() { return kDashboardHtml; }
+
+namespace {
+
+// A JSON string literal of `v`.
+std::string JsonString(const std::string& v) {
+  std::string out = "\"";
+  for (unsigned char c : v) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += char(c);
+    } else if (c < 0x20) {
+      char esc[8];
+      std::snprintf(esc, sizeof esc, "\\u%04x", c);
+      out += esc;
+    } else {
+      out += char(c);
+    }
+  }
+  return out + "\"";
+}
+
+// Parses HOST:PORT; "" or why not.
+std::string ParseAddress(const std::string& address, tcp::endpoint& ep) {
+  const std::string bad = "'" + address + "' is not HOST:PORT (an IP address and a port, e.g. 0.0.0.0:9464)";
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) return bad;
+  std::string host = address.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  boost::system::error_code ec;
+  const auto ip = asio::ip::make_address(host, ec);
+  const std::string port_text = address.substr(colon + 1);
+  if (ec || port_text.empty() || port_text.size() > 5 ||
+      port_text.find_first_not_of("0123456789") != std::string::npos)
+    return bad;
+  const unsigned long port = std::stoul(port_text);
+  if (port > 65535) return bad;
+  ep = tcp::endpoint(ip, static_cast<unsigned short>(port));
+  return "";
+}
+
+}  // namespace
+
+std::string CheckHttpAddress(const std::string& address) {
+  tcp::endpoint ep;
+  return ParseAddress(address, ep);
+}
+
+constexpr int kFirstByteMs = 1000;
+
 struct MetricsServer::Impl {
   asio::io_context io;
   tcp::acceptor acceptor{io};
-  std::function<std::string()> render;
+  std::function<StatusReply()> status;
+  Server::Handler act;
   std::thread thread;
 
   void accept() {
@@ -136,47 +200,104 @@ struct MetricsServer::Impl {
     });
   }
 
-  // One request per connection, answered synchronously: scrapes are rare and small.
+  using Response = http::response<http::string_body>;
+
+  static void Answer(Response& res, http::status code, const char* type, std::string body) {
+    res.result(code);
+    res.set(http::field::content_type, type);
+    res.body() = std::move(body);
+  }
+
+  // POST /api/drill or /api/migrate. `then` gets what runs after the answer went out.
+  void Act(const Request& request, Response& res, std::function<void()>& then) {
+    if (!act) {
+      Answer(res, http::status::forbidden, "application/json",
+             "{\"error\":\"actions are off on this VMM: start it with --dashboard-actions to allow the drill and "
+             "switchover buttons\"}");
+      return;
+    }
+    Responder responder;
+    Reply reply;
+    try {
+      reply = act(request, responder);
+    } catch (const Error& e) {
+      reply.set_error(e.what());
+    }
+    if (!reply.error().empty()) {
+      log::warn("dashboard.action_refused", {{"error", reply.error()}});
+      Answer(res, http::status::conflict, "application/json", "{\"error\":" + JsonString(reply.error()) + "}");
+      return;
+    }
+    Answer(res, http::status::ok, "application/json",
+           "{\"message\":" + JsonString(reply.action().message()) + "}");
+    then = responder.take_then();
+  }
+
+  // One request per connection, answered synchronously: scrapes and the
+  // dashboard's polls are rare and small.
   void serve(tcp::socket socket) {
+    // A client that connects and says nothing (a browser's speculative preconnect)
+    // must not hold the one serving thread: its request must start within a second.
+    pollfd p{socket.native_handle(), POLLIN, 0};
+    if (::poll(&p, 1, kFirstByteMs) != 1) return;
     boost::system::error_code ec;
     boost::beast::flat_buffer buffer;
     http::request<http::string_body> req;
     http::read(socket, buffer, req, ec);
     if (ec) return;
-    http::response<http::string_body> res;
+    Response res;
     res.version(req.version());
     res.keep_alive(false);
-    if (req.method() == http::verb::get && req.target() == "/metrics") {
-      res.result(http::status::ok);
-      res.set(http::field::content_type, "text/plain; version=0.0.4");
-      res.body() = render();
-    } else {
-      res.result(http::status::not_found);
-      res.set(http::field::content_type, "text/plain");
-      res.body() = "ftvm serves GET /metrics\n";
+    std::function<void()> then;
+    const std::string_view target(req.target().data(), req.target().size());
+    const std::string_view path = target.substr(0, target.find('?'));
+    const bool get = req.method() == http::verb::get, post = req.method() == http::verb::post;
+    try {
+      if (get && path == "/metrics") {
+        Answer(res, http::status::ok, "text/plain; version=0.0.4", RenderPrometheus(status()));
+      } else if (get && (path == "/" || path == "/index.html")) {
+        Answer(res, http::status::ok, "text/html; charset=utf-8", std::string(DashboardHtml()));
+      } else if (get && path == "/api/status") {
+        // The page of the peer's dashboard polls this one too (another origin).
+        res.set(http::field::access_control_allow_origin, "*");
+        res.set(http::field::cache_control, "no-store");
+        Answer(res, http::status::ok, "application/json", StatusJson(status()));
+      } else if (path == "/api/drill" || path == "/api/migrate") {
+        res.set(http::field::access_control_allow_origin, "*");
+        if (req.method() == http::verb::options) {
+          res.set(http::field::access_control_allow_methods, "POST");
+          Answer(res, http::status::no_content, "text/plain", "");
+        } else if (!post) {
+          Answer(res, http::status::method_not_allowed, "application/json", "{\"error\":\"use POST\"}");
+        } else {
+          Request request;
+          if (path == "/api/drill")
+            request.mutable_failover_test();
+          else
+            request.mutable_switchover();
+          Act(request, res, then);
+        }
+      } else {
+        Answer(res, http::status::not_found, "text/plain",
+               "ftvm serves GET / (the dashboard), /metrics, /api/status; POST /api/drill, /api/migrate\n");
+      }
+    } catch (const Error& e) {
+      Answer(res, http::status::internal_server_error, "text/plain", std::string(e.what()) + "\n");
     }
     res.prepare_payload();
     http::write(socket, res, ec);
     socket.shutdown(tcp::socket::shutdown_send, ec);
+    if (then) then();
   }
 };
 
-MetricsServer::MetricsServer(const std::string& address, std::function<std::string()> render)
+MetricsServer::MetricsServer(const std::string& address, std::function<StatusReply()> status, Server::Handler act)
     : impl_(std::make_unique<Impl>()) {
-  impl_->render = std::move(render);
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0)
-    throw Error("metrics address '" + address + "' is not HOST:PORT (e.g. 0.0.0.0:9464)");
+  impl_->status = std::move(status);
+  impl_->act = std::move(act);
+  tcp::endpoint ep;
+  if (std::string bad = ParseAddress(address, ep); !bad.empty()) throw Error("metrics address " + bad);
   boost::system::error_code ec;
-  const auto ip = asio::ip::make_address(address.substr(0, colon), ec);
-  unsigned long port = 0;
-  try {
-    port = std::stoul(address.substr(colon + 1));
-  } catch (const std::exception&) {
-    port = 65536;
-  }
-  if (ec || port > 65535) throw Error("metrics address '" + address + "' is not HOST:PORT (e.g. 0.0.0.0:9464)");
-  const tcp::endpoint ep(ip, static_cast<unsigned short>(port));
   impl_->acceptor.open(ep.protocol(), ec);
   if (!ec) impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
   if (!ec) impl_->acceptor.bind(ep, ec);

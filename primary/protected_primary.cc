@@ -87,6 +87,7 @@ ProtectedPrimary::~ProtectedPrimary() {
   if (channel_) channel_->close();
   if (monitor_.joinable()) monitor_.join();
   if (acceptor_.joinable()) acceptor_.join();
+  std::lock_guard<std::mutex> lock(handover_mu_);
   if (handover_.joinable()) handover_.join();
 }
 
@@ -409,7 +410,10 @@ int ProtectedPrimary::run() {
   stopping_ = true;
   if (monitor_.joinable()) monitor_.join();
   if (acceptor_.joinable()) acceptor_.join();
-  if (handover_.joinable()) handover_.join();
+  {
+    std::lock_guard<std::mutex> lock(handover_mu_);
+    if (handover_.joinable()) handover_.join();
+  }
   if (channel_) channel_->close();
   return code;
 }
@@ -472,6 +476,15 @@ bool ProtectedPrimary::HandOverNow(uint64_t position, std::string* why) {
   return true;
 }
 
+std::string ProtectedPrimary::hand_over() {
+  std::lock_guard<std::mutex> lock(handover_mu_);
+  // Under the lock: run() sets stopping_ before it joins the handover thread.
+  if (!protected_ || lost_ || stopping_) return "no secondary protects the VM: there is nobody to hand it to";
+  if (handover_.joinable()) return "a handover was started already";
+  handover_ = std::thread([this] { HandOver(); });
+  return "";
+}
+
 void ProtectedPrimary::HandOver() {
   const uint64_t t0 = clock_.monotonic_ns();
   log::event(log::Level::kInfo, "primary.handover_requested", {{"peer", channel_->peer()}});
@@ -506,6 +519,7 @@ void ProtectedPrimary::HandleMessage(const transport::Message& msg) {
       acked_offset_.store(acked, std::memory_order_release);
     }
   } else if (msg.type() == replication::kHandoverRequest) {
+    std::lock_guard<std::mutex> lock(handover_mu_);
     if (!handover_.joinable()) handover_ = std::thread([this] { HandOver(); });
   } else if (msg.type() == replication::kHandoverDone) {
     handed_over_ = true;

@@ -97,6 +97,11 @@ class ProtectedPrimary {
   int run();
   // Thread-safe.
   void stop();
+  // A planned switchover this side starts (the dashboard's Migrate, ftvm
+  // switchover): the handover a secondary asks for with ftvm migrate, started here.
+  // Any thread; "" once it started, else why not (no secondary protects the VM, or
+  // a handover is under way). The VM stops once the secondary runs it.
+  std::string hand_over();
 
   vmm::Machine& machine() { return *m_; }
   PrimaryReport report() const;
@@ -153,7 +158,8 @@ class ProtectedPrimary {
   std::unique_ptr<failover::PeerLiveness> liveness_;
   std::thread monitor_;
   std::thread acceptor_;
-  std::thread handover_;
+  std::thread handover_;  // started once (under handover_mu_): the monitor or hand_over()
+  std::mutex handover_mu_;
   std::atomic<uint64_t> acked_offset_{0};  // what the output rule counts as acknowledged
   std::atomic<bool> handed_over_{false};
   std::atomic<bool> stopping_{false};

@@ -14,6 +14,7 @@ packages=(
   clang libclang-rt-dev     # libFuzzer build of the event-log reader (fuzz/)
   libdpdk-dev               # DPDK logging channel (transport/dpdk_channel.cc; virtual devices in tests)
   qemu-system-x86 linux-image-amd64 busybox-static cpio   # tests/kvm: real KVM, nested under QEMU TCG
+  chromium chromium-driver  # tests/integration/dashboard_browser_test.py: the dashboard in headless Chromium
 )
 missing=()
 for p in "${packages[@]}"; do

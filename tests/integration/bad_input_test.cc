@@ -87,6 +87,13 @@ TEST(BadInput, UsageErrors) {
   ExpectCleanFailure({"frobnicate"}, "unknown command 'frobnicate'");
   ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "hello", "--metrics", "127.0.0.1:99999"},
                      "metrics address '127.0.0.1:99999' is not HOST:PORT");
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "hello", "--metrics", "127.0.0.1:0", "--peer-metrics",
+                      "peer-host"},
+                     "--peer-metrics 'peer-host' is not HOST:PORT");
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "hello", "--dashboard-actions"},
+                     "--dashboard-actions needs --metrics");
+  ExpectCleanFailure({"failover-test"}, "control");
+  ExpectCleanFailure({"switchover", "--control", "/nonexistent/vmm.sock"}, "/nonexistent/vmm.sock");
 }
 
 }  // namespace

@@ -1,12 +1,11 @@
 // Operating a protected VM with the real `ftvm` binary: `ftvm status` on a primary
 // and a secondary (role, protection state, counters), the secondary's status and the
 // event file after the primary is killed, JSON log lines with the VM's name and
-// role, and a VM started from a configuration file. No timing is asserted.
+// role, a VM started from a configuration file, metrics over HTTP, and the
+// dashboard's HTTP side (its page, /api/status, a drill and a switchover; the page
+// in a browser is dashboard_browser_test.py). No timing is asserted.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -176,26 +175,8 @@ TEST(Operations, APrimaryThatLosesItsSecondarySaysSo) {
   primary.Wait(seconds(60));
 }
 
-// GET `path` from the HTTP server at HOST:PORT; the whole response ("" when it
-// cannot connect).
 std::string HttpGet(const std::string& address, const std::string& path) {
-  const size_t colon = address.rfind(':');
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
-  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &sa.sin_addr) != 1) return "";
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
-    const std::string req = "GET " + path + " HTTP/1.1\r\nHost: " + address + "\r\nConnection: close\r\n\r\n";
-    if (write(fd, req.data(), req.size()) == ssize_t(req.size())) {
-      char buf[4096];
-      for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
-    }
-  }
-  close(fd);
-  return out;
+  return HttpRequest(address, "GET", path);
 }
 
 // Prometheus metrics over HTTP (--metrics): the pair's state as one series per state,
@@ -245,6 +226,166 @@ TEST(Operations, MetricsOverHttpFollowThePairsState) {
   EXPECT_NE(page.find("state=\"protected\"} 0"), std::string::npos) << page;
   primary.Signal(SIGTERM);
   primary.Wait(seconds(60));
+}
+
+// The address a VMM's --metrics server logged it listens on ("" when it did not).
+std::string MetricsAddress(const Process& p) {
+  if (!WaitForFileContains(p.stderr_path(), "metrics.listening", seconds(60))) return "";
+  std::smatch m;
+  const std::string err = p.Stderr();
+  return std::regex_search(err, m, std::regex("metrics.listening address=(\\S+)")) ? std::string(m[1]) : "";
+}
+
+// Polls GET /api/status at `address` until it contains `needle`; the last answer.
+std::string WaitForApiStatus(const std::string& address, const std::string& needle, seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string status;
+  while (std::chrono::steady_clock::now() < deadline) {
+    status = HttpGet(address, "/api/status");
+    if (status.find(needle) != std::string::npos) return status;
+    std::this_thread::sleep_for(milliseconds(200));
+  }
+  return status;
+}
+
+// The dashboard (GET / of --metrics): the page, self-contained; the status as JSON
+// with the pair's fields, readable from the peer's page (CORS); and without
+// --dashboard-actions the buttons' POSTs are refused and change nothing.
+TEST(Operations, TheDashboardShowsThePairAndRefusesActionsWithoutTheFlag) {
+  const std::string arbiter = NewArbiter();
+  const std::string channel = "shm:" + ScratchPath("channel.sock");
+  Process primary = Process::Start(
+      PrimaryArgs(channel, arbiter, {"--name", "a", "--vm-name", "d1", "--metrics", "127.0.0.1:0", "--peer-metrics",
+                                     "127.0.0.1:9"}),
+      "dash-primary");
+  Process secondary = Process::Start(SecondaryArgs(channel, arbiter, {"--name", "b", "--metrics", "127.0.0.1:0"}),
+                                     "dash-secondary");
+  const std::string p = MetricsAddress(primary), s = MetricsAddress(secondary);
+  ASSERT_FALSE(p.empty()) << primary.Stderr();
+  ASSERT_FALSE(s.empty()) << secondary.Stderr();
+  std::string ps = WaitForApiStatus(p, "\"state\":\"protected\"", seconds(60));
+  ASSERT_NE(ps.find("\"state\":\"protected\""), std::string::npos) << ps << primary.Stderr();
+  EXPECT_NE(ps.find("HTTP/1.1 200"), std::string::npos) << ps;
+  EXPECT_NE(ps.find("Content-Type: application/json"), std::string::npos) << ps;
+  EXPECT_NE(ps.find("Access-Control-Allow-Origin: *"), std::string::npos) << ps;
+  for (const char* field : {"\"role\":\"primary\"", "\"host\":\"a\"", "\"peer\":\"b\"", "\"vm\":\"d1\"",
+                            "\"runs_vm\":true", "\"dashboard_actions\":false", "\"peer_metrics\":\"127.0.0.1:9\"",
+                            "\"generation\":\"1\"", "\"lag_us\":", "\"hold_p99_us\":", "\"log_bytes_per_s\":",
+                            "\"last_failover\":\"\""})
+    EXPECT_NE(ps.find(field), std::string::npos) << field << "\n" << ps;
+  EXPECT_NE(ps.find("\"metrics\":\"" + p + "\""), std::string::npos) << ps;
+  const std::string ss = WaitForApiStatus(s, "\"state\":\"protected\"", seconds(60));
+  EXPECT_NE(ss.find("\"role\":\"secondary\""), std::string::npos) << ss;
+  EXPECT_NE(ss.find("\"runs_vm\":false"), std::string::npos) << ss;
+  EXPECT_NE(ss.find("\"peer\":\"a\""), std::string::npos) << ss;
+
+  // The page: one self-contained HTML document (nothing fetched from elsewhere).
+  const std::string page = HttpGet(p, "/");
+  EXPECT_NE(page.find("HTTP/1.1 200"), std::string::npos) << page.substr(0, 300);
+  EXPECT_NE(page.find("Content-Type: text/html"), std::string::npos) << page.substr(0, 300);
+  for (const char* part : {"<!DOCTYPE html>", "id=\"pair-state\"", "id=\"lag-plot\"", "id=\"bw-plot\"",
+                           "id=\"drill\"", "id=\"migrate\"", "/api/status", "</html>"})
+    EXPECT_NE(page.find(part), std::string::npos) << part;
+  EXPECT_EQ(page.find("src=\"http"), std::string::npos);
+  EXPECT_EQ(page.find("href=\"http"), std::string::npos);
+
+  // Without --dashboard-actions: refused, and the pair stays as it is.
+  for (const char* path : {"/api/drill", "/api/migrate"}) {
+    const std::string r = HttpRequest(p, "POST", path);
+    EXPECT_NE(r.find("HTTP/1.1 403"), std::string::npos) << path << "\n" << r;
+    EXPECT_NE(r.find("--dashboard-actions"), std::string::npos) << r;
+  }
+  EXPECT_NE(HttpRequest(p, "GET", "/api/drill").find("HTTP/1.1 405"), std::string::npos);
+  std::this_thread::sleep_for(milliseconds(500));
+  EXPECT_TRUE(primary.Running());
+  ps = HttpGet(p, "/api/status");
+  EXPECT_NE(ps.find("\"state\":\"protected\""), std::string::npos) << ps;
+  primary.Signal(SIGTERM);
+  EXPECT_EQ(primary.Wait(seconds(60)).exit_code, 0) << primary.Stderr();
+  secondary.Wait(seconds(60));
+}
+
+// A failover drill from the dashboard's endpoint (--dashboard-actions): refused by
+// the secondary (it does not run the VM), accepted by the primary, which ends at
+// once (exit 6) as if its host died; the secondary takes over.
+TEST(Operations, ADrillFromTheDashboardFailsThePairOver) {
+  const std::string arbiter = NewArbiter();
+  const std::string channel = "shm:" + ScratchPath("channel.sock");
+  const std::string pc = ScratchPath("primary.control"), sc = ScratchPath("secondary.control");
+  Process primary = Process::Start(
+      PrimaryArgs(channel, arbiter, {"--name", "a", "--metrics", "127.0.0.1:0", "--dashboard-actions", "--control", pc}),
+      "drill-primary");
+  Process secondary = Process::Start(
+      SecondaryArgs(channel, arbiter,
+                    {"--name", "b", "--metrics", "127.0.0.1:0", "--dashboard-actions", "--control", sc}),
+      "drill-secondary");
+  const std::string p = MetricsAddress(primary), s = MetricsAddress(secondary);
+  ASSERT_FALSE(p.empty()) << primary.Stderr();
+  ASSERT_FALSE(s.empty()) << secondary.Stderr();
+  std::string ps = WaitForApiStatus(p, "\"state\":\"protected\"", seconds(60));
+  ASSERT_NE(ps.find("\"state\":\"protected\""), std::string::npos) << ps << primary.Stderr();
+  EXPECT_NE(ps.find("\"dashboard_actions\":true"), std::string::npos) << ps;
+  std::string ss = WaitForApiStatus(s, "\"state\":\"protected\"", seconds(60));
+  ASSERT_NE(ss.find("\"state\":\"protected\""), std::string::npos) << ss << secondary.Stderr();
+
+  // The secondary runs no VM: no drill there, by HTTP or the control socket.
+  const std::string refused = HttpRequest(s, "POST", "/api/drill");
+  EXPECT_NE(refused.find("HTTP/1.1 409"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("does not run a protected VM"), std::string::npos) << refused;
+  ProcessResult cli = RunProcess({FtvmBinary(), "failover-test", "--control", sc}, seconds(20), "drill-cli");
+  EXPECT_EQ(cli.exit_code, 1);
+  EXPECT_NE(cli.err.find("does not run a protected VM"), std::string::npos) << cli.err;
+  EXPECT_TRUE(secondary.Running());
+
+  const std::string accepted = HttpRequest(p, "POST", "/api/drill");
+  EXPECT_NE(accepted.find("HTTP/1.1 200"), std::string::npos) << accepted;
+  EXPECT_NE(accepted.find("\"message\":\"failover drill: a ends now"), std::string::npos) << accepted;
+  const ProcessResult ended = primary.Wait(seconds(30));
+  EXPECT_EQ(ended.exit_code, 6) << ended.err;
+  EXPECT_NE(ended.err.find("failover_drill"), std::string::npos) << ended.err;
+  EXPECT_EQ(ended.err.find("primary: log "), std::string::npos) << ended.err;  // no final summary: it just ended
+
+  ss = WaitForApiStatus(s, "\"state\":\"live\"", seconds(60));
+  ASSERT_NE(ss.find("\"state\":\"live\""), std::string::npos) << ss << secondary.Stderr();
+  EXPECT_NE(ss.find("\"runs_vm\":true"), std::string::npos) << ss;
+  EXPECT_NE(ss.find("\"last_failover\":\"took over at position"), std::string::npos) << ss;
+  const size_t body = ss.find("\r\n\r\n");
+  ASSERT_NE(body, std::string::npos);
+  EXPECT_GT(NumberIn(ss.substr(body + 4), "failover_downtime_ms"), 0) << ss;
+  EXPECT_EQ(NumberIn(ss.substr(body + 4), "generation"), 2) << ss;
+  EXPECT_EQ(HttpGet(p, "/api/status"), "");  // the old primary is gone
+  secondary.Signal(SIGTERM);
+  EXPECT_EQ(secondary.Wait(seconds(60)).exit_code, 0) << secondary.Stderr();
+}
+
+// A planned switchover (ftvm switchover, the dashboard's Migrate): refused by the
+// secondary; on the primary, the VM moves to the secondary, which runs it at once
+// in the next arbiter generation, and the primary stops (exit 4).
+TEST(Operations, ASwitchoverHandsTheVmToTheSecondary) {
+  const std::string arbiter = NewArbiter();
+  const std::string channel = "shm:" + ScratchPath("channel.sock");
+  const std::string pc = ScratchPath("primary.control"), sc = ScratchPath("secondary.control");
+  Process primary = Process::Start(PrimaryArgs(channel, arbiter, {"--name", "a", "--control", pc}), "switch-primary");
+  Process secondary =
+      Process::Start(SecondaryArgs(channel, arbiter, {"--name", "b", "--control", sc}), "switch-secondary");
+  std::string s = WaitForStatus(sc, "\"state\":\"protected\"", seconds(60));
+  ASSERT_NE(s.find("\"state\":\"protected\""), std::string::npos) << s << secondary.Stderr();
+  ASSERT_NE(WaitForStatus(pc, "\"state\":\"protected\"", seconds(60)).find("protected"), std::string::npos);
+  ProcessResult refused = RunProcess({FtvmBinary(), "switchover", "--control", sc}, seconds(20), "switch-refused");
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("not supported by this 'secondary' VMM"), std::string::npos) << refused.err;
+  ProcessResult started = RunProcess({FtvmBinary(), "switchover", "--control", pc}, seconds(20), "switch");
+  EXPECT_EQ(started.exit_code, 0) << started.err;
+  EXPECT_NE(started.out.find("switchover:"), std::string::npos) << started.out;
+  const ProcessResult ended = primary.Wait(seconds(60));
+  EXPECT_EQ(ended.exit_code, 4) << ended.err;
+  EXPECT_NE(ended.err.find("handed the VM over"), std::string::npos) << ended.err;
+  s = WaitForStatus(sc, "\"state\":\"live\"", seconds(60));
+  ASSERT_NE(s.find("\"state\":\"live\""), std::string::npos) << s << secondary.Stderr();
+  EXPECT_NE(s.find("\"last_failover\":\"the primary handed the VM over"), std::string::npos) << s;
+  EXPECT_EQ(NumberIn(s, "generation"), 2) << s;
+  secondary.Signal(SIGTERM);
+  EXPECT_EQ(secondary.Wait(seconds(60)).exit_code, 0) << secondary.Stderr();
 }
 
 TEST(Operations, ASurvivorProtectedAgainShowsItsNewSecondary) {
@@ -301,13 +442,15 @@ TEST(Operations, ConfigCheckNamesEveryBadKeyAndItsLine) {
                         << "[secondary]\n"
                         << "connect = \"pigeon:7\"\n"
                         << "arbiter = \"/tmp\"\n"
-                        << "no-verify = 1\n";
+                        << "no-verify = 1\n"
+                        << "peer-metrics = \"nowhere\"\n";
   ProcessResult r = RunProcess({FtvmBinary(), "config", "check", config}, seconds(20), "check-bad");
   EXPECT_EQ(r.exit_code, 1);
   for (const char* expected : {":1: key 'guest': the guest image /no/such/guest.elf is not there",
                                ":3: key 'mem': bad value", ":4: key 'colour': unknown key",
                                ":6: key 'secondary.connect': not a channel address",
-                               ":8: key 'secondary.no-verify': is an integer; it is a switch"})
+                               ":8: key 'secondary.no-verify': is an integer; it is a switch",
+                               ":9: key 'secondary.peer-metrics': 'nowhere' is not HOST:PORT"})
     EXPECT_NE(r.err.find(expected), std::string::npos) << expected << "\n" << r.err;
 }
 

@@ -58,6 +58,11 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, std::chrono::mill
 // Polls `path` until it contains `needle` or `timeout` passes.
 bool WaitForFileContains(const std::string& path, const std::string& needle, std::chrono::milliseconds timeout);
 
+// One HTTP/1.1 request (`method` GET, POST, ...; empty body) to the server at
+// IPv4 HOST:PORT; the whole response, status line and headers included ("" when
+// it cannot connect).
+std::string HttpRequest(const std::string& address, const std::string& method, const std::string& path);
+
 // One round of `ftvm drill --json FILE` (a JSON object per line; missing numbers -1).
 struct DrillRound {
   std::string fault;  // "kill-primary", ...

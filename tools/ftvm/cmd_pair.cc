@@ -158,6 +158,10 @@ int PrimaryMain(int argc, char** argv) {
       s.set_host(name);
       FillPrimaryStatus(p.status(), s);
     });
+    control.on(control::Request::kSwitchover, [&p](const control::Request&, control::Responder&) {
+      if (std::string why = p.hand_over(); !why.empty()) throw Error("switchover: " + why);
+      return ActionStarted("switchover: the VM pauses once the secondary caught up, and runs there next");
+    });
     control.start();
     PrintSummary("primary: listening on %s\n", p.listen_address().c_str());
     p.accept_secondary();

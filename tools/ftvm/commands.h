@@ -10,6 +10,7 @@ class CommandOptions;  // config.h
 
 constexpr int kExitUsage = 2;      // bad command line
 constexpr int kExitVmmError = 125; // the VMM could not run the guest
+constexpr int kExitFailoverDrill = 6;  // a VMM a failover drill ended (as if its host died)
 
 int RunMain(int argc, char** argv);
 int RecordMain(int argc, char** argv);
@@ -27,6 +28,9 @@ int DrStartMain(int argc, char** argv);
 int MoveDiskMain(int argc, char** argv);
 // Operating it: `ftvm status` (operations.cc), `ftvm config check` (config.cc).
 int StatusMain(int argc, char** argv);
+// `ftvm failover-test` and `ftvm switchover` (operations.cc): the dashboard's buttons.
+int FailoverTestMain(int argc, char** argv);
+int SwitchoverMain(int argc, char** argv);
 int ConfigMain(int argc, char** argv);
 
 // The options of the commands a configuration file configures (config.h).

@@ -12,6 +12,7 @@
 #include <toml++/toml.h>
 
 #include "common/error.h"
+#include "control/metrics.h"
 #include "tools/ftvm/commands.h"
 #include "tools/ftvm/vm_runner.h"
 #include "transport/channel.h"
@@ -69,6 +70,8 @@ std::string CheckValue(const std::string& key, const std::string& value) {
     if (::access(value.c_str(), R_OK) != 0) return "the guest image " + value + " cannot be read";
   } else if (key == "arbiter") {
     if (::stat(value.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return "the arbiter directory " + value + " is not there";
+  } else if (key == "metrics" || key == "peer-metrics") {
+    if (std::string bad = control::CheckHttpAddress(value); !bad.empty()) return bad;
   } else if (key == "listen" || key == "connect" || key == "dr-target" || key == "attach" || key == "from") {
     try {
       (void)transport::ParseChannelAddress(value);

@@ -1,7 +1,6 @@
 #include "tools/ftvm/operations.h"
 
 #include <google/protobuf/descriptor.h>
-#include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -19,7 +18,14 @@ po::options_description OperatorOptions::describe() {
   po::options_description d("operating it");
   d.add_options()
       ("control", po::value(&control), "control socket for this VMM (ftvm status --control PATH, ftvm move-disk)")
-      ("metrics", po::value(&metrics), "serve Prometheus metrics at http://HOST:PORT/metrics (PORT 0: any free port)")
+      ("metrics", po::value(&metrics),
+       "serve Prometheus metrics at http://HOST:PORT/metrics and the dashboard at http://HOST:PORT/ (PORT 0: any "
+       "free port)")
+      ("peer-metrics", po::value(&peer_metrics),
+       "the peer VMM's --metrics HOST:PORT: the dashboard shows both sides of the pair")
+      ("dashboard-actions", po::bool_switch(&dashboard_actions),
+       "let the dashboard's buttons act (POST /api/drill, /api/migrate); off, they are refused, since the metrics "
+       "port may be reachable by others")
       ("log-json", po::bool_switch(&log_json), "write every log line as a JSON object (with the VM's name and role)")
       ("event-file", po::value(&event_file),
        "append failover, divergence, resync and migration events to FILE, one JSON object per line")
@@ -37,14 +43,46 @@ void OperatorOptions::configure_logging(const std::string& role, const std::stri
 }
 
 ControlEndpoint::ControlEndpoint(const OperatorOptions& options, std::string role, std::string vm_name)
-    : role_(std::move(role)), vm_name_(std::move(vm_name)), metrics_address_(options.metrics) {
-  if (options.control.empty()) return;
-  server_ = std::make_unique<control::Server>(options.control);
-  server_->on(control::Request::kStatus, [this](const control::Request&, control::Responder&) {
+    : role_(std::move(role)), vm_name_(std::move(vm_name)), metrics_address_(options.metrics),
+      peer_metrics_(options.peer_metrics), dashboard_actions_(options.dashboard_actions) {
+  if (!peer_metrics_.empty())
+    if (std::string bad = control::CheckHttpAddress(peer_metrics_); !bad.empty()) throw Error("--peer-metrics " + bad);
+  if (dashboard_actions_ && metrics_address_.empty())
+    throw Error("--dashboard-actions needs --metrics HOST:PORT (the dashboard's endpoint)");
+  if (!options.control.empty()) server_ = std::make_unique<control::Server>(options.control);
+  on(control::Request::kStatus, [this](const control::Request&, control::Responder&) {
     control::Reply reply;
     *reply.mutable_status() = status();
     return reply;
   });
+  on(control::Request::kFailoverTest,
+     [this](const control::Request&, control::Responder& out) { return FailoverTest(out); });
+  on(control::Request::kSwitchover, [this](const control::Request&, control::Responder&) -> control::Reply {
+    throw Error("a switchover is not supported by this '" + role_ +
+                "' VMM: only an ftvm primary whose VM a secondary protects hands it over (ftvm switchover "
+                "--control ITS-SOCKET)");
+  });
+}
+
+control::Reply ControlEndpoint::FailoverTest(control::Responder& out) {
+  const control::StatusReply s = status();
+  if (!s.runs_vm() || s.state() != "protected")
+    throw Error("failover drill: this VMM (" + role_ + ", " + s.state() +
+                ") does not run a protected VM; ask the one that runs it while a secondary protects it");
+  log::event(log::Level::kError, "control.failover_drill",
+             {{"host", s.host()}, {"peer", s.peer()}, {"detail", "this VMM ends now as if its host died"}});
+  // After the answer went out: end at once, like a host that dies. No destructor
+  // runs: nothing more is released, the channel just goes, and the secondary
+  // finds its primary lost.
+  out.then([] { std::_Exit(kExitFailoverDrill); });
+  return ActionStarted("failover drill: " + s.host() + " ends now as if its host died; " + s.peer() +
+                       " detects it and takes over");
+}
+
+control::Reply ActionStarted(const std::string& message) {
+  control::Reply reply;
+  reply.mutable_action()->set_message(message);
+  return reply;
 }
 
 control::StatusReply ControlEndpoint::status() {
@@ -52,6 +90,9 @@ control::StatusReply ControlEndpoint::status() {
   control::StatusReply s;
   s.set_role(role_);
   s.set_vm(vm_name_);
+  s.set_metrics(metrics_bound_);
+  s.set_peer_metrics(peer_metrics_);
+  s.set_dashboard_actions(dashboard_actions_);
   for (const StatusPart& part : status_parts_) part(s);
   return s;
 }
@@ -59,13 +100,20 @@ control::StatusReply ControlEndpoint::status() {
 ControlEndpoint::~ControlEndpoint() = default;
 
 void ControlEndpoint::on(control::Request::BodyCase kind, control::Server::Handler handler) {
+  handlers_[kind] = handler;
   if (server_) server_->on(kind, std::move(handler));
 }
 
 void ControlEndpoint::start() {
   if (!metrics_address_.empty()) {
-    metrics_ = std::make_unique<control::MetricsServer>(metrics_address_,
-                                                        [this] { return control::RenderPrometheus(status()); });
+    control::Server::Handler act;
+    if (dashboard_actions_)
+      act = [this](const control::Request& request, control::Responder& out) {
+        return handlers_.at(request.body_case())(request, out);
+      };
+    metrics_ = std::make_unique<control::MetricsServer>(metrics_address_, [this] { return status(); }, std::move(act));
+    std::lock_guard lock(status_mu_);
+    metrics_bound_ = metrics_->address();
   }
   if (!server_) return;
   server_->start();
@@ -111,6 +159,7 @@ std::string_view SecondaryState(const secondary::SecondaryStatus& st) {
 
 void FillPrimaryStatus(const primary::PrimaryReport& r, control::StatusReply& s) {
   s.set_state(std::string(PrimaryState(r)));
+  s.set_runs_vm(r.protection != primary::Protection::kStoppedForPeer);
   s.set_detail(r.event);
   s.set_peer(r.secondary);
   s.set_generation(r.generation);
@@ -147,6 +196,7 @@ void FillPrimaryStatus(const primary::PrimaryReport& r, control::StatusReply& s)
 void FillSecondaryStatus(const secondary::SecondaryStatus& st, control::StatusReply& s) {
   const secondary::SecondaryReport& r = st.report;
   s.set_state(std::string(SecondaryState(st)));
+  s.set_runs_vm(r.outcome == secondary::SecondaryOutcome::kWentLive);
   s.set_detail(r.detail);
   s.set_peer(st.primary);
   s.set_generation(r.generation);
@@ -215,12 +265,7 @@ int StatusMain(int argc, char** argv) {
     if (!reply.error().empty()) throw Error(reply.error());
     const control::StatusReply& s = reply.status();
     if (json) {
-      google::protobuf::util::JsonPrintOptions options;
-      options.always_print_primitive_fields = true;
-      options.preserve_proto_field_names = true;
-      std::string out;
-      if (!google::protobuf::util::MessageToJsonString(s, &out, options).ok()) throw Error("status: not printable as JSON");
-      std::cout << out << "\n";
+      std::cout << control::StatusJson(s) << "\n";
       return 0;
     }
     // A table of what is set: the role and state always, the rest when it says
@@ -240,6 +285,50 @@ int StatusMain(int argc, char** argv) {
     std::cerr << "ftvm status: " << e.what() << "\n";
     return 1;  // no answer (no VMM there, or it refused)
   }
+}
+
+namespace {
+
+// `ftvm failover-test` and `ftvm switchover`: one request on the control socket.
+int ActionMain(int argc, char** argv, const char* name, const char* what, bool drill) {
+  std::string path;
+  po::options_description desc(std::string("ftvm ") + name + " options");
+  desc.add_options()
+      ("help,h", "show this help")
+      ("control", po::value(&path)->required(), "the control socket (--control PATH) of the VMM that runs the protected VM");
+  if (auto code = ParseCommandLine(argc, argv, desc, name, std::string("usage: ftvm ") + name + " --control PATH\n" + what))
+    return *code;
+  try {
+    control::Request req;
+    if (drill)
+      req.mutable_failover_test();
+    else
+      req.mutable_switchover();
+    control::Reply reply = control::Call(path, req, [](const std::string& line) { std::cerr << line << "\n"; });
+    if (!reply.error().empty()) throw Error(reply.error());
+    std::cout << reply.action().message() << "\n";
+    return 0;
+  } catch (const Error& e) {
+    std::cerr << "ftvm " << name << ": " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace
+
+int FailoverTestMain(int argc, char** argv) {
+  return ActionMain(argc, argv, "failover-test",
+                    "A failover drill: the VMM that runs the protected VM ends at once, as if its host died; its "
+                    "secondary detects the loss and takes over (exit 0 once the VMM accepted it).\n",
+                    true);
+}
+
+int SwitchoverMain(int argc, char** argv) {
+  return ActionMain(argc, argv, "switchover",
+                    "A planned switchover: the primary pauses its VM, waits until the secondary has the whole log, "
+                    "hands the VM over and stops; the secondary runs it at once (exit 0 once the primary started "
+                    "it; it ends with exit 4).\n",
+                    false);
 }
 
 }  // namespace ftvm::cli
