@@ -122,7 +122,15 @@ struct RunOptions final : CommandOptions {
     desc.add(ops.describe());
     return desc;
   }
-  std::string finish() override { return vm.apply() + storage.check() + image.check(); }
+  std::string finish() override {
+    std::string bad = vm.apply() + storage.check() + image.check();
+    if (bad.empty() && !image.from.empty() && vm.config.disk.empty())
+      bad = "--image-from needs --disk LOCAL_PATH: where the image is copied to";
+    if (bad.empty() && !image.from.empty() && !storage.dr_target.empty())
+      bad = "--image-from and --dr-target together: a DR copy of a disk that is not local yet would copy its holes; "
+            "start the mirror once the image is local";
+    return bad;
+  }
 };
 
 }  // namespace
