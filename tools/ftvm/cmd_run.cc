@@ -43,12 +43,15 @@ struct StreamStopper {
 void ReportStream(const storage::ImageStream& stream) {
   const storage::ImageStreamStats s = stream.stats();
   PrintSummary("image stream: %s: %llu blocks of %u KiB, %s; fetched on demand %llu, prefetched %llu, written over %llu, "
-               "local at start %llu; the guest read %llu distinct blocks while it ran (on demand: %.1f%%)",
+               "local at start %llu; the guest read %llu distinct blocks while it ran (on demand: %.1f%%); the vCPU "
+               "waited %.1f ms for blocks (%llu waits, longest %.1f ms)",
                stream.local_path().c_str(), static_cast<unsigned long long>(s.blocks), s.block_bytes / 1024,
                s.complete ? "complete" : "NOT complete", static_cast<unsigned long long>(s.demand_fetched),
                static_cast<unsigned long long>(s.prefetched), static_cast<unsigned long long>(s.written_over),
                static_cast<unsigned long long>(s.local_at_start), static_cast<unsigned long long>(s.blocks_read),
-               s.blocks_read > 0 ? 100.0 * double(s.demand_fetched) / double(s.blocks_read) : 0.0);
+               s.blocks_read > 0 ? 100.0 * double(s.demand_fetched) / double(s.blocks_read) : 0.0,
+               double(s.wait_ns_total) / 1e6, static_cast<unsigned long long>(s.demand_waits),
+               double(s.wait_ns_max) / 1e6);
 }
 
 }  // namespace
