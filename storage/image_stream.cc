@@ -153,7 +153,7 @@ void ImageStream::Connect() {
   }
   accessed_.assign(blocks_, 0);
   stats_.profile_blocks = reply.profile_blocks();
-  log::info("image_stream.connected", {{"server", where}, {"image", options_.server.name}, {"image_bytes", image_bytes_},
+  log::event(log::Level::kInfo, "image_stream.connected", {{"server", where}, {"image", options_.server.name}, {"image_bytes", image_bytes_},
                                        {"block_bytes", block_bytes_}, {"local_blocks", have_},
                                        {"profile_blocks", uint64_t(reply.profile_blocks())}});
 }
@@ -295,7 +295,7 @@ void ImageStream::Lost(const std::string& why) {
   }
   const std::string message = "image server lost: " + Where() + ": " + why + " (" + std::to_string(have) + " of " +
                               std::to_string(blocks_) + " blocks local): VM lost";
-  log::warn("image_stream.lost", {{"image", options_.server.name}, {"why", why}, {"local_blocks", have},
+  log::event(log::Level::kError, "image_stream.lost", {{"image", options_.server.name}, {"why", why}, {"local_blocks", have},
                                   {"blocks", blocks_}});
   // The VM is stopped before a vCPU waiting for a block hears of the failure: it
   // must not run on, not even to see an I/O error.
@@ -336,7 +336,7 @@ void ImageStream::Finish() {
     s = stats_;
   }
   cv_.notify_all();
-  log::info("image_stream.complete", {{"image", options_.server.name}, {"local", options_.local_path},
+  log::event(log::Level::kInfo, "image_stream.complete", {{"image", options_.server.name}, {"local", options_.local_path},
                                       {"blocks", blocks_}, {"on_demand", s.demand_fetched},
                                       {"prefetched", s.prefetched}, {"written_over", s.written_over},
                                       {"local_at_start", s.local_at_start}, {"late_dropped", s.late_dropped},
