@@ -20,8 +20,8 @@
 
 #include "common/unique_fd.h"
 #include "vmm/devices/device_io.h"
-#include "vmm/devices/disk_source.h"
 #include "vmm/devices/disk_observer.h"
+#include "vmm/devices/disk_source.h"
 #include "vmm/devices/virtio_mmio.h"
 #include "vmm/page_bitmap.h"
 #include "vmm/devices/virtqueue.h"
@@ -114,9 +114,10 @@ class VirtioBlk : public VirtioBackend {
   void complete(Virtqueue& vq, uint16_t head, uint8_t* status, uint8_t value, uint32_t used_len,
                 bool changes_disk);
   void flush_batch(Virtqueue& vq);
-  // Reads/writes all of `iov` at byte `offset`, retrying short transfers. Returns 0
-  // or an errno value.
+  // Reads/writes all of `iov` at byte `offset` (asking the block source first, if
+  // one is attached), retrying short transfers. Returns 0 or an errno value.
   int transfer(bool write, std::span<const iovec> iov, uint64_t offset);
+  // The file I/O alone.
   int transfer_file(bool write, std::span<const iovec> iov, uint64_t offset);
 
   std::string path_;
