@@ -681,6 +681,10 @@ void Machine::set_disk_observer(DiskWriteObserver* observer) {
   if (blk_ != nullptr) static_cast<VirtioBlk&>(blk_->backend()).set_write_observer(observer);
 }
 
+void Machine::set_disk_source(DiskBlockSource* source) {
+  if (blk_ != nullptr) static_cast<VirtioBlk&>(blk_->backend()).set_block_source(source);
+}
+
 void Machine::switch_disk(const std::string& path) {
   if (blk_ == nullptr) throw Error("this VM has no disk to switch");
   static_cast<VirtioBlk&>(blk_->backend()).switch_image(path);

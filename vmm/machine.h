@@ -22,6 +22,7 @@
 #include "vmm/devices/device.h"
 #include "vmm/devices/device_io.h"
 #include "vmm/devices/disk_observer.h"
+#include "vmm/devices/disk_source.h"
 #include "vmm/execution.h"
 #include "vmm/guest_memory.h"
 #include "vmm/page_bitmap.h"
@@ -142,6 +143,10 @@ class Machine final : private ExitHandler, private DeviceIo {
   // completion order (null: stop); no-op without a disk. Before run(), or on the
   // vCPU thread (run_at_boundary).
   void set_disk_observer(DiskWriteObserver* observer);
+  // Asks `source` for the disk's blocks before every read or write (an image still
+  // being streamed in; null: stop); no-op without a disk. Before run(), or on the
+  // vCPU thread.
+  void set_disk_source(DiskBlockSource* source);
   // Carries on with the disk image at `path` (same size) instead of the current one;
   // vCPU thread (run_at_boundary). Throws ftvm::Error; the old image stays then.
   void switch_disk(const std::string& path);

@@ -1,6 +1,7 @@
 // Bad input to `ftvm run`: each case is a one-line error naming the problem, a
 // non-zero exit code, and no crash (no signal, no core).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -78,6 +79,35 @@ TEST(BadInput, TapThatCannotBeOpened) {
 TEST(BadInput, KvmRequestedWithoutKvm) {
   if (access("/dev/kvm", F_OK) == 0) GTEST_SKIP() << "/dev/kvm exists on this host";
   ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--backend", "kvm"}, "/dev/kvm not found");
+}
+
+TEST(BadInput, ImageStreaming) {
+  const std::string local = ScratchPath("stream.img");
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "disk", "--image-from", "nohost", "--disk", local},
+                     "--image-from 'nohost' names no image (want HOST:PORT/NAME)");
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "disk", "--image-from", "127.0.0.1:1/mail"},
+                     "--image-from needs --disk");
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "disk", "--image-from", "127.0.0.1:1/mail", "--disk",
+                      local},
+                     "image server 127.0.0.1:1: tcp connect to 127.0.0.1:1: Connection refused");
+  // A file that is not a partial copy is never overwritten by a stream.
+  const std::string existing = WriteFile("existing.img", "mine");
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "disk", "--image-from", "127.0.0.1:1/mail", "--disk",
+                      existing},
+                     "is not a partial copy of a streamed image");
+  EXPECT_EQ(ReadFile(existing), "mine");
+  const std::string dir = ScratchPath("images");
+  ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
+  ExpectCleanFailure({"serve-image", "--listen", "127.0.0.1:0", "--dir", "/nonexistent/images"},
+                     "image directory /nonexistent/images: No such file or directory");
+  ExpectCleanFailure({"serve-image", "--listen", "127.0.0.1:0", "--dir", dir, "--block-kib", "3"}, "--block-kib");
+  const std::string port = std::to_string(24000 + getpid() % 20000);
+  Process server = Process::Start({FtvmBinary(), "serve-image", "--listen", "127.0.0.1:" + port, "--dir", dir}, "srv");
+  ASSERT_TRUE(WaitForFileContains(server.stderr_path(), "listening", seconds(10))) << server.Stderr();
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "disk", "--image-from", "127.0.0.1:" + port + "/nosuch",
+                      "--disk", local},
+                     "refused image 'nosuch': no image named 'nosuch' on this server");
+  EXPECT_NE(access(local.c_str(), F_OK), 0) << "nothing created for an image that is not there";
 }
 
 TEST(BadInput, UsageErrors) {

@@ -92,6 +92,8 @@ control::Reply VmStorage::MoveDisk(const control::Request& req, control::Respond
   const std::string old_path = machine_.disk_path();
   const std::string new_path = req.move_disk().new_path();
   if (old_path.empty()) throw Error("this VM has no disk");
+  if (stream_ != nullptr && !stream_->complete())
+    throw Error("the disk is still being streamed from its image server; move it once the copy is complete");
   if (new_path.empty()) throw Error("no new path given");
   if (::access(new_path.c_str(), F_OK) == 0) throw Error(new_path + " already exists (a move never overwrites a file)");
   const uint64_t t0 = clock_.monotonic_ns();

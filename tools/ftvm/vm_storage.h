@@ -14,6 +14,7 @@
 #include "control/control.h"
 #include "tools/ftvm/operations.h"
 #include "storage/disk_mirror.h"
+#include "storage/image_stream.h"
 #include "vmm/machine.h"
 
 namespace ftvm::cli {
@@ -37,6 +38,9 @@ class VmStorage {
   void serve(ControlEndpoint& control);
   // A last dr.lag line (the VM has stopped).
   void final_report();
+  // The disk is still being streamed in by `stream` (null: it is local): no disk
+  // move until the copy is complete.
+  void set_image_stream(const storage::ImageStream* stream) { stream_ = stream; }
 
  private:
   control::Reply MoveDisk(const control::Request& req, control::Responder& out);
@@ -48,11 +52,23 @@ class VmStorage {
   storage::DiskTaps taps_;
   std::unique_ptr<storage::DiskMirror> dr_;
   std::mutex move_mu_;  // one move at a time
+  const storage::ImageStream* stream_ = nullptr;
+};
+
+// `ftvm run --image-from HOST:PORT/NAME`: the disk (--disk, the local copy) is
+// streamed from an image server while the VM runs (storage/image_stream.h).
+struct ImageFromOptions {
+  std::string from;        // HOST:PORT/NAME; empty: a plain local disk
+  double timeout_s = 10;   // connecting, and a demanded block, before the server counts as lost
+  boost::program_options::options_description describe();
+  // "" or what is wrong with the values.
+  std::string check() const;
 };
 
 // Runs a VM (no recording) with its mirror and control socket until it powers off or
-// a signal; returns the exit code of `ftvm <cmd>` (errors on stderr). cmd_run.cc.
+// a signal; returns the exit code of `ftvm <cmd>` (errors on stderr). With `image`,
+// its disk is streamed in. cmd_run.cc.
 int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options,
-          const OperatorOptions& operator_options);
+          const OperatorOptions& operator_options, const ImageFromOptions* image = nullptr);
 
 }  // namespace ftvm::cli

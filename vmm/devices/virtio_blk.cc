@@ -236,6 +236,16 @@ void VirtioBlk::handle(Virtqueue& vq, const DescChain& chain) {
 }
 
 int VirtioBlk::transfer(bool write, std::span<const iovec> iov, uint64_t offset) {
+  if (source_ == nullptr) [[likely]] return transfer_file(write, iov, offset);
+  uint64_t bytes = 0;
+  for (const iovec& v : iov) bytes += v.iov_len;
+  if (const int err = source_->prepare(write, offset, bytes); err != 0) return err;
+  const int err = transfer_file(write, iov, offset);
+  if (write) source_->written(offset, bytes);
+  return err;
+}
+
+int VirtioBlk::transfer_file(bool write, std::span<const iovec> iov, uint64_t offset) {
   io_scratch_.assign(iov.begin(), iov.end());
   if (write && written_blocks_ != nullptr) {
     uint64_t bytes = 0;

@@ -21,6 +21,7 @@
 #include "common/unique_fd.h"
 #include "vmm/devices/device_io.h"
 #include "vmm/devices/disk_observer.h"
+#include "vmm/devices/disk_source.h"
 #include "vmm/devices/virtio_mmio.h"
 #include "vmm/page_bitmap.h"
 #include "vmm/devices/virtqueue.h"
@@ -73,6 +74,9 @@ class VirtioBlk : public VirtioBackend {
   // Tells `observer` every successful write and flush from now on, in completion
   // order (null: stop). vCPU thread, between requests.
   void set_write_observer(DiskWriteObserver* observer) { observer_ = observer; }
+  // Asks `source` before every read or write of the image from now on (null:
+  // stop): an image still being streamed in. Before run(), or on the vCPU thread.
+  void set_block_source(DiskBlockSource* source) { source_ = source; }
   // Carries on with the image at `path` instead (a disk move's switch: the new image
   // already holds what the old one does). Between requests, on the vCPU thread.
   // Throws ftvm::Error when it cannot be opened or its size differs; the device then
@@ -110,9 +114,11 @@ class VirtioBlk : public VirtioBackend {
   void complete(Virtqueue& vq, uint16_t head, uint8_t* status, uint8_t value, uint32_t used_len,
                 bool changes_disk);
   void flush_batch(Virtqueue& vq);
-  // Reads/writes all of `iov` at byte `offset`, retrying short transfers. Returns 0
-  // or an errno value.
+  // Reads/writes all of `iov` at byte `offset` (asking the block source first, if
+  // one is attached), retrying short transfers. Returns 0 or an errno value.
   int transfer(bool write, std::span<const iovec> iov, uint64_t offset);
+  // The file I/O alone.
+  int transfer_file(bool write, std::span<const iovec> iov, uint64_t offset);
 
   std::string path_;
   DeviceIo& io_;
@@ -134,6 +140,7 @@ class VirtioBlk : public VirtioBackend {
   bool batch_write_ = false;
   PageBitmap* written_blocks_ = nullptr;
   DiskWriteObserver* observer_ = nullptr;
+  DiskBlockSource* source_ = nullptr;
 };
 
 }  // namespace ftvm::vmm

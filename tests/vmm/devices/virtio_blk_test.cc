@@ -253,5 +253,55 @@ TEST_F(VirtioBlkTest, UsedEventSuppressesCompletionInterrupt) {
   EXPECT_TRUE(sink.raised.empty());
 }
 
+// An image being streamed in (storage/image_stream.h) is asked before each read
+// and write and told after each write; what it refuses fails the request.
+struct RecordingSource final : DiskBlockSource {
+  struct Call {
+    char kind;  // 'p' prepare, 'w' written
+    bool write;
+    uint64_t offset, bytes;
+  };
+  std::vector<Call> calls;
+  int refuse = 0;
+  int prepare(bool write, uint64_t offset, uint64_t bytes) override {
+    calls.push_back({'p', write, offset, bytes});
+    return refuse;
+  }
+  void written(uint64_t offset, uint64_t bytes) override { calls.push_back({'w', true, offset, bytes}); }
+};
+
+TEST_F(VirtioBlkTest, BlockSourceIsAskedBeforeEachTransferAndCanFailIt) {
+  RecordingSource src;
+  blk->set_block_source(&src);
+  add_request(0, VIRTIO_BLK_T_IN, 3, {{kBufs, 1024, true}}, false);
+  add_request(1, VIRTIO_BLK_T_OUT, 9, {{kBufs + 4096, 512, false}});
+  notify();
+  EXPECT_EQ(status(0), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(status(1), VIRTIO_BLK_S_OK);
+  ASSERT_EQ(src.calls.size(), 3u);
+  EXPECT_EQ(src.calls[0].kind, 'p');
+  EXPECT_FALSE(src.calls[0].write);
+  EXPECT_EQ(src.calls[0].offset, 3u * 512);
+  EXPECT_EQ(src.calls[0].bytes, 1024u);
+  EXPECT_EQ(src.calls[1].kind, 'p');
+  EXPECT_TRUE(src.calls[1].write);
+  EXPECT_EQ(src.calls[1].offset, 9u * 512);
+  EXPECT_EQ(src.calls[2].kind, 'w');
+  EXPECT_EQ(src.calls[2].offset, 9u * 512);
+  EXPECT_EQ(src.calls[2].bytes, 512u);
+  // Refused: the request fails and the file is not read.
+  src.refuse = EIO;
+  add_request(2, VIRTIO_BLK_T_IN, 20, {{kBufs, 512, true}});
+  notify();
+  EXPECT_EQ(status(2), VIRTIO_BLK_S_IOERR);
+  // Detached: not asked any more.
+  blk->set_block_source(nullptr);
+  src.calls.clear();
+  add_request(3, VIRTIO_BLK_T_IN, 20, {{kBufs, 512, true}});
+  notify();
+  EXPECT_EQ(status(3), VIRTIO_BLK_S_OK);
+  EXPECT_TRUE(src.calls.empty());
+}
+
 }  // namespace
 }  // namespace ftvm::vmm
