@@ -323,9 +323,14 @@ void DiskMirror::Report(bool force) {
 }
 
 void DiskMirror::NoteAck(const Ack& ack) {
-  std::lock_guard<std::mutex> lock(mu_);
-  last_ack_ = ack;
-  while (!unacked_.empty() && unacked_.front().first <= ack.durable_seq) unacked_.pop_front();
+  bool advanced = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    advanced = ack.durable_seq > last_ack_.durable_seq || ack.state != last_ack_.state;
+    last_ack_ = ack;
+    while (!unacked_.empty() && unacked_.front().first <= ack.durable_seq) unacked_.pop_front();
+  }
+  if (advanced && options_.on_durable) options_.on_durable();
 }
 
 std::string DiskMirror::PollAcks(MirrorLink& link) {

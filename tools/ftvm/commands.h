@@ -25,6 +25,8 @@ int ProtectMain(int argc, char** argv);
 int DrReplicaMain(int argc, char** argv);
 int DrStartMain(int argc, char** argv);
 int MoveDiskMain(int argc, char** argv);
+// HA restart of unprotected VMs across a cluster of hosts (ha_agent.cc).
+int HaAgentMain(int argc, char** argv);
 // Operating it: `ftvm status` (operations.cc), `ftvm config check` (config.cc).
 int StatusMain(int argc, char** argv);
 int ConfigMain(int argc, char** argv);

@@ -22,6 +22,7 @@ void Usage(std::ostream& out) {
          "  dr-replica keep a crash-consistent copy of a VM's disk, fed by --dr-target (ftvm dr-replica --help)\n"
          "  dr-start   start a VM from a DR replica's disk (ftvm dr-start --help)\n"
          "  move-disk  move a running VM's disk image to a new path (ftvm move-disk --help)\n"
+         "  ha-agent   restart a dead host's VMs on the others from their DR replicas (ftvm ha-agent --help)\n"
          "  status     a running VMM's role, protection, lag and events (ftvm status --help)\n"
          "  config     check a VM's configuration file: ftvm config check FILE\n"
          "  mail    talk to the mail-store guest (ftvm mail --help)\n"
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   if (std::strcmp(cmd, "dr-replica") == 0) return ftvm::cli::DrReplicaMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "dr-start") == 0) return ftvm::cli::DrStartMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "move-disk") == 0) return ftvm::cli::MoveDiskMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "ha-agent") == 0) return ftvm::cli::HaAgentMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "status") == 0) return ftvm::cli::StatusMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "config") == 0) return ftvm::cli::ConfigMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "log") == 0) return ftvm::cli::LogMain(argc - 1, argv + 1);
