@@ -107,7 +107,7 @@ TEST(BadInput, HaAgentClusterFiles) {
   };
   std::string c = cluster_with("ha-bad1", head + "[ha]\nhome = \"a\"\nreplica = \"b\"\nreplica_port = 7501\npriority = \"high\"\n");
   ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "web.toml:8: key 'ha.priority': must be an integer");
-  c = cluster_with("ha-bad2", head + "[ha]\nhome = \"a\"\nreplica = \"x\"\nreplica_port = 7501\n");
+  c = cluster_with("ha-bad2", head + "[ha]\nhome = \"a\"\nreplica = \"x\"\nreplica_port = 7501\nmem_mib = 64\n");
   ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "key 'ha.replica': host 'x' is neither this host (a) nor one of its --peers");
   c = cluster_with("ha-bad3", head + "[ha]\nhome = \"a\"\nreplica = \"b\"\nreplica_port = 7501\nmem_mib = 64\nspeed = 3\n");
   ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "key 'ha.speed': unknown key");
