@@ -515,8 +515,12 @@ std::string DiskMirror::Serve(MirrorLink& link) {
     bool catch_up = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, options_.heartbeat / 4,
-                   [&] { return stopping_ || state_ == MirrorState::kCatchingUp || open_count_ > 0; });
+      // Someone waits for the acknowledgements (synchronous DR holds the guest's disk
+      // reports until they come): look for them every millisecond while batches are
+      // out, not at the next heartbeat.
+      const std::chrono::nanoseconds wait =
+          options_.on_durable && !unacked_.empty() ? std::chrono::milliseconds(1) : options_.heartbeat / 4;
+      cv_.wait_for(lock, wait, [&] { return stopping_ || state_ == MirrorState::kCatchingUp || open_count_ > 0; });
       if (stopping_) return "";
       catch_up = state_ == MirrorState::kCatchingUp;
     }
