@@ -223,8 +223,11 @@ TEST_F(HaTest, KilledHostsVmsRestartOnTheirReplicaHostsWithTheirAcknowledgedMail
   std::this_thread::sleep_for(seconds(3));
   const uint64_t killed_at = Deliverer::WallNs();
   a.Signal(SIGKILL);  // host A dies; its VMs die with it (PR_SET_PDEATHSIG)
-  FirstReply first_reply(net_.client().name(), "10.0.0.21", seconds(150));
   a.Wait(seconds(10));
+  // Once the old mail1 is gone (a few ms), any answer comes from the restarted one.
+  for (int i = 0; i < 500 && ProcessesWith(disks_["mail1"]) != 0; ++i) std::this_thread::sleep_for(milliseconds(10));
+  ASSERT_EQ(ProcessesWith(disks_["mail1"]), 0) << "mail1 outlived its host";
+  FirstReply first_reply(net_.client().name(), "10.0.0.21", seconds(150));
   load1.stop();
   load2.stop();
   ASSERT_GT(load1.acked().size(), 2u) << load1.error();
@@ -269,6 +272,30 @@ TEST_F(HaTest, KilledHostsVmsRestartOnTheirReplicaHostsWithTheirAcknowledgedMail
       << a2.Stderr();
   EXPECT_TRUE(WaitForFileContains(b.stderr_path(), "host a is back", seconds(10))) << b.Stderr();
   for (Process* p : {&a2, &b, &c}) {
+    p->Signal(SIGTERM);
+    EXPECT_EQ(p->Wait(seconds(30)).exit_code, 0);
+  }
+}
+
+
+// The lease rule, without VMs: a host cut off the network that still renews its lease
+// (the cluster directory) is isolated, not dead, so nobody takes its VMs; once it
+// stops renewing (its agent killed) it is declared dead.
+TEST_F(HaTest, AnIsolatedHostThatRenewsItsLeaseIsNotDeclaredDead) {
+  for (const char* d : {"", "/vms"}) ASSERT_EQ(mkdir((cluster_ + d).c_str(), 0755), 0);
+  Process b = StartAgent("b", 2, "512");
+  Process c = StartAgent("c", 3, "512");
+  Process a = StartAgent("a", 1, "512");
+  std::this_thread::sleep_for(milliseconds(500));  // everyone heard everyone
+  netns::Ip({"-n", net_.host("a").name(), "link", "set", "lan0", "down"});
+  std::this_thread::sleep_for(seconds(3));  // three failure timeouts of silence
+  EXPECT_EQ(b.Stderr().find("host a is dead"), std::string::npos) << b.Stderr();
+  EXPECT_EQ(c.Stderr().find("host a is dead"), std::string::npos) << c.Stderr();
+  a.Signal(SIGKILL);  // now its lease goes stale too
+  a.Wait(seconds(10));
+  EXPECT_TRUE(WaitForFileContains(b.stderr_path(), "host a is dead", seconds(10))) << b.Stderr();
+  EXPECT_TRUE(WaitForFileContains(c.stderr_path(), "host a is dead", seconds(10))) << c.Stderr();
+  for (Process* p : {&b, &c}) {
     p->Signal(SIGTERM);
     EXPECT_EQ(p->Wait(seconds(30)).exit_code, 0);
   }
