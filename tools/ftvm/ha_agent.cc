@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <toml++/toml.h>
 
 #include "common/clock.h"
@@ -413,7 +414,10 @@ class Agent {
       if (m.rfind(kHeartbeatMagic, 0) != 0) continue;
       auto it = peers_.find(m.substr(std::strlen(kHeartbeatMagic)));
       if (it == peers_.end()) {
-        log::warn("ha.unknown_peer", {{"name", m.substr(std::strlen(kHeartbeatMagic))}});
+        // A host this one does not know (a missing --peers entry): said once per name.
+        if (unknown_.insert(m.substr(std::strlen(kHeartbeatMagic))).second)
+          log::warn("ha.unknown_peer", {{"name", m.substr(std::strlen(kHeartbeatMagic))},
+                                        {"hint", "add it to --peers, or it is not part of this cluster"}});
         continue;
       }
       Peer& p = *it->second;
@@ -569,6 +573,7 @@ class Agent {
   std::vector<HaVm> vms_;
   std::map<std::string, Child> vms_running_;
   std::map<std::string, Child> replicas_;
+  std::set<std::string> unknown_;  // heartbeat senders not in --peers, already reported
   UniqueFd fd_;
   uint64_t lease_renewed_ns_ = 0;
   std::atomic<bool> stopping_{false};
