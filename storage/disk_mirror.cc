@@ -323,9 +323,14 @@ void DiskMirror::Report(bool force) {
 }
 
 void DiskMirror::NoteAck(const Ack& ack) {
-  std::lock_guard<std::mutex> lock(mu_);
-  last_ack_ = ack;
-  while (!unacked_.empty() && unacked_.front().first <= ack.durable_seq) unacked_.pop_front();
+  bool advanced = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    advanced = ack.durable_seq > last_ack_.durable_seq || ack.state != last_ack_.state;
+    last_ack_ = ack;
+    while (!unacked_.empty() && unacked_.front().first <= ack.durable_seq) unacked_.pop_front();
+  }
+  if (advanced && options_.on_durable) options_.on_durable();
 }
 
 std::string DiskMirror::PollAcks(MirrorLink& link) {
@@ -510,8 +515,12 @@ std::string DiskMirror::Serve(MirrorLink& link) {
     bool catch_up = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, options_.heartbeat / 4,
-                   [&] { return stopping_ || state_ == MirrorState::kCatchingUp || open_count_ > 0; });
+      // Someone waits for the acknowledgements (synchronous DR holds the guest's disk
+      // reports until they come): look for them every millisecond while batches are
+      // out, not at the next heartbeat.
+      const std::chrono::nanoseconds wait =
+          options_.on_durable && !unacked_.empty() ? std::chrono::milliseconds(1) : options_.heartbeat / 4;
+      cv_.wait_for(lock, wait, [&] { return stopping_ || state_ == MirrorState::kCatchingUp || open_count_ > 0; });
       if (stopping_) return "";
       catch_up = state_ == MirrorState::kCatchingUp;
     }

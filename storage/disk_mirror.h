@@ -22,6 +22,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -80,6 +81,9 @@ struct MirrorOptions {
   // Catch-up copies go at most this fast (bytes/s; 0: as fast as they can), so that
   // a copy does not crowd out the guest's own I/O and vCPU on a busy host.
   uint64_t copy_rate = 0;
+  // Called (on the sender thread, no lock held) when the target's durable point
+  // advanced: synchronous DR releases the guest's held disk reports (sync_gate.h).
+  std::function<void()> on_durable;
 };
 
 enum class MirrorState : uint8_t { kConnecting, kCatchingUp, kStreaming, kStopped };

@@ -181,6 +181,7 @@ std::string DrReplica::Serve(transport::Channel& ch) {
   uint64_t last_state = 0;
   uint64_t last_report = 0;
   Ack::State last_sent_state = Ack::State::kStreaming;
+  uint64_t last_sent_durable = applier_->state().durable_seq;
   bool told_stop = false;
   while (!stopping_) {
     // Everything that has arrived, then one fdatasync for all of it (group commit).
@@ -203,7 +204,9 @@ std::string DrReplica::Serve(transport::Channel& ch) {
     }
     const ApplierState& s = applier_->state();
     const Ack::State st = s.stopped ? Ack::State::kStopped : s.consistent ? Ack::State::kStreaming : Ack::State::kCatchingUp;
-    if (applied || st != last_sent_state) {
+    // Also when only the durable point moved (a sync after the batches): a source in
+    // synchronous mode holds the guest's disk reports until it hears it.
+    if (applied || st != last_sent_state || s.durable_seq != last_sent_durable) {
       if (!(s.stopped && told_stop)) {
         Ack ack{s.applied_seq, s.durable_seq, s.durable_bytes, st, s.stop_reason};
         const std::vector<uint8_t> a = EncodeAck(ack);
@@ -211,6 +214,7 @@ std::string DrReplica::Serve(transport::Channel& ch) {
           return "acknowledging: " + sr.message;
         told_stop = s.stopped;
       }
+      last_sent_durable = s.durable_seq;
       last_sent_state = st;
     }
     if (now - last_state >= uint64_t(options_.state_interval.count()) || (applied && s.syncs == 0)) {

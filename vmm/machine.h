@@ -86,6 +86,10 @@ class Machine final : private ExitHandler, private DeviceIo {
 
   // Attaches a recorder or replayer (matching config().mode). Before run().
   void set_hooks(ExecutionHooks* hooks) { hooks_ = hooks; }
+  // A live VM (no hooks) whose device I/O goes through `io` instead of straight to
+  // the host: synchronous DR holds disk reports until the replica has the writes
+  // (storage/sync_gate.h). Null: straight to the host. Before run().
+  void set_live_io(DeviceIo* io) { live_override_ = io; }
 
   // Runs the guest until it powers off (returns its exit code) or stop() is called
   // (returns -1). Throws ftvm::Error when the guest crashes or the backend fails.
@@ -185,7 +189,10 @@ class Machine final : private ExitHandler, private DeviceIo {
   bool should_stop() override;
 
   // DeviceIo: forwards to the hooks, or passes host values through when live.
-  DeviceIo& io() { return hooks_ != nullptr ? static_cast<DeviceIo&>(*hooks_) : live_io_; }
+  DeviceIo& io() {
+    if (hooks_ != nullptr) return *hooks_;
+    return live_override_ != nullptr ? *live_override_ : static_cast<DeviceIo&>(live_io_);
+  }
   bool replaying() const override { return config_.mode == ExecutionMode::kReplay; }
   uint64_t input_value(InputKind kind, uint64_t live) override { return io().input_value(kind, live); }
   bool input_bytes(InputKind kind, std::span<uint8_t> out, RandomSource& live) override {
@@ -233,6 +240,7 @@ class Machine final : private ExitHandler, private DeviceIo {
   BootState boot_{};
   ExecutionHooks* hooks_ = nullptr;
   LiveDeviceIo live_io_;
+  DeviceIo* live_override_ = nullptr;  // set_live_io
 
   uint64_t position_ = 0;
   bool exact_now_ = true;  // the current boundary is exact (or was made so)

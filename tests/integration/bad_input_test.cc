@@ -126,5 +126,35 @@ TEST(BadInput, UsageErrors) {
   ExpectCleanFailure({"switchover", "--control", "/nonexistent/vmm.sock"}, "/nonexistent/vmm.sock");
 }
 
+
+// ftvm ha-agent refuses a cluster it cannot run, naming the file and the key.
+TEST(BadInput, HaAgentClusterFiles) {
+  auto cluster_with = [](const std::string& tag, const std::string& vm_file) {
+    const std::string dir = ScratchPath(tag);
+    mkdir(dir.c_str(), 0755);
+    mkdir((dir + "/vms").c_str(), 0755);
+    std::ofstream(dir + "/vms/web.toml") << vm_file;
+    return dir;
+  };
+  const std::string head = "guest = \"" + GuestImage() + "\"\napp = \"mailstore\"\ndisk = \"/tmp/web.img\"\n";
+  auto agent = [](const std::string& cluster, const std::string& peers) {
+    return std::vector<std::string>{"ha-agent", "--name", "a", "--cluster", cluster, "--listen", "127.0.0.1:17400",
+                                    "--data", ScratchPath("ha-data"), "--peers", peers};
+  };
+  std::string c = cluster_with("ha-bad1", head + "[ha]\nhome = \"a\"\nreplica = \"b\"\nreplica_port = 7501\npriority = \"high\"\n");
+  ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "web.toml:8: key 'ha.priority': must be an integer");
+  c = cluster_with("ha-bad2", head + "[ha]\nhome = \"a\"\nreplica = \"x\"\nreplica_port = 7501\nmem_mib = 64\n");
+  ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "key 'ha.replica': host 'x' is neither this host (a) nor one of its --peers");
+  c = cluster_with("ha-bad3", head + "[ha]\nhome = \"a\"\nreplica = \"b\"\nreplica_port = 7501\nmem_mib = 64\nspeed = 3\n");
+  ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "key 'ha.speed': unknown key");
+  c = cluster_with("ha-bad4", head + "mem = \"lots\"\n[ha]\nhome = \"a\"\nreplica = \"b\"\nreplica_port = 7501\nmem_mib = 64\n");
+  ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "web.toml:4: key 'mem'");
+  c = cluster_with("ha-bad5", head + "[ha]\nhome = \"a\"\nreplica = \"b\"\nreplica_port = 7501\nmem_mib = 64\n");
+  ExpectCleanFailure(agent(c, "b=127.0.0.2"), "--peers: 'b=127.0.0.2' is not NAME=IP:PORT");
+  ExpectCleanFailure(agent(c, "b=nowhere:7400"), "--peers: 'nowhere' in 'b=nowhere:7400' is not an IPv4 address");
+  // --dr-sync only with a DR target.
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--dr-sync"}, "--dr-sync needs --dr-target");
+}
+
 }  // namespace
 }  // namespace ftvm::itest

@@ -23,6 +23,7 @@
 #include "common/error.h"
 #include "common/unique_fd.h"
 #include "tests/support/harness.h"
+#include "tests/support/mail_deliverer.h"
 #include "tools/ftvm/mail_client.h"
 
 namespace ftvm::itest {
@@ -34,75 +35,12 @@ using std::chrono::seconds;
 constexpr const char* kTap = "ftvmdr0";
 constexpr const char* kGuestIp = "10.0.0.2";
 
-uint64_t WallNs() {
-  timespec t{};
-  clock_gettime(CLOCK_REALTIME, &t);
-  return uint64_t(t.tv_sec) * 1000000000ull + uint64_t(t.tv_nsec);
-}
-
 void MakeBlankDisk(const std::string& path, off_t bytes) {
   int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
   ASSERT_GE(fd, 0) << path;
   ASSERT_EQ(ftruncate(fd, bytes), 0) << path;
   close(fd);
 }
-
-// One client delivering "m<i>" with body "body-<i>" to mailbox "dr", in order, each
-// after the previous one was acknowledged: the store's journal then holds them in
-// that order, so what survives is a prefix m0..m<count-1>.
-class Deliverer {
- public:
-  explicit Deliverer(std::string netns) : netns_(std::move(netns)) {}
-  ~Deliverer() { stop(); }
-  void start() {
-    thread_ = std::thread([this] { Run(); });
-  }
-  void stop() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
-  }
-  // Acknowledgement wall times, by index.
-  std::vector<uint64_t> acked() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return acked_;
-  }
-  uint64_t attempted() const { return attempted_; }
-  std::string error() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return error_;
-  }
-
- private:
-  void Run() {
-    try {
-      UniqueFd fd(open(("/var/run/netns/" + netns_).c_str(), O_RDONLY | O_CLOEXEC));
-      if (!fd || setns(fd.get(), CLONE_NEWNET) != 0) throw SysError("setns " + netns_);
-      mail::ClientOptions co;
-      co.timeout_ms = 50;
-      co.retries = 60;
-      mail::MailClient client(mail::ParseEndpoint(kGuestIp), co);
-      for (uint64_t i = 0; !stop_; ++i) {
-        attempted_ = i + 1;
-        mail::MailResult r = client.deliver("m" + std::to_string(i), "dr", "body-" + std::to_string(i));
-        if (r.status != mail::MailStatus::kOk && r.status != mail::MailStatus::kDuplicate) break;  // the VM is gone
-        const uint64_t t = WallNs();
-        std::lock_guard<std::mutex> lock(mu_);
-        acked_.push_back(t);
-      }
-    } catch (const std::exception& e) {
-      std::lock_guard<std::mutex> lock(mu_);
-      error_ = e.what();
-    }
-  }
-
-  std::string netns_;
-  std::thread thread_;
-  std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> attempted_{0};
-  std::mutex mu_;
-  std::vector<uint64_t> acked_;
-  std::string error_;
-};
 
 class StorageTest : public testing::Test {
  protected:
@@ -154,7 +92,7 @@ TEST_F(StorageTest, DrReplicaHoldsAPrefixOfAcknowledgedMailAfterTheSourceIsKille
                        ScratchPath("dr-console.txt"));
   ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "dr.caught_up", seconds(30))) << vm.Stderr();
 
-  Deliverer load(ns_.name());
+  Deliverer load(ns_.name(), kGuestIp, "dr");
   load.start();
   std::this_thread::sleep_for(seconds(3));
   vm.Signal(SIGKILL);  // the source's host dies: no goodbye to the replica
@@ -193,12 +131,74 @@ TEST_F(StorageTest, DrReplicaHoldsAPrefixOfAcknowledgedMailAfterTheSourceIsKille
   EXPECT_EQ(vm2.Wait(seconds(30)).exit_code, 0);
 }
 
+// --dr-sync: a delivery is acknowledged only after its journal write is on the
+// replica, so the replica holds every acknowledged delivery, not just those before
+// its recovery point.
+TEST_F(StorageTest, SyncDrReplicaHoldsEveryAcknowledgedDeliveryAfterTheSourceIsKilled) {
+  const std::string disk = ScratchPath("sync-src.img"), dir = ScratchPath("sync-replica");
+  MakeBlankDisk(disk, 32 << 20);
+  const std::string addr = "tcp:127.0.0.1:" + std::to_string(20000 + (getpid() + 7) % 20000);
+  Process replica = Process::Start(ns_.Wrap({FtvmBinary(), "dr-replica", "--listen", addr, "--dir", dir}), "replica");
+  ASSERT_TRUE(WaitForFileContains(replica.stderr_path(), "listening", seconds(10))) << replica.Stderr();
+  Process vm = StartVm({FtvmBinary(), "run"}, {"--disk", disk, "--dr-target", addr, "--dr-sync", "--dr-sync-timeout-s", "30"},
+                       ScratchPath("sync-console.txt"));
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "dr.caught_up", seconds(30))) << vm.Stderr();
+
+  Deliverer load(ns_.name(), kGuestIp, "dr");
+  load.start();
+  std::this_thread::sleep_for(seconds(3));
+  vm.Signal(SIGKILL);
+  vm.Wait(seconds(10));
+  load.stop();
+  const std::vector<uint64_t> acked = load.acked();
+  ASSERT_GT(acked.size(), 5u) << load.error() << "\n" << vm.Stderr();
+  EXPECT_EQ(vm.Stderr().find("dr.sync_degraded"), std::string::npos) << vm.Stderr();
+  std::this_thread::sleep_for(milliseconds(300));
+  replica.Signal(SIGTERM);
+  EXPECT_EQ(replica.Wait(seconds(10)).exit_code, 0);
+
+  Process vm2 = StartVm({FtvmBinary(), "dr-start", "--dir", dir}, {}, ScratchPath("sync-console2.txt"));
+  const uint64_t count = Count();
+  std::printf("dr-sync: %zu acknowledged, %llu on the replica, %llu attempted\n", acked.size(),
+              static_cast<unsigned long long>(count), static_cast<unsigned long long>(load.attempted()));
+  EXPECT_GE(count, acked.size()) << "an acknowledged delivery is missing on the synchronous replica";
+  EXPECT_LE(count, load.attempted());
+  ExpectPrefix(count);
+  vm2.Signal(SIGTERM);
+  EXPECT_EQ(vm2.Wait(seconds(30)).exit_code, 0);
+}
+
+// A synchronous VM whose replica dies must not hang: after the timeout it goes on
+// asynchronously, loudly, and deliveries are acknowledged again.
+TEST_F(StorageTest, SyncDrGoesOnAsynchronouslyWhenTheReplicaIsLost) {
+  const std::string disk = ScratchPath("lost-src.img"), dir = ScratchPath("lost-replica");
+  MakeBlankDisk(disk, 32 << 20);
+  const std::string addr = "tcp:127.0.0.1:" + std::to_string(20000 + (getpid() + 13) % 20000);
+  Process replica = Process::Start(ns_.Wrap({FtvmBinary(), "dr-replica", "--listen", addr, "--dir", dir}), "replica");
+  ASSERT_TRUE(WaitForFileContains(replica.stderr_path(), "listening", seconds(10))) << replica.Stderr();
+  Process vm = StartVm({FtvmBinary(), "run"}, {"--disk", disk, "--dr-target", addr, "--dr-sync", "--dr-sync-timeout-s", "1"},
+                       ScratchPath("lost-console.txt"));
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "dr.caught_up", seconds(30))) << vm.Stderr();
+  Deliverer load(ns_.name(), kGuestIp, "dr");
+  load.start();
+  std::this_thread::sleep_for(seconds(1));
+  replica.Signal(SIGKILL);
+  replica.Wait(seconds(10));
+  const size_t at_loss = load.acked().size();
+  EXPECT_TRUE(WaitForFileContains(vm.stderr_path(), "dr.sync_degraded", seconds(30))) << vm.Stderr();
+  std::this_thread::sleep_for(seconds(2));
+  load.stop();
+  EXPECT_GT(load.acked().size(), at_loss) << "deliveries go on after the replica is lost: " << load.error();
+  vm.Signal(SIGTERM);
+  EXPECT_EQ(vm.Wait(seconds(30)).exit_code, 0);
+}
+
 TEST_F(StorageTest, MoveDiskUnderLoadLosesNothingAndTheVmWritesTheNewImage) {
   const std::string disk = ScratchPath("move-old.img"), moved = ScratchPath("move-new.img");
   const std::string control = ScratchPath("vm.control");
   MakeBlankDisk(disk, 32 << 20);
   Process vm = StartVm({FtvmBinary(), "run"}, {"--disk", disk, "--control", control}, ScratchPath("move-console.txt"));
-  Deliverer load(ns_.name());
+  Deliverer load(ns_.name(), kGuestIp, "dr");
   load.start();
   std::this_thread::sleep_for(seconds(1));
   ProcessResult mv = RunProcess({FtvmBinary(), "move-disk", "--control", control, "--to", moved}, seconds(60), "move");

@@ -45,6 +45,14 @@ TEST_F(ConfigTest, AnUnknownKeyIsNamedWithItsLine) {
   EXPECT_NE(ErrorOf("[secondry]\nconnect = \"tcp:h:1\"\n").find(":1: key 'secondry': unknown table"), std::string::npos);
 }
 
+// A VM file of ftvm ha-agent (ha_agent.h) is also a configuration file of `ftvm run`:
+// its [ha] table is the agent's, which checks it (and names its keys) itself.
+TEST_F(ConfigTest, TheHaTableIsLeftToTheHaAgent) {
+  EXPECT_EQ(ErrorOf("app = \"mailstore\"\n[ha]\nhome = \"a\"\nreplica = \"b\"\n", "run"), "");
+  const std::string e = ErrorOf("app = \"mailstore\"\nspeed = 3\n[ha]\nhome = \"a\"\n", "run");
+  EXPECT_NE(e.find(":2: key 'speed': unknown key"), std::string::npos) << e;
+}
+
 TEST_F(ConfigTest, AWrongTypeIsNamedWithItsLine) {
   std::string e = ErrorOf("app = \"timers\"\nmem = \"lots\"\n");
   EXPECT_NE(e.find(":2: key 'mem': bad value"), std::string::npos) << e;

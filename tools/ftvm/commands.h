@@ -28,6 +28,8 @@ int DrStartMain(int argc, char** argv);
 int MoveDiskMain(int argc, char** argv);
 // The image server a VM can start from before its image is copied (cmd_image.cc).
 int ServeImageMain(int argc, char** argv);
+// HA restart of unprotected VMs across a cluster of hosts (ha_agent.cc).
+int HaAgentMain(int argc, char** argv);
 // Operating it: `ftvm status` (operations.cc), `ftvm config check` (config.cc).
 int StatusMain(int argc, char** argv);
 // `ftvm failover-test` and `ftvm switchover` (operations.cc): the dashboard's buttons.

@@ -23,6 +23,7 @@ void Usage(std::ostream& out) {
          "  dr-start   start a VM from a DR replica's disk (ftvm dr-start --help)\n"
          "  move-disk  move a running VM's disk image to a new path (ftvm move-disk --help)\n"
          "  serve-image  serve disk images a VM can start from before they are copied (ftvm serve-image --help)\n"
+         "  ha-agent   restart a dead host's VMs on the others from their DR replicas (ftvm ha-agent --help)\n"
          "  status     a running VMM's role, protection, lag and events (ftvm status --help)\n"
          "  failover-test  a failover drill: the primary ends as if its host died (ftvm failover-test --help)\n"
          "  switchover a planned move of a protected VM to its secondary's host (ftvm switchover --help)\n"
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
   if (std::strcmp(cmd, "dr-start") == 0) return ftvm::cli::DrStartMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "move-disk") == 0) return ftvm::cli::MoveDiskMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "serve-image") == 0) return ftvm::cli::ServeImageMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "ha-agent") == 0) return ftvm::cli::HaAgentMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "status") == 0) return ftvm::cli::StatusMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "failover-test") == 0) return ftvm::cli::FailoverTestMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "switchover") == 0) return ftvm::cli::SwitchoverMain(argc - 1, argv + 1);

@@ -18,13 +18,21 @@ po::options_description StorageCliOptions::describe() {
        "shm:/path.sock)")
       ("dr-queue-mib", po::value(&dr_queue_mib)->default_value(dr_queue_mib),
        "writes queued for the DR target before falling back to a block bitmap and catching up (1..48)")
-      ("dr-report-s", po::value(&dr_report_s)->default_value(dr_report_s), "log how far behind the DR target is this often (0: never)");
+      ("dr-report-s", po::value(&dr_report_s)->default_value(dr_report_s), "log how far behind the DR target is this often (0: never)")
+      ("dr-sync", po::bool_switch(&dr_sync),
+       "synchronous DR: a disk write completes for the guest only once the DR target holds it durably (an unprotected "
+       "VM: ftvm run, dr-start)")
+      ("dr-sync-timeout-s", po::value(&dr_sync_timeout_s)->default_value(dr_sync_timeout_s),
+       "with --dr-sync: a write the DR target has not confirmed after this long makes the mirror asynchronous (a "
+       "warning, event dr.sync_degraded) until the target holds every write again");
   return d;
 }
 
 std::string StorageCliOptions::check() const {
   if (!(dr_queue_mib >= 0.0625 && dr_queue_mib <= 48)) return "--dr-queue-mib must be 0.0625..48";
   if (!(dr_report_s >= 0)) return "--dr-report-s must be >= 0";
+  if (dr_sync && dr_target.empty()) return "--dr-sync needs --dr-target";
+  if (!(dr_sync_timeout_s > 0 && dr_sync_timeout_s <= 3600)) return "--dr-sync-timeout-s must be in (0, 3600]";
   return "";
 }
 
@@ -37,8 +45,23 @@ VmStorage::VmStorage(const StorageCliOptions& options, vmm::Machine& machine, Cl
     mo.vm_name = machine_.config().app;
     mo.queue_bytes = size_t(options_.dr_queue_mib * double(1u << 20));
     mo.report = std::chrono::nanoseconds(int64_t(options_.dr_report_s * 1e9));
+    if (options_.dr_sync) {
+      if (machine_.config().mode != vmm::ExecutionMode::kLive)
+        throw Error("--dr-sync is for an unprotected VM (ftvm run, dr-start): a protected primary's disk writes already "
+                    "wait for its secondary");
+      mo.on_durable = [this] {
+        if (sync_) sync_->durable_advanced();
+      };
+    }
     dr_ = std::make_unique<storage::DiskMirror>(storage::MakeChannelTarget(options_.dr_target), mo, clock_);
     taps_.add(dr_.get());
+    if (options_.dr_sync) {
+      sync_ = std::make_unique<storage::SyncDrGate>(
+          *dr_, std::chrono::nanoseconds(int64_t(options_.dr_sync_timeout_s * 1e9)), clock_,
+          [m = &machine_] { m->notify_host_event(); });
+      machine_.set_live_io(sync_.get());
+      log::info("dr.sync", {{"target", options_.dr_target}, {"timeout_s", options_.dr_sync_timeout_s}});
+    }
   }
   machine_.set_disk_observer(&taps_);
   if (dr_) dr_->start();  // observing from here on
@@ -51,7 +74,9 @@ void VmStorage::serve(ControlEndpoint& control) {
 }
 
 VmStorage::~VmStorage() {
-  if (dr_) dr_->stop();
+  if (dr_) dr_->stop();  // no more on_durable calls
+  if (sync_) machine_.set_live_io(nullptr);
+  sync_.reset();
 }
 
 void VmStorage::final_report() {

@@ -15,6 +15,7 @@
 #include "tools/ftvm/operations.h"
 #include "storage/disk_mirror.h"
 #include "storage/image_stream.h"
+#include "storage/sync_gate.h"
 #include "vmm/machine.h"
 
 namespace ftvm::cli {
@@ -23,6 +24,11 @@ struct StorageCliOptions {
   std::string dr_target;     // channel address of an ftvm dr-replica
   double dr_queue_mib = 32;  // the mirror's queue bound
   double dr_report_s = 1;    // dr.lag log lines
+  // Synchronous DR: disk writes complete for the guest once the replica holds them
+  // durably (storage/sync_gate.h); after dr_sync_timeout_s without the replica,
+  // asynchronous (loudly) until it is back.
+  bool dr_sync = false;
+  double dr_sync_timeout_s = 3;
   boost::program_options::options_description describe();
   // "" or what is wrong with the values.
   std::string check() const;
@@ -51,6 +57,7 @@ class VmStorage {
   Clock& clock_;
   storage::DiskTaps taps_;
   std::unique_ptr<storage::DiskMirror> dr_;
+  std::unique_ptr<storage::SyncDrGate> sync_;  // --dr-sync (after dr_: it watches it)
   std::mutex move_mu_;  // one move at a time
   const storage::ImageStream* stream_ = nullptr;
 };
