@@ -15,6 +15,7 @@
 #include "vmm/abi/ftvm_abi.h"
 #include "vmm/devices/clock_device.h"
 #include "vmm/devices/console.h"
+#include "vmm/devices/health.h"
 #include "vmm/devices/irq_controller.h"
 #include "vmm/devices/power.h"
 #include "vmm/devices/rng.h"
@@ -101,8 +102,8 @@ uint64_t ValidatedRamBytes(const VmConfig& config) {
 Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
     : config_(config), clock_(clock), memory_(GuestMemory::Create(ValidatedRamBytes(config))) {
   // Load the image first: a bad image is the most likely mistake and needs no KVM.
-  std::vector<uint8_t> image = ReadImageFile(config_.guest_image);
-  LoadedImage loaded = LoadElf(image, config_.guest_image, memory_);
+  image_ = ReadImageFile(config_.guest_image);
+  LoadedImage loaded = LoadElf(image_, config_.guest_image, memory_);
 
   // The event thread reads watches_ while the vCPU thread may add one (a replica
   // going live attaches its tap): never reallocate.
@@ -135,6 +136,9 @@ Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
   AddDevice(FTVM_SLOT_RNG, std::make_unique<Rng>(memory_, random, io));
   AddDevice(FTVM_SLOT_IRQ, std::move(irq));
   AddDevice(FTVM_SLOT_POWER, std::move(power));
+  auto health = std::make_unique<HealthDevice>(clock_);
+  health_ = health.get();
+  AddDevice(FTVM_SLOT_HEALTH, std::move(health));
   if (!config_.disk.empty()) {
     auto blk = MakeVirtioBlkDevice(memory_, *irq_, config_.disk, config_.disk_serial, io);
     blk_ = static_cast<VirtioMmioDevice*>(blk.get());
@@ -156,6 +160,7 @@ Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
 
   backend_ = MakeBackend(config_.backend, memory_);
   backend_->set_boot_state(boot_);
+  boot_cpu_state_ = backend_->save_state();
   log::info("vm.created", {{"backend", backend_->name()},
                            {"mem_mib", config_.mem_mib},
                            {"image", config_.guest_image},
@@ -532,6 +537,34 @@ void Machine::RunBoundaryTask() {
   }
   task_done_ = true;
   task_cv_.notify_all();
+}
+
+void Machine::reset_guest(const std::string& reason) {
+  const uint64_t t0 = clock_.monotonic_ns();
+  // The hooks first: a recorder logs the reset at this position, before anything
+  // the rebooted guest does.
+  if (hooks_ != nullptr) hooks_->guest_reset(*this);
+  // RAM as at power-on: zeroes, then the image, boot GDT, page tables and boot info
+  // exactly as the constructor wrote them. These are the VMM's own writes, which no
+  // vCPU dirty log sees: all of RAM is noted as written.
+  std::memset(memory_.host_base(), 0, memory_.size());
+  LoadedImage loaded = LoadElf(image_, config_.guest_image, memory_);
+  uint32_t present = 0;
+  for (unsigned s = 0; s < FTVM_MMIO_SLOTS; ++s)
+    if (slots_[s] != nullptr) present |= 1u << s;
+  PrepareBoot(loaded, memory_, GuestCommandLine(config_), present);
+  memory_.note_write(uint64_t(0), memory_.size());
+  backend_->restore_state(boot_cpu_state_);
+  backend_->invalidate_code(0, memory_.size());
+  for (auto& d : devices_) d->reset();
+  // The boot state is a deterministic point whatever the guest was doing.
+  exact_now_ = true;
+  const uint64_t resets = guest_resets_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  log::event(log::Level::kWarn, "vm.guest-reset",
+             {{"position", position_},
+              {"resets", resets},
+              {"reason", reason},
+              {"reset_ms", double(clock_.monotonic_ns() - t0) / 1e6}});
 }
 
 void Machine::record_from_here(ExecutionHooks* hooks) {

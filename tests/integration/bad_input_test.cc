@@ -89,5 +89,24 @@ TEST(BadInput, UsageErrors) {
                      "metrics address '127.0.0.1:99999' is not HOST:PORT");
 }
 
+TEST(BadInput, HealthOptions) {
+  const std::vector<std::string> vm = {"--guest", GuestImage(), "--app", "hello"};
+  auto with = [&](std::string cmd, std::vector<std::string> extra) {
+    std::vector<std::string> args = {std::move(cmd)};
+    args.insert(args.end(), vm.begin(), vm.end());
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  ExpectCleanFailure(with("run", {"--health-grace-ms=-5"}),
+                     "--health-grace-ms '-5' is not a number of milliseconds");
+  // As a separate word, "-5" looks like an option: still refused, naming the flag.
+  ExpectCleanFailure(with("run", {"--health-grace-ms", "-5"}), "health-grace-ms");
+  ExpectCleanFailure(with("run", {"--health-grace-ms", "soon"}), "--health-grace-ms 'soon' is not a number");
+  ExpectCleanFailure(with("run", {"--health-grace-ms", "1000", "--health-action", "reboot"}),
+                     "--health-action 'reboot' is not one of reset, restart");
+  ExpectCleanFailure(with("primary", {"--listen", "tcp:127.0.0.1:0", "--arbiter", "/tmp", "--health-action", "panic"}),
+                     "--health-action 'panic' is not one of reset, restart");
+}
+
 }  // namespace
 }  // namespace ftvm::itest

@@ -14,6 +14,7 @@
 #include "control/control.h"
 #include "tools/ftvm/operations.h"
 #include "storage/disk_mirror.h"
+#include "vmm/health_monitor.h"
 #include "vmm/machine.h"
 
 namespace ftvm::cli {
@@ -52,7 +53,8 @@ class VmStorage {
 
 // Runs a VM (no recording) with its mirror and control socket until it powers off or
 // a signal; returns the exit code of `ftvm <cmd>` (errors on stderr). cmd_run.cc.
+// `health`: the guest health monitor's settings (off by default).
 int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options,
-          const OperatorOptions& operator_options);
+          const OperatorOptions& operator_options, const vmm::HealthOptions& health = {});
 
 }  // namespace ftvm::cli
