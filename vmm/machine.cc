@@ -544,18 +544,38 @@ void Machine::reset_guest(const std::string& reason) {
   // The hooks first: a recorder logs the reset at this position, before anything
   // the rebooted guest does.
   if (hooks_ != nullptr) hooks_->guest_reset(*this);
-  // RAM as at power-on: zeroes, then the image, boot GDT, page tables and boot info
-  // exactly as the constructor wrote them. These are the VMM's own writes, which no
-  // vCPU dirty log sees: all of RAM is noted as written.
-  std::memset(memory_.host_base(), 0, memory_.size());
-  LoadedImage loaded = LoadElf(image_, config_.guest_image, memory_);
+  // RAM as at power-on: zeros, and the image, boot GDT, page tables and boot info
+  // exactly as the constructor wrote them. Built aside first (only the pages the
+  // loader writes hold anything there), then only the pages that differ are
+  // rewritten: those are noted as written (the VMM's own writes, which no vCPU
+  // dirty log sees: the next checkpoint and digest cover them), and only their
+  // translated code is dropped (flushing the software CPU's whole cache costs
+  // seconds the first time). RAM holes are zeros already and stay holes.
+  GuestMemory fresh = GuestMemory::Create(memory_.size());
+  fresh.track_vmm_writes(true);
+  LoadedImage loaded = LoadElf(image_, config_.guest_image, fresh);
   uint32_t present = 0;
   for (unsigned s = 0; s < FTVM_MMIO_SLOTS; ++s)
     if (slots_[s] != nullptr) present |= 1u << s;
-  PrepareBoot(loaded, memory_, GuestCommandLine(config_), present);
-  memory_.note_write(uint64_t(0), memory_.size());
+  PrepareBoot(loaded, fresh, GuestCommandLine(config_), present);
+  PageBitmap loaded_pages(memory_.size() / kPageSize);
+  fresh.take_vmm_writes(loaded_pages);
+  const PageBitmap data = FileDataPages(memory_.fd(), memory_.size());
+  static constexpr uint8_t kZeros[kPageSize] = {};
+  uint64_t rewritten = 0;
+  for (uint64_t p = 0; p < loaded_pages.pages(); ++p) {
+    const bool has_content = loaded_pages.test(p);
+    if (!has_content && !data.test(p)) continue;  // a hole, and zeros it must be
+    const uint64_t gpa = p * kPageSize;
+    uint8_t* now = memory_.host_base() + gpa;
+    const uint8_t* want = has_content ? fresh.host_base() + gpa : kZeros;
+    if (std::memcmp(now, want, kPageSize) == 0) continue;
+    std::memcpy(now, want, kPageSize);
+    memory_.note_write(gpa, kPageSize);
+    backend_->invalidate_code(gpa, kPageSize);
+    ++rewritten;
+  }
   backend_->restore_state(boot_cpu_state_);
-  backend_->invalidate_code(0, memory_.size());
   for (auto& d : devices_) d->reset();
   // The boot state is a deterministic point whatever the guest was doing.
   exact_now_ = true;
@@ -564,6 +584,7 @@ void Machine::reset_guest(const std::string& reason) {
              {{"position", position_},
               {"resets", resets},
               {"reason", reason},
+              {"pages_rewritten", rewritten},
               {"reset_ms", double(clock_.monotonic_ns() - t0) / 1e6}});
 }
 
