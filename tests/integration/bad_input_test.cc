@@ -99,8 +99,7 @@ TEST(BadInput, HealthOptions) {
   };
   ExpectCleanFailure(with("run", {"--health-grace-ms=-5"}),
                      "--health-grace-ms '-5' is not a number of milliseconds");
-  // As a separate word, "-5" looks like an option: still refused, naming the flag.
-  ExpectCleanFailure(with("run", {"--health-grace-ms", "-5"}), "health-grace-ms");
+  ExpectCleanFailure(with("run", {"--health-grace-ms", "-5"}), "--health-grace-ms '-5' is not a number of milliseconds");
   ExpectCleanFailure(with("run", {"--health-grace-ms", "soon"}), "--health-grace-ms 'soon' is not a number");
   ExpectCleanFailure(with("run", {"--health-grace-ms", "1000", "--health-action", "reboot"}),
                      "--health-action 'reboot' is not one of reset, restart");
