@@ -166,8 +166,9 @@ class Machine final : private ExitHandler, private DeviceIo {
   // loaded again, the vCPU at its boot state, every device at its power-on state;
   // the disk, the host resources and the position counter carry on. The hooks are
   // told first (a recorder logs it at this position; a replayer applies the logged
-  // one through here). All of RAM counts as written for dirty tracking. vCPU
-  // thread, at a boundary (run_at_boundary, or a replayer's boundary hook). Throws
+  // one through here). Every page it rewrites is noted as written (GuestMemory::
+  // note_write), so dirty tracking, checkpoints and digests cover it. vCPU thread,
+  // at a boundary (run_at_boundary, or a replayer's boundary hook). Throws
   // ftvm::Error if the backend refuses the boot state (the VM is then unusable).
   void reset_guest(const std::string& reason);
   // Resets so far (any thread).
