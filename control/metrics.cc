@@ -100,6 +100,13 @@ std::string RenderPrometheus(const StatusReply& s) {
   w.metric("ftvm_checkpoints_total", "counter", "epoch checkpoints recorded or replayed", double(s.checkpoints()));
   w.metric("ftvm_verifications_total", "counter", "state digests recorded or verified", double(s.verifications()));
   w.metric("ftvm_divergences_total", "counter", "replica divergences seen", s.last_divergence().empty() ? 0 : 1);
+  // Guest health (--health-grace-ms): 0 where the guest does not beat.
+  w.metric("ftvm_guest_heartbeats", "gauge", "guest heartbeats since its last boot", double(s.health_beats()));
+  w.metric("ftvm_guest_last_heartbeat_age_seconds", "gauge", "time since the guest's last heartbeat",
+           s.health_last_beat_age_ms() / 1e3);
+  w.metric("ftvm_guest_hangs_total", "counter", "hung guests noticed (no heartbeat for the grace period)",
+           double(s.health_hangs()));
+  w.metric("ftvm_guest_resets_total", "counter", "guest resets in place", double(s.health_resets()));
 
   // Output rule: how long each output was held until the replica had the log up to it.
   std::vector<double> hold_bounds;

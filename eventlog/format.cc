@@ -23,6 +23,7 @@ std::string RecordTypeName(uint8_t type) {
     case RecordType::kIrqWaitResult: return "IrqWaitResult";
     case RecordType::kDiskError: return "DiskError";
     case RecordType::kOutputCheck: return "OutputCheck";
+    case RecordType::kGuestReset: return "GuestReset";
   }
   return "type " + std::to_string(type);
 }

@@ -40,6 +40,8 @@ std::string PayloadSizeProblem(RecordType type, size_t size) {
       return size == kDiskErrorBytes ? "" : Wrong(type, size, "6");
     case RecordType::kOutputCheck:
       return size == kOutputCheckBytes ? "" : Wrong(type, size, "9");
+    case RecordType::kGuestReset:
+      return size == 0 ? "" : Wrong(type, size, "0");
   }
   return "unknown record type " + std::to_string(static_cast<unsigned>(type));
 }

@@ -111,6 +111,9 @@ struct OutputCheck {
 std::array<uint8_t, kOutputCheckBytes> EncodeOutputCheck(const OutputCheck& c);
 std::optional<OutputCheck> DecodeOutputCheck(std::span<const uint8_t> payload);
 
+// kGuestReset: no payload. The primary reset its hung guest in place right after
+// exit `position` (vmm::Machine::reset_guest); the replica resets there too.
+
 // kEnd: final state digest.
 std::array<uint8_t, kEndBytes> EncodeEnd(const Digest& final_digest);
 std::optional<Digest> DecodeEnd(std::span<const uint8_t> payload);

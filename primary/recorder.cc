@@ -205,6 +205,15 @@ void Recorder::vector_injected(vmm::Machine&, uint8_t vector) {
   Append(RecordType::kInterrupt, eventlog::EncodeInterrupt(vector));
 }
 
+void Recorder::guest_reset(vmm::Machine& m) {
+  ++stats_.guest_resets;
+  Append(RecordType::kGuestReset, {});
+  // The rebooted guest's first boundary is no verification point (the replica
+  // resets inside its boundary hook, after its first-after-exit mark is spent).
+  exit_boundary_ = false;
+  log::info("record.guest_reset", {{"position", m.position()}});
+}
+
 void Recorder::CollectDirty() {
   vmm::PageBitmap fresh(since_verify_.pages());
   tracker_->collect(fresh);

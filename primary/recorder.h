@@ -52,6 +52,7 @@ struct RecorderStats {
   uint64_t interrupts = 0;
   uint64_t disk_batches = 0;
   uint64_t disk_errors = 0;
+  uint64_t guest_resets = 0;
   uint64_t checkpoints = 0;
   uint64_t checkpoint_pages = 0;
   uint64_t checkpoint_ns = 0;     // time spent capturing and logging checkpoints
@@ -138,6 +139,7 @@ class Recorder final : public vmm::ExecutionHooks {
   bool apply_device_events(vmm::Machine&, bool) override { return false; }
   bool boundary(vmm::Machine& m, bool exact) override;
   void vector_injected(vmm::Machine& m, uint8_t vector) override;
+  void guest_reset(vmm::Machine& m) override;
   void finished(vmm::Machine& m, bool exact, bool completed) override;
 
   void Append(eventlog::RecordType type, std::span<const uint8_t> payload, bool compress = false);

@@ -426,6 +426,21 @@ bool Replayer::boundary(vmm::Machine& m, bool exact) {
       Fail(ReplayOutcome::kBadLog, "a checkpoint's parts are interrupted by " + Describe(*h));
       break;
     }
+    if (h->type == RecordType::kGuestReset) {
+      // The primary reset its hung guest here: so does the replica, which then
+      // boots again in lockstep (the reset state depends on nothing but the image).
+      Consume();
+      try {
+        m.reset_guest("the primary reset its hung guest at this position");
+      } catch (const Error& e) {
+        Fail(ReplayOutcome::kDiverged, "cannot reset the replica's guest at position " +
+                                           std::to_string(m.position()) + ": " + e.what());
+        break;
+      }
+      ++stats_.guest_resets;
+      restored = true;
+      break;
+    }
     if (h->type == RecordType::kVerify) {
       if (!exact || !first_after_exit) {
         Diverge("the log has " + Describe(*h) + " but the replica is not at the first boundary after that exit");

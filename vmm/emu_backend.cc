@@ -250,6 +250,10 @@ class EmulatedBackend final : public CpuBackend {
       // Interrupt window: stop again at the next block, as KVM's
       // request_interrupt_window would; that stop is exact whatever else happens.
       window_ = vector.has_value();
+      // The block hook runs before its block: the window's stop must spare the
+      // first block, or a guest with IF=0 here (in an interrupt handler, another
+      // line pending) would be stopped where it stands, again and again.
+      window_first_block_ = window_;
       if (window_) stop_at_block_.store(true, std::memory_order_release);
       exact_ = window_;
       if (std::exchange(flush_code_, false))
@@ -581,6 +585,8 @@ class EmulatedBackend final : public CpuBackend {
       self->code_pages_.set(address >> 12);
     else
       self->code_outside_ram_ = true;
+    // A kick still stops at once; the window's own request waits one block.
+    if (std::exchange(self->window_first_block_, false) && !self->kicked_.load(std::memory_order_acquire)) return;
     if (self->stop_at_block_.load(std::memory_order_acquire)) uc_emu_stop(uc);
   }
 
@@ -601,6 +607,7 @@ class EmulatedBackend final : public CpuBackend {
   // exception or a requested interrupt window happened since the last resume.
   bool exact_ = true;
   bool window_ = false;  // this run was asked to stop at the next block (IF=0)
+  bool window_first_block_ = false;  // ... and has not run its first block yet
   PageBitmap code_pages_{memory_.size() >> 12};  // pages blocks started in
   bool code_outside_ram_ = false;
   bool flush_code_ = false;  // a page with code was rewritten behind the guest

@@ -44,6 +44,11 @@ class ExecutionHooks : public DeviceIo {
   // applied one; the machine then services its devices as after an exit.
   virtual bool boundary(Machine& m, bool exact) = 0;
   virtual void vector_injected(Machine& m, uint8_t vector) = 0;
+  // The guest is about to be reset in place (Machine::reset_guest), at the current
+  // position: a recorder logs it; a replayer makes the reset happen when the log
+  // says so. (The pages it rewrites reach dirty tracking through GuestMemory's
+  // note_write.) No-op by default.
+  virtual void guest_reset(Machine& /*m*/) {}
   // The backend stopped for good. `exact`: at a deterministic point. `completed`:
   // it stopped because the VM powered off or was asked to (not an error).
   virtual void finished(Machine& m, bool exact, bool completed) = 0;

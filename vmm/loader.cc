@@ -107,16 +107,19 @@ void PrepareBoot(LoadedImage& loaded, GuestMemory& memory, const std::string& cm
 
   // Identity map of the low 4 GiB with 2 MiB pages: RAM plus the MMIO window.
   // User-accessible, because the kit's apps run at ring 3 and reach devices by MMIO.
-  constexpr uint64_t kPresent = 1, kWritable = 2, kUser = 4, kLarge = 0x80;
+  // Accessed and Dirty are set from the start, so the CPU never writes the tables:
+  // whether it does depends on what its TLB holds, which two copies of a VM (a
+  // replica, a guest reset in place while the TLB kept the old walks) do not share.
+  constexpr uint64_t kPresent = 1, kWritable = 2, kUser = 4, kAccessed = 0x20, kDirty = 0x40, kLarge = 0x80;
   const uint64_t pml4 = FTVM_PAGETABLE_GPA, pdpt = pml4 + 0x1000, pd0 = pdpt + 0x1000;
   std::memset(memory.ptr(FTVM_PAGETABLE_GPA, FTVM_PAGETABLE_BYTES), 0, FTVM_PAGETABLE_BYTES);
-  memory.write_obj(pml4, pdpt | kPresent | kWritable | kUser);
+  memory.write_obj(pml4, pdpt | kPresent | kWritable | kUser | kAccessed);
   for (uint64_t g = 0; g < 4; ++g) {
     uint64_t pd = pd0 + g * 0x1000;
-    memory.write_obj(pdpt + g * 8, pd | kPresent | kWritable | kUser);
+    memory.write_obj(pdpt + g * 8, pd | kPresent | kWritable | kUser | kAccessed);
     for (uint64_t i = 0; i < 512; ++i) {
       uint64_t addr = (g << 30) | (i << 21);
-      memory.write_obj(pd + i * 8, addr | kPresent | kWritable | kUser | kLarge);
+      memory.write_obj(pd + i * 8, addr | kPresent | kWritable | kUser | kAccessed | kDirty | kLarge);
     }
   }
 

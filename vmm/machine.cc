@@ -15,6 +15,7 @@
 #include "vmm/abi/ftvm_abi.h"
 #include "vmm/devices/clock_device.h"
 #include "vmm/devices/console.h"
+#include "vmm/devices/health.h"
 #include "vmm/devices/irq_controller.h"
 #include "vmm/devices/power.h"
 #include "vmm/devices/rng.h"
@@ -101,8 +102,8 @@ uint64_t ValidatedRamBytes(const VmConfig& config) {
 Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
     : config_(config), clock_(clock), memory_(GuestMemory::Create(ValidatedRamBytes(config))) {
   // Load the image first: a bad image is the most likely mistake and needs no KVM.
-  std::vector<uint8_t> image = ReadImageFile(config_.guest_image);
-  LoadedImage loaded = LoadElf(image, config_.guest_image, memory_);
+  image_ = ReadImageFile(config_.guest_image);
+  LoadedImage loaded = LoadElf(image_, config_.guest_image, memory_);
 
   // The event thread reads watches_ while the vCPU thread may add one (a replica
   // going live attaches its tap): never reallocate.
@@ -135,6 +136,9 @@ Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
   AddDevice(FTVM_SLOT_RNG, std::make_unique<Rng>(memory_, random, io));
   AddDevice(FTVM_SLOT_IRQ, std::move(irq));
   AddDevice(FTVM_SLOT_POWER, std::move(power));
+  auto health = std::make_unique<HealthDevice>(clock_);
+  health_ = health.get();
+  AddDevice(FTVM_SLOT_HEALTH, std::move(health));
   if (!config_.disk.empty()) {
     auto blk = MakeVirtioBlkDevice(memory_, *irq_, config_.disk, config_.disk_serial, io);
     blk_ = static_cast<VirtioMmioDevice*>(blk.get());
@@ -156,6 +160,7 @@ Machine::Machine(const VmConfig& config, Clock& clock, RandomSource& random)
 
   backend_ = MakeBackend(config_.backend, memory_);
   backend_->set_boot_state(boot_);
+  boot_cpu_state_ = backend_->save_state();
   log::info("vm.created", {{"backend", backend_->name()},
                            {"mem_mib", config_.mem_mib},
                            {"image", config_.guest_image},
@@ -532,6 +537,55 @@ void Machine::RunBoundaryTask() {
   }
   task_done_ = true;
   task_cv_.notify_all();
+}
+
+void Machine::reset_guest(const std::string& reason) {
+  const uint64_t t0 = clock_.monotonic_ns();
+  // The hooks first: a recorder logs the reset at this position, before anything
+  // the rebooted guest does.
+  if (hooks_ != nullptr) hooks_->guest_reset(*this);
+  // RAM as at power-on: zeros, and the image, boot GDT, page tables and boot info
+  // exactly as the constructor wrote them. Built aside first (only the pages the
+  // loader writes hold anything there), then only the pages that differ are
+  // rewritten: those are noted as written (the VMM's own writes, which no vCPU
+  // dirty log sees: the next checkpoint and digest cover them), and only their
+  // translated code is dropped (flushing the software CPU's whole cache costs
+  // seconds the first time). RAM holes are zeros already and stay holes.
+  GuestMemory fresh = GuestMemory::Create(memory_.size());
+  fresh.track_vmm_writes(true);
+  LoadedImage loaded = LoadElf(image_, config_.guest_image, fresh);
+  uint32_t present = 0;
+  for (unsigned s = 0; s < FTVM_MMIO_SLOTS; ++s)
+    if (slots_[s] != nullptr) present |= 1u << s;
+  PrepareBoot(loaded, fresh, GuestCommandLine(config_), present);
+  PageBitmap loaded_pages(memory_.size() / kPageSize);
+  fresh.take_vmm_writes(loaded_pages);
+  const PageBitmap data = FileDataPages(memory_.fd(), memory_.size());
+  static constexpr uint8_t kZeros[kPageSize] = {};
+  uint64_t rewritten = 0;
+  for (uint64_t p = 0; p < loaded_pages.pages(); ++p) {
+    const bool has_content = loaded_pages.test(p);
+    if (!has_content && !data.test(p)) continue;  // a hole, and zeros it must be
+    const uint64_t gpa = p * kPageSize;
+    uint8_t* now = memory_.host_base() + gpa;
+    const uint8_t* want = has_content ? fresh.host_base() + gpa : kZeros;
+    if (std::memcmp(now, want, kPageSize) == 0) continue;
+    std::memcpy(now, want, kPageSize);
+    memory_.note_write(gpa, kPageSize);
+    backend_->invalidate_code(gpa, kPageSize);
+    ++rewritten;
+  }
+  backend_->restore_state(boot_cpu_state_);
+  for (auto& d : devices_) d->reset();
+  // The boot state is a deterministic point whatever the guest was doing.
+  exact_now_ = true;
+  const uint64_t resets = guest_resets_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  log::event(log::Level::kWarn, "vm.guest-reset",
+             {{"position", position_},
+              {"resets", resets},
+              {"reason", reason},
+              {"pages_rewritten", rewritten},
+              {"reset_ms", double(clock_.monotonic_ns() - t0) / 1e6}});
 }
 
 void Machine::record_from_here(ExecutionHooks* hooks) {

@@ -31,6 +31,7 @@ namespace ftvm::vmm {
 
 class ClockDevice;
 class Console;
+class HealthDevice;
 class InterruptController;
 class Power;
 class Timer;
@@ -167,6 +168,23 @@ class Machine final : private ExitHandler, private DeviceIo {
   // or kRecord with a recorder, ready for a new secondary. Throws ftvm::Error (a tap
   // that cannot be opened).
   void go_live(ExecutionMode mode, ExecutionHooks* hooks, uint64_t last_monotonic_ns, const std::string& tap);
+  // ---- Guest health (vmm/health_monitor.h).
+  // The heartbeat device (any thread may read its beats).
+  const HealthDevice& health() const { return *health_; }
+  // Resets the guest in place, as a power cycle would: RAM cleared and the image
+  // loaded again, the vCPU at its boot state, every device at its power-on state;
+  // the disk, the host resources and the position counter carry on. The hooks are
+  // told first (a recorder logs it at this position; a replayer applies the logged
+  // one through here). Every page it rewrites is noted as written (GuestMemory::
+  // note_write), so dirty tracking, checkpoints and digests cover it. vCPU thread,
+  // at a boundary (run_at_boundary, or a replayer's boundary hook). Throws
+  // ftvm::Error if the backend refuses the boot state (the VM is then unusable).
+  void reset_guest(const std::string& reason);
+  // Resets so far (any thread).
+  uint64_t guest_resets() const { return guest_resets_.load(std::memory_order_acquire); }
+  // A run_at_boundary task is waiting or running: the VMM has paused the VM (any thread).
+  bool boundary_task_pending() const { return task_pending_.load(std::memory_order_acquire); }
+
   // A live VM starts recording with `hooks` from here (a boundary task): a VM that
   // went live before it could be protected (post-copy migration) becomes a primary.
   void record_from_here(ExecutionHooks* hooks);
@@ -235,6 +253,13 @@ class Machine final : private ExitHandler, private DeviceIo {
   Power* power_ = nullptr;
   Timer* timer_ = nullptr;
   ClockDevice* clock_dev_ = nullptr;
+  HealthDevice* health_ = nullptr;
+  // What a guest reset starts from again: the image as loaded at creation (the file
+  // may have changed since; a replica must reload exactly what its primary did) and
+  // the backend's complete state at the first instruction.
+  std::vector<uint8_t> image_;
+  std::vector<uint8_t> boot_cpu_state_;
+  std::atomic<uint64_t> guest_resets_{0};
   VirtioMmioDevice* net_ = nullptr;
   VirtioMmioDevice* blk_ = nullptr;
   BootState boot_{};

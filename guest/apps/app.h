@@ -21,6 +21,7 @@ int app_mailstore(const Args& args);
 int app_crash(const Args& args);
 int app_exits(const Args& args);
 int app_hostile(const Args& args);
+int app_hang(const Args& args);
 
 }  // namespace ftvm::guest
 

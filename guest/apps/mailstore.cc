@@ -15,6 +15,7 @@
 #include "guest/lib/arena.h"
 #include "guest/lib/console.h"
 #include "guest/lib/dev.h"
+#include "guest/lib/health.h"
 #include "guest/lib/virtio_blk.h"
 #include "guest/lib/virtio_net.h"
 #include "guest/net/stack.h"
@@ -135,6 +136,16 @@ int app_mailstore(const Args& args) {
     con_printf("mailstore: bad max_messages= (want a number)\n");
     return kExitBadSetup;
   }
+  // The heartbeat (FTVM_SLOT_HEALTH) every beat_ms (0, the default: none, and the
+  // loop idles exactly as it always did); hang_after_ms: stop beating and spin after
+  // that long, a hung app on purpose (tests of ftvm --health-grace-ms).
+  bool beat_ok = true, hang_ok = true;
+  const uint64_t beat_ms = args.get_u64("beat_ms", 0, &beat_ok);
+  const uint64_t hang_after_ms = args.get_u64("hang_after_ms", 0, &hang_ok);
+  if (!beat_ok || !hang_ok || (hang_after_ms != 0 && beat_ms == 0)) {
+    con_printf("mailstore: bad beat_ms= or hang_after_ms= (want numbers; hanging needs beat_ms > 0)\n");
+    return kExitBadSetup;
+  }
   Arena& mem = arena();
   if (!g_blk.init(mem)) {
     con_printf("mailstore: no virtio-blk device: %s\n", g_blk.error());
@@ -192,7 +203,14 @@ int app_mailstore(const Args& args) {
              ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255, m[0], m[1], m[2], m[3], m[4],
              m[5], index.messages());
 
+  Heartbeat heartbeat;
+  heartbeat.start(beat_ms);
   for (;;) {
+    // Taken before looking for work: an interrupt after it (the heartbeat's timer,
+    // a frame) ends the idle wait below at once.
+    const uint64_t snapshot = irq_total();
+    heartbeat.poll();
+    if (hang_after_ms != 0 && heartbeat.ticks() * beat_ms >= hang_after_ms) hang_forever("mailstore");
     unsigned n = g_net.poll_rx(on_frame, &stack, kBatch);
     if (!server.commit()) {
       // Nothing of this batch may be acknowledged, and the journal's state on
@@ -203,7 +221,11 @@ int app_mailstore(const Args& args) {
     udp.send_all(&stack);
     g_net.flush_tx();
     if (n == kBatch) continue;  // more frames are probably waiting
-    g_net.wait_rx();
+    if (heartbeat.on()) {
+      g_net.wait_rx_since(snapshot);
+    } else {
+      g_net.wait_rx();
+    }
   }
 }
 

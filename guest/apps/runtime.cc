@@ -24,9 +24,10 @@ const AppEntry kApps[] = {
     {"timers", app_timers, "period_us= ticks=: compute under a periodic timer"},
     {"dirty", app_dirty, "mib= mib_per_s= seconds=: paced page dirtying"},
     {"disk", app_disk, "ops= seed= batch= blocks=: verified random block I/O"},
-    {"mailstore", app_mailstore, "ip=A.B.C.D/N gw=: UDP mail store on a disk journal"},
+    {"mailstore", app_mailstore, "ip=A.B.C.D/N gw= beat_ms= hang_after_ms=: UDP mail store on a disk journal"},
     {"crash", app_crash, "kind=ud|gp|pf|de|bp: raise a CPU exception"},
     {"exits", app_exits, "n=N: time N MMIO exits from ring 3 (benchmark)"},
+    {"hang", app_hang, "beat_ms= hang_after_ms=: heartbeat, then hang (spin without exits)"},
     {"hostile", app_hostile, "misbehaves on purpose: bad virtio descriptors, wild MMIO, an interrupt storm"},
 };
 

@@ -229,8 +229,9 @@ void VirtQueue::disable_irq() {
   *used_event() = static_cast<uint16_t>(last_used_ - 1);
 }
 
-void VirtQueue::wait_used() {
-  uint64_t snapshot = irq_total();  // before looking at the ring
+void VirtQueue::wait_used() { wait_used_since(irq_total()); }  // before looking at the ring
+
+void VirtQueue::wait_used_since(uint64_t snapshot) {
   if (enable_irq()) irq_wait_since(snapshot);
   disable_irq();
 }

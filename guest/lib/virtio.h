@@ -48,6 +48,9 @@ class VirtQueue {
   // Sleeps until the device has used a buffer (or returns at once if it already
   // has): interrupts on, WAIT_IF, interrupts off. The drivers' one way to block.
   void wait_used();
+  // The same, but returns at once if any interrupt came since `snapshot`
+  // (irq_total() taken before the caller's last look for work of its own).
+  void wait_used_since(uint64_t snapshot);
 
   unsigned size() const { return num_; }
   unsigned free_descs() const { return num_free_; }

@@ -109,4 +109,6 @@ void VirtioNet::wait_rx() {
   rxq_.wait_used();
 }
 
+void VirtioNet::wait_rx_since(uint64_t snapshot) { rxq_.wait_used_since(snapshot); }
+
 }  // namespace ftvm::guest

@@ -35,6 +35,8 @@ class VirtioNet final : public net::FrameSink {
   void flush_tx();
   // Idles until a frame is available or any other interrupt arrives.
   void wait_rx();
+  // Or returns at once if any interrupt came since `snapshot` (see VirtQueue).
+  void wait_rx_since(uint64_t snapshot);
 
   const Stats& stats() const { return stats_; }
 

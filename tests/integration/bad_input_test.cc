@@ -156,5 +156,23 @@ TEST(BadInput, HaAgentClusterFiles) {
   ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--dr-sync"}, "--dr-sync needs --dr-target");
 }
 
+TEST(BadInput, HealthOptions) {
+  const std::vector<std::string> vm = {"--guest", GuestImage(), "--app", "hello"};
+  auto with = [&](std::string cmd, std::vector<std::string> extra) {
+    std::vector<std::string> args = {std::move(cmd)};
+    args.insert(args.end(), vm.begin(), vm.end());
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  ExpectCleanFailure(with("run", {"--health-grace-ms=-5"}),
+                     "--health-grace-ms '-5' is not a number of milliseconds");
+  ExpectCleanFailure(with("run", {"--health-grace-ms", "-5"}), "--health-grace-ms '-5' is not a number of milliseconds");
+  ExpectCleanFailure(with("run", {"--health-grace-ms", "soon"}), "--health-grace-ms 'soon' is not a number");
+  ExpectCleanFailure(with("run", {"--health-grace-ms", "1000", "--health-action", "reboot"}),
+                     "--health-action 'reboot' is not one of reset, restart");
+  ExpectCleanFailure(with("primary", {"--listen", "tcp:127.0.0.1:0", "--arbiter", "/tmp", "--health-action", "panic"}),
+                     "--health-action 'panic' is not one of reset, restart");
+}
+
 }  // namespace
 }  // namespace ftvm::itest

@@ -93,6 +93,33 @@ TEST_F(ConfigTest, TheCommandLineOverridesTheFileAndTheCommandsTableTheTopLevel)
   EXPECT_EQ(vm.config.app_args, (std::vector<std::string>{"ticks=5", "period_us=100"}));
 }
 
+TEST_F(ConfigTest, HealthKeysConfigureTheMonitor) {
+  Write("guest = \"" + guest_ + "\"\napp = \"mailstore\"\nhealth-grace-ms = 1500\n[primary]\nhealth-action = \"restart\"\n");
+  for (const std::string command : {"run", "primary"}) {
+    HealthCliOptions health;
+    po::options_description desc;
+    desc.add(health.describe());
+    std::vector<std::string> args = {command, "--config", path_};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    ASSERT_FALSE(ParseCommandLine(int(argv.size()), argv.data(), desc, command, "", command).has_value()) << command;
+    ASSERT_EQ(health.apply(), "") << command;
+    EXPECT_EQ(health.options.grace_ns, 1'500'000'000u) << command;
+    EXPECT_EQ(health.options.action, command == "run" ? vmm::HealthAction::kReset : vmm::HealthAction::kRestart);
+  }
+  EXPECT_EQ(ErrorOf("health-grace-ms = 1500\nhealth-action = \"reset\"\n", "run"), "");
+  HealthCliOptions bad;
+  bad.grace_ms = "-5";
+  EXPECT_NE(bad.apply().find("--health-grace-ms '-5' is not a number of milliseconds"), std::string::npos);
+  bad.grace_ms = "99999999999999999999";
+  EXPECT_NE(bad.apply().find("is not a number of milliseconds"), std::string::npos);
+  bad.grace_ms = "0";
+  EXPECT_EQ(bad.apply(), "");
+  EXPECT_EQ(bad.options.grace_ns, 0u);  // 0: off
+  bad.action = "reboot";
+  EXPECT_EQ(bad.apply(), "--health-action 'reboot' is not one of reset, restart");
+}
+
 TEST_F(ConfigTest, ACommandLineWithABadConfigIsABadCommandLine) {
   Write("app = \"timers\"\nmem = -1.5\n");
   VmOptions vm;

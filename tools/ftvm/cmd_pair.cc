@@ -50,6 +50,7 @@ struct PrimaryCommandOptions final : CommandOptions {
   primary::PrimaryOptions opts;
   StorageCliOptions st;
   OperatorOptions ops;
+  HealthCliOptions health;
   uint64_t heartbeat_ms = opts.liveness.heartbeat_interval_ns / 1000000;
   uint64_t timeout_ms = opts.liveness.failure_timeout_ns / 1000000;
   uint64_t flush_us = opts.streamer.flush_interval_ns / 1000;
@@ -106,12 +107,13 @@ po::options_description PrimaryCommandOptions::describe() {
        "slow down a VM that writes memory faster than the copy carries it, up to this percent (0: never)");
   desc.add(vm.describe());
   desc.add(st.describe());
+  desc.add(health.describe());
   desc.add(ops.describe());
   return desc;
 }
 
 std::string PrimaryCommandOptions::finish() {
-  if (std::string bad = vm.apply() + st.check(); !bad.empty()) return bad;
+  if (std::string bad = vm.apply() + st.check() + health.apply(); !bad.empty()) return bad;
   if (heartbeat_ms == 0 || timeout_ms <= heartbeat_ms)
     return "--failure-timeout-ms must be larger than --heartbeat-ms (> 0)";
   opts.liveness.heartbeat_interval_ns = heartbeat_ms * 1000000;
@@ -162,11 +164,16 @@ int PrimaryMain(int argc, char** argv) {
       if (std::string why = p.hand_over(); !why.empty()) throw Error("switchover: " + why);
       return ActionStarted("switchover: the VM pauses once the secondary caught up, and runs there next");
     });
+    // A hung guest is reset here, as a logged event the replica replays; the
+    // secondary never sees it as a lost primary (the pair's heartbeats go on).
+    vmm::HealthMonitor health(p.machine(), o.health.options);
+    control.add_status([&health](control::StatusReply& s) { FillHealthStatus(health.status(), s); });
     control.start();
     PrintSummary("primary: listening on %s\n", p.listen_address().c_str());
     p.accept_secondary();
     p.serve_reprotection();  // a later secondary joins the running VM
     int guest = RunUntilDone([&] { return p.run(); }, [&] { p.stop(); });
+    health.stop();
     storage.final_report();
     primary::PrimaryReport r = p.report();
     PrintSummary("primary: %s%s%s\n", std::string(primary::ProtectionName(r.protection)).c_str(),
@@ -189,6 +196,10 @@ int PrimaryMain(int argc, char** argv) {
                    static_cast<unsigned long long>(a.disk_blocks_resynced),
                    static_cast<unsigned long long>(a.disk_blocks_compared));
     if (r.protection == primary::Protection::kStoppedForPeer) return kExitStoppedForPeer;
+    if (health.restart_requested()) {
+      PrintSummary("primary: the guest hung; exiting with %d for a restart\n", vmm::kExitGuestHung);
+      return vmm::kExitGuestHung;
+    }
     return guest < 0 ? 0 : guest;
   } catch (const Error& e) {
     std::cerr << "ftvm primary: " << e.what() << "\n";

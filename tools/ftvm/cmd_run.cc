@@ -57,7 +57,8 @@ void ReportStream(const storage::ImageStream& stream) {
 }  // namespace
 
 int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options,
-          const OperatorOptions& operator_options, const ImageFromOptions* image) {
+          const OperatorOptions& operator_options, const ImageFromOptions* image,
+          const vmm::HealthOptions& health_options) {
   try {
     operator_options.configure_logging(cmd, config.app);
     auto clock = MakeSystemClock();
@@ -88,16 +89,23 @@ int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliO
     storage.serve(control);
     // A VM that runs alone is live and unprotected.
     control.add_status([](control::StatusReply& s) { s.set_state("unprotected"); });
+    vmm::HealthMonitor health(machine, health_options);
+    control.add_status([&health](control::StatusReply& s) { FillHealthStatus(health.status(), s); });
     control.start();
     int code = RunUntilDone([&] { return machine.run(); },
                             [&] {
                               if (stream) stream->cancel();  // a vCPU waiting for a block
                               machine.stop();
                             });
+    health.stop();
     storage.final_report();
     if (stream) {
       stream->stop();
       ReportStream(*stream);
+    }
+    if (health.restart_requested()) {
+      PrintSummary("%s: the guest hung; exiting with %d for a restart\n", cmd.c_str(), vmm::kExitGuestHung);
+      return vmm::kExitGuestHung;
     }
     return code < 0 ? 0 : code;
   } catch (const Error& e) {
@@ -116,17 +124,19 @@ struct RunOptions final : CommandOptions {
   StorageCliOptions storage;
   ImageFromOptions image;
   OperatorOptions ops;
+  HealthCliOptions health;
   po::options_description describe() override {
     po::options_description desc("ftvm run options");
     desc.add_options()("help,h", "show this help");
     desc.add(vm.describe());
     desc.add(storage.describe());
     desc.add(image.describe());
+    desc.add(health.describe());
     desc.add(ops.describe());
     return desc;
   }
   std::string finish() override {
-    std::string bad = vm.apply() + storage.check() + image.check();
+    std::string bad = vm.apply() + storage.check() + image.check() + health.apply();
     if (bad.empty() && !image.from.empty() && vm.config.disk.empty())
       bad = "--image-from needs --disk LOCAL_PATH: where the image is copied to";
     if (bad.empty() && !image.from.empty() && !storage.dr_target.empty())
@@ -145,7 +155,7 @@ int RunMain(int argc, char** argv) {
   RunOptions o;
   if (auto code = ParseCommand(argc, argv, o, "run", "usage: ftvm run --guest IMAGE --app NAME [options]\n"))
     return *code;
-  return RunVm("run", o.vm.config, o.storage, o.ops, &o.image);
+  return RunVm("run", o.vm.config, o.storage, o.ops, &o.image, o.health.options);
 }
 
 }  // namespace ftvm::cli

@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "control/control.pb.h"
 #include "tools/ftvm/config.h"
 #include "tools/ftvm/commands.h"
 
@@ -73,6 +74,42 @@ std::string VmOptions::apply() {
   config.backend = *kind;
   config.app_args = args;
   return "";
+}
+
+po::options_description HealthCliOptions::describe() {
+  po::options_description d("guest health");
+  d.add_options()
+      ("health-grace-ms", po::value(&grace_ms),
+       "act when a guest that heartbeats (FTVM_SLOT_HEALTH) has not beaten for this long (0 or absent: never)")
+      ("health-action", po::value(&action)->default_value(action),
+       "what to do with a hung guest: reset (reboot it in place, disk kept) or restart (the VMM exits with 124 "
+       "for its supervisor to start it again)");
+  return d;
+}
+
+std::string HealthCliOptions::apply() {
+  const std::optional<vmm::HealthAction> a = vmm::ParseHealthAction(action);
+  if (!a) return "--health-action '" + action + "' is not one of reset, restart";
+  options.action = *a;
+  options.grace_ns = 0;
+  if (grace_ms.empty()) return "";
+  // At most a year: anything longer is a typo, and the product must not overflow.
+  constexpr uint64_t kMaxMs = 365ull * 24 * 3600 * 1000;
+  uint64_t ms = 0;
+  bool ok = grace_ms.size() <= 12 && grace_ms.find_first_not_of("0123456789") == std::string::npos;
+  if (ok) ms = std::stoull(grace_ms);
+  if (!ok || ms > kMaxMs)
+    return "--health-grace-ms '" + grace_ms + "' is not a number of milliseconds from 0 to " + std::to_string(kMaxMs);
+  options.grace_ns = ms * 1000000;
+  return "";
+}
+
+void FillHealthStatus(const vmm::HealthStatus& h, control::StatusReply& s) {
+  if (!h.enabled && h.beats == 0 && h.resets == 0) return;  // a guest without the heartbeat, unwatched
+  s.set_health_beats(h.beats);
+  s.set_health_last_beat_age_ms(double(h.last_beat_age_ns) / 1e6);
+  s.set_health_hangs(h.hangs);
+  s.set_health_resets(h.resets);
 }
 
 void PrintSummary(const char* format, ...) {

@@ -9,7 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "vmm/health_monitor.h"
 #include "vmm/machine.h"
+
+namespace ftvm::control {
+class StatusReply;
+}
 
 namespace ftvm::cli {
 
@@ -23,6 +28,19 @@ struct VmOptions {
   // Copies backend/args into config; returns an error line for a bad --backend.
   std::string apply();
 };
+
+// --health-grace-ms and --health-action (vmm/health_monitor.h), for the commands
+// that run a VM themselves (run, primary).
+struct HealthCliOptions {
+  std::string grace_ms;  // text, so that "-5" is named as what it is, not wrapped around
+  std::string action = "reset";
+  vmm::HealthOptions options;  // the result, after apply()
+  boost::program_options::options_description describe();
+  // Fills `options`; returns an error line naming the bad value, or "".
+  std::string apply();
+};
+// The health rows of `ftvm status`.
+void FillHealthStatus(const vmm::HealthStatus& health, control::StatusReply& status);
 
 // Parses a subcommand's argv against `desc`. Returns nothing when the command
 // should go on; otherwise its exit code: 0 after printing `usage` and the options

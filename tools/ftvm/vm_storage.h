@@ -16,6 +16,7 @@
 #include "storage/disk_mirror.h"
 #include "storage/image_stream.h"
 #include "storage/sync_gate.h"
+#include "vmm/health_monitor.h"
 #include "vmm/machine.h"
 
 namespace ftvm::cli {
@@ -74,8 +75,10 @@ struct ImageFromOptions {
 
 // Runs a VM (no recording) with its mirror and control socket until it powers off or
 // a signal; returns the exit code of `ftvm <cmd>` (errors on stderr). With `image`,
-// its disk is streamed in. cmd_run.cc.
+// its disk is streamed in; `health`: the guest health monitor's settings (off by
+// default). cmd_run.cc.
 int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options,
-          const OperatorOptions& operator_options, const ImageFromOptions* image = nullptr);
+          const OperatorOptions& operator_options, const ImageFromOptions* image = nullptr,
+          const vmm::HealthOptions& health = {});
 
 }  // namespace ftvm::cli

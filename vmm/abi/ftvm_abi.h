@@ -44,6 +44,7 @@
 #define FTVM_SLOT_POWER        5u
 #define FTVM_SLOT_VIRTIO_BLK   6u
 #define FTVM_SLOT_VIRTIO_NET   7u
+#define FTVM_SLOT_HEALTH       8u  /* added compatibly in ABI 1: older VMMs leave it absent */
 
 /* ---- Interrupts --------------------------------------------------------------- */
 /* Line n is delivered as vector FTVM_IRQ_VECTOR_BASE + n. Vectors 0..31 are CPU
@@ -104,6 +105,14 @@ struct ftvm_iovec {
 
 /* ---- Power (slot FTVM_SLOT_POWER) --------------------------------------------- */
 #define FTVM_POWER_OFF         0x00u  /* W32: power off; the value is the exit code */
+
+/* ---- Guest health (slot FTVM_SLOT_HEALTH) -------------------------------------- */
+/* An app-level "I am alive": the guest writes HEARTBEAT every so often (a counter
+ * or any status word). Once a guest has beaten, a VMM run with a health grace
+ * period resets (or restarts) the VM when no beat comes for that long. Nothing the
+ * guest can read back depends on it: beats are not an input, so record/replay needs
+ * nothing for them. A guest that never beats is never reset. */
+#define FTVM_HEALTH_HEARTBEAT  0x00u  /* W64: one beat; the value is the guest's own */
 
 /* ---- virtio-mmio (slots FTVM_SLOT_VIRTIO_*) ----------------------------------- */
 /* Standard virtio-mmio version 2 register layout (virtio 1.2, section 4.2.2). */

@@ -60,6 +60,10 @@ class Device {
   // restore() throws ftvm::Error when `in` holds another device's state.
   virtual bool save(snapshot::Device& /*out*/) const { return false; }
   virtual void restore(const snapshot::Device& /*in*/) {}
+
+  // Back to the power-on state (a guest reset: Machine::reset_guest). Host
+  // resources (files, taps) stay; what the guest set up is forgotten.
+  virtual void reset() {}
 };
 
 }  // namespace ftvm::vmm

@@ -36,6 +36,11 @@ class InterruptController final : public Device, public InterruptSink {
   uint64_t delivered_count() const { return delivered_; }
   uint32_t pending() const { return pending_; }
   uint32_t mask() const { return mask_; }
+  void reset() override {
+    pending_ = 0;
+    mask_ = 0;
+    delivered_ = 0;
+  }
 
  private:
   std::function<bool()> wait_;

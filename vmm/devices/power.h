@@ -18,6 +18,7 @@ class Power final : public Device {
   void restore(const snapshot::Device& in) override;
 
   std::optional<int> exit_code() const { return exit_code_; }
+  void reset() override { exit_code_.reset(); }
 
  private:
   std::optional<int> exit_code_;

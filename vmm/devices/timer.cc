@@ -57,6 +57,18 @@ void Timer::go_live() {
     log::error("timer.settime_failed", {{"error", strerror(errno)}});
 }
 
+void Timer::reset() {
+  armed_ = false;
+  expired_ = false;
+  fired_ = 0;
+  interval_ns_ = 0;
+  if (io_.replaying()) return;
+  // Setting the timerfd also drops an expiry it holds unread.
+  itimerspec off{};
+  if (timerfd_settime(fd_.get(), 0, &off, nullptr) != 0)
+    log::error("timer.settime_failed", {{"error", strerror(errno)}});
+}
+
 bool Timer::expire() {
   if (!armed_) return false;
   armed_ = false;

@@ -29,6 +29,8 @@ class Timer final : public Device {
   // interval the guest asked for (when it was armed on the primary is not known;
   // late is safe for a one-shot timer, early is not).
   void go_live();
+  // Disarmed, no expiries counted (the host timerfd disarmed too).
+  void reset() override;
   bool armed() const { return armed_; }
   uint64_t fired() const { return fired_; }
 

@@ -88,7 +88,8 @@ class VirtioMmioDevice : public Device {
   uint32_t read_register(uint64_t offset);
   void write_register(uint64_t offset, uint32_t value);
   void write_status(uint32_t value);
-  void reset();
+  // Status written 0, and a guest reset (Device::reset).
+  void reset() override;
   Virtqueue* selected_queue();
   // Device is live: DRIVER_OK, and neither NEEDS_RESET nor FAILED.
   bool operational() const;
