@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The long chaos run: `ftvm drill --fault random` for ROUNDS faults (default 1000;
-# about 8 s each here, so ~2.5 hours) over CHANNEL (default tcp), then the table by
+# 4-8 s each here: two runs of 500 side by side took 66 min on this 2-core host)
+# over CHANNEL (default tcp), then the table by
 # fault type: count, failovers, recovery p50/p99, acknowledged messages lost,
 # duplicates, split brain. Usage: bench/chaos.sh [ROUNDS] [CHANNEL] (as root, after
 # scripts/test.sh or a build in build/).
