@@ -65,6 +65,7 @@ void Exercise(std::span<const uint8_t> data) {
         case RecordType::kVerify: Require(DecodeVerify(rec.payload).has_value(), "verify"); break;
         case RecordType::kEnd: Require(DecodeEnd(rec.payload).has_value(), "end"); break;
         case RecordType::kTimerExpiry: Require(rec.payload.empty(), "timer"); break;
+        case RecordType::kGuestReset: Require(rec.payload.empty(), "guest reset"); break;
         case RecordType::kIrqWaitResult:
           Require(DecodeIrqWaitResult(rec.payload).has_value(), "wait result");
           break;
