@@ -36,20 +36,6 @@ bool WaitForCount(const std::string& path, const std::string& needle, size_t tim
   return Count(ReadFile(path), needle) >= times;
 }
 
-std::string StatusJson(const std::string& control) {
-  ProcessResult r = RunProcess({FtvmBinary(), "status", "--control", control, "--json"}, seconds(20), "status");
-  return r.exit_code == 0 ? r.out : "";
-}
-
-// The number after "key": in a JSON object (64-bit integers are strings there).
-double NumberIn(const std::string& json, const std::string& key) {
-  const size_t at = json.find("\"" + key + "\":");
-  if (at == std::string::npos) return -1;
-  size_t from = at + key.size() + 3;
-  if (json[from] == '"') ++from;
-  return std::stod(json.substr(from));
-}
-
 // Polls the status until `key` is at least `value`; returns the last status.
 std::string WaitForNumber(const std::string& control, const std::string& key, double value, seconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;

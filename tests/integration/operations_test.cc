@@ -22,12 +22,6 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-// `ftvm status --json` of the VMM at `control` ("" when it does not answer).
-std::string StatusJson(const std::string& control) {
-  ProcessResult r = RunProcess({FtvmBinary(), "status", "--control", control, "--json"}, seconds(20), "status");
-  return r.exit_code == 0 ? r.out : "";
-}
-
 // Polls the status until it contains `needle`; returns the last status.
 std::string WaitForStatus(const std::string& control, const std::string& needle, seconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -38,15 +32,6 @@ std::string WaitForStatus(const std::string& control, const std::string& needle,
     std::this_thread::sleep_for(milliseconds(200));
   }
   return status;
-}
-
-// The number after "key": in a JSON object (protobuf prints 64-bit integers as strings).
-double NumberIn(const std::string& json, const std::string& key) {
-  const size_t at = json.find("\"" + key + "\":");
-  if (at == std::string::npos) return -1;
-  size_t from = at + key.size() + 3;
-  if (json[from] == '"') ++from;
-  return std::stod(json.substr(from));
 }
 
 // `ftvm primary` on `channel` with a guest that runs until it is stopped (timer

@@ -167,6 +167,20 @@ std::vector<DrillRound> ReadDrillRounds(const std::string& json_path) {
   return rounds;
 }
 
+std::string StatusJson(const std::string& control) {
+  ProcessResult r =
+      RunProcess({FtvmBinary(), "status", "--control", control, "--json"}, std::chrono::seconds(20), "status");
+  return r.exit_code == 0 ? r.out : "";
+}
+
+double NumberIn(const std::string& json, const std::string& key) {
+  const size_t at = json.find("\"" + key + "\":");
+  if (at == std::string::npos) return -1;
+  size_t from = at + key.size() + 3;
+  if (json[from] == '"') ++from;
+  return std::stod(json.substr(from));
+}
+
 std::string HttpRequest(const std::string& address, const std::string& method, const std::string& path) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos) return "";

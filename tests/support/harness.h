@@ -58,6 +58,13 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, std::chrono::mill
 // Polls `path` until it contains `needle` or `timeout` passes.
 bool WaitForFileContains(const std::string& path, const std::string& needle, std::chrono::milliseconds timeout);
 
+// `ftvm status --json` of the VMM at control socket `control` ("" when it does not
+// answer).
+std::string StatusJson(const std::string& control);
+// The number after "key": in a JSON object (protobuf prints 64-bit integers as
+// strings, so a quoted number counts too); -1 when the key is absent.
+double NumberIn(const std::string& json, const std::string& key);
+
 // One HTTP/1.1 request (`method` GET, POST, ...; empty body) to the server at
 // IPv4 HOST:PORT; the whole response, status line and headers included ("" when
 // it cannot connect).
