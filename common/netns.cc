@@ -4,68 +4,26 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 
+#include "common/command.h"
 #include "common/error.h"
 #include "common/unique_fd.h"
 
-extern char** environ;
-
 namespace ftvm::netns {
 namespace {
-
-std::string Quote(const std::vector<std::string>& argv) {
-  std::string s;
-  for (const auto& a : argv) s += (s.empty() ? "" : " ") + a;
-  return s;
-}
-
-// Runs argv[0] (found on PATH) and returns its exit status (-1: did not run) with what
-// it wrote on stderr.
-int Run(const std::vector<std::string>& argv, std::string& err) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw SysError("pipe for `" + Quote(argv) + "`");
-  UniqueFd read_end(fds[0]), write_end(fds[1]);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, write_end.get(), 2);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  write_end.reset();
-  if (rc != 0) {
-    err = std::string("cannot run ") + args[0] + ": " + std::strerror(rc);
-    return -1;
-  }
-  char buf[512];
-  for (ssize_t n; (n = ::read(read_end.get(), buf, sizeof buf)) != 0;) {
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) break;
-    err.append(buf, size_t(n));
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 // Best effort, for clean-up paths that must not throw.
 void IpQuiet(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {"ip"};
   argv.insert(argv.end(), args.begin(), args.end());
-  std::string ignored;
   try {
-    Run(argv, ignored);
+    RunCommand(argv);
   } catch (const Error&) {
+    // Nothing to clean up if `ip` itself cannot run.
   }
 }
 
@@ -91,12 +49,7 @@ void DeleteStale(const std::string& prefix) {
 void Ip(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {"ip"};
   argv.insert(argv.end(), args.begin(), args.end());
-  std::string err;
-  const int code = Run(argv, err);
-  if (code != 0) {
-    while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
-    throw Error("`" + Quote(argv) + "` failed" + (code > 0 ? " (exit " + std::to_string(code) + ")" : "") + ": " + err);
-  }
+  RunCommandOrThrow(argv);
 }
 
 void Enter(const std::string& name) {

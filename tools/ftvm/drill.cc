@@ -24,6 +24,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/command.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/netns.h"
@@ -134,12 +135,10 @@ std::string Describe(const std::string& name, Child& child, const std::string& e
 }
 
 void MustRun(const std::vector<std::string>& argv) {
-  Child c(argv, "/dev/null", "/tmp/ftvm-drill-cmd.err");
-  std::optional<int> code = c.wait(30000);
-  if (code != 0) {
-    std::string cmd;
-    for (const auto& a : argv) cmd += a + " ";
-    throw Error("drill setup: `" + cmd + "` failed: " + ReadAll("/tmp/ftvm-drill-cmd.err"));
+  try {
+    RunCommandOrThrow(argv);
+  } catch (const Error& e) {
+    throw Error(std::string("drill setup: ") + e.what());
   }
 }
 
@@ -531,19 +530,13 @@ class PacketLoss {
  private:
   // `nft ARGS` in the namespace: what it printed; throws with it when it fails.
   std::string Nft(const std::vector<std::string>& args) {
-    std::string cmd = "ip netns exec " + netns_ + " nft";
-    for (const std::string& a : args) cmd += " " + a;
-    cmd += " 2>&1";
-    FILE* f = popen(cmd.c_str(), "r");
-    if (f == nullptr) throw SysError("drill: running nft");
-    std::string said;
-    char buf[512];
-    for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) said.append(buf, n);
-    const int st = pclose(f);
-    if (st != 0)
-      throw Error("drill: `" + cmd + "` failed (status " + std::to_string(st) + ")" + (said.empty() ? "" : ": " + said) +
-                  " (is the nftables package installed?)");
-    return said;
+    std::vector<std::string> argv = {"ip", "netns", "exec", netns_, "nft"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    try {
+      return RunCommandOrThrow(argv);
+    } catch (const Error& e) {
+      throw Error(std::string("drill: ") + e.what() + " (is the nftables package installed?)");
+    }
   }
 
   std::string netns_;
