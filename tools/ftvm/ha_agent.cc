@@ -224,7 +224,7 @@ class Agent {
   }
 
   int run() {
-    RenewLease();
+    if (!RenewLease()) throw Error("cannot write this host's lease " + LeasePath(o_.name) + " (see the line above)");
     StartReplicas();
     StartHomeVms();
     std::fprintf(stderr, "ha-agent %s: up, %zu peers, %zu VMs in %s, %llu MiB for VMs\n", o_.name.c_str(), peers_.size(),
@@ -233,8 +233,9 @@ class Agent {
     while (!stopping_) {
       const uint64_t now = clock_.monotonic_ns();
       if (now >= next_beat) {
-        Beat();
-        RenewLease();
+        // A host beats only while it holds its lease: one that has fenced itself
+        // falls silent, so the others restart its VMs once its lease has expired.
+        if (RenewLease()) Beat();
         Reap();
         CheckPeers();
         next_beat = now + uint64_t(o_.heartbeat_ms * 1e6);
@@ -433,25 +434,53 @@ class Agent {
 
   std::string LeasePath(const std::string& host) const { return o_.cluster + "/hosts/" + host + ".lease"; }
 
-  void RenewLease() {
+  // Renews this host's lease; false while it cannot, and once it has not for half
+  // the lease timeout it fences itself: its VMs are killed (and reaped) before the
+  // others may take this host for dead (lease timeout), so no VM ever runs twice.
+  bool RenewLease() {
     const std::string path = LeasePath(o_.name), tmp = path + ".tmp";
     const std::string text = std::to_string(clock_.wall_ns()) + "\n";
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     const bool ok = fd && ::write(fd.get(), text.data(), text.size()) == ssize_t(text.size()) &&
                     ::rename(tmp.c_str(), path.c_str()) == 0;
+    const int error = errno;
     const uint64_t now = clock_.monotonic_ns();
     if (ok) {
       lease_renewed_ns_ = now;
-      return;
+      if (lease_failing_) {
+        lease_failing_ = false;
+        log::event(log::Level::kWarn, "ha.lease_renewed", {{"host", o_.name}, {"fenced", fenced_ ? "yes" : "no"}});
+        std::fprintf(stderr, "ha-agent %s: the lease is renewed again%s\n", o_.name.c_str(),
+                     fenced_ ? "; the VMs it fenced stay stopped (the others may have restarted them)" : "");
+        fenced_ = false;
+      }
+      return true;
     }
-    log::error("ha.lease_not_renewed", {{"path", path}, {"error", std::strerror(errno)}});
-    // Self-fencing: before the others may take this host for dead (lease timeout),
-    // its VMs stop, so no VM ever runs twice.
-    if (now - lease_renewed_ns_ > uint64_t(o_.lease_timeout_ms * 1e6 / 2) && !vms_running_.empty()) {
-      log::event(log::Level::kError, "ha.self_fence", {{"host", o_.name}, {"vms", uint64_t(vms_running_.size())}});
-      std::fprintf(stderr, "ha-agent %s: cannot renew the lease: killing this host's VMs (self-fencing)\n", o_.name.c_str());
-      for (auto& [n, c] : vms_running_) ::kill(c.pid, SIGKILL);
+    if (!lease_failing_) {  // said once per outage, not every heartbeat
+      lease_failing_ = true;
+      log::error("ha.lease_not_renewed", {{"path", path}, {"error", std::strerror(error)}});
     }
+    if (!fenced_ && now - lease_renewed_ns_ > uint64_t(o_.lease_timeout_ms * 1e6 / 2)) Fence(error);
+    return !fenced_;
+  }
+
+  void Fence(int error) {
+    fenced_ = true;
+    const double age_ms = double(clock_.monotonic_ns() - lease_renewed_ns_) / 1e6;
+    std::fprintf(stderr, "ha-agent %s: cannot renew the lease (%s) for %.0f ms: killing this host's %zu VMs "
+                 "(self-fencing) and falling silent\n", o_.name.c_str(), std::strerror(error), age_ms,
+                 vms_running_.size());
+    for (auto& [n, c] : vms_running_) ::kill(c.pid, SIGKILL);
+    // Reaped here, not at the next Reap(): the event says they are gone.
+    for (auto& [n, c] : vms_running_) {
+      int st = 0;
+      ::waitpid(c.pid, &st, 0);
+    }
+    std::string names;
+    for (auto& [n, c] : vms_running_) names += (names.empty() ? "" : ",") + n;
+    log::event(log::Level::kError, "ha.self_fence",
+               {{"host", o_.name}, {"vms", uint64_t(vms_running_.size())}, {"killed", names}, {"lease_age_ms", age_ms}});
+    vms_running_.clear();
   }
 
   // The lease's age in ms (-1: no lease).
@@ -576,6 +605,8 @@ class Agent {
   std::set<std::string> unknown_;  // heartbeat senders not in --peers, already reported
   UniqueFd fd_;
   uint64_t lease_renewed_ns_ = 0;
+  bool lease_failing_ = false;  // the last renewal failed
+  bool fenced_ = false;         // and this host has fenced itself since (silent, no VMs)
   std::atomic<bool> stopping_{false};
 };
 
