@@ -27,7 +27,7 @@ const AppEntry kApps[] = {
     {"mailstore", app_mailstore, "ip=A.B.C.D/N gw= beat_ms= hang_after_ms=: UDP mail store on a disk journal"},
     {"crash", app_crash, "kind=ud|gp|pf|de|bp: raise a CPU exception"},
     {"exits", app_exits, "n=N: time N MMIO exits from ring 3 (benchmark)"},
-    {"hang", app_hang, "beat_ms= hang_after_ms=: heartbeat, then hang (spin without exits)"},
+    {"hang", app_hang, "beat_ms= hang_after_ms= mode=app|kernel: heartbeat, then hang (spin without exits)"},
     {"hostile", app_hostile, "misbehaves on purpose: bad virtio descriptors, wild MMIO, an interrupt storm"},
 };
 
