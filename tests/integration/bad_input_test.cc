@@ -174,5 +174,18 @@ TEST(BadInput, HealthOptions) {
                      "--health-action 'panic' is not one of reset, restart");
 }
 
+// A guest app's own arguments are checked by the guest: it says which on its
+// console and exits with 2 (bad setup), which `ftvm run` passes on.
+TEST(BadInput, HangAppMode) {
+  const std::string console = ScratchPath("hang-mode.console");
+  ProcessResult r = RunProcess({FtvmBinary(), "run", "--guest", GuestImage(), "--app", "hang", "--arg", "mode=sideways",
+                                "--console", console},
+                               seconds(60));
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(ReadFile(console).find("hang: bad mode=sideways (want app or kernel)"), std::string::npos)
+      << ReadFile(console);
+}
+
 }  // namespace
 }  // namespace ftvm::itest
