@@ -323,8 +323,9 @@ double LineTime(const std::string& text, const std::string& event) {
 // cluster directory's hosts/ is then remounted read-only (A's path to the shared
 // storage fails; its network does not, so it could go on beating). A must kill its
 // VM before its lease expires and fall silent; B then declares A dead and restarts
-// mail1 from its replica with every acknowledged delivery. When A's storage comes
-// back it renews its lease again and starts nothing.
+// mail1 from its replica with every acknowledged delivery. A's storage comes back
+// right after the fence (a short outage): A stays silent until B has taken it for
+// dead, then renews its lease again and starts nothing.
 TEST_F(HaTest, AHostThatCannotRenewItsLeaseFencesItselfAndTheReplicaHostRestartsItsVm) {
   for (const char* d : {"", "/vms"}) ASSERT_EQ(mkdir((cluster_ + d).c_str(), 0755), 0);
   WriteVm("mail1", "mailstore", "ha1", "10.0.0.21", "52:54:00:00:78:21", "b", 7501, 10);
@@ -351,6 +352,10 @@ TEST_F(HaTest, AHostThatCannotRenewItsLeaseFencesItselfAndTheReplicaHostRestarts
   EXPECT_NE(a.Stderr().find("killing this host's 1 VMs (self-fencing)"), std::string::npos) << a.Stderr();
   EXPECT_NE(a.Stderr().find("Read-only file system"), std::string::npos) << a.Stderr();
   EXPECT_TRUE(a.Running()) << "the agent itself stays up";
+  // A short outage: A's storage is back at once. A must stay silent until B has
+  // taken it for dead, or nobody would restart the VM it killed.
+  ProcessResult rw = RunProcess({"nsenter", "-t", pid, "-m", "--", "umount", hosts}, seconds(10), "remount-rw");
+  ASSERT_EQ(rw.exit_code, 0) << rw.err;
 
   ASSERT_TRUE(WaitForFileContains(b.stderr_path(), "host a is dead", seconds(20))) << b.Stderr();
   // Exactly one copy: A had fenced before B could take it for dead.
@@ -370,10 +375,12 @@ TEST_F(HaTest, AHostThatCannotRenewItsLeaseFencesItselfAndTheReplicaHostRestarts
   EXPECT_EQ(ReadFile(cluster_ + "/arbiter/mail1/generation-2"), "b\n");
   ExpectLedger("10.0.0.21", "ha1", load1.acked().size(), load1.attempted());
 
-  // A's storage comes back: it renews and beats again, and starts nothing.
-  ProcessResult rw = RunProcess({"nsenter", "-t", pid, "-m", "--", "umount", hosts}, seconds(10), "remount-rw");
-  ASSERT_EQ(rw.exit_code, 0) << rw.err;
+  // After that A renews and beats again, and starts nothing.
   EXPECT_TRUE(WaitForFileContains(a.stderr_path(), "the lease is renewed again", seconds(10))) << a.Stderr();
+  const double renewed_at = LineTime(a.Stderr(), "ha.lease_renewed");
+  ASSERT_GE(renewed_at, 0) << a.Stderr();
+  EXPECT_LT(std::fmod(renewed_at - dead_at + 86400, 86400), 43200) << "A renewed its lease before B took it for dead\n"
+                                                                      << a.Stderr() << b.Stderr();
   EXPECT_TRUE(WaitForFileContains(b.stderr_path(), "host a is back", seconds(10))) << b.Stderr();
   EXPECT_EQ(ProcessesWith(disks_["mail1"]), 0) << "A started mail1 again although B holds it";
   for (Process* p : {&a, &b}) {

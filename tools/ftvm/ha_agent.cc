@@ -438,6 +438,12 @@ class Agent {
   // the lease timeout it fences itself: its VMs are killed (and reaped) before the
   // others may take this host for dead (lease timeout), so no VM ever runs twice.
   bool RenewLease() {
+    // A host that fenced itself stays silent, its lease unrenewed, until its peers
+    // have surely declared it dead (lease timeout, then the failure timeout of
+    // silence) and restarted its VMs: came back sooner, after a short storage
+    // outage, it would be alive to them with its VMs killed, and nobody would
+    // restart them. (It never restarts them itself: a peer may be doing so.)
+    if (fenced_ && clock_.monotonic_ns() < fenced_until_ns_) return false;
     const std::string path = LeasePath(o_.name), tmp = path + ".tmp";
     const std::string text = std::to_string(clock_.wall_ns()) + "\n";
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
@@ -451,7 +457,7 @@ class Agent {
         lease_failing_ = false;
         log::event(log::Level::kWarn, "ha.lease_renewed", {{"host", o_.name}, {"fenced", fenced_ ? "yes" : "no"}});
         std::fprintf(stderr, "ha-agent %s: the lease is renewed again%s\n", o_.name.c_str(),
-                     fenced_ ? "; the VMs it fenced stay stopped (the others may have restarted them)" : "");
+                     fenced_ ? "; the VMs it fenced stay stopped (their replica hosts restart them)" : "");
         fenced_ = false;
       }
       return true;
@@ -466,7 +472,9 @@ class Agent {
 
   void Fence(int error) {
     fenced_ = true;
-    const double age_ms = double(clock_.monotonic_ns() - lease_renewed_ns_) / 1e6;
+    const uint64_t now = clock_.monotonic_ns();
+    fenced_until_ns_ = lease_renewed_ns_ + uint64_t((o_.lease_timeout_ms + o_.failure_timeout_ms + 2 * o_.heartbeat_ms) * 1e6);
+    const double age_ms = double(now - lease_renewed_ns_) / 1e6;
     std::fprintf(stderr, "ha-agent %s: cannot renew the lease (%s) for %.0f ms: killing this host's %zu VMs "
                  "(self-fencing) and falling silent\n", o_.name.c_str(), std::strerror(error), age_ms,
                  vms_running_.size());
@@ -607,6 +615,7 @@ class Agent {
   uint64_t lease_renewed_ns_ = 0;
   bool lease_failing_ = false;  // the last renewal failed
   bool fenced_ = false;         // and this host has fenced itself since (silent, no VMs)
+  uint64_t fenced_until_ns_ = 0;  // silent until then, even if the lease could be renewed
   std::atomic<bool> stopping_{false};
 };
 
