@@ -568,7 +568,8 @@ class Agent {
         if (it != replicas_.end()) {
           ::kill(it->second.pid, SIGTERM);
           int st = 0;
-          for (int i = 0; i < 100 && ::waitpid(it->second.pid, &st, WNOHANG) == 0; ++i) ::usleep(20000);
+          // Up to 2 s, looked at every 2 ms: the restart waits for this.
+          for (int i = 0; i < 1000 && ::waitpid(it->second.pid, &st, WNOHANG) == 0; ++i) ::usleep(2000);
           if (::waitpid(it->second.pid, &st, WNOHANG) == 0) {
             ::kill(it->second.pid, SIGKILL);
             ::waitpid(it->second.pid, &st, 0);
