@@ -224,7 +224,9 @@ class Agent {
   }
 
   int run() {
-    if (!RenewLease()) throw Error("cannot write this host's lease " + LeasePath(o_.name) + " (see the line above)");
+    lease_renewed_ns_ = clock_.monotonic_ns();  // nothing to fence yet: no VM runs
+    (void)RenewLease();
+    if (lease_failing_) throw Error("cannot write this host's lease " + LeasePath(o_.name) + " (see the line above)");
     StartReplicas();
     StartHomeVms();
     std::fprintf(stderr, "ha-agent %s: up, %zu peers, %zu VMs in %s, %llu MiB for VMs\n", o_.name.c_str(), peers_.size(),
