@@ -241,9 +241,12 @@ class Agent {
         Reap();
         CheckPeers();
         next_beat = now + uint64_t(o_.heartbeat_ms * 1e6);
+      } else if (now >= NextSilenceExpiry(now) || now >= lease_recheck_ns_) {
+        CheckPeers();  // at the moment a peer's silence or lease passes its timeout
       }
       pollfd p{fd_.get(), POLLIN, 0};
-      const int wait_ms = int(std::max<uint64_t>(1, (next_beat - std::min(next_beat, clock_.monotonic_ns())) / 1000000));
+      const uint64_t wake = std::min({next_beat, NextSilenceExpiry(clock_.monotonic_ns()), lease_recheck_ns_});
+      const int wait_ms = int(std::max<uint64_t>(1, (wake - std::min(wake, clock_.monotonic_ns()) + 999999) / 1000000));
       if (::poll(&p, 1, wait_ms) > 0) Receive();
     }
     StopAll();
@@ -523,12 +526,33 @@ class Agent {
     reap(replicas_, "replica");
   }
 
+  // When the first live peer's silence will pass the failure timeout (UINT64_MAX:
+  // none): checked then, not at the next heartbeat tick, which would add up to a
+  // heartbeat interval to the detection. A peer already past it but with a fresh
+  // lease (isolated) is looked at every heartbeat as before.
+  uint64_t NextSilenceExpiry(uint64_t now) const {
+    uint64_t next = UINT64_MAX;
+    for (const auto& [name, p] : peers_) {
+      if (p->dead) continue;
+      const uint64_t silent = p->liveness.silent_ns(), timeout = p->liveness.options().failure_timeout_ns;
+      if (silent <= timeout) next = std::min(next, now + (timeout - silent) + 1000000);
+    }
+    return next;
+  }
+
   void CheckPeers() {
+    lease_recheck_ns_ = UINT64_MAX;
     for (auto& [name, p] : peers_) {
       if (p->dead || !p->liveness.expired()) continue;
       const double lease_age = LeaseAgeMs(name);
       if (!p->heard_once && lease_age < 0) continue;  // never came up: nothing of it runs
-      if (lease_age >= 0 && lease_age < o_.lease_timeout_ms) continue;  // isolated, but alive: keeps its VMs
+      if (lease_age >= 0 && lease_age < o_.lease_timeout_ms) {
+        // Isolated, but alive: keeps its VMs. Looked at again when that lease would
+        // expire (its last renewal may have come a heartbeat after its last beat).
+        lease_recheck_ns_ = std::min(lease_recheck_ns_, clock_.monotonic_ns() +
+                                                            uint64_t((o_.lease_timeout_ms - lease_age + 1) * 1e6));
+        continue;
+      }
       p->dead = true;
       const double silent_ms = double(p->liveness.silent_ns()) / 1e6;
       log::event(log::Level::kError, "ha.host_dead", {{"host", name}, {"silent_ms", silent_ms}, {"lease_age_ms", lease_age}});
@@ -616,6 +640,7 @@ class Agent {
   std::set<std::string> unknown_;  // heartbeat senders not in --peers, already reported
   UniqueFd fd_;
   uint64_t lease_renewed_ns_ = 0;
+  uint64_t lease_recheck_ns_ = UINT64_MAX;  // when a silent peer's lease expires
   bool lease_failing_ = false;  // the last renewal failed
   bool fenced_ = false;         // and this host has fenced itself since (silent, no VMs)
   uint64_t fenced_until_ns_ = 0;  // silent until then, even if the lease could be renewed
