@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FTVM_BIN=$PWD/build/tools/ftvm/ftvm FTVM_GUEST=$PWD/build/guest/ftvm-guest.elf
-out=$(build/tests/integration/ha_test --gtest_filter='*Restart*' 2>&1) || { echo "$out" | tail -40; exit 1; }
+out=$(build/tests/integration/ha_test --gtest_filter='*KilledHostsVms*' 2>&1) || { echo "$out" | tail -40; exit 1; }
 restart=$(echo "$out" | sed -n 's/.*host death -> first reply from restarted mail1: \([0-9]*\) ms.*/\1/p' | head -1)
 detect=$(echo "$out" | sed -n 's/.*ha.restart.*vm=mail1.*detect_ms=\([0-9.]*\).*/\1/p' | head -1)
 printf '%-52s %10s %-6s %-22s %s\n' metric value unit baseline ratio

@@ -50,6 +50,18 @@ std::string ReadAll(const std::string& path) {
 
 bool Exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
+// The server answered with another image than the one being copied: never resumed.
+class ImageChanged : public Error {
+ public:
+  using Error::Error;
+};
+
+std::string Seconds(std::chrono::nanoseconds d) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", double(d.count()) / 1e9);
+  return buf;
+}
+
 }  // namespace
 
 ImageStream::ImageStream(ImageStreamOptions options) : options_(std::move(options)) {
@@ -79,7 +91,11 @@ ImageStream::ImageStream(ImageStreamOptions options) : options_(std::move(option
       return;
     }
   }
-  Connect();
+  try {
+    channel_ = Connect(options_.timeout);
+  } catch (const ImageChanged& e) {
+    throw Error(e.what());
+  }
   if (!resume) {
     fd_ = UniqueFd(::open(local.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
     if (!fd_) throw SysError("creating the local copy " + local);
@@ -95,13 +111,27 @@ ImageStream::ImageStream(ImageStreamOptions options) : options_(std::move(option
     }
   }
   // What we hold already, so the server sends only the rest.
+  if (transport::SendResult s = channel_->send(kMsgImageStart, Bytes(StartMessage()), options_.timeout); !s.ok())
+    throw Error("image server " + Where() + ": " + s.message);
+  connected_at_ = SteadyClock::now();
+}
+
+std::string ImageStream::StartMessage() const {
   ImageStart start;
   std::string bits((blocks_ + 7) / 8, '\0');
-  for (uint64_t b = 0; b < blocks_; ++b)
-    if (state_[b] == kPresent) bits[b / 8] = char(uint8_t(bits[b / 8]) | (1u << (b % 8)));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // A block a guest write is filling is the guest's: the server need not send it.
+    for (uint64_t b = 0; b < blocks_; ++b)
+      if (state_[b] == kPresent || state_[b] == kWriting) bits[b / 8] = char(uint8_t(bits[b / 8]) | (1u << (b % 8)));
+  }
   start.set_present(bits);
-  if (transport::SendResult s = channel_->send(kMsgImageStart, Bytes(start.SerializeAsString()), options_.timeout); !s.ok())
-    throw Error("image server " + Where() + ": " + s.message);
+  return start.SerializeAsString();
+}
+
+std::shared_ptr<transport::Channel> ImageStream::CurrentChannel() const {
+  std::lock_guard<std::mutex> lock(channel_mu_);
+  return channel_;
 }
 
 ImageStream::~ImageStream() { stop(); }
@@ -110,10 +140,11 @@ std::string ImageStream::Where() const {
   return "'" + options_.server.name + "' on " + options_.server.host + ":" + std::to_string(options_.server.port);
 }
 
-void ImageStream::Connect() {
+std::shared_ptr<transport::Channel> ImageStream::Connect(std::chrono::nanoseconds timeout) {
   const std::string where = "image server " + options_.server.host + ":" + std::to_string(options_.server.port);
+  std::shared_ptr<transport::Channel> channel;
   try {
-    channel_ = transport::TcpConnect(options_.server.host, options_.server.port, options_.timeout);
+    channel = transport::TcpConnect(options_.server.host, options_.server.port, timeout);
   } catch (const Error& e) {
     throw Error(where + ": " + e.what());
   }
@@ -121,10 +152,10 @@ void ImageStream::Connect() {
   hello.set_protocol_version(kImageProtocolVersion);
   hello.set_image(options_.server.name);
   hello.set_client(options_.client_name);
-  if (transport::SendResult s = channel_->send(kMsgImageHello, Bytes(hello.SerializeAsString()), options_.timeout); !s.ok())
+  if (transport::SendResult s = channel->send(kMsgImageHello, Bytes(hello.SerializeAsString()), timeout); !s.ok())
     throw Error(where + ": " + s.message);
   transport::Message msg;
-  transport::RecvResult r = channel_->recv(msg, options_.timeout);
+  transport::RecvResult r = channel->recv(msg, timeout);
   if (!r.is_message())
     throw Error(where + " did not answer the hello: " + (r.timed_out() ? std::string("timed out") : r.message));
   ImageHelloReply reply;
@@ -138,11 +169,14 @@ void ImageStream::Connect() {
     throw Error(where + " describes image '" + options_.server.name + "' with " + std::to_string(reply.image_bytes()) +
                 " bytes in blocks of " + std::to_string(reply.block_bytes()));
   if (!state_.empty()) {
-    // Resuming: the partial copy must be of this very image.
+    // Resuming or reconnecting: the partial copy must be of this very image.
     if (reply.image_bytes() != image_bytes_ || reply.block_bytes() != block_bytes_ || reply.image_id() != image_id_)
-      throw Error("image '" + options_.server.name + "' on " + where + " is not the one " + options_.local_path +
-                  " was being copied from (it changed, or another image has its name): remove " +
-                  options_.local_path + " and " + PresencePath(options_.local_path) + " to start over");
+      throw ImageChanged("image '" + options_.server.name + "' on " + where + " is not the one " +
+                         options_.local_path + " was being copied from (it changed, or another image has its name): " +
+                         "remove " + options_.local_path + " and " + PresencePath(options_.local_path) +
+                         " to start over");
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.profile_blocks = reply.profile_blocks();
   } else {
     image_bytes_ = reply.image_bytes();
     block_bytes_ = reply.block_bytes();
@@ -150,12 +184,86 @@ void ImageStream::Connect() {
     blocks_ = (image_bytes_ + block_bytes_ - 1) / block_bytes_;
     state_.assign(blocks_, kAbsent);
     durable_.assign(blocks_, 0);
+    accessed_.assign(blocks_, 0);
+    stats_.profile_blocks = reply.profile_blocks();
   }
-  accessed_.assign(blocks_, 0);
-  stats_.profile_blocks = reply.profile_blocks();
   log::event(log::Level::kInfo, "image_stream.connected", {{"server", where}, {"image", options_.server.name}, {"image_bytes", image_bytes_},
                                        {"block_bytes", block_bytes_}, {"local_blocks", have_},
                                        {"profile_blocks", uint64_t(reply.profile_blocks())}});
+  return channel;
+}
+
+bool ImageStream::Reconnect(const std::string& why) {
+  const auto lost_at = SteadyClock::now();
+  const auto deadline = lost_at + options_.timeout;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    reconnecting_ = true;
+    drop_connection_ = false;
+  }
+  cv_.notify_all();
+  if (auto old = CurrentChannel()) old->close();
+  log::event(log::Level::kWarn, "image_stream.disconnected",
+             {{"image", options_.server.name}, {"why", why}, {"local_blocks", have_blocks()},
+              {"reconnect_within_s", Seconds(options_.timeout)}});
+  std::string last = why;
+  uint64_t attempts = 0;
+  while (!stopping_.load()) {
+    const auto now = SteadyClock::now();
+    if (now >= deadline) break;
+    ++attempts;
+    try {
+      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
+      std::shared_ptr<transport::Channel> ch = Connect(std::min<std::chrono::nanoseconds>(left, 1s));
+      if (transport::SendResult s = ch->send(kMsgImageStart, Bytes(StartMessage()), left); !s.ok())
+        throw Error("resuming: " + s.message);
+      {
+        std::lock_guard<std::mutex> lock(channel_mu_);
+        channel_ = ch;
+      }
+      // From here a vCPU's new demand goes to the new connection; the ones made
+      // before (to the lost server, or not sent at all) are asked again.
+      ImageRequest req;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (uint64_t b = 0; b < blocks_; ++b)
+          if (state_[b] == kDemanded) req.demanded.push_back(uint32_t(b));
+      }
+      const uint64_t outstanding = req.demanded.size();
+      if (!req.demanded.empty())
+        if (transport::SendResult s = ch->send(kMsgImageRequest, EncodeImageRequest(req), left); !s.ok())
+          throw Error("asking again for the blocks the guest waits for: " + s.message);
+      const double down_ms = std::chrono::duration<double, std::milli>(SteadyClock::now() - lost_at).count();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        reconnecting_ = false;
+        connected_at_ = SteadyClock::now();
+        ++stats_.reconnects;
+      }
+      cv_.notify_all();
+      log::event(log::Level::kWarn, "image_stream.reconnected",
+                 {{"image", options_.server.name}, {"down_ms", down_ms}, {"attempts", attempts},
+                  {"asked_again", outstanding}, {"local_blocks", have_blocks()}});
+      return true;
+    } catch (const ImageChanged& e) {
+      Lost(std::string("the server came back with another image: ") + e.what());
+      return false;
+    } catch (const Error& e) {
+      last = e.what();
+    }
+    // Not back yet: try again shortly (a refused connect returns at once).
+    const auto retry = std::min<SteadyClock::time_point>(SteadyClock::now() + 200ms, deadline);
+    while (!stopping_.load() && SteadyClock::now() < retry) std::this_thread::sleep_for(20ms);
+  }
+  if (!stopping_.load())
+    Lost(why + "; not back within " + Seconds(options_.timeout) + " s (" + std::to_string(attempts) +
+         " attempts, the last: " + last + ")");
+  return false;
+}
+
+uint64_t ImageStream::have_blocks() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return have_;
 }
 
 void ImageStream::LoadPresence() {
@@ -248,17 +356,19 @@ void ImageStream::cancel() {
 void ImageStream::stop() {
   if (stopping_.exchange(true)) return;
   cancel();
-  if (channel_) {
+  if (std::shared_ptr<transport::Channel> ch = CurrentChannel()) {
     bool running;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      running = failed_.empty() && !finished_;
+      running = failed_.empty() && !finished_ && !reconnecting_;
     }
     // What this boot read, for the next one, even if the copy did not finish.
     if (running) SendProfile();
-    channel_->close();
+    ch->close();
   }
   if (receiver_.joinable()) receiver_.join();
+  // A reconnect may have installed a channel after the close above.
+  if (std::shared_ptr<transport::Channel> ch = CurrentChannel()) ch->close();
   if (fd_) {
     if (std::string why = Persist(); !why.empty()) log::warn("image_stream.persist_failed", {{"error", why}});
   }
@@ -319,14 +429,14 @@ void ImageStream::SendProfile() {
   p.set_image_bytes(image_bytes_);
   p.set_block_bytes(block_bytes_);
   p.set_image_id(image_id_);
-  if (transport::SendResult s = channel_->send(kMsgImageProfile, Bytes(p.SerializeAsString()), 5s); !s.ok())
+  if (transport::SendResult s = CurrentChannel()->send(kMsgImageProfile, Bytes(p.SerializeAsString()), 5s); !s.ok())
     log::warn("image_stream.profile_not_sent", {{"error", s.message}});
 }
 
 void ImageStream::Finish() {
   if (std::string why = Persist(); !why.empty()) log::warn("image_stream.persist_failed", {{"error", why}});
   SendProfile();
-  channel_->close();
+  CurrentChannel()->close();
   ImageStreamStats s;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -340,7 +450,8 @@ void ImageStream::Finish() {
                                       {"blocks", blocks_}, {"on_demand", s.demand_fetched},
                                       {"prefetched", s.prefetched}, {"written_over", s.written_over},
                                       {"local_at_start", s.local_at_start}, {"late_dropped", s.late_dropped},
-                                      {"blocks_read", s.blocks_read}, {"seconds", s.complete_s}});
+                                      {"blocks_read", s.blocks_read}, {"reconnects", s.reconnects},
+                                      {"seconds", s.complete_s}});
 }
 
 void ImageStream::ReceiveLoop() {
@@ -349,8 +460,35 @@ void ImageStream::ReceiveLoop() {
   uint64_t acked = 0;
   auto last_heard = SteadyClock::now();
   auto last_persist = last_heard;
+  bool stalled_before = false;  // the last connection was dropped for a demand unanswered
+  // The connection is lost: a new one within the timeout, or the VM is lost.
+  // Progress counts restart with the connection (the server's window is per session).
+  auto reconnect = [&](const std::string& why) {
+    if (stopping_.load() || !Reconnect(why)) return false;
+    received_bytes_.store(0);
+    acked = 0;
+    last_heard = SteadyClock::now();
+    return true;
+  };
   while (!stopping_.load()) {
-    transport::RecvResult r = channel_->recv(msg, 200ms);
+    std::string drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (drop_connection_) drop = drop_why_;
+    }
+    if (!drop.empty()) {
+      // A server that takes every connection but never answers is as lost as one
+      // that is gone: a second unanswered demand with no block in between ends it.
+      if (stalled_before) {
+        Lost(drop + ", again after reconnecting");
+        break;
+      }
+      stalled_before = true;
+      if (!reconnect(drop)) break;
+      continue;
+    }
+    std::shared_ptr<transport::Channel> channel = CurrentChannel();
+    transport::RecvResult r = channel->recv(msg, 200ms);
     const auto now = SteadyClock::now();
     if (r.is_message()) {
       last_heard = now;
@@ -362,6 +500,7 @@ void ImageStream::ReceiveLoop() {
         Lost(why);
         break;
       }
+      if (!batch.empty()) stalled_before = false;
       received_bytes_.fetch_add(msg.size());
       std::string bad;
       {
@@ -374,7 +513,8 @@ void ImageStream::ReceiveLoop() {
           }
           uint8_t& st = state_[b.index];
           if (st != kAbsent && st != kDemanded) {
-            // A guest write took the block over: its data wins.
+            // A guest write took the block over (its data wins), or a demand asked
+            // again across a reconnect was answered twice.
             ++stats_.late_dropped;
             continue;
           }
@@ -405,14 +545,14 @@ void ImageStream::ReceiveLoop() {
       }
     } else if (r.timed_out()) {
       if (!complete_.load() && now - last_heard > options_.timeout) {
-        Lost("no word from the server in " + std::to_string(options_.timeout.count() / 1000000000) + " s");
-        break;
+        if (!reconnect("no word from the server in " + Seconds(options_.timeout) + " s")) break;
+        continue;
       }
     } else {
       if (stopping_.load()) break;
       if (!complete_.load()) {
-        Lost(r.closed() ? "the server closed the connection" : r.message);
-        break;
+        if (!reconnect(r.closed() ? "the server closed the connection" : r.message)) break;
+        continue;
       }
     }
     if (complete_.load()) {
@@ -429,9 +569,10 @@ void ImageStream::ReceiveLoop() {
       ImageRequest req;
       req.received_bytes = received;
       req.unneeded = std::move(unneeded);
-      if (transport::SendResult s = channel_->send(kMsgImageRequest, EncodeImageRequest(req), options_.timeout); !s.ok()) {
-        if (!stopping_.load()) Lost(s.message);
-        break;
+      if (transport::SendResult s = channel->send(kMsgImageRequest, EncodeImageRequest(req), options_.timeout); !s.ok()) {
+        // The blocks the guest took over are in the next ImageStart instead.
+        if (!reconnect("telling the server what arrived: " + s.message)) break;
+        continue;
       }
       acked = received;
     }
@@ -490,11 +631,18 @@ int ImageStream::prepare(bool write, uint64_t offset, uint64_t bytes) {
   const auto t0 = SteadyClock::now();
   if (!demand_.empty()) {
     ImageRequest req;
-    req.received_bytes = received_bytes_.load();
+    // Progress is the receiver's to report (it counts per connection); 0 moves nothing.
+    req.received_bytes = 0;
     req.demanded = demand_;
-    if (transport::SendResult s = channel_->send(kMsgImageRequest, EncodeImageRequest(req), options_.timeout); !s.ok()) {
-      Lost("asking for block " + std::to_string(demand_.front()) + ": " + s.message);
-      return EIO;
+    if (transport::SendResult s = CurrentChannel()->send(kMsgImageRequest, EncodeImageRequest(req), options_.timeout);
+        !s.ok()) {
+      // The connection is going: the receiver reconnects and asks for every block
+      // still demanded, these included.
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!reconnecting_ && !drop_connection_) {
+        drop_connection_ = true;
+        drop_why_ = "asking for block " + std::to_string(demand_.front()) + ": " + s.message;
+      }
     }
   }
   std::unique_lock<std::mutex> lock(mu_);
@@ -503,21 +651,28 @@ int ImageStream::prepare(bool write, uint64_t offset, uint64_t bytes) {
       if (state_[b] == kAbsent || state_[b] == kDemanded) return false;
     return true;
   };
-  const bool ok = cv_.wait_until(lock, t0 + options_.timeout, [&] { return arrived() || lost_reported_ || cancelled_; });
+  // Up to the timeout on a connection; while the receiver reconnects, until it has
+  // (the clock starts again) or has given up (the VM is lost).
+  while (!arrived() && !lost_reported_ && !cancelled_) {
+    if (reconnecting_ || drop_connection_) {
+      cv_.wait_for(lock, 200ms);
+      continue;
+    }
+    const auto deadline = std::max(t0, connected_at_) + options_.timeout;
+    if (SteadyClock::now() >= deadline) {
+      drop_connection_ = true;
+      drop_why_ = "no answer for block " + std::to_string(need_.front()) + " in " + Seconds(options_.timeout) + " s";
+      continue;
+    }
+    cv_.wait_until(lock, deadline);
+  }
   const uint64_t waited = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now() - t0).count());
   ++stats_.demand_waits;
   stats_.wait_ns_total += waited;
   stats_.wait_ns_max = std::max(stats_.wait_ns_max, waited);
-  if (ok && arrived()) return 0;
+  if (arrived()) return 0;
   if (cancelled_) return ECANCELED;
-  if (!failed_.empty()) {
-    cv_.wait(lock, [&] { return lost_reported_; });
-    return EIO;
-  }
-  lock.unlock();
-  Lost("no answer for block " + std::to_string(need_.front()) + " in " +
-       std::to_string(options_.timeout.count() / 1000000000) + " s");
-  return EIO;
+  return EIO;  // lost_reported_: the VM is stopped already
 }
 
 void ImageStream::written(uint64_t offset, uint64_t bytes) {

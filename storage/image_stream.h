@@ -17,9 +17,15 @@
 // runs on LOCAL alone, and an image_stream.complete line says how many blocks were
 // fetched on demand and how many ahead of need.
 //
-// A server lost before the copy completed (connection closed, a damaged batch, no
-// answer for a demanded block within the timeout) is the VM lost: the owner's
-// `lost` callback stops it (Machine::abort) before the guest can read a hole.
+// A lost connection (closed, an error, no word from the server, or no answer for a
+// demanded block, within the timeout) is not yet the VM lost: the receiver
+// reconnects, as often as it takes within the timeout, to a server that comes back
+// with the same image (same id; another image is refused at once), tells it which
+// blocks are local and asks again for every block the guest is waiting for; a
+// vCPU waiting for a block meanwhile waits on. Only when the server is not back
+// within the timeout (or sends a damaged batch, or the local copy fails) is the VM
+// lost: the owner's `lost` callback stops it (Machine::abort) before the guest can
+// read a hole.
 #pragma once
 
 #include <atomic>
@@ -43,8 +49,9 @@ namespace ftvm::storage {
 struct ImageStreamOptions {
   ImageAddress server;
   std::string local_path;
-  // Connecting, and how long a demanded block (or any word from the server while
-  // the copy is incomplete) may take before the server counts as lost.
+  // Connecting; how long a demanded block (or any word from the server while the
+  // copy is incomplete) may take before the connection counts as lost; and how long
+  // a lost server has to come back before the VM is lost.
   std::chrono::nanoseconds timeout = std::chrono::seconds(10);
   std::string client_name;  // for the server's log
 };
@@ -63,6 +70,7 @@ struct ImageStreamStats {
   uint64_t wait_ns_total = 0;
   uint64_t wait_ns_max = 0;
   uint64_t profile_blocks = 0;  // the server's boot profile for the image
+  uint64_t reconnects = 0;      // connections lost and made again
   bool complete = false;
   double complete_s = 0;        // from start() to the last block
 };
@@ -107,7 +115,19 @@ class ImageStream final : public vmm::DiskBlockSource {
     kWriting = 2,   // taken over by a guest write that has not finished yet
     kPresent = 3,
   };
-  void Connect();
+  // Connects and agrees on the image: the first time it learns the image's shape;
+  // after that (a resumed copy, a reconnect) the image must be the same one, or
+  // ImageChanged is thrown. Other failures throw ftvm::Error.
+  std::shared_ptr<transport::Channel> Connect(std::chrono::nanoseconds timeout);
+  // Connects again after `why` within the timeout, resumes (ImageStart with what is
+  // local, the outstanding demands asked again) and installs the new channel; false
+  // (after Lost()) when the server did not come back in time or came back with
+  // another image.
+  bool Reconnect(const std::string& why);
+  std::shared_ptr<transport::Channel> CurrentChannel() const;
+  uint64_t have_blocks() const;
+  // The ImageStart message: the blocks local (or being written by the guest).
+  std::string StartMessage() const;
   void ReceiveLoop();
   // Under mu_: every block is local (or being written by the guest).
   void MaybeComplete();
@@ -124,7 +144,8 @@ class ImageStream final : public vmm::DiskBlockSource {
 
   ImageStreamOptions options_;
   UniqueFd fd_;  // LOCAL
-  std::unique_ptr<transport::Channel> channel_;
+  mutable std::mutex channel_mu_;  // channel_ (replaced on a reconnect)
+  std::shared_ptr<transport::Channel> channel_;
   uint64_t image_bytes_ = 0;
   uint32_t block_bytes_ = 0;
   uint64_t blocks_ = 0;
@@ -149,6 +170,12 @@ class ImageStream final : public vmm::DiskBlockSource {
   bool cancelled_ = false;
   bool profile_sent_ = false;
   bool finished_ = false;  // Finish() ran
+  // The connection is lost and the receiver is making a new one: a vCPU waiting for
+  // a block waits on (the receiver decides when the server is lost).
+  bool reconnecting_ = false;
+  std::chrono::steady_clock::time_point connected_at_;  // of the current connection
+  bool drop_connection_ = false;  // a vCPU's demand went unanswered: reconnect
+  std::string drop_why_;
   ImageStreamStats stats_;
 
   std::atomic<bool> all_durable_{false};  // LOCAL.present says every block is local

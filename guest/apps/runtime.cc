@@ -27,7 +27,7 @@ const AppEntry kApps[] = {
     {"mailstore", app_mailstore, "ip=A.B.C.D/N gw= beat_ms= hang_after_ms=: UDP mail store on a disk journal"},
     {"crash", app_crash, "kind=ud|gp|pf|de|bp: raise a CPU exception"},
     {"exits", app_exits, "n=N: time N MMIO exits from ring 3 (benchmark)"},
-    {"hang", app_hang, "beat_ms= hang_after_ms=: heartbeat, then hang (spin without exits)"},
+    {"hang", app_hang, "beat_ms= hang_after_ms= mode=app|kernel: heartbeat, then hang (spin without exits)"},
     {"hostile", app_hostile, "misbehaves on purpose: bad virtio descriptors, wild MMIO, an interrupt storm"},
 };
 
@@ -47,11 +47,13 @@ int app_hello(const Args& args) {
 
 extern "C" int ftvm_user_main(const ftvm_bootinfo* bi) {
   // The arena: RAM from the end of the image (or of what the loader reports, if
-  // later) to the top of RAM.
+  // later) to the top of RAM. Nothing has written there since power-on or a reset,
+  // both of which leave it zeroed (the VMM's RAM is a fresh memfd; a reset clears
+  // RAM), so it is handed out without zeroing it again.
   uintptr_t start = reinterpret_cast<uintptr_t>(__image_end);
   if (bi->image_end > start) start = bi->image_end;
   if (bi->ram_bytes > start) {
-    g_arena.init(reinterpret_cast<void*>(start), bi->ram_bytes - start);
+    g_arena.init(reinterpret_cast<void*>(start), bi->ram_bytes - start, /*zeroed=*/true);
   }
 
   Args args(Str(bi->cmdline, str_nlen(bi->cmdline, FTVM_CMDLINE_MAX)));

@@ -3,6 +3,7 @@
 // Ring 0 is emulated instruction by instruction under PVM (~1000x slower), so an
 // interrupt does the least possible: count it and return. Ring 3 watches the
 // counters (per line, and a total that waiters snapshot). Exceptions are fatal: they save state and call the ring-0 reporter.
+#include "guest/kernel/kernel.h"
     .section .ktext, "ax"
     .code64
 
@@ -30,7 +31,20 @@ exc_stub_\vec:
     EXC 0
     EXC 1
     EXC 2
-    EXC 3
+    // #BP, from int3 (DPL3: the one `int` ring 3 can use under PVM). With RAX =
+    // FTVM_GUEST_HANG_KERNEL_MAGIC it is the hang app's hung kernel: spin here, at
+    // ring 0 with interrupts off (the gate cleared IF), never returning and never
+    // exiting to the VMM. Two instructions on the way to the fatal report otherwise.
+    .balign 16
+exc_stub_3:
+    cmpq    $FTVM_GUEST_HANG_KERNEL_MAGIC, %rax
+    jne     1f
+2:  cli
+    pause
+    jmp     2b
+1:  pushq   $0
+    pushq   $3
+    jmp     exc_common
     EXC 4
     EXC 5
     EXC 6

@@ -29,3 +29,16 @@ void hang_forever(const char* who) {
 }
 
 }  // namespace ftvm::guest
+
+namespace ftvm::guest {
+
+void hang_kernel_forever(const char* who) {
+  con_printf("%s: hanging the kernel now (ring 0, interrupts off; no more heartbeats)\n", who);
+  con_flush();
+  // int3 is the one software interrupt ring 3 can raise under PVM; the magic in RAX
+  // turns the kernel's #BP stub into the hang (isr.S).
+  asm volatile("int3" : : "a"(uint64_t{FTVM_GUEST_HANG_KERNEL_MAGIC}) : "memory");
+  for (;;) asm volatile("pause" ::: "memory");  // not reached
+}
+
+}  // namespace ftvm::guest

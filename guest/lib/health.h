@@ -41,6 +41,9 @@ class Heartbeat {
 // at ring 3 forever without a single exit or beat. Interrupts still arrive (and
 // return here), as they would to a real app stuck in a loop.
 [[noreturn]] void hang_forever(const char* who);
+// A hung kernel, on purpose: prints why, then traps into the kernel, which spins at
+// ring 0 with interrupts off forever (no exit, no beat, no interrupt taken).
+[[noreturn]] void hang_kernel_forever(const char* who);
 
 }  // namespace ftvm::guest
 

@@ -174,5 +174,36 @@ TEST(BadInput, HealthOptions) {
                      "--health-action 'panic' is not one of reset, restart");
 }
 
+// An agent that cannot write its lease at start (the cluster's hosts/ read-only, in
+// a mount namespace of its own) says so and starts nothing.
+TEST(BadInput, HaAgentWithoutItsLease) {
+  const std::string cluster = ScratchPath("ro-cluster"), hosts = cluster + "/hosts";
+  ASSERT_EQ(mkdir(cluster.c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(hosts.c_str(), 0755), 0);
+  ProcessResult r = RunProcess({"unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                "mount --bind " + hosts + " " + hosts + " && mount -o remount,bind,ro " + hosts +
+                                    " && exec " + FtvmBinary() + " ha-agent --name a --cluster " + cluster +
+                                    " --listen 127.0.0.1:7999 --data " + ScratchPath("ro-data")},
+                               seconds(60));
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("ftvm ha-agent: cannot write this host's lease " + hosts + "/a.lease"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("Read-only file system"), std::string::npos) << r.err;
+}
+
+// A guest app's own arguments are checked by the guest: it says which on its
+// console and exits with 2 (bad setup), which `ftvm run` passes on.
+TEST(BadInput, HangAppMode) {
+  const std::string console = ScratchPath("hang-mode.console");
+  ProcessResult r = RunProcess({FtvmBinary(), "run", "--guest", GuestImage(), "--app", "hang", "--arg", "mode=sideways",
+                                "--console", console},
+                               seconds(60));
+  ASSERT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(ReadFile(console).find("hang: bad mode=sideways (want app or kernel)"), std::string::npos)
+      << ReadFile(console);
+}
+
 }  // namespace
 }  // namespace ftvm::itest

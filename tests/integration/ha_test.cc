@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -151,7 +153,9 @@ class HaTest : public testing::Test {
       << "\"\nreplica_port = " << port << "\npriority = " << priority << "\nmem_mib = 64\n";
   }
 
-  Process StartAgent(const std::string& host, int index, const std::string& mem_mib) {
+  // `own_mounts`: the agent runs in a mount namespace of its own (private
+  // propagation), where the test can take the cluster directory away from it alone.
+  Process StartAgent(const std::string& host, int index, const std::string& mem_mib, bool own_mounts = false) {
     std::string peers;
     int i = 1;
     for (const char* h : {"a", "b", "c"}) {
@@ -160,11 +164,13 @@ class HaTest : public testing::Test {
     }
     const std::string data = ScratchPath("ha-data-" + host);
     data_[host] = data;
-    Process p = Process::Start(net_.host(host).wrap({FtvmBinary(), "ha-agent", "--name", host, "--cluster", cluster_,
-                                                     "--listen", ClusterNet::HostIp(index) + ":7400", "--peers", peers,
-                                                     "--data", data, "--mem-mib", mem_mib, "--heartbeat-ms", "100",
-                                                     "--failure-timeout-ms", "1000"}),
-                               "agent-" + host);
+    std::vector<std::string> argv = {FtvmBinary(), "ha-agent", "--name", host, "--cluster", cluster_,
+                                     "--listen", ClusterNet::HostIp(index) + ":7400", "--peers", peers,
+                                     "--data", data, "--mem-mib", mem_mib, "--heartbeat-ms", "100",
+                                     "--failure-timeout-ms", "1000"};
+    // unshare execs the agent: the process's pid is the agent's.
+    if (own_mounts) argv.insert(argv.begin(), {"unshare", "--mount", "--propagation", "private"});
+    Process p = Process::Start(net_.host(host).wrap(argv), "agent-" + host);
     EXPECT_TRUE(WaitForFileContains(p.stderr_path(), "up,", seconds(20))) << p.Stderr();
     return p;
   }
@@ -296,6 +302,88 @@ TEST_F(HaTest, AnIsolatedHostThatRenewsItsLeaseIsNotDeclaredDead) {
   EXPECT_TRUE(WaitForFileContains(b.stderr_path(), "host a is dead", seconds(10))) << b.Stderr();
   EXPECT_TRUE(WaitForFileContains(c.stderr_path(), "host a is dead", seconds(10))) << c.Stderr();
   for (Process* p : {&b, &c}) {
+    p->Signal(SIGTERM);
+    EXPECT_EQ(p->Wait(seconds(30)).exit_code, 0);
+  }
+}
+// Seconds since midnight UTC of the log line (text format: "HH:MM:SS.micros LEVEL
+// event ...") that carries `event` in `text`; -1 when there is none.
+double LineTime(const std::string& text, const std::string& event) {
+  const size_t at = text.find(" " + event + " ");
+  if (at == std::string::npos) return -1;
+  const size_t bol = text.rfind('\n', at);
+  const std::string line = text.substr(bol == std::string::npos ? 0 : bol + 1, 15);
+  int h = 0, m = 0;
+  double sec = 0;
+  if (std::sscanf(line.c_str(), "%d:%d:%lf", &h, &m, &sec) != 3) return -1;
+  return h * 3600.0 + m * 60.0 + sec;
+}
+
+// Self-fencing: host A's agent runs in a mount namespace of its own, where the
+// cluster directory's hosts/ is then remounted read-only (A's path to the shared
+// storage fails; its network does not, so it could go on beating). A must kill its
+// VM before its lease expires and fall silent; B then declares A dead and restarts
+// mail1 from its replica with every acknowledged delivery. A's storage comes back
+// right after the fence (a short outage): A stays silent until B has taken it for
+// dead, then renews its lease again and starts nothing.
+TEST_F(HaTest, AHostThatCannotRenewItsLeaseFencesItselfAndTheReplicaHostRestartsItsVm) {
+  for (const char* d : {"", "/vms"}) ASSERT_EQ(mkdir((cluster_ + d).c_str(), 0755), 0);
+  WriteVm("mail1", "mailstore", "ha1", "10.0.0.21", "52:54:00:00:78:21", "b", 7501, 10);
+  Process b = StartAgent("b", 2, "512");
+  Process a = StartAgent("a", 1, "512", /*own_mounts=*/true);
+  ASSERT_TRUE(WaitForFileContains(data_["a"] + "/mail1.console", "mailstore: ready", seconds(120)))
+      << a.Stderr() << ReadFile(data_["a"] + "/mail1.log");
+  ASSERT_TRUE(WaitForFileContains(data_["a"] + "/mail1.log", "dr.caught_up", seconds(60)))
+      << ReadFile(data_["a"] + "/mail1.log");
+  ASSERT_EQ(ProcessesWith(disks_["mail1"]), 1);
+
+  Deliverer load1(net_.client().name(), "10.0.0.21", "ha1");
+  load1.start();
+  std::this_thread::sleep_for(seconds(3));
+  // A's view of hosts/ turns read-only; everyone else's (this test's, B's) stays.
+  const std::string hosts = cluster_ + "/hosts", pid = std::to_string(a.pid());
+  ProcessResult ro = RunProcess({"nsenter", "-t", pid, "-m", "--", "sh", "-c",
+                                 "mount --bind " + hosts + " " + hosts + " && mount -o remount,bind,ro " + hosts},
+                                seconds(10), "remount-ro");
+  ASSERT_EQ(ro.exit_code, 0) << ro.err;
+  ASSERT_TRUE(WaitForFileContains(a.stderr_path(), "ha.self_fence", seconds(10))) << a.Stderr();
+  // The event is logged once the VM has been reaped.
+  EXPECT_EQ(ProcessesWith(disks_["mail1"]), 0) << "mail1 runs on after its host fenced itself";
+  EXPECT_NE(a.Stderr().find("killing this host's 1 VMs (self-fencing)"), std::string::npos) << a.Stderr();
+  EXPECT_NE(a.Stderr().find("Read-only file system"), std::string::npos) << a.Stderr();
+  EXPECT_TRUE(a.Running()) << "the agent itself stays up";
+  // A short outage: A's storage is back at once. A must stay silent until B has
+  // taken it for dead, or nobody would restart the VM it killed.
+  ProcessResult rw = RunProcess({"nsenter", "-t", pid, "-m", "--", "umount", hosts}, seconds(10), "remount-rw");
+  ASSERT_EQ(rw.exit_code, 0) << rw.err;
+
+  ASSERT_TRUE(WaitForFileContains(b.stderr_path(), "host a is dead", seconds(20))) << b.Stderr();
+  // Exactly one copy: A had fenced before B could take it for dead.
+  const double fenced_at = LineTime(a.Stderr(), "ha.self_fence"), dead_at = LineTime(b.Stderr(), "ha.host_dead");
+  ASSERT_GE(fenced_at, 0) << a.Stderr();
+  ASSERT_GE(dead_at, 0) << b.Stderr();
+  EXPECT_LT(std::fmod(dead_at - fenced_at + 86400, 86400), 43200) << "B declared A dead before A fenced itself\n"
+                                                                    << a.Stderr() << b.Stderr();
+  for (const auto& [text, event] : {std::pair{a.Stderr(), "ha.self_fence"}, std::pair{b.Stderr(), "ha.host_dead"}}) {
+    const size_t at = text.find(event);
+    std::printf("ha: %s\n", text.substr(at, text.find('\n', at) - at).c_str());
+  }
+  load1.stop();
+  ASSERT_GT(load1.acked().size(), 2u) << load1.error();
+  ASSERT_TRUE(WaitForFileContains(data_["b"] + "/mail1.console", "mailstore: ready", seconds(120)))
+      << b.Stderr() << ReadFile(data_["b"] + "/mail1.log");
+  EXPECT_EQ(ReadFile(cluster_ + "/arbiter/mail1/generation-2"), "b\n");
+  ExpectLedger("10.0.0.21", "ha1", load1.acked().size(), load1.attempted());
+
+  // After that A renews and beats again, and starts nothing.
+  EXPECT_TRUE(WaitForFileContains(a.stderr_path(), "the lease is renewed again", seconds(10))) << a.Stderr();
+  const double renewed_at = LineTime(a.Stderr(), "ha.lease_renewed");
+  ASSERT_GE(renewed_at, 0) << a.Stderr();
+  EXPECT_LT(std::fmod(renewed_at - dead_at + 86400, 86400), 43200) << "A renewed its lease before B took it for dead\n"
+                                                                      << a.Stderr() << b.Stderr();
+  EXPECT_TRUE(WaitForFileContains(b.stderr_path(), "host a is back", seconds(10))) << b.Stderr();
+  EXPECT_EQ(ProcessesWith(disks_["mail1"]), 0) << "A started mail1 again although B holds it";
+  for (Process* p : {&a, &b}) {
     p->Signal(SIGTERM);
     EXPECT_EQ(p->Wait(seconds(30)).exit_code, 0);
   }

@@ -1,6 +1,7 @@
 // Guest health with the real `ftvm` binary and the real guest kit: a mail store
 // that hangs (hang_after_ms) is reset by `ftvm run --health-grace-ms` and serves
-// its journal again; --health-action restart exits with 124; and on a protected
+// its journal again; a kernel hung at ring 0 with interrupts off is reset too,
+// and the VMM answers `ftvm status` meanwhile; --health-action restart exits with 124; and on a protected
 // pair the primary resets the hung guest as a logged event, the secondary stays
 // protected (no failover) and keeps verifying the replica after the reset. No
 // timing is asserted: every wait is for an observable state, with a generous bound.
@@ -116,6 +117,41 @@ TEST(Health, RestartActionExitsForTheSupervisor) {
   EXPECT_NE(ev.find("\"event\":\"health.guest-hung\""), std::string::npos) << ev;
   EXPECT_NE(ev.find("\"event\":\"health.guest-restart\""), std::string::npos) << ev;
   EXPECT_EQ(ev.find("guest-reset"), std::string::npos) << ev;
+}
+
+// A hung kernel: the hang app traps into the guest kernel, which spins at ring 0
+// with interrupts off (no exit, no interrupt taken). The VMM must still notice it,
+// answer `ftvm status` during the hang, reset the guest, and stop on SIGTERM in a
+// later hang.
+TEST(Health, HungKernelWithInterruptsOffIsResetAndTheVmmStaysResponsive) {
+  const std::string console = ScratchPath("console.txt"), events = ScratchPath("events.jsonl"),
+                    control = ScratchPath("control");
+  Process vm = Process::Start({FtvmBinary(), "run", "--guest", GuestImage(), "--app", "hang", "--arg", "beat_ms=100",
+                               "--arg", "hang_after_ms=500", "--arg", "mode=kernel", "--console", console,
+                               "--health-grace-ms", "3000", "--event-file", events, "--control", control},
+                              "health-kernel");
+  ASSERT_TRUE(WaitForFileContains(console, "hang: hanging the kernel now", seconds(90))) << ReadFile(console)
+                                                                                         << vm.Stderr();
+  // Hung, not yet reset (3 s of grace): the control socket answers meanwhile.
+  const std::string during = StatusJson(control);
+  ASSERT_FALSE(during.empty()) << "ftvm status got no answer during the kernel hang\n" << vm.Stderr();
+  EXPECT_GE(NumberIn(during, "health_beats"), 1) << during;
+  // Reset, booted again (its banner twice), hung again.
+  ASSERT_TRUE(WaitForCount(console, "hang: hanging the kernel now", 2, seconds(120))) << ReadFile(console)
+                                                                                      << vm.Stderr();
+  const std::string ev = ReadFile(events);
+  EXPECT_NE(ev.find("\"event\":\"health.guest-hung\""), std::string::npos) << ev;
+  EXPECT_NE(ev.find("\"event\":\"vm.guest-reset\""), std::string::npos) << ev;
+  EXPECT_EQ(Count(ReadFile(console), "hang: beating every 100 ms, hanging the kernel"), 2u) << ReadFile(console);
+  EXPECT_EQ(ReadFile(console).find("guest exception"), std::string::npos) << "the int3 was taken as a breakpoint\n"
+                                                                          << ReadFile(console);
+  const std::string status = WaitForNumber(control, "health_resets", 1, seconds(30));
+  EXPECT_GE(NumberIn(status, "health_resets"), 1) << status;
+  // A VMM whose guest spins at ring 0 with interrupts off still stops when told.
+  vm.Signal(SIGTERM);
+  ProcessResult r = vm.Wait(seconds(60));
+  EXPECT_FALSE(r.timed_out) << r.err;
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 TEST(Health, GuestWithoutHeartbeatIsNeverJudged) {

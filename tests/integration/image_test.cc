@@ -7,11 +7,17 @@
 //     the copy completes, and the local file is the image except where the guest
 //     wrote. A second boot, with the profile the first left on the server, fetches
 //     fewer blocks on demand than the first.
-//   - The server killed mid-stream stops the VM: "image server lost ... VM lost",
-//     exit non-zero.
+//   - The server killed during the boot and started again within --image-timeout-s:
+//     the client reconnects, asks again for what the guest waits for, and the store
+//     boots; killed again while the store serves and the copy runs, the store goes
+//     on answering meanwhile; started again, the copy completes equal to the image
+//     (but for what the guest wrote).
+//   - The server killed mid-stream and not back in time stops the VM: "image server
+//     lost ... VM lost", exit non-zero; so does a server back with another image.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -70,11 +76,15 @@ class ImageStreamTest : public testing::Test {
     return p;
   }
 
+  Process StartVm(const std::string& local, const std::string& console) {
+    return Process::Start(ns_.Wrap({FtvmBinary(), "run", "--guest", GuestImage(), "--app", "mailstore",
+                                    "--image-from", "127.0.0.1:" + port_ + "/mail", "--disk", local, "--tap", kTap,
+                                    "--ip", std::string(kGuestIp) + "/24", "--console", console}),
+                          "vm");
+  }
+
   Process Boot(const std::string& local, const std::string& console) {
-    Process vm = Process::Start(ns_.Wrap({FtvmBinary(), "run", "--guest", GuestImage(), "--app", "mailstore",
-                                          "--image-from", "127.0.0.1:" + port_ + "/mail", "--disk", local, "--tap",
-                                          kTap, "--ip", std::string(kGuestIp) + "/24", "--console", console}),
-                                "vm");
+    Process vm = StartVm(local, console);
     EXPECT_TRUE(WaitForFileContains(console, "mailstore: ready", seconds(120)))
         << ReadFile(console) << "\nstderr:\n" << vm.Stderr();
     return vm;
@@ -85,6 +95,21 @@ class ImageStreamTest : public testing::Test {
     argv.insert(argv.end(), args.begin(), args.end());
     argv.insert(argv.end(), {"--to", kGuestIp, "--timeout-ms", "2000", "--retries", "5"});
     return RunProcess(ns_.Wrap(argv), seconds(60), "mail");
+  }
+
+  // The local copy is the image, but for the blocks the delivery wrote.
+  void ExpectImageButTheDelivery(const std::string& local) {
+    const std::string image = ReadFile(dir_ + "/mail"), copy = ReadFile(local);
+    ASSERT_EQ(copy.size(), image.size());
+    const uint64_t written_from = next_sector_ * 512 / kBlock, written_to = (next_sector_ * 512 + 4096) / kBlock;
+    int differing = 0;
+    for (uint64_t b = 0; b < kDiskBytes / kBlock; ++b) {
+      if (image.compare(b * kBlock, kBlock, copy, b * kBlock, kBlock) == 0) continue;
+      ++differing;
+      EXPECT_TRUE(b >= written_from && b <= written_to) << "block " << b << " differs from the image, and the guest "
+                                                           "did not write it";
+    }
+    EXPECT_GE(differing, 1) << "the delivery reached the local copy";
   }
 
   NetNamespace ns_{"image"};
@@ -129,18 +154,7 @@ TEST_F(ImageStreamTest, MailStoreServesBeforeItsImageIsLocalAndASecondBootUsesTh
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("image stream: "), std::string::npos) << r.err;
 
-  // The local copy is the image, but for the blocks the delivery wrote.
-  const std::string image = ReadFile(dir_ + "/mail"), copy = ReadFile(local);
-  ASSERT_EQ(copy.size(), image.size());
-  const uint64_t written_from = next_sector_ * 512 / kBlock, written_to = (next_sector_ * 512 + 4096) / kBlock;
-  int differing = 0;
-  for (uint64_t b = 0; b < kDiskBytes / kBlock; ++b) {
-    if (image.compare(b * kBlock, kBlock, copy, b * kBlock, kBlock) == 0) continue;
-    ++differing;
-    EXPECT_TRUE(b >= written_from && b <= written_to) << "block " << b << " differs from the image, and the guest "
-                                                         "did not write it";
-  }
-  EXPECT_GE(differing, 1) << "the delivery reached the local copy";
+  ExpectImageButTheDelivery(local);
 
   // Second boot, fresh local copy: the server has the first boot's profile.
   ASSERT_EQ(access((dir_ + "/mail.profile").c_str(), F_OK), 0) << server.Stderr();
@@ -179,6 +193,82 @@ TEST_F(ImageStreamTest, ServerKilledMidStreamStopsTheVm) {
   EXPECT_GT(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("image server lost"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("VM lost"), std::string::npos) << r.err;
+}
+
+TEST_F(ImageStreamTest, ServerBackWithinTheTimeoutResumesTheCopyAndTheVmRunsOn) {
+  Process server = StartServer("0.05");  // the boot reads its journal on demand
+  const std::string local = ScratchPath("local-back.img"), console = ScratchPath("console-back.txt");
+  Process vm = StartVm(local, console);
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "image_stream.connected", seconds(30))) << vm.Stderr();
+  // Killed while the boot is still reading (the journal is 32 blocks; at most a
+  // few came ahead of need).
+  std::this_thread::sleep_for(milliseconds(500));
+  server.Signal(SIGKILL);
+  server.Wait(seconds(10));
+  const bool ready_before_kill = ReadFile(console).find("mailstore: ready") != std::string::npos;
+  std::this_thread::sleep_for(seconds(2));
+  ASSERT_TRUE(vm.Running()) << "the VM waits for its server to come back\n" << vm.Stderr();
+  EXPECT_EQ(vm.Stderr().find("VM lost"), std::string::npos) << vm.Stderr();
+  Process server2 = StartServer("0.1");  // slow: the copy is still running once the store is up
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "image_stream.reconnected", seconds(20))) << vm.Stderr();
+  ASSERT_TRUE(WaitForFileContains(console, "mailstore: ready", seconds(120))) << ReadFile(console) << vm.Stderr();
+  EXPECT_NE(ReadFile(console).find("messages=" + std::to_string(kMessages)), std::string::npos) << ReadFile(console);
+  std::smatch m;
+  const std::string err = vm.Stderr();
+  ASSERT_TRUE(std::regex_search(err, m, std::regex(R"(image_stream\.reconnected .*asked_again=([0-9]+))"))) << err;
+  std::printf("image stream: reconnected; %s blocks the guest was waiting for asked again (boot %s at the kill)\n",
+              m[1].str().c_str(), ready_before_kill ? "over" : "still reading");
+  if (!ready_before_kill) {
+    EXPECT_GT(std::stol(m[1]), 0) << "the boot was reading: a demanded block was outstanding";
+  }
+
+  // The store serving, the copy running: the server goes away again, and the store
+  // keeps answering from what it holds meanwhile.
+  ASSERT_EQ(vm.Stderr().find("image_stream.complete"), std::string::npos) << "the copy finished: throttle it more";
+  server2.Signal(SIGKILL);
+  server2.Wait(seconds(10));
+  auto count = [&](const std::string& needle) {
+    const std::string text = vm.Stderr();
+    size_t n = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+    return n;
+  };
+  for (int i = 0; i < 200 && count("image_stream.disconnected") < 2; ++i) std::this_thread::sleep_for(milliseconds(100));
+  ASSERT_EQ(count("image_stream.disconnected"), 2u) << vm.Stderr();
+  EXPECT_EQ(Mail({"fetch", "--mailbox", "box", "--index", std::to_string(kMessages - 1)}).out,
+            MailBody(kMessages - 1, kBodyBytes));
+  EXPECT_EQ(Mail({"count", "--mailbox", "box"}).out, std::to_string(kMessages) + "\n");
+  EXPECT_EQ(count("image_stream.reconnected"), 1u) << "the store answered while its server was away\n" << vm.Stderr();
+  Process server3 = StartServer("0");
+  ProcessResult d = Mail({"deliver", "--id", "new1", "--mailbox", "fresh", "--body", "streamed"});
+  EXPECT_EQ(d.out, "OK new1\n") << d.err;
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "image_stream.complete", seconds(120))) << vm.Stderr();
+  EXPECT_NE(vm.Stderr().find("reconnects=2"), std::string::npos) << vm.Stderr();
+  EXPECT_EQ(vm.Stderr().find("VM lost"), std::string::npos) << vm.Stderr();
+  vm.Signal(SIGTERM);
+  ProcessResult r = vm.Wait(seconds(30));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  ExpectImageButTheDelivery(local);
+  server3.Signal(SIGTERM);
+  EXPECT_EQ(server3.Wait(seconds(10)).exit_code, 0);
+}
+
+TEST_F(ImageStreamTest, ServerBackWithAnotherImageIsRefusedAndTheVmStops) {
+  Process server = StartServer("0.05");
+  Process vm = Boot(ScratchPath("local-other.img"), ScratchPath("console-other.txt"));
+  ASSERT_TRUE(vm.Running()) << vm.Stderr();
+  server.Signal(SIGKILL);
+  server.Wait(seconds(10));
+  // The image changes while its server is away (a new version: its id changes).
+  ASSERT_EQ(utimes((dir_ + "/mail").c_str(), nullptr), 0);
+  Process server2 = StartServer("0.05");
+  ProcessResult r = vm.Wait(seconds(60));
+  EXPECT_FALSE(r.timed_out) << "the VM must stop when its server comes back with another image";
+  EXPECT_EQ(r.exit_code, 125) << r.err;
+  EXPECT_NE(r.err.find("came back with another image"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("VM lost"), std::string::npos) << r.err;
+  server2.Signal(SIGTERM);
+  server2.Wait(seconds(10));
 }
 
 }  // namespace

@@ -127,6 +127,13 @@ out=$(timeout -s KILL 60 /ftvm run --backend kvm --guest /guest.elf --app crash 
 echo "$out"
 [ $rc = 174 ] && echo "$out" | grep -q 'guest exception #14 (page fault)'; check page_fault_report $? "rc=$rc"
 
+# A kernel hung at ring 0 with interrupts off: the health monitor still stops the
+# vCPU (a kick does not depend on the guest's IF) and acts (restart: exit 124).
+out=$(timeout -s KILL 120 /ftvm run --backend kvm --guest /guest.elf --app hang --arg beat_ms=100 \
+  --arg hang_after_ms=300 --arg mode=kernel --health-grace-ms 1000 --health-action restart 2>&1); rc=$?
+echo "$out" | tail -n 3
+[ $rc = 124 ] && echo "$out" | grep -q 'hanging the kernel now'; check kernel_hang_restart $? "rc=$rc"
+
 # ---- Record/replay on KVM: every replay runs with --verify (digests compared at
 # each Verify record) and must end "identical" with the same console output.
 # Under TCG, hashing guest RAM dominates each run: all but compute use --mem 16.

@@ -7,7 +7,9 @@
 // partial write fetches first; a restarted stream resumes from LOCAL.present; the
 // copy completes with LOCAL equal to the image; an unknown image, a server of
 // another protocol version, a damaged batch and a lost server are clear errors, the
-// last two stopping the VM ("VM lost").
+// last two stopping the VM ("VM lost") — a lost server only once it has not come
+// back within the timeout: one that comes back in time with the same image is
+// reconnected to, and a read made meanwhile is served; another image is refused.
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -78,12 +80,12 @@ void GuestWrite(ImageStream& s, const std::string& local, uint64_t offset, const
 // A real server over loopback, run on its own thread.
 class Server {
  public:
-  Server(const std::string& dir, uint64_t rate_bytes) {
+  Server(const std::string& dir, uint64_t rate_bytes, const std::string& listen = "127.0.0.1:0") {
     ImageServerOptions o;
     o.dir = dir;
     o.block_bytes = kBlock;
     o.rate_bytes = rate_bytes;
-    server_.emplace("127.0.0.1:0", o);
+    server_.emplace(listen, o);
     thread_ = std::thread([this] { server_->run(); });
   }
   ~Server() { Stop(); }
@@ -448,9 +450,11 @@ TEST_F(ImageStreamTest, DamagedBlockStopsTheVmAndIsNeverWritten) {
   s.stop();
 }
 
-TEST_F(ImageStreamTest, ServerLostMidStreamStopsTheVm) {
+TEST_F(ImageStreamTest, ServerLostMidStreamAndNotBackInTimeStopsTheVm) {
   std::optional<Server> server(std::in_place, dir_, kStalled);
-  ImageStream s(Options(server->port()));
+  ImageStreamOptions o = Options(server->port());
+  o.timeout = 1s;
+  ImageStream s(o);
   std::atomic<bool> called{false};
   std::string lost;
   s.start([&](const std::string& why) {
@@ -459,9 +463,59 @@ TEST_F(ImageStreamTest, ServerLostMidStreamStopsTheVm) {
   });
   ASSERT_EQ(Read(s, 3 * kBlock, 512), 0);
   server.reset();  // closes the connection
-  for (int i = 0; i < 300 && !called; ++i) std::this_thread::sleep_for(10ms);
+  for (int i = 0; i < 1000 && !called; ++i) std::this_thread::sleep_for(10ms);
   ASSERT_TRUE(called);
   EXPECT_NE(lost.find("image server lost"), std::string::npos) << lost;
+  EXPECT_NE(lost.find("not back within 1 s"), std::string::npos) << lost;
+  EXPECT_NE(lost.find("VM lost"), std::string::npos) << lost;
+  EXPECT_EQ(Read(s, 40 * kBlock, 512), EIO);
+  EXPECT_EQ(LocalBlock(40), std::vector<uint8_t>(kBlock, 0));
+  s.stop();
+}
+
+TEST_F(ImageStreamTest, ServerBackWithinTheTimeoutResumesAndADemandMadeMeanwhileIsServed) {
+  std::optional<Server> server(std::in_place, dir_, kStalled);
+  const uint16_t port = server->port();
+  ImageStream s(Options(port));  // 5 s to come back
+  std::atomic<int> lost{0};
+  s.start([&](const std::string&) { ++lost; });
+  ASSERT_EQ(Read(s, 3 * kBlock, 512), 0);
+  server.reset();
+  // The guest reads a block while the server is away: it waits for the reconnect.
+  std::atomic<int> during{-1};
+  std::thread reader([&] { during = Read(s, 40 * kBlock, 512); });
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(during.load(), -1) << "a read was answered with no server there";
+  server.emplace(dir_, kStalled, "127.0.0.1:" + std::to_string(port));
+  reader.join();
+  EXPECT_EQ(during.load(), 0);
+  EXPECT_EQ(LocalBlock(40), ImageBlock(40));
+  EXPECT_EQ(LocalBlock(3), ImageBlock(3)) << "a block local before the outage stays";
+  EXPECT_EQ(Read(s, 41 * kBlock, 512), 0);
+  EXPECT_EQ(LocalBlock(41), ImageBlock(41));
+  EXPECT_EQ(lost.load(), 0);
+  EXPECT_EQ(s.stats().reconnects, 1u);
+  s.stop();
+}
+
+TEST_F(ImageStreamTest, ServerBackWithAnotherImageIsRefusedAndStopsTheVm) {
+  std::optional<Server> server(std::in_place, dir_, kStalled);
+  const uint16_t port = server->port();
+  ImageStream s(Options(port));
+  std::atomic<bool> called{false};
+  std::string lost;
+  s.start([&](const std::string& why) {
+    lost = why;
+    called = true;
+  });
+  ASSERT_EQ(Read(s, 3 * kBlock, 512), 0);
+  server.reset();
+  std::this_thread::sleep_for(20ms);  // a new modification time: another image id
+  WriteFile(dir_ + "/mail", RandomBytes(kImageBytes, 7));
+  server.emplace(dir_, kStalled, "127.0.0.1:" + std::to_string(port));
+  for (int i = 0; i < 1000 && !called; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(called);
+  EXPECT_NE(lost.find("came back with another image"), std::string::npos) << lost;
   EXPECT_NE(lost.find("VM lost"), std::string::npos) << lost;
   EXPECT_EQ(Read(s, 40 * kBlock, 512), EIO);
   EXPECT_EQ(LocalBlock(40), std::vector<uint8_t>(kBlock, 0));

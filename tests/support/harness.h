@@ -44,6 +44,7 @@ class Process {
   std::string Stdout() const { return ReadFile(out_path_); }
   std::string Stderr() const { return ReadFile(err_path_); }
   const std::string& stderr_path() const { return err_path_; }
+  pid_t pid() const { return pid_; }
 
  private:
   Process(pid_t pid, std::string out, std::string err) : pid_(pid), out_path_(std::move(out)), err_path_(std::move(err)) {}

@@ -18,7 +18,8 @@ po::options_description ImageFromOptions::describe() {
        "start from the disk image NAME on an `ftvm serve-image` at HOST:PORT (HOST:PORT/NAME) before it is copied: "
        "--disk is the local copy, created sparse (or resumed: its .present file says what it holds)")
       ("image-timeout-s", po::value(&timeout_s)->default_value(timeout_s),
-       "the image server counts as lost (and the VM with it) after this long without an answer");
+       "a connection to the image server counts as lost after this long without an answer, and a lost server "
+       "has this long to come back (the VM waits) before the VM is lost");
   return d;
 }
 
@@ -44,14 +45,14 @@ void ReportStream(const storage::ImageStream& stream) {
   const storage::ImageStreamStats s = stream.stats();
   PrintSummary("image stream: %s: %llu blocks of %u KiB, %s; fetched on demand %llu, prefetched %llu, written over %llu, "
                "local at start %llu; the guest read %llu distinct blocks while it ran (on demand: %.1f%%); the vCPU "
-               "waited %.1f ms for blocks (%llu waits, longest %.1f ms)",
+               "waited %.1f ms for blocks (%llu waits, longest %.1f ms); %llu reconnects",
                stream.local_path().c_str(), static_cast<unsigned long long>(s.blocks), s.block_bytes / 1024,
                s.complete ? "complete" : "NOT complete", static_cast<unsigned long long>(s.demand_fetched),
                static_cast<unsigned long long>(s.prefetched), static_cast<unsigned long long>(s.written_over),
                static_cast<unsigned long long>(s.local_at_start), static_cast<unsigned long long>(s.blocks_read),
                s.blocks_read > 0 ? 100.0 * double(s.demand_fetched) / double(s.blocks_read) : 0.0,
                double(s.wait_ns_total) / 1e6, static_cast<unsigned long long>(s.demand_waits),
-               double(s.wait_ns_max) / 1e6);
+               double(s.wait_ns_max) / 1e6, static_cast<unsigned long long>(s.reconnects));
 }
 
 }  // namespace

@@ -224,7 +224,9 @@ class Agent {
   }
 
   int run() {
-    RenewLease();
+    lease_renewed_ns_ = clock_.monotonic_ns();  // nothing to fence yet: no VM runs
+    (void)RenewLease();
+    if (lease_failing_) throw Error("cannot write this host's lease " + LeasePath(o_.name) + " (see the line above)");
     StartReplicas();
     StartHomeVms();
     std::fprintf(stderr, "ha-agent %s: up, %zu peers, %zu VMs in %s, %llu MiB for VMs\n", o_.name.c_str(), peers_.size(),
@@ -233,14 +235,18 @@ class Agent {
     while (!stopping_) {
       const uint64_t now = clock_.monotonic_ns();
       if (now >= next_beat) {
-        Beat();
-        RenewLease();
+        // A host beats only while it holds its lease: one that has fenced itself
+        // falls silent, so the others restart its VMs once its lease has expired.
+        if (RenewLease()) Beat();
         Reap();
         CheckPeers();
         next_beat = now + uint64_t(o_.heartbeat_ms * 1e6);
+      } else if (now >= NextSilenceExpiry(now) || now >= lease_recheck_ns_) {
+        CheckPeers();  // at the moment a peer's silence or lease passes its timeout
       }
       pollfd p{fd_.get(), POLLIN, 0};
-      const int wait_ms = int(std::max<uint64_t>(1, (next_beat - std::min(next_beat, clock_.monotonic_ns())) / 1000000));
+      const uint64_t wake = std::min({next_beat, NextSilenceExpiry(clock_.monotonic_ns()), lease_recheck_ns_});
+      const int wait_ms = int(std::max<uint64_t>(1, (wake - std::min(wake, clock_.monotonic_ns()) + 999999) / 1000000));
       if (::poll(&p, 1, wait_ms) > 0) Receive();
     }
     StopAll();
@@ -433,25 +439,61 @@ class Agent {
 
   std::string LeasePath(const std::string& host) const { return o_.cluster + "/hosts/" + host + ".lease"; }
 
-  void RenewLease() {
+  // Renews this host's lease; false while it cannot, and once it has not for half
+  // the lease timeout it fences itself: its VMs are killed (and reaped) before the
+  // others may take this host for dead (lease timeout), so no VM ever runs twice.
+  bool RenewLease() {
+    // A host that fenced itself stays silent, its lease unrenewed, until its peers
+    // have surely declared it dead (lease timeout, then the failure timeout of
+    // silence) and restarted its VMs: came back sooner, after a short storage
+    // outage, it would be alive to them with its VMs killed, and nobody would
+    // restart them. (It never restarts them itself: a peer may be doing so.)
+    if (fenced_ && clock_.monotonic_ns() < fenced_until_ns_) return false;
     const std::string path = LeasePath(o_.name), tmp = path + ".tmp";
     const std::string text = std::to_string(clock_.wall_ns()) + "\n";
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     const bool ok = fd && ::write(fd.get(), text.data(), text.size()) == ssize_t(text.size()) &&
                     ::rename(tmp.c_str(), path.c_str()) == 0;
+    const int error = errno;
     const uint64_t now = clock_.monotonic_ns();
     if (ok) {
       lease_renewed_ns_ = now;
-      return;
+      if (lease_failing_) {
+        lease_failing_ = false;
+        log::event(log::Level::kWarn, "ha.lease_renewed", {{"host", o_.name}, {"fenced", fenced_ ? "yes" : "no"}});
+        std::fprintf(stderr, "ha-agent %s: the lease is renewed again%s\n", o_.name.c_str(),
+                     fenced_ ? "; the VMs it fenced stay stopped (their replica hosts restart them)" : "");
+        fenced_ = false;
+      }
+      return true;
     }
-    log::error("ha.lease_not_renewed", {{"path", path}, {"error", std::strerror(errno)}});
-    // Self-fencing: before the others may take this host for dead (lease timeout),
-    // its VMs stop, so no VM ever runs twice.
-    if (now - lease_renewed_ns_ > uint64_t(o_.lease_timeout_ms * 1e6 / 2) && !vms_running_.empty()) {
-      log::event(log::Level::kError, "ha.self_fence", {{"host", o_.name}, {"vms", uint64_t(vms_running_.size())}});
-      std::fprintf(stderr, "ha-agent %s: cannot renew the lease: killing this host's VMs (self-fencing)\n", o_.name.c_str());
-      for (auto& [n, c] : vms_running_) ::kill(c.pid, SIGKILL);
+    if (!lease_failing_) {  // said once per outage, not every heartbeat
+      lease_failing_ = true;
+      log::error("ha.lease_not_renewed", {{"path", path}, {"error", std::strerror(error)}});
     }
+    if (!fenced_ && now - lease_renewed_ns_ > uint64_t(o_.lease_timeout_ms * 1e6 / 2)) Fence(error);
+    return !fenced_;
+  }
+
+  void Fence(int error) {
+    fenced_ = true;
+    const uint64_t now = clock_.monotonic_ns();
+    fenced_until_ns_ = lease_renewed_ns_ + uint64_t((o_.lease_timeout_ms + o_.failure_timeout_ms + 2 * o_.heartbeat_ms) * 1e6);
+    const double age_ms = double(now - lease_renewed_ns_) / 1e6;
+    std::fprintf(stderr, "ha-agent %s: cannot renew the lease (%s) for %.0f ms: killing this host's %zu VMs "
+                 "(self-fencing) and falling silent\n", o_.name.c_str(), std::strerror(error), age_ms,
+                 vms_running_.size());
+    for (auto& [n, c] : vms_running_) ::kill(c.pid, SIGKILL);
+    // Reaped here, not at the next Reap(): the event says they are gone.
+    for (auto& [n, c] : vms_running_) {
+      int st = 0;
+      ::waitpid(c.pid, &st, 0);
+    }
+    std::string names;
+    for (auto& [n, c] : vms_running_) names += (names.empty() ? "" : ",") + n;
+    log::event(log::Level::kError, "ha.self_fence",
+               {{"host", o_.name}, {"vms", uint64_t(vms_running_.size())}, {"killed", names}, {"lease_age_ms", age_ms}});
+    vms_running_.clear();
   }
 
   // The lease's age in ms (-1: no lease).
@@ -484,12 +526,33 @@ class Agent {
     reap(replicas_, "replica");
   }
 
+  // When the first live peer's silence will pass the failure timeout (UINT64_MAX:
+  // none): checked then, not at the next heartbeat tick, which would add up to a
+  // heartbeat interval to the detection. A peer already past it but with a fresh
+  // lease (isolated) is looked at every heartbeat as before.
+  uint64_t NextSilenceExpiry(uint64_t now) const {
+    uint64_t next = UINT64_MAX;
+    for (const auto& [name, p] : peers_) {
+      if (p->dead) continue;
+      const uint64_t silent = p->liveness.silent_ns(), timeout = p->liveness.options().failure_timeout_ns;
+      if (silent <= timeout) next = std::min(next, now + (timeout - silent) + 1000000);
+    }
+    return next;
+  }
+
   void CheckPeers() {
+    lease_recheck_ns_ = UINT64_MAX;
     for (auto& [name, p] : peers_) {
       if (p->dead || !p->liveness.expired()) continue;
       const double lease_age = LeaseAgeMs(name);
       if (!p->heard_once && lease_age < 0) continue;  // never came up: nothing of it runs
-      if (lease_age >= 0 && lease_age < o_.lease_timeout_ms) continue;  // isolated, but alive: keeps its VMs
+      if (lease_age >= 0 && lease_age < o_.lease_timeout_ms) {
+        // Isolated, but alive: keeps its VMs. Looked at again when that lease would
+        // expire (its last renewal may have come a heartbeat after its last beat).
+        lease_recheck_ns_ = std::min(lease_recheck_ns_, clock_.monotonic_ns() +
+                                                            uint64_t((o_.lease_timeout_ms - lease_age + 1) * 1e6));
+        continue;
+      }
       p->dead = true;
       const double silent_ms = double(p->liveness.silent_ns()) / 1e6;
       log::event(log::Level::kError, "ha.host_dead", {{"host", name}, {"silent_ms", silent_ms}, {"lease_age_ms", lease_age}});
@@ -531,7 +594,8 @@ class Agent {
         if (it != replicas_.end()) {
           ::kill(it->second.pid, SIGTERM);
           int st = 0;
-          for (int i = 0; i < 100 && ::waitpid(it->second.pid, &st, WNOHANG) == 0; ++i) ::usleep(20000);
+          // Up to 2 s, looked at every 2 ms: the restart waits for this.
+          for (int i = 0; i < 1000 && ::waitpid(it->second.pid, &st, WNOHANG) == 0; ++i) ::usleep(2000);
           if (::waitpid(it->second.pid, &st, WNOHANG) == 0) {
             ::kill(it->second.pid, SIGKILL);
             ::waitpid(it->second.pid, &st, 0);
@@ -576,6 +640,10 @@ class Agent {
   std::set<std::string> unknown_;  // heartbeat senders not in --peers, already reported
   UniqueFd fd_;
   uint64_t lease_renewed_ns_ = 0;
+  uint64_t lease_recheck_ns_ = UINT64_MAX;  // when a silent peer's lease expires
+  bool lease_failing_ = false;  // the last renewal failed
+  bool fenced_ = false;         // and this host has fenced itself since (silent, no VMs)
+  uint64_t fenced_until_ns_ = 0;  // silent until then, even if the lease could be renewed
   std::atomic<bool> stopping_{false};
 };
 

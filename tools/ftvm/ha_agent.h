@@ -12,8 +12,9 @@
 //
 // A host is dead when its UDP heartbeats have been silent for the failure timeout
 // AND its lease is older than the lease timeout. An agent that cannot renew its own
-// lease for half the lease timeout kills its VMs (self-fencing), so a host declared
-// dead cannot still run them. The replica host of each of the dead host's VMs then,
+// lease for half the lease timeout kills its VMs and stops beating (self-fencing), so
+// a host declared dead cannot still run them, and a host that lost the cluster
+// directory but not the network is declared dead once its lease expires. The replica host of each of the dead host's VMs then,
 // in priority order and if its free memory allows, claims the VM's next generation
 // and restarts it from the replica (ftvm dr-start --dir; VMs run with --dr-sync, so
 // the replica holds every write the guest was told is done).

@@ -67,7 +67,7 @@ class VmStorage {
 // streamed from an image server while the VM runs (storage/image_stream.h).
 struct ImageFromOptions {
   std::string from;        // HOST:PORT/NAME; empty: a plain local disk
-  double timeout_s = 10;   // connecting, and a demanded block, before the server counts as lost
+  double timeout_s = 10;   // connecting, a demanded block, and a lost server's time to come back
   boost::program_options::options_description describe();
   // "" or what is wrong with the values.
   std::string check() const;
