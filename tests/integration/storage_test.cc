@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -166,6 +168,125 @@ TEST_F(StorageTest, SyncDrReplicaHoldsEveryAcknowledgedDeliveryAfterTheSourceIsK
   ExpectPrefix(count);
   vm2.Signal(SIGTERM);
   EXPECT_EQ(vm2.Wait(seconds(30)).exit_code, 0);
+}
+
+// DR checkpoints (--dr-checkpoint-s): deliveries are acknowledged (with --dr-sync)
+// before and after a checkpoint, the source is killed. `dr-start --from-checkpoint`
+// resumes the VM: every message delivered before the checkpoint is there, none
+// after, the guest did not boot again (its console shows no boot), and the disk is
+// byte for byte the replica's image at the checkpoint. A cold `dr-start` on a copy
+// of the same replica holds every acknowledged delivery. The time from dr-start to
+// the store's first reply is printed for both.
+TEST_F(StorageTest, DrCheckpointResumesTheVmAtTheCheckpointAndColdBootKeepsEveryDelivery) {
+  const std::string disk = ScratchPath("ck-src.img"), dir = ScratchPath("ck-replica"), cold = ScratchPath("ck-cold");
+  MakeBlankDisk(disk, 32 << 20);
+  const std::string addr = "tcp:127.0.0.1:" + std::to_string(20000 + (getpid() + 19) % 20000);
+  Process replica = Process::Start(ns_.Wrap({FtvmBinary(), "dr-replica", "--listen", addr, "--dir", dir}), "replica");
+  ASSERT_TRUE(WaitForFileContains(replica.stderr_path(), "listening", seconds(10))) << replica.Stderr();
+  Process vm = StartVm({FtvmBinary(), "run"},
+                       {"--disk", disk, "--dr-target", addr, "--dr-sync", "--dr-sync-timeout-s", "30",
+                        "--dr-checkpoint-s", "5"},
+                       ScratchPath("ck-console.txt"));
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "dr.caught_up", seconds(30))) << vm.Stderr();
+
+  auto status = [&] {
+    std::map<std::string, std::string> m;
+    ProcessResult st = RunProcess({FtvmBinary(), "dr-replica", "--status", "--dir", dir}, seconds(10), "status");
+    EXPECT_EQ(st.exit_code, 0) << st.err;
+    size_t at = 0;
+    while (at < st.out.size()) {
+      const size_t nl = st.out.find('\n', at), eq = st.out.find('=', at);
+      if (eq != std::string::npos && eq < nl) m[st.out.substr(at, eq - at)] = st.out.substr(eq + 1, nl - eq - 1);
+      at = nl == std::string::npos ? st.out.size() : nl + 1;
+    }
+    return m;
+  };
+  auto deliver = [&](uint64_t i) {
+    ProcessResult r = Mail({"deliver", "--mailbox", "dr", "--id", "m" + std::to_string(i), "--body", "body-" + std::to_string(i)});
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  };
+  constexpr uint64_t kBefore = 6, kAfter = 3;
+  for (uint64_t i = 0; i < kBefore; ++i) deliver(i);
+  // The next checkpoint after these deliveries, the store idle: it holds them all.
+  const uint64_t delivered_at = std::stoull(status()["durable_seq"]);
+  std::map<std::string, std::string> st;
+  for (int i = 0; i < 200; ++i) {
+    st = status();
+    if (st["checkpoint"] == "yes" && std::stoull(st["checkpoint_seq"]) >= delivered_at) break;
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  ASSERT_EQ(st["checkpoint"], "yes") << "no checkpoint arrived:\n" << vm.Stderr() << replica.Stderr();
+  const std::string checkpoint_seq = st["checkpoint_seq"];
+  ASSERT_GE(std::stoull(checkpoint_seq), delivered_at);
+  EXPECT_EQ(st["checkpoint_seq"], st["durable_seq"]) << "the store is idle: the checkpoint is the newest write";
+  EXPECT_FALSE(st["checkpoint_age_s"].empty());
+  EXPECT_GT(std::stoull(st["checkpoint_bytes"]), 0u);
+  // The image at the checkpoint, to compare the rolled-back disk with.
+  const std::string at_checkpoint = ReadFile(dir + "/disk.img");
+  ASSERT_EQ(at_checkpoint.size(), size_t(32 << 20));
+  // Delivered after the checkpoint (well before the next one, 5 s later).
+  for (uint64_t i = kBefore; i < kBefore + kAfter; ++i) deliver(i);
+  vm.Signal(SIGKILL);
+  vm.Wait(seconds(10));
+  std::this_thread::sleep_for(milliseconds(300));
+  replica.Signal(SIGTERM);
+  EXPECT_EQ(replica.Wait(seconds(10)).exit_code, 0);
+  EXPECT_NE(vm.Stderr().find("dr.checkpoint "), std::string::npos) << vm.Stderr();
+  st = status();
+  ASSERT_EQ(st["checkpoint_seq"], checkpoint_seq) << "a later checkpoint arrived: the test's timing assumption broke";
+  EXPECT_GT(std::stoull(st["checkpoint_undo_bytes"]), 0u) << "the writes after the checkpoint saved what they overwrote";
+  ASSERT_EQ(std::system(("cp -r --sparse=always " + dir + " " + cold).c_str()), 0);
+
+  // Time from starting a VM to the store's first reply.
+  auto first_reply = [&](Process& p, std::chrono::steady_clock::time_point t0, const std::string& what) {
+    for (int i = 0; i < 120; ++i) {
+      ProcessResult r = RunProcess(ns_.Wrap({FtvmBinary(), "mail", "ping", "--to", kGuestIp, "--timeout-ms", "500", "--retries", "0"}),
+                                   seconds(10), "ping");
+      if (r.exit_code == 0) return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    ADD_FAILURE() << what << " never answered:\n" << p.Stderr();
+    return 0.0;
+  };
+
+  // Resume: the checkpoint's messages, no boot, the disk at the checkpoint.
+  const std::string console = ScratchPath("ck-resume-console.txt");
+  const auto t_resume = std::chrono::steady_clock::now();
+  Process resumed = Process::Start(ns_.Wrap({FtvmBinary(), "dr-start", "--dir", dir, "--from-checkpoint", "--guest", GuestImage(),
+                                             "--app", "mailstore", "--tap", kTap, "--ip", std::string(kGuestIp) + "/24",
+                                             "--console", console}),
+                                   "resumed");
+  const double resume_s = first_reply(resumed, t_resume, "the resumed VM");
+  EXPECT_NE(resumed.Stderr().find("resuming the VM from the checkpoint at disk write " + checkpoint_seq), std::string::npos)
+      << resumed.Stderr();
+  EXPECT_EQ(Count(), kBefore) << "the resumed VM holds exactly the messages delivered before the checkpoint";
+  ExpectPrefix(kBefore);
+  resumed.Signal(SIGTERM);
+  EXPECT_EQ(resumed.Wait(seconds(30)).exit_code, 0);
+  const std::string resumed_console = ReadFile(console);
+  EXPECT_EQ(resumed_console.find("mailstore: journal"), std::string::npos) << "the resumed VM booted:\n" << resumed_console;
+  EXPECT_EQ(resumed_console.find("mailstore: ready"), std::string::npos) << "the resumed VM booted:\n" << resumed_console;
+  EXPECT_TRUE(ReadFile(dir + "/disk.img") == at_checkpoint) << "the disk was not rolled back to the checkpoint's write";
+  // Resumed once: a second resume would replay the state over a disk that moved on.
+  ProcessResult again = RunProcess({FtvmBinary(), "dr-start", "--dir", dir, "--from-checkpoint", "--guest", GuestImage(),
+                                    "--app", "mailstore"}, seconds(30), "again");
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_NE(again.err.find("can no longer be resumed"), std::string::npos) << again.err;
+
+  // Cold boot on the copy: every acknowledged delivery (--dr-sync).
+  const auto t_cold = std::chrono::steady_clock::now();
+  Process booted = Process::Start(ns_.Wrap({FtvmBinary(), "dr-start", "--dir", cold, "--guest", GuestImage(), "--app", "mailstore",
+                                            "--tap", kTap, "--ip", std::string(kGuestIp) + "/24", "--console",
+                                            ScratchPath("ck-cold-console.txt")}),
+                                  "cold");
+  const double cold_s = first_reply(booted, t_cold, "the cold-booted VM");
+  EXPECT_EQ(Count(), kBefore + kAfter) << "a delivery acknowledged with --dr-sync is missing after the cold boot";
+  ExpectPrefix(kBefore + kAfter);
+  EXPECT_NE(booted.Stderr().find("set aside"), std::string::npos) << booted.Stderr();
+  booted.Signal(SIGTERM);
+  EXPECT_EQ(booted.Wait(seconds(30)).exit_code, 0);
+  std::printf("dr checkpoint: dr-start to the store's first reply: resume from the checkpoint %.2f s, cold boot %.2f s "
+              "(checkpoint %s bytes of %s bytes of state)\n",
+              resume_s, cold_s, st["checkpoint_bytes"].c_str(), st["checkpoint_state_bytes"].c_str());
 }
 
 // A synchronous VM whose replica dies must not hang: after the timeout it goes on

@@ -1,0 +1,92 @@
+#include "storage/vm_checkpoint.h"
+
+#include <cstring>
+
+#include "common/error.h"
+#include "migration/state_transfer.h"
+#include "storage/storage.pb.h"
+#include "vmm/checkpoint.h"
+#include "vmm/page_bitmap.h"
+#include "vmm/snapshot.pb.h"
+
+namespace ftvm::storage {
+
+using vmm::kPageSize;
+
+std::string CaptureVmState(vmm::Machine& m, uint64_t disk_seq) {
+  // RAM pages that were ever written (the memfd's data extents): a hole is zeros,
+  // and a restore clears what its fresh VM has there (ResumeVmState).
+  const vmm::PageBitmap pages = vmm::FileDataPages(m.memory().fd(), m.memory().size());
+  std::vector<std::string> parts = vmm::CaptureCheckpoint(m, pages, SIZE_MAX);
+  DrCheckpoint c;
+  c.set_format_version(migration::kStateFormatVersion);
+  c.set_memory_bytes(m.memory().size());
+  c.set_app(m.config().app);
+  c.set_guest_clock_ns(m.guest_clock_ns());
+  c.set_disk_seq(disk_seq);
+  c.set_checkpoint(std::move(parts.at(0)));
+  return c.SerializeAsString();
+}
+
+namespace {
+
+DrCheckpoint Parse(vmm::Machine& m, std::span<const uint8_t> raw, VmStateInfo& info) {
+  DrCheckpoint c;
+  if (!c.ParseFromArray(raw.data(), int(raw.size()))) throw Error("the checkpoint's VM state does not parse");
+  if (c.format_version() != migration::kStateFormatVersion)
+    throw Error("the checkpoint's VM state is in state format " + std::to_string(c.format_version()) +
+                "; this build restores format " + std::to_string(migration::kStateFormatVersion));
+  if (c.memory_bytes() != m.memory().size())
+    throw Error("the checkpoint is of a VM with " + std::to_string(c.memory_bytes() >> 20) + " MiB of RAM; this VM has " +
+                std::to_string(m.memory().size() >> 20) + " MiB (give --mem " + std::to_string(c.memory_bytes() >> 20) + ")");
+  if (c.app() != m.config().app)
+    throw Error("the checkpoint is of a VM running app '" + c.app() + "', not '" + m.config().app + "'");
+  info.disk_seq = c.disk_seq();
+  info.memory_bytes = c.memory_bytes();
+  info.guest_clock_ns = c.guest_clock_ns();
+  info.app = c.app();
+  return c;
+}
+
+}  // namespace
+
+VmStateInfo CheckVmState(vmm::Machine& m, std::span<const uint8_t> raw) {
+  VmStateInfo info;
+  DrCheckpoint c = Parse(m, raw, info);
+  vmm::snapshot::Checkpoint cp;
+  if (!cp.ParseFromString(c.checkpoint())) throw Error("the checkpoint's vCPU and memory state does not parse");
+  if (cp.parts() != 1 || cp.part() != 0) throw Error("the checkpoint's state is not one whole part");
+  if (cp.vcpu().backend() != m.backend_name())
+    throw Error("the checkpoint was taken on the " + cp.vcpu().backend() + " backend and cannot be restored on " +
+                std::string(m.backend_name()) + " (give --backend " + cp.vcpu().backend() + ")");
+  info.position = cp.position();
+  return info;
+}
+
+void ResumeVmState(vmm::Machine& m, std::span<const uint8_t> raw, const std::string& tap) {
+  VmStateInfo info = CheckVmState(m, raw);
+  DrCheckpoint c = Parse(m, raw, info);
+  vmm::snapshot::Checkpoint cp;
+  (void)cp.ParseFromString(c.checkpoint());
+  // Pages the fresh VM has (its loaded image) that the checkpoint does not carry
+  // were zeros at the capture.
+  vmm::PageBitmap carried(m.memory().size() / kPageSize);
+  for (const vmm::snapshot::MemoryRun& r : cp.memory()) carried.set_range(r.gpa(), r.data().size());
+  const vmm::PageBitmap fresh = vmm::FileDataPages(m.memory().fd(), m.memory().size());
+  static constexpr uint8_t kZeros[kPageSize] = {};
+  fresh.for_each([&](uint64_t page) {
+    if (carried.test(page)) return;
+    uint8_t* p = m.memory().host_base() + page * kPageSize;
+    if (std::memcmp(p, kZeros, kPageSize) == 0) return;
+    std::memset(p, 0, kPageSize);
+    m.backend().invalidate_code(page * kPageSize, kPageSize);
+  });
+  m.set_position(info.position);
+  vmm::CheckpointLoader loader;
+  const std::string& bytes = c.checkpoint();
+  if (!loader.add(m, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())))
+    throw Error("the checkpoint's state is incomplete");
+  m.go_live(vmm::ExecutionMode::kLive, nullptr, info.guest_clock_ns, tap);
+}
+
+}  // namespace ftvm::storage
