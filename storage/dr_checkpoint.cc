@@ -49,6 +49,19 @@ void ReadAll(int fd, uint8_t* p, size_t n, uint64_t at, const std::string& what)
   }
 }
 
+bool AllZeros(int fd, uint64_t at, uint64_t n) {
+  uint8_t buf[4096];
+  while (n > 0) {
+    const size_t k = size_t(std::min<uint64_t>(n, sizeof buf));
+    ReadAll(fd, buf, k, at, "reading the undo journal");
+    for (size_t i = 0; i < k; ++i)
+      if (buf[i] != 0) return false;
+    at += k;
+    n -= k;
+  }
+  return true;
+}
+
 void SyncDir(const std::string& dir) {
   UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!d || ::fsync(d.get()) != 0) throw SysError("fsync of directory " + dir);
@@ -229,10 +242,17 @@ LoadedCheckpoint LoadCheckpoint(const std::string& dir) {
   std::span<const uint8_t> state;
   if (std::string e = DecodeCheckpoint(whole, c.header, state); !e.empty()) throw Error(path + ": " + e);
   c.state.assign(state.begin(), state.end());
-  // The undo journal: every record must check, except an unfinished last one (a
-  // crash while appending: its write never reached the disk, which waits for it).
+  // The undo journal: every record must check. Only an append cut short by a crash
+  // may end it (a short record, or a size that grew before its data, read as
+  // zeros): its disk write waited for it to be durable, so it never happened. A
+  // complete record that does not check is damage, wherever it is: the write after
+  // it may have reached the disk.
   uint64_t at = kCheckpointHeaderBytes + c.header.state_bytes;
   std::vector<uint8_t> rec;
+  auto damaged = [&](const std::string& what) {
+    return Error(path + ": undo journal record " + std::to_string(c.undo.size()) + " at file offset " + std::to_string(at) +
+                 " " + what + " (damaged): the disk cannot be rolled back to write " + std::to_string(c.header.seq));
+  };
   while (at < c.file_bytes) {
     const uint64_t left = c.file_bytes - at;
     uint8_t hdr[kUndoRecordHeaderBytes];
@@ -243,25 +263,25 @@ LoadedCheckpoint LoadCheckpoint(const std::string& dir) {
     ReadAll(fd.get(), hdr, sizeof hdr, at, "reading the undo journal of " + path);
     const uint32_t len = GetLe32(hdr + 4);
     const uint64_t offset = GetLe64(hdr + 8);
-    if (len > kMaxUndoRecord || kUndoRecordHeaderBytes + uint64_t(len) > left) {
-      if (len <= kMaxUndoRecord) {
-        c.torn_tail_bytes = left;  // cut short at the end of the file
+    if (len > kMaxUndoRecord) {
+      if (AllZeros(fd.get(), at, left)) {
+        c.torn_tail_bytes = left;
         break;
       }
-      throw Error(path + ": undo journal record at file offset " + std::to_string(at) + " claims " +
-                  std::to_string(len) + " bytes (damaged): the disk cannot be rolled back to write " +
-                  std::to_string(c.header.seq));
+      throw damaged("claims " + std::to_string(len) + " bytes");
+    }
+    if (kUndoRecordHeaderBytes + uint64_t(len) > left) {
+      c.torn_tail_bytes = left;
+      break;
     }
     rec.resize(kUndoRecordHeaderBytes + len);
     ReadAll(fd.get(), rec.data(), rec.size(), at, "reading the undo journal of " + path);
     if (eventlog::Crc32c(std::span<const uint8_t>(rec).subspan(4)) != GetLe32(rec.data())) {
-      if (at + rec.size() == c.file_bytes) {
+      if (AllZeros(fd.get(), at, left)) {
         c.torn_tail_bytes = left;
         break;
       }
-      throw Error(path + ": undo journal record " + std::to_string(c.undo.size()) + " at file offset " +
-                  std::to_string(at) + " fails its CRC (damaged): the disk cannot be rolled back to write " +
-                  std::to_string(c.header.seq));
+      throw damaged("fails its CRC");
     }
     c.undo.push_back({at + kUndoRecordHeaderBytes, offset, len});
     at += rec.size();

@@ -59,11 +59,24 @@ VmStateInfo CheckVmState(vmm::Machine& m, std::span<const uint8_t> raw) {
   if (cp.vcpu().backend() != m.backend_name())
     throw Error("the checkpoint was taken on the " + cp.vcpu().backend() + " backend and cannot be restored on " +
                 std::string(m.backend_name()) + " (give --backend " + cp.vcpu().backend() + ")");
+  // The same devices (a NIC needs --tap, a disk is always there): named, rather
+  // than restore_devices' count after memory has been loaded.
+  vmm::snapshot::Devices mine;
+  m.save_devices(mine);
+  auto names = [](const vmm::snapshot::Devices& d) {
+    std::string out;
+    for (const vmm::snapshot::Device& x : d.devices()) out += (out.empty() ? "" : ", ") + x.name();
+    return out;
+  };
+  if (names(mine) != names(cp.devices()))
+    throw Error("the checkpoint's VM has the devices [" + names(cp.devices()) + "], this VM [" + names(mine) +
+                "]: start it with the source's device options (a NIC needs --tap)");
   info.position = cp.position();
   return info;
 }
 
-void ResumeVmState(vmm::Machine& m, std::span<const uint8_t> raw, const std::string& tap) {
+void ResumeVmState(vmm::Machine& m, std::span<const uint8_t> raw, const std::string& tap,
+                   const std::function<void()>& before_live) {
   VmStateInfo info = CheckVmState(m, raw);
   DrCheckpoint c = Parse(m, raw, info);
   vmm::snapshot::Checkpoint cp;
@@ -86,6 +99,7 @@ void ResumeVmState(vmm::Machine& m, std::span<const uint8_t> raw, const std::str
   const std::string& bytes = c.checkpoint();
   if (!loader.add(m, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())))
     throw Error("the checkpoint's state is incomplete");
+  if (before_live) before_live();
   m.go_live(vmm::ExecutionMode::kLive, nullptr, info.guest_clock_ns, tap);
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 
@@ -29,10 +30,12 @@ struct VmStateInfo {
 // without changing it. Throws ftvm::Error naming the mismatch.
 VmStateInfo CheckVmState(vmm::Machine& m, std::span<const uint8_t> raw);
 
-// Loads `raw` into `m` (built in replay mode, not yet run: its NIC without a tap)
-// and makes it live: memory, devices, vCPU, the guest clock continuing from the
-// capture, the NIC on `tap`. Then m.run() continues the guest where it was.
-// Throws ftvm::Error.
-void ResumeVmState(vmm::Machine& m, std::span<const uint8_t> raw, const std::string& tap);
+// Loads `raw` into `m` (built in replay mode, not yet run: its NIC without a tap):
+// memory, devices, vCPU; then runs `before_live` (dr-start rolls the disk back
+// there: after everything that could refuse the state, before the VM can touch the
+// disk) and makes the VM live: the guest clock continuing from the capture, the NIC
+// on `tap`. Then m.run() continues the guest where it was. Throws ftvm::Error.
+void ResumeVmState(vmm::Machine& m, std::span<const uint8_t> raw, const std::string& tap,
+                   const std::function<void()>& before_live);
 
 }  // namespace ftvm::storage

@@ -109,11 +109,12 @@ int ResumeFromCheckpoint(const std::string& dir, VmOptions& vm, const StorageCli
     if (info.disk_seq != ckpt.header.seq)
       throw Error("the checkpoint's state is for write " + std::to_string(info.disk_seq) + ", its header says " +
                   std::to_string(ckpt.header.seq) + " (damaged)");
-    storage::RollbackDisk(dir, ckpt, vm.config.disk);
-    // Resumed once: the VM writes the disk from here on, without an undo journal.
-    if (std::rename(storage::CheckpointPath(dir).c_str(), storage::InvalidCheckpointPath(dir).c_str()) != 0)
-      throw SysError("setting the resumed checkpoint aside");
-    storage::ResumeVmState(m, raw, tap);
+    storage::ResumeVmState(m, raw, tap, [&] {
+      storage::RollbackDisk(dir, ckpt, vm.config.disk);
+      // Resumed once: the VM writes the disk from here on, without an undo journal.
+      if (std::rename(storage::CheckpointPath(dir).c_str(), storage::InvalidCheckpointPath(dir).c_str()) != 0)
+        throw SysError("setting the resumed checkpoint aside");
+    });
     uint64_t undo_bytes = 0;
     for (const auto& u : ckpt.undo) undo_bytes += u.length;
     std::fprintf(stderr,
