@@ -550,12 +550,12 @@ std::string DiskMirror::Serve(MirrorLink& link) {
   }
 }
 
-bool DiskMirror::queue_checkpoint(std::string state, uint64_t seq) {
+bool DiskMirror::queue_checkpoint(std::function<std::string()> build, uint64_t seq) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (state_ != MirrorState::kStreaming || checkpoint_ != nullptr || seq != head_seq_) return false;
     auto pc = std::make_unique<PendingCheckpoint>();
-    pc->state = std::move(state);
+    pc->build = std::move(build);
     pc->seq = head_seq_;
     pc->bytes = head_bytes_;
     pc->wall_ns = clock_.wall_ns();
@@ -605,15 +605,28 @@ std::string DiskMirror::SendCheckpoint(MirrorLink& link) {
     SealBatch(pc->before, pc->before_header);
     if (std::string e = link.send(pc->before); !e.empty()) return e;
   }
-  // Compressed here, not in the vCPU's pause; later writes wait in the open batch.
+  // Built and compressed here, not in the vCPU's pause; later writes wait in the
+  // open batch.
   const uint64_t t0 = clock_.monotonic_ns();
-  const std::vector<uint8_t> packed =
-      CompressState(std::span(reinterpret_cast<const uint8_t*>(pc->state.data()), pc->state.size()));
+  std::string state;
+  std::vector<uint8_t> packed;
+  uint64_t tb = t0;
+  try {
+    state = pc->build();
+    tb = clock_.monotonic_ns();
+    packed = CompressState(std::span(reinterpret_cast<const uint8_t*>(state.data()), state.size()));
+  } catch (const Error& e) {
+    // The stream goes on without it; the replica keeps its previous checkpoint.
+    log::error("dr.checkpoint_failed", {{"seq", pc->seq}, {"reason", e.what()}});
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.checkpoints_dropped;
+    return "";
+  }
   CheckpointHeader h;
   h.seq = pc->seq;
   h.bytes = pc->bytes;
   h.wall_ns = pc->wall_ns;
-  h.raw_bytes = pc->state.size();
+  h.raw_bytes = state.size();
   const std::vector<uint8_t> message = EncodeCheckpoint(h, packed);
   const uint64_t t1 = clock_.monotonic_ns();
   if (message.size() > transport::kMaxMessageBytes) {
@@ -627,9 +640,10 @@ std::string DiskMirror::SendCheckpoint(MirrorLink& link) {
   }
   if (std::string e = link.send_checkpoint(message); !e.empty()) return e;
   log::info("dr.checkpoint_sent", {{"target", target_->describe()}, {"seq", pc->seq},
-                                   {"state_bytes", uint64_t(pc->state.size())},
+                                   {"state_bytes", uint64_t(state.size())},
                                    {"compressed_bytes", uint64_t(message.size())},
-                                   {"compress_ms", double(t1 - t0) / 1e6},
+                                   {"build_ms", double(tb - t0) / 1e6},
+                                   {"compress_ms", double(t1 - tb) / 1e6},
                                    {"send_ms", double(clock_.monotonic_ns() - t1) / 1e6}});
   std::lock_guard<std::mutex> lock(mu_);
   counters_.bytes_sent += message.size() + pc->before.size();

@@ -158,11 +158,12 @@ class DiskMirror final : public vmm::DiskWriteObserver {
   // why not (not streaming, a failed link). A disk move's switch.
   std::string drain(std::chrono::nanoseconds timeout);
   // vCPU thread, at a boundary (no write in progress, so the stream's head is
-  // `seq`): `state` (storage/vm_checkpoint.h) becomes a DR checkpoint at write
-  // `seq`, sent after the writes up to it and before any later one, compressed on
-  // the sender thread. False, with nothing queued, when the target is not streaming
+  // `seq`): a DR checkpoint at write `seq`, sent after the writes up to it and
+  // before any later one. `build` makes its state (storage/vm_checkpoint.h) on the
+  // sender thread, which then compresses and sends it; later writes wait in the open
+  // batch meanwhile. False, with nothing queued, when the target is not streaming
   // (a catch-up's end is no write position) or the previous one is still queued.
-  bool queue_checkpoint(std::string state, uint64_t seq);
+  bool queue_checkpoint(std::function<std::string()> build, uint64_t seq);
   // Reads catch-up copies from the image at `path` from now on (the VM's disk moved
   // there; vCPU thread, at the switch). Throws ftvm::Error.
   void reopen_image(const std::string& path);
@@ -213,7 +214,7 @@ class DiskMirror final : public vmm::DiskWriteObserver {
   // A checkpoint queued on the vCPU thread, with the writes before it (the open
   // batch when it was queued), waiting for the sender.
   struct PendingCheckpoint {
-    std::string state;
+    std::function<std::string()> build;
     uint64_t seq = 0;
     uint64_t bytes = 0;
     uint64_t wall_ns = 0;

@@ -13,19 +13,73 @@ namespace ftvm::storage {
 
 using vmm::kPageSize;
 
-std::string CaptureVmState(vmm::Machine& m, uint64_t disk_seq) {
+VmStateCapture::Stats VmStateCapture::capture(vmm::Machine& m, uint64_t disk_seq) {
+  Stats st;
+  Clock& clock = m.clock();
+  const uint64_t t0 = clock.monotonic_ns();
   // RAM pages that were ever written (the memfd's data extents): a hole is zeros,
   // and a restore clears what its fresh VM has there (ResumeVmState).
   const vmm::PageBitmap pages = vmm::FileDataPages(m.memory().fd(), m.memory().size());
-  std::vector<std::string> parts = vmm::CaptureCheckpoint(m, pages, SIZE_MAX);
+  const uint64_t t1 = clock.monotonic_ns();
+  disk_seq_ = disk_seq;
+  position_ = m.position();
+  guest_clock_ns_ = m.guest_clock_ns();
+  memory_bytes_ = m.memory().size();
+  app_ = m.config().app;
+  backend_ = std::string(m.backend_name());
+  native_ = m.backend().save_state();
+  vmm::snapshot::Devices devices;
+  m.save_devices(devices);
+  devices_ = devices.SerializeAsString();
+  pages_.clear();
+  pages.for_each([&](uint64_t p) { pages_.push_back(p); });
+  // Room to grow, so that a guest writing a few more pages does not make the next
+  // capture copy into fresh memory again.
+  if (data_.capacity() < pages_.size() * kPageSize) data_.reserve((pages_.size() + pages_.size() / 4 + 64) * kPageSize);
+  data_.resize(pages_.size() * kPageSize);
+  const uint8_t* base = m.memory().host_base();
+  for (size_t i = 0; i < pages_.size(); ++i)
+    std::memcpy(data_.data() + i * kPageSize, base + pages_[i] * kPageSize, kPageSize);
+  st.pages = pages_.size();
+  st.find_ns = t1 - t0;
+  st.copy_ns = clock.monotonic_ns() - t1;
+  return st;
+}
+
+std::string VmStateCapture::serialize() const {
+  vmm::snapshot::Checkpoint cp;
+  cp.set_position(position_);
+  cp.set_part(0);
+  cp.set_parts(1);
+  cp.mutable_vcpu()->set_backend(backend_);
+  cp.mutable_vcpu()->set_native(native_.data(), native_.size());
+  if (!cp.mutable_devices()->ParseFromString(devices_)) throw Error("internal: captured device state does not parse");
+  cp.set_dirty_pages(pages_.size());
+  vmm::snapshot::MemoryRun* run = nullptr;
+  uint64_t run_end = 0;
+  for (size_t i = 0; i < pages_.size(); ++i) {
+    const uint64_t gpa = pages_[i] * kPageSize;
+    if (run == nullptr || gpa != run_end) {
+      run = cp.add_memory();
+      run->set_gpa(gpa);
+    }
+    run->mutable_data()->append(reinterpret_cast<const char*>(data_.data() + i * kPageSize), kPageSize);
+    run_end = gpa + kPageSize;
+  }
   DrCheckpoint c;
   c.set_format_version(migration::kStateFormatVersion);
-  c.set_memory_bytes(m.memory().size());
-  c.set_app(m.config().app);
-  c.set_guest_clock_ns(m.guest_clock_ns());
-  c.set_disk_seq(disk_seq);
-  c.set_checkpoint(std::move(parts.at(0)));
+  c.set_memory_bytes(memory_bytes_);
+  c.set_app(app_);
+  c.set_guest_clock_ns(guest_clock_ns_);
+  c.set_disk_seq(disk_seq_);
+  c.set_checkpoint(cp.SerializeAsString());
   return c.SerializeAsString();
+}
+
+std::string CaptureVmState(vmm::Machine& m, uint64_t disk_seq) {
+  VmStateCapture c;
+  c.capture(m, disk_seq);
+  return c.serialize();
 }
 
 namespace {

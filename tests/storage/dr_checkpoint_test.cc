@@ -266,13 +266,13 @@ TEST(DrCheckpoint, MirrorAndReplicaKeepTheCheckpointAtItsPosition) {
   FakeDisk disk(src, m);
   m.start();
   ASSERT_TRUE(m.wait_synced(20s)) << m.status().last_error;
-  EXPECT_FALSE(m.queue_checkpoint("wrong position", 99)) << "the head is not at write 99";
+  EXPECT_FALSE(m.queue_checkpoint([] { return std::string("wrong position"); }, 99)) << "the head is not at write 99";
   std::mt19937_64 rng(5);
   for (int i = 0; i < 40; ++i) disk.write((rng() % 200) * 4096, std::vector<uint8_t>(4096, uint8_t(rng())));
   disk.flush();
   // No write in progress (this thread is the VM): the head is write 41.
   const std::vector<uint8_t> at_s = ReadAll(src);
-  ASSERT_TRUE(m.queue_checkpoint("state at 41", 41));
+  ASSERT_TRUE(m.queue_checkpoint([] { return std::string("state at 41"); }, 41));
   for (int i = 0; i < 40; ++i) disk.write((rng() % 200) * 4096, std::vector<uint8_t>(4096, uint8_t(rng())));
   disk.flush();
   ASSERT_TRUE(m.wait_synced(20s)) << m.status().last_error;

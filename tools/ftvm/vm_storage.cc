@@ -97,16 +97,30 @@ void VmStorage::TakeCheckpoint() {
     log::warn("dr.checkpoint_skipped", {{"reason", "the DR target is " + std::string(storage::MirrorStateName(before.state))}});
     return;
   }
-  uint64_t seq = 0, state_bytes = 0, pause_ns = 0;
+  std::shared_ptr<storage::VmStateCapture> capture;
+  {
+    std::lock_guard<std::mutex> lock(checkpoint_mu_);
+    capture = std::move(spare_capture_);
+  }
+  if (!capture) capture = std::make_shared<storage::VmStateCapture>();
+  uint64_t seq = 0, pause_ns = 0;
+  storage::VmStateCapture::Stats cs;
   bool queued = false;
   const bool ran = machine_.run_at_boundary([&] {
     // Between guest exits, no disk write in progress: the stream's head is the
     // position every write before the capture has, and none after it.
     const uint64_t t0 = clock_.monotonic_ns();
     seq = dr_->status().head_seq;
-    std::string state = storage::CaptureVmState(machine_, seq);
-    state_bytes = state.size();
-    queued = dr_->queue_checkpoint(std::move(state), seq);
+    cs = capture->capture(machine_, seq);
+    // The protobuf is built on the sender thread; the buffers come back here.
+    queued = dr_->queue_checkpoint(
+        [this, capture] {
+          std::string state = capture->serialize();
+          std::lock_guard<std::mutex> lock(checkpoint_mu_);
+          spare_capture_ = capture;
+          return state;
+        },
+        seq);
     pause_ns = clock_.monotonic_ns() - t0;
   });
   if (!ran) return;  // the VM ended
@@ -115,9 +129,11 @@ void VmStorage::TakeCheckpoint() {
     return;
   }
   log::info("dr.checkpoint", {{"seq", seq},
-                              {"state_mib", double(state_bytes) / 1048576.0},
+                              {"pages", cs.pages},
                               {"ram_mib", double(machine_.memory().size()) / 1048576.0},
-                              {"pause_ms", double(pause_ns) / 1e6}});
+                              {"pause_ms", double(pause_ns) / 1e6},
+                              {"find_ms", double(cs.find_ns) / 1e6},
+                              {"copy_ms", double(cs.copy_ns) / 1e6}});
 }
 
 void VmStorage::serve(ControlEndpoint& control) {

@@ -19,6 +19,7 @@
 #include "storage/disk_mirror.h"
 #include "storage/image_stream.h"
 #include "storage/sync_gate.h"
+#include "storage/vm_checkpoint.h"
 #include "vmm/health_monitor.h"
 #include "vmm/machine.h"
 
@@ -75,6 +76,9 @@ class VmStorage {
   std::mutex checkpoint_mu_;
   std::condition_variable checkpoint_cv_;
   bool checkpoint_stop_ = false;
+  // The last capture's buffers, back from the sender: the next capture copies into
+  // memory that is already mapped (storage/vm_checkpoint.h).
+  std::shared_ptr<storage::VmStateCapture> spare_capture_;
   std::thread checkpointer_;  // last: stopped first
 };
 
