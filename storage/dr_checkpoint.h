@@ -1,6 +1,7 @@
 // DR checkpoints: a VM's whole state at a position S of its disk-write stream, sent
-// over the DR stream right after write S (storage/disk_mirror.h), and what the
-// replica keeps of it so that it can start the VM from there instead of booting it.
+// over the DR stream right after write S (kMsgCheckpoint, storage/write_stream.h;
+// storage/disk_mirror.h sends it), and what the replica keeps of it so that it can
+// start the VM from there instead of booting it.
 //
 // The checkpoint travels as one channel message (kMsgCheckpoint) and is kept as the
 // head of one file, DIR/checkpoint; the replica then appends to that same file an
@@ -42,8 +43,6 @@ namespace ftvm::storage {
 inline constexpr uint32_t kCheckpointFormatVersion = 1;
 inline constexpr size_t kCheckpointHeaderBytes = 56;
 inline constexpr size_t kUndoRecordHeaderBytes = 16;
-// Channel message: source -> replica, after the batch that ends with write S.
-inline constexpr uint8_t kMsgCheckpoint = 5;
 
 struct CheckpointHeader {
   uint32_t version = kCheckpointFormatVersion;

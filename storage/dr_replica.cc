@@ -127,8 +127,8 @@ void DrReplica::WriteState(const std::string& state_name, const std::string& sou
 
 void DrReplica::InvalidateCheckpoint(const std::string& why) {
   const bool had = checkpoint_.has_value() || ::access(CheckpointPath(options_.dir).c_str(), F_OK) == 0;
+  // The applier's hook stays (this may run inside it): it does nothing without one.
   checkpoint_.reset();
-  if (applier_) applier_->set_before_write({});
   if (!had) return;
   // Kept for a person to look at, but never resumed: the disk has writes after S
   // whose before-images are not in the journal.

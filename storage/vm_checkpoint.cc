@@ -84,8 +84,16 @@ std::string CaptureVmState(vmm::Machine& m, uint64_t disk_seq) {
 
 namespace {
 
-DrCheckpoint Parse(vmm::Machine& m, std::span<const uint8_t> raw, VmStateInfo& info) {
-  DrCheckpoint c;
+struct CheckedState {
+  DrCheckpoint wrapper;
+  vmm::snapshot::Checkpoint checkpoint;
+  VmStateInfo info;
+};
+
+// Parses `raw` and checks it against `m`, changing nothing. Throws ftvm::Error.
+CheckedState Check(vmm::Machine& m, std::span<const uint8_t> raw) {
+  CheckedState s;
+  DrCheckpoint& c = s.wrapper;
   if (!c.ParseFromArray(raw.data(), int(raw.size()))) throw Error("the checkpoint's VM state does not parse");
   if (c.format_version() != migration::kStateFormatVersion)
     throw Error("the checkpoint's VM state is in state format " + std::to_string(c.format_version()) +
@@ -95,19 +103,7 @@ DrCheckpoint Parse(vmm::Machine& m, std::span<const uint8_t> raw, VmStateInfo& i
                 std::to_string(m.memory().size() >> 20) + " MiB (give --mem " + std::to_string(c.memory_bytes() >> 20) + ")");
   if (c.app() != m.config().app)
     throw Error("the checkpoint is of a VM running app '" + c.app() + "', not '" + m.config().app + "'");
-  info.disk_seq = c.disk_seq();
-  info.memory_bytes = c.memory_bytes();
-  info.guest_clock_ns = c.guest_clock_ns();
-  info.app = c.app();
-  return c;
-}
-
-}  // namespace
-
-VmStateInfo CheckVmState(vmm::Machine& m, std::span<const uint8_t> raw) {
-  VmStateInfo info;
-  DrCheckpoint c = Parse(m, raw, info);
-  vmm::snapshot::Checkpoint cp;
+  vmm::snapshot::Checkpoint& cp = s.checkpoint;
   if (!cp.ParseFromString(c.checkpoint())) throw Error("the checkpoint's vCPU and memory state does not parse");
   if (cp.parts() != 1 || cp.part() != 0) throw Error("the checkpoint's state is not one whole part");
   if (cp.vcpu().backend() != m.backend_name())
@@ -125,20 +121,25 @@ VmStateInfo CheckVmState(vmm::Machine& m, std::span<const uint8_t> raw) {
   if (names(mine) != names(cp.devices()))
     throw Error("the checkpoint's VM has the devices [" + names(cp.devices()) + "], this VM [" + names(mine) +
                 "]: start it with the source's device options (a NIC needs --tap)");
-  info.position = cp.position();
-  return info;
+  s.info.disk_seq = c.disk_seq();
+  s.info.memory_bytes = c.memory_bytes();
+  s.info.guest_clock_ns = c.guest_clock_ns();
+  s.info.app = c.app();
+  s.info.position = cp.position();
+  return s;
 }
+
+}  // namespace
+
+VmStateInfo CheckVmState(vmm::Machine& m, std::span<const uint8_t> raw) { return Check(m, raw).info; }
 
 void ResumeVmState(vmm::Machine& m, std::span<const uint8_t> raw, const std::string& tap,
                    const std::function<void()>& before_live) {
-  VmStateInfo info = CheckVmState(m, raw);
-  DrCheckpoint c = Parse(m, raw, info);
-  vmm::snapshot::Checkpoint cp;
-  (void)cp.ParseFromString(c.checkpoint());
+  const CheckedState s = Check(m, raw);
   // Pages the fresh VM has (its loaded image) that the checkpoint does not carry
   // were zeros at the capture.
   vmm::PageBitmap carried(m.memory().size() / kPageSize);
-  for (const vmm::snapshot::MemoryRun& r : cp.memory()) carried.set_range(r.gpa(), r.data().size());
+  for (const vmm::snapshot::MemoryRun& r : s.checkpoint.memory()) carried.set_range(r.gpa(), r.data().size());
   const vmm::PageBitmap fresh = vmm::FileDataPages(m.memory().fd(), m.memory().size());
   static constexpr uint8_t kZeros[kPageSize] = {};
   fresh.for_each([&](uint64_t page) {
@@ -148,13 +149,13 @@ void ResumeVmState(vmm::Machine& m, std::span<const uint8_t> raw, const std::str
     std::memset(p, 0, kPageSize);
     m.backend().invalidate_code(page * kPageSize, kPageSize);
   });
-  m.set_position(info.position);
+  m.set_position(s.info.position);
   vmm::CheckpointLoader loader;
-  const std::string& bytes = c.checkpoint();
+  const std::string& bytes = s.wrapper.checkpoint();
   if (!loader.add(m, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())))
     throw Error("the checkpoint's state is incomplete");
   if (before_live) before_live();
-  m.go_live(vmm::ExecutionMode::kLive, nullptr, info.guest_clock_ns, tap);
+  m.go_live(vmm::ExecutionMode::kLive, nullptr, s.info.guest_clock_ns, tap);
 }
 
 }  // namespace ftvm::storage
