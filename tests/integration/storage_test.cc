@@ -243,8 +243,8 @@ TEST_F(StorageTest, DrCheckpointResumesTheVmAtTheCheckpointAndColdBootKeepsEvery
 
   // Time from starting a VM to the store's first reply.
   auto first_reply = [&](Process& p, std::chrono::steady_clock::time_point t0, const std::string& what) {
-    for (int i = 0; i < 120; ++i) {
-      ProcessResult r = RunProcess(ns_.Wrap({FtvmBinary(), "mail", "ping", "--to", kGuestIp, "--timeout-ms", "500", "--retries", "0"}),
+    for (int i = 0; i < 600; ++i) {
+      ProcessResult r = RunProcess(ns_.Wrap({FtvmBinary(), "mail", "ping", "--to", kGuestIp, "--timeout-ms", "100", "--retries", "0"}),
                                    seconds(10), "ping");
       if (r.exit_code == 0) return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }

@@ -294,5 +294,55 @@ TEST(DrCheckpoint, MirrorAndReplicaKeepTheCheckpointAtItsPosition) {
   EXPECT_TRUE(ReadAll(DiskImagePath(rdir)) == at_s) << "the rollback did not give the image at the checkpoint";
 }
 
+// The replica restarts over its directory while the source writes on (a new source
+// connection catches up by block hashes): the reopened journal saves what the
+// catch-up overwrites, and a rollback still gives the image at the checkpoint.
+TEST(DrCheckpoint, ARestartedReplicaJournalsTheCatchUp) {
+  const std::string dir = ScratchDir("ckre");
+  const std::string src = dir + "/src.img", rdir = dir + "/replica";
+  MakeImage(src, kDisk);
+  auto clock = MakeSystemClock();
+  MirrorOptions o;
+  o.disk_path = src;
+  o.report = 0ns;
+  o.heartbeat = 10ms;
+  o.retry = 50ms;
+  std::mt19937_64 rng(9);
+  std::vector<uint8_t> at_s;
+  {
+    ReplicaThread r(rdir);
+    DiskMirror m(MakeChannelTarget(r.replica->address()), o, *clock);
+    FakeDisk disk(src, m);
+    m.start();
+    ASSERT_TRUE(m.wait_synced(20s)) << m.status().last_error;
+    for (int i = 0; i < 20; ++i) disk.write((rng() % 100) * 4096, std::vector<uint8_t>(4096, uint8_t(rng())));
+    at_s = ReadAll(src);
+    ASSERT_TRUE(m.queue_checkpoint([] { return std::string("s"); }, 20));
+    for (int i = 0; i < 10; ++i) disk.write((rng() % 100) * 4096, std::vector<uint8_t>(4096, uint8_t(rng())));
+    ASSERT_TRUE(m.wait_synced(20s)) << m.status().last_error;
+    m.stop();
+  }
+  // Written while no replica ran: only a catch-up brings these over.
+  {
+    UniqueFd fd(open(src.c_str(), O_WRONLY));
+    for (uint64_t b : {3u, 150u, 151u, 255u}) {
+      std::vector<uint8_t> data(4096, uint8_t(b));
+      ASSERT_EQ(pwrite(fd.get(), data.data(), data.size(), off_t(b * 4096)), 4096);
+    }
+  }
+  {
+    ReplicaThread r(rdir);
+    DiskMirror m(MakeChannelTarget(r.replica->address()), o, *clock);
+    m.start();
+    ASSERT_TRUE(m.wait_synced(20s)) << m.status().last_error;
+    EXPECT_EQ(ReadAll(src), ReadAll(DiskImagePath(rdir)));
+    m.stop();
+  }
+  LoadedCheckpoint c = LoadCheckpoint(rdir);
+  EXPECT_EQ(c.header.seq, 20u);
+  RollbackDisk(rdir, c, DiskImagePath(rdir));
+  EXPECT_TRUE(ReadAll(DiskImagePath(rdir)) == at_s) << "the catch-up's blocks were not journaled";
+}
+
 }  // namespace
 }  // namespace ftvm::storage
