@@ -76,8 +76,9 @@ namespace {
 
 // dr-start --from-checkpoint: everything that could refuse is checked before the
 // disk is touched (the checkpoint file and its undo journal, the state's format,
-// this VM's RAM, app and backend); then the disk is rolled back to the checkpoint's
-// write, and the VM continues from its state instead of booting.
+// this VM's RAM, app, backend and devices, the state loaded into it); then the disk
+// is rolled back to the checkpoint's write, and the VM continues from its state
+// instead of booting.
 int ResumeFromCheckpoint(const std::string& dir, VmOptions& vm, const StorageCliOptions& st, const OperatorOptions& ops) {
   storage::LoadedCheckpoint ckpt;
   std::vector<uint8_t> raw;
@@ -95,6 +96,10 @@ int ResumeFromCheckpoint(const std::string& dir, VmOptions& vm, const StorageCli
   } catch (const Error& e) {
     std::cerr << "ftvm dr-start: " << e.what() << "\n(the replica's disk is untouched; without --from-checkpoint, dr-start "
                  "boots it)\n";
+    return kExitVmmError;
+  } catch (const std::logic_error& e) {  // std::stoull on a damaged state file
+    std::cerr << "ftvm dr-start: the replica's state file " << storage::StatePath(dir) << " has a damaged number ("
+              << e.what() << "); the replica's disk is untouched\n";
     return kExitVmmError;
   }
   const std::string tap = vm.config.tap;
