@@ -17,11 +17,13 @@
 // "failover:" the kill-primary drill against the issue's goals; "migrate:" a live
 // move of a 1 GiB VM to another VMM (ftvm migrate).
 //
-//   build/bench/ftvm_bench [--quick] [--pair-only | --migrate-only | --storage-only | --image-only]
+//   build/bench/ftvm_bench [--quick] [--pair-only | --migrate-only | --storage-only | --image-only |
+//                           --dr-checkpoint-only]
 //
 // --pair-only skips everything before the protected pair rows (boot time stays, for
 // the backend); --migrate-only runs just the channel and migration rows;
-// --storage-only just the DR replica and move-disk rows; --image-only just the image
+// --storage-only just the DR replica, DR checkpoint and move-disk rows;
+// --dr-checkpoint-only just the DR checkpoint rows; --image-only just the image
 // streaming rows ("image:"). Environment: FTVM_BIN, FTVM_GUEST, FTVM_RING0_GUEST and
 // FTVM_CHANNEL_BENCH (build/transport/channel_bench); meson sets them.
 #include <signal.h>
@@ -1249,6 +1251,101 @@ void Storage(std::vector<Row>& rows, bool quick) {
   unlink(big.c_str());
 }
 
+// ---- DR checkpoints ----------------------------------------------------------------
+// "dr checkpoint:" the mail store (64 MiB of RAM) serving 200 req/s with
+// --dr-target --dr-sync --dr-checkpoint-s 1: the state each checkpoint captures and
+// what it compresses to (against the RAM size), and the vCPU's pause per checkpoint
+// (from the source's dr.checkpoint lines, against the load's p50 latency). Then the
+// source is killed and the store started from copies of the replica both ways:
+// `dr-start --from-checkpoint` (resume) against a cold `dr-start` (boot), timed from
+// the process start to the store's first reply to a ping.
+void DrCheckpoints(std::vector<Row>& rows, bool quick) {
+  itest::NetNamespace ns("bench-ck");
+  ns.AddTap("ftvmb1", "10.0.0.1/24");
+  const std::string disk = itest::ScratchPath("bench-ck.img"), dir = itest::ScratchPath("bench-ck-replica");
+  MakeZeroDisk(disk, kMailDiskBytes);
+  Process replica = Process::Start(ns.Wrap({g_ftvm, "dr-replica", "--listen", "tcp:127.0.0.1:7391", "--dir", dir}),
+                                   "bench-ck-replica");
+  itest::WaitForFileContains(replica.stderr_path(), "listening", seconds(10));
+  const std::string console = itest::ScratchPath("bench-ck-console.txt");
+  const std::vector<std::string> vm_args = {"--guest", g_guest, "--app", "mailstore", "--tap", "ftvmb1", "--ip", "10.0.0.2/24"};
+  std::vector<std::string> argv = {g_ftvm, "run", "--disk", disk, "--console", console, "--dr-target", "tcp:127.0.0.1:7391",
+                                   "--dr-sync", "--dr-checkpoint-s", "1"};
+  argv.insert(argv.end(), vm_args.begin(), vm_args.end());
+  Process vm = Process::Start(ns.Wrap(argv), "bench-ck-vm");
+  if (!itest::WaitForFileContains(console, "mailstore: ready", seconds(120))) {
+    std::fprintf(stderr, "bench: mail store did not come up\n%s", vm.Stderr().c_str());
+    throw Fatal{};
+  }
+  itest::WaitForFileContains(vm.stderr_path(), "dr.caught_up", seconds(30));
+  const mail::LoadReport load = MailLoad(ns, 200, quick ? 4 : 10);
+  usleep(1500000);  // a checkpoint after the load, then writes after it
+  (void)RunProcess(ns.Wrap({g_ftvm, "mail", "deliver", "--to", "10.0.0.2", "--id", "after", "--mailbox", "x", "--body", "b"}),
+                   seconds(30), "bench-ck-mail");
+  vm.Signal(SIGKILL);
+  ProcessResult v = vm.Wait(seconds(30));
+  usleep(300000);
+  replica.Signal(SIGTERM);
+  replica.Wait(seconds(10));
+  std::vector<double> pause_ms, state_mib, packed_kib, build_ms, compress_ms;
+  static const std::regex ck_re(R"(dr\.checkpoint seq=[0-9]+ pages=[0-9]+ ram_mib=[0-9.]+ pause_ms=([0-9.]+))");
+  static const std::regex sent_re(
+      R"(dr\.checkpoint_sent .*state_bytes=([0-9]+) compressed_bytes=([0-9]+) build_ms=([0-9.]+) compress_ms=([0-9.]+))");
+  for (std::sregex_iterator it(v.err.begin(), v.err.end(), ck_re), end; it != end; ++it)
+    pause_ms.push_back(std::stod((*it)[1]));
+  for (std::sregex_iterator it(v.err.begin(), v.err.end(), sent_re), end; it != end; ++it) {
+    state_mib.push_back(std::stod((*it)[1]) / 1048576.0);
+    packed_kib.push_back(std::stod((*it)[2]) / 1024.0);
+    build_ms.push_back(std::stod((*it)[3]));
+    compress_ms.push_back(std::stod((*it)[4]));
+  }
+  if (pause_ms.empty() || packed_kib.empty()) {
+    std::fprintf(stderr, "bench: no DR checkpoint was taken\n%s", v.err.c_str());
+    g_failure += "no DR checkpoint; ";
+    return;
+  }
+  // Both ways from the same replica (copies: each start changes its directory).
+  auto first_reply_ms = [&](const std::vector<std::string>& how, const std::string& tag) {
+    const std::string copy = itest::ScratchPath("bench-ck-" + tag);
+    if (std::system(("cp -r --sparse=always " + dir + " " + copy).c_str()) != 0) throw Fatal{};
+    std::vector<std::string> a = {g_ftvm, "dr-start", "--dir", copy, "--console", itest::ScratchPath("bench-ck-c2.txt")};
+    a.insert(a.end(), how.begin(), how.end());
+    a.insert(a.end(), vm_args.begin(), vm_args.end());
+    const auto t0 = std::chrono::steady_clock::now();
+    Process p = Process::Start(ns.Wrap(a), "bench-ck-" + tag);
+    double ms = -1;
+    for (int i = 0; i < 600 && ms < 0; ++i) {
+      ProcessResult r = RunProcess(ns.Wrap({g_ftvm, "mail", "ping", "--to", "10.0.0.2", "--timeout-ms", "100", "--retries", "0"}),
+                                   seconds(10), "bench-ck-ping");
+      if (r.exit_code == 0) ms = MsSince(t0);
+    }
+    p.Signal(SIGTERM);
+    p.Wait(seconds(30));
+    std::error_code ec;
+    std::filesystem::remove_all(copy, ec);
+    if (ms < 0) {
+      std::fprintf(stderr, "bench: dr-start %s never answered\n%s", tag.c_str(), p.Stderr().c_str());
+      g_failure += "dr-start " + tag + " never answered; ";
+    }
+    return ms;
+  };
+  const double cold_ms = first_reply_ms({}, "cold");
+  const double resume_ms = first_reply_ms({"--from-checkpoint"}, "resume");
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  unlink(disk.c_str());
+  // 64 MiB guest (the mail store), 200 req/s.
+  const std::string pre = "dr ckpt 64 MiB guest: ";
+  rows.push_back({pre + "state (written RAM) p50", Percentile(state_mib, 0.5), "MiB", "guest RAM", 64});
+  rows.push_back({pre + "sent, zstd, p50", Percentile(packed_kib, 0.5), "KiB", "guest RAM", 65536});
+  rows.push_back({pre + "vCPU pause p50", Percentile(pause_ms, 0.5), "ms", "mail p50 latency", double(load.p50_us) / 1000});
+  rows.push_back({pre + "vCPU pause max", Percentile(pause_ms, 1.0), "ms", "mail p50 latency", double(load.p50_us) / 1000});
+  rows.push_back({pre + "build + zstd (sender) p50", Percentile(build_ms, 0.5) + Percentile(compress_ms, 0.5), "ms", "", 0});
+  rows.push_back({"dr-start to first reply: --from-checkpoint", resume_ms, "ms", "cold boot (dr-start)", cold_ms});
+  std::fprintf(stderr, "bench: dr checkpoint: %zu checkpoints, %.1f KiB sent of %.2f MiB state (p50)\n", pause_ms.size(),
+               Percentile(packed_kib, 0.5), Percentile(state_mib, 0.5));
+}
+
 // ---- Image streaming -------------------------------------------------------------
 // The mail store with a 4000-message journal (1 KiB records: 4 MiB, 64 blocks of
 // 64 KiB read at boot) on a 32 MiB disk, booted three ways: from a local copy; streamed
@@ -1341,6 +1438,7 @@ void ImageStreaming(std::vector<Row>& rows, bool quick) {
 
 int Main(int argc, char** argv) {
   bool quick = false, pair_only = false, migrate_only = false, storage_only = false, image_only = false;
+  bool checkpoint_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
@@ -1352,8 +1450,11 @@ int Main(int argc, char** argv) {
       storage_only = true;
     } else if (std::strcmp(argv[i], "--image-only") == 0) {
       image_only = true;
+    } else if (std::strcmp(argv[i], "--dr-checkpoint-only") == 0) {
+      storage_only = image_only = checkpoint_only = true;
     } else {
-      std::fprintf(stderr, "usage: ftvm_bench [--quick] [--pair-only | --migrate-only | --storage-only | --image-only]\n");
+      std::fprintf(stderr, "usage: ftvm_bench [--quick] [--pair-only | --migrate-only | --storage-only | --image-only | "
+                           "--dr-checkpoint-only]\n");
       return 2;
     }
   }
@@ -1421,6 +1522,9 @@ int Main(int argc, char** argv) {
   if (!migrate_only && !image_only)
     section("dr and move-disk: mail store at 500 req/s with a DR replica; a 256 MiB disk moved under load",
             [&] { Storage(pair_rows, quick); });
+  if (!migrate_only && (!image_only || checkpoint_only))
+    section("dr checkpoint: the mail store with --dr-checkpoint-s 1; resumed from the checkpoint vs booted",
+            [&] { DrCheckpoints(pair_rows, quick); });
   if (!migrate_only && !storage_only)
     section("image: the mail store booted from a local image, streamed, streamed with a boot profile",
             [&] { ImageStreaming(pair_rows, quick); });

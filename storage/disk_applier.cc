@@ -75,6 +75,12 @@ std::string DiskApplier::apply(const DecodedBatch& batch) {
   if (state_.consistent && !opens_catchup && !batch.records.empty() && seq != state_.applied_seq + 1)
     return "write batch starts at sequence number " + std::to_string(seq) + ", but the replica has applied up to " +
            std::to_string(state_.applied_seq) + " (a write would be lost or applied twice)";
+  if (before_write_) {
+    extents_.clear();
+    for (const Record& r : batch.records)
+      if ((r.kind == RecordKind::kWrite || r.kind == RecordKind::kBlock) && r.b != 0) extents_.emplace_back(r.a, r.b);
+    if (!extents_.empty()) before_write_(fd_.get(), extents_);
+  }
   for (const Record& r : batch.records) {
     const uint64_t wall = h.first_wall_ns + uint64_t(r.delta_us) * 1000;
     switch (r.kind) {

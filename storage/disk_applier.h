@@ -13,7 +13,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/unique_fd.h"
 #include "storage/write_stream.h"
@@ -66,6 +70,11 @@ class DiskApplier {
   std::string sync();
   // Picks up where a previous run of this replica left off (its state file).
   void resume(const ApplierState& saved);
+  // Called with the extents (offset, length) a batch is about to write, before any
+  // of them reaches the image: a DR checkpoint's undo journal saves what they
+  // overwrite (storage/dr_checkpoint.h). Empty: none.
+  using BeforeWrite = std::function<void(int fd, std::span<const std::pair<uint64_t, uint64_t>> extents)>;
+  void set_before_write(BeforeWrite f) { before_write_ = std::move(f); }
 
   const ApplierState& state() const { return state_; }
   bool needs_sync() const { return state_.applied_seq != state_.durable_seq || unsynced_blocks_; }
@@ -86,6 +95,8 @@ class DiskApplier {
   uint64_t unsynced_block_bytes_ = 0;
   bool flush_pending_ = false;
   uint64_t applied_wall_ns_ = 0;   // source time of the last record applied
+  BeforeWrite before_write_;
+  std::vector<std::pair<uint64_t, uint64_t>> extents_;  // scratch for before_write_
 };
 
 }  // namespace ftvm::storage

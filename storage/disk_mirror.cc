@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "migration/state_transfer.h"
+#include "storage/dr_checkpoint.h"
 #include "transport/channel.h"
 #include "vmm/page_bitmap.h"
 
@@ -57,6 +58,10 @@ class ChannelLink final : public MirrorLink {
       if (std::string e = DecodeAck(msg_.payload(), ack); !e.empty()) return "the DR replica " + ch_->peer() + ": " + e;
       got = true;
     }
+  }
+  std::string send_checkpoint(std::span<const uint8_t> message) override {
+    transport::SendResult r = ch_->send(kMsgCheckpoint, message, kLinkTimeout);
+    return r.ok() ? "" : "sending a checkpoint to the DR replica " + ch_->peer() + ": " + r.message;
   }
 
  private:
@@ -215,6 +220,7 @@ void DiskMirror::Overflow() {
     dirty_.set_range(0, disk_bytes_);  // cannot happen (we encoded it); copy all to be safe
   }
   if (dirty_since_wall_ == 0) dirty_since_wall_ = open_first_wall_ != 0 ? open_first_wall_ : clock_.wall_ns();
+  DropCheckpointLocked("the queue overflowed", true);
   ++counters_.overflows;
   state_ = MirrorState::kCatchingUp;
   ResetOpen();
@@ -493,6 +499,7 @@ std::string DiskMirror::Serve(MirrorLink& link) {
     dirty_.clear();
     dirty_since_wall_ = clock_.wall_ns();
     ResetOpen();
+    DropCheckpointLocked("the target reconnected", false);
     unacked_.clear();
     last_ack_ = Ack{};
   }
@@ -520,7 +527,9 @@ std::string DiskMirror::Serve(MirrorLink& link) {
       // out, not at the next heartbeat.
       const std::chrono::nanoseconds wait =
           options_.on_durable && !unacked_.empty() ? std::chrono::milliseconds(1) : options_.heartbeat / 4;
-      cv_.wait_for(lock, wait, [&] { return stopping_ || state_ == MirrorState::kCatchingUp || open_count_ > 0; });
+      cv_.wait_for(lock, wait, [&] {
+        return stopping_ || state_ == MirrorState::kCatchingUp || open_count_ > 0 || checkpoint_ != nullptr;
+      });
       if (stopping_) return "";
       catch_up = state_ == MirrorState::kCatchingUp;
     }
@@ -534,10 +543,114 @@ std::string DiskMirror::Serve(MirrorLink& link) {
       std::lock_guard<std::mutex> lock(mu_);
       if (open_count_ > 0 || heartbeat) last_send = now;
     }
+    if (std::string e = SendCheckpoint(link); !e.empty()) return e;
     if (std::string e = SendOpenBatch(link, heartbeat); !e.empty()) return e;
     if (std::string e = PollAcks(link); !e.empty()) return e;
     Report(false);
   }
+}
+
+bool DiskMirror::queue_checkpoint(std::function<std::string()> build, uint64_t seq) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ != MirrorState::kStreaming || checkpoint_ != nullptr || seq != head_seq_) return false;
+    auto pc = std::make_unique<PendingCheckpoint>();
+    pc->build = std::move(build);
+    pc->seq = head_seq_;
+    pc->bytes = head_bytes_;
+    pc->wall_ns = clock_.wall_ns();
+    if (open_count_ > 0) {
+      // The writes up to S go first, in a batch of their own: no batch after this
+      // one may hold a write before S, and none before it one after.
+      pc->before_header = BatchHeader{open_count_, open_first_seq_, open_first_bytes_, open_first_wall_,
+                                      head_seq_,  head_bytes_,     pc->wall_ns};
+      pc->before = std::move(open_);
+      open_ = {};
+      ResetOpen();
+    }
+    checkpoint_ = std::move(pc);
+  }
+  cv_.notify_all();
+  return true;
+}
+
+void DiskMirror::DropCheckpointLocked(const std::string& why, bool overflow) {
+  if (checkpoint_ == nullptr) return;
+  if (overflow && !checkpoint_->before.empty()) {
+    DecodedBatch queued;
+    SealBatch(checkpoint_->before, checkpoint_->before_header);
+    if (DecodeBatch(checkpoint_->before, queued).empty()) {
+      for (const Record& r : queued.records)
+        if (r.kind == RecordKind::kWrite) dirty_.set_range(r.a, r.b);
+    } else {
+      dirty_.set_range(0, disk_bytes_);
+    }
+    if (dirty_since_wall_ == 0) dirty_since_wall_ = checkpoint_->before_header.first_wall_ns;
+  }
+  log::warn("dr.checkpoint_dropped", {{"target", target_->describe()}, {"seq", checkpoint_->seq}, {"reason", why}});
+  checkpoint_.reset();
+  ++counters_.checkpoints_dropped;
+}
+
+std::string DiskMirror::SendCheckpoint(MirrorLink& link) {
+  std::lock_guard<std::mutex> send_lock(send_mu_);
+  std::unique_ptr<PendingCheckpoint> pc;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (checkpoint_ == nullptr || state_ != MirrorState::kStreaming) return "";
+    pc = std::move(checkpoint_);
+    if (!pc->before.empty()) unacked_.emplace_back(pc->seq, pc->before_header.first_wall_ns);
+  }
+  if (!pc->before.empty()) {
+    SealBatch(pc->before, pc->before_header);
+    if (std::string e = link.send(pc->before); !e.empty()) return e;
+  }
+  // Built and compressed here, not in the vCPU's pause; later writes wait in the
+  // open batch.
+  const uint64_t t0 = clock_.monotonic_ns();
+  std::string state;
+  std::vector<uint8_t> packed;
+  uint64_t tb = t0;
+  try {
+    state = pc->build();
+    tb = clock_.monotonic_ns();
+    packed = CompressState(std::span(reinterpret_cast<const uint8_t*>(state.data()), state.size()));
+  } catch (const Error& e) {
+    // The stream goes on without it; the replica keeps its previous checkpoint.
+    log::error("dr.checkpoint_failed", {{"seq", pc->seq}, {"reason", e.what()}});
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.checkpoints_dropped;
+    return "";
+  }
+  CheckpointHeader h;
+  h.seq = pc->seq;
+  h.bytes = pc->bytes;
+  h.wall_ns = pc->wall_ns;
+  h.raw_bytes = state.size();
+  const std::vector<uint8_t> message = EncodeCheckpoint(h, packed);
+  const uint64_t t1 = clock_.monotonic_ns();
+  if (message.size() > transport::kMaxMessageBytes) {
+    // The stream goes on without it; the previous checkpoint stays the replica's.
+    log::error("dr.checkpoint_too_large", {{"target", target_->describe()}, {"seq", pc->seq},
+                                           {"compressed_bytes", uint64_t(message.size())},
+                                           {"limit_bytes", uint64_t(transport::kMaxMessageBytes)}});
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.checkpoints_dropped;
+    return "";
+  }
+  if (std::string e = link.send_checkpoint(message); !e.empty()) return e;
+  log::info("dr.checkpoint_sent", {{"target", target_->describe()}, {"seq", pc->seq},
+                                   {"state_bytes", uint64_t(state.size())},
+                                   {"compressed_bytes", uint64_t(message.size())},
+                                   {"build_ms", double(tb - t0) / 1e6},
+                                   {"compress_ms", double(t1 - tb) / 1e6},
+                                   {"send_ms", double(clock_.monotonic_ns() - t1) / 1e6}});
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.bytes_sent += message.size() + pc->before.size();
+  ++counters_.checkpoints_sent;
+  counters_.last_checkpoint_seq = pc->seq;
+  counters_.last_checkpoint_bytes = message.size();
+  return "";
 }
 
 void DiskMirror::SenderLoop() {
@@ -582,6 +695,7 @@ void DiskMirror::SenderLoop() {
       state_ = why.rfind("the target stopped applying", 0) == 0 ? MirrorState::kStopped : MirrorState::kConnecting;
       if (dirty_since_wall_ == 0) dirty_since_wall_ = clock_.wall_ns();
       ResetOpen();
+      DropCheckpointLocked("the target is unavailable: " + why, false);
     }
     if (why != last_logged) {
       // The VM runs on unmirrored; a reconnect copies what differs.

@@ -50,6 +50,11 @@ class MirrorLink {
   // The newest acknowledgement that arrived since the last call, if any; "" or why
   // the link is unusable.
   virtual std::string poll_ack(Ack& ack, bool& got) = 0;
+  // Sends a DR checkpoint (storage/dr_checkpoint.h) after the batches sent so far.
+  virtual std::string send_checkpoint(std::span<const uint8_t> message) {
+    (void)message;
+    return "this target keeps no checkpoints";
+  }
 };
 
 class MirrorTarget {
@@ -103,6 +108,10 @@ struct MirrorStatus {
   uint64_t blocks_copied = 0;
   uint64_t bytes_sent = 0;
   uint64_t queued_bytes = 0;       // in the open batch now
+  uint64_t checkpoints_sent = 0;   // DR checkpoints (queue_checkpoint) sent
+  uint64_t checkpoints_dropped = 0;  // queued, but the stream broke before they went
+  uint64_t last_checkpoint_seq = 0;
+  uint64_t last_checkpoint_bytes = 0;  // compressed, as sent
   std::string last_error;
 };
 
@@ -148,6 +157,13 @@ class DiskMirror final : public vmm::DiskWriteObserver {
   // sends what is queued and waits until the target holds all of it durably. "" or
   // why not (not streaming, a failed link). A disk move's switch.
   std::string drain(std::chrono::nanoseconds timeout);
+  // vCPU thread, at a boundary (no write in progress, so the stream's head is
+  // `seq`): a DR checkpoint at write `seq`, sent after the writes up to it and
+  // before any later one. `build` makes its state (storage/vm_checkpoint.h) on the
+  // sender thread, which then compresses and sends it; later writes wait in the open
+  // batch meanwhile. False, with nothing queued, when the target is not streaming
+  // (a catch-up's end is no write position) or the previous one is still queued.
+  bool queue_checkpoint(std::function<std::string()> build, uint64_t seq);
   // Reads catch-up copies from the image at `path` from now on (the VM's disk moved
   // there; vCPU thread, at the switch). Throws ftvm::Error.
   void reopen_image(const std::string& path);
@@ -166,6 +182,11 @@ class DiskMirror final : public vmm::DiskWriteObserver {
   void ResetOpen();
   // mu_ held: the open batch overflowed: note its writes' blocks and catch up.
   void Overflow();
+  // mu_ held: forgets a queued checkpoint (the stream broke before it went); its
+  // writes, if `overflow`, go to the catch-up.
+  void DropCheckpointLocked(const std::string& why, bool overflow);
+  // Sends the queued checkpoint, if any: the writes before it, then it.
+  std::string SendCheckpoint(MirrorLink& link);
   void AppendLocked(RecordKind kind, uint64_t offset, uint64_t bytes, std::span<const iovec> data);
   void Report(bool force);
   void FillStatusLocked(MirrorStatus& s, uint64_t now_wall) const;
@@ -190,6 +211,17 @@ class DiskMirror final : public vmm::DiskWriteObserver {
   uint64_t dirty_since_wall_ = 0;   // the oldest write noted only in dirty_ (0: none)
   // Batches sent but not durable at the target: (last seq, first record's wall time).
   std::deque<std::pair<uint64_t, uint64_t>> unacked_;
+  // A checkpoint queued on the vCPU thread, with the writes before it (the open
+  // batch when it was queued), waiting for the sender.
+  struct PendingCheckpoint {
+    std::function<std::string()> build;
+    uint64_t seq = 0;
+    uint64_t bytes = 0;
+    uint64_t wall_ns = 0;
+    std::vector<uint8_t> before;  // header room + records, or empty
+    BatchHeader before_header;
+  };
+  std::unique_ptr<PendingCheckpoint> checkpoint_;
   Ack last_ack_;
   MirrorStatus counters_;
   bool stopping_ = false;

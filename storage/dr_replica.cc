@@ -56,6 +56,15 @@ DrReplica::DrReplica(ReplicaOptions options, Clock& clock) : options_(std::move(
     s.consistent = m["consistent"] == "yes";
     saved_ = s;
   }
+  // A checkpoint from before the restart keeps its undo journal going.
+  struct stat img {};
+  if (::access(CheckpointPath(options_.dir).c_str(), F_OK) == 0 && ::stat(DiskImagePath(options_.dir).c_str(), &img) == 0) {
+    try {
+      checkpoint_ = CheckpointStore::Reopen(options_.dir, uint64_t(img.st_size));
+    } catch (const Error& e) {
+      InvalidateCheckpoint(e.what());
+    }
+  }
   listener_ = transport::Listen(options_.listen);
   log::info("dr.replica_listening", {{"address", listener_->address()}, {"dir", options_.dir}});
 }
@@ -81,6 +90,18 @@ void DrReplica::WriteState(const std::string& state_name, const std::string& sou
     << "batches=" << s.batches << "\n"
     << "syncs=" << s.syncs << "\n"
     << "reason=" << (s.stopped ? s.stop_reason : last_error_) << "\n";
+  if (checkpoint_) {
+    const CheckpointHeader& h = checkpoint_->header();
+    o << "checkpoint=yes\n"
+      << "checkpoint_seq=" << h.seq << "\n"
+      << "checkpoint_disk_bytes=" << h.bytes << "\n"
+      << "checkpoint_wall_ns=" << h.wall_ns << "\n"
+      << "checkpoint_bytes=" << kCheckpointHeaderBytes + h.state_bytes << "\n"
+      << "checkpoint_state_bytes=" << h.raw_bytes << "\n"
+      << "checkpoint_undo_bytes=" << checkpoint_->undo_bytes() << "\n";
+  } else {
+    o << "checkpoint=" << (::access(InvalidCheckpointPath(options_.dir).c_str(), F_OK) == 0 ? "invalid" : "no") << "\n";
+  }
   // The state file lives beside the image, so it must be writable when the image's
   // filesystem is full (that is when it matters most): the next state is written
   // into a file whose block was reserved right after the previous rename, in place.
@@ -102,6 +123,67 @@ void DrReplica::WriteState(const std::string& state_name, const std::string& sou
   }
   UniqueFd next(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
   if (next) (void)::fallocate(next.get(), 0, 0, 4096);
+}
+
+void DrReplica::InvalidateCheckpoint(const std::string& why) {
+  const bool had = checkpoint_.has_value() || ::access(CheckpointPath(options_.dir).c_str(), F_OK) == 0;
+  // The applier's hook stays (this may run inside it): it does nothing without one.
+  checkpoint_.reset();
+  if (!had) return;
+  // Kept for a person to look at, but never resumed: the disk has writes after S
+  // whose before-images are not in the journal.
+  if (std::rename(CheckpointPath(options_.dir).c_str(), InvalidCheckpointPath(options_.dir).c_str()) != 0 && errno != ENOENT)
+    log::error("dr.checkpoint_invalidate_failed", {{"path", CheckpointPath(options_.dir)}, {"error", std::strerror(errno)}});
+  log::error("dr.checkpoint_invalid", {{"dir", options_.dir}, {"reason", why},
+                                       {"note", "the disk image is still the newest crash-consistent one"}});
+}
+
+void DrReplica::AttachCheckpoint() {
+  if (!applier_) return;
+  if (!checkpoint_) {
+    applier_->set_before_write({});
+    return;
+  }
+  applier_->set_before_write([this](int fd, std::span<const std::pair<uint64_t, uint64_t>> extents) {
+    if (!checkpoint_) return;
+    if (std::string e = checkpoint_->save_before(fd, extents); !e.empty()) InvalidateCheckpoint("undo journal: " + e);
+  });
+}
+
+void DrReplica::StoreCheckpoint(std::span<const uint8_t> message) {
+  const uint64_t t0 = clock_.monotonic_ns();
+  CheckpointHeader h;
+  std::span<const uint8_t> state;
+  if (std::string e = DecodeCheckpoint(message, h, state); !e.empty()) {
+    log::error("dr.checkpoint_refused", {{"reason", e}});
+    return;
+  }
+  const ApplierState& s = applier_->state();
+  if (s.stopped || !s.consistent || s.applied_seq != h.seq) {
+    log::error("dr.checkpoint_refused",
+               {{"seq", h.seq}, {"reason", "the image holds write " + std::to_string(s.applied_seq) +
+                                               (s.consistent ? "" : " (catching up)") + (s.stopped ? " (stopped)" : "") +
+                                               ", not the checkpoint's"}});
+    return;
+  }
+  // The image must hold exactly write S durably before the checkpoint says so.
+  if (std::string e = applier_->sync(); !e.empty()) {
+    log::error("dr.checkpoint_refused", {{"seq", h.seq}, {"reason", e}});
+    return;
+  }
+  try {
+    checkpoint_.reset();
+    checkpoint_ = CheckpointStore::Install(options_.dir, message, applier_->disk_bytes());
+  } catch (const Error& e) {
+    // The old one's file may be gone or replaced half-way: not trustworthy.
+    InvalidateCheckpoint(std::string("storing a new checkpoint: ") + e.what());
+    return;
+  }
+  AttachCheckpoint();
+  log::info("dr.checkpoint_stored", {{"seq", h.seq},
+                                     {"bytes", uint64_t(message.size())},
+                                     {"state_bytes", h.raw_bytes},
+                                     {"store_ms", double(clock_.monotonic_ns() - t0) / 1e6}});
 }
 
 int DrReplica::run() {
@@ -161,6 +243,7 @@ std::string DrReplica::Serve(transport::Channel& ch) {
       applier_.reset();
       applier_ = std::make_unique<DiskApplier>(DiskImagePath(options_.dir), hello.disk_bytes());
       if (held) applier_->resume(*held);
+      AttachCheckpoint();
     }
   } catch (const Error& e) {
     return refuse(e.what());
@@ -194,6 +277,12 @@ std::string DrReplica::Serve(transport::Channel& ch) {
       if (r.closed()) return "the source closed the stream: " + r.message;
       if (r.error()) return "damaged stream: " + r.message;
       if (!r.is_message()) break;
+      if (msg.type() == kMsgCheckpoint) {
+        StoreCheckpoint(msg.payload());
+        applied = true;
+        last_state = 0;  // the state file says so at once
+        continue;
+      }
       if (msg.type() != kMsgWrites) return "unexpected message type " + std::to_string(msg.type()) + " in the write stream";
       if (std::string e = DecodeBatch(msg.payload(), batch); !e.empty()) return e;
       if (std::string e = applier_->apply(batch); !e.empty()) return e;

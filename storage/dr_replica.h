@@ -5,7 +5,11 @@
 //   DIR/state      what it holds, rewritten atomically (key=value lines, see
 //                  ReplicaStatus): the source's sequence number and bytes it
 //                  holds durably, whether the image is consistent, the recovery
-//                  point and how far behind the source it is, in ms and bytes.
+//                  point and how far behind the source it is, in ms and bytes;
+//                  the checkpoint's position, time and size.
+//   DIR/checkpoint the newest DR checkpoint (a source with --dr-checkpoint-s) and
+//                  its undo journal (storage/dr_checkpoint.h): the VM's state at
+//                  write S, and how to roll the disk back to S.
 //
 // One source at a time; a source that reconnects (or a new one for the same disk)
 // catches up by block hashes. A damaged batch, a protocol version it does not speak
@@ -25,6 +29,7 @@
 
 #include "common/clock.h"
 #include "storage/disk_applier.h"
+#include "storage/dr_checkpoint.h"
 #include "transport/channel.h"
 
 namespace ftvm::storage {
@@ -59,12 +64,19 @@ class DrReplica {
   // One source's connection; returns why it ended ("" when stopping).
   std::string Serve(transport::Channel& ch);
   void WriteState(const std::string& state_name, const std::string& source, uint64_t now_wall);
+  // A checkpoint message, after the batches before it: kept if the image holds
+  // exactly its write S (else refused, logged; the stream goes on).
+  void StoreCheckpoint(std::span<const uint8_t> message);
+  // The checkpoint can no longer be rolled back to: DIR/checkpoint.invalid.
+  void InvalidateCheckpoint(const std::string& why);
+  void AttachCheckpoint();
 
   ReplicaOptions options_;
   Clock& clock_;
   std::unique_ptr<transport::Listener> listener_;
   std::unique_ptr<DiskApplier> applier_;
   std::optional<ApplierState> saved_;  // from DIR/state at start
+  std::optional<CheckpointStore> checkpoint_;
   std::atomic<bool> stopping_{false};
   std::string last_error_;
 };

@@ -49,6 +49,9 @@ inline constexpr uint8_t kMsgHello = 1;       // source -> replica: MirrorHello
 inline constexpr uint8_t kMsgHelloReply = 2;  // replica -> source: MirrorHelloReply
 inline constexpr uint8_t kMsgWrites = 3;      // source -> replica: a batch
 inline constexpr uint8_t kMsgAck = 4;         // replica -> source: EncodeAck
+// source -> replica, right after the batch that ends with write S: a DR checkpoint
+// at S (storage/dr_checkpoint.h).
+inline constexpr uint8_t kMsgCheckpoint = 5;
 // Both ways, after the hello: block hashes of the replica's disk (migration/
 // kMsgDiskHashes numbering), so a reconnecting source sends only what differs.
 inline constexpr uint8_t kMsgDiskHashes = 14;

@@ -156,6 +156,20 @@ TEST(BadInput, HaAgentClusterFiles) {
   ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--dr-sync"}, "--dr-sync needs --dr-target");
 }
 
+// DR checkpoints: only with a DR target and a sane interval; resuming needs a
+// replica (bad checkpoint files: tests/integration/storage_test.cc).
+TEST(BadInput, DrCheckpointOptions) {
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--dr-checkpoint-s", "5"},
+                     "--dr-checkpoint-s needs --dr-target");
+  ExpectCleanFailure({"run", "--guest", GuestImage(), "--app", "compute", "--dr-target", "tcp:127.0.0.1:1",
+                      "--dr-checkpoint-s", "-1"},
+                     "--dr-checkpoint-s must be 0..86400");
+  const std::string empty = ScratchPath("dr-empty");
+  ASSERT_EQ(mkdir(empty.c_str(), 0755), 0);
+  ExpectCleanFailure({"dr-start", "--dir", empty, "--from-checkpoint", "--guest", GuestImage(), "--app", "mailstore"},
+                     "DR replica state " + empty + "/state: No such file or directory");
+}
+
 TEST(BadInput, HealthOptions) {
   const std::vector<std::string> vm = {"--guest", GuestImage(), "--app", "hello"};
   auto with = [&](std::string cmd, std::vector<std::string> extra) {

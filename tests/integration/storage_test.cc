@@ -17,6 +17,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -24,6 +28,8 @@
 #include "common/unique_fd.h"
 #include "tests/support/harness.h"
 #include "tests/support/mail_deliverer.h"
+#include "storage/dr_checkpoint.h"
+#include "storage/storage.pb.h"
 #include "tools/ftvm/mail_client.h"
 
 namespace ftvm::itest {
@@ -166,6 +172,230 @@ TEST_F(StorageTest, SyncDrReplicaHoldsEveryAcknowledgedDeliveryAfterTheSourceIsK
   ExpectPrefix(count);
   vm2.Signal(SIGTERM);
   EXPECT_EQ(vm2.Wait(seconds(30)).exit_code, 0);
+}
+
+// DR checkpoints (--dr-checkpoint-s): deliveries are acknowledged (with --dr-sync)
+// before and after a checkpoint, the source is killed. `dr-start --from-checkpoint`
+// resumes the VM: every message delivered before the checkpoint is there, none
+// after, the guest did not boot again (its console shows no boot), and the disk is
+// byte for byte the replica's image at the checkpoint. A cold `dr-start` on a copy
+// of the same replica holds every acknowledged delivery. The time from dr-start to
+// the store's first reply is printed for both.
+TEST_F(StorageTest, DrCheckpointResumesTheVmAtTheCheckpointAndColdBootKeepsEveryDelivery) {
+  const std::string disk = ScratchPath("ck-src.img"), dir = ScratchPath("ck-replica"), cold = ScratchPath("ck-cold");
+  MakeBlankDisk(disk, 32 << 20);
+  const std::string addr = "tcp:127.0.0.1:" + std::to_string(20000 + (getpid() + 19) % 20000);
+  Process replica = Process::Start(ns_.Wrap({FtvmBinary(), "dr-replica", "--listen", addr, "--dir", dir}), "replica");
+  ASSERT_TRUE(WaitForFileContains(replica.stderr_path(), "listening", seconds(10))) << replica.Stderr();
+  Process vm = StartVm({FtvmBinary(), "run"},
+                       {"--disk", disk, "--dr-target", addr, "--dr-sync", "--dr-sync-timeout-s", "30",
+                        "--dr-checkpoint-s", "5"},
+                       ScratchPath("ck-console.txt"));
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "dr.caught_up", seconds(30))) << vm.Stderr();
+
+  auto status = [&] {
+    std::map<std::string, std::string> m;
+    ProcessResult st = RunProcess({FtvmBinary(), "dr-replica", "--status", "--dir", dir}, seconds(10), "status");
+    EXPECT_EQ(st.exit_code, 0) << st.err;
+    size_t at = 0;
+    while (at < st.out.size()) {
+      const size_t nl = st.out.find('\n', at), eq = st.out.find('=', at);
+      if (eq != std::string::npos && eq < nl) m[st.out.substr(at, eq - at)] = st.out.substr(eq + 1, nl - eq - 1);
+      at = nl == std::string::npos ? st.out.size() : nl + 1;
+    }
+    return m;
+  };
+  auto deliver = [&](uint64_t i) {
+    ProcessResult r = Mail({"deliver", "--mailbox", "dr", "--id", "m" + std::to_string(i), "--body", "body-" + std::to_string(i)});
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  };
+  constexpr uint64_t kBefore = 6, kAfter = 3;
+  for (uint64_t i = 0; i < kBefore; ++i) deliver(i);
+  // The next checkpoint after these deliveries, the store idle: it holds them all.
+  const uint64_t delivered_at = std::stoull(status()["durable_seq"]);
+  std::map<std::string, std::string> st;
+  for (int i = 0; i < 200; ++i) {
+    st = status();
+    if (st["checkpoint"] == "yes" && std::stoull(st["checkpoint_seq"]) >= delivered_at) break;
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  ASSERT_EQ(st["checkpoint"], "yes") << "no checkpoint arrived:\n" << vm.Stderr() << replica.Stderr();
+  const std::string checkpoint_seq = st["checkpoint_seq"];
+  ASSERT_GE(std::stoull(checkpoint_seq), delivered_at);
+  EXPECT_EQ(st["checkpoint_seq"], st["durable_seq"]) << "the store is idle: the checkpoint is the newest write";
+  EXPECT_FALSE(st["checkpoint_age_s"].empty());
+  EXPECT_GT(std::stoull(st["checkpoint_bytes"]), 0u);
+  // The image at the checkpoint, to compare the rolled-back disk with.
+  const std::string at_checkpoint = ReadFile(dir + "/disk.img");
+  ASSERT_EQ(at_checkpoint.size(), size_t(32 << 20));
+  // Delivered after the checkpoint (well before the next one, 5 s later).
+  for (uint64_t i = kBefore; i < kBefore + kAfter; ++i) deliver(i);
+  vm.Signal(SIGKILL);
+  vm.Wait(seconds(10));
+  std::this_thread::sleep_for(milliseconds(300));
+  replica.Signal(SIGTERM);
+  EXPECT_EQ(replica.Wait(seconds(10)).exit_code, 0);
+  EXPECT_NE(vm.Stderr().find("dr.checkpoint "), std::string::npos) << vm.Stderr();
+  st = status();
+  ASSERT_EQ(st["checkpoint_seq"], checkpoint_seq) << "a later checkpoint arrived: the test's timing assumption broke";
+  EXPECT_GT(std::stoull(st["checkpoint_undo_bytes"]), 0u) << "the writes after the checkpoint saved what they overwrote";
+  ASSERT_EQ(std::system(("cp -r --sparse=always " + dir + " " + cold).c_str()), 0);
+
+  // Time from starting a VM to the store's first reply.
+  auto first_reply = [&](Process& p, std::chrono::steady_clock::time_point t0, const std::string& what) {
+    for (int i = 0; i < 600; ++i) {
+      ProcessResult r = RunProcess(ns_.Wrap({FtvmBinary(), "mail", "ping", "--to", kGuestIp, "--timeout-ms", "100", "--retries", "0"}),
+                                   seconds(10), "ping");
+      if (r.exit_code == 0) return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    ADD_FAILURE() << what << " never answered:\n" << p.Stderr();
+    return 0.0;
+  };
+
+  // Resume: the checkpoint's messages, no boot, the disk at the checkpoint.
+  const std::string console = ScratchPath("ck-resume-console.txt");
+  const auto t_resume = std::chrono::steady_clock::now();
+  Process resumed = Process::Start(ns_.Wrap({FtvmBinary(), "dr-start", "--dir", dir, "--from-checkpoint", "--guest", GuestImage(),
+                                             "--app", "mailstore", "--tap", kTap, "--ip", std::string(kGuestIp) + "/24",
+                                             "--console", console}),
+                                   "resumed");
+  const double resume_s = first_reply(resumed, t_resume, "the resumed VM");
+  EXPECT_NE(resumed.Stderr().find("resuming the VM from the checkpoint at disk write " + checkpoint_seq), std::string::npos)
+      << resumed.Stderr();
+  EXPECT_EQ(Count(), kBefore) << "the resumed VM holds exactly the messages delivered before the checkpoint";
+  ExpectPrefix(kBefore);
+  resumed.Signal(SIGTERM);
+  EXPECT_EQ(resumed.Wait(seconds(30)).exit_code, 0);
+  const std::string resumed_console = ReadFile(console);
+  EXPECT_EQ(resumed_console.find("mailstore: journal"), std::string::npos) << "the resumed VM booted:\n" << resumed_console;
+  EXPECT_EQ(resumed_console.find("mailstore: ready"), std::string::npos) << "the resumed VM booted:\n" << resumed_console;
+  EXPECT_TRUE(ReadFile(dir + "/disk.img") == at_checkpoint) << "the disk was not rolled back to the checkpoint's write";
+  // Resumed once: a second resume would replay the state over a disk that moved on.
+  ProcessResult again = RunProcess({FtvmBinary(), "dr-start", "--dir", dir, "--from-checkpoint", "--guest", GuestImage(),
+                                    "--app", "mailstore"}, seconds(30), "again");
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_NE(again.err.find("can no longer be resumed"), std::string::npos) << again.err;
+
+  // Cold boot on the copy: every acknowledged delivery (--dr-sync).
+  const auto t_cold = std::chrono::steady_clock::now();
+  Process booted = Process::Start(ns_.Wrap({FtvmBinary(), "dr-start", "--dir", cold, "--guest", GuestImage(), "--app", "mailstore",
+                                            "--tap", kTap, "--ip", std::string(kGuestIp) + "/24", "--console",
+                                            ScratchPath("ck-cold-console.txt")}),
+                                  "cold");
+  const double cold_s = first_reply(booted, t_cold, "the cold-booted VM");
+  EXPECT_EQ(Count(), kBefore + kAfter) << "a delivery acknowledged with --dr-sync is missing after the cold boot";
+  ExpectPrefix(kBefore + kAfter);
+  EXPECT_NE(booted.Stderr().find("set aside"), std::string::npos) << booted.Stderr();
+  booted.Signal(SIGTERM);
+  EXPECT_EQ(booted.Wait(seconds(30)).exit_code, 0);
+  std::printf("dr checkpoint: dr-start to the store's first reply: resume from the checkpoint %.2f s, cold boot %.2f s "
+              "(checkpoint %s bytes of %s bytes of state)\n",
+              resume_s, cold_s, st["checkpoint_bytes"].c_str(), st["checkpoint_state_bytes"].c_str());
+}
+
+// Bad checkpoints: `dr-start --from-checkpoint` names the problem and leaves the
+// replica's disk (and the checkpoint) as they were: a truncated or damaged file,
+// another file format version, VM state of another state-format version, an undo
+// journal that cannot take the disk back to the checkpoint's write (damaged, or a
+// disk behind the checkpoint), a VM that does not match it (RAM, devices), and no
+// checkpoint.
+TEST_F(StorageTest, DrStartFromCheckpointRefusesBadCheckpointsAndLeavesTheDiskAlone) {
+  const std::string disk = ScratchPath("bad-src.img"), dir = ScratchPath("bad-replica");
+  MakeBlankDisk(disk, 32 << 20);
+  const std::string addr = "tcp:127.0.0.1:" + std::to_string(20000 + (getpid() + 23) % 20000);
+  Process replica = Process::Start(ns_.Wrap({FtvmBinary(), "dr-replica", "--listen", addr, "--dir", dir}), "replica");
+  ASSERT_TRUE(WaitForFileContains(replica.stderr_path(), "listening", seconds(10))) << replica.Stderr();
+  Process vm = StartVm({FtvmBinary(), "run"}, {"--disk", disk, "--dr-target", addr, "--dr-sync", "--dr-checkpoint-s", "3"},
+                       ScratchPath("bad-console.txt"));
+  ASSERT_TRUE(WaitForFileContains(replica.stderr_path(), "dr.checkpoint_stored", seconds(60))) << replica.Stderr();
+  for (int i = 0; i < 2; ++i) {
+    ProcessResult r = Mail({"deliver", "--mailbox", "dr", "--id", "m" + std::to_string(i), "--body", "b"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  vm.Signal(SIGKILL);
+  vm.Wait(seconds(10));
+  std::this_thread::sleep_for(milliseconds(300));
+  replica.Signal(SIGTERM);
+  ASSERT_EQ(replica.Wait(seconds(10)).exit_code, 0);
+  storage::LoadedCheckpoint good;
+  try {
+    good = storage::LoadCheckpoint(dir);
+  } catch (const Error& e) {
+    FAIL() << e.what();
+  }
+  const uint64_t undo_at = storage::kCheckpointHeaderBytes + good.header.state_bytes;
+  // The deliveries right after the first checkpoint come well before the next (3 s).
+  if (good.undo.empty()) GTEST_SKIP() << "a checkpoint landed after the deliveries: no undo record to damage";
+
+  int n = 0;
+  // Applies `spoil` to a copy of the replica, runs dr-start --from-checkpoint there
+  // and expects `error`, with the disk and the checkpoint file unchanged.
+  auto expect_refused = [&](const std::function<void(const std::string&)>& spoil, const std::string& error,
+                            std::vector<std::string> extra = {}) {
+    const std::string copy = ScratchPath("bad-copy-" + std::to_string(n++));
+    ASSERT_EQ(std::system(("cp -r --sparse=always " + dir + " " + copy).c_str()), 0);
+    spoil(copy);
+    const std::string disk_before = ReadFile(copy + "/disk.img");
+    const std::string ckpt_before = ReadFile(storage::CheckpointPath(copy));
+    std::vector<std::string> argv = {FtvmBinary(), "dr-start", "--dir", copy, "--from-checkpoint", "--guest", GuestImage(),
+                                     "--app", "mailstore"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    ProcessResult r = RunProcess(argv, seconds(60), "bad");
+    EXPECT_GT(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find(error), std::string::npos) << "want: " << error << "\ngot: " << r.err;
+    EXPECT_TRUE(ReadFile(copy + "/disk.img") == disk_before) << "the disk changed for: " << error;
+    EXPECT_TRUE(ReadFile(storage::CheckpointPath(copy)) == ckpt_before) << "the checkpoint changed for: " << error;
+  };
+  auto patch = [](const std::string& path, uint64_t at, const std::string& bytes) {
+    UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(pwrite(fd.get(), bytes.data(), bytes.size(), off_t(at)), ssize_t(bytes.size()));
+  };
+  const std::string seq = std::to_string(good.header.seq);
+  expect_refused([&](const std::string& d) { ASSERT_EQ(truncate(storage::CheckpointPath(d).c_str(), off_t(undo_at / 2)), 0); },
+                 "is truncated");
+  expect_refused([&](const std::string& d) { patch(storage::CheckpointPath(d), storage::kCheckpointHeaderBytes + 7, "\xff\x00"); },
+                 "fails its CRC (damaged)");
+  expect_refused([&](const std::string& d) { patch(storage::CheckpointPath(d), 8, std::string("\x02", 1)); },
+                 "checkpoint in format version 2; this build reads version 1");
+  // The VM state inside, re-encoded as if by a build of another state format.
+  expect_refused(
+      [&](const std::string& d) {
+        std::vector<uint8_t> raw = storage::DecompressState(good.state, good.header.raw_bytes);
+        storage::DrCheckpoint c;
+        ASSERT_TRUE(c.ParseFromArray(raw.data(), int(raw.size())));
+        c.set_format_version(99);
+        const std::string again = c.SerializeAsString();
+        storage::CheckpointHeader h = good.header;
+        h.raw_bytes = again.size();
+        std::vector<uint8_t> msg =
+            storage::EncodeCheckpoint(h, storage::CompressState(std::span(reinterpret_cast<const uint8_t*>(again.data()), again.size())));
+        const std::string file = ReadFile(storage::CheckpointPath(d));
+        std::string out(msg.begin(), msg.end());
+        out += file.substr(undo_at);  // the undo journal as it was
+        std::ofstream(storage::CheckpointPath(d), std::ios::binary | std::ios::trunc) << out;
+      },
+      "state format 99; this build restores format 1");
+  expect_refused([&](const std::string& d) { patch(storage::CheckpointPath(d), good.undo[0].file_offset + 1, "\x5a\xa5"); },
+                 "cannot be rolled back to write " + seq);
+  expect_refused(
+      [&](const std::string& d) {
+        std::string state = ReadFile(d + "/state");
+        const size_t at = state.find("\ndurable_seq=");
+        ASSERT_NE(at, std::string::npos);
+        state.replace(at + 13, state.find('\n', at + 1) - at - 13, std::to_string(good.header.seq - 1));
+        std::ofstream(d + "/state", std::ios::trunc) << state;
+      },
+      "its undo journal rolls the disk back, never forward");
+  expect_refused([](const std::string&) {}, "give --mem 64", {"--mem", "128"});
+  expect_refused([](const std::string&) {}, "start it with the source's device options (a NIC needs --tap)");
+  const std::string none = ScratchPath("bad-none");
+  ASSERT_EQ(std::system(("cp -r --sparse=always " + dir + " " + none + " && rm " + storage::CheckpointPath(none)).c_str()), 0);
+  ProcessResult r = RunProcess({FtvmBinary(), "dr-start", "--dir", none, "--from-checkpoint", "--guest", GuestImage(), "--app",
+                                "mailstore"},
+                               seconds(60), "none");
+  EXPECT_GT(r.exit_code, 0);
+  EXPECT_NE(r.err.find("no checkpoint in " + none), std::string::npos) << r.err;
 }
 
 // A synchronous VM whose replica dies must not hang: after the timeout it goes on

@@ -59,7 +59,7 @@ void ReportStream(const storage::ImageStream& stream) {
 
 int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options,
           const OperatorOptions& operator_options, const ImageFromOptions* image,
-          const vmm::HealthOptions& health_options) {
+          const vmm::HealthOptions& health_options, const std::function<void(vmm::Machine&)>& prepare) {
   try {
     operator_options.configure_logging(cmd, config.app);
     auto clock = MakeSystemClock();
@@ -79,6 +79,7 @@ int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliO
       stream = std::make_unique<storage::ImageStream>(so);
     }
     vmm::Machine machine(config, *clock, *random);
+    if (prepare) prepare(machine);
     StreamStopper stopper{stream.get()};
     if (stream && !stream->complete()) {
       machine.set_disk_source(stream.get());

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "storage/vm_checkpoint.h"
 
 namespace ftvm::cli {
 namespace po = boost::program_options;
@@ -24,7 +25,11 @@ po::options_description StorageCliOptions::describe() {
        "VM: ftvm run, dr-start)")
       ("dr-sync-timeout-s", po::value(&dr_sync_timeout_s)->default_value(dr_sync_timeout_s),
        "with --dr-sync: a write the DR target has not confirmed after this long makes the mirror asynchronous (a "
-       "warning, event dr.sync_degraded) until the target holds every write again");
+       "warning, event dr.sync_degraded) until the target holds every write again")
+      ("dr-checkpoint-s", po::value(&dr_checkpoint_s)->default_value(dr_checkpoint_s),
+       "with --dr-target: every this many seconds pause the VM briefly and send its whole state (RAM, vCPU, devices; "
+       "compressed) to the DR target at a disk-write position, so that ftvm dr-start --from-checkpoint can resume it "
+       "there (0: never)");
   return d;
 }
 
@@ -33,6 +38,8 @@ std::string StorageCliOptions::check() const {
   if (!(dr_report_s >= 0)) return "--dr-report-s must be >= 0";
   if (dr_sync && dr_target.empty()) return "--dr-sync needs --dr-target";
   if (!(dr_sync_timeout_s > 0 && dr_sync_timeout_s <= 3600)) return "--dr-sync-timeout-s must be in (0, 3600]";
+  if (!(dr_checkpoint_s >= 0 && dr_checkpoint_s <= 86400)) return "--dr-checkpoint-s must be 0..86400";
+  if (dr_checkpoint_s > 0 && dr_target.empty()) return "--dr-checkpoint-s needs --dr-target";
   return "";
 }
 
@@ -65,6 +72,68 @@ VmStorage::VmStorage(const StorageCliOptions& options, vmm::Machine& machine, Cl
   }
   machine_.set_disk_observer(&taps_);
   if (dr_) dr_->start();  // observing from here on
+  if (dr_ && options_.dr_checkpoint_s > 0) checkpointer_ = std::thread([this] { CheckpointLoop(); });
+}
+
+void VmStorage::CheckpointLoop() {
+  const auto every = std::chrono::nanoseconds(int64_t(options_.dr_checkpoint_s * 1e9));
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(checkpoint_mu_);
+      if (checkpoint_cv_.wait_for(lock, every, [&] { return checkpoint_stop_; })) return;
+    }
+    try {
+      TakeCheckpoint();
+    } catch (const Error& e) {
+      // The VM runs on; the replica keeps its previous checkpoint.
+      log::error("dr.checkpoint_failed", {{"reason", e.what()}});
+    }
+  }
+}
+
+void VmStorage::TakeCheckpoint() {
+  const storage::MirrorStatus before = dr_->status();
+  if (before.state != storage::MirrorState::kStreaming) {
+    log::warn("dr.checkpoint_skipped", {{"reason", "the DR target is " + std::string(storage::MirrorStateName(before.state))}});
+    return;
+  }
+  std::shared_ptr<storage::VmStateCapture> capture;
+  {
+    std::lock_guard<std::mutex> lock(checkpoint_mu_);
+    capture = std::move(spare_capture_);
+  }
+  if (!capture) capture = std::make_shared<storage::VmStateCapture>();
+  uint64_t seq = 0, pause_ns = 0;
+  storage::VmStateCapture::Stats cs;
+  bool queued = false;
+  const bool ran = machine_.run_at_boundary([&] {
+    // Between guest exits, no disk write in progress: the stream's head is the
+    // position every write before the capture has, and none after it.
+    const uint64_t t0 = clock_.monotonic_ns();
+    seq = dr_->status().head_seq;
+    cs = capture->capture(machine_, seq);
+    // The protobuf is built on the sender thread; the buffers come back here.
+    queued = dr_->queue_checkpoint(
+        [this, capture] {
+          std::string state = capture->serialize();
+          std::lock_guard<std::mutex> lock(checkpoint_mu_);
+          spare_capture_ = capture;
+          return state;
+        },
+        seq);
+    pause_ns = clock_.monotonic_ns() - t0;
+  });
+  if (!ran) return;  // the VM ended
+  if (!queued) {
+    log::warn("dr.checkpoint_skipped", {{"seq", seq}, {"reason", "the DR target is not streaming, or the last checkpoint is still being sent"}});
+    return;
+  }
+  log::info("dr.checkpoint", {{"seq", seq},
+                              {"pages", cs.pages},
+                              {"ram_mib", double(machine_.memory().size()) / 1048576.0},
+                              {"pause_ms", double(pause_ns) / 1e6},
+                              {"find_ms", double(cs.find_ns) / 1e6},
+                              {"copy_ms", double(cs.copy_ns) / 1e6}});
 }
 
 void VmStorage::serve(ControlEndpoint& control) {
@@ -74,6 +143,12 @@ void VmStorage::serve(ControlEndpoint& control) {
 }
 
 VmStorage::~VmStorage() {
+  {
+    std::lock_guard<std::mutex> lock(checkpoint_mu_);
+    checkpoint_stop_ = true;
+  }
+  checkpoint_cv_.notify_all();
+  if (checkpointer_.joinable()) checkpointer_.join();
   if (dr_) dr_->stop();  // no more on_durable calls
   if (sync_) machine_.set_live_io(nullptr);
   sync_.reset();

@@ -5,10 +5,13 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "common/clock.h"
 #include "control/control.h"
@@ -16,6 +19,7 @@
 #include "storage/disk_mirror.h"
 #include "storage/image_stream.h"
 #include "storage/sync_gate.h"
+#include "storage/vm_checkpoint.h"
 #include "vmm/health_monitor.h"
 #include "vmm/machine.h"
 
@@ -30,6 +34,10 @@ struct StorageCliOptions {
   // asynchronous (loudly) until it is back.
   bool dr_sync = false;
   double dr_sync_timeout_s = 3;
+  // Every this many seconds the VM's whole state goes to the DR target too, at a
+  // disk-write position (storage/dr_checkpoint.h), so the VM can be resumed there
+  // (ftvm dr-start --from-checkpoint) rather than booted. 0: never.
+  double dr_checkpoint_s = 0;
   boost::program_options::options_description describe();
   // "" or what is wrong with the values.
   std::string check() const;
@@ -52,6 +60,10 @@ class VmStorage {
  private:
   control::Reply MoveDisk(const control::Request& req, control::Responder& out);
   void Status(control::StatusReply& status);
+  // The --dr-checkpoint-s thread: pauses the VM at a boundary, captures its state
+  // and queues it on the mirror.
+  void CheckpointLoop();
+  void TakeCheckpoint();
 
   StorageCliOptions options_;
   vmm::Machine& machine_;
@@ -61,6 +73,13 @@ class VmStorage {
   std::unique_ptr<storage::SyncDrGate> sync_;  // --dr-sync (after dr_: it watches it)
   std::mutex move_mu_;  // one move at a time
   const storage::ImageStream* stream_ = nullptr;
+  std::mutex checkpoint_mu_;
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_stop_ = false;
+  // The last capture's buffers, back from the sender: the next capture copies into
+  // memory that is already mapped (storage/vm_checkpoint.h).
+  std::shared_ptr<storage::VmStateCapture> spare_capture_;
+  std::thread checkpointer_;  // last: stopped first
 };
 
 // `ftvm run --image-from HOST:PORT/NAME`: the disk (--disk, the local copy) is
@@ -77,8 +96,10 @@ struct ImageFromOptions {
 // a signal; returns the exit code of `ftvm <cmd>` (errors on stderr). With `image`,
 // its disk is streamed in; `health`: the guest health monitor's settings (off by
 // default). cmd_run.cc.
+// `prepare`, if given, runs on the new machine before anything else is attached to
+// it (dr-start --from-checkpoint loads the state there and rolls the disk back).
 int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliOptions& storage_options,
           const OperatorOptions& operator_options, const ImageFromOptions* image = nullptr,
-          const vmm::HealthOptions& health = {});
+          const vmm::HealthOptions& health = {}, const std::function<void(vmm::Machine&)>& prepare = {});
 
 }  // namespace ftvm::cli
