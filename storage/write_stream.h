@@ -41,7 +41,9 @@
 
 namespace ftvm::storage {
 
-inline constexpr uint32_t kMirrorProtocolVersion = 1;  // the hello's
+// The hello's. 2: a stream may carry VM checkpoints (--dr-checkpoint-s), which a
+// version-1 replica would take for a broken stream; the hello refuses it instead.
+inline constexpr uint32_t kMirrorProtocolVersion = 2;
 inline constexpr uint8_t kStreamFormatVersion = 1;     // the batches'
 
 // Channel message types.

@@ -21,20 +21,14 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-size_t Count(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
-
 // Polls `path` until `needle` occurs `times` times or `timeout` passes.
 bool WaitForCount(const std::string& path, const std::string& needle, size_t times, seconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
-    if (Count(ReadFile(path), needle) >= times) return true;
+    if (CountOf(ReadFile(path), needle) >= times) return true;
     std::this_thread::sleep_for(milliseconds(100));
   }
-  return Count(ReadFile(path), needle) >= times;
+  return CountOf(ReadFile(path), needle) >= times;
 }
 
 // Polls the status until `key` is at least `value`; returns the last status.
@@ -142,7 +136,7 @@ TEST(Health, HungKernelWithInterruptsOffIsResetAndTheVmmStaysResponsive) {
   const std::string ev = ReadFile(events);
   EXPECT_NE(ev.find("\"event\":\"health.guest-hung\""), std::string::npos) << ev;
   EXPECT_NE(ev.find("\"event\":\"vm.guest-reset\""), std::string::npos) << ev;
-  EXPECT_EQ(Count(ReadFile(console), "hang: beating every 100 ms, hanging the kernel"), 2u) << ReadFile(console);
+  EXPECT_EQ(CountOf(ReadFile(console), "hang: beating every 100 ms, hanging the kernel"), 2u) << ReadFile(console);
   EXPECT_EQ(ReadFile(console).find("guest exception"), std::string::npos) << "the int3 was taken as a breakpoint\n"
                                                                           << ReadFile(console);
   const std::string status = WaitForNumber(control, "health_resets", 1, seconds(30));
@@ -197,7 +191,7 @@ TEST(Health, ProtectedPairResetsInLockstepWithoutFailover) {
   EXPECT_GE(NumberIn(s, "verifications"), verified + 3) << s;
   EXPECT_NE(s.find("\"state\":\"protected\""), std::string::npos) << s << secondary.Stderr();
   // The replica's console shows the same boots: it reset too.
-  EXPECT_GE(Count(ReadFile(scon), "hang: beating every"), 2u) << ReadFile(scon);
+  EXPECT_GE(CountOf(ReadFile(scon), "hang: beating every"), 2u) << ReadFile(scon);
 
   const std::string ev = ReadFile(events);
   EXPECT_NE(ev.find("\"event\":\"health.guest-hung\",\"vm\":\"hang\",\"role\":\"primary\""), std::string::npos) << ev;

@@ -20,6 +20,8 @@ std::string GuestImage();
 // A fresh per-test scratch path under the test temp dir.
 std::string ScratchPath(const std::string& tag);
 std::string ReadFile(const std::string& path);
+// How many times `needle` occurs in `text` (e.g. an event's lines in a log).
+size_t CountOf(const std::string& text, const std::string& needle);
 
 struct ProcessResult {
   int exit_code = -1;  // -1 when killed by a signal or timed out

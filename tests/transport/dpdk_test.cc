@@ -98,12 +98,9 @@ void RoundTripsAfterAPauseWakeTheSleepers(Channel& ch, int count = 25) {
   const auto c = test_hooks::DpdkChannelCounters(ch);
   std::fprintf(stderr, "[          ] round trip after a 5 ms pause: median %.0f us, max %.0f us; woken %llu times\n",
                us[us.size() / 2], us.back(), static_cast<unsigned long long>(c.wakeups));
+  // The wake-up itself is what is checked, not how long it took (timings belong to
+  // bench/): a sleeper that only a timeout got going would show no wake-ups.
   Require(c.wakeups > 0, "no sleeping thread was ever woken by a frame's arrival");
-#ifndef __SANITIZE_ADDRESS__
-  // Under AddressSanitizer (scripts/test-asan.sh) everything runs 2-3x slower and the
-  // median lands above 1 ms (1119 us measured): there only the wake-ups are checked.
-  Require(us[us.size() / 2] < 900, "round trip after a pause: median " + std::to_string(us[us.size() / 2]) + " us");
-#endif
 }
 
 // A pipe for a child to signal another process: one byte per event. Every process
