@@ -501,7 +501,11 @@ std::string DiskMirror::Serve(MirrorLink& link) {
     ResetOpen();
     DropCheckpointLocked("the target reconnected", false);
     unacked_.clear();
+    // Not consistent until the target says so: an Ack{} reads as "streaming, durable
+    // up to 0", which a source that has written nothing since it started (head 0)
+    // took for synced the moment its catch-up was sent, before the target had it.
     last_ack_ = Ack{};
+    last_ack_.state = Ack::State::kCatchingUp;
   }
   const std::vector<uint64_t>& theirs = link.target_hashes();
   vmm::PageBitmap differ;

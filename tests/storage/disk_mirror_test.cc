@@ -229,6 +229,50 @@ TEST(DrReplica, DiskFullStopsTheReplicaNotTheSource) {
   EXPECT_EQ(st["consistent"], "yes");  // what it made durable is a moment of the source's disk
 }
 
+// A source that has written nothing since it started (its head is write 0) and whose
+// disk holds data the target lacks: it is not synced, nor the target consistent,
+// until the target acknowledges the catch-up. The target here answers the hello and
+// takes every batch but never acknowledges; an unacknowledged catch-up once read as
+// "durable up to 0", i.e. synced.
+TEST(DiskMirror, IsNotSyncedUntilTheTargetAcknowledgesItsCatchUp) {
+  const std::string dir = ScratchDir("noack");
+  const std::string src = dir + "/src.img";
+  MakeImage(src, kDisk);
+  auto listener = transport::Listen("tcp:127.0.0.1:0");
+  std::atomic<uint64_t> batches{0};
+  std::atomic<bool> done{false};
+  std::thread target([&] {
+    auto ch = listener->accept(10s);
+    if (ch == nullptr) return;
+    transport::Message msg;
+    if (!ch->recv(msg, 5s).is_message()) return;
+    MirrorHelloReply reply;
+    reply.set_protocol_version(kMirrorProtocolVersion);
+    const std::string b = reply.SerializeAsString();
+    if (!ch->send(kMsgHelloReply, std::span(reinterpret_cast<const uint8_t*>(b.data()), b.size()), 5s).ok()) return;
+    const std::vector<uint64_t> blank(kDisk / 4096, migration::BlockHash(std::vector<uint8_t>(4096, 0)));
+    if (!migration::SendDiskHashes(*ch, blank, 5s).empty()) return;
+    while (!done) {
+      transport::RecvResult r = ch->recv(msg, 50ms);
+      if (r.is_message()) ++batches;
+      else if (!r.timed_out()) return;
+    }
+  });
+  auto clock = MakeSystemClock();
+  {
+    DiskMirror m(MakeChannelTarget(listener->address()), Options(src), *clock);
+    m.start();
+    EXPECT_FALSE(m.wait_synced(1s)) << "synced with nothing acknowledged";
+    const MirrorStatus s = m.status();
+    EXPECT_GT(batches.load(), 0u) << "the catch-up was sent";
+    EXPECT_EQ(s.head_seq, 0u);
+    EXPECT_FALSE(s.target_consistent);
+    done = true;
+    m.stop();
+  }
+  target.join();
+}
+
 TEST(DrReplica, RefusesAnotherProtocolVersion) {
   const std::string dir = ScratchDir("version");
   ReplicaThread r(dir);
