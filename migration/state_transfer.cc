@@ -140,6 +140,7 @@ std::string PrecopySender::copy_while_running() {
   std::string why;
   if (options_.copy_memory) {
     why = SendPages(vmm::FileDataPages(vm_.memory().fd(), memory_bytes));
+    stats_.first_round_pages = stats_.memory_pages_sent;
   } else {
     pending_pages_ = vmm::PageBitmap(memory_bytes / kPage);  // collects the working set
   }

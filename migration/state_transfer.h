@@ -118,6 +118,7 @@ struct PrecopyStats {
   unsigned rounds = 0;               // rounds copied while the VM ran
   uint64_t memory_pages_sent = 0;
   uint64_t zero_pages_sent = 0;      // of those, sent as a page number only
+  uint64_t first_round_pages = 0;    // of those, round 0's: the pages holding data (no holes)
   uint64_t disk_bytes_sent = 0;
   uint64_t bytes_sent = 0;           // everything on the channel
   uint64_t last_round_bytes = 0;     // what the last round had to copy
