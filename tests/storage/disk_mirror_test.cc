@@ -31,6 +31,7 @@ using namespace std::chrono_literals;
 using testutil::FakeDisk;
 using testutil::MakeImage;
 using testutil::ReadAll;
+using testutil::ReplicaThread;
 using testutil::ScratchDir;
 
 constexpr uint64_t kDisk = 4u << 20;
@@ -136,25 +137,6 @@ TEST(DiskMirror, OverflowFallsBackToCatchUpAndIsReportedInconsistent) {
   EXPECT_GE(s.catchups, 2u);  // the first copy and the overflow's
   EXPECT_EQ(ReadAll(src), ReadAll(dst));
 }
-
-struct ReplicaThread {
-  explicit ReplicaThread(const std::string& dir) {
-    ReplicaOptions o;
-    o.listen = "tcp:127.0.0.1:0";
-    o.dir = dir;
-    o.report = 0ns;
-    o.state_interval = 10ms;
-    replica = std::make_unique<DrReplica>(o, *clock);
-    thread = std::thread([this] { replica->run(); });
-  }
-  ~ReplicaThread() {
-    replica->stop();
-    thread.join();
-  }
-  std::unique_ptr<Clock> clock = MakeSystemClock();
-  std::unique_ptr<DrReplica> replica;
-  std::thread thread;
-};
 
 TEST(DrReplica, KeepsAnEqualCopyAndReportsItsRecoveryPoint) {
   const std::string dir = ScratchDir("dr");

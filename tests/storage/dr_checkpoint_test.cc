@@ -31,6 +31,7 @@ using namespace std::chrono_literals;
 using testutil::FakeDisk;
 using testutil::MakeImage;
 using testutil::ReadAll;
+using testutil::ReplicaThread;
 using testutil::ScratchDir;
 
 constexpr uint64_t kDisk = 1u << 20;
@@ -227,25 +228,6 @@ TEST(DrCheckpoint, TornTailIsIgnoredADamagedRecordRefuses) {
   }
   EXPECT_THROW(LoadCheckpoint(ScratchDir("ckempty")), Error);
 }
-
-struct ReplicaThread {
-  explicit ReplicaThread(const std::string& dir) {
-    ReplicaOptions o;
-    o.listen = "tcp:127.0.0.1:0";
-    o.dir = dir;
-    o.report = 0ns;
-    o.state_interval = 10ms;
-    replica = std::make_unique<DrReplica>(o, *clock);
-    thread = std::thread([this] { replica->run(); });
-  }
-  ~ReplicaThread() {
-    replica->stop();
-    thread.join();
-  }
-  std::unique_ptr<Clock> clock = MakeSystemClock();
-  std::unique_ptr<DrReplica> replica;
-  std::thread thread;
-};
 
 // The mirror sends a checkpoint between the writes before and after it; the replica
 // stores it at that position, says so in its state file, and journals what the

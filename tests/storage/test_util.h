@@ -1,6 +1,6 @@
-// Shared helpers of the storage tests: scratch files, whole-file reads, and a
-// writer that plays the VM's disk (writes the image, then tells the observer, as
-// virtio-blk does).
+// Shared helpers of the storage tests: scratch files, whole-file reads, a writer
+// that plays the VM's disk (writes the image, then tells the observer, as
+// virtio-blk does), and a DR replica on a thread of its own.
 #pragma once
 
 #include <fcntl.h>
@@ -8,16 +8,42 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "storage/dr_replica.h"
 #include "tests/support/harness.h"
 #include "vmm/devices/disk_observer.h"
 
 namespace ftvm::storage::testutil {
+
+// A DR replica listening on a free TCP port of 127.0.0.1, run on its own thread
+// until destroyed.
+struct ReplicaThread {
+  explicit ReplicaThread(const std::string& dir) {
+    ReplicaOptions o;
+    o.listen = "tcp:127.0.0.1:0";
+    o.dir = dir;
+    o.report = std::chrono::nanoseconds(0);
+    o.state_interval = std::chrono::milliseconds(10);
+    replica = std::make_unique<DrReplica>(o, *clock);
+    thread = std::thread([this] { replica->run(); });
+  }
+  ~ReplicaThread() {
+    replica->stop();
+    thread.join();
+  }
+  std::unique_ptr<Clock> clock = MakeSystemClock();
+  std::unique_ptr<DrReplica> replica;
+  std::thread thread;
+};
 
 inline std::string ScratchDir(const std::string& tag) {
   std::string t = "/tmp/ftvm-storage-" + tag + "-XXXXXX";
