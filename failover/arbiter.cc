@@ -33,18 +33,15 @@ class DirectoryArbiter final : public Arbiter {
     if (d == nullptr) throw SysError("arbiter directory " + dir_);
     uint64_t best = 0;
     while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (name.rfind(kPrefix, 0) != 0) continue;
-      const std::string digits = name.substr(std::strlen(kPrefix));
-      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
-      best = std::max<uint64_t>(best, std::stoull(digits));
+      uint64_t generation = 0;
+      if (ParseGenerationFileName(e->d_name, generation)) best = std::max(best, generation);
     }
     closedir(d);
     return best;
   }
 
   bool try_claim(uint64_t generation, const std::string& owner, std::string* holder) override {
-    const std::string path = dir_ + "/" + kPrefix + std::to_string(generation);
+    const std::string path = dir_ + "/" + GenerationFileName(generation);
     UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
     if (!fd) {
       if (errno != EEXIST) throw SysError("arbiter: claiming " + path);
@@ -64,15 +61,39 @@ class DirectoryArbiter final : public Arbiter {
     char buf[256] = {};
     if (!fd) return "?";
     ssize_t n = read(fd.get(), buf, sizeof buf - 1);
-    std::string s(buf, n > 0 ? size_t(n) : 0);
-    while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-    return s.empty() ? "(being written)" : s;
+    return GenerationOwner(std::string_view(buf, n > 0 ? size_t(n) : 0));
   }
 
   std::string dir_;
 };
 
 }  // namespace
+
+std::string GenerationFileName(uint64_t generation) { return kPrefix + std::to_string(generation); }
+
+bool ParseGenerationFileName(std::string_view name, uint64_t& generation) {
+  if (!name.starts_with(kPrefix)) return false;
+  const std::string_view digits = name.substr(std::strlen(kPrefix));
+  // As GenerationFileName writes them: "generation-007" is not generation 7's file
+  // (claiming 7 would create another), and std::stoull would throw on 21 digits.
+  if (digits.empty() || digits.size() > 20 || digits.find_first_not_of("0123456789") != std::string_view::npos ||
+      (digits.size() > 1 && digits[0] == '0'))
+    return false;
+  uint64_t v = 0;
+  for (char c : digits) {
+    const uint64_t d = uint64_t(c - '0');
+    if (v > (UINT64_MAX - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  generation = v;
+  return true;
+}
+
+std::string GenerationOwner(std::string_view text) {
+  std::string s(text);
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s.empty() ? "(being written)" : s;
+}
 
 std::unique_ptr<Arbiter> MakeDirectoryArbiter(const std::string& dir) {
   return std::make_unique<DirectoryArbiter>(dir);

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace ftvm::failover {
 
@@ -30,5 +31,13 @@ class Arbiter {
 
 // Throws ftvm::Error naming the directory when it does not exist or is not writable.
 std::unique_ptr<Arbiter> MakeDirectoryArbiter(const std::string& dir);
+
+// The directory arbiter's files: DIR/generation-N, holding its owner and a newline.
+std::string GenerationFileName(uint64_t generation);
+// True and N for a name GenerationFileName(N) gives; false (and `generation`
+// untouched) for any other file.
+bool ParseGenerationFileName(std::string_view name, uint64_t& generation);
+// Who a generation file says holds it ("(being written)" while it is empty).
+std::string GenerationOwner(std::string_view text);
 
 }  // namespace ftvm::failover

@@ -49,11 +49,11 @@ void ReadAll(int fd, uint8_t* p, size_t n, uint64_t at, const std::string& what)
   }
 }
 
-bool AllZeros(int fd, uint64_t at, uint64_t n) {
+bool AllZeros(const CheckpointReader& read, uint64_t at, uint64_t n) {
   uint8_t buf[4096];
   while (n > 0) {
     const size_t k = size_t(std::min<uint64_t>(n, sizeof buf));
-    ReadAll(fd, buf, k, at, "reading the undo journal");
+    read(buf, k, at, "reading the undo journal");
     for (size_t i = 0; i < k; ++i)
       if (buf[i] != 0) return false;
     at += k;
@@ -82,12 +82,13 @@ std::vector<uint8_t> EncodeCheckpoint(CheckpointHeader h, std::span<const uint8_
   PutLe64(p + 32, h.wall_ns);
   PutLe64(p + 40, h.raw_bytes);
   PutLe64(p + 48, state.size());
-  std::memcpy(p + kCheckpointHeaderBytes, state.data(), state.size());
+  if (!state.empty()) std::memcpy(p + kCheckpointHeaderBytes, state.data(), state.size());  // data() may be null
   PutLe32(p + 12, eventlog::Crc32c(std::span<const uint8_t>(out).subspan(16)));
   return out;
 }
 
-std::string DecodeCheckpoint(std::span<const uint8_t> bytes, CheckpointHeader& h, std::span<const uint8_t>& state) {
+std::string DecodeCheckpoint(std::span<const uint8_t> bytes, CheckpointHeader& out, std::span<const uint8_t>& state) {
+  CheckpointHeader h;  // `out` and `state` change only when it decodes
   if (bytes.size() < kCheckpointHeaderBytes)
     return "checkpoint of " + std::to_string(bytes.size()) + " bytes is shorter than its " +
            std::to_string(kCheckpointHeaderBytes) + "-byte header (truncated)";
@@ -108,6 +109,7 @@ std::string DecodeCheckpoint(std::span<const uint8_t> bytes, CheckpointHeader& h
   if (eventlog::Crc32c(bytes.subspan(16, kCheckpointHeaderBytes - 16 + h.state_bytes)) != GetLe32(p + 12))
     return "checkpoint fails its CRC (damaged)";
   state = bytes.subspan(kCheckpointHeaderBytes, h.state_bytes);
+  out = h;
   return "";
 }
 
@@ -227,10 +229,16 @@ LoadedCheckpoint LoadCheckpoint(const std::string& dir) {
   }
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw SysError("checkpoint " + path + ": fstat");
+  return ParseCheckpointFile(
+      [&](uint8_t* p, size_t n, uint64_t at, const std::string& what) { ReadAll(fd.get(), p, n, at, what); },
+      uint64_t(st.st_size), path);
+}
+
+LoadedCheckpoint ParseCheckpointFile(const CheckpointReader& read, uint64_t file_bytes, const std::string& path) {
   LoadedCheckpoint c;
-  c.file_bytes = uint64_t(st.st_size);
+  c.file_bytes = file_bytes;
   std::vector<uint8_t> head(std::min<uint64_t>(c.file_bytes, kCheckpointHeaderBytes));
-  ReadAll(fd.get(), head.data(), head.size(), 0, "reading " + path);
+  read(head.data(), head.size(), 0, "reading " + path);
   // The header alone first (its state length), then header + state for the CRC.
   CheckpointHeader h;
   std::span<const uint8_t> ignored;
@@ -238,7 +246,7 @@ LoadedCheckpoint LoadCheckpoint(const std::string& dir) {
   const uint64_t state_bytes = GetLe64(head.data() + 48);
   const uint64_t want = std::min<uint64_t>(c.file_bytes, kCheckpointHeaderBytes + std::min<uint64_t>(state_bytes, c.file_bytes));
   std::vector<uint8_t> whole(want);
-  ReadAll(fd.get(), whole.data(), whole.size(), 0, "reading " + path);
+  read(whole.data(), whole.size(), 0, "reading " + path);
   std::span<const uint8_t> state;
   if (std::string e = DecodeCheckpoint(whole, c.header, state); !e.empty()) throw Error(path + ": " + e);
   c.state.assign(state.begin(), state.end());
@@ -260,11 +268,11 @@ LoadedCheckpoint LoadCheckpoint(const std::string& dir) {
       c.torn_tail_bytes = left;
       break;
     }
-    ReadAll(fd.get(), hdr, sizeof hdr, at, "reading the undo journal of " + path);
+    read(hdr, sizeof hdr, at, "reading the undo journal of " + path);
     const uint32_t len = GetLe32(hdr + 4);
     const uint64_t offset = GetLe64(hdr + 8);
     if (len > kMaxUndoRecord) {
-      if (AllZeros(fd.get(), at, left)) {
+      if (AllZeros(read, at, left)) {
         c.torn_tail_bytes = left;
         break;
       }
@@ -275,9 +283,9 @@ LoadedCheckpoint LoadCheckpoint(const std::string& dir) {
       break;
     }
     rec.resize(kUndoRecordHeaderBytes + len);
-    ReadAll(fd.get(), rec.data(), rec.size(), at, "reading the undo journal of " + path);
+    read(rec.data(), rec.size(), at, "reading the undo journal of " + path);
     if (eventlog::Crc32c(std::span<const uint8_t>(rec).subspan(4)) != GetLe32(rec.data())) {
-      if (AllZeros(fd.get(), at, left)) {
+      if (AllZeros(read, at, left)) {
         c.torn_tail_bytes = left;
         break;
       }

@@ -31,6 +31,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -119,6 +120,11 @@ struct LoadedCheckpoint {
 // boot invalidated it), cut short, a bad CRC, another format version, an undo
 // record damaged before the end (the disk could not be rolled back to S).
 LoadedCheckpoint LoadCheckpoint(const std::string& dir);
+// LoadCheckpoint's reading and checking, on a checkpoint file of `file_bytes` bytes
+// read through `read` (n bytes at an offset, throwing ftvm::Error with `what` when it
+// cannot); `path` names the file in errors. Reads only inside the file.
+using CheckpointReader = std::function<void(uint8_t* p, size_t n, uint64_t offset, const std::string& what)>;
+LoadedCheckpoint ParseCheckpointFile(const CheckpointReader& read, uint64_t file_bytes, const std::string& path);
 
 // Writes the before-images back onto `disk_path` (newest first, so the image at S
 // wins for a block saved twice) and fsyncs it: the disk then holds exactly write S.

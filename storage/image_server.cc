@@ -62,26 +62,11 @@ std::vector<uint32_t> LoadImageProfile(const std::string& path, uint64_t image_b
     }
     bytes.append(buf, size_t(n));
   }
-  ImageProfile p;
-  if (!p.ParseFromString(bytes)) {
-    if (why != nullptr) *why = path + " is not a boot profile";
-    return {};
-  }
-  if (p.version() != kImageProfileVersion) {
-    if (why != nullptr)
-      *why = path + " is in profile version " + std::to_string(p.version()) + "; this build reads version " +
-             std::to_string(kImageProfileVersion);
-    return {};
-  }
-  if (p.image_bytes() != image_bytes || p.block_bytes() != block_bytes || p.image_id() != image_id) {
-    if (why != nullptr) *why = path + " was recorded for another version of the image or another block size";
-    return {};
-  }
-  const uint64_t blocks = (image_bytes + block_bytes - 1) / block_bytes;
   std::vector<uint32_t> out;
-  out.reserve(size_t(p.blocks_size()));
-  for (uint32_t b : p.blocks())
-    if (b < blocks) out.push_back(b);
+  if (std::string bad = DecodeImageProfile(Bytes(bytes), image_bytes, block_bytes, image_id, out); !bad.empty()) {
+    if (why != nullptr) *why = path + " " + bad;
+    return {};
+  }
   return out;
 }
 

@@ -2,6 +2,7 @@
 
 #include "eventlog/crc32c.h"
 #include "eventlog/format.h"
+#include "storage/storage.pb.h"
 
 namespace ftvm::storage {
 
@@ -53,17 +54,21 @@ std::string CheckHeader(std::span<const uint8_t> bytes, size_t header, const cha
 }  // namespace
 
 std::string DecodeImageBatch(std::span<const uint8_t> batch, std::vector<ImageBlock>& out) {
-  out.clear();
   if (std::string why = CheckHeader(batch, kImageBatchHeaderBytes, "image block batch"); !why.empty()) return why;
+  if (GetLe64(batch.data() + 8) != 0) return "image block batch with reserved header bytes that are not 0";
   const uint16_t count = GetLe16(batch.data() + 2);
+  // Decoded aside: a batch that fails leaves `out` as it was.
+  std::vector<ImageBlock> blocks;
   size_t at = kImageBatchHeaderBytes;
   while (at < batch.size()) {
     if (batch.size() - at < kImageBlockHeaderBytes)
-      return "image block " + std::to_string(out.size()) + " of the batch is cut short";
+      return "image block " + std::to_string(blocks.size()) + " of the batch is cut short";
     const uint8_t* p = batch.data() + at;
     ImageBlock b;
     b.index = GetLe32(p);
     b.flags = p[4];
+    if (p[5] != 0 || GetLe16(p + 6) != 0)
+      return "image block " + std::to_string(b.index) + " with reserved header bytes that are not 0";
     const uint32_t len = GetLe32(p + 8);
     at += kImageBlockHeaderBytes;
     if (len > batch.size() - at)
@@ -71,13 +76,12 @@ std::string DecodeImageBatch(std::span<const uint8_t> batch, std::vector<ImageBl
              std::to_string(batch.size() - at) + " follow";
     b.data = batch.subspan(at, len);
     at += len;
-    out.push_back(b);
+    blocks.push_back(b);
   }
-  if (out.size() != count) {
-    const size_t n = out.size();
-    out.clear();
-    return "image block batch header says " + std::to_string(count) + " blocks, but it holds " + std::to_string(n);
-  }
+  if (blocks.size() != count)
+    return "image block batch header says " + std::to_string(count) + " blocks, but it holds " +
+           std::to_string(blocks.size());
+  out = std::move(blocks);
   return "";
 }
 
@@ -98,6 +102,7 @@ std::vector<uint8_t> EncodeImageRequest(const ImageRequest& r) {
 std::string DecodeImageRequest(std::span<const uint8_t> payload, ImageRequest& out) {
   if (std::string why = CheckHeader(payload, 24, "image request"); !why.empty()) return why;
   const uint8_t* p = payload.data();
+  if (GetLe16(p + 2) != 0) return "image request with reserved header bytes that are not 0";
   const uint64_t d = GetLe32(p + 16), u = GetLe32(p + 20);
   if (payload.size() != 24 + 4 * (d + u))
     return "image request says " + std::to_string(d) + "+" + std::to_string(u) + " blocks in " +
@@ -129,19 +134,34 @@ std::string ParseImageAddress(const std::string& text, ImageAddress& out) {
   const size_t colon = hostport.rfind(':');
   if (colon == std::string::npos || colon == 0) return "'" + text + "' has no HOST:PORT" + want;
   const std::string port = hostport.substr(colon + 1);
+  // Digits only: stoul alone would take " 80" and "+80".
   unsigned long p = 0;
-  try {
-    size_t used = 0;
-    p = std::stoul(port, &used);
-    if (used != port.size()) p = 0;
-  } catch (const std::exception&) {
-    p = 0;
-  }
+  if (!port.empty() && port.size() <= 5 && port.find_first_not_of("0123456789") == std::string::npos) p = std::stoul(port);
   if (p == 0 || p > 65535) return "'" + text + "' has a bad port '" + port + "'" + want;
-  out.host = hostport.substr(0, colon);
-  out.port = uint16_t(p);
-  out.name = text.substr(slash + 1);
-  if (std::string why = CheckImageName(out.name); !why.empty()) return "'" + text + "': " + why;
+  ImageAddress a;
+  a.host = hostport.substr(0, colon);
+  a.port = uint16_t(p);
+  a.name = text.substr(slash + 1);
+  if (std::string why = CheckImageName(a.name); !why.empty()) return "'" + text + "': " + why;
+  out = std::move(a);
+  return "";
+}
+
+std::string DecodeImageProfile(std::span<const uint8_t> bytes, uint64_t image_bytes, uint32_t block_bytes,
+                               const std::string& image_id, std::vector<uint32_t>& out) {
+  ImageProfile p;
+  if (!p.ParseFromArray(bytes.data(), int(bytes.size()))) return "is not a boot profile";
+  if (p.version() != kImageProfileVersion)
+    return "is in profile version " + std::to_string(p.version()) + "; this build reads version " +
+           std::to_string(kImageProfileVersion);
+  if (p.image_bytes() != image_bytes || p.block_bytes() != block_bytes || p.image_id() != image_id)
+    return "was recorded for another version of the image or another block size";
+  const uint64_t blocks = (image_bytes + block_bytes - 1) / block_bytes;
+  std::vector<uint32_t> kept;
+  kept.reserve(size_t(p.blocks_size()));
+  for (uint32_t b : p.blocks())
+    if (b < blocks) kept.push_back(b);
+  out = std::move(kept);
   return "";
 }
 

@@ -103,4 +103,11 @@ std::string ParseImageAddress(const std::string& text, ImageAddress& out);
 // "" or why `name` cannot name an image in a server's directory (a plain file name).
 std::string CheckImageName(const std::string& name);
 
+// Decodes a boot profile (a storage.ImageProfile, as kept in DIR/NAME.profile) of the
+// image `image_id` of `image_bytes` in blocks of `block_bytes` (not 0): "" and its
+// blocks inside the image in `out`, or what is wrong as "is not a boot profile" (to
+// follow the file's name), leaving `out` untouched.
+std::string DecodeImageProfile(std::span<const uint8_t> bytes, uint64_t image_bytes, uint32_t block_bytes,
+                               const std::string& image_id, std::vector<uint32_t>& out);
+
 }  // namespace ftvm::storage

@@ -149,6 +149,9 @@ TEST(BadInput, HaAgentClusterFiles) {
   ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "key 'ha.speed': unknown key");
   c = cluster_with("ha-bad4", head + "mem = \"lots\"\n[ha]\nhome = \"a\"\nreplica = \"b\"\nreplica_port = 7501\nmem_mib = 64\n");
   ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "web.toml:4: key 'mem'");
+  // The run's mem stands in for a missing ha.mem_mib, in the same range.
+  c = cluster_with("ha-bad6", head + "mem = 4000000\n[ha]\nhome = \"a\"\nreplica = \"b\"\nreplica_port = 7501\n");
+  ExpectCleanFailure(agent(c, "b=127.0.0.2:7400"), "web.toml:4: key 'mem': must be an integer in 1..1048576");
   c = cluster_with("ha-bad5", head + "[ha]\nhome = \"a\"\nreplica = \"b\"\nreplica_port = 7501\nmem_mib = 64\n");
   ExpectCleanFailure(agent(c, "b=127.0.0.2"), "--peers: 'b=127.0.0.2' is not NAME=IP:PORT");
   ExpectCleanFailure(agent(c, "b=nowhere:7400"), "--peers: 'nowhere' in 'b=nowhere:7400' is not an IPv4 address");

@@ -31,14 +31,13 @@
 #include "failover/liveness.h"
 #include "tools/ftvm/commands.h"
 #include "tools/ftvm/config.h"
+#include "tools/ftvm/ha_wire.h"
 #include "tools/ftvm/vm_runner.h"
 
 namespace ftvm::cli {
 namespace po = boost::program_options;
 
 namespace {
-
-constexpr const char* kHeartbeatMagic = "ftvm-ha1 ";
 
 std::string At(const std::string& file, const toml::node& n, const std::string& key) {
   return file + ":" + std::to_string(n.source().begin.line) + ": key '" + key + "': ";
@@ -70,46 +69,7 @@ HaVm LoadHaVm(const std::string& file) {
   HaVm vm;
   vm.file = file;
   vm.name = Stem(file);
-  const toml::table* ha = table["ha"].as_table();
-  if (ha == nullptr)
-    throw Error(file + ": no [ha] table (home, replica, replica_port, priority, mem_mib): not a VM for ftvm ha-agent");
-  auto str = [&](const char* key, std::string& out) {
-    const toml::node* n = ha->get(key);
-    if (n == nullptr) throw Error(file + ": key 'ha." + key + "' is missing");
-    const auto* s = n->as_string();
-    if (s == nullptr || s->get().empty()) throw Error(At(file, *n, std::string("ha.") + key) + "must be a host name (a string)");
-    out = s->get();
-  };
-  auto integer = [&](const char* key, int64_t lo, int64_t hi, bool required, int64_t& out) {
-    const toml::node* n = ha->get(key);
-    if (n == nullptr) {
-      if (required) throw Error(file + ": key 'ha." + key + "' is missing");
-      return;
-    }
-    const auto* i = n->as_integer();
-    if (i == nullptr || i->get() < lo || i->get() > hi)
-      throw Error(At(file, *n, std::string("ha.") + key) + "must be an integer in " + std::to_string(lo) + ".." +
-                  std::to_string(hi));
-    out = i->get();
-  };
-  for (auto&& [k, n] : *ha) {
-    const std::string key(k.str());
-    if (key != "home" && key != "replica" && key != "replica_port" && key != "priority" && key != "mem_mib")
-      throw Error(At(file, n, "ha." + key) + "unknown key (the [ha] keys are home, replica, replica_port, priority, mem_mib)");
-  }
-  str("home", vm.home);
-  str("replica", vm.replica);
-  if (vm.replica == vm.home)
-    throw Error(At(file, *ha->get("replica"), "ha.replica") + "is the home host '" + vm.home +
-                "': the replica must be on another host");
-  int64_t port = 0, priority = 0, mem = 0;
-  integer("replica_port", 1, 65535, true, port);
-  integer("priority", -1000000, 1000000, false, priority);
-  if (const auto* m = table["mem"].as_integer()) mem = m->get();
-  integer("mem_mib", 1, 1 << 20, mem == 0, mem);
-  vm.replica_port = unsigned(port);
-  vm.priority = int(priority);
-  vm.mem_mib = uint64_t(mem);
+  DecodeHaTable(table, file, vm);
   // The rest is `ftvm run`'s: checked as `ftvm run --config FILE` would (its errors
   // name the line and key).
   std::unique_ptr<CommandOptions> run = MakeCommandOptions("run");
@@ -403,7 +363,7 @@ class Agent {
   }
 
   void Beat() {
-    const std::string msg = kHeartbeatMagic + o_.name;
+    const std::string msg = EncodeHaHeartbeat(o_.name);
     for (auto& [name, p] : peers_) {
       const sockaddr_in a = Addr(p->info.ip, p->info.port);
       // A peer that cannot be reached is what the silence detects; nothing to do here.
@@ -416,14 +376,13 @@ class Agent {
     for (;;) {
       const ssize_t n = ::recv(fd_.get(), buf, sizeof buf, MSG_DONTWAIT);
       if (n <= 0) return;
-      const std::string m(buf, size_t(n));
-      if (m.rfind(kHeartbeatMagic, 0) != 0) continue;
-      auto it = peers_.find(m.substr(std::strlen(kHeartbeatMagic)));
+      std::string host;
+      if (!DecodeHaHeartbeat(std::string_view(buf, size_t(n)), host)) continue;
+      auto it = peers_.find(host);
       if (it == peers_.end()) {
         // A host this one does not know (a missing --peers entry): said once per name.
-        if (unknown_.insert(m.substr(std::strlen(kHeartbeatMagic))).second)
-          log::warn("ha.unknown_peer", {{"name", m.substr(std::strlen(kHeartbeatMagic))},
-                                        {"hint", "add it to --peers, or it is not part of this cluster"}});
+        if (unknown_.insert(host).second)
+          log::warn("ha.unknown_peer", {{"name", host}, {"hint", "add it to --peers, or it is not part of this cluster"}});
         continue;
       }
       Peer& p = *it->second;
@@ -450,7 +409,7 @@ class Agent {
     // restart them. (It never restarts them itself: a peer may be doing so.)
     if (fenced_ && clock_.monotonic_ns() < fenced_until_ns_) return false;
     const std::string path = LeasePath(o_.name), tmp = path + ".tmp";
-    const std::string text = std::to_string(clock_.wall_ns()) + "\n";
+    const std::string text = FormatHaLease(clock_.wall_ns());
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     const bool ok = fd && ::write(fd.get(), text.data(), text.size()) == ssize_t(text.size()) &&
                     ::rename(tmp.c_str(), path.c_str()) == 0;
@@ -498,12 +457,12 @@ class Agent {
 
   // The lease's age in ms (-1: no lease).
   double LeaseAgeMs(const std::string& host) {
-    FILE* f = std::fopen(LeasePath(host).c_str(), "r");
-    if (f == nullptr) return -1;
-    unsigned long long wall = 0;
-    const int got = std::fscanf(f, "%llu", &wall);
-    std::fclose(f);
-    if (got != 1) return -1;
+    UniqueFd fd(::open(LeasePath(host).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return -1;
+    char buf[64];  // a lease is at most 21 bytes: more is no lease
+    const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    uint64_t wall = 0;
+    if (n <= 0 || !ParseHaLease(std::string_view(buf, size_t(n)), wall)) return -1;
     const uint64_t now = clock_.wall_ns();
     return now > wall ? double(now - wall) / 1e6 : 0;
   }
