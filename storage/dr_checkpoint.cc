@@ -302,6 +302,16 @@ void RollbackDisk(const std::string& dir, const LoadedCheckpoint& c, const std::
   if (!src) throw SysError("checkpoint " + CheckpointPath(dir));
   UniqueFd disk(::open(disk_path.c_str(), O_WRONLY | O_CLOEXEC));
   if (!disk) throw SysError("replica disk " + disk_path);
+  // Every record first, so that a bad one leaves the disk as it was: a record whose CRC
+  // holds but whose place lies past the disk's end would otherwise grow the image.
+  struct stat st {};
+  if (::fstat(disk.get(), &st) != 0) throw SysError("replica disk " + disk_path);
+  const uint64_t disk_bytes = uint64_t(st.st_size);
+  for (const auto& u : c.undo)
+    if (u.disk_offset > disk_bytes || u.length > disk_bytes - u.disk_offset)
+      throw Error("checkpoint " + CheckpointPath(dir) + ": an undo record for bytes " + std::to_string(u.disk_offset) +
+                  "+" + std::to_string(u.length) + " lies past the end of " + disk_path + " (" +
+                  std::to_string(disk_bytes) + " bytes); the disk was not touched");
   std::vector<uint8_t> data;
   for (auto it = c.undo.rbegin(); it != c.undo.rend(); ++it) {
     data.resize(it->length);

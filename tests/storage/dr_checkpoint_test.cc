@@ -147,6 +147,18 @@ TEST(DrCheckpoint, UndoJournalRollsTheImageBackToTheCheckpoint) {
   RollbackDisk(dir, c, img);
   EXPECT_TRUE(ReadAll(img) == at_s) << "the rolled-back image differs from the image at the checkpoint";
 
+  // An image shorter than the journal's records (not the replica's disk): refused
+  // before anything is written, and the image keeps its size.
+  const std::string small = dir + "/small.img";
+  MakeImage(small, 8192);
+  try {
+    RollbackDisk(dir, c, small);
+    ADD_FAILURE() << "a rollback past the end of the image";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lies past the end of " + small), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(ReadAll(small).size(), 8192u);
+
   // A new checkpoint replaces the file: its journal starts empty.
   store = CheckpointStore::Install(dir, Message(20, "newer"), kDisk);
   EXPECT_EQ(store->undo_bytes(), 0u);
