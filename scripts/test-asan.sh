@@ -32,25 +32,7 @@ fi
 suites=(--no-suite fuzz --no-suite kvm)
 # Build just what these tests run (with what they depend on: the ftvm binary, the
 # guest image): the libFuzzer binaries and the benchmarks are not needed here.
-targets=$(python3 - "$builddir" <<'PY'
-import json, os, subprocess, sys
-b = sys.argv[1]
-info = lambda what: json.loads(subprocess.check_output(["meson", "introspect", b, what]))
-tests, targets = info("--tests"), info("--targets")
-files = {t["id"]: t["filename"] for t in targets}
-out = set()
-for t in tests:
-    if set(t["suite"]) & {"ftvm:fuzz", "ftvm:kvm"}:
-        continue
-    cmd = t["cmd"][0]
-    if cmd.startswith(os.path.abspath(b)):
-        out.add(os.path.relpath(cmd, os.path.abspath(b)))
-    for d in t.get("depends", []):
-        for f in files.get(d, []):
-            out.add(os.path.relpath(f, os.path.abspath(b)))
-print(" ".join(sorted(out)))
-PY
-) || { echo "meson introspect $builddir failed" >&2; exit 1; }
+targets=$(scripts/test-targets.py "$builddir" --skip-suite fuzz --skip-suite kvm) || { echo "meson introspect $builddir failed" >&2; exit 1; }
 ninja -C "$builddir" $targets || exit 1
 
 supp=$PWD/scripts/sanitizers

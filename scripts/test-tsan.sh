@@ -20,24 +20,7 @@ if [[ ! -f $builddir/build.ninja ]]; then
     -Dcpp_args=-g1 -Dc_args=-g1 >/dev/null ||
     { echo "meson setup $builddir failed" >&2; exit 1; }
 fi
-targets=$(python3 - "$builddir" "${tests[@]}" <<'PY'
-import json, os, subprocess, sys
-b, names = os.path.abspath(sys.argv[1]), set(sys.argv[2:])
-info = lambda what: json.loads(subprocess.check_output(["meson", "introspect", b, what]))
-files = {t["id"]: t["filename"] for t in info("--targets")}
-out = set()
-for t in info("--tests"):
-    if t["name"] not in names:
-        continue
-    names.discard(t["name"])
-    out.add(os.path.relpath(t["cmd"][0], b))
-    for d in t.get("depends", []):
-        out.update(os.path.relpath(f, b) for f in files.get(d, []))
-if names:
-    sys.exit("test-tsan.sh: no such tests: " + " ".join(sorted(names)))
-print(" ".join(sorted(out)))
-PY
-) || exit 1
+targets=$(scripts/test-targets.py "$builddir" "${tests[@]}") || exit 1
 ninja -C "$builddir" $targets || exit 1
 # halt_on_error: a race report fails its test, it is never a warning scrolled past.
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/scripts/sanitizers/tsan.supp}
