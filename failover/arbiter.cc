@@ -49,8 +49,11 @@ class DirectoryArbiter final : public Arbiter {
       return false;
     }
     // The file's existence is the claim; its contents only say who, for operators.
+    // Not synced: a claim is made while a VM waits paused (a failover, a migration's
+    // switch), where an fsync took 1-20 ms on this host, and syncing the contents
+    // would not make the claim itself (the directory entry) any more durable.
     const std::string text = owner + "\n";
-    if (write(fd.get(), text.data(), text.size()) != ssize_t(text.size()) || fsync(fd.get()) != 0)
+    if (write(fd.get(), text.data(), text.size()) != ssize_t(text.size()))
       log::warn("arbiter.owner_not_written", {{"path", path}, {"error", strerror(errno)}});
     return true;
   }

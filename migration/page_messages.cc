@@ -40,6 +40,10 @@ std::string PageSender::flush() {
   const std::span<const uint8_t> parts[] = {{head_.data(), head_.size()}, {copy_.data(), copy_.size()}};
   transport::SendResult s = channel_.send(kMsgMemoryPages, parts, timeout_);
   if (!s.ok()) return "sending memory pages: " + s.message;
+  if (sent_) {
+    for (size_t i = 0; i < data_.size(); ++i) sent_(data_[i], &copy_[i * kPage]);
+    for (uint32_t p : zero_) sent_(p, nullptr);
+  }
   counters_.pages += data_.size() + zero_.size();
   counters_.zero_pages += zero_.size();
   counters_.bytes += head_.size() + copy_.size();

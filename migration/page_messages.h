@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,6 +31,10 @@ class PageSender {
  public:
   PageSender(const vmm::GuestMemory& memory, transport::Channel& channel, std::chrono::nanoseconds timeout)
       : memory_(memory), channel_(channel), timeout_(timeout) {}
+  // Called for each page once its message is sent, with the bytes that went out
+  // (null for a zero page): what the receiver now holds.
+  using SentPage = std::function<void(uint64_t page, const uint8_t* contents)>;
+  void on_sent(SentPage sent) { sent_ = std::move(sent); }
   // Queues one page (sent when a message fills up, or at flush()).
   std::string add(uint64_t page, bool known_zero = false);
   std::string flush();
@@ -42,6 +47,7 @@ class PageSender {
   std::vector<uint32_t> data_, zero_;
   std::vector<uint8_t> head_, copy_;
   PageSendCounters counters_;
+  SentPage sent_;
 };
 
 // A received MemoryPages message, checked: every page number is below `limit`

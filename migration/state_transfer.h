@@ -18,8 +18,9 @@
 // end to end: the receiver's whole-VM digest after the opening checkpoint must equal
 // the digest in the log header, taken at the pause.
 //
-// Rounds end when what is left would take at most the downtime target at the
-// bandwidth measured so far. A guest that writes faster than the channel carries is
+// Rounds end when what is left would take at most a quarter of the downtime target
+// at the bandwidth measured so far (the rest of the pause is the state and the
+// destination taking over), or at most all of it once rounds stop shrinking. A guest that writes faster than the channel carries is
 // throttled step by step (PrecopyOptions); if that does not converge the copy gives
 // up with a message that names both rates, and the VM runs on untouched.
 //
@@ -32,6 +33,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -97,7 +99,8 @@ class RunningVm {
 };
 
 struct PrecopyOptions {
-  // Stop and copy once the rest fits this time at the measured bandwidth.
+  // The pause to aim for: stop and copy once the rest takes a quarter of it at the
+  // measured bandwidth (all of it once rounds stop shrinking).
   std::chrono::nanoseconds downtime_target = std::chrono::milliseconds(10);
   // After this many rounds, stop and copy if the rest fits max_downtime, else give up.
   unsigned max_rounds = 30;
@@ -156,6 +159,10 @@ class PrecopySender {
   std::string finish_at_boundary(vmm::PageBitmap& final_pages);
   // Sends the manifest that ends the state stream.
   std::string send_manifest(StateManifest manifest);
+  // After finish_at_boundary() copied memory: the digest of the VM's memory as it
+  // is in the pause, kept from the pages as they were sent (so the pause need not
+  // hash what the VM wrote since its last verification). Null for post-copy.
+  std::unique_ptr<vmm::MemoryDigest> take_memory_digest() { return std::move(digest_); }
 
   const PrecopyStats& stats() const { return stats_; }
 
@@ -182,6 +189,7 @@ class PrecopySender {
   std::vector<uint64_t> receiver_disk_;  // block hashes of the receiver's disk, if it has one
   bool tracking_ = false;
   uint64_t applied_bytes_ = 0;  // by the receiver (kMsgCopyProgress)
+  std::unique_ptr<vmm::MemoryDigest> digest_;  // of the pages as sent (copy_memory)
   PrecopyStats stats_;
 };
 
@@ -214,7 +222,6 @@ class StateReceiver {
 
   vmm::GuestMemory& memory_;
   vmm::MemoryDigest* digest_ = nullptr;
-  vmm::PageBitmap applied_;  // pages of the current message, for digest_
   std::string disk_path_;
   uint64_t disk_bytes_ = 0;
   UniqueFd disk_fd_;

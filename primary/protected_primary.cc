@@ -297,7 +297,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
       why = "the old secondary took the VM over first";
       return;
     }
-    Recorder::SnapshotStart snap = recorder_->snapshot_start(&none);
+    Recorder::SnapshotStart snap = recorder_->snapshot_start(&none, sender->take_memory_digest());
     // From here memory stays as it is: the destination may ask for pages already
     // while it sets up (HandleMessage answers them in the pause).
     if (postcopy)

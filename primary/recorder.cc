@@ -134,9 +134,14 @@ bool Recorder::transmit_frame(std::span<const iovec> frame, uint64_t stream_hash
   return false;
 }
 
-Recorder::SnapshotStart Recorder::snapshot_start(const vmm::PageBitmap* pages) {
+Recorder::SnapshotStart Recorder::snapshot_start(const vmm::PageBitmap* pages,
+                                                 std::unique_ptr<vmm::MemoryDigest> memory) {
   CollectDirty();
-  memory_digest_->update(since_verify_);
+  if (memory) {
+    memory_digest_ = std::move(memory);  // of the same GuestMemory: the sender copied this VM's
+  } else {
+    memory_digest_->update(since_verify_);
+  }
   since_verify_.clear();
   since_checkpoint_.clear();
   SnapshotStart s;

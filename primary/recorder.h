@@ -106,7 +106,11 @@ class Recorder final : public vmm::ExecutionHooks {
   };
   // `pages`: only those pages go into the checkpoint (the replica already has the
   // rest, sent while the VM ran: migration/); null: all of them.
-  SnapshotStart snapshot_start(const vmm::PageBitmap* pages = nullptr);
+  // `memory`: the digest of memory as it is now, kept by whoever copied it (a live
+  // copy's sender), taken over instead of hashing what the VM wrote since the last
+  // verification in the pause; null: hash those pages.
+  SnapshotStart snapshot_start(const vmm::PageBitmap* pages = nullptr,
+                               std::unique_ptr<vmm::MemoryDigest> memory = nullptr);
 
   // For a live copy of the VM (migration/), at boundaries: start_write_tracking()
   // begins noting the pages the VM writes (guest and devices alike); each

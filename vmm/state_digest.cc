@@ -13,15 +13,27 @@
 
 namespace ftvm::vmm {
 
+namespace {
+const std::array<uint8_t, kPageSize> kZeroPage{};
+}  // namespace
+
 MemoryDigest::MemoryDigest(const GuestMemory& memory)
     : memory_(memory), hashes_(memory.size() / kPageSize) {
   // Pages the guest never touched are holes in the memfd: they read as zeros, and
   // reading them through the mapping would allocate every one (all of guest RAM
   // resident, ~0.25 s per 64 MiB here). Their hash comes from a zero page instead.
-  static const std::array<uint8_t, kPageSize> kZeroPage{};
   const PageBitmap data = FileDataPages(memory_.fd(), memory_.size());
   for (uint64_t p = 0; p < hashes_.size(); ++p) {
     hashes_[p] = data.test(p) ? hash_page(p) : HashBytes(p, kZeroPage.data());
+    sum_lo_ += hashes_[p][0];
+    sum_hi_ += hashes_[p][1];
+  }
+}
+
+MemoryDigest::MemoryDigest(const GuestMemory& memory, AllZero)
+    : memory_(memory), hashes_(memory.size() / kPageSize) {
+  for (uint64_t p = 0; p < hashes_.size(); ++p) {
+    hashes_[p] = HashBytes(p, kZeroPage.data());
     sum_lo_ += hashes_[p][0];
     sum_hi_ += hashes_[p][1];
   }
@@ -39,6 +51,11 @@ std::array<uint64_t, 2> MemoryDigest::hash_page(uint64_t page) const {
 void MemoryDigest::set_page(uint64_t page, std::span<const uint8_t, kPageSize> contents) {
   if (page >= hashes_.size()) return;
   Replace(page, HashBytes(page, contents.data()));
+}
+
+void MemoryDigest::set_zero_page(uint64_t page) {
+  if (page >= hashes_.size()) return;
+  Replace(page, HashBytes(page, kZeroPage.data()));
 }
 
 void MemoryDigest::Replace(uint64_t page, const std::array<uint64_t, 2>& h) {

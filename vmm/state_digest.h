@@ -26,12 +26,17 @@ class MemoryDigest {
   // Hashes every page of `memory` (about 10 ms per 64 MiB here; pages the guest
   // never touched are not read, so they stay unallocated).
   explicit MemoryDigest(const GuestMemory& memory);
+  // As if every page of `memory` held zeros, without reading it: for a digest kept
+  // from page contents seen elsewhere (a live copy's sender hashes what it sends).
+  struct AllZero {};
+  MemoryDigest(const GuestMemory& memory, AllZero);
 
   // Rehashes these pages (any superset of the pages that changed).
   void update(const PageBitmap& pages);
   // Page `page` holds `contents` (not read from memory: a post-copy receiver digests
   // pages as they arrive, before the guest can change them).
   void set_page(uint64_t page, std::span<const uint8_t, kPageSize> contents);
+  void set_zero_page(uint64_t page);
   MemorySum value() const;
   // Low 32 bits of a page's hash, as logged in Verify records.
   uint32_t page_hash32(uint64_t page) const { return uint32_t(hashes_[page][0]); }

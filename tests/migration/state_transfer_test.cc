@@ -26,6 +26,7 @@
 #include "migration/state_transfer.h"
 #include "tests/transport/test_util.h"
 #include "vmm/guest_memory.h"
+#include "vmm/state_digest.h"
 
 namespace ftvm::migration {
 namespace {
@@ -170,7 +171,9 @@ TEST(StateTransfer, CopiesAVmThatKeepsWritingExactly) {
   std::memset(replica.ptr(kZeroPage * vmm::kPageSize, vmm::kPageSize), 0xee, vmm::kPageSize);
   const std::string replica_disk = TempFile("replica");
   CreateSparseDisk(replica_disk, kDiskBytes);
-  StateReceiver receiver(replica, replica_disk, kDiskBytes);
+  // Both sides keep a digest of memory from the pages as they travel.
+  vmm::MemoryDigest replica_digest(replica);
+  StateReceiver receiver(replica, replica_disk, kDiskBytes, &replica_digest);
   std::optional<StateManifest> got;
   std::string receive_error;
   std::thread rx([&] {
@@ -214,6 +217,18 @@ TEST(StateTransfer, CopiesAVmThatKeepsWritingExactly) {
   EXPECT_EQ(std::memcmp(replica.host_base(), vm.memory().host_base(), kMemBytes), 0)
       << "the replica's memory differs";
   EXPECT_TRUE(ReadAll(replica_disk) == ReadAll(vm.disk_path())) << "the replica's disk differs";
+  // The digests kept on the way equal one computed afresh over the VM's memory: the
+  // sender's stands for a rehash of everything written in the pause, the receiver's
+  // (with the final pages, as the opening checkpoint brings them) for one of its own.
+  final_pages.for_each([&](uint64_t p) {
+    replica_digest.set_page(p, std::span<const uint8_t, vmm::kPageSize>(replica.ptr(p * vmm::kPageSize, vmm::kPageSize),
+                                                                       vmm::kPageSize));
+  });
+  const vmm::MemorySum fresh = vmm::MemoryDigest(vm.memory()).value();
+  std::unique_ptr<vmm::MemoryDigest> sent_digest = sender.take_memory_digest();
+  ASSERT_NE(sent_digest, nullptr);
+  EXPECT_EQ(vmm::DigestHex(sent_digest->value()), vmm::DigestHex(fresh)) << "the sender's digest is not the VM's";
+  EXPECT_EQ(vmm::DigestHex(replica_digest.value()), vmm::DigestHex(fresh)) << "the receiver's digest is not the VM's";
   // Holes were not sent: the first round, every page holding data, is far smaller than
   // RAM (the 1000 random writes before the copy touch at most 1000 pages, and the
   // writer at most a few hundred more by then). Later rounds resend pages the writer
