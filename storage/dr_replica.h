@@ -11,6 +11,12 @@
 //                  its undo journal (storage/dr_checkpoint.h): the VM's state at
 //                  write S, and how to roll the disk back to S.
 //
+// It is also `ftvm disk-server`: a VM whose disk moved here (ftvm move-disk --to
+// ADDR: a mirror source first, then a remote disk client, storage/remote_disk.h)
+// reads and writes DIR/disk.img through it (storage/remote_wire.h). The first
+// message of a connection says which it is. Serving a disk live ends any DR
+// checkpoint (rolling the disk back would lose the VM's writes).
+//
 // One source at a time; a source that reconnects (or a new one for the same disk)
 // catches up by block hashes. A damaged batch, a protocol version it does not speak
 // or a sequence gap drops that connection with a clear log line; the image keeps
@@ -63,6 +69,8 @@ class DrReplica {
  private:
   // One source's connection; returns why it ended ("" when stopping).
   std::string Serve(transport::Channel& ch);
+  // A remote disk client's connection (its open message received).
+  std::string ServeDisk(transport::Channel& ch, const transport::Message& open);
   void WriteState(const std::string& state_name, const std::string& source, uint64_t now_wall);
   // A checkpoint message, after the batches before it: kept if the image holds
   // exactly its write S (else refused, logged; the stream goes on).
