@@ -482,7 +482,7 @@ TEST_F(StorageTest, MoveDiskToADiskServerUnderLoadThenTheServerDies) {
   Deliverer load(ns_.name(), kGuestIp, "dr");
   load.start();
   std::this_thread::sleep_for(seconds(1));
-  ProcessResult mv = RunProcess({FtvmBinary(), "move-disk", "--control", control, "--to", addr, "--timeout-s", "2"},
+  ProcessResult mv = RunProcess({FtvmBinary(), "move-disk", "--control", control, "--to", addr, "--timeout-s", "3"},
                                 seconds(60), "move");
   const size_t acked_at_switch = load.acked().size();
   std::this_thread::sleep_for(seconds(2));
@@ -501,9 +501,25 @@ TEST_F(StorageTest, MoveDiskToADiskServerUnderLoadThenTheServerDies) {
   EXPECT_GE(Count(), acked.size());
   ExpectPrefix(acked.size());
 
-  // The server dies with the VM writing: after --timeout-s the VM stops, saying why.
+  // The server dies and is back within --timeout-s: the VM's disk requests wait and
+  // go on; nothing is lost.
   server.Signal(SIGKILL);
   server.Wait(seconds(10));
+  Deliverer during(ns_.name(), kGuestIp, "during");
+  during.start();
+  std::this_thread::sleep_for(milliseconds(500));
+  Process back = Process::Start(ns_.Wrap({FtvmBinary(), "disk-server", "--listen", addr, "--dir", dir}), "server2");
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "remote_disk.reconnected", seconds(20)))
+      << vm.Stderr() << "\nserver:\n" << back.Stderr();
+  std::this_thread::sleep_for(seconds(1));
+  during.stop();
+  EXPECT_GT(during.acked().size(), 0u) << "the store serves again with its server back: " << during.error();
+  EXPECT_EQ(ReadFile(vm.stderr_path()).find("remote_disk.lost"), std::string::npos);
+
+  // The server dies for good with the VM writing: after --timeout-s the VM stops,
+  // saying why.
+  back.Signal(SIGKILL);
+  back.Wait(seconds(10));
   Deliverer after(ns_.name(), kGuestIp, "after");
   after.start();
   ProcessResult vr = vm.Wait(seconds(60));
