@@ -127,6 +127,7 @@ int RemoteDisk::Call(DiskOp op, uint64_t offset, uint32_t bytes, std::span<const
     } else if (now - lost_at >= uint64_t(options_.timeout.count())) {
       break;
     }
+    if (cancelled_.load(std::memory_order_acquire)) return ECANCELED;
     std::this_thread::sleep_for(kRetryPause);
     bool fatal = false;
     if (std::string e = Open(fatal); !e.empty()) {

@@ -13,6 +13,7 @@
 // reason; the guest never sees a read that did not come from the image.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -54,6 +55,10 @@ class RemoteDisk final : public vmm::BlockBackend {
   int transfer(bool write, std::span<const iovec> iov, uint64_t offset) override;
   int flush() override;
 
+  // The VM is stopping: a request waiting for a lost server gives up (ECANCELED) at
+  // its next try instead of at the timeout. Any thread.
+  void cancel() { cancelled_.store(true, std::memory_order_release); }
+
   const RemoteDiskStats& stats() const { return stats_; }
   // Non-empty once the server is lost: why.
   const std::string& failed() const { return failed_; }
@@ -79,6 +84,7 @@ class RemoteDisk final : public vmm::BlockBackend {
   uint64_t next_id_ = 1;
   RemoteDiskStats stats_;
   std::string failed_;
+  std::atomic<bool> cancelled_{false};
 };
 
 }  // namespace ftvm::storage

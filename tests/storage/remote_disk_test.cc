@@ -224,6 +224,27 @@ TEST(RemoteDisk, AServerGoneForTheTimeoutFailsRequestsAndStopsTheVm) {
   EXPECT_EQ(calls, 1);
 }
 
+TEST(RemoteDisk, AStoppingVmDoesNotWaitOutTheTimeout) {
+  const std::string dir = ScratchDir("cancel");
+  MakeImage(dir + "/disk.img", kDisk);
+  auto clock = MakeSystemClock();
+  auto server = std::make_unique<ReplicaThread>(dir);
+  RemoteDiskOptions o = Options(server->replica->address());
+  o.timeout = 60s;
+  RemoteDisk d(o, *clock);
+  bool lost = false;
+  d.set_lost([&](const std::string&) { lost = true; });
+  server.reset();
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(300ms);
+    d.cancel();
+  });
+  std::vector<uint8_t> b = Pattern(4096, 2);
+  EXPECT_EQ(Write(d, 0, b), ECANCELED) << "gave up, rather than waiting out the timeout (EIO)";
+  stopper.join();
+  EXPECT_FALSE(lost) << "a stopping VM is not a lost server";
+}
+
 TEST(RemoteDisk, RefusalsNameTheProblem) {
   const std::string dir = ScratchDir("refuse");
   auto clock = MakeSystemClock();

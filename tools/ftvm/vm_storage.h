@@ -5,6 +5,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -52,6 +53,11 @@ class VmStorage {
   // Answers move-disk and adds the disk's part to the status on `control`, which
   // must be destroyed before this.
   void serve(ControlEndpoint& control);
+  // The VM is stopping: a disk request waiting for a lost disk server gives up.
+  // Any thread.
+  void cancel() {
+    if (storage::RemoteDisk* r = remote_.load()) r->cancel();
+  }
   // A last dr.lag line (the VM has stopped).
   void final_report();
   // The disk is still being streamed in by `stream` (null: it is local): no disk
@@ -79,7 +85,7 @@ class VmStorage {
   std::unique_ptr<storage::SyncDrGate> sync_;  // --dr-sync (after dr_: it watches it)
   std::mutex move_mu_;  // one move at a time
   // The disk moved to a disk server: its backend (the device owns it).
-  storage::RemoteDisk* remote_ = nullptr;
+  std::atomic<storage::RemoteDisk*> remote_{nullptr};
   const storage::ImageStream* stream_ = nullptr;
   std::mutex checkpoint_mu_;
   std::condition_variable checkpoint_cv_;
