@@ -317,6 +317,9 @@ control::Reply VmStorage::MoveDiskRemote(const control::Request& req, control::R
   if (dr_)
     throw Error("this VM mirrors its disk to a DR target (--dr-target), whose catch-up copies read the local image: "
                 "its disk cannot move to a disk server");
+  if (machine_.config().mode != vmm::ExecutionMode::kLive)
+    throw Error("this VM is protected: bringing up a new secondary, or migrating it, copies its local disk image, so "
+                "its disk cannot move to a disk server (move it to a path on this host instead)");
   struct stat st {};
   if (::stat(old_path.c_str(), &st) != 0) throw SysError("disk image " + old_path);
   const double timeout_s = req.move_disk().timeout_s() > 0 ? req.move_disk().timeout_s() : 10;
