@@ -66,6 +66,10 @@ DrReplica::DrReplica(ReplicaOptions options, Clock& clock) : options_(std::move(
       InvalidateCheckpoint(e.what());
     }
   }
+  if (options_.boot_id.empty()) {
+    std::ifstream boot("/proc/sys/kernel/random/boot_id");
+    std::getline(boot, options_.boot_id);
+  }
   listener_ = transport::Listen(options_.listen);
   log::info("dr.replica_listening", {{"address", listener_->address()}, {"dir", options_.dir}});
 }
@@ -350,8 +354,7 @@ int FullIo(int fd, std::span<uint8_t> in, std::span<const uint8_t> out, uint64_t
 
 }  // namespace
 
-std::string DrReplica::ServeDisk(transport::Channel& ch, const transport::Message& open_msg) {
-  RemoteDiskOpen open;
+std::string DrReplica::OpenDisk(transport::Channel& ch, const transport::Message& open_msg, RemoteDiskOpen& open) {
   RemoteDiskOpenReply reply;
   reply.set_protocol_version(kRemoteProtocolVersion);
   auto refuse = [&](const std::string& why) {
@@ -392,14 +395,63 @@ std::string DrReplica::ServeDisk(transport::Channel& ch, const transport::Messag
   // Whatever the mirror applied is durable before the VM reads it as its disk.
   if (std::string e = applier_->sync(); !e.empty()) return refuse(e);
   reply.set_disk_bytes(applier_->disk_bytes());
+  reply.set_boot_id(options_.boot_id);
   {
     const std::string bytes = reply.SerializeAsString();
     if (transport::SendResult sr = ch.send(kMsgDiskOpenReply, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), kHelloTimeout);
         !sr.ok())
       return "answering the remote disk's open: " + sr.message;
   }
-  const std::string source = open.vm_name() + "@" + ch.peer() + " (remote disk)";
-  log::info("disk_server.serving", {{"vm", open.vm_name()}, {"peer", ch.peer()}, {"disk_bytes", applier_->disk_bytes()}});
+  return "";
+}
+
+void DrReplica::AnswerWhileServing(const std::string& session, const std::string& vm,
+                                   std::unique_ptr<transport::Channel>& out) {
+  std::unique_ptr<transport::Channel> ch = listener_->accept(std::chrono::nanoseconds(0));
+  if (!ch) return;
+  const std::string peer = ch->peer();
+  const std::string busy = "the disk here is served live to " + vm + "; it takes no other client meanwhile";
+  transport::Message msg;
+  // Briefly: the VM being served waits meanwhile (an ftvm client sends its first
+  // message at once).
+  transport::RecvResult r = ch->recv(msg, std::chrono::seconds(1));
+  if (!r.is_message()) return;
+  if (msg.type() == kMsgHello) {
+    MirrorHelloReply reply;
+    reply.set_protocol_version(kMirrorProtocolVersion);
+    reply.set_error(busy);
+    const std::string bytes = reply.SerializeAsString();
+    (void)ch->send(kMsgHelloReply, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), kHelloTimeout);
+    log::warn("disk_server.refused", {{"peer", peer}, {"reason", busy}});
+    return;
+  }
+  RemoteDiskOpen open;
+  if (msg.type() == kMsgDiskOpen && open.ParseFromArray(msg.payload().data(), int(msg.size())) && !session.empty() &&
+      open.session() == session) {
+    // The same VMM again: its old connection broke without our noticing.
+    if (std::string why = OpenDisk(*ch, msg, open); !why.empty()) {
+      log::warn("disk_server.refused", {{"peer", peer}, {"reason", why}});
+      return;
+    }
+    log::info("disk_server.reconnected", {{"vm", open.vm_name()}, {"peer", peer}});
+    out = std::move(ch);
+    return;
+  }
+  RemoteDiskOpenReply reply;
+  reply.set_protocol_version(kRemoteProtocolVersion);
+  reply.set_error(busy);
+  const std::string bytes = reply.SerializeAsString();
+  (void)ch->send(kMsgDiskOpenReply, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), kHelloTimeout);
+  log::warn("disk_server.refused", {{"peer", peer}, {"reason", busy}});
+}
+
+std::string DrReplica::ServeDisk(transport::Channel& first, const transport::Message& open_msg) {
+  RemoteDiskOpen open;
+  if (std::string why = OpenDisk(first, open_msg, open); !why.empty()) return why;
+  transport::Channel* cur = &first;
+  std::unique_ptr<transport::Channel> taken;  // a connection that took over
+  const std::string source = open.vm_name() + "@" + first.peer() + " (remote disk)";
+  log::info("disk_server.serving", {{"vm", open.vm_name()}, {"peer", first.peer()}, {"disk_bytes", applier_->disk_bytes()}});
   WriteState("serving", source, clock_.wall_ns());
   const int fd = applier_->fd();
   transport::Message msg;
@@ -407,8 +459,19 @@ std::string DrReplica::ServeDisk(transport::Channel& ch, const transport::Messag
   std::vector<uint8_t> data, out;
   uint64_t requests = 0;
   while (!stopping_) {
-    transport::RecvResult r = ch.recv(msg, std::chrono::milliseconds(50));
-    if (r.timed_out()) continue;
+    transport::RecvResult r = cur->recv(msg, std::chrono::milliseconds(50));
+    if (r.timed_out()) {
+      // Quiet: a new connection, if any, is answered (a VMM whose link broke comes
+      // back on one while this one may still look alive).
+      std::unique_ptr<transport::Channel> next;
+      AnswerWhileServing(open.session(), open.vm_name(), next);
+      if (next) {
+        cur->close();
+        taken = std::move(next);
+        cur = taken.get();
+      }
+      continue;
+    }
     if (r.closed()) return "";  // the VM stopped, or moved its disk away
     if (!r.is_message()) return "damaged remote disk stream: " + r.message;
     if (msg.type() != kMsgDiskRequest) return "unexpected message type " + std::to_string(msg.type()) + " from a remote disk";
@@ -430,7 +493,7 @@ std::string DrReplica::ServeDisk(transport::Channel& ch, const transport::Messag
       log::warn("disk_server.io_failed", {{"op", int(req.op)}, {"offset", req.offset}, {"bytes", req.bytes},
                                            {"error", std::strerror(int(rep.error))}});
     EncodeDiskReply(rep, out);
-    if (transport::SendResult sr = ch.send(kMsgDiskReply, out, std::chrono::seconds(10)); !sr.ok())
+    if (transport::SendResult sr = cur->send(kMsgDiskReply, out, std::chrono::seconds(10)); !sr.ok())
       return "answering the remote disk: " + sr.message;
     ++requests;
   }

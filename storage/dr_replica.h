@@ -36,6 +36,7 @@
 #include "common/clock.h"
 #include "storage/disk_applier.h"
 #include "storage/dr_checkpoint.h"
+#include "storage/storage.pb.h"
 #include "transport/channel.h"
 
 namespace ftvm::storage {
@@ -47,6 +48,10 @@ struct ReplicaOptions {
   std::chrono::nanoseconds sync_interval = std::chrono::milliseconds(50);
   std::chrono::nanoseconds state_interval = std::chrono::milliseconds(200);
   std::chrono::nanoseconds report = std::chrono::seconds(1);  // dr.replica lines
+  // Which boot of this host the server runs in, told to remote disk clients (a
+  // client whose unflushed writes were in the page cache of an earlier boot knows
+  // they may be gone). Empty: /proc/sys/kernel/random/boot_id.
+  std::string boot_id;
 };
 
 // The state file, as key=value lines.
@@ -71,6 +76,12 @@ class DrReplica {
   std::string Serve(transport::Channel& ch);
   // A remote disk client's connection (its open message received).
   std::string ServeDisk(transport::Channel& ch, const transport::Message& open);
+  // Checks and answers a remote disk's open: "" (served from now on) or why it was
+  // refused (the client is told).
+  std::string OpenDisk(transport::Channel& ch, const transport::Message& open_msg, RemoteDiskOpen& open);
+  // While a remote disk is served (`session`, `vm`), a new connection: the same
+  // session's comes back in `out` (it takes over); others are refused.
+  void AnswerWhileServing(const std::string& session, const std::string& vm, std::unique_ptr<transport::Channel>& out);
   void WriteState(const std::string& state_name, const std::string& source, uint64_t now_wall);
   // A checkpoint message, after the batches before it: kept if the image holds
   // exactly its write S (else refused, logged; the stream goes on).

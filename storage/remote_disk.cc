@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <thread>
 
 #include "common/error.h"
@@ -20,7 +21,19 @@ std::span<const uint8_t> Bytes(const std::string& s) { return {reinterpret_cast<
 
 }  // namespace
 
-RemoteDisk::RemoteDisk(RemoteDiskOptions options, Clock& clock) : options_(std::move(options)), clock_(clock) {
+namespace {
+
+std::string NewSession() {
+  std::random_device rd;
+  char text[33];
+  std::snprintf(text, sizeof text, "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
+  return text;
+}
+
+}  // namespace
+
+RemoteDisk::RemoteDisk(RemoteDiskOptions options, Clock& clock)
+    : options_(std::move(options)), clock_(clock), session_(NewSession()) {
   bool fatal = false;
   if (std::string why = Open(fatal); !why.empty()) throw Error("disk server " + options_.address + ": " + why);
 }
@@ -38,6 +51,7 @@ std::string RemoteDisk::Open(bool& fatal) {
   open.set_protocol_version(kRemoteProtocolVersion);
   open.set_disk_bytes(options_.disk_bytes);
   open.set_vm_name(options_.vm_name);
+  open.set_session(session_);
   if (transport::SendResult s = ch->send(kMsgDiskOpen, Bytes(open.SerializeAsString()), options_.timeout); !s.ok())
     return "opening the disk: " + s.message;
   transport::RecvResult r = ch->recv(reply_, options_.timeout);
@@ -62,6 +76,12 @@ std::string RemoteDisk::Open(bool& fatal) {
     return "its image is " + std::to_string(reply.disk_bytes()) + " bytes, the VM's disk " +
            std::to_string(options_.disk_bytes);
   }
+  if (!boot_id_.empty() && reply.boot_id() != boot_id_ && unflushed_) {
+    fatal = true;
+    return "its host restarted (boot " + reply.boot_id() + ", was " + boot_id_ +
+           ") with writes not yet flushed, which may be lost";
+  }
+  boot_id_ = reply.boot_id();
   channel_ = std::move(ch);
   return "";
 }
@@ -110,6 +130,8 @@ int RemoteDisk::Call(DiskOp op, uint64_t offset, uint32_t bytes, std::span<const
       why = Try(request, iov, error);
       if (why.empty()) {
         ++stats_.requests;
+        if (error == 0 && op == DiskOp::kWrite) unflushed_ = true;
+        if (error == 0 && op == DiskOp::kFlush) unflushed_ = false;
         if (lost_at != 0) {
           ++stats_.reconnects;
           log::info("remote_disk.reconnected", {{"server", options_.address},

@@ -10,7 +10,10 @@
 // (a repeated read or write of the same bytes changes nothing). A server that is not
 // back within the timeout is the disk lost: the request fails with EIO, so do all
 // later ones, and the `lost` callback stops the VM (Machine::abort) with a logged
-// reason; the guest never sees a read that did not come from the image.
+// reason; the guest never sees a read that did not come from the image. A server
+// that comes back after its *host* restarted may have lost the writes made since the
+// last flush (they were in its page cache): with such writes outstanding that is the
+// disk lost too.
 #pragma once
 
 #include <atomic>
@@ -82,6 +85,9 @@ class RemoteDisk final : public vmm::BlockBackend {
   std::vector<iovec> chunk_;  // scratch: one request's part of the iovecs
   std::vector<std::span<const uint8_t>> parts_;
   uint64_t next_id_ = 1;
+  const std::string session_;   // random, this client's for its life
+  std::string boot_id_;         // the server host's boot, from the first open
+  bool unflushed_ = false;      // writes answered since the last flush
   RemoteDiskStats stats_;
   std::string failed_;
   std::atomic<bool> cancelled_{false};

@@ -224,6 +224,85 @@ TEST(RemoteDisk, AServerGoneForTheTimeoutFailsRequestsAndStopsTheVm) {
   EXPECT_EQ(calls, 1);
 }
 
+// A server back after its host restarted may have lost what was not flushed: with
+// such writes outstanding the disk is lost; with none, the client goes on.
+TEST(RemoteDisk, AServerHostRestartLosesTheDiskOnlyWithUnflushedWrites) {
+  const std::string dir = ScratchDir("reboot");
+  MakeImage(dir + "/disk.img", kDisk);
+  auto clock = MakeSystemClock();
+  auto server = std::make_unique<ReplicaThread>(dir, "tcp:127.0.0.1:0", "boot-1");
+  const std::string address = server->replica->address();
+  RemoteDisk d(Options(address), *clock);
+  std::string lost;
+  d.set_lost([&](const std::string& why) { lost = why; });
+  std::vector<uint8_t> a = Pattern(4096, 1);
+  ASSERT_EQ(Write(d, 0, a), 0);
+  ASSERT_EQ(d.flush(), 0);
+  // Everything flushed: a restart of the host loses nothing the guest was promised.
+  server.reset();
+  server = std::make_unique<ReplicaThread>(dir, address, "boot-2");
+  std::vector<uint8_t> r(4096);
+  ASSERT_EQ(Read(d, 0, r), 0) << d.failed();
+  EXPECT_TRUE(r == a);
+  ASSERT_EQ(Write(d, 8192, a), 0);  // not flushed
+  server.reset();
+  server = std::make_unique<ReplicaThread>(dir, address, "boot-3");
+  EXPECT_EQ(Read(d, 0, r), EIO);
+  EXPECT_NE(lost.find("its host restarted (boot boot-3, was boot-2) with writes not yet flushed"), std::string::npos)
+      << lost;
+}
+
+// A raw client: opens the disk as `session`; the server's answer.
+RemoteDiskOpenReply RawOpen(transport::Channel& ch, const std::string& session) {
+  RemoteDiskOpen open;
+  open.set_protocol_version(kRemoteProtocolVersion);
+  open.set_disk_bytes(kDisk);
+  open.set_vm_name("vm-" + session);
+  open.set_session(session);
+  const std::string b = open.SerializeAsString();
+  EXPECT_TRUE(ch.send(kMsgDiskOpen, std::span(reinterpret_cast<const uint8_t*>(b.data()), b.size()), 5s).ok());
+  transport::Message msg;
+  RemoteDiskOpenReply reply;
+  EXPECT_TRUE(ch.recv(msg, 5s).is_message());
+  EXPECT_TRUE(reply.ParseFromArray(msg.payload().data(), int(msg.size())));
+  return reply;
+}
+
+// One VMM at a time: another is refused while one is served; the same VMM coming
+// back on a new connection (its old one broke without the server noticing) takes
+// over, and the old connection is dropped.
+TEST(RemoteDisk, TheServerServesOneVmAndLetsItReconnect) {
+  const std::string dir = ScratchDir("session");
+  MakeImage(dir + "/disk.img", kDisk);
+  ReplicaThread server(dir);
+  auto a = transport::Connect(server.replica->address(), 5s);
+  EXPECT_EQ(RawOpen(*a, "S").error(), "");
+  auto b = transport::Connect(server.replica->address(), 5s);
+  EXPECT_NE(RawOpen(*b, "T").error().find("served live to vm-S"), std::string::npos);
+  auto mirror = transport::Connect(server.replica->address(), 5s);
+  MirrorHello hello;
+  hello.set_protocol_version(kMirrorProtocolVersion);
+  hello.set_disk_bytes(kDisk);
+  const std::string hb = hello.SerializeAsString();
+  ASSERT_TRUE(mirror->send(kMsgHello, std::span(reinterpret_cast<const uint8_t*>(hb.data()), hb.size()), 5s).ok());
+  transport::Message msg;
+  ASSERT_TRUE(mirror->recv(msg, 5s).is_message());
+  MirrorHelloReply mr;
+  ASSERT_TRUE(mr.ParseFromArray(msg.payload().data(), int(msg.size())));
+  EXPECT_NE(mr.error().find("served live to vm-S"), std::string::npos) << mr.error();
+
+  auto c = transport::Connect(server.replica->address(), 5s);
+  EXPECT_EQ(RawOpen(*c, "S").error(), "") << "the same session takes over";
+  const std::vector<uint8_t> req = Request(DiskOp::kRead, 1, 0, {}, 4096);
+  ASSERT_TRUE(c->send(kMsgDiskRequest, req, 5s).ok());
+  ASSERT_TRUE(c->recv(msg, 5s).is_message());
+  DiskReply rep;
+  ASSERT_EQ(DecodeDiskReply(msg.payload(), rep), "");
+  EXPECT_EQ(rep.error, 0u);
+  EXPECT_EQ(rep.data.size(), 4096u);
+  EXPECT_TRUE(a->recv(msg, 5s).closed()) << "the old connection is dropped";
+}
+
 TEST(RemoteDisk, AStoppingVmDoesNotWaitOutTheTimeout) {
   const std::string dir = ScratchDir("cancel");
   MakeImage(dir + "/disk.img", kDisk);
