@@ -42,13 +42,16 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <regex>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
 
+#include "common/clock.h"
 #include "guest/apps/compute_core.h"
+#include "storage/remote_disk.h"
 #include "tests/support/harness.h"
 #include "tests/support/mail_disk.h"
 #include "tests/tools/mail_test_server.h"
@@ -1094,7 +1097,12 @@ void Failover(std::vector<Row>& rows, bool quick) {
 // "move-disk:" moves a 256 MiB image filled with data while the store serves 500
 // req/s: the move's time against a plain copy of the file on this host (read, write,
 // fsync), and the load's p99 during the move against a run of the same load without
-// one.
+// one. Then the same image to an `ftvm disk-server` over TCP (on the namespace's
+// loopback): the move's time against the plain copy, and the load's latency with the
+// disk on the server against the same load on the local image. "remote disk:" the
+// backend alone, in this process against a disk-server process over TCP loopback: a
+// 4 KiB read, a 4 KiB write, and a write + flush, against pread/pwrite/fdatasync on
+// a local file.
 
 constexpr off_t kMoveDiskBytes = 256 << 20;
 
@@ -1245,10 +1253,104 @@ void Storage(std::vector<Row>& rows, bool quick) {
                     double(no_move.p99_us)});
     std::swap(big, copy);  // move it back next time
   }
+  // The image (back at `big`) to a disk server on this host, under the same load.
+  const std::string sdir = itest::ScratchPath("bench-st-server");
+  Process server = Process::Start(ns.Wrap({g_ftvm, "disk-server", "--listen", "tcp:127.0.0.1:7393", "--dir", sdir}),
+                                  "bench-st-server");
+  itest::WaitForFileContains(server.stderr_path(), "listening", seconds(10));
+  ProcessResult mv;
+  std::thread mover([&] {
+    usleep(1000000);
+    mv = RunProcess({g_ftvm, "move-disk", "--control", control, "--to", "tcp:127.0.0.1:7393"}, seconds(300),
+                    "bench-move-remote");
+  });
+  const mail::LoadReport moving = MailLoad(ns, 500, 4);
+  mover.join();
+  std::smatch m;
+  static const std::regex moved_re(R"(in ([0-9.]+) s \(([0-9]+) blocks copied, vCPU waited ([0-9.]+) ms)");
+  if (mv.exit_code != 0 || !std::regex_search(mv.out, m, moved_re)) {
+    std::fprintf(stderr, "bench: move-disk to a disk server failed (%d): %s%s\n", mv.exit_code, mv.out.c_str(), mv.err.c_str());
+    g_failure += "ftvm move-disk --to tcp: failed; ";
+  } else {
+    std::fprintf(stderr, "%s%s", mv.out.c_str(), mv.err.c_str());
+    const mail::LoadReport remote = MailLoad(ns, 500, 4);
+    const std::string pre = "move-disk 256 MiB to a disk-server over TCP: ";
+    rows.push_back({pre + "time", std::stod(m[1]) * 1000, "ms", "plain copy (cp + fsync)", copy_ms});
+    rows.push_back({pre + "vCPU wait at the switch", std::stod(m[3]), "ms", "", 0});
+    rows.push_back({pre + "mail 500 req/s p99 during it", double(moving.p99_us), "us", "same load, no move",
+                    double(no_move.p99_us)});
+    rows.push_back({"remote disk (TCP loopback): mail 500 req/s p50", double(remote.p50_us), "us", "local image",
+                    double(no_move.p50_us)});
+    rows.push_back({"remote disk (TCP loopback): mail 500 req/s p99", double(remote.p99_us), "us", "local image",
+                    double(no_move.p99_us)});
+  }
   vm2.Signal(SIGTERM);
   vm2.Wait(seconds(60));
+  server.Signal(SIGTERM);
+  server.Wait(seconds(10));
   unlink(copy.c_str());
   unlink(big.c_str());
+  std::error_code ec2;
+  std::filesystem::remove_all(sdir, ec2);
+}
+
+// "remote disk:" 4 KiB requests through storage::RemoteDisk to a disk-server process
+// against the same requests on a local file (see the comment above Storage).
+void RemoteDiskLatency(std::vector<Row>& rows, bool quick) {
+  const std::string dir = itest::ScratchPath("bench-rd-server"), local = itest::ScratchPath("bench-rd-local.img");
+  constexpr uint64_t kBytes = 64u << 20;
+  std::filesystem::create_directories(dir);
+  for (const std::string& f : {dir + "/disk.img", local}) {
+    UniqueFd fd(open(f.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!fd || ftruncate(fd.get(), off_t(kBytes)) != 0) throw Fatal{};
+  }
+  Process server = Process::Start({g_ftvm, "disk-server", "--listen", "tcp:127.0.0.1:7394", "--dir", dir}, "bench-rd-server");
+  itest::WaitForFileContains(server.stderr_path(), "listening", seconds(10));
+  auto clock = MakeSystemClock();
+  storage::RemoteDiskOptions o;
+  o.address = "tcp:127.0.0.1:7394";
+  o.disk_bytes = kBytes;
+  o.vm_name = "bench";
+  storage::RemoteDisk remote(o, *clock);
+  UniqueFd fd(open(local.c_str(), O_RDWR | O_CLOEXEC));
+  std::vector<uint8_t> buf(4096, 0x5a);
+  iovec v{buf.data(), buf.size()};
+  const int n = quick ? 500 : 2000;
+  std::minstd_rand rng(1);
+  // p50 in us of `op` over n random 4 KiB blocks.
+  auto time = [&](const std::function<int(uint64_t)>& op) {
+    std::vector<double> us;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t at = uint64_t(rng() % (kBytes / 4096)) * 4096;
+      const auto t0 = std::chrono::steady_clock::now();
+      if (op(at) != 0) throw Fatal{};
+      us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return Percentile(us, 0.5);
+  };
+  auto local_io = [&](bool write, uint64_t at) {
+    return (write ? pwrite(fd.get(), buf.data(), buf.size(), off_t(at)) : pread(fd.get(), buf.data(), buf.size(), off_t(at))) ==
+                   ssize_t(buf.size())
+               ? 0
+               : errno;
+  };
+  const double lw = time([&](uint64_t at) { return local_io(true, at); });
+  const double rw = time([&](uint64_t at) { return remote.transfer(true, std::span(&v, 1), at); });
+  const double lr = time([&](uint64_t at) { return local_io(false, at); });
+  const double rr = time([&](uint64_t at) { return remote.transfer(false, std::span(&v, 1), at); });
+  const double lf = time([&](uint64_t at) { return local_io(true, at) != 0 ? EIO : fdatasync(fd.get()) != 0 ? errno : 0; });
+  const double rf = time([&](uint64_t at) {
+    const int e = remote.transfer(true, std::span(&v, 1), at);
+    return e != 0 ? e : remote.flush();
+  });
+  rows.push_back({"remote disk (TCP loopback): 4 KiB read p50", rr, "us", "local file pread", lr});
+  rows.push_back({"remote disk (TCP loopback): 4 KiB write p50", rw, "us", "local file pwrite", lw});
+  rows.push_back({"remote disk (TCP loopback): 4 KiB write + flush p50", rf, "us", "local pwrite + fdatasync", lf});
+  server.Signal(SIGTERM);
+  server.Wait(seconds(10));
+  unlink(local.c_str());
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 // ---- DR checkpoints ----------------------------------------------------------------
@@ -1522,6 +1624,9 @@ int Main(int argc, char** argv) {
   if (!migrate_only && !image_only)
     section("dr and move-disk: mail store at 500 req/s with a DR replica; a 256 MiB disk moved under load",
             [&] { Storage(pair_rows, quick); });
+  if (!migrate_only && !image_only)
+    section("remote disk: 4 KiB requests to an ftvm disk-server over TCP loopback vs a local file",
+            [&] { RemoteDiskLatency(pair_rows, quick); });
   if (!migrate_only && (!image_only || checkpoint_only))
     section("dr checkpoint: the mail store with --dr-checkpoint-s 1; resumed from the checkpoint vs booted",
             [&] { DrCheckpoints(pair_rows, quick); });

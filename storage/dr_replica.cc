@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "migration/state_transfer.h"
+#include "storage/remote_wire.h"
 #include "storage/storage.pb.h"
 
 namespace ftvm::storage {
@@ -64,6 +65,10 @@ DrReplica::DrReplica(ReplicaOptions options, Clock& clock) : options_(std::move(
     } catch (const Error& e) {
       InvalidateCheckpoint(e.what());
     }
+  }
+  if (options_.boot_id.empty()) {
+    std::ifstream boot("/proc/sys/kernel/random/boot_id");
+    std::getline(boot, options_.boot_id);
   }
   listener_ = transport::Listen(options_.listen);
   log::info("dr.replica_listening", {{"address", listener_->address()}, {"dir", options_.dir}});
@@ -221,6 +226,7 @@ std::string DrReplica::Serve(transport::Channel& ch) {
   transport::Message msg;
   transport::RecvResult r = ch.recv(msg, kHelloTimeout);
   if (!r.is_message()) return "no hello: " + (r.timed_out() ? std::string("timed out") : r.message);
+  if (msg.type() == kMsgDiskOpen) return ServeDisk(ch, msg);
   MirrorHello hello;
   MirrorHelloReply reply;
   reply.set_protocol_version(kMirrorProtocolVersion);
@@ -321,6 +327,175 @@ std::string DrReplica::Serve(transport::Channel& ch) {
                                {"state", s.stopped ? "stopped" : "applying"}});
       last_report = now;
     }
+  }
+  return "";
+}
+
+namespace {
+
+// All of `data` at `offset` on `fd`, read (`in`) or written (`out`). 0 or an errno
+// value.
+int FullIo(int fd, std::span<uint8_t> in, std::span<const uint8_t> out, uint64_t offset) {
+  const bool write = !out.empty();
+  size_t done = 0;
+  const size_t bytes = write ? out.size() : in.size();
+  while (done < bytes) {
+    const ssize_t n = write ? ::pwrite(fd, out.data() + done, bytes - done, off_t(offset + done))
+                            : ::pread(fd, in.data() + done, bytes - done, off_t(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return EIO;  // the image is shorter than it was opened with
+    done += size_t(n);
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string DrReplica::OpenDisk(transport::Channel& ch, const transport::Message& open_msg, RemoteDiskOpen& open) {
+  RemoteDiskOpenReply reply;
+  reply.set_protocol_version(kRemoteProtocolVersion);
+  auto refuse = [&](const std::string& why) {
+    reply.set_error(why);
+    const std::string bytes = reply.SerializeAsString();
+    (void)ch.send(kMsgDiskOpenReply, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), kHelloTimeout);
+    return "refused a remote disk client: " + why;
+  };
+  if (!open.ParseFromArray(open_msg.payload().data(), int(open_msg.size())))
+    return refuse("its open message does not parse");
+  if (open.protocol_version() != kRemoteProtocolVersion)
+    return refuse("remote disk protocol version " + std::to_string(open.protocol_version()) + " is not spoken here (this server speaks " +
+                  std::to_string(kRemoteProtocolVersion) + ")");
+  const std::string image = DiskImagePath(options_.dir);
+  try {
+    if (!applier_) {
+      struct stat st {};
+      if (::stat(image.c_str(), &st) != 0)
+        return refuse("no disk image in " + options_.dir + " (ftvm move-disk --to this address copies one here first)");
+      applier_ = std::make_unique<DiskApplier>(image, uint64_t(st.st_size));
+      if (saved_) applier_->resume(*saved_);
+      AttachCheckpoint();
+    }
+  } catch (const Error& e) {
+    return refuse(e.what());
+  }
+  const ApplierState& s = applier_->state();
+  if (applier_->disk_bytes() != open.disk_bytes())
+    return refuse("the image in " + options_.dir + " is " + std::to_string(applier_->disk_bytes()) + " bytes, the VM's disk " +
+                  std::to_string(open.disk_bytes()));
+  if (s.stopped) return refuse("the image in " + options_.dir + " stopped taking writes: " + s.stop_reason);
+  if (!s.consistent)
+    return refuse("the image in " + options_.dir + " is not a consistent copy (its copy was cut off in a catch-up)");
+  // The guest's writes land here from now on, outside the write stream: no
+  // checkpoint's undo journal covers them.
+  if (checkpoint_ || ::access(CheckpointPath(options_.dir).c_str(), F_OK) == 0)
+    InvalidateCheckpoint("the disk is served live to " + open.vm_name() + " (a remote disk)");
+  // Whatever the mirror applied is durable before the VM reads it as its disk.
+  if (std::string e = applier_->sync(); !e.empty()) return refuse(e);
+  reply.set_disk_bytes(applier_->disk_bytes());
+  reply.set_boot_id(options_.boot_id);
+  {
+    const std::string bytes = reply.SerializeAsString();
+    if (transport::SendResult sr = ch.send(kMsgDiskOpenReply, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), kHelloTimeout);
+        !sr.ok())
+      return "answering the remote disk's open: " + sr.message;
+  }
+  return "";
+}
+
+void DrReplica::AnswerWhileServing(const std::string& session, const std::string& vm,
+                                   std::unique_ptr<transport::Channel>& out) {
+  std::unique_ptr<transport::Channel> ch = listener_->accept(std::chrono::nanoseconds(0));
+  if (!ch) return;
+  const std::string peer = ch->peer();
+  const std::string busy = "the disk here is served live to " + vm + "; it takes no other client meanwhile";
+  transport::Message msg;
+  // Briefly: the VM being served waits meanwhile (an ftvm client sends its first
+  // message at once).
+  transport::RecvResult r = ch->recv(msg, std::chrono::seconds(1));
+  if (!r.is_message()) return;
+  if (msg.type() == kMsgHello) {
+    MirrorHelloReply reply;
+    reply.set_protocol_version(kMirrorProtocolVersion);
+    reply.set_error(busy);
+    const std::string bytes = reply.SerializeAsString();
+    (void)ch->send(kMsgHelloReply, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), kHelloTimeout);
+    log::warn("disk_server.refused", {{"peer", peer}, {"reason", busy}});
+    return;
+  }
+  RemoteDiskOpen open;
+  if (msg.type() == kMsgDiskOpen && open.ParseFromArray(msg.payload().data(), int(msg.size())) && !session.empty() &&
+      open.session() == session) {
+    // The same VMM again: its old connection broke without our noticing.
+    if (std::string why = OpenDisk(*ch, msg, open); !why.empty()) {
+      log::warn("disk_server.refused", {{"peer", peer}, {"reason", why}});
+      return;
+    }
+    log::info("disk_server.reconnected", {{"vm", open.vm_name()}, {"peer", peer}});
+    out = std::move(ch);
+    return;
+  }
+  RemoteDiskOpenReply reply;
+  reply.set_protocol_version(kRemoteProtocolVersion);
+  reply.set_error(busy);
+  const std::string bytes = reply.SerializeAsString();
+  (void)ch->send(kMsgDiskOpenReply, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), kHelloTimeout);
+  log::warn("disk_server.refused", {{"peer", peer}, {"reason", busy}});
+}
+
+std::string DrReplica::ServeDisk(transport::Channel& first, const transport::Message& open_msg) {
+  RemoteDiskOpen open;
+  if (std::string why = OpenDisk(first, open_msg, open); !why.empty()) return why;
+  transport::Channel* cur = &first;
+  std::unique_ptr<transport::Channel> taken;  // a connection that took over
+  const std::string source = open.vm_name() + "@" + first.peer() + " (remote disk)";
+  log::info("disk_server.serving", {{"vm", open.vm_name()}, {"peer", first.peer()}, {"disk_bytes", applier_->disk_bytes()}});
+  WriteState("serving", source, clock_.wall_ns());
+  const int fd = applier_->fd();
+  transport::Message msg;
+  DiskRequest req;
+  std::vector<uint8_t> data, out;
+  uint64_t requests = 0;
+  while (!stopping_) {
+    transport::RecvResult r = cur->recv(msg, std::chrono::milliseconds(50));
+    if (r.timed_out()) {
+      // Quiet: a new connection, if any, is answered (a VMM whose link broke comes
+      // back on one while this one may still look alive).
+      std::unique_ptr<transport::Channel> next;
+      AnswerWhileServing(open.session(), open.vm_name(), next);
+      if (next) {
+        cur->close();
+        taken = std::move(next);
+        cur = taken.get();
+      }
+      continue;
+    }
+    if (r.closed()) return "";  // the VM stopped, or moved its disk away
+    if (!r.is_message()) return "damaged remote disk stream: " + r.message;
+    if (msg.type() != kMsgDiskRequest) return "unexpected message type " + std::to_string(msg.type()) + " from a remote disk";
+    if (std::string e = DecodeDiskRequest(msg.payload(), req); !e.empty()) return e;
+    DiskReply rep{req.op, req.id, 0, {}};
+    const bool in_range = req.offset <= applier_->disk_bytes() && req.bytes <= applier_->disk_bytes() - req.offset;
+    if (req.op == DiskOp::kFlush) {
+      if (::fdatasync(fd) != 0) rep.error = uint32_t(errno);
+    } else if (!in_range) {
+      rep.error = EINVAL;
+    } else if (req.op == DiskOp::kWrite) {
+      rep.error = uint32_t(FullIo(fd, {}, req.data, req.offset));
+    } else {
+      data.resize(req.bytes);
+      rep.error = uint32_t(FullIo(fd, data, {}, req.offset));
+      if (rep.error == 0) rep.data = data;
+    }
+    if (rep.error != 0)
+      log::warn("disk_server.io_failed", {{"op", int(req.op)}, {"offset", req.offset}, {"bytes", req.bytes},
+                                           {"error", std::strerror(int(rep.error))}});
+    EncodeDiskReply(rep, out);
+    if (transport::SendResult sr = cur->send(kMsgDiskReply, out, std::chrono::seconds(10)); !sr.ok())
+      return "answering the remote disk: " + sr.message;
+    ++requests;
   }
   return "";
 }

@@ -11,6 +11,12 @@
 //                  its undo journal (storage/dr_checkpoint.h): the VM's state at
 //                  write S, and how to roll the disk back to S.
 //
+// It is also `ftvm disk-server`: a VM whose disk moved here (ftvm move-disk --to
+// ADDR: a mirror source first, then a remote disk client, storage/remote_disk.h)
+// reads and writes DIR/disk.img through it (storage/remote_wire.h). The first
+// message of a connection says which it is. Serving a disk live ends any DR
+// checkpoint (rolling the disk back would lose the VM's writes).
+//
 // One source at a time; a source that reconnects (or a new one for the same disk)
 // catches up by block hashes. A damaged batch, a protocol version it does not speak
 // or a sequence gap drops that connection with a clear log line; the image keeps
@@ -30,6 +36,7 @@
 #include "common/clock.h"
 #include "storage/disk_applier.h"
 #include "storage/dr_checkpoint.h"
+#include "storage/storage.pb.h"
 #include "transport/channel.h"
 
 namespace ftvm::storage {
@@ -41,6 +48,10 @@ struct ReplicaOptions {
   std::chrono::nanoseconds sync_interval = std::chrono::milliseconds(50);
   std::chrono::nanoseconds state_interval = std::chrono::milliseconds(200);
   std::chrono::nanoseconds report = std::chrono::seconds(1);  // dr.replica lines
+  // Which boot of this host the server runs in, told to remote disk clients (a
+  // client whose unflushed writes were in the page cache of an earlier boot knows
+  // they may be gone). Empty: /proc/sys/kernel/random/boot_id.
+  std::string boot_id;
 };
 
 // The state file, as key=value lines.
@@ -63,6 +74,14 @@ class DrReplica {
  private:
   // One source's connection; returns why it ended ("" when stopping).
   std::string Serve(transport::Channel& ch);
+  // A remote disk client's connection (its open message received).
+  std::string ServeDisk(transport::Channel& ch, const transport::Message& open);
+  // Checks and answers a remote disk's open: "" (served from now on) or why it was
+  // refused (the client is told).
+  std::string OpenDisk(transport::Channel& ch, const transport::Message& open_msg, RemoteDiskOpen& open);
+  // While a remote disk is served (`session`, `vm`), a new connection: the same
+  // session's comes back in `out` (it takes over); others are refused.
+  void AnswerWhileServing(const std::string& session, const std::string& vm, std::unique_ptr<transport::Channel>& out);
   void WriteState(const std::string& state_name, const std::string& source, uint64_t now_wall);
   // A checkpoint message, after the batches before it: kept if the image holds
   // exactly its write S (else refused, logged; the stream goes on).

@@ -745,6 +745,13 @@ void Machine::switch_disk(const std::string& path) {
   config_.disk = path;
 }
 
+void Machine::switch_disk(std::unique_ptr<BlockBackend> backend) {
+  if (blk_ == nullptr) throw Error("this VM has no disk to switch");
+  const std::string where = backend->describe();
+  static_cast<VirtioBlk&>(blk_->backend()).switch_backend(std::move(backend));
+  config_.disk = where;
+}
+
 std::string Machine::disk_path() const {
   return blk_ != nullptr ? static_cast<const VirtioBlk&>(blk_->backend()).path() : std::string();
 }

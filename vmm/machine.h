@@ -19,6 +19,7 @@
 #include "common/clock.h"
 #include "common/unique_fd.h"
 #include "vmm/cpu_backend.h"
+#include "vmm/devices/block_backend.h"
 #include "vmm/devices/device.h"
 #include "vmm/devices/device_io.h"
 #include "vmm/devices/disk_observer.h"
@@ -155,6 +156,9 @@ class Machine final : private ExitHandler, private DeviceIo {
   // Carries on with the disk image at `path` (same size) instead of the current one;
   // vCPU thread (run_at_boundary). Throws ftvm::Error; the old image stays then.
   void switch_disk(const std::string& path);
+  // The same, to a disk that is not a local file (vmm/devices/block_backend.h):
+  // disk_path() is then its describe().
+  void switch_disk(std::unique_ptr<BlockBackend> backend);
   // The disk image the VM uses now ("" without a disk).
   std::string disk_path() const;
   // Recording: kick the vCPU when host events have waited this long (0: never).

@@ -1,6 +1,7 @@
 // Bad input to `ftvm run`: each case is a one-line error naming the problem, a
 // non-zero exit code, and no crash (no signal, no core).
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,6 +109,47 @@ TEST(BadInput, ImageStreaming) {
                       "--disk", local},
                      "refused image 'nosuch': no image named 'nosuch' on this server");
   EXPECT_NE(access(local.c_str(), F_OK), 0) << "nothing created for an image that is not there";
+}
+
+// `ftvm move-disk --to tcp:...` refuses what cannot work, naming it, and the VM runs
+// on with its own disk.
+TEST(BadInput, MoveDiskToADiskServer) {
+  const std::string disk = ScratchPath("remote-src.img"), control = ScratchPath("remote.control");
+  {
+    std::ofstream f(disk, std::ios::binary);
+  }
+  ASSERT_EQ(truncate(disk.c_str(), 8 << 20), 0);
+  Process vm = Process::Start({FtvmBinary(), "run", "--guest", GuestImage(), "--app", "hang", "--arg", "beat_ms=100", "--arg",
+                               "hang_after_ms=600000", "--disk", disk, "--control", control},
+                              "vm");
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "control.listening", seconds(60))) << vm.Stderr();
+  auto move = [&](const std::string& to, const std::string& expected, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"move-disk", "--control", control, "--to", to};
+    args.insert(args.end(), extra.begin(), extra.end());
+    ExpectCleanFailure(args, expected);
+  };
+  move("tcp:nohost", "no port");
+  move("tcp:127.0.0.1:1", "copying to tcp:127.0.0.1:1: ");
+  move("tcp:127.0.0.1:1", "--timeout-s must be in (0, 3600]", {"--timeout-s", "0"});
+  ExpectCleanFailure({"disk-server", "--listen", "tcp:127.0.0.1:0", "--dir", "/nonexistent/a/b"}, "/nonexistent/a/b");
+  // A server holding an image of another size.
+  const std::string dir = ScratchPath("remote-other");
+  ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
+  {
+    std::ofstream f(dir + "/disk.img", std::ios::binary);
+  }
+  ASSERT_EQ(truncate((dir + "/disk.img").c_str(), 4 << 20), 0);
+  const std::string addr = "tcp:127.0.0.1:" + std::to_string(24000 + (getpid() + 7) % 20000);
+  Process server = Process::Start({FtvmBinary(), "disk-server", "--listen", addr, "--dir", dir}, "server");
+  ASSERT_TRUE(WaitForFileContains(server.stderr_path(), "listening", seconds(10))) << server.Stderr();
+  move(addr, "has 4194304 bytes, but the source's disk has 8388608");
+  // The VM is still running on its own disk.
+  ProcessResult st = RunProcess({FtvmBinary(), "status", "--control", control}, seconds(10), "status");
+  EXPECT_NE(st.out.find("disk                   " + disk), std::string::npos) << st.out;
+  vm.Signal(SIGTERM);
+  EXPECT_EQ(vm.Wait(seconds(30)).exit_code, 0) << vm.Stderr();
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(seconds(10)).exit_code, 0);
 }
 
 TEST(BadInput, UsageErrors) {

@@ -8,6 +8,9 @@
 //   - move-disk: the store's disk moves to a new path under load; nothing
 //     acknowledged is lost, the old image is gone, and the VM writes the new one
 //     (a restart from the new image alone has every message).
+//   - move-disk to another host: the same to an `ftvm disk-server`; the VM then
+//     reads and writes the server's image over TCP; killing the server stops the VM
+//     with a clear error, and the server's image alone has every message.
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -460,6 +463,73 @@ TEST_F(StorageTest, MoveDiskUnderLoadLosesNothingAndTheVmWritesTheNewImage) {
   EXPECT_EQ(vm.Wait(seconds(30)).exit_code, 0);
   // The new image alone holds every acknowledged message, those after the switch too.
   Process vm2 = StartVm({FtvmBinary(), "run"}, {"--disk", moved}, ScratchPath("move-console2.txt"));
+  const uint64_t count = Count();
+  EXPECT_GE(count, acked.size());
+  EXPECT_LE(count, load.attempted());
+  ExpectPrefix(count);
+  vm2.Signal(SIGTERM);
+  EXPECT_EQ(vm2.Wait(seconds(30)).exit_code, 0);
+}
+
+TEST_F(StorageTest, MoveDiskToADiskServerUnderLoadThenTheServerDies) {
+  const std::string disk = ScratchPath("remote-old.img"), dir = ScratchPath("disk-server");
+  const std::string control = ScratchPath("remote.control");
+  MakeBlankDisk(disk, 32 << 20);
+  const std::string addr = "tcp:127.0.0.1:" + std::to_string(20000 + (getpid() + 29) % 20000);
+  Process server = Process::Start(ns_.Wrap({FtvmBinary(), "disk-server", "--listen", addr, "--dir", dir}), "server");
+  ASSERT_TRUE(WaitForFileContains(server.stderr_path(), "listening", seconds(10))) << server.Stderr();
+  Process vm = StartVm({FtvmBinary(), "run"}, {"--disk", disk, "--control", control}, ScratchPath("remote-console.txt"));
+  Deliverer load(ns_.name(), kGuestIp, "dr");
+  load.start();
+  std::this_thread::sleep_for(seconds(1));
+  ProcessResult mv = RunProcess({FtvmBinary(), "move-disk", "--control", control, "--to", addr, "--timeout-s", "3"},
+                                seconds(60), "move");
+  const size_t acked_at_switch = load.acked().size();
+  std::this_thread::sleep_for(seconds(2));
+  load.stop();
+  ASSERT_EQ(mv.exit_code, 0) << mv.out << mv.err << "\nVM:\n" << vm.Stderr() << "\nserver:\n" << server.Stderr();
+  std::printf("move-disk: %s%s", mv.out.c_str(), mv.err.c_str());
+  EXPECT_NE(mv.out.find("to " + addr), std::string::npos) << mv.out;
+  EXPECT_NE(mv.out.find("old image removed"), std::string::npos) << mv.out;
+  EXPECT_NE(access(disk.c_str(), F_OK), 0) << "the local image is removed";
+  EXPECT_NE(server.Stderr().find("disk_server.serving"), std::string::npos) << server.Stderr();
+  ProcessResult st = RunProcess({FtvmBinary(), "status", "--control", control}, seconds(10), "status");
+  EXPECT_NE(st.out.find("disk                   " + addr), std::string::npos) << "status shows where the disk is:\n" << st.out;
+  const std::vector<uint64_t> acked = load.acked();
+  ASSERT_GT(acked.size(), acked_at_switch) << "the store served with its disk on the server: " << load.error();
+  // Read back through the guest, from the server's image.
+  EXPECT_GE(Count(), acked.size());
+  ExpectPrefix(acked.size());
+
+  // The server dies and is back within --timeout-s: the VM's disk requests wait and
+  // go on; nothing is lost.
+  server.Signal(SIGKILL);
+  server.Wait(seconds(10));
+  Deliverer during(ns_.name(), kGuestIp, "during");
+  during.start();
+  std::this_thread::sleep_for(milliseconds(500));
+  Process back = Process::Start(ns_.Wrap({FtvmBinary(), "disk-server", "--listen", addr, "--dir", dir}), "server2");
+  ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "remote_disk.reconnected", seconds(20)))
+      << vm.Stderr() << "\nserver:\n" << back.Stderr();
+  std::this_thread::sleep_for(seconds(1));
+  during.stop();
+  EXPECT_GT(during.acked().size(), 0u) << "the store serves again with its server back: " << during.error();
+  EXPECT_EQ(ReadFile(vm.stderr_path()).find("remote_disk.lost"), std::string::npos);
+
+  // The server dies for good with the VM writing: after --timeout-s the VM stops,
+  // saying why.
+  back.Signal(SIGKILL);
+  back.Wait(seconds(10));
+  Deliverer after(ns_.name(), kGuestIp, "after");
+  after.start();
+  ProcessResult vr = vm.Wait(seconds(60));
+  after.stop();
+  EXPECT_NE(vr.exit_code, 0) << "a VM whose disk is gone does not go on";
+  EXPECT_NE(vr.err.find("remote_disk.link_lost"), std::string::npos) << vr.err;
+  EXPECT_NE(vr.err.find("disk server " + addr + " lost"), std::string::npos) << vr.err;
+
+  // The server's image alone has every acknowledged message, those after the switch too.
+  Process vm2 = StartVm({FtvmBinary(), "run"}, {"--disk", dir + "/disk.img"}, ScratchPath("remote-console2.txt"));
   const uint64_t count = Count();
   EXPECT_GE(count, acked.size());
   EXPECT_LE(count, load.attempted());

@@ -24,12 +24,14 @@
 
 namespace ftvm::storage::testutil {
 
-// A DR replica listening on a free TCP port of 127.0.0.1, run on its own thread
-// until destroyed.
+// A DR replica (a disk server) listening on a free TCP port of 127.0.0.1 (or at
+// `listen`), run on its own thread until destroyed.
 struct ReplicaThread {
-  explicit ReplicaThread(const std::string& dir) {
+  explicit ReplicaThread(const std::string& dir, const std::string& listen = "tcp:127.0.0.1:0",
+                         const std::string& boot_id = "") {
     ReplicaOptions o;
-    o.listen = "tcp:127.0.0.1:0";
+    o.listen = listen;
+    o.boot_id = boot_id;
     o.dir = dir;
     o.report = std::chrono::nanoseconds(0);
     o.state_interval = std::chrono::milliseconds(10);

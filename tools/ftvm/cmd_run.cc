@@ -97,6 +97,7 @@ int RunVm(const std::string& cmd, const vmm::VmConfig& config, const StorageCliO
     int code = RunUntilDone([&] { return machine.run(); },
                             [&] {
                               if (stream) stream->cancel();  // a vCPU waiting for a block
+                              storage.cancel();              // ... or for a lost disk server
                               machine.stop();
                             });
     health.stop();

@@ -1,5 +1,6 @@
-// `ftvm dr-replica`, `ftvm dr-start` and `ftvm move-disk`: the DR target, starting a
-// VM from it, and moving a running VM's disk.
+// `ftvm dr-replica` (also `ftvm disk-server`), `ftvm dr-start` and `ftvm move-disk`:
+// the DR target, which also serves a disk moved to its host; starting a VM from it;
+// moving a running VM's disk.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -20,20 +21,25 @@
 namespace ftvm::cli {
 namespace po = boost::program_options;
 
-int DrReplicaMain(int argc, char** argv) {
+namespace {
+
+// `ftvm dr-replica` and `ftvm disk-server` are one process (storage/dr_replica.h):
+// `cmd` names it in messages.
+int ReplicaMain(const std::string& cmd, int argc, char** argv) {
   BlockStopSignals();
   storage::ReplicaOptions opts;
   bool status = false;
   double sync_ms = double(opts.sync_interval.count()) / 1e6;
-  po::options_description desc("ftvm dr-replica options");
+  po::options_description desc("ftvm " + cmd + " options");
   desc.add_options()
       ("help,h", "show this help")
-      ("listen", po::value(&opts.listen), "channel address the source's --dr-target names (tcp:HOST:PORT, shm:/path.sock)")
+      ("listen", po::value(&opts.listen),
+       "channel address the source's --dr-target or ftvm move-disk --to names (tcp:HOST:PORT, shm:/path.sock)")
       ("dir", po::value(&opts.dir)->required(), "directory for the replica's disk image (disk.img) and its state file")
       ("sync-ms", po::value(&sync_ms)->default_value(sync_ms), "fsync applied writes at least this often")
       ("status", po::bool_switch(&status), "print the replica's state file (recovery point, how far behind) and exit");
-  if (auto code = ParseCommandLine(argc, argv, desc, "dr-replica",
-                                   "usage: ftvm dr-replica --listen ADDR --dir DIR | --status --dir DIR\n"))
+  if (auto code = ParseCommandLine(argc, argv, desc, cmd,
+                                   "usage: ftvm " + cmd + " --listen ADDR --dir DIR | --status --dir DIR\n"))
     return *code;
   try {
     if (status) {
@@ -50,27 +56,32 @@ int DrReplicaMain(int argc, char** argv) {
       return 0;
     }
     if (opts.listen.empty()) {
-      std::cerr << "ftvm dr-replica: --listen is required (or --status)\n";
+      std::cerr << "ftvm " << cmd << ": --listen is required (or --status)\n";
       return kExitUsage;
     }
     if (!(sync_ms > 0)) {
-      std::cerr << "ftvm dr-replica: --sync-ms must be positive\n";
+      std::cerr << "ftvm " << cmd << ": --sync-ms must be positive\n";
       return kExitUsage;
     }
     opts.sync_interval = std::chrono::nanoseconds(int64_t(sync_ms * 1e6));
     auto clock = MakeSystemClock();
     storage::DrReplica replica(opts, *clock);
-    std::fprintf(stderr, "dr-replica: listening on %s, keeping %s\n", replica.address().c_str(),
+    std::fprintf(stderr, "%s: listening on %s, keeping %s\n", cmd.c_str(), replica.address().c_str(),
                  storage::DiskImagePath(opts.dir).c_str());
     return RunUntilDone([&] { return replica.run(); }, [&] { replica.stop(); });
   } catch (const Error& e) {
-    std::cerr << "ftvm dr-replica: " << e.what() << "\n";
+    std::cerr << "ftvm " << cmd << ": " << e.what() << "\n";
     return kExitVmmError;
   } catch (const std::exception& e) {
-    std::cerr << "ftvm dr-replica: internal error: " << e.what() << "\n";
+    std::cerr << "ftvm " << cmd << ": internal error: " << e.what() << "\n";
     return kExitVmmError;
   }
 }
+
+}  // namespace
+
+int DrReplicaMain(int argc, char** argv) { return ReplicaMain("dr-replica", argc, argv); }
+int DiskServerMain(int argc, char** argv) { return ReplicaMain("disk-server", argc, argv); }
 
 namespace {
 
@@ -204,23 +215,33 @@ int DrStartMain(int argc, char** argv) {
 int MoveDiskMain(int argc, char** argv) {
   std::string control, to;
   bool keep_old = false;
-  double rate_mib = 0;
+  double rate_mib = 0, timeout_s = 10;
   po::options_description desc("ftvm move-disk options");
   desc.add_options()
       ("help,h", "show this help")
       ("control", po::value(&control)->required(), "the VMM's control socket (its --control PATH)")
-      ("to", po::value(&to)->required(), "the new image path (must not exist)")
+      ("to", po::value(&to)->required(),
+       "the new image path (must not exist), or an ftvm disk-server's channel address (tcp:HOST:PORT): the disk moves "
+       "to that host and the VM reads and writes it there")
       ("keep-old", po::bool_switch(&keep_old), "keep the old image after the switch (default: remove it)")
       ("rate-mib", po::value(&rate_mib)->default_value(rate_mib),
-       "copy at most this many MiB/s, sparing the guest's own I/O (0: as fast as it goes)");
+       "copy at most this many MiB/s, sparing the guest's own I/O (0: as fast as it goes)")
+      ("timeout-s", po::value(&timeout_s)->default_value(timeout_s),
+       "with --to tcp:HOST:PORT: how long the disk server may be unreachable (the VM's disk requests wait) before the "
+       "VM stops with an error");
   if (auto code = ParseCommandLine(argc, argv, desc, "move-disk",
-                                   "usage: ftvm move-disk --control PATH --to NEW_IMAGE [--keep-old]\n"))
+                                   "usage: ftvm move-disk --control PATH --to NEW_IMAGE|tcp:HOST:PORT [--keep-old]\n"))
     return *code;
+  if (!(timeout_s > 0 && timeout_s <= 3600)) {
+    std::cerr << "ftvm move-disk: --timeout-s must be in (0, 3600]\n";
+    return kExitUsage;
+  }
   try {
     control::Request req;
     req.mutable_move_disk()->set_new_path(to);
     req.mutable_move_disk()->set_keep_old(keep_old);
     req.mutable_move_disk()->set_rate_mib(rate_mib);
+    req.mutable_move_disk()->set_timeout_s(timeout_s);
     control::Reply r = control::Call(control, req, [](const std::string& line) {
       std::fprintf(stderr, "move-disk: %s\n", line.c_str());
     });

@@ -24,6 +24,7 @@ int DrillMain(int argc, char** argv);
 int ProtectMain(int argc, char** argv);
 // The DR target, a VM started from it, and a live disk move (cmd_storage.cc).
 int DrReplicaMain(int argc, char** argv);
+int DiskServerMain(int argc, char** argv);
 int DrStartMain(int argc, char** argv);
 int MoveDiskMain(int argc, char** argv);
 // The image server a VM can start from before its image is copied (cmd_image.cc).

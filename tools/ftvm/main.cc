@@ -21,7 +21,8 @@ void Usage(std::ostream& out) {
          "  migrate    move a running VM from its primary to this host, live (ftvm migrate --help)\n"
          "  dr-replica keep a crash-consistent copy of a VM's disk, fed by --dr-target (ftvm dr-replica --help)\n"
          "  dr-start   start a VM from a DR replica's disk (ftvm dr-start --help)\n"
-         "  move-disk  move a running VM's disk image to a new path (ftvm move-disk --help)\n"
+         "  move-disk  move a running VM's disk image to a new path or another host (ftvm move-disk --help)\n"
+         "  disk-server  hold a disk moved here and serve it to its VM (ftvm move-disk --to; ftvm disk-server --help)\n"
          "  serve-image  serve disk images a VM can start from before they are copied (ftvm serve-image --help)\n"
          "  ha-agent   restart a dead host's VMs on the others from their DR replicas (ftvm ha-agent --help)\n"
          "  status     a running VMM's role, protection, lag and events (ftvm status --help)\n"
@@ -50,6 +51,7 @@ int main(int argc, char** argv) {
   if (std::strcmp(cmd, "migrate") == 0) return ftvm::cli::MigrateMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "dr-replica") == 0) return ftvm::cli::DrReplicaMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "dr-start") == 0) return ftvm::cli::DrStartMain(argc - 1, argv + 1);
+  if (std::strcmp(cmd, "disk-server") == 0) return ftvm::cli::DiskServerMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "move-disk") == 0) return ftvm::cli::MoveDiskMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "serve-image") == 0) return ftvm::cli::ServeImageMain(argc - 1, argv + 1);
   if (std::strcmp(cmd, "ha-agent") == 0) return ftvm::cli::HaAgentMain(argc - 1, argv + 1);

@@ -1,12 +1,15 @@
 #include "tools/ftvm/vm_storage.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 
 #include "common/error.h"
 #include "common/log.h"
+#include "storage/remote_disk.h"
 #include "storage/vm_checkpoint.h"
+#include "transport/channel.h"
 
 namespace ftvm::cli {
 namespace po = boost::program_options;
@@ -182,6 +185,48 @@ void VmStorage::Status(control::StatusReply& status) {
   }
 }
 
+namespace {
+
+// `ftvm move-disk --to` names a disk server (a channel address) rather than a path.
+bool NamesDiskServer(const std::string& to) {
+  for (const char* scheme : {"tcp:", "shm:", "rdma:", "rdma+shm:", "dpdk:"})
+    if (to.starts_with(scheme)) return true;
+  return false;
+}
+
+}  // namespace
+
+void VmStorage::CopyWhileRunning(storage::DiskMirror& mirror, const std::string& to, control::Responder& out) {
+  storage::DiskMirror* m = &mirror;
+  auto detach = [&] { (void)machine_.run_at_boundary([&] { taps_.remove(m); }); };
+  if (!machine_.run_at_boundary([&] { taps_.add(m); })) throw Error("the VM stopped");
+  mirror.start();  // only now: every write from here on is seen
+  // Copy: the mirror catches up (all data blocks of the old image), then streams.
+  uint64_t last_line = 0;
+  for (;;) {
+    storage::MirrorStatus s = mirror.status();
+    if (s.state == storage::MirrorState::kStopped || (s.state == storage::MirrorState::kConnecting && !s.last_error.empty())) {
+      detach();
+      mirror.stop();
+      throw Error("copying to " + to + ": " + s.last_error);
+    }
+    // Close enough: the switch sends the rest with the vCPU waiting.
+    if (mirror.wait_synced(std::chrono::milliseconds(200), 256)) return;
+    const uint64_t now = clock_.monotonic_ns();
+    if (now - last_line >= 500'000'000) {
+      s = mirror.status();
+      char line[200];
+      std::snprintf(line, sizeof line, "copied %.1f MiB, %s, %.1f MiB behind", double(s.blocks_copied) * 4096 / 1048576.0,
+                    std::string(storage::MirrorStateName(s.state)).c_str(), double(s.lag_bytes) / 1048576.0);
+      out.progress(line);
+      log::info("move_disk.progress", {{"copied_mib", double(s.blocks_copied) * 4096 / 1048576.0},
+                                       {"state", storage::MirrorStateName(s.state)},
+                                       {"behind_bytes", s.lag_bytes}});
+      last_line = now;
+    }
+  }
+}
+
 control::Reply VmStorage::MoveDisk(const control::Request& req, control::Responder& out) {
   control::Reply reply;
   std::unique_lock<std::mutex> one(move_mu_, std::try_to_lock);
@@ -195,6 +240,8 @@ control::Reply VmStorage::MoveDisk(const control::Request& req, control::Respond
   if (stream_ != nullptr && !stream_->complete())
     throw Error("the disk is still being streamed from its image server; move it once the copy is complete");
   if (new_path.empty()) throw Error("no new path given");
+  if (NamesDiskServer(new_path)) return MoveDiskRemote(req, out);
+  if (remote_) throw Error("the disk is on a disk server (" + old_path + "); it can move only from a local image");
   if (::access(new_path.c_str(), F_OK) == 0) throw Error(new_path + " already exists (a move never overwrites a file)");
   const uint64_t t0 = clock_.monotonic_ns();
   log::info("move_disk.start", {{"from", old_path}, {"to", new_path}});
@@ -207,33 +254,12 @@ control::Reply VmStorage::MoveDisk(const control::Request& req, control::Respond
   mo.heartbeat = std::chrono::milliseconds(20);
   mo.copy_rate = uint64_t(std::max(0.0, req.move_disk().rate_mib()) * double(1u << 20));
   auto mirror = std::make_unique<storage::DiskMirror>(storage::MakeLocalTarget(new_path), mo, clock_);
-  auto detach = [&] { (void)machine_.run_at_boundary([&] { taps_.remove(mirror.get()); }); };
-  if (!machine_.run_at_boundary([&] { taps_.add(mirror.get()); })) throw Error("the VM stopped");
-  mirror->start();  // only now: every write from here on is seen
-  // Copy: the mirror catches up (all data blocks of the old image), then streams.
-  uint64_t last_line = 0;
-  for (;;) {
-    storage::MirrorStatus s = mirror->status();
-    if (s.state == storage::MirrorState::kStopped || (s.state == storage::MirrorState::kConnecting && !s.last_error.empty())) {
-      detach();
-      mirror.reset();
-      ::unlink(new_path.c_str());
-      throw Error("copying to " + new_path + ": " + s.last_error);
-    }
-    // Close enough: the switch sends the rest with the vCPU waiting.
-    if (mirror->wait_synced(std::chrono::milliseconds(200), 256)) break;
-    const uint64_t now = clock_.monotonic_ns();
-    if (now - last_line >= 500'000'000) {
-      s = mirror->status();
-      char line[200];
-      std::snprintf(line, sizeof line, "copied %.1f MiB, %s, %.1f MiB behind", double(s.blocks_copied) * 4096 / 1048576.0,
-                    std::string(storage::MirrorStateName(s.state)).c_str(), double(s.lag_bytes) / 1048576.0);
-      out.progress(line);
-      log::info("move_disk.progress", {{"copied_mib", double(s.blocks_copied) * 4096 / 1048576.0},
-                                       {"state", storage::MirrorStateName(s.state)},
-                                       {"behind_bytes", s.lag_bytes}});
-      last_line = now;
-    }
+  try {
+    CopyWhileRunning(*mirror, new_path, out);
+  } catch (const Error&) {
+    mirror.reset();
+    ::unlink(new_path.c_str());
+    throw;
   }
   out.progress("copied; switching the VM to " + new_path);
   // The switch: on the vCPU thread, between requests, so no write is half done:
@@ -272,6 +298,90 @@ control::Reply VmStorage::MoveDisk(const control::Request& req, control::Respond
   control::MoveDiskResult* r = reply.mutable_move_disk();
   r->set_old_path(old_path);
   r->set_new_path(new_path);
+  r->set_old_removed(removed);
+  r->set_seconds(secs);
+  r->set_blocks_copied(final_status.blocks_copied);
+  r->set_switch_ms(double(switch_ns) / 1e6);
+  return reply;
+}
+
+control::Reply VmStorage::MoveDiskRemote(const control::Request& req, control::Responder& out) {
+  const std::string old_path = machine_.disk_path();
+  const std::string address = req.move_disk().new_path();
+  try {
+    (void)transport::ParseChannelAddress(address);
+  } catch (const Error& e) {
+    throw Error(std::string("--to: ") + e.what());
+  }
+  if (remote_) throw Error("the disk is already on a disk server (" + old_path + ")");
+  if (dr_)
+    throw Error("this VM mirrors its disk to a DR target (--dr-target), whose catch-up copies read the local image: "
+                "its disk cannot move to a disk server");
+  if (machine_.config().mode != vmm::ExecutionMode::kLive)
+    throw Error("this VM is protected: bringing up a new secondary, or migrating it, copies its local disk image, so "
+                "its disk cannot move to a disk server (move it to a path on this host instead)");
+  struct stat st {};
+  if (::stat(old_path.c_str(), &st) != 0) throw SysError("disk image " + old_path);
+  const double timeout_s = req.move_disk().timeout_s() > 0 ? req.move_disk().timeout_s() : 10;
+  const uint64_t t0 = clock_.monotonic_ns();
+  log::info("move_disk.start", {{"from", old_path}, {"to", address}});
+  out.progress("moving " + old_path + " to the disk server at " + address + ": copying while the VM runs");
+
+  storage::MirrorOptions mo;
+  mo.disk_path = old_path;
+  mo.vm_name = machine_.config().app;
+  mo.report = std::chrono::nanoseconds(0);
+  mo.heartbeat = std::chrono::milliseconds(20);
+  mo.copy_rate = uint64_t(std::max(0.0, req.move_disk().rate_mib()) * double(1u << 20));
+  auto mirror = std::make_unique<storage::DiskMirror>(storage::MakeChannelTarget(address), mo, clock_);
+  CopyWhileRunning(*mirror, address, out);
+  out.progress("copied; switching the VM to the disk server at " + address);
+  // The switch, between requests on the vCPU thread: the server durably holds every
+  // write, the copy's connection ends (the server serves one client at a time), and
+  // the device reads and writes the server's image from the next request on. Any
+  // failure before the last step leaves the VM on its local image.
+  std::string why;
+  uint64_t switch_ns = 0;
+  storage::RemoteDisk* remote = nullptr;
+  const bool ran = machine_.run_at_boundary([&] {
+    const uint64_t s0 = clock_.monotonic_ns();
+    why = mirror->drain(std::chrono::seconds(10));
+    taps_.remove(mirror.get());
+    mirror->stop();
+    if (why.empty()) {
+      try {
+        storage::RemoteDiskOptions ro;
+        ro.address = address;
+        ro.disk_bytes = uint64_t(st.st_size);
+        ro.vm_name = machine_.config().app;
+        ro.timeout = std::chrono::nanoseconds(int64_t(timeout_s * 1e9));
+        auto disk = std::make_unique<storage::RemoteDisk>(ro, clock_);
+        disk->set_lost([m = &machine_](const std::string& reason) { m->abort(reason); });
+        remote = disk.get();
+        machine_.switch_disk(std::move(disk));
+      } catch (const Error& e) {
+        remote = nullptr;
+        why = e.what();
+      }
+    }
+    switch_ns = clock_.monotonic_ns() - s0;
+  });
+  const storage::MirrorStatus final_status = mirror->status();
+  mirror.reset();
+  if (!ran || !why.empty()) throw Error("switching to " + address + ": " + (ran ? why : "the VM stopped") + "; the VM keeps " + old_path);
+  remote_ = remote;
+  bool removed = false;
+  if (!req.move_disk().keep_old()) {
+    removed = ::unlink(old_path.c_str()) == 0;
+    if (!removed) log::warn("move_disk.old_kept", {{"path", old_path}, {"error", std::strerror(errno)}});
+  }
+  const double secs = double(clock_.monotonic_ns() - t0) / 1e9;
+  log::info("move_disk.done", {{"from", old_path}, {"to", address}, {"seconds", secs},
+                               {"switch_ms", double(switch_ns) / 1e6}, {"old_removed", removed ? "yes" : "no"}});
+  control::Reply reply;
+  control::MoveDiskResult* r = reply.mutable_move_disk();
+  r->set_old_path(old_path);
+  r->set_new_path(address);
   r->set_old_removed(removed);
   r->set_seconds(secs);
   r->set_blocks_copied(final_status.blocks_copied);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -18,6 +19,7 @@
 #include "tools/ftvm/operations.h"
 #include "storage/disk_mirror.h"
 #include "storage/image_stream.h"
+#include "storage/remote_disk.h"
 #include "storage/sync_gate.h"
 #include "storage/vm_checkpoint.h"
 #include "vmm/health_monitor.h"
@@ -51,6 +53,11 @@ class VmStorage {
   // Answers move-disk and adds the disk's part to the status on `control`, which
   // must be destroyed before this.
   void serve(ControlEndpoint& control);
+  // The VM is stopping: a disk request waiting for a lost disk server gives up.
+  // Any thread.
+  void cancel() {
+    if (storage::RemoteDisk* r = remote_.load()) r->cancel();
+  }
   // A last dr.lag line (the VM has stopped).
   void final_report();
   // The disk is still being streamed in by `stream` (null: it is local): no disk
@@ -59,6 +66,11 @@ class VmStorage {
 
  private:
   control::Reply MoveDisk(const control::Request& req, control::Responder& out);
+  // The same to a disk server (`--to tcp:HOST:PORT`, storage/remote_disk.h).
+  control::Reply MoveDiskRemote(const control::Request& req, control::Responder& out);
+  // Attaches `mirror` to the disk, starts it and waits until it is nearly synced,
+  // with progress lines. Throws ftvm::Error (the mirror detached) when the copy fails.
+  void CopyWhileRunning(storage::DiskMirror& mirror, const std::string& to, control::Responder& out);
   void Status(control::StatusReply& status);
   // The --dr-checkpoint-s thread: pauses the VM at a boundary, captures its state
   // and queues it on the mirror.
@@ -72,6 +84,8 @@ class VmStorage {
   std::unique_ptr<storage::DiskMirror> dr_;
   std::unique_ptr<storage::SyncDrGate> sync_;  // --dr-sync (after dr_: it watches it)
   std::mutex move_mu_;  // one move at a time
+  // The disk moved to a disk server: its backend (the device owns it).
+  std::atomic<storage::RemoteDisk*> remote_{nullptr};
   const storage::ImageStream* stream_ = nullptr;
   std::mutex checkpoint_mu_;
   std::condition_variable checkpoint_cv_;

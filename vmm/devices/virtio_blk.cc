@@ -81,8 +81,20 @@ void VirtioBlk::switch_image(const std::string& path) {
     throw Error("disk image " + path + ": " + std::to_string(bytes) + " bytes, but the VM's disk has " +
                 std::to_string(capacity_ * kSector));
   fd_ = std::move(fd);
+  backend_.reset();
   path_ = path;
   log::info("virtio_blk.switched_image", {{"path", path_}});
+}
+
+void VirtioBlk::switch_backend(std::unique_ptr<BlockBackend> backend) {
+  const uint64_t bytes = backend->size_bytes();
+  if (bytes / kSector != capacity_)
+    throw Error("disk " + backend->describe() + ": " + std::to_string(bytes) + " bytes, but the VM's disk has " +
+                std::to_string(capacity_ * kSector));
+  backend_ = std::move(backend);
+  fd_.reset();
+  path_ = backend_->describe();
+  log::info("virtio_blk.switched_backend", {{"disk", path_}});
 }
 
 VirtioBlk::VirtioBlk(std::string path, std::string serial, DeviceIo& io) : path_(std::move(path)), io_(io) {
@@ -210,7 +222,12 @@ void VirtioBlk::handle(Virtqueue& vq, const DescChain& chain) {
   switch (hdr.type) {
     case VIRTIO_BLK_T_FLUSH: {
       ++counters_.host_ops;
-      const int err = io_.disk_request_done(chain.head, ::fdatasync(fd_.get()) != 0 ? errno : 0);
+      int host_err = 0;
+      if (backend_ != nullptr) [[unlikely]]
+        host_err = backend_->flush();
+      else if (::fdatasync(fd_.get()) != 0)
+        host_err = errno;
+      const int err = io_.disk_request_done(chain.head, host_err);
       if (err != 0) {
         log::warn("virtio-blk flush failed", {{"path", path_}, {"error", std::strerror(err)}});
         complete(vq, chain.head, status, VIRTIO_BLK_S_IOERR, 1, true);
@@ -246,12 +263,16 @@ int VirtioBlk::transfer(bool write, std::span<const iovec> iov, uint64_t offset)
 }
 
 int VirtioBlk::transfer_file(bool write, std::span<const iovec> iov, uint64_t offset) {
-  io_scratch_.assign(iov.begin(), iov.end());
   if (write && written_blocks_ != nullptr) {
     uint64_t bytes = 0;
     for (const iovec& v : iov) bytes += v.iov_len;
     written_blocks_->set_range(offset, bytes);
   }
+  if (backend_ != nullptr) [[unlikely]] {
+    ++counters_.host_ops;
+    return backend_->transfer(write, iov, offset);
+  }
+  io_scratch_.assign(iov.begin(), iov.end());
   size_t first = 0;
   while (first < io_scratch_.size()) {
     const int count = int(std::min<size_t>(io_scratch_.size() - first, IOV_MAX));

@@ -14,11 +14,13 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "vmm/devices/block_backend.h"
 #include "vmm/devices/device_io.h"
 #include "vmm/devices/disk_observer.h"
 #include "vmm/devices/disk_source.h"
@@ -57,6 +59,7 @@ class VirtioBlk : public VirtioBackend {
   void save(snapshot::Virtio& out) const override;
   void restore(const snapshot::Virtio& in) override;
 
+  // The image file's path, or the backend's describe().
   const std::string& path() const { return path_; }
   uint64_t capacity_sectors() const { return capacity_; }
   const BlkCounters& counters() const { return counters_; }
@@ -82,6 +85,10 @@ class VirtioBlk : public VirtioBackend {
   // Throws ftvm::Error when it cannot be opened or its size differs; the device then
   // keeps the old image.
   void switch_image(const std::string& path);
+  // Carries on with `backend` instead of an image file (a disk moved to another
+  // host; it already holds what the image does). Between requests, on the vCPU
+  // thread. Throws ftvm::Error when its size differs; the device then keeps its disk.
+  void switch_backend(std::unique_ptr<BlockBackend> backend);
   // The serial GET_ID reports: the file's base name unless the config named one.
   static std::string DefaultSerial(const std::string& path);
 
@@ -123,6 +130,8 @@ class VirtioBlk : public VirtioBackend {
   std::string path_;
   DeviceIo& io_;
   UniqueFd fd_;
+  // Set: the disk is there, not in fd_ (which is closed).
+  std::unique_ptr<BlockBackend> backend_;
   std::deque<Done> done_;
   uint64_t capacity_ = 0;  // in 512-byte sectors
   std::array<uint8_t, 8> config_{};

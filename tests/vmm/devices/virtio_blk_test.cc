@@ -303,5 +303,84 @@ TEST_F(VirtioBlkTest, BlockSourceIsAskedBeforeEachTransferAndCanFailIt) {
   EXPECT_TRUE(src.calls.empty());
 }
 
+// A disk that is not a file (a disk server's, storage/remote_disk.h), in memory: the
+// device reads, writes and flushes through it after switch_backend, and its
+// observers and dirty tracking see the same as on a file.
+struct MemoryBackend final : BlockBackend {
+  explicit MemoryBackend(uint64_t bytes) : data(bytes, 0x11) {}
+  std::string describe() const override { return "tcp:10.0.0.9:7300"; }
+  uint64_t size_bytes() const override { return data.size(); }
+  int transfer(bool write, std::span<const iovec> iov, uint64_t offset) override {
+    if (fail != 0) return fail;
+    for (const iovec& v : iov) {
+      if (write)
+        std::memcpy(data.data() + offset, v.iov_base, v.iov_len);
+      else
+        std::memcpy(v.iov_base, data.data() + offset, v.iov_len);
+      offset += v.iov_len;
+    }
+    ++transfers;
+    return 0;
+  }
+  int flush() override {
+    ++flushes;
+    return fail;
+  }
+  std::vector<uint8_t> data;
+  int transfers = 0, flushes = 0, fail = 0;
+};
+
+struct CountingObserver final : DiskWriteObserver {
+  void disk_written(uint64_t offset, std::span<const iovec> d) override {
+    last_offset = offset;
+    for (const iovec& v : d) bytes += v.iov_len;
+  }
+  void disk_flushed() override { ++flushes; }
+  uint64_t last_offset = 0, bytes = 0;
+  int flushes = 0;
+};
+
+TEST_F(VirtioBlkTest, RunsOnABackendAfterTheSwitch) {
+  // Another size is refused: the device keeps its file.
+  EXPECT_THROW(blk->switch_backend(std::make_unique<MemoryBackend>(kSectors * 512 + 4096)), Error);
+  EXPECT_EQ(blk->path(), image.path());
+  auto owned = std::make_unique<MemoryBackend>(kSectors * 512);
+  MemoryBackend* backend = owned.get();
+  blk->switch_backend(std::move(owned));
+  EXPECT_EQ(blk->path(), "tcp:10.0.0.9:7300");
+  CountingObserver observer;
+  blk->set_write_observer(&observer);
+  PageBitmap dirty(kSectors * 512 / 4096);
+  blk->track_writes(&dirty);
+  std::memset(mem.ptr(kBufs, 1024), 0x5a, 1024);
+  add_request(0, VIRTIO_BLK_T_OUT, 10, {{kBufs, 1024, false}});
+  add_request(1, VIRTIO_BLK_T_FLUSH, 0, {});
+  add_request(2, VIRTIO_BLK_T_IN, 9, {{kBufs + 8192, 1536, true}});
+  notify();
+  EXPECT_EQ(status(0), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(status(1), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(status(2), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(backend->data[10 * 512], 0x5a);
+  EXPECT_EQ(backend->flushes, 1);
+  const uint8_t* r = mem.ptr(kBufs + 8192, 1536);
+  EXPECT_EQ(r[0], 0x11) << "read from the backend, not the file";
+  EXPECT_EQ(r[512], 0x5a) << "a read after a write sees it";
+  EXPECT_EQ(image.read(10 * 512, 1)[0], Pattern(10 * 512)) << "the old file is not written";
+  EXPECT_EQ(observer.last_offset, 10u * 512);
+  EXPECT_EQ(observer.bytes, 1024u);
+  EXPECT_EQ(observer.flushes, 1);
+  EXPECT_TRUE(dirty.test(10 * 512 / 4096));
+  // The backend fails (its server is lost): the guest gets IOERR, never stale data.
+  backend->fail = EIO;
+  add_request(3, VIRTIO_BLK_T_IN, 9, {{kBufs, 512, true}});
+  add_request(4, VIRTIO_BLK_T_FLUSH, 0, {});
+  notify();
+  EXPECT_EQ(status(3), VIRTIO_BLK_S_IOERR);
+  EXPECT_EQ(status(4), VIRTIO_BLK_S_IOERR);
+  EXPECT_EQ(observer.flushes, 1) << "a failed flush is not reported to observers";
+  blk->set_write_observer(nullptr);
+  blk->track_writes(nullptr);
+}
+
 }  // namespace
 }  // namespace ftvm::vmm
