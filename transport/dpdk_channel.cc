@@ -120,6 +120,18 @@ constexpr size_t kMaxWindow = 256u << 20;
 
 std::string RteError(int err) { return rte_strerror(err < 0 ? -err : err); }
 
+// Takes `m`, trying for ~2 us before sleeping on it. A thread waiting for a segment
+// polls the port under the channel's mutex with only two pauses between rounds, so the
+// mutex is free often but briefly: a thread that slept on it would be woken just to
+// find it taken again.
+std::unique_lock<std::mutex> LockSoon(std::mutex& m) {
+  for (int i = 0; i < 64; ++i) {
+    if (m.try_lock()) return std::unique_lock<std::mutex>(m, std::adopt_lock);
+    detail::CpuRelax();
+  }
+  return std::unique_lock<std::mutex>(m);
+}
+
 std::string Join(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& a : v) s += (s.empty() ? "" : " ") + a;
@@ -1111,7 +1123,7 @@ class DpdkChannel final : public Channel {
       {
         // close() here wins over everything, even a message that is there.
         if (closed_.load(std::memory_order_acquire)) return Wait::kClosedHere;
-        std::lock_guard lock(mu_);
+        auto lock = LockSoon(mu_);
         now = SteadyClock::now();
         pump(now);
         if (ready(now)) return Wait::kReady;
@@ -1580,7 +1592,7 @@ SendResult DpdkChannel::send(uint8_t type, std::span<const std::span<const uint8
   if (send_end_) return *send_end_;
   // Taken once for a message that fits (the common case: checks, copy and push under
   // one acquisition); released at once for one streamed in pieces.
-  std::unique_lock lock(mu_);
+  auto lock = LockSoon(mu_);
   if (dead_) {
     send_end_ = SendResult{SendCode::kClosed, *dead_};
     return *send_end_;
