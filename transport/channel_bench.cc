@@ -23,7 +23,7 @@
 // runs in a child process of its own (the EAL initializes once per process and cannot
 // be used across a fork); the measuring child sends its figures back through a pipe.
 //
-// Usage: channel_bench [--quick] [--dpdk-only]
+// Usage: channel_bench [--quick] [--dpdk-only | --memif-only]
 // Figures vary run to run on a noisy 2-core machine; compare rows of the same run.
 #include <fcntl.h>
 #include <signal.h>
@@ -387,7 +387,11 @@ DpdkRow MeasureBare(const std::string& name, const std::string& listen_at, const
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   bool dpdk_only = false;
-  for (int i = 1; i < argc; ++i) dpdk_only |= std::strcmp(argv[i], "--dpdk-only") == 0;
+  bool memif_only = false;  // --memif-only: the DPDK memif rows alone (implies --dpdk-only)
+  for (int i = 1; i < argc; ++i) {
+    memif_only |= std::strcmp(argv[i], "--memif-only") == 0;
+    dpdk_only |= memif_only || std::strcmp(argv[i], "--dpdk-only") == 0;
+  }
   const int fast_iters = quick ? 2000 : 50000;
   const int slow_iters = quick ? 500 : 5000;  // transports that sleep ~40 us per wake-up
   const auto stream_time = std::chrono::milliseconds(quick ? 300 : 1500);
@@ -438,7 +442,7 @@ int main(int argc, char** argv) {
   if (DpdkAvailable()) {
     const std::string memif = "dpdk:memif:/ftvm-bench-" + std::to_string(::getpid());
     dpdk_cases.push_back({"memif", memif, memif, "", ""});
-    if (::geteuid() == 0) {
+    if (::geteuid() == 0 && !memif_only) {
       try {
         ns_a = std::make_unique<ftvm::netns::Namespace>("ftvm-bench-a");
         ns_b = std::make_unique<ftvm::netns::Namespace>("ftvm-bench-b");

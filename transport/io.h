@@ -34,6 +34,8 @@ class Deadline {
   }
   bool forever() const { return forever_; }
   bool expired() const { return !forever_ && Clock::now() >= at_; }
+  // Against a time the caller read already (a poll loop reads the clock once a round).
+  bool expired(Clock::time_point now) const { return !forever_ && now >= at_; }
   // Time left, never negative; kNoTimeout when forever.
   std::chrono::nanoseconds remaining() const {
     if (forever_) return kNoTimeout;

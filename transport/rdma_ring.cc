@@ -251,6 +251,11 @@ Wait RingChannel::wait_credit(size_t need, const Deadline& deadline) {
       return Wait::kFault;
     }
     if (auto w = check()) return *w;
+    // That look may have taken the kCreditProgress that ends our request, without
+    // enough credit: the receiver no longer counts us as waiting and acknowledges
+    // without a doorbell from now on, so sleeping now would wait for the deadline.
+    // Ask again first.
+    if (need_request_) continue;
     Wait w = sleep(*out_, deadline);
     if (w == Wait::kTimeout) return check().value_or(Wait::kTimeout);
     if (w == Wait::kFault) {

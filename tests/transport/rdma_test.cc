@@ -3,18 +3,25 @@
 // across a small ring's wraparound, ordering, byte credit and doorbell credit running
 // out (the sender times out, nothing is lost, sending resumes), messages larger than
 // the ring, stream positions past the doorbell's 31 bits, a peer killed with SIGKILL, a
-// damaged ring byte, a forged acknowledgement; and, on hosts without an RDMA device,
+// damaged ring byte, a forged acknowledgement; the credit protocol against a scripted
+// receiver at the point of a once-lost wake-up; and, on hosts without an RDMA device,
 // that the verbs transport says so plainly. The behaviour every transport shares runs
 // over "rdma+shm" too, in channel_test.cc (and over "rdma" where a device exists).
 #include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <deque>
+#include <functional>
 #include <thread>
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "transport/frame.h"
 #include "transport/rdma_ring.h"
 #include "transport/rdma_testing.h"
@@ -414,6 +421,128 @@ TEST(RdmaShm, TimeoutInTheMiddleOfAStreamedMessageClosesTheChannel) {
   RecvResult r = p.b->recv(m, 5s);
   ASSERT_TRUE(r.closed()) << r.message;
   EXPECT_THAT(r.message, HasSubstr("peer closed the channel in the middle of a message"));
+}
+
+// A scripted peer for the sending direction of a ring channel (MakeRingChannel over
+// links of the test's own): it plays the receiver's part of the credit protocol at
+// exact points, so that an interleaving seen only rarely under TSan happens every time.
+// Its doorbell queue never signals notify_fd(): a sender that goes to sleep stays
+// asleep until its deadline.
+class ScriptedSendLink final : public rdma::OneSidedLink {
+ public:
+  // `on_request(n)` runs when the sender rings its n-th credit request (1-based),
+  // `on_arm(n)` when it arms for the n-th time; both may ack() and ring().
+  std::function<void(int)> on_request = [](int) {};
+  std::function<void(int)> on_arm = [](int) {};
+
+  ScriptedSendLink(size_t ring_bytes) : staging_(ring_bytes), efd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+  std::string describe() const override { return "scripted receiver"; }
+  std::span<uint8_t> exposed() override { return ack_; }
+  std::span<uint8_t> staging() override { return staging_; }
+  std::string write(size_t, size_t, size_t, std::optional<uint32_t> imm) override {
+    const bool request = imm && (*imm & rdma::kImmControl) != 0 &&
+                         ((*imm >> 28) & 7) == static_cast<uint32_t>(rdma::Control::kCreditRequest);
+    if (request) on_request(++requests);
+    return {};
+  }
+  rdma::PollResult poll(std::span<uint32_t> out) override {
+    rdma::PollResult r;
+    for (; r.count < out.size() && !queue_.empty(); ++r.count) {
+      out[r.count] = queue_.front();
+      queue_.pop_front();
+    }
+    return r;
+  }
+  int notify_fd() const override { return efd_.get(); }
+  std::string arm() override {
+    on_arm(++arms);
+    return {};
+  }
+  void acknowledge_notification() override {}
+
+  // What the receiver writes into the ack area, and the doorbells it rings.
+  void ack(uint64_t head, uint64_t doorbells_taken) {
+    PutU64(ack_.data(), head);
+    PutU64(ack_.data() + 8, doorbells_taken);
+  }
+  void ring(rdma::Control c) { queue_.push_back(rdma::ControlImm(c, 0)); }
+
+  int requests = 0;
+  int arms = 0;
+
+ private:
+  alignas(8) std::array<uint8_t, rdma::kAckBytes> ack_{};
+  std::vector<uint8_t> staging_;
+  std::deque<uint32_t> queue_;
+  UniqueFd efd_;
+};
+
+// The receiving direction of that channel: nothing ever arrives.
+class IdleRecvLink final : public rdma::OneSidedLink {
+ public:
+  IdleRecvLink(size_t ring_bytes) : ring_(ring_bytes), efd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+  std::string describe() const override { return "idle"; }
+  std::span<uint8_t> exposed() override { return ring_; }
+  std::span<uint8_t> staging() override { return ack_; }
+  std::string write(size_t, size_t, size_t, std::optional<uint32_t>) override { return {}; }
+  rdma::PollResult poll(std::span<uint32_t>) override { return {}; }
+  int notify_fd() const override { return efd_.get(); }
+  std::string arm() override { return {}; }
+  void acknowledge_notification() override {}
+
+ private:
+  std::vector<uint8_t> ring_;
+  std::array<uint8_t, rdma::kAckBytes> ack_{};
+  UniqueFd efd_;
+};
+
+// The lost wake-up behind rare 20 s stalls under TSan: a waiting sender arms its
+// completion channel and looks once more; if that look takes the kCreditProgress that
+// answers its credit request but the credit is still short, the receiver no longer
+// counts it as waiting (its next acknowledgements come without a doorbell). The
+// sender must ring a new request instead of going to sleep on the old one.
+TEST(RdmaRing, ProgressSeenJustBeforeSleepingLeadsToANewRequest) {
+  constexpr size_t kRing = rdma::kMinRingBytes;
+  constexpr size_t kPayload = 3000;  // two frames do not fit in the ring
+  constexpr uint64_t kFrame = kPayload + kFrameOverhead;
+  auto out = std::make_unique<ScriptedSendLink>(kRing);
+  ScriptedSendLink& link = *out;
+  // Request 1: answered at once with nothing freed yet (doorbells taken: the first
+  // frame's and the request). Then, just as the sender arms, the receiver has read
+  // 1000 bytes and sends its progress: still too little room for the second frame.
+  link.on_request = [&](int n) {
+    if (n == 1) {
+      link.ack(0, 2);
+      link.ring(rdma::Control::kCreditReply);
+    } else {  // request 2: answered with all of the ring free
+      link.ack(kFrame, n + 1);
+      link.ring(rdma::Control::kCreditReply);
+    }
+  };
+  link.on_arm = [&](int n) {
+    if (n == 1) {
+      link.ack(1000, 2);
+      link.ring(rdma::Control::kCreditProgress);
+    }
+  };
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd other_end(sv[1]);
+  rdma::RingChannelParts parts;
+  parts.kind = "rdma+shm";
+  parts.peer = "rdma+shm:scripted";
+  parts.out = std::move(out);
+  parts.in = std::make_unique<IdleRecvLink>(kRing);
+  parts.setup_socket = UniqueFd(sv[0]);
+  parts.ring_bytes = kRing;
+  parts.spin = 0ns;
+  auto ch = rdma::MakeRingChannel(std::move(parts));
+
+  ASSERT_TRUE(ch->send(1, Pattern(kPayload, 1), 2s).ok());
+  SendResult s = ch->send(1, Pattern(kPayload, 2), 2s);
+  EXPECT_TRUE(s.ok()) << SendCodeName(s.code) << ": " << s.message;
+  EXPECT_EQ(link.requests, 2) << "a new credit request after the progress";
+  EXPECT_EQ(ch->stats().messages_sent, 2u);
 }
 
 TEST(RdmaShm, RefusesOtherTransportsAndBadRingSizes) {
