@@ -41,6 +41,7 @@
 #include "common/clock.h"
 #include "common/unique_fd.h"
 #include "migration/migration.pb.h"
+#include "migration/page_messages.h"
 #include "migration/state_messages.h"
 #include "transport/channel.h"
 #include "vmm/guest_memory.h"
@@ -96,6 +97,11 @@ class RunningVm {
   virtual void stop_write_tracking() = 0;
   // Any thread: let the guest run at most (100 - percent)% of the time.
   virtual void set_throttle_percent(unsigned percent) = 0;
+  // At a boundary: a copy of a digest of the VM's memory that is exact for every
+  // page but those written since it was last brought up to date (which hold data,
+  // so the first round sends and rehashes them), or null for none (the sender
+  // then hashes every page that is a hole, ~0.1 s per GiB).
+  virtual std::unique_ptr<vmm::MemoryDigest> copy_memory_digest() { return nullptr; }
 };
 
 struct PrecopyOptions {
@@ -189,6 +195,8 @@ class PrecopySender {
   std::vector<uint64_t> receiver_disk_;  // block hashes of the receiver's disk, if it has one
   bool tracking_ = false;
   uint64_t applied_bytes_ = 0;  // by the receiver (kMsgCopyProgress)
+  PageSender pages_out_;
+  std::vector<uint8_t> disk_buf_;  // SendDisk's
   std::unique_ptr<vmm::MemoryDigest> digest_;  // of the pages as sent (copy_memory)
   PrecopyStats stats_;
 };

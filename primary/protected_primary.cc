@@ -228,6 +228,7 @@ class RecordingVm final : public migration::RunningVm {
     m_.track_disk_writes(nullptr);
   }
   void set_throttle_percent(unsigned percent) override { r_.set_throttle_percent(percent); }
+  std::unique_ptr<vmm::MemoryDigest> copy_memory_digest() override { return r_.copy_memory_digest(); }
 
  private:
   vmm::Machine& m_;
@@ -336,6 +337,7 @@ bool ProtectedPrimary::AttachLive(std::unique_ptr<transport::Channel> channel) {
                                         {"of_which_last_round_ms", double(final_copy_ns) / 1e6},
                                         {"of_which_checkpoint_ms", double(snapshot_ns) / 1e6},
                                         {"copy_rounds", sender->stats().rounds},
+                                        {"final_pages", sender->stats().final_pages},
                                         {"sent_mib", double(sender->stats().bytes_sent) / double(1u << 20)},
                                         {"total_ms", (clock_.monotonic_ns() - t0) / 1000000}});
     } else {

@@ -119,6 +119,11 @@ class Recorder final : public vmm::ExecutionHooks {
   void start_write_tracking();
   vmm::PageBitmap take_written_pages();
   void stop_write_tracking() { written_.reset(); }
+  // At a boundary: a copy of the memory digest, exact but for the pages written
+  // since the last verification (all of which hold data).
+  std::unique_ptr<vmm::MemoryDigest> copy_memory_digest() const {
+    return std::make_unique<vmm::MemoryDigest>(*memory_digest_);
+  }
   // Slows the guest down so that it runs at most (100 - percent)% of the time
   // (0: full speed): a live copy that cannot keep up with the pages the guest
   // writes throttles it to converge. Any thread; takes effect at boundaries.

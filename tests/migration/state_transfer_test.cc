@@ -109,6 +109,15 @@ class WritingVm final : public RunningVm {
     disk_blocks_ = nullptr;
   }
   void set_throttle_percent(unsigned percent) override { throttle_ = percent; }
+  std::unique_ptr<vmm::MemoryDigest> copy_memory_digest() override {
+    return digest_ ? std::make_unique<vmm::MemoryDigest>(*digest_) : nullptr;
+  }
+  // Offers the sender a digest taken now, which every later write makes stale (as a
+  // recorder's is between verifications).
+  void OfferDigest() {
+    std::lock_guard<std::mutex> lock(mu_);
+    digest_ = std::make_unique<vmm::MemoryDigest>(memory_);
+  }
 
   bool tracking() const { return tracking_; }
   unsigned throttle() const { return throttle_; }
@@ -159,13 +168,17 @@ class WritingVm final : public RunningVm {
   vmm::PageBitmap* disk_blocks_ = nullptr;
   std::atomic<unsigned> throttle_{0};
   std::atomic<bool> stop_{false};
+  std::unique_ptr<vmm::MemoryDigest> digest_;
   std::thread writer_;
 };
 
-TEST(StateTransfer, CopiesAVmThatKeepsWritingExactly) {
+// `offer_digest`: the VM offers a stale digest of its memory to start from (as a
+// primary does); else the sender starts from zeros.
+void CopiesAVmThatKeepsWritingExactly(bool offer_digest) {
   auto clock = MakeSystemClock();
   auto pair = MakePair(Kind::kTcp);
   WritingVm vm(20, 16, 7);
+  if (offer_digest) vm.OfferDigest();
   auto replica = vmm::GuestMemory::Create(kMemBytes);
   // The replica starts with other contents where the VM has a page of zeros.
   std::memset(replica.ptr(kZeroPage * vmm::kPageSize, vmm::kPageSize), 0xee, vmm::kPageSize);
@@ -243,6 +256,9 @@ TEST(StateTransfer, CopiesAVmThatKeepsWritingExactly) {
   EXPECT_GE(sender.stats().zero_pages_sent, 1u);
   unlink(replica_disk.c_str());
 }
+
+TEST(StateTransfer, CopiesAVmThatKeepsWritingExactly) { CopiesAVmThatKeepsWritingExactly(false); }
+TEST(StateTransfer, CopiesAVmThatKeepsWritingExactlyFromItsOwnDigest) { CopiesAVmThatKeepsWritingExactly(true); }
 
 TEST(StateTransfer, GivesUpCleanlyWhenTheVmWritesFasterThanAllowed) {
   auto clock = MakeSystemClock();
