@@ -227,6 +227,18 @@ void VmStorage::CopyWhileRunning(storage::DiskMirror& mirror, const std::string&
   }
 }
 
+// The copy of a disk move: no reports of its own (the move reports progress), a
+// quick heartbeat, and at most `rate_mib` MiB/s (0: unlimited).
+storage::MirrorOptions VmStorage::MoveMirrorOptions(const std::string& disk_path, double rate_mib) const {
+  storage::MirrorOptions mo;
+  mo.disk_path = disk_path;
+  mo.vm_name = machine_.config().app;
+  mo.report = std::chrono::nanoseconds(0);
+  mo.heartbeat = std::chrono::milliseconds(20);
+  mo.copy_rate = uint64_t(std::max(0.0, rate_mib) * double(1u << 20));
+  return mo;
+}
+
 control::Reply VmStorage::MoveDisk(const control::Request& req, control::Responder& out) {
   control::Reply reply;
   std::unique_lock<std::mutex> one(move_mu_, std::try_to_lock);
@@ -247,12 +259,7 @@ control::Reply VmStorage::MoveDisk(const control::Request& req, control::Respond
   log::info("move_disk.start", {{"from", old_path}, {"to", new_path}});
   out.progress("moving " + old_path + " to " + new_path + ": copying while the VM runs");
 
-  storage::MirrorOptions mo;
-  mo.disk_path = old_path;
-  mo.vm_name = machine_.config().app;
-  mo.report = std::chrono::nanoseconds(0);
-  mo.heartbeat = std::chrono::milliseconds(20);
-  mo.copy_rate = uint64_t(std::max(0.0, req.move_disk().rate_mib()) * double(1u << 20));
+  const storage::MirrorOptions mo = MoveMirrorOptions(old_path, req.move_disk().rate_mib());
   auto mirror = std::make_unique<storage::DiskMirror>(storage::MakeLocalTarget(new_path), mo, clock_);
   try {
     CopyWhileRunning(*mirror, new_path, out);
@@ -327,12 +334,7 @@ control::Reply VmStorage::MoveDiskRemote(const control::Request& req, control::R
   log::info("move_disk.start", {{"from", old_path}, {"to", address}});
   out.progress("moving " + old_path + " to the disk server at " + address + ": copying while the VM runs");
 
-  storage::MirrorOptions mo;
-  mo.disk_path = old_path;
-  mo.vm_name = machine_.config().app;
-  mo.report = std::chrono::nanoseconds(0);
-  mo.heartbeat = std::chrono::milliseconds(20);
-  mo.copy_rate = uint64_t(std::max(0.0, req.move_disk().rate_mib()) * double(1u << 20));
+  const storage::MirrorOptions mo = MoveMirrorOptions(old_path, req.move_disk().rate_mib());
   auto mirror = std::make_unique<storage::DiskMirror>(storage::MakeChannelTarget(address), mo, clock_);
   CopyWhileRunning(*mirror, address, out);
   out.progress("copied; switching the VM to the disk server at " + address);

@@ -71,6 +71,7 @@ class VmStorage {
   // Attaches `mirror` to the disk, starts it and waits until it is nearly synced,
   // with progress lines. Throws ftvm::Error (the mirror detached) when the copy fails.
   void CopyWhileRunning(storage::DiskMirror& mirror, const std::string& to, control::Responder& out);
+  storage::MirrorOptions MoveMirrorOptions(const std::string& disk_path, double rate_mib) const;
   void Status(control::StatusReply& status);
   // The --dr-checkpoint-s thread: pauses the VM at a boundary, captures its state
   // and queues it on the mirror.
