@@ -654,6 +654,7 @@ std::string DiskMirror::SendCheckpoint(MirrorLink& link) {
   ++counters_.checkpoints_sent;
   counters_.last_checkpoint_seq = pc->seq;
   counters_.last_checkpoint_bytes = message.size();
+  counters_.last_checkpoint_wall_ns = pc->wall_ns;
   return "";
 }
 

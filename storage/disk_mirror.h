@@ -112,6 +112,7 @@ struct MirrorStatus {
   uint64_t checkpoints_dropped = 0;  // queued, but the stream broke before they went
   uint64_t last_checkpoint_seq = 0;
   uint64_t last_checkpoint_bytes = 0;  // compressed, as sent
+  uint64_t last_checkpoint_wall_ns = 0;  // when the VM paused for it
   std::string last_error;
 };
 

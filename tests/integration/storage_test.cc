@@ -24,6 +24,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <sstream>
 #include <mutex>
 #include <thread>
 
@@ -190,9 +191,10 @@ TEST_F(StorageTest, DrCheckpointResumesTheVmAtTheCheckpointAndColdBootKeepsEvery
   const std::string addr = "tcp:127.0.0.1:" + std::to_string(20000 + (getpid() + 19) % 20000);
   Process replica = Process::Start(ns_.Wrap({FtvmBinary(), "dr-replica", "--listen", addr, "--dir", dir}), "replica");
   ASSERT_TRUE(WaitForFileContains(replica.stderr_path(), "listening", seconds(10))) << replica.Stderr();
+  const std::string control = ScratchPath("ck.ctl");
   Process vm = StartVm({FtvmBinary(), "run"},
                        {"--disk", disk, "--dr-target", addr, "--dr-sync", "--dr-sync-timeout-s", "30",
-                        "--dr-checkpoint-s", "8"},
+                        "--dr-checkpoint-s", "8", "--control", control},
                        ScratchPath("ck-console.txt"));
   ASSERT_TRUE(WaitForFileContains(vm.stderr_path(), "dr.caught_up", seconds(30))) << vm.Stderr();
 
@@ -228,6 +230,19 @@ TEST_F(StorageTest, DrCheckpointResumesTheVmAtTheCheckpointAndColdBootKeepsEvery
   EXPECT_EQ(st["checkpoint_seq"], st["durable_seq"]) << "the store is idle: the checkpoint is the newest write";
   EXPECT_FALSE(st["checkpoint_age_s"].empty());
   EXPECT_GT(std::stoull(st["checkpoint_bytes"]), 0u);
+  // The source's `ftvm status` has the same checkpoint: one sent, of that size.
+  {
+    ProcessResult table = RunProcess({FtvmBinary(), "status", "--control", control}, seconds(10), "ftvm-status");
+    ASSERT_EQ(table.exit_code, 0) << table.err;
+    std::map<std::string, std::string> rows;
+    std::istringstream lines(table.out);
+    for (std::string name, value; lines >> name && std::getline(lines, value);)
+      rows[name] = value.substr(std::min(value.find_first_not_of(' '), value.size()));
+    EXPECT_GE(std::stoull(rows["dr_checkpoints"].empty() ? "0" : rows["dr_checkpoints"]), 1u) << table.out;
+    // (A slow run may have sent the next one already, of another size.)
+    if (rows["dr_checkpoints"] == "1") EXPECT_EQ(rows["dr_checkpoint_bytes"], st["checkpoint_bytes"]) << table.out;
+    EXPECT_FALSE(rows["dr_checkpoint_age_s"].empty()) << table.out;
+  }
   // The image at the checkpoint, to compare the rolled-back disk with.
   const std::string at_checkpoint = ReadFile(dir + "/disk.img");
   ASSERT_EQ(at_checkpoint.size(), size_t(32 << 20));

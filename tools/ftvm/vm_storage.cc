@@ -182,6 +182,14 @@ void VmStorage::Status(control::StatusReply& status) {
     s->set_dr_consistent(m.target_consistent);
     s->set_dr_behind_bytes(m.lag_bytes);
     s->set_dr_behind_ms(double(m.lag_ns) / 1e6);
+    s->set_dr_checkpoints(m.checkpoints_sent);
+    s->set_dr_checkpoints_dropped(m.checkpoints_dropped);
+    if (m.checkpoints_sent != 0) {
+      const uint64_t now = clock_.wall_ns();
+      s->set_dr_checkpoint_age_s(
+          double(now > m.last_checkpoint_wall_ns ? now - m.last_checkpoint_wall_ns : 0) / 1e9);
+      s->set_dr_checkpoint_bytes(m.last_checkpoint_bytes);
+    }
   }
 }
 
