@@ -129,6 +129,9 @@ std::string RenderPrometheus(const StatusReply& s) {
   if (!s.dr_target().empty()) {
     w.metric("ftvm_dr_behind_seconds", "gauge", "how far the DR replica is behind", s.dr_behind_ms() / 1e3);
     w.metric("ftvm_dr_consistent", "gauge", "1 when the DR replica is crash-consistent", s.dr_consistent() ? 1 : 0);
+    w.metric("ftvm_dr_checkpoints_total", "counter", "DR checkpoints sent to the replica", double(s.dr_checkpoints()));
+    if (s.dr_checkpoints() != 0)
+      w.metric("ftvm_dr_checkpoint_age_seconds", "gauge", "age of the last DR checkpoint sent", s.dr_checkpoint_age_s());
   }
   return w.take();
 }

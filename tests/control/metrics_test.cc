@@ -51,6 +51,26 @@ TEST(Metrics, PagesStatusAndMetrics) {
   EXPECT_EQ(StatusJson(FakeStatus()), status.substr(status.find("\r\n\r\n") + 4));
 }
 
+// A VM with a DR target has its lag, consistency and checkpoints as series; one
+// without has none of them.
+TEST(Metrics, DrSeriesOnlyWithADrTarget) {
+  StatusReply s = FakeStatus();
+  EXPECT_EQ(RenderPrometheus(s).find("ftvm_dr_"), std::string::npos);
+  s.set_dr_target("tcp:10.0.0.9:7300");
+  s.set_dr_consistent(true);
+  s.set_dr_behind_ms(1500);
+  std::string text = RenderPrometheus(s);
+  EXPECT_NE(text.find("ftvm_dr_behind_seconds{"), std::string::npos) << text;
+  EXPECT_NE(text.find("} 1.5\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("ftvm_dr_checkpoints_total{"), std::string::npos) << text;
+  EXPECT_EQ(text.find("ftvm_dr_checkpoint_age_seconds"), std::string::npos) << "no checkpoint yet, no age:\n" << text;
+  s.set_dr_checkpoints(2);
+  s.set_dr_checkpoint_age_s(4.25);
+  text = RenderPrometheus(s);
+  EXPECT_NE(text.find("ftvm_dr_checkpoint_age_seconds{"), std::string::npos) << text;
+  EXPECT_NE(text.find("} 4.25\n"), std::string::npos) << text;
+}
+
 TEST(Metrics, ActionsAreRefusedWithoutAHandler) {
   MetricsServer server("127.0.0.1:0", FakeStatus, nullptr);
   for (const char* path : {"/api/drill", "/api/migrate"}) {
