@@ -172,11 +172,13 @@ TEST(InterruptController, WaitIfSkipsTheWaitWhenAnInterruptCameSince) {
 TEST(Timer, OneShotRaisesTheTimerLineOnce) {
   InterruptController irq([] { return false; }, live_io);
   Timer t(irq, live_io);
-  t.mmio_write(FTVM_TIMER_ARM_NS, 8, 1000000);  // 1 ms
+  // 300 ms: the wake-up below must come before expiry even on a loaded host (a
+  // 1 ms timer expired first when CI's other tests held both cores).
+  t.mmio_write(FTVM_TIMER_ARM_NS, 8, 300000000);
   t.host_ready();  // a spurious wake-up before expiry changes nothing
   t.poll();
   EXPECT_EQ(t.mmio_read(FTVM_TIMER_FIRED, 8), 0u);
-  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(320));
   t.poll();  // expired, but the machine has not reported the timerfd ready yet
   EXPECT_EQ(t.fired(), 0u);
   t.host_ready();
