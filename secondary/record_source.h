@@ -57,12 +57,19 @@ class StreamSource final : public RecordSource {
   const eventlog::LogHeader& header() const override { return reader_.header(); }
   Next next(eventlog::Record& out, uint64_t position, eventlog::ReadResult& error) override {
     for (;;) {
-      const bool finished = stream_->finished();  // read before: no byte can arrive unseen
+      // Both read before the records: no byte can arrive unseen. The receiver
+      // appends a batch before it raises complete_below, so a promise read first
+      // covers only records the reader below can see; read after, it could cover
+      // a batch that landed in between, and the replica would run past records
+      // still in the stream (a divergence seen once in CI, after a re-protection).
+      const bool finished = stream_->finished();
+      const uint64_t complete_below = stream_->complete_below();
       error = reader_.next(out);
       if (error.is_record()) return Next::kRecord;
       if (error.is_error()) return Next::kEnd;
+      if (after_empty_look_) after_empty_look_();
       if (finished) return Next::kEnd;
-      if (stream_->complete_below() > position) return Next::kNotYet;
+      if (complete_below > position) return Next::kNotYet;
       if (interrupted_) return Next::kEnd;
       if (on_caught_up_ && reader_.offset() != caught_up_at_) {
         caught_up_at_ = reader_.offset();
@@ -79,6 +86,9 @@ class StreamSource final : public RecordSource {
   // primary, whose strict output rule and lag figures wait on exactly that. Once
   // per offset.
   void set_on_caught_up(std::function<void(uint64_t offset)> f) { on_caught_up_ = std::move(f); }
+  // Tests: runs when a look for records found none, before the source decides what
+  // that means (the moment a batch from the receiver can land).
+  void set_after_empty_look(std::function<void()> f) { after_empty_look_ = std::move(f); }
   void interrupt() override {
     interrupted_ = true;
     stream_->interrupt();
@@ -88,6 +98,7 @@ class StreamSource final : public RecordSource {
   std::shared_ptr<eventlog::ByteStream> stream_;
   eventlog::LogReader reader_;
   std::atomic<bool> interrupted_{false};
+  std::function<void()> after_empty_look_;
   std::function<void(uint64_t)> on_caught_up_;
   uint64_t caught_up_at_ = 0;
 };
