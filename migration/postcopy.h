@@ -153,6 +153,7 @@ class PostcopyReceiver {
   transport::Channel* channel_ = nullptr;
   vmm::MemoryDigest digest_;  // of the pages as they arrived
   std::thread faults_;
+  std::mutex faults_join_mu_;  // StopFaultThread's: one join at a time
   std::thread receiver_;
   std::atomic<bool> stopping_{false};
   uint64_t start_ns_ = 0;
