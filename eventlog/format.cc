@@ -24,6 +24,7 @@ std::string RecordTypeName(uint8_t type) {
     case RecordType::kDiskError: return "DiskError";
     case RecordType::kOutputCheck: return "OutputCheck";
     case RecordType::kGuestReset: return "GuestReset";
+    case RecordType::kWaitCut: return "WaitCut";
   }
   return "type " + std::to_string(type);
 }

@@ -4,7 +4,7 @@
 // File layout (all fixed-size integers little-endian, whatever the host):
 //
 //   offset 0   8 bytes  magic "FTVMLOG\0"
-//          8   u32      format version (kFormatVersion = 4; no other version is read)
+//          8   u32      format version (kFormatVersion = 5; no other version is read)
 //         12   u32      header length L (<= kMaxHeaderBytes)
 //         16   L bytes  LogHeader protobuf (eventlog.proto)
 //       16+L   u32      CRC32C of bytes [8, 16+L): version, length and header bytes
@@ -68,8 +68,10 @@ inline constexpr std::array<uint8_t, 8> kMagic = {'F', 'T', 'V', 'M', 'L', 'O', 
 // 4: GuestReset records (a hung guest reset in place). Bumped although the layout
 // is unchanged, so that a version-3 reader refuses such a log when it opens it,
 // naming the version, instead of failing in the middle at an unknown type.
+// 5: WaitCut records (the VMM ended an idle wait to reach a boundary), bumped for
+// the same reason.
 // A reader reads its own version only: version 2 records have another layout.
-inline constexpr uint32_t kFormatVersion = 4;
+inline constexpr uint32_t kFormatVersion = 5;
 inline constexpr size_t kFileFixedHeaderBytes = 16;  // magic, version, length
 inline constexpr size_t kMaxHeaderBytes = 1 << 20;   // a VM config is a few hundred bytes
 // Cap on a stored payload and on a decompressed one. It bounds what a corrupt length
@@ -111,8 +113,9 @@ enum class RecordType : uint8_t {
   kDiskError = 11,      // u16 descriptor head, u32 host errno: a disk request failed
   kOutputCheck = 12,    // u8 output stream, u64 its running hash: an output left here
   kGuestReset = 13,     // empty: the VM was reset in place here (its guest hung)
+  kWaitCut = 14,        // empty: the VMM ended the guest's idle wait here, no interrupt due
 };
-inline constexpr uint8_t kMaxRecordType = 13;
+inline constexpr uint8_t kMaxRecordType = 14;
 
 inline bool IsKnownRecordType(uint8_t type) { return type >= 1 && type <= kMaxRecordType; }
 // "ClockRead", ...; "type 42" for an unknown value.

@@ -41,6 +41,7 @@ std::string PayloadSizeProblem(RecordType type, size_t size) {
     case RecordType::kOutputCheck:
       return size == kOutputCheckBytes ? "" : Wrong(type, size, "9");
     case RecordType::kGuestReset:
+    case RecordType::kWaitCut:
       return size == 0 ? "" : Wrong(type, size, "0");
   }
   return "unknown record type " + std::to_string(static_cast<unsigned>(type));

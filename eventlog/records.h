@@ -111,6 +111,11 @@ struct OutputCheck {
 std::array<uint8_t, kOutputCheckBytes> EncodeOutputCheck(const OutputCheck& c);
 std::optional<OutputCheck> DecodeOutputCheck(std::span<const uint8_t> payload);
 
+// kWaitCut: no payload. The guest idled at exit `position` (FTVM_IRQ_WAIT, _WAIT_IF,
+// HLT) and the primary ended the wait with no interrupt deliverable, to reach a
+// boundary for a VMM task (a migration round, a snapshot); the guest kit's wait is
+// allowed to return spuriously. The replica ends its wait there too.
+
 // kGuestReset: no payload. The primary reset its hung guest in place right after
 // exit `position` (vmm::Machine::reset_guest); the replica resets there too.
 

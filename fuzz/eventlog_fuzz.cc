@@ -66,6 +66,7 @@ void Exercise(std::span<const uint8_t> data) {
         case RecordType::kEnd: Require(DecodeEnd(rec.payload).has_value(), "end"); break;
         case RecordType::kTimerExpiry: Require(rec.payload.empty(), "timer"); break;
         case RecordType::kGuestReset: Require(rec.payload.empty(), "guest reset"); break;
+        case RecordType::kWaitCut: Require(rec.payload.empty(), "wait cut"); break;
         case RecordType::kIrqWaitResult:
           Require(DecodeIrqWaitResult(rec.payload).has_value(), "wait result");
           break;

@@ -219,6 +219,11 @@ void Recorder::guest_reset(vmm::Machine& m) {
   log::info("record.guest_reset", {{"position", m.position()}});
 }
 
+void Recorder::wait_cut(vmm::Machine&) {
+  ++stats_.wait_cuts;
+  Append(RecordType::kWaitCut, {});
+}
+
 void Recorder::CollectDirty() {
   vmm::PageBitmap fresh(since_verify_.pages());
   tracker_->collect(fresh);

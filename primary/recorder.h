@@ -53,6 +53,7 @@ struct RecorderStats {
   uint64_t disk_batches = 0;
   uint64_t disk_errors = 0;
   uint64_t guest_resets = 0;
+  uint64_t wait_cuts = 0;
   uint64_t checkpoints = 0;
   uint64_t checkpoint_pages = 0;
   uint64_t checkpoint_ns = 0;     // time spent capturing and logging checkpoints
@@ -119,11 +120,9 @@ class Recorder final : public vmm::ExecutionHooks {
   void start_write_tracking();
   vmm::PageBitmap take_written_pages();
   void stop_write_tracking() { written_.reset(); }
-  // At a boundary: a copy of the memory digest, exact but for the pages written
-  // since the last verification (all of which hold data).
-  std::unique_ptr<vmm::MemoryDigest> copy_memory_digest() const {
-    return std::make_unique<vmm::MemoryDigest>(*memory_digest_);
-  }
+  // At a boundary: copies the memory digest, exact but for the pages written since
+  // the last verification (all of which hold data), into `into`.
+  void copy_memory_digest(vmm::MemoryDigest& into) const { into.copy_from(*memory_digest_); }
   // Slows the guest down so that it runs at most (100 - percent)% of the time
   // (0: full speed): a live copy that cannot keep up with the pages the guest
   // writes throttles it to converge. Any thread; takes effect at boundaries.
@@ -149,6 +148,7 @@ class Recorder final : public vmm::ExecutionHooks {
   bool boundary(vmm::Machine& m, bool exact) override;
   void vector_injected(vmm::Machine& m, uint8_t vector) override;
   void guest_reset(vmm::Machine& m) override;
+  void wait_cut(vmm::Machine& m) override;
   void finished(vmm::Machine& m, bool exact, bool completed) override;
 
   void Append(eventlog::RecordType type, std::span<const uint8_t> payload, bool compress = false);

@@ -344,6 +344,12 @@ bool Replayer::apply_device_events(vmm::Machine& m, bool one) {
       MatchOutputChecks();
       continue;
     }
+    if (one && !applied && h != nullptr && h->type == RecordType::kWaitCut) {
+      // The primary ended this wait for a task of its VMM: so does the replica.
+      Consume();
+      ++stats_.wait_cuts;
+      return false;
+    }
     if (h == nullptr || (h->type != RecordType::kTimerExpiry && h->type != RecordType::kPacketRx &&
                          h->type != RecordType::kDiskCompletion))
       break;

@@ -64,6 +64,7 @@ struct ReplayStats {
   uint64_t frames = 0;
   uint64_t output_checks = 0;
   uint64_t guest_resets = 0;
+  uint64_t wait_cuts = 0;
   uint64_t final_position = 0;
 };
 

@@ -49,6 +49,12 @@ class ExecutionHooks : public DeviceIo {
   // says so. (The pages it rewrites reach dirty tracking through GuestMemory's
   // note_write.) No-op by default.
   virtual void guest_reset(Machine& /*m*/) {}
+  // Recording: the guest idled at the current exit (FTVM_IRQ_WAIT, _WAIT_IF, HLT) and
+  // the machine ends that wait with no interrupt deliverable, because a
+  // run_at_boundary task waits (an idle guest may not exit for a timer period, tens
+  // of ms): a recorder logs it, so that the replica's wait ends there too. No-op by
+  // default.
+  virtual void wait_cut(Machine& /*m*/) {}
   // The backend stopped for good. `exact`: at a deterministic point. `completed`:
   // it stopped because the VM powered off or was asked to (not an error).
   virtual void finished(Machine& m, bool exact, bool completed) = 0;

@@ -71,6 +71,7 @@ struct MachineStats {
   uint64_t pio_exits = 0;
   uint64_t halt_exits = 0;
   uint64_t async_exits = 0;  // kicks: not caused by the guest
+  uint64_t wait_cuts = 0;    // idle waits ended early for a run_at_boundary task
   uint64_t interrupts = 0;
   uint64_t console_bytes = 0;
   uint64_t boot_to_first_output_ns = 0;  // 0 if the guest printed nothing

@@ -27,9 +27,11 @@ void irq_wait_since(uint64_t snapshot) {
   mmio_write64(FTVM_SLOT_IRQ, FTVM_IRQ_WAIT_IF, snapshot);
   compiler_barrier();
   // A line still pending is injected before the next exit (KVM: right after this
-  // one; software CPU: at the next block start): wait for its stub so the caller
-  // sees the counters move (bounded, in case a VMM never delivers).
-  for (unsigned i = 0; i < (1u << 20) && irq_total() == snapshot; ++i) {
+  // one; software CPU: at the next block start, an iteration or two): wait for its
+  // stub so the caller sees the counters move. Bounded short: the VMM also ends a
+  // wait with nothing pending (to reach a boundary for a migration round or a
+  // snapshot), and a guest spinning here then would take a core from that work.
+  for (unsigned i = 0; i < 4096 && irq_total() == snapshot; ++i) {
     asm volatile("pause" ::: "memory");
   }
 }

@@ -183,34 +183,41 @@ TEST(EventLogFormat, RejectsWrongVersion) {
                                         "; this ftvm reads version " + std::to_string(kFormatVersion)));
   // Logs of the previous formats (fixed 16-byte record headers) are refused too.
   PutLe32(&log[8], 2);
-  EXPECT_THAT(OpenError(log), HasSubstr("written by format version 2; this ftvm reads version 4"));
+  EXPECT_THAT(OpenError(log), HasSubstr("written by format version 2; this ftvm reads version 5"));
   PutLe32(&log[8], 1);
   EXPECT_THAT(OpenError(log), HasSubstr("written by format version 1"));
 }
 
-TEST(EventLogFormat, GuestResetRecordsCameWithVersion4) {
-  // A GuestReset record round-trips (no payload) and one with a payload is refused.
+TEST(EventLogFormat, GuestResetAndWaitCutRecordsRoundTripWithNoPayload) {
+  // GuestReset (format 4) and WaitCut (format 5) records round-trip with no payload,
+  // and one with a payload is refused.
   std::vector<uint8_t> log = EncodeFileHeader(SampleHeader());
   AppendRecord(log, RecordType::kClockRead, 0, 1, EncodeClockRead(1));
   AppendRecord(log, RecordType::kGuestReset, 0, 4, {});
+  AppendRecord(log, RecordType::kWaitCut, 0, 6, {});
   AppendRecord(log, RecordType::kEnd, 0, 9, EncodeEnd(testing::MakeDigest(1)));
   {
     LogReader r = LogReader::OpenBuffer(log);
     std::vector<Record> recs;
     ASSERT_TRUE(ReadAll(r, &recs).is_end());
-    ASSERT_EQ(recs.size(), 3u);
+    ASSERT_EQ(recs.size(), 4u);
     EXPECT_EQ(recs[1].type, RecordType::kGuestReset);
     EXPECT_EQ(recs[1].position, 4u);
     EXPECT_TRUE(recs[1].payload.empty());
+    EXPECT_EQ(recs[2].type, RecordType::kWaitCut);
+    EXPECT_EQ(recs[2].position, 6u);
+    EXPECT_TRUE(recs[2].payload.empty());
   }
   EXPECT_EQ(RecordTypeName(RecordType::kGuestReset), "GuestReset");
+  EXPECT_EQ(RecordTypeName(RecordType::kWaitCut), "WaitCut");
   EXPECT_EQ(PayloadSizeProblem(RecordType::kGuestReset, 1), "GuestReset payload of 1 bytes, expected 0");
-  // Logs that may hold them say version 4, which a version-3 build refuses when it
-  // opens the file, naming both versions (its reader is this one with 3 here); and
-  // this build refuses version-3 logs the same way.
-  EXPECT_EQ(kFormatVersion, 4u);
-  PutLe32(&log[8], 3);
-  EXPECT_THAT(OpenError(log), HasSubstr("written by format version 3; this ftvm reads version 4"));
+  EXPECT_EQ(PayloadSizeProblem(RecordType::kWaitCut, 2), "WaitCut payload of 2 bytes, expected 0");
+  // Logs that may hold them say version 5, which an older build refuses when it
+  // opens the file, naming both versions (its reader is this one with 4 here); and
+  // this build refuses version-4 logs the same way.
+  EXPECT_EQ(kFormatVersion, 5u);
+  PutLe32(&log[8], 4);
+  EXPECT_THAT(OpenError(log), HasSubstr("written by format version 4; this ftvm reads version 5"));
 }
 
 TEST(EventLogFormat, RejectsBadHeaderCrc) {
