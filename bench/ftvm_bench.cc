@@ -977,10 +977,18 @@ void PairThroughput(std::vector<Row>& rows, bool quick, const Channels& ch) {
 // 512 MiB), over shm on this host: the pause (the last copy round, the opening
 // checkpoint, the destination taking over), the whole move's time against RAM size
 // over the channel's streaming bandwidth, and what went over the channel. The
-// moved VM must finish its run on the destination, or the bench stops.
+// moved VM must finish its run on the destination, or the bench stops. Each figure
+// is the median of several moves (one move's time depends on where in its idle
+// and write cycle the guest was), with the worst total beside it.
 // `postcopy`: ftvm migrate --postcopy instead: the VM runs on the destination after
 // a pause without memory, which follows while it runs.
-void Migration(std::vector<Row>& rows, bool quick, const Channels& ch, bool postcopy) {
+struct MigrationRun {
+  double pause_ms = 0, source_ms = 0, total_s = 0, sent_mib = 0;
+  // Post-copy only.
+  double all_memory_s = 0, pages = 0, faults = 0, wait_p50_ms = 0, wait_p99_ms = 0;
+};
+
+MigrationRun MigrateOnce(bool quick, bool postcopy) {
   const std::string dir = itest::ScratchPath(postcopy ? "bench-postcopy" : "bench-migrate");
   std::filesystem::create_directories(dir + "/arbiter");
   const std::string sock = dir + "/s.sock", console = dir + "/dest.console";
@@ -1014,38 +1022,68 @@ void Migration(std::vector<Row>& rows, bool quick, const Channels& ch, bool post
       Die("the migration source did not log " + event, sr);
     return std::stod(m[1]) * 3600 + std::stod(m[2]) * 60 + std::stod(m[3]);
   };
-  const double pause = field("primary.handed_over", "paused_ms");
-  const double last_round = field("primary.handed_over", "of_which_last_round_ms");
-  const double checkpoint = field("primary.handed_over", "of_which_checkpoint_ms");
-  const double ram_over_channel_s = double(1u << 30) / (ch.shm.gbps * 1e9);
+  MigrationRun run;
+  run.pause_ms = field("primary.handed_over", "paused_ms");
+  run.source_ms =
+      field("primary.handed_over", "of_which_last_round_ms") + field("primary.handed_over", "of_which_checkpoint_ms");
   if (postcopy) {
     // The destination says how post-copy went.
     std::smatch m;
     if (!std::regex_search(dst.err, m, std::regex(R"(post-copy: (\d+) of (\d+) pages arrived, (\d+) fetched on demand \(waits p50 ([0-9.]+) ms, p99 ([0-9.]+) ms\), in ([0-9.]+) ms)")))
       Die("the post-copy destination did not report its post-copy", dst);
-    const double pages = std::stod(m[2]), faults = std::stod(m[3]);
+    run.pages = std::stod(m[2]);
+    run.faults = std::stod(m[3]);
+    run.wait_p50_ms = std::stod(m[4]);
+    run.wait_p99_ms = std::stod(m[5]);
+    run.all_memory_s = std::stod(m[6]) / 1e3;
+  } else {
+    run.sent_mib = field("primary.handed_over", "sent_mib");
+    run.total_s = at("primary.handed_over") - at("primary.copying_state");
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return run;
+}
+
+void Migration(std::vector<Row>& rows, bool quick, const Channels& ch, bool postcopy) {
+  const int moves = quick ? 3 : 5;
+  std::vector<MigrationRun> runs;
+  for (int i = 0; i < moves; ++i) runs.push_back(MigrateOnce(quick, postcopy));
+  auto median = [&](double MigrationRun::*f) {
+    std::vector<double> v;
+    for (const MigrationRun& r : runs) v.push_back(r.*f);
+    return Median(v);
+  };
+  auto worst = [&](double MigrationRun::*f) {
+    double w = 0;
+    for (const MigrationRun& r : runs) w = std::max(w, r.*f);
+    return w;
+  };
+  const double ram_over_channel_s = double(1u << 30) / (ch.shm.gbps * 1e9);
+  const std::string n = " (median of " + std::to_string(moves) + ")";
+  if (postcopy) {
     const std::string pre = "post-copy 1 GiB, dirty 64 MiB/s, shm: ";
-    rows.push_back({pre + "VM runs on the destination after", pause, "ms", "goal 20 ms", 20});
-    rows.push_back({pre + "all memory there after", std::stod(m[6]) / 1e3, "s", "RAM / channel x 1.5",
+    rows.push_back({pre + "VM runs on the destination after" + n, median(&MigrationRun::pause_ms), "ms", "goal 20 ms", 20});
+    rows.push_back({pre + "all memory there after" + n, median(&MigrationRun::all_memory_s), "s", "RAM / channel x 1.5",
                     1.5 * ram_over_channel_s});
-    rows.push_back({pre + "pages fetched on demand", faults, "pages", "all pages", pages});
-    rows.push_back({pre + "wait for a page p50", std::stod(m[4]), "ms", "downtime (pre-copy)", 10});
-    rows.push_back({pre + "wait for a page p99", std::stod(m[5]), "ms", "downtime (pre-copy)", 10});
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
+    rows.push_back({pre + "pages fetched on demand" + n, median(&MigrationRun::faults), "pages", "all pages",
+                    median(&MigrationRun::pages)});
+    rows.push_back({pre + "wait for a page p50" + n, median(&MigrationRun::wait_p50_ms), "ms", "downtime (pre-copy)", 10});
+    rows.push_back({pre + "wait for a page p99" + n, median(&MigrationRun::wait_p99_ms), "ms", "downtime (pre-copy)", 10});
     return;
   }
-  const double sent_mib = field("primary.handed_over", "sent_mib");
-  const double total_s = at("primary.handed_over") - at("primary.copying_state");
   const std::string pre = "migrate 1 GiB, dirty 64 MiB/s, shm: ";
   // The VM pauses once: the last round, the opening checkpoint, then the
   // destination applies it, claims the arbiter and runs the VM.
-  rows.push_back({pre + "downtime", pause, "ms", "goal 10 ms", 10});
-  rows.push_back({pre + "source side of it", last_round + checkpoint, "ms", "downtime", pause});
-  rows.push_back({pre + "total time", total_s, "s", "RAM / channel x 1.5", 1.5 * ram_over_channel_s});
-  rows.push_back({pre + "data sent", sent_mib, "MiB", "RAM", 1024});
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
+  const double pause = median(&MigrationRun::pause_ms);
+  rows.push_back({pre + "downtime" + n, pause, "ms", "goal 10 ms", 10});
+  rows.push_back({pre + "downtime, worst", worst(&MigrationRun::pause_ms), "ms", "goal 10 ms", 10});
+  rows.push_back({pre + "source side of it" + n, median(&MigrationRun::source_ms), "ms", "downtime", pause});
+  rows.push_back({pre + "total time" + n, median(&MigrationRun::total_s), "s", "RAM / channel x 1.5",
+                  1.5 * ram_over_channel_s});
+  rows.push_back({pre + "total time, worst", worst(&MigrationRun::total_s), "s", "RAM / channel x 1.5",
+                  1.5 * ram_over_channel_s});
+  rows.push_back({pre + "data sent" + n, median(&MigrationRun::sent_mib), "MiB", "RAM", 1024});
 }
 
 // `ftvm drill --fault kill-primary`: recovery time, lost and duplicated messages.

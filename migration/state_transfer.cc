@@ -132,11 +132,18 @@ void PrecopySender::Release() {
 
 std::string PrecopySender::copy_while_running() {
   const uint64_t t0 = clock_.monotonic_ns();
-  if (!vm_.at_boundary([this] {
+  // Allocated while the VM runs: in the boundary below it only takes a copy (4 MiB
+  // per GiB; its first touches there paused the VM ~15 ms).
+  std::unique_ptr<vmm::MemoryDigest> offered;
+  if (options_.copy_memory)
+    offered = std::make_unique<vmm::MemoryDigest>(vm_.memory(), vmm::MemoryDigest::Unfilled{});
+  bool have_digest = false;
+  if (!vm_.at_boundary([&] {
         vm_.start_write_tracking(disk_fd_ ? &disk_written_ : nullptr);
-        if (options_.copy_memory) digest_ = vm_.copy_memory_digest();
+        if (offered) have_digest = vm_.copy_memory_digest(*offered);
       }))
     return "the VM ended before its copy began";
+  if (have_digest) digest_ = std::move(offered);
   tracking_ = true;
   // Round 0: everything that holds data. Holes are zeros on both sides.
   const uint64_t memory_bytes = vm_.memory().size();

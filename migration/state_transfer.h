@@ -97,11 +97,12 @@ class RunningVm {
   virtual void stop_write_tracking() = 0;
   // Any thread: let the guest run at most (100 - percent)% of the time.
   virtual void set_throttle_percent(unsigned percent) = 0;
-  // At a boundary: a copy of a digest of the VM's memory that is exact for every
-  // page but those written since it was last brought up to date (which hold data,
-  // so the first round sends and rehashes them), or null for none (the sender
-  // then hashes every page that is a hole, ~0.1 s per GiB).
-  virtual std::unique_ptr<vmm::MemoryDigest> copy_memory_digest() { return nullptr; }
+  // At a boundary: copies into `into` (allocated before, MemoryDigest::Unfilled) a
+  // digest of the VM's memory that is exact for every page but those written since
+  // it was last brought up to date (which hold data, so the first round sends and
+  // rehashes them); false for none (the sender then hashes every page that is a
+  // hole, ~0.1 s per GiB).
+  virtual bool copy_memory_digest(vmm::MemoryDigest& /*into*/) { return false; }
 };
 
 struct PrecopyOptions {

@@ -228,7 +228,10 @@ class RecordingVm final : public migration::RunningVm {
     m_.track_disk_writes(nullptr);
   }
   void set_throttle_percent(unsigned percent) override { r_.set_throttle_percent(percent); }
-  std::unique_ptr<vmm::MemoryDigest> copy_memory_digest() override { return r_.copy_memory_digest(); }
+  bool copy_memory_digest(vmm::MemoryDigest& into) override {
+    r_.copy_memory_digest(into);
+    return true;
+  }
 
  private:
   vmm::Machine& m_;

@@ -39,6 +39,18 @@ MemoryDigest::MemoryDigest(const GuestMemory& memory, AllZero)
   }
 }
 
+MemoryDigest::MemoryDigest(const GuestMemory& memory, Unfilled)
+    : memory_(memory), hashes_(memory.size() / kPageSize) {}
+
+void MemoryDigest::copy_from(const MemoryDigest& other) {
+  if (other.hashes_.size() != hashes_.size())
+    throw Error("internal: copying a digest of " + std::to_string(other.hashes_.size()) + " pages into one of " +
+                std::to_string(hashes_.size()));
+  std::copy(other.hashes_.begin(), other.hashes_.end(), hashes_.begin());
+  sum_lo_ = other.sum_lo_;
+  sum_hi_ = other.sum_hi_;
+}
+
 std::array<uint64_t, 2> MemoryDigest::HashBytes(uint64_t page, const uint8_t* contents) {
   XXH128_hash_t h = XXH3_128bits_withSeed(contents, kPageSize, page);
   return {h.low64, h.high64};

@@ -109,8 +109,10 @@ class WritingVm final : public RunningVm {
     disk_blocks_ = nullptr;
   }
   void set_throttle_percent(unsigned percent) override { throttle_ = percent; }
-  std::unique_ptr<vmm::MemoryDigest> copy_memory_digest() override {
-    return digest_ ? std::make_unique<vmm::MemoryDigest>(*digest_) : nullptr;
+  bool copy_memory_digest(vmm::MemoryDigest& into) override {
+    if (!digest_) return false;
+    into.copy_from(*digest_);
+    return true;
   }
   // Offers the sender a digest taken now, which every later write makes stale (as a
   // recorder's is between verifications).

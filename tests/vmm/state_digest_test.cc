@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "vmm/cpu_backend.h"
 #include "vmm/guest_memory.h"
 #include "vmm/page_bitmap.h"
@@ -81,6 +82,25 @@ TEST_F(MemoryDigestTest, SameMemorySameDigest) {
   EXPECT_EQ(a.value(), b.value());
   a.update(PageBitmap(kPages));  // nothing to rehash
   EXPECT_EQ(a.value(), b.value());
+}
+
+TEST_F(MemoryDigestTest, ACopyIntoStorageIsTheSameDigestAndKeepsUpdating) {
+  std::mt19937_64 rng(7);
+  Scribble(rng, 20);
+  MemoryDigest original(mem);
+  MemoryDigest copy(mem, MemoryDigest::Unfilled{});
+  copy.copy_from(original);
+  EXPECT_EQ(copy.value(), original.value());
+  for (uint64_t p = 0; p < kPages; ++p) ASSERT_EQ(copy.page_hash32(p), original.page_hash32(p)) << "page " << p;
+  // The copy is a digest like any other: told of new writes, it follows them.
+  PageBitmap written = Scribble(rng, 5);
+  copy.update(written);
+  EXPECT_EQ(copy.value(), MemoryDigest(mem).value());
+  EXPECT_NE(copy.value(), original.value());
+  // Only a digest of memory of the same size fits.
+  GuestMemory other = GuestMemory::Create((kPages + 1) * kPageSize);
+  MemoryDigest wrong(other, MemoryDigest::Unfilled{});
+  EXPECT_THROW(wrong.copy_from(original), Error);
 }
 
 TEST_F(MemoryDigestTest, UpdateWithTheWrittenPagesEqualsAFreshDigest) {
