@@ -190,7 +190,8 @@ PostcopyReceiver::PostcopyReceiver(vmm::GuestMemory& memory, Clock& clock)
       clock_(clock),
       digest_(Emptied(memory)),
       received_(memory.size() / kPage),
-      requested_(memory.size() / kPage) {
+      requested_(memory.size() / kPage),
+      unfilled_holes_(memory.size() / kPage) {
   const std::string what = "post-copy with userfaultfd";
   uffd_.reset(int(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
   if (!uffd_) throw SysError(what + ": userfaultfd (is vm.unprivileged_userfaultfd off for a non-root user?)");
@@ -284,6 +285,14 @@ void PostcopyReceiver::FaultLoop() {
       for (size_t i = 0; i < size_t(n) / sizeof(uffd_msg); ++i) {
         if (events[i].event != UFFD_EVENT_PAGEFAULT) continue;
         const uint64_t page = (events[i].arg.pagefault.address - base) / kPage;
+        if (unfilled_holes_.test(page)) {
+          if (std::string why = FillHoles(page, 1); !why.empty()) {
+            log::error("postcopy.hole_fill_failed", {{"page", page}, {"error", why}});
+            return;  // the VM waits on that page until the receive loop ends post-copy
+          }
+          ++stats_.holes_filled;
+          continue;
+        }
         // Already placed (another thread's fault raced it): the kernel retries.
         if (received_.test(page) || requested_.test(page)) continue;
         requested_.set(page);
@@ -314,22 +323,24 @@ std::string PostcopyReceiver::Place(std::span<const uint8_t> payload) {
       if (received_.test(page)) return "page " + std::to_string(page) + " arrived twice";
       digest_.set_page(page, data ? msg.data(k) : std::span<const uint8_t, kPage>(kZero));
     }
-    int rc;
     if (data) {
       uffdio_copy c{};
       c.dst = base + msg.page(i) * kPage;
       c.src = reinterpret_cast<uint64_t>(msg.data(i).data());
       c.len = n * kPage;
-      rc = ioctl(uffd_.get(), UFFDIO_COPY, &c);
+      // EEXIST would mean a page was filled behind post-copy's back: its contents are
+      // not the source's, and the VM cannot be trusted.
+      if (ioctl(uffd_.get(), UFFDIO_COPY, &c) != 0)
+        return "placing page " + std::to_string(msg.page(i)) + "+" + std::to_string(n) + ": " + strerror(errno);
     } else {
-      uffdio_zeropage z{};
-      z.range.start = base + msg.page(i) * kPage;
-      z.range.len = n * kPage;
-      rc = ioctl(uffd_.get(), UFFDIO_ZEROPAGE, &z);
+      // Left as holes, but for those the VM already waits for.
+      for (uint64_t k = i; k < i + n; ++k) {
+        const uint64_t page = msg.page(k);
+        unfilled_holes_.set(page);
+        if (requested_.test(page))
+          if (std::string why = FillHoles(page, 1); !why.empty()) return why;
+      }
     }
-    // EEXIST would mean a page was filled behind post-copy's back: its contents are
-    // not the source's, and the VM cannot be trusted.
-    if (rc != 0) return "placing page " + std::to_string(msg.page(i)) + "+" + std::to_string(n) + ": " + strerror(errno);
     for (uint64_t k = i; k < i + n; ++k) received_.set(msg.page(k));
     stats_.received_pages += n;
     if (!data) stats_.zero_pages += n;
@@ -341,6 +352,16 @@ std::string PostcopyReceiver::Place(std::span<const uint8_t> payload) {
     waits_ns_.push_back(now - w.second);
     return true;
   });
+  return "";
+}
+
+std::string PostcopyReceiver::FillHoles(uint64_t first, uint64_t n) {
+  uffdio_zeropage z{};
+  z.range.start = reinterpret_cast<uint64_t>(memory_.host_base()) + first * kPage;
+  z.range.len = n * kPage;
+  if (ioctl(uffd_.get(), UFFDIO_ZEROPAGE, &z) != 0)
+    return "zero-filling page " + std::to_string(first) + "+" + std::to_string(n) + ": " + strerror(errno);
+  for (uint64_t p = first; p < first + n; ++p) unfilled_holes_.reset(p);
   return "";
 }
 

@@ -100,6 +100,7 @@ struct PostcopyReceiverStats {
   uint64_t received_pages = 0;
   uint64_t faults = 0;           // distinct pages the VM waited for
   uint64_t zero_pages = 0;
+  uint64_t holes_filled = 0;     // of those, zero-filled because the VM touched them
   uint64_t fault_wait_p50_ns = 0;
   uint64_t fault_wait_p99_ns = 0;
   uint64_t fault_wait_max_ns = 0;
@@ -143,6 +144,8 @@ class PostcopyReceiver {
   void ReceiveLoop(std::chrono::nanoseconds silence, const Done& done);
   // "" or why: places the pages of one MemoryPages message.
   std::string Place(std::span<const uint8_t> payload);
+  // Zero-fills pages [first, first + n), known holes (under mu_).
+  std::string FillHoles(uint64_t first, uint64_t n);
   void SendRequest(const std::vector<uint32_t>& pages);
   void StopFaultThread();
 
@@ -163,6 +166,11 @@ class PostcopyReceiver {
   mutable std::mutex mu_;  // guards what both threads see below
   vmm::PageBitmap received_;
   vmm::PageBitmap requested_;
+  // Pages the source said are holes, not filled: the memory file keeps them as holes
+  // (zeros, no memory) unless the VM touches one before the end, and then it is
+  // zero-filled at once, with no request. (Filling all of them cost the destination
+  // a zeroed page-cache page each: 0.2 s and 900 MiB for a 1 GiB VM using 110 MiB.)
+  vmm::PageBitmap unfilled_holes_;
   std::vector<std::pair<uint32_t, uint64_t>> waiting_;  // page, when the VM first faulted on it
   std::vector<uint64_t> waits_ns_;
   PostcopyReceiverStats stats_;

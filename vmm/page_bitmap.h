@@ -30,6 +30,9 @@ class PageBitmap {
     if (len == 0) return;
     for (uint64_t p = gpa >> kPageShift; p <= (gpa + len - 1) >> kPageShift && p < pages_; ++p) set(p);
   }
+  void reset(uint64_t page) {
+    if (page < pages_) words_[page / 64] &= ~(uint64_t(1) << (page % 64));
+  }
   bool test(uint64_t page) const {
     return page < pages_ && (words_[page / 64] >> (page % 64)) & 1;
   }
