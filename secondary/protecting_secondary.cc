@@ -539,10 +539,17 @@ bool ProtectingSecondary::GoLive(vmm::Machine& m) {
   report_.detail = std::string(handing_over_ ? "the primary handed the VM over; runs here from position "
                                              : "took over at position ") +
                    std::to_string(m.position()) + " in arbiter generation " + std::to_string(next);
+  if (handing_over_) {
+    // A planned move, not a failure: the pause is the source's to report
+    // (primary.handed_over), and no primary was lost.
+    log::event(log::Level::kInfo, "secondary.LIVE",
+               {{"detail", report_.detail}, {"tap", options_.tap}, {"handover", "yes"}});
+    return true;
+  }
   log::event(log::Level::kError, "secondary.LIVE",
              {{"detail", report_.detail},
               {"tap", options_.tap},
-              {"handover", handing_over_ ? "yes" : "no"},
+              {"handover", "no"},
               {"downtime_ms", report_.primary_last_heard_ns == 0
                                   ? 0.0
                                   : double(report_.live_at_ns - report_.primary_last_heard_ns) / 1e6},
