@@ -286,7 +286,7 @@ void PostcopyReceiver::FaultLoop() {
         if (events[i].event != UFFD_EVENT_PAGEFAULT) continue;
         const uint64_t page = (events[i].arg.pagefault.address - base) / kPage;
         if (unfilled_holes_.test(page)) {
-          if (std::string why = FillHoles(page, 1); !why.empty()) {
+          if (std::string why = FillHole(page); !why.empty()) {
             log::error("postcopy.hole_fill_failed", {{"page", page}, {"error", why}});
             return;  // the VM waits on that page until the receive loop ends post-copy
           }
@@ -338,7 +338,7 @@ std::string PostcopyReceiver::Place(std::span<const uint8_t> payload) {
         const uint64_t page = msg.page(k);
         unfilled_holes_.set(page);
         if (requested_.test(page))
-          if (std::string why = FillHoles(page, 1); !why.empty()) return why;
+          if (std::string why = FillHole(page); !why.empty()) return why;
       }
     }
     for (uint64_t k = i; k < i + n; ++k) received_.set(msg.page(k));
@@ -355,13 +355,13 @@ std::string PostcopyReceiver::Place(std::span<const uint8_t> payload) {
   return "";
 }
 
-std::string PostcopyReceiver::FillHoles(uint64_t first, uint64_t n) {
+std::string PostcopyReceiver::FillHole(uint64_t page) {
   uffdio_zeropage z{};
-  z.range.start = reinterpret_cast<uint64_t>(memory_.host_base()) + first * kPage;
-  z.range.len = n * kPage;
+  z.range.start = reinterpret_cast<uint64_t>(memory_.host_base()) + page * kPage;
+  z.range.len = kPage;
   if (ioctl(uffd_.get(), UFFDIO_ZEROPAGE, &z) != 0)
-    return "zero-filling page " + std::to_string(first) + "+" + std::to_string(n) + ": " + strerror(errno);
-  for (uint64_t p = first; p < first + n; ++p) unfilled_holes_.reset(p);
+    return "zero-filling page " + std::to_string(page) + ": " + strerror(errno);
+  unfilled_holes_.reset(page);
   return "";
 }
 

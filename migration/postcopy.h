@@ -144,8 +144,8 @@ class PostcopyReceiver {
   void ReceiveLoop(std::chrono::nanoseconds silence, const Done& done);
   // "" or why: places the pages of one MemoryPages message.
   std::string Place(std::span<const uint8_t> payload);
-  // Zero-fills pages [first, first + n), known holes (under mu_).
-  std::string FillHoles(uint64_t first, uint64_t n);
+  // Zero-fills `page`, a known hole (under mu_).
+  std::string FillHole(uint64_t page);
   void SendRequest(const std::vector<uint32_t>& pages);
   void StopFaultThread();
 

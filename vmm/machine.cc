@@ -311,10 +311,16 @@ bool Machine::send_frame(std::span<const uint8_t> frame) {
   return net.tap().write({&v, 1}).status == Tap::Status::kOk;
 }
 
-void Machine::notify_host_event() {
+void Machine::notify_host_event() { PostHostEvents(kExternalEventBit); }
+
+void Machine::PostHostEvents(uint64_t bits) {
   uint64_t none = 0;
   host_events_since_ns_.compare_exchange_strong(none, clock_.monotonic_ns(), std::memory_order_acq_rel);
-  host_events_.fetch_or(kExternalEventBit, std::memory_order_acq_rel);
+  host_events_.fetch_or(bits, std::memory_order_acq_rel);
+  WakeVcpu();
+}
+
+void Machine::WakeVcpu() {
   {
     std::lock_guard<std::mutex> lock(wait_mu_);
   }
@@ -382,14 +388,7 @@ void Machine::EventThread() {
     }
     if (bits == 0) continue;
     log::debug("vm.host_event", {{"watches", Hex(bits)}, {"in_wait", in_wait_.load()}});
-    uint64_t none = 0;
-    host_events_since_ns_.compare_exchange_strong(none, clock_.monotonic_ns(), std::memory_order_acq_rel);
-    host_events_.fetch_or(bits, std::memory_order_acq_rel);
-    {
-      std::lock_guard<std::mutex> lock(wait_mu_);
-    }
-    wait_cv_.notify_one();
-    if (!in_wait_.load(std::memory_order_acquire)) backend_->kick();
+    PostHostEvents(bits);
   }
 }
 
@@ -527,11 +526,7 @@ bool Machine::run_at_boundary(const std::function<void()>& task) {
   // wait (WaitForHostEvent). Not a host event: that would stay pending after the
   // task, and a recorder would force an epoch checkpoint for it (one holding every
   // page written since the last, 100 MiB and 70 ms for a VM writing 64 MiB/s).
-  {
-    std::lock_guard<std::mutex> wait_lock(wait_mu_);
-  }
-  wait_cv_.notify_one();
-  if (!in_wait_.load(std::memory_order_acquire)) backend_->kick();
+  WakeVcpu();
   lock.lock();
   task_cv_.wait(lock, [&] { return task_done_ || finished_; });
   const bool ran = task_done_;

@@ -235,6 +235,12 @@ class Machine final : private ExitHandler, private DeviceIo {
 
   void AddDevice(unsigned slot, std::unique_ptr<Device> device);
   void ServiceDevices();
+  // Any thread: host events `bits` wait for the vCPU (since now, unless some waited
+  // already); wakes it.
+  void PostHostEvents(uint64_t bits);
+  // Any thread: a vCPU idle in WaitForHostEvent looks at its wake-up conditions
+  // again; one running stops at its next boundary (a kick).
+  void WakeVcpu();
   bool WaitForHostEvent();
   void EventThread();
   void Watch(Device* device, int fd);
